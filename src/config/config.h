@@ -1,0 +1,78 @@
+// Config models the one YAML file that describes a deployment: store, vaults, principals, roles.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "util/result.h"
+
+namespace vaultp11::config {
+
+struct LogConfig {
+  std::string level = "warning";  // debug | info | warning | error | off
+  std::string sink = "stderr";    // stderr | syslog | file:<path>
+};
+
+struct StoreConfig {
+  std::string path;             // SQLite database file (required)
+  std::string master_key_file;  // default: <path>.masterkey, beside the database
+};
+
+struct VaultConfig {
+  std::string name;               // 1-127 chars of 0-9 a-z A-Z -
+  std::string sku = "standard";   // standard | premium
+  int line = 0;                   // 1-based line in the file, for messages
+};
+
+struct ClientSecret {
+  std::string hash;  // output of `vaultp11 hash-secret`
+  std::optional<std::chrono::sys_days> expires;  // secret refused from this day on (UTC)
+};
+
+struct PrincipalConfig {
+  std::string name;
+  std::string auth;  // client_secret (this release)
+  std::vector<ClientSecret> secrets;
+  int line = 0;
+};
+
+struct RoleAssignmentConfig {
+  std::string principal;
+  std::string role;   // e.g. "Key Vault Administrator"
+  std::string scope;  // /vaults/<v> or /vaults/<v>/keys|secrets|certificates/<name>
+  int line = 0;
+};
+
+struct Config {
+  std::string source;  // file the config was read from
+  LogConfig log;
+  StoreConfig store;
+  std::vector<VaultConfig> vaults;
+  std::vector<PrincipalConfig> principals;
+  std::vector<RoleAssignmentConfig> role_assignments;
+
+  const VaultConfig* FindVault(std::string_view name) const;
+  const PrincipalConfig* FindPrincipal(std::string_view name) const;
+};
+
+// Reads and validates a config file. Every error is CKR_FUNCTION_FAILED with a message of
+// the form "<file>:<line>: <key path>: <what is wrong>" (e.g.
+// "/etc/vaultp11/vaultp11.yaml:7: vaults[1].sku: must be standard or premium").
+// Relative paths in the file are resolved against the file's directory.
+Result<Config> LoadFile(const std::string& path);
+
+// Same as LoadFile for text already in memory; `source` names it in messages and
+// `base_dir` resolves relative paths.
+Result<Config> LoadString(std::string_view yaml, std::string_view source, std::string_view base_dir);
+
+// The path C_Initialize uses: `reserved` (pReserved, if it is a string), else
+// $VAULTP11_CONF, else the compiled-in default VAULTP11_DEFAULT_CONFIG.
+std::string ResolvePath(const char* reserved);
+
+// True for 1-127 characters of 0-9 a-z A-Z -.
+bool IsValidName(std::string_view name);
+
+}  // namespace vaultp11::config

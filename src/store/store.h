@@ -1,0 +1,100 @@
+// Store models the embedded SQLite database that persists every vault's token objects.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "util/result.h"
+#include "util/secure_bytes.h"
+
+struct sqlite3;
+
+namespace vaultp11::store {
+
+// One token object as persisted. Public attributes are kept as an opaque serialized blob
+// (the model owns the format); sensitive material is encrypted at rest with AES-256-GCM under
+// the vault's data key, which is itself wrapped by the master key file.
+struct ObjectRecord {
+  int64_t id = 0;        // row id, assigned by Insert
+  std::string vault;     // vault name
+  CK_OBJECT_CLASS object_class = 0;
+  std::string label;     // CKA_LABEL, indexed
+  Bytes ck_id;           // CKA_ID, indexed
+  Bytes attributes;      // serialized public attributes
+  bool has_secret = false;  // whether sensitive material is stored (load with LoadSecret)
+  int64_t revision = 0;  // store-wide change counter value of the last write to this row
+};
+
+class Store {
+ public:
+  // Opens the database at db_path, creating it (file mode 0600) and its schema when
+  // create_if_missing is true; the master key file (32 random bytes, mode 0600) is created
+  // beside it on first use when missing and create_if_missing is true. A corrupt, unreadable
+  // or non-database file gives CKR_DEVICE_ERROR with a message naming the file; a missing file
+  // without create_if_missing gives CKR_TOKEN_NOT_PRESENT. A read-only file opens read-only
+  // (writes then fail with CKR_TOKEN_WRITE_PROTECTED).
+  static Result<std::unique_ptr<Store>> Open(const std::string& db_path,
+                                             const std::string& master_key_path,
+                                             bool create_if_missing);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  bool read_only() const { return read_only_; }
+
+  // Creates the vault's row and random data key if absent (idempotent, safe when several
+  // processes race). Needed before Insert for that vault.
+  Status EnsureVault(const std::string& vault);
+
+  // Inserts a record and its secret in one transaction; returns the record with id and
+  // revision set. `secret` may be empty (public objects).
+  Result<ObjectRecord> Insert(ObjectRecord record, const SecureBytes& secret);
+
+  // Replaces label, CKA_ID and attributes of an existing row (one transaction); bumps its
+  // revision. Unknown id: CKR_OBJECT_HANDLE_INVALID.
+  Status Update(int64_t id, const std::string& label, const Bytes& ck_id, const Bytes& attributes);
+
+  // Deletes the row and its secret; records a tombstone so other processes notice.
+  // Unknown id: CKR_OBJECT_HANDLE_INVALID.
+  Status Delete(int64_t id);
+
+  // Every object of a vault (without secrets).
+  Result<std::vector<ObjectRecord>> LoadVault(const std::string& vault);
+
+  // Decrypts the secret of one object. Authentication failure of the ciphertext (tampering, a
+  // wrong master key) is CKR_DEVICE_ERROR; unknown id CKR_OBJECT_HANDLE_INVALID.
+  Result<SecureBytes> LoadSecret(int64_t id);
+
+  // The store-wide revision counter: each committed change increments it.
+  Result<int64_t> Revision();
+
+  // Objects of the vault inserted or updated with revision > since.
+  Result<std::vector<ObjectRecord>> ChangedSince(const std::string& vault, int64_t since);
+  // Ids of the vault's objects deleted with revision > since.
+  Result<std::vector<int64_t>> DeletedSince(const std::string& vault, int64_t since);
+
+  // Cheap check (PRAGMA data_version) whether another connection committed since the last
+  // call on this Store; the first call returns true.
+  Result<bool> ExternalChange();
+
+  // Names of the vaults that have a row.
+  Result<std::vector<std::string>> Vaults();
+
+ private:
+  Store() = default;
+  mutable std::mutex mu_;  // guards db_ and every statement (one connection per Store)
+  sqlite3* db_ = nullptr;
+  bool read_only_ = false;
+  int64_t last_data_version_ = -1;
+  SecureBytes master_key_;
+  std::string path_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vaultp11::store
