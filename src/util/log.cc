@@ -1,6 +1,7 @@
 #include "util/log.h"
 
 #include <openssl/err.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 

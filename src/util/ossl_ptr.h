@@ -3,10 +3,12 @@
 
 #include <openssl/bn.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/param_build.h>
 #include <openssl/x509.h>
 
 #include <memory>
+#include <string>
 
 namespace vaultp11 {
 

@@ -1,0 +1,58 @@
+#include "core/context.h"
+
+namespace vaultp11::core {
+
+namespace {
+constexpr uint32_t kPublicUse = auth::kList | auth::kGet | auth::kVerify | auth::kEncrypt | auth::kWrapKey;
+}
+
+Result<CallContext> Begin(CK_SESSION_HANDLE h) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));
+  Token* t = s->token();
+  return CallContext{p, std::move(s), t};
+}
+
+bool Visible(const CallContext& c, const model::Object& o) {
+  auto g = c.token->grants();
+  if (!g) return !o.is_private();
+  return g->Allows(auth::KindOfClass(o.cls()), o.label(), auth::kList) || !o.is_private();
+}
+
+Result<model::ObjectPtr> GetVisible(const CallContext& c, CK_OBJECT_HANDLE h, CK_RV invalid_rv) {
+  auto o = c.token->Get(h);
+  if (!o.ok() || !Visible(c, *o.value()))
+    return Err(invalid_rv, "handle {} is not a visible object of this session", h);
+  return o;
+}
+
+Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK_RV deny_rv) {
+  auto g = c.token->grants();
+  if (!g) {
+    if (!o.is_private() && (perm & ~kPublicUse) == 0) return OkStatus();
+    return Err(CKR_USER_NOT_LOGGED_IN, "vault {}: log in first", c.token->name());
+  }
+  if (g->Allows(auth::KindOfClass(o.cls()), o.label(), perm)) return OkStatus();
+  // Public objects stay usable for public-key operations, as without a login.
+  if (!o.is_private() && (perm & ~kPublicUse) == 0) return OkStatus();
+  return Err(deny_rv, "vault {}: principal {} is not allowed to do this to '{}'", c.token->name(), g->principal,
+             o.label());
+}
+
+Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm) {
+  if (o.is_token() && !c.session->read_write())
+    return Err(CKR_SESSION_READ_ONLY, "token objects need a read/write session");
+  auto g = c.token->grants();
+  if (!g) {
+    if (!o.is_token() && !o.is_private()) return OkStatus();  // public session objects
+    return Err(CKR_USER_NOT_LOGGED_IN, "vault {}: log in first", c.token->name());
+  }
+  if (o.is_token() && c.token->store()->read_only())
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "vault {} is read-only", c.token->name());
+  if (!g->Allows(auth::KindOfClass(o.cls()), o.label(), perm))
+    return Err(CKR_ACTION_PROHIBITED, "vault {}: principal {} may not create '{}'", c.token->name(), g->principal,
+               o.label());
+  return OkStatus();
+}
+
+}  // namespace vaultp11::core

@@ -1,0 +1,31 @@
+// Helpers shared by the object and crypto calls: the session context, object visibility and
+// the one permission check every call goes through.
+#pragma once
+
+#include "auth/access.h"
+#include "core/provider.h"
+
+namespace vaultp11::core {
+
+struct CallContext {
+  Provider* provider;
+  SessionPtr session;
+  Token* token;
+};
+
+Result<CallContext> Begin(CK_SESSION_HANDLE h);
+
+// Whether the caller sees the object at all (private objects need a login; objects the
+// principal may not list are invisible). Invisible handles are CKR_OBJECT_HANDLE_INVALID
+// (or `invalid_rv` for key arguments).
+bool Visible(const CallContext& c, const model::Object& o);
+Result<model::ObjectPtr> GetVisible(const CallContext& c, CK_OBJECT_HANDLE h, CK_RV invalid_rv = CKR_OBJECT_HANDLE_INVALID);
+
+// The permission check (REFERENCE.md "PKCS#11 call -> permission"). Without a login only
+// public objects may be read or used for public-key operations; everything else is
+// CKR_USER_NOT_LOGGED_IN. A denial returns `deny_rv`.
+Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK_RV deny_rv);
+// For objects about to be created (they have no handle yet).
+Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm);
+
+}  // namespace vaultp11::core

@@ -1,0 +1,436 @@
+// Cryptographic calls (spec 5.8-5.15). Each call works on its session's operation state under
+// the session lock only; no token- or module-wide lock is held during crypto.
+#include <cstring>
+
+#include "backend/ossl/ossl_backend.h"
+#include "core/calls.h"
+#include "core/context.h"
+#include "core/mechanisms.h"
+
+namespace vaultp11::core {
+
+namespace {
+
+struct KeyUse {
+  CK_ATTRIBUTE_TYPE usage;  // CKA_SIGN, ...
+  uint32_t perm;
+  CK_FLAGS mech_flag;
+  CK_RV invalid_handle_rv;
+};
+
+constexpr KeyUse kSignUse{CKA_SIGN, auth::kSign, CKF_SIGN, CKR_KEY_HANDLE_INVALID};
+constexpr KeyUse kVerifyUse{CKA_VERIFY, auth::kVerify, CKF_VERIFY, CKR_KEY_HANDLE_INVALID};
+constexpr KeyUse kEncryptUse{CKA_ENCRYPT, auth::kEncrypt, CKF_ENCRYPT, CKR_KEY_HANDLE_INVALID};
+constexpr KeyUse kDecryptUse{CKA_DECRYPT, auth::kDecrypt, CKF_DECRYPT, CKR_KEY_HANDLE_INVALID};
+constexpr KeyUse kWrapUse{CKA_WRAP, auth::kWrapKey, CKF_WRAP, CKR_WRAPPING_KEY_HANDLE_INVALID};
+constexpr KeyUse kUnwrapUse{CKA_UNWRAP, auth::kUnwrapKey, CKF_UNWRAP, CKR_UNWRAPPING_KEY_HANDLE_INVALID};
+
+struct PreparedKey {
+  model::ObjectPtr object;
+  ossl::KeyRef key;
+};
+
+// Checks a key for one use: the mechanism offers it, the handle is a visible key, the caller
+// may use it, its usage attribute is true and CKA_ALLOWED_MECHANISMS (if set) lists the mechanism.
+Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const CK_MECHANISM& mech, const KeyUse& use) {
+  const MechanismEntry* m = FindMechanism(mech.mechanism);
+  if (m == nullptr || !(m->flags & use.mech_flag))
+    return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} cannot be used for this operation", mech.mechanism);
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, h, use.invalid_handle_rv));
+  if (!o->is_key()) return Err(use.invalid_handle_rv, "object {} is not a key", h);
+  VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, use.perm, CKR_KEY_FUNCTION_NOT_PERMITTED));
+  if (!o->attrs.GetBool(use.usage, false))
+    return Err(CKR_KEY_FUNCTION_NOT_PERMITTED, "the key's {} is false", model::AttrName(use.usage));
+  if (const Bytes* allowed = o->attrs.Get(CKA_ALLOWED_MECHANISMS); allowed && !allowed->empty()) {
+    bool found = false;
+    for (size_t i = 0; i + sizeof(CK_MECHANISM_TYPE) <= allowed->size(); i += sizeof(CK_MECHANISM_TYPE)) {
+      CK_MECHANISM_TYPE t;
+      std::memcpy(&t, allowed->data() + i, sizeof(t));
+      found |= (t == mech.mechanism);
+    }
+    if (!found) return Err(CKR_MECHANISM_INVALID, "mechanism not in the key's CKA_ALLOWED_MECHANISMS");
+  }
+  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef k, o->Key());
+  return PreparedKey{std::move(o), std::move(k)};
+}
+
+Status CheckInput(CK_BYTE_PTR in, CK_ULONG in_len) {
+  if (in == nullptr && in_len != 0) return Err(CKR_ARGUMENTS_BAD, "input is NULL with length {}", in_len);
+  return OkStatus();
+}
+
+std::span<const uint8_t> In(CK_BYTE_PTR in, CK_ULONG len) {
+  return in == nullptr ? std::span<const uint8_t>() : std::span<const uint8_t>(in, len);
+}
+
+// Ends `state` unless `st` is OK or CKR_BUFFER_TOO_SMALL (spec 5.2: any other error ends the
+// operation).
+template <typename T>
+Status Finish(std::optional<T>& state, Status st) {
+  if (!st.ok() && st.rv() != CKR_BUFFER_TOO_SMALL) state.reset();
+  return st;
+}
+
+// The cipher size-query idiom with a cached output: computed once, returned once.
+template <typename Compute>
+Status CipherOut(std::optional<CipherState>& state, CK_BYTE_PTR out, CK_ULONG_PTR out_len, bool ends, Compute compute) {
+  CipherState& st = *state;
+  if (!st.pending) {
+    auto r = compute(st);
+    if (!r.ok()) {
+      state.reset();
+      return r.error();
+    }
+    st.pending = std::move(r).value();
+  }
+  Status cs = CopyOut(*st.pending, out, out_len);
+  if (!cs.ok() || out == nullptr) return cs;  // length query or too small: keep the output
+  st.pending.reset();
+  if (ends) state.reset();
+  return OkStatus();
+}
+
+Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key, bool encrypt) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
+  if (slot) return Err(CKR_OPERATION_ACTIVE, "an {} operation is active", encrypt ? "encrypt" : "decrypt");
+  VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, encrypt ? kEncryptUse : kDecryptUse));
+  auto op = encrypt ? ossl::NewEncryptOp(k.key, *mech) : ossl::NewDecryptOp(k.key, *mech);
+  if (!op.ok()) return op.error();
+  slot = CipherState{std::move(op).value(), std::move(k.object), false, std::nullopt};
+  return OkStatus();
+}
+
+Status CipherOneShot(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len,
+                     bool encrypt) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
+  if (!slot) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", encrypt ? "encrypt" : "decrypt");
+  if (out_len == nullptr) {
+    slot.reset();
+    return Err(CKR_ARGUMENTS_BAD, "output length pointer is NULL");
+  }
+  VAULTP11_RETURN_IF_ERROR(Finish(slot, CheckInput(in, in_len)));
+  if (slot->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part operation is in progress");
+  auto data = In(in, in_len);
+  return CipherOut(slot, out, out_len, true, [&](CipherState& st) { return st.op->OneShot(data); });
+}
+
+Status CipherUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len,
+                    bool encrypt) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
+  if (!slot) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", encrypt ? "encrypt" : "decrypt");
+  if (out_len == nullptr) {
+    slot.reset();
+    return Err(CKR_ARGUMENTS_BAD, "output length pointer is NULL");
+  }
+  VAULTP11_RETURN_IF_ERROR(Finish(slot, CheckInput(in, in_len)));
+  if (!slot->op->SupportsMultiPart()) {
+    slot.reset();
+    return Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only");
+  }
+  slot->multi_part = true;
+  auto data = In(in, in_len);
+  return CipherOut(slot, out, out_len, false, [&](CipherState& st) { return st.op->Update(data); });
+}
+
+Status CipherFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len, bool encrypt) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
+  if (!slot) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", encrypt ? "encrypt" : "decrypt");
+  if (out_len == nullptr) {
+    slot.reset();
+    return Err(CKR_ARGUMENTS_BAD, "output length pointer is NULL");
+  }
+  if (!slot->op->SupportsMultiPart()) {
+    slot.reset();
+    return Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only");
+  }
+  return CipherOut(slot, out, out_len, true, [&](CipherState& st) { return st.op->Final(); });
+}
+
+}  // namespace
+
+// ---- encrypt / decrypt ----------------------------------------------------------------------
+
+Status EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) { return CipherInit(h, mech, key, true); }
+Status Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  return CipherOneShot(h, in, in_len, out, out_len, true);
+}
+Status EncryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  return CipherUpdate(h, in, in_len, out, out_len, true);
+}
+Status EncryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len) { return CipherFinal(h, out, out_len, true); }
+Status DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) { return CipherInit(h, mech, key, false); }
+Status Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  return CipherOneShot(h, in, in_len, out, out_len, false);
+}
+Status DecryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  return CipherUpdate(h, in, in_len, out, out_len, false);
+}
+Status DecryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len) { return CipherFinal(h, out, out_len, false); }
+
+// ---- digest ---------------------------------------------------------------------------------
+
+Status DigestInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
+  std::lock_guard<std::mutex> l(c.session->mu);
+  if (c.session->digest) return Err(CKR_OPERATION_ACTIVE, "a digest operation is active");
+  const MechanismEntry* m = FindMechanism(mech->mechanism);
+  if (m == nullptr || !(m->flags & CKF_DIGEST)) return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} is not a digest", mech->mechanism);
+  VAULTP11_ASSIGN_OR_RETURN(auto op, ossl::NewDigestOp(*mech));
+  c.session->digest = DigestState{std::move(op), false};
+  return OkStatus();
+}
+
+Status Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->digest;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
+  if (out_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulDigestLen is NULL"));
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  if (st->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part digest is in progress");
+  size_t n = st->op->Length();
+  if (out == nullptr) {
+    *out_len = n;
+    return OkStatus();
+  }
+  if (*out_len < n) {
+    *out_len = n;
+    return Error{CKR_BUFFER_TOO_SMALL, "digest buffer too small", n};
+  }
+  Status u = st->op->Update(In(in, in_len));
+  if (!u.ok()) return Finish(st, u);
+  auto r = st->op->Final();
+  st.reset();
+  if (!r.ok()) return r.error();
+  return CopyOut(r.value(), out, out_len);
+}
+
+Status DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->digest;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  st->multi_part = true;
+  return Finish(st, st->op->Update(In(in, in_len)));
+}
+
+Status DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->digest;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
+  auto o = GetVisible(c, key, CKR_KEY_HANDLE_INVALID);
+  if (!o.ok()) return Finish(st, o.status());
+  // Key material never feeds a digest the caller can read.
+  return Finish(st, Err(CKR_KEY_INDIGESTIBLE, "key values cannot be digested"));
+}
+
+Status DigestFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->digest;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
+  if (out_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulDigestLen is NULL"));
+  size_t n = st->op->Length();
+  if (out == nullptr) {
+    *out_len = n;
+    return OkStatus();
+  }
+  if (*out_len < n) {
+    *out_len = n;
+    return Error{CKR_BUFFER_TOO_SMALL, "digest buffer too small", n};
+  }
+  auto r = st->op->Final();
+  st.reset();
+  if (!r.ok()) return r.error();
+  return CopyOut(r.value(), out, out_len);
+}
+
+// ---- sign / verify --------------------------------------------------------------------------
+
+Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
+  std::lock_guard<std::mutex> l(c.session->mu);
+  if (c.session->sign) return Err(CKR_OPERATION_ACTIVE, "a sign operation is active");
+  VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kSignUse));
+  VAULTP11_ASSIGN_OR_RETURN(auto op, ossl::NewSignOp(k.key, *mech));
+  c.session->sign = SignState{std::move(op), std::move(k.object), false};
+  return OkStatus();
+}
+
+Status Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->sign;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
+  if (sig_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulSignatureLen is NULL"));
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  if (st->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part signature is in progress");
+  size_t n = st->op->SignatureLength();
+  if (sig == nullptr) {
+    *sig_len = n;
+    return OkStatus();
+  }
+  if (*sig_len < n) {
+    *sig_len = n;
+    return Error{CKR_BUFFER_TOO_SMALL, "signature buffer too small", n};
+  }
+  auto r = st->op->Sign(In(in, in_len));
+  st.reset();
+  if (!r.ok()) return r.error();
+  return CopyOut(r.value(), sig, sig_len);
+}
+
+Status SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->sign;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
+  st->multi_part = true;
+  return Finish(st, st->op->Update(In(in, in_len)));
+}
+
+Status SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->sign;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
+  if (sig_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulSignatureLen is NULL"));
+  if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
+  size_t n = st->op->SignatureLength();
+  if (sig == nullptr) {
+    *sig_len = n;
+    return OkStatus();
+  }
+  if (*sig_len < n) {
+    *sig_len = n;
+    return Error{CKR_BUFFER_TOO_SMALL, "signature buffer too small", n};
+  }
+  auto r = st->op->Final();
+  st.reset();
+  if (!r.ok()) return r.error();
+  return CopyOut(r.value(), sig, sig_len);
+}
+
+Status VerifyInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
+  std::lock_guard<std::mutex> l(c.session->mu);
+  if (c.session->verify) return Err(CKR_OPERATION_ACTIVE, "a verify operation is active");
+  VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kVerifyUse));
+  VAULTP11_ASSIGN_OR_RETURN(auto op, ossl::NewVerifyOp(k.key, *mech));
+  c.session->verify = VerifyState{std::move(op), std::move(k.object), false};
+  return OkStatus();
+}
+
+Status Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR sig, CK_ULONG sig_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->verify;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no verify operation");
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(sig, sig_len)));
+  if (st->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part verification is in progress");
+  Status r = st->op->Verify(In(in, in_len), In(sig, sig_len));
+  st.reset();
+  return r;
+}
+
+Status VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->verify;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no verify operation");
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
+  st->multi_part = true;
+  return Finish(st, st->op->Update(In(in, in_len)));
+}
+
+Status VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  auto& st = c.session->verify;
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no verify operation");
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(sig, sig_len)));
+  if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
+  Status r = st->op->Final(In(sig, sig_len));
+  st.reset();
+  return r;
+}
+
+// ---- wrap / unwrap --------------------------------------------------------------------------
+
+Status WrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HANDLE key,
+               CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (mech == nullptr || out_len == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_WrapKey: NULL argument");
+  VAULTP11_ASSIGN_OR_RETURN(PreparedKey w, PrepareKey(c, wrapping, *mech, kWrapUse));
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr target, GetVisible(c, key, CKR_KEY_HANDLE_INVALID));
+  if (target->cls() != CKO_SECRET_KEY && target->cls() != CKO_PRIVATE_KEY)
+    return Err(CKR_KEY_NOT_WRAPPABLE, "only secret and private keys can be wrapped");
+  VAULTP11_RETURN_IF_ERROR(Authorize(c, *target, auth::kGet, CKR_KEY_FUNCTION_NOT_PERMITTED));
+  if (!target->attrs.GetBool(CKA_EXTRACTABLE, false)) return Err(CKR_KEY_UNEXTRACTABLE, "the key is not extractable");
+  if (target->attrs.GetBool(CKA_WRAP_WITH_TRUSTED, false) && !w.object->attrs.GetBool(CKA_TRUSTED, false))
+    return Err(CKR_KEY_NOT_WRAPPABLE, "the key may only be wrapped with a trusted key");
+  VAULTP11_ASSIGN_OR_RETURN(auto bytes, target->material->Secret());
+  VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped, ossl::Wrap(w.key, *mech, *bytes));
+  return CopyOut(wrapped, out, out_len);
+}
+
+Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE unwrapping, CK_BYTE_PTR in,
+                 CK_ULONG in_len, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (mech == nullptr || out == nullptr || in == nullptr || (tmpl == nullptr && count != 0))
+    return Err(CKR_ARGUMENTS_BAD, "C_UnwrapKey: NULL argument");
+  VAULTP11_ASSIGN_OR_RETURN(PreparedKey u, PrepareKey(c, unwrapping, *mech, kUnwrapUse));
+  VAULTP11_ASSIGN_OR_RETURN(model::AttributeMap t, model::ParseTemplate(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes raw, ossl::Unwrap(u.key, *mech, In(in, in_len)));
+  VAULTP11_ASSIGN_OR_RETURN(auto obj, model::UnwrappedKey(t, std::move(raw)));
+  VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, obj->is_token() ? auth::kImport : auth::kUnwrapKey));
+  obj->owner_session = h;
+  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(obj)));
+  return OkStatus();
+}
+
+// ---- random and legacy ----------------------------------------------------------------------
+
+Status SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len) {
+  VAULTP11_RETURN_IF_ERROR(Begin(h));
+  if (seed == nullptr && len != 0) return Err(CKR_ARGUMENTS_BAD, "pSeed is NULL");
+  // The DRBG seeds itself from the OS; caller entropy is not mixed in.
+  return Err(CKR_RANDOM_SEED_NOT_SUPPORTED, "seeding is not supported");
+}
+
+Status GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG len) {
+  VAULTP11_RETURN_IF_ERROR(Begin(h));
+  if (out == nullptr && len != 0) return Err(CKR_ARGUMENTS_BAD, "pRandomData is NULL");
+  if (len == 0) return OkStatus();
+  return ossl::RandomBytes(std::span<uint8_t>(out, len));
+}
+
+Status GetFunctionStatus(CK_SESSION_HANDLE h) {
+  VAULTP11_RETURN_IF_ERROR(Begin(h));
+  return Err(CKR_FUNCTION_NOT_PARALLEL, "no function runs in parallel");
+}
+
+Status CancelFunction(CK_SESSION_HANDLE h) {
+  VAULTP11_RETURN_IF_ERROR(Begin(h));
+  return Err(CKR_FUNCTION_NOT_PARALLEL, "no function runs in parallel");
+}
+
+}  // namespace vaultp11::core

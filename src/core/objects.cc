@@ -1,0 +1,220 @@
+// Object management calls (spec 5.7) and key generation (5.14).
+#include <cstring>
+
+#include "core/calls.h"
+#include "core/context.h"
+#include "core/mechanisms.h"
+#include "model/attributes.h"
+
+namespace vaultp11::core {
+
+using model::AttributeMap;
+
+Status CopyOut(std::span<const uint8_t> data, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  if (out == nullptr) {
+    *out_len = data.size();
+    return OkStatus();
+  }
+  if (*out_len < data.size()) {
+    *out_len = data.size();
+    return Error{CKR_BUFFER_TOO_SMALL, "output buffer too small", data.size()};
+  }
+  if (!data.empty()) std::memcpy(out, data.data(), data.size());
+  *out_len = data.size();
+  return OkStatus();
+}
+
+namespace {
+
+Result<AttributeMap> Template(CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
+  if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "template is NULL");
+  return model::ParseTemplate(tmpl, count);
+}
+
+uint32_t CreatePermission(const model::Object& o) {
+  return o.cls() == CKO_DATA ? auth::kSet : auth::kImport;
+}
+
+}  // namespace
+
+Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (out == nullptr || (tmpl == nullptr && count != 0)) return Err(CKR_ARGUMENTS_BAD, "C_CreateObject: NULL argument");
+  VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(auto obj, model::CreateObject(t));
+  VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, CreatePermission(*obj)));
+  obj->owner_session = h;
+  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(obj)));
+  return OkStatus();
+}
+
+Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE src, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count,
+                  CK_OBJECT_HANDLE_PTR out) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (out == nullptr || (tmpl == nullptr && count != 0)) return Err(CKR_ARGUMENTS_BAD, "C_CopyObject: NULL argument");
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, src));
+  VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kGet, CKR_ACTION_PROHIBITED));
+  VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(auto copy, model::CopyObject(*o, t));
+  VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *copy, CreatePermission(*copy)));
+  copy->owner_session = h;
+  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(copy)));
+  return OkStatus();
+}
+
+Status DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
+  if (o->is_token() && !c.session->read_write())
+    return Err(CKR_SESSION_READ_ONLY, "destroying a token object needs a read/write session");
+  if (!o->attrs.GetBool(CKA_DESTROYABLE, true)) return Err(CKR_ACTION_PROHIBITED, "object is not destroyable");
+  VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kDelete, CKR_ACTION_PROHIBITED));
+  return c.token->Remove(obj);
+}
+
+Status GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (size == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetObjectSize: pulSize is NULL");
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
+  *size = model::ObjectSize(*o);
+  return OkStatus();
+}
+
+// C_GetAttributeValue follows the five cases of spec 5.7 exactly: every attribute is
+// processed; the call returns the last of CKR_ATTRIBUTE_SENSITIVE / _TYPE_INVALID /
+// CKR_BUFFER_TOO_SMALL met, with CK_UNAVAILABLE_INFORMATION in the failed entries.
+Status GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "C_GetAttributeValue: pTemplate is NULL");
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
+  VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kGet, CKR_ACTION_PROHIBITED));
+  bool may_read_value = o->cls() != CKO_DATA || Authorize(c, *o, auth::kGet, CKR_ATTRIBUTE_SENSITIVE).ok();
+  CK_RV rv = CKR_OK;
+  for (CK_ULONG i = 0; i < count; ++i) {
+    CK_ATTRIBUTE& a = tmpl[i];
+    auto v = model::ReadAttribute(*o, a.type, may_read_value);
+    if (!v.ok()) {
+      if (v.rv() != CKR_ATTRIBUTE_SENSITIVE && v.rv() != CKR_ATTRIBUTE_TYPE_INVALID) return v.error();
+      a.ulValueLen = CK_UNAVAILABLE_INFORMATION;  // cases 1 and 2
+      rv = v.rv();
+      continue;
+    }
+    const SecureBytes& val = v.value();
+    if (a.pValue == nullptr) {  // case 3
+      a.ulValueLen = val.size();
+    } else if (a.ulValueLen >= val.size()) {  // case 4
+      if (!val.empty()) std::memcpy(a.pValue, val.data(), val.size());
+      a.ulValueLen = val.size();
+    } else {  // case 5
+      a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      rv = CKR_BUFFER_TOO_SMALL;
+    }
+  }
+  if (rv != CKR_OK) return Error{rv, "some attributes could not be returned", 0};
+  return OkStatus();
+}
+
+Status SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "C_SetAttributeValue: pTemplate is NULL");
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
+  if (o->is_token() && !c.session->read_write())
+    return Err(CKR_SESSION_READ_ONLY, "modifying a token object needs a read/write session");
+  VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, o->cls() == CKO_DATA ? auth::kSet : auth::kUpdate, CKR_ACTION_PROHIBITED));
+  VAULTP11_ASSIGN_OR_RETURN(AttributeMap changes, Template(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(auto updated, model::ModifyObject(*o, changes));
+  return c.token->Replace(obj, std::move(updated));
+}
+
+Status FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "C_FindObjectsInit: pTemplate is NULL");
+  std::lock_guard<std::mutex> l(c.session->mu);
+  if (c.session->find) return Err(CKR_OPERATION_ACTIVE, "a search is already active");
+  VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  c.provider->SyncFromStore();
+  FindState st;
+  for (CK_OBJECT_HANDLE oh : c.token->Find(t)) {
+    auto o = c.token->Get(oh);
+    if (!o.ok()) continue;
+    if (!Visible(c, *o.value())) continue;
+    // Session objects of other applications don't exist here; session objects are visible to
+    // every session of this application (spec 6.7.6).
+    st.results.push_back(oh);
+  }
+  c.session->find = std::move(st);
+  return OkStatus();
+}
+
+Status FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG max, CK_ULONG_PTR count) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if ((out == nullptr && max != 0) || count == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_FindObjects: NULL argument");
+  std::lock_guard<std::mutex> l(c.session->mu);
+  if (!c.session->find) return Err(CKR_OPERATION_NOT_INITIALIZED, "C_FindObjectsInit was not called");
+  FindState& st = *c.session->find;
+  CK_ULONG n = 0;
+  while (n < max && st.next < st.results.size()) out[n++] = st.results[st.next++];
+  *count = n;
+  return OkStatus();
+}
+
+Status FindObjectsFinal(CK_SESSION_HANDLE h) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  std::lock_guard<std::mutex> l(c.session->mu);
+  if (!c.session->find) return Err(CKR_OPERATION_NOT_INITIALIZED, "C_FindObjectsInit was not called");
+  c.session->find.reset();
+  return OkStatus();
+}
+
+Status GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count,
+                   CK_OBJECT_HANDLE_PTR out) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (mech == nullptr || out == nullptr || (tmpl == nullptr && count != 0))
+    return Err(CKR_ARGUMENTS_BAD, "C_GenerateKey: NULL argument");
+  const MechanismEntry* m = FindMechanism(mech->mechanism);
+  if (m == nullptr || !(m->flags & CKF_GENERATE)) return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} cannot generate a key", mech->mechanism);
+  if (mech->pParameter != nullptr || mech->ulParameterLen != 0)
+    return Err(CKR_MECHANISM_PARAM_INVALID, "CKM_AES_KEY_GEN takes no parameter");
+  VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(auto key, model::GenerateSecretKey(mech->mechanism, t));
+  VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *key, auth::kCreate));
+  key->owner_session = h;
+  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(key)));
+  return OkStatus();
+}
+
+Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub, CK_ULONG pub_count,
+                       CK_ATTRIBUTE_PTR priv, CK_ULONG priv_count, CK_OBJECT_HANDLE_PTR pub_out,
+                       CK_OBJECT_HANDLE_PTR priv_out) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  if (mech == nullptr || pub_out == nullptr || priv_out == nullptr || (pub == nullptr && pub_count != 0) ||
+      (priv == nullptr && priv_count != 0))
+    return Err(CKR_ARGUMENTS_BAD, "C_GenerateKeyPair: NULL argument");
+  const MechanismEntry* m = FindMechanism(mech->mechanism);
+  if (m == nullptr || !(m->flags & CKF_GENERATE_KEY_PAIR))
+    return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} cannot generate a key pair", mech->mechanism);
+  if (mech->pParameter != nullptr || mech->ulParameterLen != 0)
+    return Err(CKR_MECHANISM_PARAM_INVALID, "key pair generation takes no mechanism parameter");
+  VAULTP11_ASSIGN_OR_RETURN(AttributeMap pt, Template(pub, pub_count));
+  VAULTP11_ASSIGN_OR_RETURN(AttributeMap vt, Template(priv, priv_count));
+  // Check access before the (slow) generation, on the would-be objects' class and label.
+  {
+    model::Object probe;
+    probe.attrs = vt;
+    probe.attrs.SetUlong(CKA_CLASS, CKO_PRIVATE_KEY);
+    if (!vt.Has(CKA_PRIVATE)) probe.attrs.SetBool(CKA_PRIVATE, true);
+    if (!vt.Has(CKA_LABEL) && pt.Has(CKA_LABEL)) probe.attrs.Set(CKA_LABEL, *pt.Get(CKA_LABEL));
+    VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, probe, auth::kCreate));
+  }
+  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, model::GenerateKeyPair(mech->mechanism, pt, vt));
+  VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *kp.public_key, auth::kCreate));
+  VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *kp.private_key, auth::kCreate));
+  kp.public_key->owner_session = h;
+  kp.private_key->owner_session = h;
+  VAULTP11_ASSIGN_OR_RETURN(auto handles, c.token->AddPair(std::move(kp.public_key), std::move(kp.private_key)));
+  *pub_out = handles.first;
+  *priv_out = handles.second;
+  return OkStatus();
+}
+
+}  // namespace vaultp11::core

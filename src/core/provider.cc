@@ -1,0 +1,392 @@
+// C_Initialize / C_Finalize, slots, tokens, mechanisms, sessions and login (spec 5.4-5.6).
+#include "core/provider.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "auth/access.h"
+#include "auth/secret_hash.h"
+#include "core/calls.h"
+#include "core/mechanisms.h"
+#include "util/log.h"
+
+namespace vaultp11::core {
+
+namespace {
+
+std::mutex g_init_mu;  // serialises C_Initialize / C_Finalize
+std::atomic<Provider*> g_provider{nullptr};
+std::atomic<pid_t> g_pid{0};
+
+void Pad(CK_UTF8CHAR* dst, size_t n, std::string_view s) {
+  std::memset(dst, ' ', n);
+  std::memcpy(dst, s.data(), std::min(n, s.size()));
+}
+
+log::Level ParseLevel(const std::string& s) {
+  if (s == "debug") return log::Level::kDebug;
+  if (s == "info") return log::Level::kInfo;
+  if (s == "error") return log::Level::kError;
+  if (s == "off") return log::Level::kOff;
+  return log::Level::kWarning;
+}
+
+}  // namespace
+
+Result<Provider*> GetProvider() {
+  Provider* p = g_provider.load(std::memory_order_acquire);
+  if (p == nullptr || g_pid.load(std::memory_order_relaxed) != getpid())
+    return Err(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Initialize has not been called in this process");
+  return p;
+}
+
+Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_path) {
+  VAULTP11_ASSIGN_OR_RETURN(config::Config cfg, config::LoadFile(config_path));
+  log::Configure(ParseLevel(cfg.log.level), cfg.log.sink);
+  std::unique_ptr<Provider> p(new Provider());
+  p->config_ = std::move(cfg);
+  // The store is created on first use (like `vaultp11 init`), so a fresh deployment works.
+  VAULTP11_ASSIGN_OR_RETURN(p->store_, store::Store::Open(p->config_.store.path, p->config_.store.master_key_file, true));
+  CK_SLOT_ID slot = 0;
+  for (const auto& v : p->config_.vaults) {
+    if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(v.name));
+    auto t = std::make_unique<Token>(slot++, v, p->store_.get(), &p->next_object_);
+    VAULTP11_RETURN_IF_ERROR(t->Load());
+    p->tokens_.push_back(std::move(t));
+  }
+  (void)p->store_->ExternalChange();  // first call primes the data_version baseline
+  return p;
+}
+
+Result<Token*> Provider::GetToken(CK_SLOT_ID slot) const {
+  if (slot >= tokens_.size()) return Err(CKR_SLOT_ID_INVALID, "slot {} does not exist", slot);
+  return tokens_[slot].get();
+}
+
+Result<CK_SESSION_HANDLE> Provider::OpenSession(Token* token, CK_FLAGS flags) {
+  CK_SESSION_HANDLE h = next_session_.fetch_add(1);
+  auto s = std::make_shared<Session>(h, token, flags);
+  std::unique_lock<std::shared_mutex> l(sessions_mu_);
+  sessions_.emplace(h, std::move(s));
+  return h;
+}
+
+Result<SessionPtr> Provider::GetSession(CK_SESSION_HANDLE h) const {
+  std::shared_lock<std::shared_mutex> l(sessions_mu_);
+  auto it = sessions_.find(h);
+  if (it == sessions_.end()) return Err(CKR_SESSION_HANDLE_INVALID, "session handle {} is not valid", h);
+  return it->second;
+}
+
+Status Provider::CloseSession(CK_SESSION_HANDLE h) {
+  SessionPtr s;
+  bool last = false;
+  {
+    std::unique_lock<std::shared_mutex> l(sessions_mu_);
+    auto it = sessions_.find(h);
+    if (it == sessions_.end()) return Err(CKR_SESSION_HANDLE_INVALID, "session handle {} is not valid", h);
+    s = it->second;
+    sessions_.erase(it);
+    last = std::none_of(sessions_.begin(), sessions_.end(),
+                        [&](const auto& e) { return e.second->token() == s->token(); });
+  }
+  s->token()->RemoveSessionObjects(h);
+  // Closing the application's last session on a token logs it out (spec 5.6 C_CloseSession).
+  if (last) s->token()->Logout();
+  return OkStatus();
+}
+
+Status Provider::CloseAllSessions(Token* token) {
+  std::vector<CK_SESSION_HANDLE> hs;
+  {
+    std::shared_lock<std::shared_mutex> l(sessions_mu_);
+    for (const auto& [h, s] : sessions_)
+      if (s->token() == token) hs.push_back(h);
+  }
+  for (auto h : hs) (void)CloseSession(h);
+  token->Logout();
+  return OkStatus();
+}
+
+void Provider::CountSessions(const Token* token, CK_ULONG* all, CK_ULONG* rw) const {
+  std::shared_lock<std::shared_mutex> l(sessions_mu_);
+  *all = 0;
+  *rw = 0;
+  for (const auto& [h, s] : sessions_) {
+    if (s->token() != token) continue;
+    ++*all;
+    if (s->read_write()) ++*rw;
+  }
+}
+
+void Provider::SyncFromStore() {
+  std::lock_guard<std::mutex> l(sync_mu_);
+  auto changed = store_->ExternalChange();
+  if (!changed.ok() || !changed.value()) return;
+  for (auto& t : tokens_) {
+    Status st = t->ApplyChanges();
+    if (!st.ok()) log::Warning("vault {}: reading changes from the store failed: {}", t->name(), st.error().message);
+  }
+}
+
+// ---- general purpose ------------------------------------------------------------------------
+
+Status Initialize(CK_VOID_PTR init_args) {
+  std::lock_guard<std::mutex> l(g_init_mu);
+  Provider* existing = g_provider.load();
+  if (existing != nullptr) {
+    if (g_pid.load() == getpid())
+      return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED, "C_Initialize called twice");
+    // A forked child re-initialises: the parent's provider is abandoned, not destroyed (its
+    // locks and database connection belong to the parent).
+    g_provider.store(nullptr);
+  }
+  const char* reserved = nullptr;
+  if (init_args != nullptr) {
+    auto* a = static_cast<CK_C_INITIALIZE_ARGS*>(init_args);
+    int given = (a->CreateMutex != nullptr) + (a->DestroyMutex != nullptr) + (a->LockMutex != nullptr) +
+                (a->UnlockMutex != nullptr);
+    if (given != 0 && given != 4)
+      return Err(CKR_ARGUMENTS_BAD, "C_Initialize: mutex callbacks must be all set or all NULL");
+    // Application mutexes without CKF_OS_LOCKING_OK: this module can only use OS locking.
+    if (given == 4 && !(a->flags & CKF_OS_LOCKING_OK))
+      return Err(CKR_CANT_LOCK, "C_Initialize: only OS locking is supported (set CKF_OS_LOCKING_OK)");
+    // Non-standard but common (kmsp11): pReserved may carry the config path.
+    reserved = static_cast<const char*>(a->pReserved);
+  }
+  std::string path = config::ResolvePath(reserved);
+  auto p = Provider::Create(path);
+  if (!p.ok()) {
+    log::Error("C_Initialize: {}", p.error().message);
+    // C_Initialize may only fail with the codes of spec 5.4; the log has the detail.
+    return Error{CKR_FUNCTION_FAILED, p.error().message, 0};
+  }
+  g_pid.store(getpid());
+  g_provider.store(p.value().release(), std::memory_order_release);
+  return OkStatus();
+}
+
+Status Finalize(CK_VOID_PTR reserved) {
+  if (reserved != nullptr) return Err(CKR_ARGUMENTS_BAD, "C_Finalize: pReserved must be NULL");
+  std::lock_guard<std::mutex> l(g_init_mu);
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  g_provider.store(nullptr);
+  delete p;
+  return OkStatus();
+}
+
+Status GetInfo(CK_INFO_PTR info) {
+  VAULTP11_RETURN_IF_ERROR(GetProvider());
+  if (info == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetInfo: pInfo is NULL");
+  std::memset(info, 0, sizeof(*info));
+  info->cryptokiVersion = {2, 40};
+  Pad(info->manufacturerID, sizeof(info->manufacturerID), "vaultp11");
+  Pad(info->libraryDescription, sizeof(info->libraryDescription), "vaultp11 key vault module");
+  info->libraryVersion = {0, 1};
+  return OkStatus();
+}
+
+// ---- slots and tokens -----------------------------------------------------------------------
+
+Status GetSlotList(CK_BBOOL, CK_SLOT_ID_PTR list, CK_ULONG_PTR count) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  if (count == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetSlotList: pulCount is NULL");
+  // tokenPresent is ignored: every slot always holds its vault's token.
+  CK_ULONG n = p->tokens().size();
+  if (list == nullptr) {
+    *count = n;
+    return OkStatus();
+  }
+  if (*count < n) {
+    *count = n;
+    return Err(CKR_BUFFER_TOO_SMALL, "C_GetSlotList: {} slots", n);
+  }
+  for (CK_ULONG i = 0; i < n; ++i) list[i] = p->tokens()[i]->slot_id();
+  *count = n;
+  return OkStatus();
+}
+
+Status GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_ASSIGN_OR_RETURN(Token * t, p->GetToken(slot));
+  if (info == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetSlotInfo: pInfo is NULL");
+  std::memset(info, 0, sizeof(*info));
+  Pad(info->slotDescription, sizeof(info->slotDescription), "vaultp11 vault " + t->name());
+  Pad(info->manufacturerID, sizeof(info->manufacturerID), "vaultp11");
+  info->flags = CKF_TOKEN_PRESENT;
+  info->hardwareVersion = {0, 1};
+  info->firmwareVersion = {0, 1};
+  return OkStatus();
+}
+
+Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_ASSIGN_OR_RETURN(Token * t, p->GetToken(slot));
+  if (info == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetTokenInfo: pInfo is NULL");
+  std::memset(info, 0, sizeof(*info));
+  Pad(info->label, sizeof(info->label), t->name());
+  Pad(info->manufacturerID, sizeof(info->manufacturerID), "vaultp11");
+  Pad(info->model, sizeof(info->model), "vault");
+  Pad(info->serialNumber, sizeof(info->serialNumber), t->serial());
+  info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
+  if (t->store()->read_only()) info->flags |= CKF_WRITE_PROTECTED;
+  CK_ULONG all = 0, rw = 0;
+  p->CountSessions(t, &all, &rw);
+  info->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
+  info->ulSessionCount = all;
+  info->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
+  info->ulRwSessionCount = rw;
+  info->ulMaxPinLen = 4096;
+  info->ulMinPinLen = 1;
+  info->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
+  info->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
+  info->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
+  info->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
+  info->hardwareVersion = {0, 1};
+  info->firmwareVersion = {0, 1};
+  auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  char buf[17];
+  strftime(buf, sizeof(buf), "%Y%m%d%H%M%S00", &tm);
+  std::memcpy(info->utcTime, buf, 16);
+  return OkStatus();
+}
+
+Status GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_RETURN_IF_ERROR(p->GetToken(slot));
+  if (count == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetMechanismList: pulCount is NULL");
+  auto mechs = Mechanisms();
+  if (list == nullptr) {
+    *count = mechs.size();
+    return OkStatus();
+  }
+  if (*count < mechs.size()) {
+    *count = mechs.size();
+    return Err(CKR_BUFFER_TOO_SMALL, "C_GetMechanismList: {} mechanisms", mechs.size());
+  }
+  for (size_t i = 0; i < mechs.size(); ++i) list[i] = mechs[i].type;
+  *count = mechs.size();
+  return OkStatus();
+}
+
+Status GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_RETURN_IF_ERROR(p->GetToken(slot));
+  if (info == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetMechanismInfo: pInfo is NULL");
+  const MechanismEntry* m = FindMechanism(type);
+  if (m == nullptr) return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} is not supported", type);
+  info->ulMinKeySize = m->min_key;
+  info->ulMaxKeySize = m->max_key;
+  info->flags = m->flags;
+  return OkStatus();
+}
+
+// ---- sessions and login ---------------------------------------------------------------------
+
+Status OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR, CK_NOTIFY, CK_SESSION_HANDLE_PTR out) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_ASSIGN_OR_RETURN(Token * t, p->GetToken(slot));
+  if (out == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_OpenSession: phSession is NULL");
+  if (!(flags & CKF_SERIAL_SESSION))
+    return Err(CKR_SESSION_PARALLEL_NOT_SUPPORTED, "C_OpenSession: CKF_SERIAL_SESSION must be set");
+  if ((flags & CKF_RW_SESSION) && t->store()->read_only())
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "vault {} is read-only", t->name());
+  p->SyncFromStore();
+  VAULTP11_ASSIGN_OR_RETURN(*out, p->OpenSession(t, flags & (CKF_RW_SESSION | CKF_SERIAL_SESSION)));
+  return OkStatus();
+}
+
+Status CloseSession(CK_SESSION_HANDLE h) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  return p->CloseSession(h);
+}
+
+Status CloseAllSessions(CK_SLOT_ID slot) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_ASSIGN_OR_RETURN(Token * t, p->GetToken(slot));
+  return p->CloseAllSessions(t);
+}
+
+Status GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));
+  if (info == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetSessionInfo: pInfo is NULL");
+  info->slotID = s->token()->slot_id();
+  bool in = s->token()->logged_in();
+  info->state = s->read_write() ? (in ? CKS_RW_USER_FUNCTIONS : CKS_RW_PUBLIC_SESSION)
+                                : (in ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION);
+  info->flags = s->flags();
+  info->ulDeviceError = 0;
+  return OkStatus();
+}
+
+namespace {
+
+// Checks "principal:secret" against the principal's configured secrets. The hash is computed
+// even for an unknown principal so the time taken does not tell which principals exist.
+Result<std::string> Authenticate(const config::Config& cfg, std::span<const uint8_t> pin) {
+  auto colon = std::find(pin.begin(), pin.end(), ':');
+  if (colon == pin.end() || colon == pin.begin() || colon + 1 == pin.end())
+    return Err(CKR_PIN_INVALID, "the PIN must be principal:secret");
+  std::string name(pin.begin(), colon);
+  std::span<const uint8_t> secret(colon + 1, pin.end());
+  const config::PrincipalConfig* pr = cfg.FindPrincipal(name);
+  if (pr == nullptr || pr->auth != "client_secret") {
+    static const std::string kDummy = [] {
+      auto h = auth::HashSecret(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>("x"), 1));
+      return h.ok() ? h.value() : std::string();
+    }();
+    if (!kDummy.empty()) (void)auth::VerifySecret(kDummy, secret);
+    return Err(CKR_PIN_INCORRECT, "login failed: no such client-secret principal");
+  }
+  auto today = std::chrono::floor<std::chrono::days>(std::chrono::system_clock::now());
+  bool matched_expired = false;
+  for (const auto& s : pr->secrets) {
+    VAULTP11_ASSIGN_OR_RETURN(bool ok, auth::VerifySecret(s.hash, secret));
+    if (!ok) continue;
+    if (s.expires && today >= *s.expires) {
+      matched_expired = true;
+      continue;
+    }
+    return name;
+  }
+  if (matched_expired) return Err(CKR_PIN_INCORRECT, "login failed for principal {}: the secret has expired", name);
+  return Err(CKR_PIN_INCORRECT, "login failed for principal {}: wrong secret", name);
+}
+
+}  // namespace
+
+Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));
+  if (user == CKU_CONTEXT_SPECIFIC)
+    return Err(CKR_OPERATION_NOT_INITIALIZED, "no key needs a context-specific login");
+  if (user != CKU_USER && user != CKU_SO) return Err(CKR_USER_TYPE_INVALID, "user type {} is not valid", user);
+  if (pin == nullptr && pin_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_Login: pPin is NULL");
+  if (pin_len > 4096) return Err(CKR_PIN_LEN_RANGE, "C_Login: PIN of {} bytes is too long", pin_len);
+  Token* t = s->token();
+  if (t->logged_in()) return Err(CKR_USER_ALREADY_LOGGED_IN, "already logged in to vault {}", t->name());
+  // Vault tokens have no security officer: administration goes through the config and CLI.
+  if (user == CKU_SO) return Err(CKR_PIN_INCORRECT, "vault tokens have no security officer");
+  SecureBytes pin_bytes(pin, pin + pin_len);
+  VAULTP11_ASSIGN_OR_RETURN(std::string principal, Authenticate(p->config(), pin_bytes));
+  auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(p->config(), t->name(), principal));
+  t->SetLogin(std::move(grants));
+  log::Info("vault {}: principal {} logged in", t->name(), principal);
+  return OkStatus();
+}
+
+Status Logout(CK_SESSION_HANDLE h) {
+  VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
+  VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));
+  if (!s->token()->logged_in()) return Err(CKR_USER_NOT_LOGGED_IN, "C_Logout: not logged in");
+  s->token()->Logout();
+  return OkStatus();
+}
+
+}  // namespace vaultp11::core

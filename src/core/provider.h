@@ -1,0 +1,61 @@
+// Provider models one C_Initialize..C_Finalize run of the module in one process: the
+// configuration, the store, one token per vault and the open sessions.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.h"
+#include "core/session.h"
+#include "core/token.h"
+#include "store/store.h"
+#include "util/result.h"
+
+namespace vaultp11::core {
+
+class Provider {
+ public:
+  // Loads and validates the config, opens the store and builds the tokens. Nothing is
+  // left behind on failure.
+  static Result<std::unique_ptr<Provider>> Create(const std::string& config_path);
+
+  const config::Config& config() const { return config_; }
+  const std::vector<std::unique_ptr<Token>>& tokens() const { return tokens_; }
+  Result<Token*> GetToken(CK_SLOT_ID slot) const;
+
+  Result<CK_SESSION_HANDLE> OpenSession(Token* token, CK_FLAGS flags);
+  Result<SessionPtr> GetSession(CK_SESSION_HANDLE h) const;
+  Status CloseSession(CK_SESSION_HANDLE h);
+  Status CloseAllSessions(Token* token);
+  // Number of sessions (and R/W sessions) open on a token.
+  void CountSessions(const Token* token, CK_ULONG* all, CK_ULONG* rw) const;
+
+  // Applies changes other processes committed to the store (cheap when nothing changed).
+  void SyncFromStore();
+
+ private:
+  Provider() = default;
+
+  config::Config config_;
+  std::unique_ptr<store::Store> store_;
+  std::vector<std::unique_ptr<Token>> tokens_;
+  std::atomic<CK_OBJECT_HANDLE> next_object_{1};
+  std::atomic<CK_SESSION_HANDLE> next_session_{1};
+
+  mutable std::shared_mutex sessions_mu_;  // guards sessions_
+  std::unordered_map<CK_SESSION_HANDLE, SessionPtr> sessions_;
+  std::mutex sync_mu_;  // serialises SyncFromStore
+};
+
+// The provider of this process, or CKR_CRYPTOKI_NOT_INITIALIZED (also in a forked child that
+// has not called C_Initialize again: the pid recorded at C_Initialize is checked lazily).
+Result<Provider*> GetProvider();
+
+}  // namespace vaultp11::core

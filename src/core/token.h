@@ -1,0 +1,87 @@
+// Token models a PKCS#11 token and maps to one vault: its objects (token objects mirrored from
+// the store, session objects in memory), their handles and indexes, and the login state of
+// this application on it.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "auth/access.h"
+#include "config/config.h"
+#include "model/object.h"
+#include "store/store.h"
+#include "util/result.h"
+
+namespace vaultp11::core {
+
+class Token {
+ public:
+  Token(CK_SLOT_ID slot_id, const config::VaultConfig& vault, store::Store* store,
+        std::atomic<CK_OBJECT_HANDLE>* next_handle);
+
+  CK_SLOT_ID slot_id() const { return slot_id_; }
+  const std::string& name() const { return name_; }
+  const std::string& serial() const { return serial_; }
+  store::Store* store() const { return store_; }
+
+  // Reads every object of the vault from the store (at C_Initialize).
+  Status Load();
+  // Applies changes committed by other processes since the last sync (revision > seen).
+  Status ApplyChanges();
+
+  Result<model::ObjectPtr> Get(CK_OBJECT_HANDLE h) const;
+  // Adds an object: token objects are written to the store first (one transaction).
+  Result<CK_OBJECT_HANDLE> Add(std::shared_ptr<model::Object> obj);
+  // Adds both halves of a key pair, token halves in the store.
+  Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> AddPair(std::shared_ptr<model::Object> pub,
+                                                                 std::shared_ptr<model::Object> priv);
+  Status Replace(CK_OBJECT_HANDLE h, std::shared_ptr<model::Object> obj);
+  Status Remove(CK_OBJECT_HANDLE h);
+  // Removes the session objects created by `session` (C_CloseSession).
+  void RemoveSessionObjects(CK_SESSION_HANDLE session);
+
+  // Handles of objects that match `tmpl`; uses the label / id / class index when present.
+  std::vector<CK_OBJECT_HANDLE> Find(const model::AttributeMap& tmpl) const;
+
+  // ---- login state (per application, per token: spec 5.6) ---------------------------------
+  bool logged_in() const;
+  std::shared_ptr<const auth::Grants> grants() const;
+  void SetLogin(std::shared_ptr<const auth::Grants> g);
+  void Logout();
+
+ private:
+  void IndexLocked(CK_OBJECT_HANDLE h, const model::Object& o);
+  void UnindexLocked(CK_OBJECT_HANDLE h, const model::Object& o);
+  CK_OBJECT_HANDLE InsertLocked(std::shared_ptr<const model::Object> obj);
+  CK_OBJECT_HANDLE InsertPersistedLocked(std::shared_ptr<model::Object> obj);
+  std::shared_ptr<model::Object> FromRecord(const store::ObjectRecord& rec, Status* st);
+  Status Persist(model::Object& obj);
+
+  const CK_SLOT_ID slot_id_;
+  const std::string name_;
+  const std::string serial_;
+  store::Store* const store_;
+  std::atomic<CK_OBJECT_HANDLE>* const next_handle_;
+
+  mutable std::shared_mutex mu_;  // guards objects_, the indexes, by_store_id_, revision_
+  std::unordered_map<CK_OBJECT_HANDLE, model::ObjectPtr> objects_;
+  std::unordered_multimap<std::string, CK_OBJECT_HANDLE> by_label_;
+  std::multimap<Bytes, CK_OBJECT_HANDLE> by_id_;
+  std::unordered_multimap<CK_OBJECT_CLASS, CK_OBJECT_HANDLE> by_class_;
+  std::unordered_map<int64_t, CK_OBJECT_HANDLE> by_store_id_;
+  int64_t revision_ = 0;
+
+  mutable std::mutex login_mu_;  // guards grants_
+  std::shared_ptr<const auth::Grants> grants_;
+};
+
+}  // namespace vaultp11::core

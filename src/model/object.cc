@@ -1,0 +1,566 @@
+#include "model/object.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <set>
+
+namespace vaultp11::model {
+
+// ---- Material -------------------------------------------------------------------------------
+
+Material::Material(SecureBytes secret)
+    : secret_(std::make_shared<const SecureBytes>(std::move(secret))) {}
+Material::Material(Loader loader) : loader_(std::move(loader)) {}
+
+Result<std::shared_ptr<const SecureBytes>> Material::Secret() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!secret_ && loader_) {
+    VAULTP11_ASSIGN_OR_RETURN(SecureBytes s, loader_());
+    secret_ = std::make_shared<const SecureBytes>(std::move(s));
+  }
+  if (!secret_) return Err(CKR_GENERAL_ERROR, "object has no secret material");
+  return secret_;
+}
+
+Result<ossl::KeyRef> Material::Key(CK_OBJECT_CLASS cls, CK_KEY_TYPE type, const AttributeMap& attrs) {
+  // Fast path: the key is built once; afterwards the hot path takes no lock.
+  if (key_ready_.load(std::memory_order_acquire)) return key_;
+  ossl::KeyRef k;
+  k.key_type = type;
+  k.object_class = cls;
+  if (cls == CKO_SECRET_KEY) {
+    VAULTP11_ASSIGN_OR_RETURN(k.secret, Secret());
+  } else if (cls == CKO_PRIVATE_KEY) {
+    VAULTP11_ASSIGN_OR_RETURN(auto der, Secret());
+    VAULTP11_ASSIGN_OR_RETURN(k.pkey, ossl::PrivateKeyFromDer(*der));
+  } else if (cls == CKO_PUBLIC_KEY) {
+    if (type == CKK_RSA) {
+      const Bytes* n = attrs.Get(CKA_MODULUS);
+      const Bytes* e = attrs.Get(CKA_PUBLIC_EXPONENT);
+      if (!n || !e) return Err(CKR_GENERAL_ERROR, "RSA public key without modulus");
+      VAULTP11_ASSIGN_OR_RETURN(k.pkey, ossl::RsaPublicFromComponents(*n, *e));
+    } else if (type == CKK_EC) {
+      const Bytes* p = attrs.Get(CKA_EC_PARAMS);
+      const Bytes* q = attrs.Get(CKA_EC_POINT);
+      if (!p || !q) return Err(CKR_GENERAL_ERROR, "EC public key without point");
+      VAULTP11_ASSIGN_OR_RETURN(k.pkey, ossl::EcPublicFromPoint(*p, *q));
+    } else {
+      return Err(CKR_KEY_TYPE_INCONSISTENT, "unsupported public key type");
+    }
+  } else {
+    return Err(CKR_KEY_HANDLE_INVALID, "object is not a key");
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  if (!key_ready_.load(std::memory_order_relaxed)) {
+    key_ = std::move(k);
+    key_ready_.store(true, std::memory_order_release);
+  }
+  return key_;
+}
+
+// ---- attribute policy -----------------------------------------------------------------------
+// Declarative per-class rules (spec tables 10-29 and their footnotes):
+//  kGiven: may appear in a C_CreateObject / generation template; kModify: C_SetAttributeValue;
+//  kSecret: lives in the material, never in the plain map.
+namespace {
+
+enum Flag : unsigned { kGiven = 1, kModify = 2, kSecret = 4, kNeedsCreate = 8 };
+
+struct Rule {
+  CK_ATTRIBUTE_TYPE type;
+  unsigned flags;
+};
+
+constexpr Rule kCommon[] = {
+    {CKA_CLASS, kGiven}, {CKA_TOKEN, kGiven}, {CKA_PRIVATE, kGiven},
+    {CKA_MODIFIABLE, kGiven}, {CKA_LABEL, kGiven | kModify}, {CKA_COPYABLE, kGiven | kModify},
+    {CKA_DESTROYABLE, kGiven | kModify},
+};
+constexpr Rule kKey[] = {
+    {CKA_KEY_TYPE, kGiven}, {CKA_ID, kGiven | kModify}, {CKA_START_DATE, kGiven | kModify},
+    {CKA_END_DATE, kGiven | kModify}, {CKA_DERIVE, kGiven | kModify}, {CKA_LOCAL, 0},
+    {CKA_KEY_GEN_MECHANISM, 0}, {CKA_ALLOWED_MECHANISMS, kGiven},
+};
+constexpr Rule kPublic[] = {
+    {CKA_SUBJECT, kGiven | kModify}, {CKA_ENCRYPT, kGiven | kModify}, {CKA_VERIFY, kGiven | kModify},
+    {CKA_VERIFY_RECOVER, kGiven | kModify}, {CKA_WRAP, kGiven | kModify}, {CKA_TRUSTED, 0},
+    {CKA_PUBLIC_KEY_INFO, 0},
+    {CKA_MODULUS, kGiven | kNeedsCreate}, {CKA_MODULUS_BITS, kGiven}, {CKA_PUBLIC_EXPONENT, kGiven},
+    {CKA_EC_PARAMS, kGiven}, {CKA_EC_POINT, kGiven | kNeedsCreate},
+};
+constexpr Rule kPrivate[] = {
+    {CKA_SUBJECT, kGiven | kModify}, {CKA_SENSITIVE, kGiven | kModify}, {CKA_DECRYPT, kGiven | kModify},
+    {CKA_SIGN, kGiven | kModify}, {CKA_SIGN_RECOVER, kGiven | kModify}, {CKA_UNWRAP, kGiven | kModify},
+    {CKA_EXTRACTABLE, kGiven | kModify}, {CKA_ALWAYS_SENSITIVE, 0}, {CKA_NEVER_EXTRACTABLE, 0},
+    {CKA_WRAP_WITH_TRUSTED, kGiven | kModify}, {CKA_ALWAYS_AUTHENTICATE, kGiven},
+    {CKA_PUBLIC_KEY_INFO, 0},
+    {CKA_MODULUS, kGiven | kNeedsCreate}, {CKA_PUBLIC_EXPONENT, kGiven | kNeedsCreate},
+    {CKA_MODULUS_BITS, 0},
+    {CKA_PRIVATE_EXPONENT, kGiven | kSecret | kNeedsCreate}, {CKA_PRIME_1, kGiven | kSecret | kNeedsCreate},
+    {CKA_PRIME_2, kGiven | kSecret | kNeedsCreate}, {CKA_EXPONENT_1, kGiven | kSecret | kNeedsCreate},
+    {CKA_EXPONENT_2, kGiven | kSecret | kNeedsCreate}, {CKA_COEFFICIENT, kGiven | kSecret | kNeedsCreate},
+    {CKA_EC_PARAMS, kGiven}, {CKA_EC_POINT, 0}, {CKA_VALUE, kGiven | kSecret | kNeedsCreate},
+};
+constexpr Rule kSecretKey[] = {
+    {CKA_SENSITIVE, kGiven | kModify}, {CKA_ENCRYPT, kGiven | kModify}, {CKA_DECRYPT, kGiven | kModify},
+    {CKA_SIGN, kGiven | kModify}, {CKA_VERIFY, kGiven | kModify}, {CKA_WRAP, kGiven | kModify},
+    {CKA_UNWRAP, kGiven | kModify}, {CKA_EXTRACTABLE, kGiven | kModify}, {CKA_ALWAYS_SENSITIVE, 0},
+    {CKA_NEVER_EXTRACTABLE, 0}, {CKA_WRAP_WITH_TRUSTED, kGiven | kModify}, {CKA_TRUSTED, 0},
+    {CKA_VALUE, kGiven | kSecret | kNeedsCreate}, {CKA_VALUE_LEN, kGiven}, {CKA_CHECK_VALUE, 0},
+};
+constexpr Rule kData[] = {
+    {CKA_APPLICATION, kGiven | kModify}, {CKA_OBJECT_ID, kGiven | kModify},
+    {CKA_VALUE, kGiven | kSecret},  // a new value is a new object (secret versions)
+};
+
+std::optional<unsigned> RuleFor(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t) {
+  auto find = [t](std::span<const Rule> rules) -> std::optional<unsigned> {
+    for (const Rule& r : rules)
+      if (r.type == t) return r.flags;
+    return std::nullopt;
+  };
+  if (auto f = find(kCommon)) return f;
+  switch (cls) {
+    case CKO_PUBLIC_KEY:
+      if (auto f = find(kKey)) return f;
+      return find(kPublic);
+    case CKO_PRIVATE_KEY:
+      if (auto f = find(kKey)) return f;
+      return find(kPrivate);
+    case CKO_SECRET_KEY:
+      if (auto f = find(kKey)) return f;
+      return find(kSecretKey);
+    case CKO_DATA:
+      return find(kData);
+    default:
+      return std::nullopt;
+  }
+}
+
+// Every attribute of `tmpl` must be known for the class and allowed in a template.
+// `generate` forbids the attributes the token computes itself (modulus, point, value).
+Status CheckTemplate(CK_OBJECT_CLASS cls, const AttributeMap& tmpl, bool generate) {
+  for (const auto& [t, v] : tmpl.values()) {
+    auto f = RuleFor(cls, t);
+    if (!f) return Err(CKR_ATTRIBUTE_TYPE_INVALID, "{} is not an attribute of this object class", AttrName(t));
+    if (!(*f & kGiven)) return Err(CKR_ATTRIBUTE_READ_ONLY, "{} is set by the token", AttrName(t));
+    if (generate && (*f & kNeedsCreate))
+      return Err(CKR_TEMPLATE_INCONSISTENT, "{} cannot be given when generating a key", AttrName(t));
+  }
+  return OkStatus();
+}
+
+Status ExpectUlong(const AttributeMap& tmpl, CK_ATTRIBUTE_TYPE t, CK_ULONG want) {
+  if (!tmpl.Has(t)) return OkStatus();
+  auto v = tmpl.GetUlong(t);
+  if (!v || *v != want)
+    return Err(CKR_TEMPLATE_INCONSISTENT, "{} does not fit the mechanism or the other template", AttrName(t));
+  return OkStatus();
+}
+
+// Defaults shared by every object, then the template's own values on top.
+void Base(AttributeMap& a, CK_OBJECT_CLASS cls, const AttributeMap& tmpl) {
+  a.SetUlong(CKA_CLASS, cls);
+  a.SetBool(CKA_TOKEN, false);
+  a.SetBool(CKA_PRIVATE, cls == CKO_PRIVATE_KEY || cls == CKO_SECRET_KEY);
+  a.SetBool(CKA_MODIFIABLE, true);
+  a.SetBool(CKA_COPYABLE, true);
+  a.SetBool(CKA_DESTROYABLE, true);
+  a.Set(CKA_LABEL, Bytes{});
+  if (cls != CKO_DATA) {
+    a.Set(CKA_ID, Bytes{});
+    a.Set(CKA_START_DATE, Bytes{});
+    a.Set(CKA_END_DATE, Bytes{});
+    a.SetBool(CKA_DERIVE, false);
+    a.Set(CKA_ALLOWED_MECHANISMS, Bytes{});
+    a.SetBool(CKA_LOCAL, false);
+    a.SetUlong(CKA_KEY_GEN_MECHANISM, CK_UNAVAILABLE_INFORMATION);
+  }
+  switch (cls) {
+    case CKO_PUBLIC_KEY:
+      a.Set(CKA_SUBJECT, Bytes{});
+      for (auto t : {CKA_ENCRYPT, CKA_VERIFY, CKA_VERIFY_RECOVER, CKA_WRAP}) a.SetBool(t, true);
+      a.SetBool(CKA_TRUSTED, false);
+      break;
+    case CKO_PRIVATE_KEY:
+      a.Set(CKA_SUBJECT, Bytes{});
+      for (auto t : {CKA_DECRYPT, CKA_SIGN, CKA_SIGN_RECOVER, CKA_UNWRAP}) a.SetBool(t, true);
+      a.SetBool(CKA_SENSITIVE, true);
+      a.SetBool(CKA_EXTRACTABLE, false);
+      a.SetBool(CKA_WRAP_WITH_TRUSTED, false);
+      a.SetBool(CKA_ALWAYS_AUTHENTICATE, false);
+      break;
+    case CKO_SECRET_KEY:
+      for (auto t : {CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP}) a.SetBool(t, true);
+      a.SetBool(CKA_SIGN, false);
+      a.SetBool(CKA_VERIFY, false);
+      a.SetBool(CKA_SENSITIVE, true);
+      a.SetBool(CKA_EXTRACTABLE, false);
+      a.SetBool(CKA_WRAP_WITH_TRUSTED, false);
+      a.SetBool(CKA_TRUSTED, false);
+      break;
+    case CKO_DATA:
+      a.Set(CKA_APPLICATION, Bytes{});
+      a.Set(CKA_OBJECT_ID, Bytes{});
+      break;
+    default:
+      break;
+  }
+  for (const auto& [t, v] : tmpl.values()) {
+    auto f = RuleFor(cls, t);
+    if (f && (*f & kSecret)) continue;
+    a.Set(t, v);
+  }
+}
+
+// CKA_ALWAYS_AUTHENTICATE needs a context-specific login this module does not offer.
+Status CheckUnsupportedFlags(const AttributeMap& a) {
+  if (a.GetBool(CKA_ALWAYS_AUTHENTICATE))
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_ALWAYS_AUTHENTICATE true is not supported");
+  return OkStatus();
+}
+
+void SetSensitivityHistory(AttributeMap& a, bool local) {
+  a.SetBool(CKA_ALWAYS_SENSITIVE, local && a.GetBool(CKA_SENSITIVE));
+  a.SetBool(CKA_NEVER_EXTRACTABLE, local && !a.GetBool(CKA_EXTRACTABLE));
+}
+
+// Public attributes of an asymmetric key, mirrored on both objects of the pair.
+Status AddPublicAttributes(AttributeMap& a, EVP_PKEY* pkey, CK_KEY_TYPE type, bool is_public) {
+  if (type == CKK_RSA) {
+    VAULTP11_ASSIGN_OR_RETURN(Bytes n, ossl::RsaModulus(pkey));
+    VAULTP11_ASSIGN_OR_RETURN(Bytes e, ossl::RsaPublicExponent(pkey));
+    a.Set(CKA_MODULUS, std::move(n));
+    a.Set(CKA_PUBLIC_EXPONENT, std::move(e));
+    a.SetUlong(CKA_MODULUS_BITS, ossl::RsaModulusBits(pkey));
+  } else {
+    VAULTP11_ASSIGN_OR_RETURN(Bytes p, ossl::EcParams(pkey));
+    VAULTP11_ASSIGN_OR_RETURN(Bytes q, ossl::EcPoint(pkey));
+    a.Set(CKA_EC_PARAMS, std::move(p));
+    a.Set(CKA_EC_POINT, std::move(q));
+  }
+  VAULTP11_ASSIGN_OR_RETURN(Bytes spki, ossl::PublicKeyInfo(pkey));
+  a.Set(CKA_PUBLIC_KEY_INFO, std::move(spki));
+  (void)is_public;
+  return OkStatus();
+}
+
+Result<std::shared_ptr<Object>> PrivateKeyObject(AttributeMap a, ossl::PkeyRef pkey, CK_KEY_TYPE type) {
+  VAULTP11_RETURN_IF_ERROR(AddPublicAttributes(a, pkey.get(), type, false));
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes der, ossl::PrivateKeyToDer(pkey.get()));
+  auto obj = std::make_shared<Object>();
+  obj->attrs = std::move(a);
+  obj->material = std::make_shared<Material>(std::move(der));
+  return obj;
+}
+
+Result<std::shared_ptr<Object>> PublicKeyObject(AttributeMap a, EVP_PKEY* pkey, CK_KEY_TYPE type) {
+  VAULTP11_RETURN_IF_ERROR(AddPublicAttributes(a, pkey, type, true));
+  auto obj = std::make_shared<Object>();
+  obj->attrs = std::move(a);
+  obj->material = std::make_shared<Material>();
+  return obj;
+}
+
+Status CheckAesLength(size_t len) {
+  if (len != 16 && len != 24 && len != 32)
+    return Err(CKR_KEY_SIZE_RANGE, "AES keys are 16, 24 or 32 bytes, not {}", len);
+  return OkStatus();
+}
+
+Result<std::shared_ptr<Object>> SecretKeyObject(AttributeMap a, SecureBytes value) {
+  VAULTP11_RETURN_IF_ERROR(CheckAesLength(value.size()));
+  if (a.Has(CKA_VALUE_LEN) && a.GetUlong(CKA_VALUE_LEN) != value.size())
+    return Err(CKR_TEMPLATE_INCONSISTENT, "CKA_VALUE_LEN does not match the key");
+  a.SetUlong(CKA_VALUE_LEN, value.size());
+  auto obj = std::make_shared<Object>();
+  obj->attrs = std::move(a);
+  obj->material = std::make_shared<Material>(std::move(value));
+  return obj;
+}
+
+const SecureBytes* TemplateSecret(const AttributeMap& tmpl, CK_ATTRIBUTE_TYPE t, SecureBytes& holder) {
+  const Bytes* v = tmpl.Get(t);
+  if (!v) return nullptr;
+  holder.assign(v->begin(), v->end());
+  return &holder;
+}
+
+}  // namespace
+
+// ---- reading --------------------------------------------------------------------------------
+
+Result<SecureBytes> ReadAttribute(const Object& obj, CK_ATTRIBUTE_TYPE type, bool may_read_secret_value) {
+  CK_OBJECT_CLASS cls = obj.cls();
+  auto rule = RuleFor(cls, type);
+  if (rule && (*rule & kSecret)) {
+    if (cls == CKO_DATA) {
+      if (!may_read_secret_value) return Err(CKR_ATTRIBUTE_SENSITIVE, "secret value needs the get permission");
+      VAULTP11_ASSIGN_OR_RETURN(auto s, obj.material->Secret());
+      return SecureBytes(*s);
+    }
+    // Key material: readable only from a non-sensitive, extractable key (spec 4.9 footnote 8).
+    if (obj.attrs.GetBool(CKA_SENSITIVE, true) || !obj.attrs.GetBool(CKA_EXTRACTABLE, false))
+      return Err(CKR_ATTRIBUTE_SENSITIVE, "{} of a sensitive or unextractable key", AttrName(type));
+    VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef k, obj.Key());
+    if (cls == CKO_SECRET_KEY) return SecureBytes(*k.secret);
+    if (obj.key_type() == CKK_EC) return ossl::EcPrivateScalar(k.pkey.get());
+    return ossl::RsaPrivateComponent(k.pkey.get(), type);
+  }
+  const Bytes* v = obj.attrs.Get(type);
+  if (v == nullptr) return Err(CKR_ATTRIBUTE_TYPE_INVALID, "{} is not an attribute of this object", AttrName(type));
+  return SecureBytes(v->begin(), v->end());
+}
+
+CK_ULONG ObjectSize(const Object& obj) {
+  CK_ULONG n = 0;
+  for (const auto& [t, v] : obj.attrs.values()) n += sizeof(CK_ATTRIBUTE) + v.size();
+  return n;
+}
+
+bool Matches(const Object& obj, const AttributeMap& tmpl) {
+  for (const auto& [t, v] : tmpl.values()) {
+    const Bytes* have = obj.attrs.Get(t);
+    if (have == nullptr || *have != v) return false;
+  }
+  return true;
+}
+
+Result<SecureBytes> SecretForStore(const Object& obj) {
+  if (obj.cls() == CKO_PUBLIC_KEY) return SecureBytes{};
+  if (obj.cls() == CKO_DATA && !obj.material) return SecureBytes{};
+  VAULTP11_ASSIGN_OR_RETURN(auto s, obj.material->Secret());
+  return SecureBytes(*s);
+}
+
+// ---- factories ------------------------------------------------------------------------------
+
+Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_t, const AttributeMap& priv_t) {
+  CK_KEY_TYPE type;
+  if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) type = CKK_RSA;
+  else if (mech == CKM_EC_KEY_PAIR_GEN) type = CKK_EC;
+  else return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} does not generate key pairs", mech);
+
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(pub_t, CKA_CLASS, CKO_PUBLIC_KEY));
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(priv_t, CKA_CLASS, CKO_PRIVATE_KEY));
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(pub_t, CKA_KEY_TYPE, type));
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(priv_t, CKA_KEY_TYPE, type));
+  VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_PUBLIC_KEY, pub_t, true));
+  VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_PRIVATE_KEY, priv_t, true));
+
+  ossl::PkeyRef pkey;
+  if (type == CKK_RSA) {
+    if (pub_t.Has(CKA_EC_PARAMS) || priv_t.Has(CKA_EC_PARAMS))
+      return Err(CKR_TEMPLATE_INCONSISTENT, "CKA_EC_PARAMS in an RSA template");
+    auto bits = pub_t.GetUlong(CKA_MODULUS_BITS);
+    if (!bits) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS_BITS missing from the public key template");
+    const Bytes* e = pub_t.Get(CKA_PUBLIC_EXPONENT);
+    if (e && priv_t.Has(CKA_PUBLIC_EXPONENT) && *priv_t.Get(CKA_PUBLIC_EXPONENT) != *e)
+      return Err(CKR_TEMPLATE_INCONSISTENT, "public exponents differ");
+    VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::GenerateRsa(*bits, e ? std::span<const uint8_t>(*e)
+                                                              : std::span<const uint8_t>()));
+  } else {
+    if (pub_t.Has(CKA_MODULUS_BITS) || pub_t.Has(CKA_PUBLIC_EXPONENT))
+      return Err(CKR_TEMPLATE_INCONSISTENT, "RSA attributes in an EC template");
+    const Bytes* params = pub_t.Get(CKA_EC_PARAMS);
+    if (!params) params = priv_t.Get(CKA_EC_PARAMS);
+    if (!params) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_EC_PARAMS missing from the public key template");
+    if (pub_t.Has(CKA_EC_PARAMS) && priv_t.Has(CKA_EC_PARAMS) && *pub_t.Get(CKA_EC_PARAMS) != *priv_t.Get(CKA_EC_PARAMS))
+      return Err(CKR_TEMPLATE_INCONSISTENT, "EC parameters differ");
+    VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::GenerateEc(*params));
+  }
+
+  AttributeMap pub, priv;
+  Base(pub, CKO_PUBLIC_KEY, pub_t);
+  Base(priv, CKO_PRIVATE_KEY, priv_t);
+  // Both halves share CKA_ID and CKA_LABEL: a value given for one is used for the other.
+  for (auto t : {CKA_ID, CKA_LABEL}) {
+    if (pub_t.Has(t) && !priv_t.Has(t)) priv.Set(t, *pub_t.Get(t));
+    if (priv_t.Has(t) && !pub_t.Has(t)) pub.Set(t, *priv_t.Get(t));
+  }
+  for (AttributeMap* a : {&pub, &priv}) {
+    a->SetUlong(CKA_KEY_TYPE, type);
+    a->SetBool(CKA_LOCAL, true);
+    a->SetUlong(CKA_KEY_GEN_MECHANISM, mech);
+  }
+  SetSensitivityHistory(priv, true);
+  VAULTP11_RETURN_IF_ERROR(CheckUnsupportedFlags(priv));
+  KeyPair kp;
+  VAULTP11_ASSIGN_OR_RETURN(kp.public_key, PublicKeyObject(std::move(pub), pkey.get(), type));
+  VAULTP11_ASSIGN_OR_RETURN(kp.private_key, PrivateKeyObject(std::move(priv), pkey, type));
+  return kp;
+}
+
+Result<std::shared_ptr<Object>> GenerateSecretKey(CK_MECHANISM_TYPE mech, const AttributeMap& tmpl) {
+  if (mech != CKM_AES_KEY_GEN) return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} does not generate secret keys", mech);
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(tmpl, CKA_CLASS, CKO_SECRET_KEY));
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(tmpl, CKA_KEY_TYPE, CKK_AES));
+  VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_SECRET_KEY, tmpl, true));
+  auto len = tmpl.GetUlong(CKA_VALUE_LEN);
+  if (!len) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE_LEN missing");
+  VAULTP11_RETURN_IF_ERROR(CheckAesLength(*len));
+  SecureBytes value(*len);
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(value));
+  AttributeMap a;
+  Base(a, CKO_SECRET_KEY, tmpl);
+  a.SetUlong(CKA_KEY_TYPE, CKK_AES);
+  a.SetBool(CKA_LOCAL, true);
+  a.SetUlong(CKA_KEY_GEN_MECHANISM, mech);
+  SetSensitivityHistory(a, true);
+  return SecretKeyObject(std::move(a), std::move(value));
+}
+
+Result<std::shared_ptr<Object>> CreateObject(const AttributeMap& tmpl) {
+  auto cls = tmpl.GetUlong(CKA_CLASS);
+  if (!cls) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_CLASS missing");
+  if (*cls != CKO_DATA && *cls != CKO_PUBLIC_KEY && *cls != CKO_PRIVATE_KEY && *cls != CKO_SECRET_KEY)
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "objects of class 0x{:x} cannot be created here", *cls);
+  VAULTP11_RETURN_IF_ERROR(CheckTemplate(*cls, tmpl, false));
+  AttributeMap a;
+  Base(a, *cls, tmpl);
+  if (*cls == CKO_DATA) {
+    const Bytes* v = tmpl.Get(CKA_VALUE);
+    auto obj = std::make_shared<Object>();
+    obj->attrs = std::move(a);
+    obj->material = std::make_shared<Material>(v ? SecureBytes(v->begin(), v->end()) : SecureBytes{});
+    return obj;
+  }
+  auto type = tmpl.GetUlong(CKA_KEY_TYPE);
+  if (!type) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_KEY_TYPE missing");
+  SetSensitivityHistory(a, false);
+  if (*cls == CKO_SECRET_KEY) {
+    if (*type != CKK_AES) return Err(CKR_ATTRIBUTE_VALUE_INVALID, "only AES secret keys are supported");
+    const Bytes* v = tmpl.Get(CKA_VALUE);
+    if (!v) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE missing");
+    return SecretKeyObject(std::move(a), SecureBytes(v->begin(), v->end()));
+  }
+  if (*type != CKK_RSA && *type != CKK_EC)
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "key type 0x{:x} is not supported", *type);
+  if (*cls == CKO_PUBLIC_KEY) {
+    ossl::PkeyRef pkey;
+    if (*type == CKK_RSA) {
+      const Bytes* n = tmpl.Get(CKA_MODULUS);
+      const Bytes* e = tmpl.Get(CKA_PUBLIC_EXPONENT);
+      if (!n || !e) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS and CKA_PUBLIC_EXPONENT are required");
+      if (tmpl.Has(CKA_EC_PARAMS) || tmpl.Has(CKA_EC_POINT)) return Err(CKR_TEMPLATE_INCONSISTENT, "EC attributes on an RSA key");
+      VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::RsaPublicFromComponents(*n, *e));
+      if (tmpl.Has(CKA_MODULUS_BITS) && tmpl.GetUlong(CKA_MODULUS_BITS) != ossl::RsaModulusBits(pkey.get()))
+        return Err(CKR_TEMPLATE_INCONSISTENT, "CKA_MODULUS_BITS does not match CKA_MODULUS");
+    } else {
+      const Bytes* p = tmpl.Get(CKA_EC_PARAMS);
+      const Bytes* q = tmpl.Get(CKA_EC_POINT);
+      if (!p || !q) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_EC_PARAMS and CKA_EC_POINT are required");
+      if (tmpl.Has(CKA_MODULUS)) return Err(CKR_TEMPLATE_INCONSISTENT, "RSA attributes on an EC key");
+      VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::EcPublicFromPoint(*p, *q));
+    }
+    return PublicKeyObject(std::move(a), pkey.get(), *type);
+  }
+  // Private key import.
+  ossl::PkeyRef pkey;
+  if (*type == CKK_RSA) {
+    ossl::RsaComponents c;
+    const Bytes* n = tmpl.Get(CKA_MODULUS);
+    const Bytes* e = tmpl.Get(CKA_PUBLIC_EXPONENT);
+    const Bytes* d = tmpl.Get(CKA_PRIVATE_EXPONENT);
+    if (!n || !e || !d)
+      return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS, CKA_PUBLIC_EXPONENT and CKA_PRIVATE_EXPONENT are required");
+    c.n = *n;
+    c.e = *e;
+    c.d.assign(d->begin(), d->end());
+    SecureBytes h;
+    if (TemplateSecret(tmpl, CKA_PRIME_1, h)) c.p = h;
+    if (TemplateSecret(tmpl, CKA_PRIME_2, h)) c.q = h;
+    if (TemplateSecret(tmpl, CKA_EXPONENT_1, h)) c.dp = h;
+    if (TemplateSecret(tmpl, CKA_EXPONENT_2, h)) c.dq = h;
+    if (TemplateSecret(tmpl, CKA_COEFFICIENT, h)) c.qinv = h;
+    VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::RsaPrivateFromComponents(c));
+  } else {
+    const Bytes* p = tmpl.Get(CKA_EC_PARAMS);
+    const Bytes* v = tmpl.Get(CKA_VALUE);
+    if (!p || !v) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_EC_PARAMS and CKA_VALUE are required");
+    VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::EcPrivateFromScalar(*p, *v));
+  }
+  VAULTP11_RETURN_IF_ERROR(CheckUnsupportedFlags(a));
+  return PrivateKeyObject(std::move(a), std::move(pkey), *type);
+}
+
+Result<std::shared_ptr<Object>> UnwrappedKey(const AttributeMap& tmpl, SecureBytes key_bytes) {
+  auto cls = tmpl.GetUlong(CKA_CLASS);
+  if (!cls) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_CLASS missing from the unwrap template");
+  auto type = tmpl.GetUlong(CKA_KEY_TYPE);
+  if (!type) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_KEY_TYPE missing from the unwrap template");
+  if (*cls != CKO_SECRET_KEY && *cls != CKO_PRIVATE_KEY)
+    return Err(CKR_TEMPLATE_INCONSISTENT, "only secret and private keys can be unwrapped");
+  VAULTP11_RETURN_IF_ERROR(CheckTemplate(*cls, tmpl, true));
+  AttributeMap a;
+  Base(a, *cls, tmpl);
+  SetSensitivityHistory(a, false);
+  if (*cls == CKO_SECRET_KEY) {
+    if (*type != CKK_AES) return Err(CKR_TEMPLATE_INCONSISTENT, "only AES secret keys are supported");
+    if (tmpl.Has(CKA_VALUE_LEN) && tmpl.GetUlong(CKA_VALUE_LEN) != key_bytes.size()) {
+      // Padded mechanisms (RSA) carry the exact length; a shorter CKA_VALUE_LEN truncates
+      // per spec only for block-padded wraps, which are not offered.
+      return Err(CKR_TEMPLATE_INCONSISTENT, "CKA_VALUE_LEN does not match the unwrapped key");
+    }
+    if (key_bytes.size() != 16 && key_bytes.size() != 24 && key_bytes.size() != 32)
+      return Err(CKR_WRAPPED_KEY_INVALID, "unwrapped key has {} bytes, not an AES length", key_bytes.size());
+    return SecretKeyObject(std::move(a), std::move(key_bytes));
+  }
+  if (*type != CKK_RSA && *type != CKK_EC) return Err(CKR_TEMPLATE_INCONSISTENT, "unsupported key type");
+  auto pk = ossl::PrivateKeyFromDer(key_bytes);
+  if (!pk.ok()) return Err(CKR_WRAPPED_KEY_INVALID, "unwrapped bytes are not a private key");
+  ossl::PkeyRef pkey = pk.value();
+  bool is_rsa = EVP_PKEY_is_a(pkey.get(), "RSA");
+  if ((*type == CKK_RSA) != is_rsa) return Err(CKR_TEMPLATE_INCONSISTENT, "CKA_KEY_TYPE does not match the unwrapped key");
+  VAULTP11_RETURN_IF_ERROR(CheckUnsupportedFlags(a));
+  return PrivateKeyObject(std::move(a), std::move(pkey), *type);
+}
+
+Result<std::shared_ptr<Object>> CopyObject(const Object& src, const AttributeMap& tmpl) {
+  if (!src.attrs.GetBool(CKA_COPYABLE, true)) return Err(CKR_ACTION_PROHIBITED, "object is not copyable (CKA_COPYABLE false)");
+  auto obj = std::make_shared<Object>(src);
+  obj->store_id = 0;
+  obj->owner_session = 0;
+  for (const auto& [t, v] : tmpl.values()) {
+    switch (t) {
+      case CKA_TOKEN: case CKA_PRIVATE: case CKA_MODIFIABLE: case CKA_DESTROYABLE: case CKA_LABEL: case CKA_ID:
+        obj->attrs.Set(t, v);
+        break;
+      case CKA_COPYABLE:
+        if (!v.empty() && v[0] != CK_FALSE) return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_COPYABLE can only become false");
+        obj->attrs.Set(t, v);
+        break;
+      default: {
+        const Bytes* have = src.attrs.Get(t);
+        if (have && *have == v) break;
+        if (!RuleFor(src.cls(), t)) return Err(CKR_ATTRIBUTE_TYPE_INVALID, "{} is not an attribute of this object", AttrName(t));
+        return Err(CKR_ATTRIBUTE_READ_ONLY, "{} cannot be changed by a copy", AttrName(t));
+      }
+    }
+  }
+  return obj;
+}
+
+Result<std::shared_ptr<Object>> ModifyObject(const Object& src, const AttributeMap& changes) {
+  if (!src.attrs.GetBool(CKA_MODIFIABLE, true)) return Err(CKR_ACTION_PROHIBITED, "object is not modifiable (CKA_MODIFIABLE false)");
+  auto obj = std::make_shared<Object>(src);
+  for (const auto& [t, v] : changes.values()) {
+    auto f = RuleFor(src.cls(), t);
+    // An attribute this object does not carry (e.g. CKA_MODULUS_BITS of an EC key) is invalid.
+    if (!f || (!(*f & (kModify | kSecret)) && !src.attrs.Has(t)))
+      return Err(CKR_ATTRIBUTE_TYPE_INVALID, "{} is not an attribute of this object", AttrName(t));
+    if (!(*f & kModify)) return Err(CKR_ATTRIBUTE_READ_ONLY, "{} cannot be modified", AttrName(t));
+    // Spec 4.9 footnote 11: CKA_SENSITIVE only false -> true, CKA_EXTRACTABLE only true -> false.
+    if (t == CKA_SENSITIVE && src.attrs.GetBool(CKA_SENSITIVE) && v[0] == CK_FALSE)
+      return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_SENSITIVE cannot go back to false");
+    if (t == CKA_EXTRACTABLE && !src.attrs.GetBool(CKA_EXTRACTABLE) && v[0] != CK_FALSE)
+      return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_EXTRACTABLE cannot go back to true");
+    if (t == CKA_COPYABLE && v[0] != CK_FALSE)
+      return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_COPYABLE can only become false");
+    obj->attrs.Set(t, v);
+  }
+  return obj;
+}
+
+}  // namespace vaultp11::model

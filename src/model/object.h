@@ -1,0 +1,98 @@
+// Object models one PKCS#11 object of a vault token: its plain attributes, immutable once built,
+// and a shared Material that holds the secret part and the OpenSSL key derived from it.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "backend/ossl/ossl_backend.h"
+#include "model/attributes.h"
+#include "util/result.h"
+#include "util/secure_bytes.h"
+
+namespace vaultp11::model {
+
+// Material models the secret part of an object (PKCS#8 DER of a private key, raw AES key,
+// a data object's value) and the OpenSSL key derived from it, loaded on first use and cached
+// for every session and every later copy of the object (attribute changes keep the material).
+class Material {
+ public:
+  using Loader = std::function<Result<SecureBytes>()>;
+  // Secret already in memory (new and session objects).
+  explicit Material(SecureBytes secret);
+  // Secret loaded from the store on first use (token objects read at start-up).
+  explicit Material(Loader loader);
+  // No secret: public keys, whose OpenSSL key is built from their attributes.
+  Material() = default;
+
+  Result<std::shared_ptr<const SecureBytes>> Secret();
+  // The key for the backend (class/type decide how the secret or attributes are read).
+  Result<ossl::KeyRef> Key(CK_OBJECT_CLASS cls, CK_KEY_TYPE type, const AttributeMap& attrs);
+
+ private:
+  std::mutex mu_;  // guards everything below during loading
+  Loader loader_;
+  std::shared_ptr<const SecureBytes> secret_;
+  std::atomic<bool> key_ready_{false};
+  ossl::KeyRef key_;
+};
+
+struct Object {
+  AttributeMap attrs;   // every non-secret attribute, including CKA_CLASS, CKA_KEY_TYPE
+  std::shared_ptr<Material> material;
+  int64_t store_id = 0;               // row in the store (token objects)
+  CK_SESSION_HANDLE owner_session = 0;  // creating session (session objects)
+
+  CK_OBJECT_CLASS cls() const { return attrs.GetUlong(CKA_CLASS).value_or(CK_UNAVAILABLE_INFORMATION); }
+  CK_KEY_TYPE key_type() const { return attrs.GetUlong(CKA_KEY_TYPE).value_or(CK_UNAVAILABLE_INFORMATION); }
+  bool is_token() const { return attrs.GetBool(CKA_TOKEN); }
+  bool is_private() const { return attrs.GetBool(CKA_PRIVATE); }
+  bool is_key() const {
+    CK_OBJECT_CLASS c = cls();
+    return c == CKO_PRIVATE_KEY || c == CKO_PUBLIC_KEY || c == CKO_SECRET_KEY;
+  }
+  std::string label() const { return attrs.GetString(CKA_LABEL); }
+  Result<ossl::KeyRef> Key() const { return material->Key(cls(), key_type(), attrs); }
+};
+
+using ObjectPtr = std::shared_ptr<const Object>;
+
+// Answers one attribute for C_GetAttributeValue. Returns the value, or CKR_ATTRIBUTE_SENSITIVE /
+// CKR_ATTRIBUTE_TYPE_INVALID. `may_read_secret_value` is the caller's permission to read a data
+// object's value (secrets get).
+Result<SecureBytes> ReadAttribute(const Object& obj, CK_ATTRIBUTE_TYPE type, bool may_read_secret_value);
+
+// Approximate size for C_GetObjectSize.
+CK_ULONG ObjectSize(const Object& obj);
+
+// ---- factories (C_GenerateKeyPair, C_GenerateKey, C_CreateObject, C_UnwrapKey, C_CopyObject) --
+
+struct KeyPair {
+  std::shared_ptr<Object> public_key;
+  std::shared_ptr<Object> private_key;
+};
+
+Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_template,
+                                const AttributeMap& priv_template);
+Result<std::shared_ptr<Object>> GenerateSecretKey(CK_MECHANISM_TYPE mech, const AttributeMap& tmpl);
+Result<std::shared_ptr<Object>> CreateObject(const AttributeMap& tmpl);
+// A key made from unwrapped bytes (raw secret key or PKCS#8 private key) and the template.
+Result<std::shared_ptr<Object>> UnwrappedKey(const AttributeMap& tmpl, SecureBytes key_bytes);
+// C_CopyObject: the template may only change CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE,
+// CKA_DESTROYABLE, CKA_COPYABLE (to false), CKA_LABEL and CKA_ID.
+Result<std::shared_ptr<Object>> CopyObject(const Object& src, const AttributeMap& tmpl);
+// C_SetAttributeValue: the changed object, or CKR_ATTRIBUTE_READ_ONLY / CKR_ACTION_PROHIBITED.
+Result<std::shared_ptr<Object>> ModifyObject(const Object& src, const AttributeMap& changes);
+
+// Whether object `obj` matches every attribute of a C_FindObjectsInit template.
+bool Matches(const Object& obj, const AttributeMap& tmpl);
+
+// The bytes that go to the store's secret column for an object (empty if none).
+Result<SecureBytes> SecretForStore(const Object& obj);
+
+}  // namespace vaultp11::model

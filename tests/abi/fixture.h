@@ -1,0 +1,68 @@
+// AbiTest loads the built module with dlopen and reaches it only through CK_FUNCTION_LIST, as a
+// consumer does. Each test gets a fresh deployment: config, store and master key in a temp dir.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "temp_dir.h"
+
+namespace vaultp11::testing {
+
+CK_FUNCTION_LIST* Module();
+
+// The secrets of the test principals (login PINs are "<name>:<secret>").
+inline constexpr char kAdminPin[] = "app:correct horse";
+inline constexpr char kNoRolePin[] = "norole:battery staple";
+inline constexpr char kExpiredPin[] = "old:expired secret";
+
+class AbiTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+
+  // Writes the standard config (vaults payments and archive; principals app (Administrator on
+  // payments), norole, old (expired secret)) plus `extra` appended, and returns its path.
+  std::string WriteConfig(const std::string& extra = "");
+  CK_RV InitWith(const std::string& config_path);
+
+  CK_SESSION_HANDLE OpenRw(CK_SLOT_ID slot = 0);
+  CK_SESSION_HANDLE OpenRo(CK_SLOT_ID slot = 0);
+  CK_RV Login(CK_SESSION_HANDLE s, const std::string& pin = kAdminPin);
+  CK_SESSION_HANDLE LoggedInRw(CK_SLOT_ID slot = 0);
+
+  // Key generation with the templates pkcs11-tool sends.
+  void GenRsa(CK_SESSION_HANDLE s, CK_ULONG bits, const std::string& label, CK_OBJECT_HANDLE* pub,
+              CK_OBJECT_HANDLE* priv, bool token = true);
+  void GenEc(CK_SESSION_HANDLE s, const std::vector<uint8_t>& params, const std::string& label,
+             CK_OBJECT_HANDLE* pub, CK_OBJECT_HANDLE* priv, bool token = true);
+  CK_OBJECT_HANDLE GenAes(CK_SESSION_HANDLE s, CK_ULONG bytes, const std::string& label, bool token = true,
+                          bool extractable = false, bool sensitive = true);
+
+  std::vector<CK_OBJECT_HANDLE> FindByLabel(CK_SESSION_HANDLE s, const std::string& label);
+  std::vector<uint8_t> GetAttr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t);
+  bool GetBool(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t);
+
+  std::vector<uint8_t> Sign(CK_SESSION_HANDLE s, CK_MECHANISM mech, CK_OBJECT_HANDLE key,
+                            const std::vector<uint8_t>& data);
+  CK_RV Verify(CK_SESSION_HANDLE s, CK_MECHANISM mech, CK_OBJECT_HANDLE key, const std::vector<uint8_t>& data,
+               const std::vector<uint8_t>& sig);
+
+  CK_FUNCTION_LIST* f = nullptr;
+  TempDir dir;
+  std::string config_path;
+  bool initialized = false;
+};
+
+inline const std::vector<uint8_t> kP256 = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+inline const std::vector<uint8_t> kP384 = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+inline const std::vector<uint8_t> kP521 = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
+inline const std::vector<uint8_t> kSecp256k1 = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a};
+
+inline std::vector<uint8_t> Bytes(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
+
+}  // namespace vaultp11::testing

@@ -1,0 +1,269 @@
+// C_Initialize / C_Finalize rules, fork, threads, slots, tokens and mechanisms (issue parts 3, 5).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "fixture.h"
+
+namespace vaultp11::testing {
+namespace {
+
+using GeneralTest = AbiTest;
+
+std::string Trim(const CK_UTF8CHAR* p, size_t n) {
+  std::string s(reinterpret_cast<const char*>(p), n);
+  return s.substr(0, s.find_last_not_of(' ') + 1);
+}
+
+TEST_F(GeneralTest, FunctionListIsCompleteAndVersion240) {
+  EXPECT_EQ(f->version.major, 2);
+  EXPECT_EQ(f->version.minor, 40);
+  // Every entry of the v2.40 list is set (implemented or deliberately unsupported).
+  auto* begin = reinterpret_cast<void**>(&f->C_Initialize);
+  auto* end = reinterpret_cast<void**>(&f->C_WaitForSlotEvent) + 1;
+  EXPECT_EQ(end - begin, 68);
+  for (auto* p = begin; p != end; ++p) EXPECT_NE(*p, nullptr) << "entry " << (p - begin);
+  EXPECT_EQ(f->C_GetFunctionList(nullptr), CKR_ARGUMENTS_BAD);
+}
+
+TEST_F(GeneralTest, CallsBeforeInitializeAndAfterFinalizeAreNotInitialized) {
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  CK_ULONG n = 0;
+  CK_INFO info;
+  EXPECT_EQ(f->C_GetSlotList(CK_FALSE, nullptr, &n), CKR_CRYPTOKI_NOT_INITIALIZED);
+  EXPECT_EQ(f->C_GetInfo(&info), CKR_CRYPTOKI_NOT_INITIALIZED);
+  EXPECT_EQ(f->C_Finalize(nullptr), CKR_CRYPTOKI_NOT_INITIALIZED);
+  CK_SESSION_HANDLE s;
+  EXPECT_EQ(f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &s), CKR_CRYPTOKI_NOT_INITIALIZED);
+}
+
+TEST_F(GeneralTest, InitializeTwiceIsAlreadyInitialized) {
+  EXPECT_EQ(f->C_Initialize(nullptr), CKR_CRYPTOKI_ALREADY_INITIALIZED);
+}
+
+TEST_F(GeneralTest, InitializeAcceptsNullArgsWithConfigFromEnvironment) {
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  setenv("VAULTP11_CONF", config_path.c_str(), 1);
+  EXPECT_EQ(f->C_Initialize(nullptr), CKR_OK);
+  initialized = true;
+  unsetenv("VAULTP11_CONF");
+  CK_ULONG n = 0;
+  EXPECT_EQ(f->C_GetSlotList(CK_FALSE, nullptr, &n), CKR_OK);
+  EXPECT_EQ(n, 2u);
+}
+
+CK_RV DummyCreate(CK_VOID_PTR_PTR) { return CKR_OK; }
+CK_RV DummyMutex(CK_VOID_PTR) { return CKR_OK; }
+
+TEST_F(GeneralTest, InitializeMutexCallbackRules) {
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  CK_C_INITIALIZE_ARGS args{};
+  args.pReserved = const_cast<char*>(config_path.c_str());
+  // Only some callbacks: bad arguments.
+  args.CreateMutex = DummyCreate;
+  EXPECT_EQ(f->C_Initialize(&args), CKR_ARGUMENTS_BAD);
+  // All callbacks without CKF_OS_LOCKING_OK: this module can only use OS locking.
+  args.DestroyMutex = DummyMutex;
+  args.LockMutex = DummyMutex;
+  args.UnlockMutex = DummyMutex;
+  EXPECT_EQ(f->C_Initialize(&args), CKR_CANT_LOCK);
+  // All callbacks with CKF_OS_LOCKING_OK: accepted, OS locking used.
+  args.flags = CKF_OS_LOCKING_OK;
+  EXPECT_EQ(f->C_Initialize(&args), CKR_OK);
+  initialized = true;
+}
+
+TEST_F(GeneralTest, FinalizeWithReservedIsArgumentsBad) {
+  int x = 0;
+  EXPECT_EQ(f->C_Finalize(&x), CKR_ARGUMENTS_BAD);
+}
+
+TEST_F(GeneralTest, BadConfigFailsInitializeAndLeavesNothingBehind) {
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  std::string bad = dir.file("bad.yaml");
+  std::ofstream(bad) << "store: { path: " << dir.file("store.db") << " }\nvaults:\n  - { name: payments, colour: red }\n";
+  EXPECT_EQ(InitWith(bad), CKR_FUNCTION_FAILED);
+  CK_ULONG n = 0;
+  EXPECT_EQ(f->C_GetSlotList(CK_FALSE, nullptr, &n), CKR_CRYPTOKI_NOT_INITIALIZED);
+  EXPECT_EQ(InitWith(dir.file("missing.yaml")), CKR_FUNCTION_FAILED);
+  // A good config still initialises afterwards.
+  EXPECT_EQ(InitWith(config_path), CKR_OK);
+}
+
+TEST_F(GeneralTest, ForkedChildIsNotInitializedUntilItInitializes) {
+  CK_SESSION_HANDLE s = LoggedInRw();
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    CK_ULONG n = 0;
+    if (f->C_GetSlotList(CK_FALSE, nullptr, &n) != CKR_CRYPTOKI_NOT_INITIALIZED) _exit(1);
+    CK_SESSION_INFO info;
+    if (f->C_GetSessionInfo(s, &info) != CKR_CRYPTOKI_NOT_INITIALIZED) _exit(2);
+    if (f->C_Finalize(nullptr) != CKR_CRYPTOKI_NOT_INITIALIZED) _exit(3);
+    if (InitWith(config_path) != CKR_OK) _exit(4);
+    if (f->C_GetSlotList(CK_FALSE, nullptr, &n) != CKR_OK || n != 2) _exit(5);
+    CK_SESSION_HANDLE cs;
+    if (f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(6);
+    if (f->C_Finalize(nullptr) != CKR_OK) _exit(7);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // The parent is unaffected.
+  CK_SESSION_INFO info;
+  EXPECT_EQ(f->C_GetSessionInfo(s, &info), CKR_OK);
+}
+
+TEST_F(GeneralTest, ManyThreadsSignOnTheirOwnSessionsAtOnce) {
+  CK_SESSION_HANDLE s = LoggedInRw();
+  CK_OBJECT_HANDLE pub, priv;
+  GenEc(s, kP256, "threads", &pub, &priv);
+  constexpr int kThreads = 4, kIters = 40;
+  std::vector<std::thread> ts;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < kThreads; ++i) {
+    ts.emplace_back([&, i] {
+      CK_SESSION_HANDLE my;
+      if (f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &my) != CKR_OK) {
+        ++failures;
+        return;
+      }
+      CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+      for (int j = 0; j < kIters; ++j) {
+        std::vector<uint8_t> data = Bytes("thread " + std::to_string(i) + " msg " + std::to_string(j));
+        CK_BYTE sig[64];
+        CK_ULONG len = sizeof(sig);
+        if (f->C_SignInit(my, &m, priv) != CKR_OK || f->C_Sign(my, data.data(), data.size(), sig, &len) != CKR_OK ||
+            f->C_VerifyInit(my, &m, pub) != CKR_OK || f->C_Verify(my, data.data(), data.size(), sig, len) != CKR_OK)
+          ++failures;
+      }
+      f->C_CloseSession(my);
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_F(GeneralTest, GetInfoDescribesTheLibrary) {
+  CK_INFO info;
+  ASSERT_EQ(f->C_GetInfo(&info), CKR_OK);
+  EXPECT_EQ(info.cryptokiVersion.major, 2);
+  EXPECT_EQ(info.cryptokiVersion.minor, 40);
+  EXPECT_EQ(Trim(info.manufacturerID, 32), "vaultp11");
+  EXPECT_EQ(f->C_GetInfo(nullptr), CKR_ARGUMENTS_BAD);
+}
+
+TEST_F(GeneralTest, OneSlotPerVaultInConfigOrder) {
+  CK_ULONG n = 0;
+  ASSERT_EQ(f->C_GetSlotList(CK_TRUE, nullptr, &n), CKR_OK);
+  ASSERT_EQ(n, 2u);
+  CK_SLOT_ID slots[2];
+  CK_ULONG small = 1;
+  EXPECT_EQ(f->C_GetSlotList(CK_TRUE, slots, &small), CKR_BUFFER_TOO_SMALL);
+  EXPECT_EQ(small, 2u);
+  ASSERT_EQ(f->C_GetSlotList(CK_TRUE, slots, &n), CKR_OK);
+  EXPECT_EQ(slots[0], 0u);
+  EXPECT_EQ(slots[1], 1u);
+  EXPECT_EQ(f->C_GetSlotList(CK_TRUE, slots, nullptr), CKR_ARGUMENTS_BAD);
+
+  CK_SLOT_INFO si;
+  ASSERT_EQ(f->C_GetSlotInfo(0, &si), CKR_OK);
+  EXPECT_TRUE(si.flags & CKF_TOKEN_PRESENT);
+  EXPECT_EQ(f->C_GetSlotInfo(7, &si), CKR_SLOT_ID_INVALID);
+  EXPECT_EQ(f->C_GetSlotInfo(0, nullptr), CKR_ARGUMENTS_BAD);
+
+  CK_TOKEN_INFO ti0, ti1;
+  ASSERT_EQ(f->C_GetTokenInfo(0, &ti0), CKR_OK);
+  ASSERT_EQ(f->C_GetTokenInfo(1, &ti1), CKR_OK);
+  EXPECT_EQ(Trim(ti0.label, 32), "payments");
+  EXPECT_EQ(Trim(ti1.label, 32), "archive");
+  CK_FLAGS want = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
+  EXPECT_EQ(ti0.flags & want, want);
+  EXPECT_NE(Trim(ti0.serialNumber, 16), Trim(ti1.serialNumber, 16));
+  EXPECT_EQ(f->C_GetTokenInfo(9, &ti0), CKR_SLOT_ID_INVALID);
+}
+
+TEST_F(GeneralTest, SerialNumbersAreStableAcrossInitializations) {
+  CK_TOKEN_INFO a, b;
+  ASSERT_EQ(f->C_GetTokenInfo(0, &a), CKR_OK);
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  ASSERT_EQ(InitWith(config_path), CKR_OK);
+  ASSERT_EQ(f->C_GetTokenInfo(0, &b), CKR_OK);
+  EXPECT_EQ(0, std::memcmp(a.serialNumber, b.serialNumber, 16));
+}
+
+TEST_F(GeneralTest, MechanismListAndInfo) {
+  CK_ULONG n = 0;
+  ASSERT_EQ(f->C_GetMechanismList(0, nullptr, &n), CKR_OK);
+  std::vector<CK_MECHANISM_TYPE> mechs(n);
+  CK_ULONG small = 2;
+  EXPECT_EQ(f->C_GetMechanismList(0, mechs.data(), &small), CKR_BUFFER_TOO_SMALL);
+  EXPECT_EQ(small, n);
+  ASSERT_EQ(f->C_GetMechanismList(0, mechs.data(), &n), CKR_OK);
+  for (CK_MECHANISM_TYPE m : {CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_EC_KEY_PAIR_GEN, CKM_AES_KEY_GEN, CKM_RSA_PKCS,
+                              CKM_SHA256_RSA_PKCS, CKM_RSA_PKCS_PSS, CKM_SHA256_RSA_PKCS_PSS, CKM_ECDSA,
+                              CKM_ECDSA_SHA256, CKM_RSA_PKCS_OAEP, CKM_AES_GCM, CKM_AES_CBC_PAD, CKM_AES_CTR,
+                              CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD, CKM_SHA256})
+    EXPECT_NE(std::find(mechs.begin(), mechs.end(), m), mechs.end()) << std::hex << m;
+  CK_MECHANISM_INFO info;
+  ASSERT_EQ(f->C_GetMechanismInfo(0, CKM_RSA_PKCS_KEY_PAIR_GEN, &info), CKR_OK);
+  EXPECT_EQ(info.ulMinKeySize, 2048u);
+  EXPECT_EQ(info.ulMaxKeySize, 4096u);
+  EXPECT_TRUE(info.flags & CKF_GENERATE_KEY_PAIR);
+  ASSERT_EQ(f->C_GetMechanismInfo(0, CKM_ECDSA_SHA256, &info), CKR_OK);
+  EXPECT_EQ(info.flags & (CKF_SIGN | CKF_VERIFY), CKF_SIGN | CKF_VERIFY);
+  EXPECT_FALSE(info.flags & CKF_ENCRYPT);
+  EXPECT_EQ(info.ulMinKeySize, 256u);
+  EXPECT_EQ(info.ulMaxKeySize, 521u);
+  ASSERT_EQ(f->C_GetMechanismInfo(0, CKM_AES_KEY_WRAP_PAD, &info), CKR_OK);
+  EXPECT_EQ(info.flags & (CKF_WRAP | CKF_UNWRAP), CKF_WRAP | CKF_UNWRAP);
+  EXPECT_EQ(info.ulMinKeySize, 16u);
+  EXPECT_EQ(info.ulMaxKeySize, 32u);
+  EXPECT_EQ(f->C_GetMechanismInfo(0, CKM_MD5, &info), CKR_MECHANISM_INVALID);
+  EXPECT_EQ(f->C_GetMechanismInfo(5, CKM_SHA256, &info), CKR_SLOT_ID_INVALID);
+  EXPECT_EQ(f->C_GetMechanismInfo(0, CKM_SHA256, nullptr), CKR_ARGUMENTS_BAD);
+}
+
+TEST_F(GeneralTest, UnsupportedFunctionsSaySo) {
+  CK_SESSION_HANDLE s = OpenRw();
+  EXPECT_EQ(f->C_InitToken(0, nullptr, 0, nullptr), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f->C_InitPIN(s, nullptr, 0), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f->C_SetPIN(s, nullptr, 0, nullptr, 0), CKR_FUNCTION_NOT_SUPPORTED);
+  CK_ULONG n;
+  EXPECT_EQ(f->C_GetOperationState(s, nullptr, &n), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f->C_SetOperationState(s, nullptr, 0, 0, 0), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f->C_SignRecoverInit(s, nullptr, 0), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f->C_VerifyRecoverInit(s, nullptr, 0), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f->C_DigestEncryptUpdate(s, nullptr, 0, nullptr, &n), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f->C_DeriveKey(s, nullptr, 0, nullptr, 0, nullptr), CKR_FUNCTION_NOT_SUPPORTED);
+  CK_SLOT_ID slot;
+  EXPECT_EQ(f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &slot, nullptr), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f->C_GetFunctionStatus(s), CKR_FUNCTION_NOT_PARALLEL);
+  EXPECT_EQ(f->C_CancelFunction(s), CKR_FUNCTION_NOT_PARALLEL);
+  CK_BYTE seed[4] = {};
+  EXPECT_EQ(f->C_SeedRandom(s, seed, 4), CKR_RANDOM_SEED_NOT_SUPPORTED);
+}
+
+TEST_F(GeneralTest, GenerateRandomFillsTheBuffer) {
+  CK_SESSION_HANDLE s = OpenRo();
+  std::vector<uint8_t> a(64, 0), b(64, 0);
+  ASSERT_EQ(f->C_GenerateRandom(s, a.data(), a.size()), CKR_OK);
+  ASSERT_EQ(f->C_GenerateRandom(s, b.data(), b.size()), CKR_OK);
+  EXPECT_NE(a, b);
+  EXPECT_NE(a, std::vector<uint8_t>(64, 0));
+  EXPECT_EQ(f->C_GenerateRandom(s, nullptr, 16), CKR_ARGUMENTS_BAD);
+  EXPECT_EQ(f->C_GenerateRandom(999, a.data(), 16), CKR_SESSION_HANDLE_INVALID);
+}
+
+}  // namespace
+}  // namespace vaultp11::testing
