@@ -277,8 +277,20 @@ void Token::SetLogin(std::shared_ptr<const auth::Grants> g) {
 }
 
 void Token::Logout() {
-  std::lock_guard<std::mutex> l(login_mu_);
-  grants_.reset();
+  {
+    std::lock_guard<std::mutex> l(login_mu_);
+    grants_.reset();
+  }
+  // Spec 5.6 C_Logout: the application's private session objects are destroyed.
+  std::unique_lock<std::shared_mutex> l(mu_);
+  for (auto it = objects_.begin(); it != objects_.end();) {
+    if (!it->second->is_token() && it->second->is_private()) {
+      UnindexLocked(it->first, *it->second);
+      it = objects_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 }  // namespace vaultp11::core

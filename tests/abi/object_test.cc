@@ -315,6 +315,13 @@ TEST_F(ObjectTest, SessionObjectsVanishWithTheirSession) {
   EXPECT_EQ(FindByLabel(keep, "session-aes"), std::vector<CK_OBJECT_HANDLE>{k});
   ASSERT_EQ(f->C_CloseSession(s), CKR_OK);
   EXPECT_TRUE(FindByLabel(keep, "session-aes").empty());
+  // Logout destroys the application's private session objects.
+  CK_OBJECT_HANDLE k2 = GenAes(keep, 16, "private-session", false);
+  ASSERT_EQ(f->C_Logout(keep), CKR_OK);
+  ASSERT_EQ(Login(keep), CKR_OK);
+  EXPECT_TRUE(FindByLabel(keep, "private-session").empty());
+  CK_ATTRIBUTE a2{CKA_LABEL, nullptr, 0};
+  EXPECT_EQ(f->C_GetAttributeValue(keep, k2, &a2, 1), CKR_OBJECT_HANDLE_INVALID);
   CK_ATTRIBUTE a{CKA_LABEL, nullptr, 0};
   EXPECT_EQ(f->C_GetAttributeValue(keep, k, &a, 1), CKR_OBJECT_HANDLE_INVALID);
 }
