@@ -1,0 +1,724 @@
+// Store: SQLite (WAL, one connection per Store, shared by processes) with AES-256-GCM at rest.
+#include "store/store.h"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <span>
+#include <string_view>
+#include <thread>
+#include <utility>
+
+#include "backend/ossl/ossl_backend.h"
+#include "util/log.h"
+
+namespace vaultp11::store {
+
+namespace {
+
+constexpr int kSchemaVersion = 1;
+constexpr int kBusyTimeoutMs = 10000;
+constexpr size_t kKeyLen = 32;
+
+constexpr const char* kSchemaSql = R"sql(
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS vaults(name TEXT PRIMARY KEY, wrapped_data_key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS objects(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  vault TEXT NOT NULL REFERENCES vaults(name),
+  class INTEGER NOT NULL,
+  label TEXT NOT NULL,
+  ck_id BLOB NOT NULL,
+  attributes BLOB NOT NULL,
+  secret BLOB NULL,
+  revision INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS objects_vault_revision ON objects(vault, revision);
+CREATE INDEX IF NOT EXISTS objects_vault_label ON objects(vault, label);
+CREATE INDEX IF NOT EXISTS objects_vault_ck_id ON objects(vault, ck_id);
+CREATE TABLE IF NOT EXISTS tombstones(
+  id INTEGER PRIMARY KEY,
+  vault TEXT NOT NULL,
+  revision INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tombstones_vault_revision ON tombstones(vault, revision);
+INSERT OR IGNORE INTO meta(key, value) VALUES('revision', 0);
+PRAGMA user_version = 1;
+)sql";
+
+constexpr const char* kObjectColumns =
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision";
+
+std::span<const uint8_t> AsBytes(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+std::string ObjectAad(const std::string& vault, int64_t id) {
+  return "vaultp11-object:" + vault + ":" + std::to_string(id);
+}
+
+std::string DataKeyAad(const std::string& vault) { return "vaultp11-data-key:" + vault; }
+
+// Error for a failed SQLite call; `what` says what was being done. Never includes bound values.
+Error SqlError(sqlite3* db, int rc, const std::string& path, std::string_view what) {
+  const char* msg = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return Err(CKR_DEVICE_ERROR,
+                 "database {} busy (locked by another process for over {} ms) while {}", path,
+                 kBusyTimeoutMs, what);
+    case SQLITE_READONLY:
+      return Err(CKR_TOKEN_WRITE_PROTECTED, "database {} is read-only ({}) while {}", path, msg,
+                 what);
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+      return Err(CKR_DEVICE_ERROR,
+                 "database file {} is corrupt or not a vaultp11 database ({}) while {}", path, msg,
+                 what);
+    case SQLITE_FULL:
+      return Err(CKR_DEVICE_MEMORY, "database {} is full ({}) while {}", path, msg, what);
+    case SQLITE_NOMEM:
+      return Err(CKR_HOST_MEMORY, "out of memory in SQLite while {} on {}", what, path);
+    default:
+      return Err(CKR_DEVICE_ERROR, "database {}: {} while {}", path, msg, what);
+  }
+}
+
+// A cached prepared statement borrowed for one use: reset and unbound when it goes away.
+class Stmt {
+ public:
+  explicit Stmt(sqlite3_stmt* s) : s_(s) {}
+  ~Stmt() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  void Bind(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
+  void Bind(int i, std::string_view v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  }
+  void BindBlob(int i, std::span<const uint8_t> v) {
+    // A zero-length blob (not NULL) even when the span has no storage.
+    static const uint8_t kEmpty = 0;
+    sqlite3_bind_blob(s_, i, v.empty() ? &kEmpty : v.data(), static_cast<int>(v.size()),
+                      SQLITE_TRANSIENT);
+  }
+  int Step() { return sqlite3_step(s_); }
+  int64_t Int(int col) { return sqlite3_column_int64(s_, col); }
+  bool IsNull(int col) { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
+  std::string Text(int col) {
+    const unsigned char* p = sqlite3_column_text(s_, col);
+    int n = sqlite3_column_bytes(s_, col);
+    return p == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(p), n);
+  }
+  Bytes Blob(int col) {
+    const auto* p = static_cast<const uint8_t*>(sqlite3_column_blob(s_, col));
+    int n = sqlite3_column_bytes(s_, col);
+    return p == nullptr ? Bytes() : Bytes(p, p + n);
+  }
+
+ private:
+  sqlite3_stmt* s_;
+};
+
+// Reads the row selected with kObjectColumns.
+ObjectRecord ReadObject(Stmt& st) {
+  ObjectRecord r;
+  r.id = st.Int(0);
+  r.vault = st.Text(1);
+  r.object_class = static_cast<CK_OBJECT_CLASS>(st.Int(2));
+  r.label = st.Text(3);
+  r.ck_id = st.Blob(4);
+  r.attributes = st.Blob(5);
+  r.has_secret = st.Int(6) != 0;
+  r.revision = st.Int(7);
+  return r;
+}
+
+Status WriteAll(int fd, std::span<const uint8_t> data, const std::string& path) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      return Err(CKR_DEVICE_ERROR, "cannot write master key file {}: {}", path, strerror(errno));
+    done += static_cast<size_t>(n);
+  }
+  if (fsync(fd) != 0)
+    return Err(CKR_DEVICE_ERROR, "cannot sync master key file {}: {}", path, strerror(errno));
+  return OkStatus();
+}
+
+// Reads the master key file; exactly kKeyLen bytes, else CKR_DEVICE_ERROR naming the file.
+Result<SecureBytes> ReadMasterKey(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);  // may be a symlink (e.g. a mounted secret)
+  if (fd < 0)
+    return Err(CKR_DEVICE_ERROR, "cannot open master key file {}: {}", path, strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
+    log::Warning("master key file {} is accessible by group or others (mode {:o})", path,
+                 st.st_mode & 0777);
+  SecureBytes key(kKeyLen + 1);  // one spare byte detects a file that is too long
+  size_t got = 0;
+  while (got < key.size()) {
+    ssize_t n = read(fd, key.data() + got, key.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      return Err(CKR_DEVICE_ERROR, "cannot read master key file {}: {}", path, strerror(e));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  close(fd);
+  if (got != kKeyLen)
+    return Err(CKR_DEVICE_ERROR, "master key file {} must hold exactly {} bytes", path, kKeyLen);
+  key.resize(kKeyLen);
+  return key;
+}
+
+// Creates the master key file with fresh random bytes, mode 0600, atomically: the key is
+// written to a private temporary file and hard-linked into place, so a racing process never
+// reads a partly written file; the loser of a race reads the winner's key.
+Result<SecureBytes> CreateOrReadMasterKey(const std::string& path) {
+  SecureBytes key(kKeyLen);
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(key));
+  uint8_t suffix_raw[8];
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(suffix_raw));
+  std::string tmp = path + ".tmp-" + std::to_string(getpid());
+  for (uint8_t b : suffix_raw) tmp += fmt::format("{:02x}", b);
+
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  bool linked = false;
+  if (fd >= 0) {
+    Status w = fchmod(fd, 0600) == 0
+                   ? WriteAll(fd, key, tmp)
+                   : Status(Err(CKR_DEVICE_ERROR, "cannot chmod {}: {}", tmp, strerror(errno)));
+    close(fd);
+    if (!w.ok()) {
+      unlink(tmp.c_str());
+      return w.error();
+    }
+    int rc = link(tmp.c_str(), path.c_str());
+    int e = errno;
+    unlink(tmp.c_str());
+    if (rc == 0) {
+      linked = true;
+    } else if (e == EEXIST) {
+      return ReadMasterKey(path);  // lost the race
+    }
+    // Other failures (e.g. a file system without hard links): fall through to O_EXCL.
+  }
+  if (linked) {
+    // Make the new name durable too.
+    size_t slash = path.find_last_of('/');
+    std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      fsync(dfd);
+      close(dfd);
+    }
+    return key;
+  }
+  fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    if (errno == EEXIST) {
+      // The winner may still be writing: give it a moment before judging the size.
+      for (int i = 0; i < 50; ++i) {
+        struct stat st {};
+        if (stat(path.c_str(), &st) == 0 && st.st_size >= static_cast<off_t>(kKeyLen)) break;
+        usleep(20000);
+      }
+      return ReadMasterKey(path);
+    }
+    return Err(CKR_DEVICE_ERROR, "cannot create master key file {}: {}", path, strerror(errno));
+  }
+  Status w = fchmod(fd, 0600) == 0
+                 ? WriteAll(fd, key, path)
+                 : Status(Err(CKR_DEVICE_ERROR, "cannot chmod {}: {}", path, strerror(errno)));
+  close(fd);
+  if (!w.ok()) {
+    unlink(path.c_str());
+    return w.error();
+  }
+  return key;
+}
+
+}  // namespace
+
+struct Store::Impl {
+  sqlite3* db = nullptr;
+  std::string path;
+  std::string master_key_path;
+  std::map<std::string, sqlite3_stmt*, std::less<>> statements;
+  std::map<std::string, SecureBytes, std::less<>> data_keys;  // unwrapped, per vault
+
+  Error Fail(int rc, std::string_view what) const { return SqlError(db, rc, path, what); }
+
+  // Returns the cached prepared statement for sql (preparing it on first use).
+  Result<sqlite3_stmt*> Prepare(const std::string& sql) {
+    auto it = statements.find(sql);
+    if (it != statements.end()) return it->second;
+    sqlite3_stmt* s = nullptr;
+    int rc = sqlite3_prepare_v3(db, sql.c_str(), static_cast<int>(sql.size()),
+                                SQLITE_PREPARE_PERSISTENT, &s, nullptr);
+    if (rc != SQLITE_OK) {
+      sqlite3_finalize(s);
+      return Fail(rc, "preparing a statement");
+    }
+    statements.emplace(sql, s);
+    return s;
+  }
+
+  Status Exec(const char* sql, std::string_view what) {
+    int rc = sqlite3_exec(db, sql, nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) return Fail(rc, what);
+    return OkStatus();
+  }
+
+  // Runs a single-row integer query (e.g. a PRAGMA).
+  Result<int64_t> QueryInt(const std::string& sql, std::string_view what) {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare(sql));
+    Stmt st(s);
+    int rc = st.Step();
+    if (rc == SQLITE_DONE)
+      return Err(CKR_DEVICE_ERROR, "database file {} is corrupt: no row while {}", path, what);
+    if (rc != SQLITE_ROW) return Fail(rc, what);
+    return st.Int(0);
+  }
+
+  // Runs body inside BEGIN IMMEDIATE ... COMMIT; any failure rolls everything back.
+  template <typename F>
+  Status Transaction(std::string_view what, F&& body) {
+    VAULTP11_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE", what));
+    Status s = body();
+    if (s.ok()) {
+      int rc = sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+      if (rc == SQLITE_OK) return OkStatus();
+      s = Fail(rc, what);
+    }
+    if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    return s;
+  }
+
+  // Inside a transaction: increments meta.revision and returns the new value.
+  Result<int64_t> BumpRevision() {
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        Prepare("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value"));
+    Stmt st(s);
+    int rc = st.Step();
+    if (rc == SQLITE_DONE)
+      return Err(CKR_DEVICE_ERROR, "database file {} is corrupt: no revision row", path);
+    if (rc != SQLITE_ROW) return Fail(rc, "bumping the revision");
+    int64_t rev = st.Int(0);
+    rc = st.Step();
+    if (rc != SQLITE_DONE) return Fail(rc, "bumping the revision");
+    return rev;
+  }
+
+  Result<bool> VaultExists(const std::string& vault) {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT 1 FROM vaults WHERE name = ?"));
+    Stmt st(s);
+    st.Bind(1, vault);
+    int rc = st.Step();
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return Fail(rc, "looking up a vault");
+  }
+
+  // The vault's unwrapped data key (cached after first use).
+  Result<const SecureBytes*> DataKey(const std::string& vault, const SecureBytes& master_key) {
+    auto it = data_keys.find(vault);
+    if (it != data_keys.end()) return &it->second;
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                              Prepare("SELECT wrapped_data_key FROM vaults WHERE name = ?"));
+    Bytes wrapped;
+    {
+      Stmt st(s);
+      st.Bind(1, vault);
+      int rc = st.Step();
+      if (rc == SQLITE_DONE)
+        return Err(CKR_GENERAL_ERROR, "vault '{}' does not exist in {} (EnsureVault first)", vault,
+                   path);
+      if (rc != SQLITE_ROW) return Fail(rc, "reading a vault's data key");
+      wrapped = st.Blob(0);
+    }
+    std::string aad = DataKeyAad(vault);
+    auto key = ossl::OpenAesGcm(master_key, wrapped, AsBytes(aad));
+    if (!key.ok() || key->size() != kKeyLen)
+      return Err(CKR_DEVICE_ERROR,
+                 "data key of vault '{}' in {} failed authentication (wrong master key file {}, or "
+                 "tampered database)",
+                 vault, path, master_key_path);
+    auto [pos, inserted] = data_keys.emplace(vault, std::move(key).value());
+    return &pos->second;
+  }
+
+  // Creates the tables when the schema is missing (user_version 0).
+  Status SetUpSchema() {
+    VAULTP11_ASSIGN_OR_RETURN(int64_t version,
+                              QueryInt("PRAGMA user_version", "reading the schema version"));
+    if (version == 0) {
+      VAULTP11_RETURN_IF_ERROR(Transaction("creating the schema", [&]() -> Status {
+        // Re-check under the write lock: another process may have just created it.
+        VAULTP11_ASSIGN_OR_RETURN(int64_t v,
+                                  QueryInt("PRAGMA user_version", "reading the schema version"));
+        if (v != 0) return OkStatus();
+        return Exec(kSchemaSql, "creating the schema");
+      }));
+      VAULTP11_ASSIGN_OR_RETURN(version,
+                                QueryInt("PRAGMA user_version", "reading the schema version"));
+    }
+    return CheckVersion(version);
+  }
+
+  Status CheckVersion(int64_t version) {
+    if (version != kSchemaVersion)
+      return Err(CKR_DEVICE_ERROR,
+                 "database file {} has schema version {}, this module supports {}", path, version,
+                 kSchemaVersion);
+    return OkStatus();
+  }
+};
+
+Result<std::unique_ptr<Store>> Store::Open(const std::string& db_path,
+                                           const std::string& master_key_path,
+                                           bool create_if_missing) {
+  std::unique_ptr<Store> store(new Store());
+  store->path_ = db_path;
+  store->impl_ = std::make_unique<Impl>();
+  Impl& impl = *store->impl_;
+  impl.path = db_path;
+  impl.master_key_path = master_key_path;
+
+  struct stat st {};
+  bool exists = stat(db_path.c_str(), &st) == 0;
+  if (!exists) {
+    if (errno != ENOENT)
+      return Err(CKR_DEVICE_ERROR, "cannot access database file {}: {}", db_path, strerror(errno));
+    if (!create_if_missing)
+      return Err(CKR_TOKEN_NOT_PRESENT, "database file {} does not exist", db_path);
+    // Create it ourselves with mode 0600; SQLite gives its -wal and -shm files the mode of the
+    // database file, so they are private too (no process-wide umask change needed).
+    int fd = open(db_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0)
+      close(fd);
+    else if (errno != EEXIST)  // EEXIST: a racing process created it first
+      return Err(CKR_DEVICE_ERROR, "cannot create database file {}: {}", db_path, strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    return Err(CKR_DEVICE_ERROR, "database file {} is not a regular file", db_path);
+  } else if (faccessat(AT_FDCWD, db_path.c_str(), W_OK, AT_EACCESS) != 0) {
+    store->read_only_ = true;
+  }
+
+  int flags =
+      SQLITE_OPEN_FULLMUTEX | (store->read_only_ ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE);
+  int rc = sqlite3_open_v2(db_path.c_str(), &impl.db, flags, nullptr);
+  if (rc != SQLITE_OK) {
+    Error e = SqlError(impl.db, rc, db_path, "opening");
+    sqlite3_close_v2(impl.db);
+    impl.db = nullptr;
+    return e;
+  }
+  store->db_ = impl.db;
+  sqlite3_extended_result_codes(impl.db, 1);
+  sqlite3_busy_timeout(impl.db, kBusyTimeoutMs);
+  VAULTP11_RETURN_IF_ERROR(impl.Exec("PRAGMA foreign_keys = ON", "enabling foreign keys"));
+
+  if (store->read_only_) {
+    VAULTP11_ASSIGN_OR_RETURN(int64_t version,
+                              impl.QueryInt("PRAGMA user_version", "reading the schema version"));
+    VAULTP11_RETURN_IF_ERROR(impl.CheckVersion(version));
+  } else {
+    // Switching to WAL also reads the header, so a non-database file fails here.
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, impl.Prepare("PRAGMA journal_mode = WAL"));
+      Stmt jm(s);
+      // Changing the journal mode while other processes open the same fresh file can fail
+      // with SQLITE_BUSY without SQLite calling the busy handler: retry up to the timeout.
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kBusyTimeoutMs);
+      while ((rc = jm.Step()) != SQLITE_ROW &&
+             ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) &&
+             std::chrono::steady_clock::now() < deadline) {
+        sqlite3_reset(s);
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      if (rc != SQLITE_ROW) return impl.Fail(rc, "enabling WAL");
+      if (jm.Text(0) != "wal")
+        return Err(CKR_DEVICE_ERROR, "database file {} cannot use WAL journal mode (got {})",
+                   db_path, jm.Text(0));
+    }
+    VAULTP11_RETURN_IF_ERROR(impl.SetUpSchema());
+  }
+
+  // The master key: created beside the database on first use. Vaults are counted before the
+  // file is looked at: a vault row is only ever written after its master key file exists, so
+  // a key missing while vaults existed beforehand is lost, never just not yet written by a
+  // racing process.
+  VAULTP11_ASSIGN_OR_RETURN(int64_t vaults,
+                            impl.QueryInt("SELECT count(*) FROM vaults", "counting vaults"));
+  struct stat kst {};
+  if (stat(master_key_path.c_str(), &kst) == 0) {
+    VAULTP11_ASSIGN_OR_RETURN(store->master_key_, ReadMasterKey(master_key_path));
+  } else if (errno != ENOENT) {
+    return Err(CKR_DEVICE_ERROR, "cannot access master key file {}: {}", master_key_path,
+               strerror(errno));
+  } else {
+    // Never invent a new key for a database whose vaults are wrapped under a lost one.
+    if (!create_if_missing || store->read_only_ || vaults > 0)
+      return Err(CKR_DEVICE_ERROR, "master key file {} of database {} is missing", master_key_path,
+                 db_path);
+    VAULTP11_ASSIGN_OR_RETURN(store->master_key_, CreateOrReadMasterKey(master_key_path));
+  }
+  return store;
+}
+
+Store::~Store() {
+  if (impl_ != nullptr) {
+    for (auto& [sql, s] : impl_->statements) sqlite3_finalize(s);
+    impl_->statements.clear();
+  }
+  if (db_ != nullptr) sqlite3_close_v2(db_);
+}
+
+Status Store::EnsureVault(const std::string& vault) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(bool exists, impl_->VaultExists(vault));
+  if (exists) return OkStatus();
+  if (read_only_)
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot create vault '{}': database {} is read-only",
+               vault, path_);
+  SecureBytes data_key(kKeyLen);
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(data_key));
+  std::string aad = DataKeyAad(vault);
+  VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped, ossl::SealAesGcm(master_key_, data_key, AsBytes(aad)));
+  // INSERT OR IGNORE: when processes race, the first key wins and every process reads it back
+  // (the data key cache is filled from the database, never from the key generated here).
+  return impl_->Transaction("creating a vault", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        impl_->Prepare("INSERT OR IGNORE INTO vaults(name, wrapped_data_key) VALUES(?, ?)"));
+    {
+      Stmt st(s);
+      st.Bind(1, vault);
+      st.BindBlob(2, wrapped);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "creating a vault");
+    }
+    if (sqlite3_changes(db_) == 0) return OkStatus();  // another process won: nothing changed
+    return impl_->BumpRevision().status();
+  });
+}
+
+Result<ObjectRecord> Store::Insert(ObjectRecord record, const SecureBytes& secret) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_)
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot create an object: database {} is read-only",
+               path_);
+  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(record.vault, master_key_));
+  Status s = impl_->Transaction("inserting an object", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * ins,
+        impl_->Prepare(
+            "INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision) "
+            "VALUES(?, ?, ?, ?, ?, NULL, ?)"));
+    {
+      Stmt st(ins);
+      st.Bind(1, record.vault);
+      st.Bind(2, static_cast<int64_t>(record.object_class));
+      st.Bind(3, record.label);
+      st.BindBlob(4, record.ck_id);
+      st.BindBlob(5, record.attributes);
+      st.Bind(6, rev);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "inserting an object");
+    }
+    int64_t id = sqlite3_last_insert_rowid(db_);
+    if (!secret.empty()) {
+      // The id is part of the AAD, so a sealed secret cannot be moved to another row.
+      std::string aad = ObjectAad(record.vault, id);
+      VAULTP11_ASSIGN_OR_RETURN(Bytes sealed, ossl::SealAesGcm(*data_key, secret, AsBytes(aad)));
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * upd,
+                                impl_->Prepare("UPDATE objects SET secret = ? WHERE id = ?"));
+      Stmt st(upd);
+      st.BindBlob(1, sealed);
+      st.Bind(2, id);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "storing an object's secret");
+    }
+    record.id = id;
+    record.revision = rev;
+    record.has_secret = !secret.empty();
+    return OkStatus();
+  });
+  if (!s.ok()) return s.error();
+  return record;
+}
+
+Status Store::Update(int64_t id, const std::string& label, const Bytes& ck_id,
+                     const Bytes& attributes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_)
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot modify object {}: database {} is read-only", id,
+               path_);
+  return impl_->Transaction("updating an object", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        impl_->Prepare(
+            "UPDATE objects SET label = ?, ck_id = ?, attributes = ?, revision = ? WHERE id = ?"));
+    Stmt st(s);
+    st.Bind(1, label);
+    st.BindBlob(2, ck_id);
+    st.BindBlob(3, attributes);
+    st.Bind(4, rev);
+    st.Bind(5, id);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "updating an object");
+    if (sqlite3_changes(db_) == 0)
+      return Err(CKR_OBJECT_HANDLE_INVALID, "no object with id {} in {}", id, path_);
+    return OkStatus();
+  });
+}
+
+Status Store::Delete(int64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_)
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot delete object {}: database {} is read-only", id,
+               path_);
+  return impl_->Transaction("deleting an object", [&]() -> Status {
+    std::string vault;
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                                impl_->Prepare("SELECT vault FROM objects WHERE id = ?"));
+      Stmt st(s);
+      st.Bind(1, id);
+      int rc = st.Step();
+      if (rc == SQLITE_DONE)
+        return Err(CKR_OBJECT_HANDLE_INVALID, "no object with id {} in {}", id, path_);
+      if (rc != SQLITE_ROW) return impl_->Fail(rc, "deleting an object");
+      vault = st.Text(0);
+    }
+    VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                                impl_->Prepare("DELETE FROM objects WHERE id = ?"));
+      Stmt st(s);
+      st.Bind(1, id);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an object");
+    }
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        impl_->Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
+    Stmt st(s);
+    st.Bind(1, id);
+    st.Bind(2, vault);
+    st.Bind(3, rev);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
+    return OkStatus();
+  });
+}
+
+Result<std::vector<ObjectRecord>> Store::LoadVault(const std::string& vault) {
+  return ChangedSince(vault, std::numeric_limits<int64_t>::min());
+}
+
+Result<SecureBytes> Store::LoadSecret(int64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string vault;
+  Bytes sealed;
+  bool has_secret = false;
+  {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                              impl_->Prepare("SELECT vault, secret FROM objects WHERE id = ?"));
+    Stmt st(s);
+    st.Bind(1, id);
+    int rc = st.Step();
+    if (rc == SQLITE_DONE)
+      return Err(CKR_OBJECT_HANDLE_INVALID, "no object with id {} in {}", id, path_);
+    if (rc != SQLITE_ROW) return impl_->Fail(rc, "reading an object's secret");
+    vault = st.Text(0);
+    has_secret = !st.IsNull(1);
+    if (has_secret) sealed = st.Blob(1);
+  }
+  if (!has_secret) return SecureBytes();  // public object: nothing stored
+  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault, master_key_));
+  std::string aad = ObjectAad(vault, id);
+  auto plain = ossl::OpenAesGcm(*data_key, sealed, AsBytes(aad));
+  if (!plain.ok())
+    return Err(CKR_DEVICE_ERROR,
+               "secret of object {} in {} failed authentication (tampered database)", id, path_);
+  return std::move(plain).value();
+}
+
+Result<int64_t> Store::Revision() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return impl_->QueryInt("SELECT value FROM meta WHERE key = 'revision'", "reading the revision");
+}
+
+Result<std::vector<ObjectRecord>> Store::ChangedSince(const std::string& vault, int64_t since) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(
+      sqlite3_stmt * s,
+      impl_->Prepare(std::string("SELECT ") + kObjectColumns +
+                     " FROM objects WHERE vault = ? AND revision > ? ORDER BY id"));
+  Stmt st(s);
+  st.Bind(1, vault);
+  st.Bind(2, since);
+  std::vector<ObjectRecord> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
+  if (rc != SQLITE_DONE) return impl_->Fail(rc, "reading objects");
+  return out;
+}
+
+Result<std::vector<int64_t>> Store::DeletedSince(const std::string& vault, int64_t since) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(
+      sqlite3_stmt * s,
+      impl_->Prepare("SELECT id FROM tombstones WHERE vault = ? AND revision > ? ORDER BY id"));
+  Stmt st(s);
+  st.Bind(1, vault);
+  st.Bind(2, since);
+  std::vector<int64_t> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(st.Int(0));
+  if (rc != SQLITE_DONE) return impl_->Fail(rc, "reading deletions");
+  return out;
+}
+
+Result<bool> Store::ExternalChange() {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(int64_t v,
+                            impl_->QueryInt("PRAGMA data_version", "reading the data version"));
+  bool changed = v != last_data_version_;
+  last_data_version_ = v;
+  return changed;
+}
+
+Result<std::vector<std::string>> Store::Vaults() {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                            impl_->Prepare("SELECT name FROM vaults ORDER BY name"));
+  Stmt st(s);
+  std::vector<std::string> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(st.Text(0));
+  if (rc != SQLITE_DONE) return impl_->Fail(rc, "listing vaults");
+  return out;
+}
+
+}  // namespace vaultp11::store

@@ -52,7 +52,8 @@ class Store {
   Status EnsureVault(const std::string& vault);
 
   // Inserts a record and its secret in one transaction; returns the record with id and
-  // revision set. `secret` may be empty (public objects).
+  // revision set. `secret` may be empty (public objects). A vault never created with
+  // EnsureVault is CKR_GENERAL_ERROR (no implicit creation: that is the caller's bug).
   Result<ObjectRecord> Insert(ObjectRecord record, const SecureBytes& secret);
 
   // Replaces label, CKA_ID and attributes of an existing row (one transaction); bumps its
@@ -67,7 +68,8 @@ class Store {
   Result<std::vector<ObjectRecord>> LoadVault(const std::string& vault);
 
   // Decrypts the secret of one object. Authentication failure of the ciphertext (tampering, a
-  // wrong master key) is CKR_DEVICE_ERROR; unknown id CKR_OBJECT_HANDLE_INVALID.
+  // wrong master key) is CKR_DEVICE_ERROR; unknown id CKR_OBJECT_HANDLE_INVALID. An object
+  // stored without a secret gives an empty buffer.
   Result<SecureBytes> LoadSecret(int64_t id);
 
   // The store-wide revision counter: each committed change increments it.

@@ -1,0 +1,687 @@
+// Tests of the SQLite store: persistence, encryption at rest, change tracking, multi-process use.
+#include "store/store.h"
+
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "matchers.h"
+#include "temp_dir.h"
+
+namespace vaultp11::store {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr char kCanary[] = "VAULTP11-PLAINTEXT-CANARY-7f3a9c1e5b";
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
+bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+mode_t FileMode(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return 0;
+  return st.st_mode & 07777;
+}
+
+SecureBytes Secret(std::string_view s) { return SecureBytes(s.begin(), s.end()); }
+
+ObjectRecord Record(const std::string& vault, const std::string& label,
+                    CK_OBJECT_CLASS object_class = CKO_SECRET_KEY) {
+  ObjectRecord r;
+  r.vault = vault;
+  r.object_class = object_class;
+  r.label = label;
+  r.ck_id = ToBytes("id-" + label);
+  r.attributes = ToBytes("attrs-" + label);
+  return r;
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  std::string db_path() const { return dir_.file("vault.db"); }
+  std::string key_path() const { return dir_.file("master.key"); }
+
+  Result<std::unique_ptr<Store>> OpenStore(bool create = true) {
+    return Store::Open(db_path(), key_path(), create);
+  }
+
+  // Runs a statement through a separate raw connection (like another program would).
+  void RawExec(const std::string& sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open_v2(db_path().c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+    sqlite3_busy_timeout(db, 10000);
+    char* err = nullptr;
+    int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+    std::string msg = err != nullptr ? err : "";
+    sqlite3_free(err);
+    sqlite3_close(db);
+    ASSERT_EQ(rc, SQLITE_OK) << msg;
+  }
+
+  ::vaultp11::testing::TempDir dir_;
+};
+
+TEST_F(StoreTest, OpenCreatesTheDatabaseAndReopens) {
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    EXPECT_FALSE(store->read_only());
+    ASSERT_OK_AND_ASSIGN(int64_t rev, store->Revision());
+    EXPECT_EQ(rev, 0);
+    ASSERT_OK_AND_ASSIGN(auto vaults, store->Vaults());
+    EXPECT_THAT(vaults, IsEmpty());
+  }
+  EXPECT_TRUE(Exists(db_path()));
+  ASSERT_OK_AND_ASSIGN(auto again, OpenStore(/*create=*/false));
+  ASSERT_OK_AND_ASSIGN(int64_t rev, again->Revision());
+  EXPECT_EQ(rev, 0);
+}
+
+TEST_F(StoreTest, MasterKeyFileIsCreatedPrivateWith32Bytes) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  EXPECT_EQ(FileMode(key_path()), 0600u);
+  EXPECT_EQ(ReadFile(key_path()).size(), 32u);
+  // No temporary files are left behind.
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
+    names.push_back(e.path().filename().string());
+  for (const auto& n : names) EXPECT_THAT(n, ::testing::Not(HasSubstr(".tmp"))) << n;
+}
+
+TEST_F(StoreTest, ReopeningKeepsTheSameMasterKey) {
+  { ASSERT_OK_AND_ASSIGN(auto store, OpenStore()); }
+  std::string first = ReadFile(key_path());
+  { ASSERT_OK_AND_ASSIGN(auto store, OpenStore()); }
+  EXPECT_EQ(ReadFile(key_path()), first);
+}
+
+TEST_F(StoreTest, DatabaseFilesArePrivate) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(auto rec, store->Insert(Record("v", "k"), Secret("s")));
+  EXPECT_EQ(FileMode(db_path()), 0600u);
+  ASSERT_TRUE(Exists(db_path() + "-wal"));
+  EXPECT_EQ(FileMode(db_path() + "-wal"), 0600u);
+  EXPECT_EQ(FileMode(db_path() + "-shm"), 0600u);
+}
+
+TEST_F(StoreTest, InsertedRecordIsLoadedBackWithIdAndRevision) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "key1"), Secret("top secret")));
+  EXPECT_GT(rec.id, 0);
+  EXPECT_GT(rec.revision, 0);
+  EXPECT_TRUE(rec.has_secret);
+
+  ASSERT_OK_AND_ASSIGN(auto objects, store->LoadVault("v"));
+  ASSERT_EQ(objects.size(), 1u);
+  const ObjectRecord& got = objects[0];
+  EXPECT_EQ(got.id, rec.id);
+  EXPECT_EQ(got.vault, "v");
+  EXPECT_EQ(got.object_class, static_cast<CK_OBJECT_CLASS>(CKO_SECRET_KEY));
+  EXPECT_EQ(got.label, "key1");
+  EXPECT_EQ(got.ck_id, ToBytes("id-key1"));
+  EXPECT_EQ(got.attributes, ToBytes("attrs-key1"));
+  EXPECT_TRUE(got.has_secret);
+  EXPECT_EQ(got.revision, rec.revision);
+}
+
+TEST_F(StoreTest, LoadSecretReturnsThePlaintext) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "k"), Secret(kCanary)));
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, store->LoadSecret(rec.id));
+  EXPECT_EQ(std::string(secret.begin(), secret.end()), kCanary);
+}
+
+TEST_F(StoreTest, SecretsSurviveReopening) {
+  int64_t id = 0;
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    ASSERT_OK(store->EnsureVault("v"));
+    ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "k"), Secret(kCanary)));
+    id = rec.id;
+  }
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore(/*create=*/false));
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, store->LoadSecret(id));
+  EXPECT_EQ(std::string(secret.begin(), secret.end()), kCanary);
+}
+
+TEST_F(StoreTest, PublicObjectHasNoSecret) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord rec,
+                       store->Insert(Record("v", "pub", CKO_PUBLIC_KEY), SecureBytes()));
+  EXPECT_FALSE(rec.has_secret);
+  ASSERT_OK_AND_ASSIGN(auto objects, store->LoadVault("v"));
+  ASSERT_EQ(objects.size(), 1u);
+  EXPECT_FALSE(objects[0].has_secret);
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, store->LoadSecret(rec.id));
+  EXPECT_TRUE(secret.empty());
+}
+
+TEST_F(StoreTest, UpdateReplacesLabelIdAndAttributesAndBumpsRevision) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "old"), Secret("s")));
+  ASSERT_OK(store->Update(rec.id, "new", ToBytes("new-id"), ToBytes("new-attrs")));
+  ASSERT_OK_AND_ASSIGN(auto objects, store->LoadVault("v"));
+  ASSERT_EQ(objects.size(), 1u);
+  EXPECT_EQ(objects[0].label, "new");
+  EXPECT_EQ(objects[0].ck_id, ToBytes("new-id"));
+  EXPECT_EQ(objects[0].attributes, ToBytes("new-attrs"));
+  EXPECT_EQ(objects[0].revision, rec.revision + 1);
+  // The secret is untouched.
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, store->LoadSecret(rec.id));
+  EXPECT_EQ(secret, Secret("s"));
+}
+
+TEST_F(StoreTest, DeleteRemovesTheObjectAndItsSecret) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord a, store->Insert(Record("v", "a"), Secret("sa")));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord b, store->Insert(Record("v", "b"), Secret("sb")));
+  ASSERT_OK(store->Delete(a.id));
+  ASSERT_OK_AND_ASSIGN(auto objects, store->LoadVault("v"));
+  ASSERT_EQ(objects.size(), 1u);
+  EXPECT_EQ(objects[0].id, b.id);
+  EXPECT_THAT(store->LoadSecret(a.id), RvIs(CKR_OBJECT_HANDLE_INVALID));
+  EXPECT_THAT(store->Delete(a.id), RvIs(CKR_OBJECT_HANDLE_INVALID));
+}
+
+TEST_F(StoreTest, IdsAreNeverReusedAfterDelete) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord a, store->Insert(Record("v", "a"), Secret("sa")));
+  ASSERT_OK(store->Delete(a.id));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord b, store->Insert(Record("v", "b"), Secret("sb")));
+  EXPECT_GT(b.id, a.id);
+}
+
+TEST_F(StoreTest, DatabaseFilesNeverContainPlaintextSecretsOrTheMasterKey) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_OK_AND_ASSIGN(ObjectRecord rec,
+                         store->Insert(Record("v", "k" + std::to_string(i)), Secret(kCanary)));
+  }
+  std::string key = ReadFile(key_path());
+  ASSERT_EQ(key.size(), 32u);
+  std::string db = ReadFile(db_path());
+  std::string wal = ReadFile(db_path() + "-wal");
+  ASSERT_FALSE(db.empty() && wal.empty());
+  for (const std::string* file : {&db, &wal}) {
+    EXPECT_EQ(file->find(kCanary), std::string::npos);
+    EXPECT_EQ(file->find(key), std::string::npos);
+  }
+  // Also after a checkpoint moves everything into the main file.
+  store.reset();
+  db = ReadFile(db_path());
+  EXPECT_EQ(db.find(kCanary), std::string::npos);
+  EXPECT_EQ(db.find(key), std::string::npos);
+}
+
+TEST_F(StoreTest, TamperedSecretFailsWithDeviceError) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "k"), Secret(kCanary)));
+  // Flip one bit of the ciphertext (byte 20: after the 12-byte IV), as another program would.
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open_v2(db_path().c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+    sqlite3_stmt* sel = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT secret FROM objects WHERE id = ?", -1, &sel, nullptr),
+              SQLITE_OK);
+    sqlite3_bind_int64(sel, 1, rec.id);
+    ASSERT_EQ(sqlite3_step(sel), SQLITE_ROW);
+    const auto* p = static_cast<const uint8_t*>(sqlite3_column_blob(sel, 0));
+    Bytes sealed(p, p + sqlite3_column_bytes(sel, 0));
+    sqlite3_finalize(sel);
+    ASSERT_GT(sealed.size(), 28u);
+    sealed[20] ^= 0x01;
+    sqlite3_stmt* upd = nullptr;
+    ASSERT_EQ(
+        sqlite3_prepare_v2(db, "UPDATE objects SET secret = ? WHERE id = ?", -1, &upd, nullptr),
+        SQLITE_OK);
+    sqlite3_bind_blob(upd, 1, sealed.data(), static_cast<int>(sealed.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(upd, 2, rec.id);
+    EXPECT_EQ(sqlite3_step(upd), SQLITE_DONE);
+    sqlite3_finalize(upd);
+    sqlite3_close(db);
+  }
+  auto secret = store->LoadSecret(rec.id);
+  EXPECT_THAT(secret, RvIs(CKR_DEVICE_ERROR));
+  if (!secret.ok()) {
+    EXPECT_THAT(secret.error().message, ::testing::Not(HasSubstr(kCanary)));
+  }
+}
+
+TEST_F(StoreTest, SecretCopiedToAnotherRowFailsAuthentication) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord a, store->Insert(Record("v", "a"), Secret("secret-a")));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord b, store->Insert(Record("v", "b"), Secret("secret-b")));
+  RawExec("UPDATE objects SET secret = (SELECT secret FROM objects WHERE id = " +
+          std::to_string(a.id) + ") WHERE id = " + std::to_string(b.id));
+  EXPECT_THAT(store->LoadSecret(b.id), RvIs(CKR_DEVICE_ERROR));
+  ASSERT_OK_AND_ASSIGN(SecureBytes sa, store->LoadSecret(a.id));
+  EXPECT_EQ(sa, Secret("secret-a"));
+}
+
+TEST_F(StoreTest, WrongMasterKeyFailsWithDeviceError) {
+  int64_t id = 0;
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    ASSERT_OK(store->EnsureVault("v"));
+    ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "k"), Secret(kCanary)));
+    id = rec.id;
+  }
+  WriteFile(key_path(), std::string(32, 'x'));
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore(/*create=*/false));
+  auto secret = store->LoadSecret(id);
+  EXPECT_THAT(secret, RvIs(CKR_DEVICE_ERROR));
+  if (!secret.ok()) {
+    EXPECT_THAT(secret.error().message, HasSubstr(key_path()));
+  }
+  EXPECT_THAT(store->Insert(Record("v", "k2"), Secret("s")), RvIs(CKR_DEVICE_ERROR));
+}
+
+TEST_F(StoreTest, MasterKeyFileOfWrongSizeIsDeviceErrorNamingTheFile) {
+  { ASSERT_OK_AND_ASSIGN(auto store, OpenStore()); }
+  WriteFile(key_path(), std::string(31, 'x'));
+  auto store = OpenStore();
+  ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(store.error().message, HasSubstr(key_path()));
+  WriteFile(key_path(), std::string(33, 'x'));
+  EXPECT_THAT(OpenStore(), RvIs(CKR_DEVICE_ERROR));
+}
+
+TEST_F(StoreTest, MissingMasterKeyOfADatabaseWithVaultsIsNotReplaced) {
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    ASSERT_OK(store->EnsureVault("v"));
+  }
+  ASSERT_EQ(unlink(key_path().c_str()), 0);
+  auto store = OpenStore();
+  ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(store.error().message, HasSubstr(key_path()));
+  EXPECT_FALSE(Exists(key_path()));
+}
+
+TEST_F(StoreTest, RevisionIncrementsOnEveryChange) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK_AND_ASSIGN(int64_t r0, store->Revision());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(int64_t r1, store->Revision());
+  EXPECT_EQ(r1, r0 + 1);
+  ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "k"), Secret("s")));
+  EXPECT_EQ(rec.revision, r1 + 1);
+  ASSERT_OK(store->Update(rec.id, "l", {}, {}));
+  ASSERT_OK(store->Delete(rec.id));
+  ASSERT_OK_AND_ASSIGN(int64_t r2, store->Revision());
+  EXPECT_EQ(r2, r1 + 3);
+}
+
+TEST_F(StoreTest, FailedChangesLeaveTheRevisionAlone) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(int64_t before, store->Revision());
+  EXPECT_THAT(store->Update(12345, "l", {}, {}), RvIs(CKR_OBJECT_HANDLE_INVALID));
+  EXPECT_THAT(store->Delete(12345), RvIs(CKR_OBJECT_HANDLE_INVALID));
+  EXPECT_THAT(store->Insert(Record("nope", "k"), Secret("s")), RvIs(CKR_GENERAL_ERROR));
+  ASSERT_OK_AND_ASSIGN(int64_t after, store->Revision());
+  EXPECT_EQ(after, before);
+  ASSERT_OK_AND_ASSIGN(auto deleted, store->DeletedSince("v", 0));
+  EXPECT_THAT(deleted, IsEmpty());
+}
+
+TEST_F(StoreTest, ChangedSinceAndDeletedSinceReportExactlyTheChanges) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v1"));
+  ASSERT_OK(store->EnsureVault("v2"));
+  ASSERT_OK_AND_ASSIGN(int64_t r0, store->Revision());
+  ASSERT_OK_AND_ASSIGN(ObjectRecord a, store->Insert(Record("v1", "a"), Secret("sa")));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord b, store->Insert(Record("v1", "b"), Secret("sb")));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord c, store->Insert(Record("v2", "c"), Secret("sc")));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord d, store->Insert(Record("v1", "d"), Secret("sd")));
+  ASSERT_OK_AND_ASSIGN(int64_t r1, store->Revision());
+  EXPECT_EQ(r1, r0 + 4);
+
+  ASSERT_OK_AND_ASSIGN(auto since0, store->ChangedSince("v1", r0));
+  std::vector<int64_t> ids;
+  for (const auto& r : since0) ids.push_back(r.id);
+  EXPECT_THAT(ids, ElementsAre(a.id, b.id, d.id));
+
+  ASSERT_OK(store->Update(a.id, "a2", ToBytes("x"), ToBytes("y")));
+  ASSERT_OK(store->Delete(b.id));
+  ASSERT_OK(store->Delete(c.id));
+
+  ASSERT_OK_AND_ASSIGN(auto changed, store->ChangedSince("v1", r1));
+  ASSERT_EQ(changed.size(), 1u);
+  EXPECT_EQ(changed[0].id, a.id);
+  EXPECT_EQ(changed[0].label, "a2");
+  ASSERT_OK_AND_ASSIGN(auto deleted, store->DeletedSince("v1", r1));
+  EXPECT_THAT(deleted, ElementsAre(b.id));
+  ASSERT_OK_AND_ASSIGN(auto deleted2, store->DeletedSince("v2", r1));
+  EXPECT_THAT(deleted2, ElementsAre(c.id));
+  ASSERT_OK_AND_ASSIGN(auto changed2, store->ChangedSince("v2", r1));
+  EXPECT_THAT(changed2, IsEmpty());
+
+  ASSERT_OK_AND_ASSIGN(int64_t r2, store->Revision());
+  ASSERT_OK_AND_ASSIGN(auto none, store->ChangedSince("v1", r2));
+  EXPECT_THAT(none, IsEmpty());
+  ASSERT_OK_AND_ASSIGN(auto none_deleted, store->DeletedSince("v1", r2));
+  EXPECT_THAT(none_deleted, IsEmpty());
+}
+
+TEST_F(StoreTest, SecondStoreOnTheSameFileSeesChangesOfTheFirst) {
+  ASSERT_OK_AND_ASSIGN(auto one, OpenStore());
+  ASSERT_OK_AND_ASSIGN(auto two, OpenStore());
+  ASSERT_OK(one->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(bool first, two->ExternalChange());
+  EXPECT_TRUE(first);
+  ASSERT_OK_AND_ASSIGN(bool quiet, two->ExternalChange());
+  EXPECT_FALSE(quiet);
+  ASSERT_OK_AND_ASSIGN(int64_t since, two->Revision());
+
+  ASSERT_OK_AND_ASSIGN(ObjectRecord rec, one->Insert(Record("v", "k"), Secret(kCanary)));
+
+  ASSERT_OK_AND_ASSIGN(bool changed, two->ExternalChange());
+  EXPECT_TRUE(changed);
+  ASSERT_OK_AND_ASSIGN(bool again, two->ExternalChange());
+  EXPECT_FALSE(again);
+  ASSERT_OK_AND_ASSIGN(auto seen, two->ChangedSince("v", since));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].id, rec.id);
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, two->LoadSecret(rec.id));
+  EXPECT_EQ(std::string(secret.begin(), secret.end()), kCanary);
+
+  ASSERT_OK(one->Delete(rec.id));
+  ASSERT_OK_AND_ASSIGN(bool changed2, two->ExternalChange());
+  EXPECT_TRUE(changed2);
+  ASSERT_OK_AND_ASSIGN(auto deleted, two->DeletedSince("v", since));
+  EXPECT_THAT(deleted, ElementsAre(rec.id));
+}
+
+TEST_F(StoreTest, ConcurrentInsertsThroughTwoStoresAreAllKeptWithDistinctIds) {
+  ASSERT_OK_AND_ASSIGN(auto one, OpenStore());
+  ASSERT_OK_AND_ASSIGN(auto two, OpenStore());
+  ASSERT_OK(one->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(int64_t r0, one->Revision());
+  constexpr int kThreadsPerStore = 4;
+  constexpr int kPerThread = 50;
+  std::vector<std::vector<int64_t>> ids(2 * kThreadsPerStore);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2 * kThreadsPerStore; ++t) {
+    Store* store = t < kThreadsPerStore ? one.get() : two.get();
+    threads.emplace_back([store, t, &ids] {
+      for (int i = 0; i < kPerThread; ++i) {
+        std::string label = "t" + std::to_string(t) + "-" + std::to_string(i);
+        auto rec = store->Insert(Record("v", label), Secret("secret-" + label));
+        EXPECT_TRUE(rec.ok()) << rec.error().message;
+        if (rec.ok()) ids[t].push_back(rec->id);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+
+  std::set<int64_t> distinct;
+  for (const auto& v : ids)
+    for (int64_t id : v) distinct.insert(id);
+  EXPECT_EQ(distinct.size(), 400u);
+  ASSERT_OK_AND_ASSIGN(auto objects, two->LoadVault("v"));
+  EXPECT_EQ(objects.size(), 400u);
+  ASSERT_OK_AND_ASSIGN(int64_t r1, one->Revision());
+  EXPECT_EQ(r1, r0 + 400);
+  // Spot-check a secret written through the other store.
+  ASSERT_FALSE(ids[kThreadsPerStore].empty());
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, one->LoadSecret(ids[kThreadsPerStore][7]));
+  EXPECT_EQ(std::string(secret.begin(), secret.end()),
+            "secret-t" + std::to_string(kThreadsPerStore) + "-7");
+}
+
+TEST_F(StoreTest, EnsureVaultIsIdempotent) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "k"), Secret("s")));
+  ASSERT_OK_AND_ASSIGN(int64_t before, store->Revision());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(int64_t after, store->Revision());
+  EXPECT_EQ(after, before);
+  ASSERT_OK(store->EnsureVault("w"));
+  ASSERT_OK_AND_ASSIGN(auto vaults, store->Vaults());
+  EXPECT_THAT(vaults, ElementsAre("v", "w"));
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, store->LoadSecret(rec.id));
+  EXPECT_EQ(secret, Secret("s"));
+}
+
+TEST_F(StoreTest, RacingEnsureVaultThroughTwoStoresEndsWithOneDataKey) {
+  ASSERT_OK_AND_ASSIGN(auto one, OpenStore());
+  ASSERT_OK_AND_ASSIGN(auto two, OpenStore());
+  for (int round = 0; round < 10; ++round) {
+    std::string vault = "race" + std::to_string(round);
+    std::thread t1([&] { EXPECT_OK(one->EnsureVault(vault)); });
+    std::thread t2([&] { EXPECT_OK(two->EnsureVault(vault)); });
+    t1.join();
+    t2.join();
+    // Whoever won, both stores use the same key: a secret written by one opens in the other.
+    ASSERT_OK_AND_ASSIGN(ObjectRecord rec, one->Insert(Record(vault, "k"), Secret("s")));
+    ASSERT_OK_AND_ASSIGN(SecureBytes secret, two->LoadSecret(rec.id));
+    EXPECT_EQ(secret, Secret("s"));
+  }
+  ASSERT_OK_AND_ASSIGN(auto vaults, one->Vaults());
+  EXPECT_EQ(vaults.size(), 10u);
+}
+
+TEST_F(StoreTest, ManyStoresOpeningAFreshFileAtOnceAgreeOnOneMasterKey) {
+  // Like nginx workers that all load the module at start-up.
+  constexpr int kStores = 8;
+  std::vector<std::unique_ptr<Store>> stores(kStores);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStores; ++i) {
+    threads.emplace_back([this, i, &stores] {
+      auto store = OpenStore();
+      EXPECT_TRUE(store.ok()) << "rv " << store.rv() << ": " << store.error().message;
+      if (!store.ok()) return;
+      EXPECT_OK((*store)->EnsureVault("v"));
+      stores[i] = std::move(store).value();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& s : stores) ASSERT_NE(s, nullptr);
+  EXPECT_EQ(ReadFile(key_path()).size(), 32u);
+  // Every store can read what any other wrote: one master key, one data key.
+  for (int i = 0; i < kStores; ++i) {
+    ASSERT_OK_AND_ASSIGN(ObjectRecord rec, stores[i]->Insert(Record("v", "k"), Secret("s")));
+    ASSERT_OK_AND_ASSIGN(SecureBytes secret, stores[(i + 1) % kStores]->LoadSecret(rec.id));
+    EXPECT_EQ(secret, Secret("s"));
+  }
+  ASSERT_OK_AND_ASSIGN(auto vaults, stores[0]->Vaults());
+  EXPECT_THAT(vaults, ElementsAre("v"));
+}
+
+// Takes the busy timeout (10 s) to run.
+TEST_F(StoreTest, WriteBlockedPastTheBusyTimeoutIsDeviceErrorSayingBusy) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(int64_t before, store->Revision());
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open_v2(db_path().c_str(), &other, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+
+  // Readers are not blocked by a writer (WAL).
+  ASSERT_OK_AND_ASSIGN(auto objects, store->LoadVault("v"));
+  EXPECT_THAT(objects, IsEmpty());
+  auto rec = store->Insert(Record("v", "k"), Secret("s"));
+  ASSERT_THAT(rec, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(rec.error().message, HasSubstr("busy"));
+  EXPECT_THAT(rec.error().message, HasSubstr(db_path()));
+
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  ASSERT_OK_AND_ASSIGN(int64_t after, store->Revision());
+  EXPECT_EQ(after, before);
+  ASSERT_OK_AND_ASSIGN(ObjectRecord ok, store->Insert(Record("v", "k"), Secret("s")));
+  EXPECT_EQ(ok.revision, before + 1);
+}
+
+TEST_F(StoreTest, CorruptFileIsDeviceErrorNamingTheFile) {
+  std::string garbage;
+  for (int i = 0; i < 4096; ++i) garbage.push_back(static_cast<char>((i * 7919 + 13) & 0xff));
+  WriteFile(db_path(), garbage);
+  for (bool create : {true, false}) {
+    auto store = OpenStore(create);
+    ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+    EXPECT_THAT(store.error().message, HasSubstr(db_path()));
+  }
+  EXPECT_EQ(ReadFile(db_path()), garbage);  // left untouched
+}
+
+TEST_F(StoreTest, ShortTextFileIsDeviceErrorNamingTheFile) {
+  WriteFile(db_path(), "this is not a database\n");
+  auto store = OpenStore();
+  ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(store.error().message, HasSubstr(db_path()));
+}
+
+TEST_F(StoreTest, MissingFileWithoutCreateIsTokenNotPresent) {
+  auto store = OpenStore(/*create=*/false);
+  ASSERT_THAT(store, RvIs(CKR_TOKEN_NOT_PRESENT));
+  EXPECT_THAT(store.error().message, HasSubstr(db_path()));
+  EXPECT_FALSE(Exists(db_path()));
+  EXPECT_FALSE(Exists(key_path()));
+}
+
+TEST_F(StoreTest, MissingDirectoryIsDeviceError) {
+  auto store = Store::Open(dir_.file("no/such/dir/vault.db"), key_path(), true);
+  ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(store.error().message, HasSubstr("no/such/dir/vault.db"));
+}
+
+TEST_F(StoreTest, UnknownIdsAreObjectHandleInvalid) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  EXPECT_THAT(store->LoadSecret(999), RvIs(CKR_OBJECT_HANDLE_INVALID));
+  EXPECT_THAT(store->Update(999, "l", {}, {}), RvIs(CKR_OBJECT_HANDLE_INVALID));
+  EXPECT_THAT(store->Delete(999), RvIs(CKR_OBJECT_HANDLE_INVALID));
+}
+
+TEST_F(StoreTest, InsertIntoAVaultNeverEnsuredIsGeneralError) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  auto rec = store->Insert(Record("ghost", "k"), Secret("s"));
+  ASSERT_THAT(rec, RvIs(CKR_GENERAL_ERROR));
+  EXPECT_THAT(rec.error().message, HasSubstr("ghost"));
+  ASSERT_OK_AND_ASSIGN(auto objects, store->LoadVault("ghost"));
+  EXPECT_THAT(objects, IsEmpty());
+}
+
+TEST_F(StoreTest, ChildProcessInsertIsSeenByTheParent) {
+  {
+    ASSERT_OK_AND_ASSIGN(auto setup, OpenStore());
+    ASSERT_OK(setup->EnsureVault("v"));
+  }
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Child: no SQLite connection was inherited (the parent opens its own after the fork).
+    close(go[1]);
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(10);
+    auto store = OpenStore(/*create=*/false);
+    if (!store.ok()) _exit(11);
+    auto rec = (*store)->Insert(Record("v", "from-child"), Secret("child secret"));
+    if (!rec.ok()) _exit(12);
+    store->reset();
+    _exit(0);
+  }
+  close(go[0]);
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore(/*create=*/false));
+  ASSERT_OK_AND_ASSIGN(bool first, store->ExternalChange());
+  EXPECT_TRUE(first);
+  ASSERT_OK_AND_ASSIGN(int64_t since, store->Revision());
+  ASSERT_EQ(write(go[1], "x", 1), 1);
+  close(go[1]);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+
+  ASSERT_OK_AND_ASSIGN(bool changed, store->ExternalChange());
+  EXPECT_TRUE(changed);
+  ASSERT_OK_AND_ASSIGN(auto seen, store->ChangedSince("v", since));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].label, "from-child");
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, store->LoadSecret(seen[0].id));
+  EXPECT_EQ(secret, Secret("child secret"));
+}
+
+// Root bypasses file permissions, so the read-only checks run in a child that drops to an
+// unprivileged user when the tests run as root.
+TEST_F(StoreTest, ReadOnlyFileOpensReadOnlyAndRefusesWrites) {
+  int64_t id = 0;
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    ASSERT_OK(store->EnsureVault("v"));
+    ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "k"), Secret("ro secret")));
+    id = rec.id;
+  }
+  ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
+  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);  // lets the unprivileged child create -shm
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(20);
+    auto store = OpenStore(/*create=*/false);
+    if (!store.ok()) _exit(21);
+    Store& s = **store;
+    if (!s.read_only()) _exit(22);
+    auto objects = s.LoadVault("v");
+    if (!objects.ok() || objects->size() != 1) _exit(23);
+    auto secret = s.LoadSecret(id);
+    if (!secret.ok() || *secret != Secret("ro secret")) _exit(24);
+    if (s.Insert(Record("v", "k2"), Secret("x")).rv() != CKR_TOKEN_WRITE_PROTECTED) _exit(25);
+    if (s.Update(id, "l", {}, {}).rv() != CKR_TOKEN_WRITE_PROTECTED) _exit(26);
+    if (s.Delete(id).rv() != CKR_TOKEN_WRITE_PROTECTED) _exit(27);
+    if (s.EnsureVault("new").rv() != CKR_TOKEN_WRITE_PROTECTED) _exit(28);
+    if (!s.EnsureVault("v").ok()) _exit(29);  // already there: nothing to write
+    auto changed = s.ExternalChange();
+    if (!changed.ok() || !*changed) _exit(30);
+    store->reset();
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed check " << WEXITSTATUS(status);
+  chmod(dir_.path().c_str(), 0700);
+}
+
+}  // namespace
+}  // namespace vaultp11::store
