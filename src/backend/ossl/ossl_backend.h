@@ -114,7 +114,7 @@ Result<std::unique_ptr<VerifyOp>> NewVerifyOp(const KeyRef& key, const CK_MECHAN
 // (encrypt with the public key, decrypt with the private one; single-part only); CKM_AES_ECB and
 // CKM_AES_CBC (input a multiple of 16: else CKR_DATA_LEN_RANGE / CKR_ENCRYPTED_DATA_LEN_RANGE),
 // CKM_AES_CBC_PAD (PKCS#7; bad padding on decrypt: CKR_ENCRYPTED_DATA_INVALID), CKM_AES_CTR
-// (CK_AES_CTR_PARAMS, counter bits 1..128), CKM_AES_GCM (CK_GCM_PARAMS: IV 1..256 bytes, tag
+// (CK_AES_CTR_PARAMS, counter bits 1..128), CKM_AES_GCM (CK_GCM_PARAMS: IV 1..128 bytes (OpenSSL 3 limit), tag
 // 96..128 bits in multiples of 8, AAD; decrypt buffers until Final and fails with
 // CKR_ENCRYPTED_DATA_INVALID on a bad tag). IV length for CBC/CBC_PAD is exactly 16.
 class CipherOp {
