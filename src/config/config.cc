@@ -1,0 +1,551 @@
+// Loads the YAML config with yaml-cpp into the plain structs of config.h and validates it.
+// yaml-cpp reports problems by throwing; every exception is caught here and turned into a
+// CKR_FUNCTION_FAILED error "<file>:<line>: <key path>: <problem>".
+#include "config/config.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <initializer_list>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "auth/secret_hash.h"
+
+#ifndef VAULTP11_DEFAULT_CONFIG
+#error "VAULTP11_DEFAULT_CONFIG must be defined by the build"
+#endif
+
+namespace vaultp11::config {
+namespace {
+
+// Role names this release can enforce. The other built-in roles of the vault model
+// (REFERENCE.md "Roles (RBAC)") are refused until their permission sets exist.
+constexpr std::array<std::string_view, 1> kSupportedRoles = {"Key Vault Administrator"};
+
+// Auth methods this release can verify.
+constexpr std::array<std::string_view, 1> kSupportedAuthMethods = {"client_secret"};
+
+constexpr std::array<std::string_view, 5> kLogLevels = {"debug", "info", "warning", "error", "off"};
+constexpr std::array<std::string_view, 2> kSkus = {"standard", "premium"};
+constexpr std::array<std::string_view, 3> kScopeKinds = {"keys", "secrets", "certificates"};
+
+constexpr size_t kMaxConfigBytes = 4 << 20;
+
+template <size_t N>
+bool Contains(const std::array<std::string_view, N>& list, std::string_view v) {
+  for (std::string_view s : list) {
+    if (s == v) return true;
+  }
+  return false;
+}
+
+template <size_t N>
+std::string JoinList(const std::array<std::string_view, N>& list, std::string_view sep) {
+  std::string out;
+  for (std::string_view s : list) {
+    if (!out.empty()) out += sep;
+    out += s;
+  }
+  return out;
+}
+
+// Quotes a user-supplied value for a message, escaping anything unprintable.
+std::string Quote(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s.substr(0, 200)) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > 200) out += "...";
+  out += '"';
+  return out;
+}
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+std::string Child(std::string_view parent, std::string_view key) {
+  if (parent.empty()) return std::string(key);
+  return fmt::format("{}.{}", parent, key);
+}
+
+std::string Index(std::string_view parent, size_t i) { return fmt::format("{}[{}]", parent, i); }
+
+// Strict YYYY-MM-DD (a valid Gregorian date).
+std::optional<std::chrono::sys_days> ParseDate(std::string_view s) {
+  if (s.size() != 10 || s[4] != '-' || s[7] != '-') return std::nullopt;
+  auto digits = [&](size_t pos, size_t len) -> std::optional<int> {
+    int v = 0;
+    for (size_t i = pos; i < pos + len; ++i) {
+      if (s[i] < '0' || s[i] > '9') return std::nullopt;
+      v = v * 10 + (s[i] - '0');
+    }
+    return v;
+  };
+  auto y = digits(0, 4), m = digits(5, 2), d = digits(8, 2);
+  if (!y || !m || !d) return std::nullopt;
+  std::chrono::year_month_day ymd{std::chrono::year(*y),
+                                  std::chrono::month(static_cast<unsigned>(*m)),
+                                  std::chrono::day(static_cast<unsigned>(*d))};
+  if (!ymd.ok()) return std::nullopt;
+  return std::chrono::sys_days(ymd);
+}
+
+// One key/value pair of a YAML map.
+struct Entry {
+  YAML::Node key;
+  YAML::Node value;
+};
+
+// Loader walks the document once, filling a Config; the first problem found stops it.
+class Loader {
+ public:
+  Loader(std::string_view source, std::string_view base_dir)
+      : source_(source), base_dir_(base_dir) {}
+
+  Result<Config> Load(std::string_view yaml);
+
+ private:
+  // Line of a node, or `fallback` for nodes without a position (absent keys).
+  static int LineOf(const YAML::Node& n, int fallback) {
+    if (!n.IsDefined()) return fallback;
+    YAML::Mark m = n.Mark();
+    return m.is_null() ? fallback : m.line + 1;
+  }
+  // Line of a map value; an empty (null) value has its mark where the next token starts,
+  // often the next line, so the key's line is used instead.
+  static int LineOf(const Entry& e, int fallback) {
+    int key_line = LineOf(e.key, fallback);
+    return e.value.IsNull() ? key_line : LineOf(e.value, key_line);
+  }
+
+  template <typename... Args>
+  Error Fail(int line, std::string_view path, fmt::format_string<Args...> f, Args&&... args) {
+    return Err(CKR_FUNCTION_FAILED, "{}:{}: {}: {}", source_, line,
+               path.empty() ? "(top level)" : path, fmt::format(f, std::forward<Args>(args)...));
+  }
+
+  // Collects the entries of a map node, rejecting unknown and duplicate keys.
+  Result<std::map<std::string, Entry>> Fields(const YAML::Node& map, std::string_view path,
+                                              int line,
+                                              std::initializer_list<std::string_view> allowed);
+  Result<std::string> String(const Entry& e, std::string_view path);
+  Status RequireMap(const YAML::Node& n, std::string_view path, int line);
+  Status RequireList(const YAML::Node& n, std::string_view path, int line);
+  std::string Resolve(const std::string& p) const;
+
+  Status LoadLog(const Entry& e, Config& cfg);
+  Status LoadStore(const Entry* e, int root_line, Config& cfg);
+  Status LoadVaults(const Entry* e, int root_line, Config& cfg);
+  Status LoadPrincipals(const Entry& e, Config& cfg);
+  Status LoadSecrets(const Entry* e, std::string_view path, int line, PrincipalConfig& pc);
+  Status LoadRoleAssignments(const Entry& e, Config& cfg);
+  Status CheckScope(const Config& cfg, const std::string& scope, std::string_view path, int line);
+
+  std::string source_;
+  std::string base_dir_;
+};
+
+Result<std::map<std::string, Entry>> Loader::Fields(
+    const YAML::Node& map, std::string_view path, int line,
+    std::initializer_list<std::string_view> allowed) {
+  VAULTP11_RETURN_IF_ERROR(RequireMap(map, path, line));
+  std::map<std::string, Entry> out;
+  for (const auto& kv : map) {
+    YAML::Node k = kv.first;
+    int kline = LineOf(k, line);
+    if (!k.IsScalar()) return Fail(kline, path, "keys must be strings");
+    std::string name = k.Scalar();
+    bool known = false;
+    for (std::string_view a : allowed) known = known || a == name;
+    if (!known) {
+      // `{hash: $scrypt$ln=15,r=8,p=1$...}` unquoted in a flow map splits at the commas.
+      if (name.find('=') != std::string::npos)
+        return Fail(kline, Child(path, name), "unknown key (quote values that contain commas)");
+      return Fail(kline, Child(path, name), "unknown key");
+    }
+    if (out.count(name) != 0) return Fail(kline, Child(path, name), "duplicate key");
+    out.emplace(name, Entry{k, kv.second});
+  }
+  return out;
+}
+
+Status Loader::RequireMap(const YAML::Node& n, std::string_view path, int line) {
+  if (!n.IsMap()) return Fail(LineOf(n, line), path, "must be a map");
+  return OkStatus();
+}
+
+Status Loader::RequireList(const YAML::Node& n, std::string_view path, int line) {
+  if (!n.IsSequence()) return Fail(LineOf(n, line), path, "must be a list");
+  return OkStatus();
+}
+
+Result<std::string> Loader::String(const Entry& e, std::string_view path) {
+  int line = LineOf(e, 0);
+  if (e.value.IsNull()) return Fail(line, path, "needs a value");
+  if (!e.value.IsScalar()) return Fail(line, path, "must be a string");
+  const std::string& s = e.value.Scalar();
+  if (s.empty()) return Fail(line, path, "must not be empty");
+  if (s.find('\0') != std::string::npos) return Fail(line, path, "must not contain NUL characters");
+  return s;
+}
+
+std::string Loader::Resolve(const std::string& p) const {
+  std::filesystem::path path(p);
+  if (path.is_absolute() || base_dir_.empty()) return path.lexically_normal().string();
+  return (std::filesystem::path(base_dir_) / path).lexically_normal().string();
+}
+
+Status Loader::LoadLog(const Entry& e, Config& cfg) {
+  int line = LineOf(e, 1);
+  if (e.value.IsNull()) return OkStatus();  // "log:" with every entry commented out
+  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e.value, "log", line, {"level", "sink"}));
+  if (auto it = f.find("level"); it != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(std::string level, String(it->second, "log.level"));
+    if (!Contains(kLogLevels, level))
+      return Fail(LineOf(it->second, line), "log.level", "must be one of {}",
+                  JoinList(kLogLevels, ", "));
+    cfg.log.level = level;
+  }
+  if (auto it = f.find("sink"); it != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(std::string sink, String(it->second, "log.sink"));
+    int sline = LineOf(it->second, line);
+    if (sink == "stderr" || sink == "syslog") {
+      cfg.log.sink = sink;
+    } else if (sink.rfind("file:", 0) == 0) {
+      if (sink.size() == 5) return Fail(sline, "log.sink", "file: needs a path");
+      cfg.log.sink = "file:" + Resolve(sink.substr(5));
+    } else {
+      return Fail(sline, "log.sink", "must be stderr, syslog or file:<path>");
+    }
+  }
+  return OkStatus();
+}
+
+Status Loader::LoadStore(const Entry* e, int root_line, Config& cfg) {
+  if (e == nullptr) return Fail(root_line, "store", "is required");
+  int line = LineOf(*e, root_line);
+  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e->value, "store", line, {"path", "master_key_file"}));
+  auto path = f.find("path");
+  if (path == f.end()) return Fail(line, "store.path", "is required");
+  VAULTP11_ASSIGN_OR_RETURN(std::string db, String(path->second, "store.path"));
+  cfg.store.path = Resolve(db);
+  if (auto mk = f.find("master_key_file"); mk != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(std::string key, String(mk->second, "store.master_key_file"));
+    cfg.store.master_key_file = Resolve(key);
+    if (cfg.store.master_key_file == cfg.store.path)
+      return Fail(LineOf(mk->second, line), "store.master_key_file",
+                  "must not be the database file");
+  } else {
+    cfg.store.master_key_file = cfg.store.path + ".masterkey";
+  }
+  return OkStatus();
+}
+
+Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
+  if (e == nullptr) return Fail(root_line, "vaults", "at least one vault is required");
+  int line = LineOf(*e, root_line);
+  if (e->value.IsNull()) return Fail(line, "vaults", "at least one vault is required");
+  VAULTP11_RETURN_IF_ERROR(RequireList(e->value, "vaults", line));
+  if (e->value.size() == 0) return Fail(line, "vaults", "at least one vault is required");
+  std::map<std::string, int> seen;  // lower-cased name -> line
+  for (size_t i = 0; i < e->value.size(); ++i) {
+    const YAML::Node item = e->value[i];
+    std::string path = Index("vaults", i);
+    VaultConfig v;
+    v.line = LineOf(item, line);
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, v.line, {"name", "sku"}));
+    auto name = f.find("name");
+    if (name == f.end()) return Fail(v.line, Child(path, "name"), "is required");
+    VAULTP11_ASSIGN_OR_RETURN(v.name, String(name->second, Child(path, "name")));
+    int nline = LineOf(name->second, v.line);
+    if (!IsValidName(v.name))
+      return Fail(nline, Child(path, "name"),
+                  "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", Quote(v.name));
+    // Vault names become token labels; two that differ only in case would be confusable.
+    auto [it, inserted] = seen.emplace(Lower(v.name), nline);
+    if (!inserted)
+      return Fail(nline, Child(path, "name"), "duplicate vault name {} (first defined at line {})",
+                  Quote(v.name), it->second);
+    if (auto sku = f.find("sku"); sku != f.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(v.sku, String(sku->second, Child(path, "sku")));
+      if (!Contains(kSkus, v.sku))
+        return Fail(LineOf(sku->second, v.line), Child(path, "sku"), "must be standard or premium");
+    }
+    cfg.vaults.push_back(std::move(v));
+  }
+  return OkStatus();
+}
+
+Status Loader::LoadSecrets(const Entry* e, std::string_view path, int line, PrincipalConfig& pc) {
+  std::string spath = Child(path, "secrets");
+  if (e == nullptr) return Fail(line, spath, "is required for auth client_secret");
+  int sline = LineOf(*e, line);
+  VAULTP11_RETURN_IF_ERROR(RequireList(e->value, spath, sline));
+  if (e->value.size() == 0) return Fail(sline, spath, "at least one secret is required");
+  for (size_t j = 0; j < e->value.size(); ++j) {
+    const YAML::Node item = e->value[j];
+    std::string ipath = Index(spath, j);
+    int iline = LineOf(item, sline);
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, ipath, iline, {"hash", "expires"}));
+    ClientSecret cs;
+    auto hash = f.find("hash");
+    if (hash == f.end()) return Fail(iline, Child(ipath, "hash"), "is required");
+    VAULTP11_ASSIGN_OR_RETURN(cs.hash, String(hash->second, Child(ipath, "hash")));
+    // The value is not echoed: it is a hash, but there is no need to spread it into logs.
+    if (!auth::IsWellFormedHash(cs.hash))
+      return Fail(LineOf(hash->second, iline), Child(ipath, "hash"),
+                  "not a valid secret hash (generate one with `vaultp11 hash-secret`)");
+    if (auto exp = f.find("expires"); exp != f.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(std::string date, String(exp->second, Child(ipath, "expires")));
+      cs.expires = ParseDate(date);
+      if (!cs.expires)
+        return Fail(LineOf(exp->second, iline), Child(ipath, "expires"),
+                    "must be a date YYYY-MM-DD, got {}", Quote(date));
+    }
+    pc.secrets.push_back(std::move(cs));
+  }
+  return OkStatus();
+}
+
+Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
+  int line = LineOf(e, 1);
+  if (e.value.IsNull()) return OkStatus();
+  VAULTP11_RETURN_IF_ERROR(RequireList(e.value, "principals", line));
+  std::map<std::string, int> seen;  // lower-cased name -> line
+  for (size_t i = 0; i < e.value.size(); ++i) {
+    const YAML::Node item = e.value[i];
+    std::string path = Index("principals", i);
+    PrincipalConfig pc;
+    pc.line = LineOf(item, line);
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "auth", "secrets"}));
+    auto name = f.find("name");
+    if (name == f.end()) return Fail(pc.line, Child(path, "name"), "is required");
+    VAULTP11_ASSIGN_OR_RETURN(pc.name, String(name->second, Child(path, "name")));
+    int nline = LineOf(name->second, pc.line);
+    if (!IsValidName(pc.name))
+      return Fail(nline, Child(path, "name"),
+                  "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", Quote(pc.name));
+    // Principals appear in audit records; names differing only in case would be confusable.
+    auto [it, inserted] = seen.emplace(Lower(pc.name), nline);
+    if (!inserted)
+      return Fail(nline, Child(path, "name"),
+                  "duplicate principal name {} (first defined at line {})", Quote(pc.name),
+                  it->second);
+    auto auth = f.find("auth");
+    if (auth == f.end()) return Fail(pc.line, Child(path, "auth"), "is required");
+    VAULTP11_ASSIGN_OR_RETURN(pc.auth, String(auth->second, Child(path, "auth")));
+    if (!Contains(kSupportedAuthMethods, pc.auth))
+      return Fail(LineOf(auth->second, pc.line), Child(path, "auth"),
+                  "auth method {} is not supported yet (supported: {})", Quote(pc.auth),
+                  JoinList(kSupportedAuthMethods, ", "));
+    auto secrets = f.find("secrets");
+    VAULTP11_RETURN_IF_ERROR(
+        LoadSecrets(secrets == f.end() ? nullptr : &secrets->second, path, pc.line, pc));
+    cfg.principals.push_back(std::move(pc));
+  }
+  return OkStatus();
+}
+
+Status Loader::CheckScope(const Config& cfg, const std::string& scope, std::string_view path,
+                          int line) {
+  constexpr std::string_view kHelp =
+      "must be /vaults/<vault> or /vaults/<vault>/keys|secrets|certificates/<name>";
+  std::vector<std::string_view> parts;
+  std::string_view rest(scope);
+  if (rest.empty() || rest[0] != '/') return Fail(line, path, "{}, got {}", kHelp, Quote(scope));
+  rest.remove_prefix(1);
+  while (true) {
+    size_t slash = rest.find('/');
+    parts.push_back(rest.substr(0, slash));
+    if (slash == std::string_view::npos) break;
+    rest.remove_prefix(slash + 1);
+  }
+  if ((parts.size() != 2 && parts.size() != 4) || parts[0] != "vaults")
+    return Fail(line, path, "{}, got {}", kHelp, Quote(scope));
+  if (!IsValidName(parts[1]))
+    return Fail(line, path, "invalid vault name {} in scope", Quote(parts[1]));
+  if (cfg.FindVault(parts[1]) == nullptr)
+    return Fail(line, path, "no vault named {} in vaults", Quote(parts[1]));
+  if (parts.size() == 4) {
+    if (!Contains(kScopeKinds, parts[2]))
+      return Fail(line, path, "{}, got {}", kHelp, Quote(scope));
+    if (!IsValidName(parts[3]))
+      return Fail(line, path,
+                  "invalid object name {} in scope: use 1-127 characters of 0-9 a-z A-Z -",
+                  Quote(parts[3]));
+  }
+  return OkStatus();
+}
+
+Status Loader::LoadRoleAssignments(const Entry& e, Config& cfg) {
+  int line = LineOf(e, 1);
+  if (e.value.IsNull()) return OkStatus();
+  VAULTP11_RETURN_IF_ERROR(RequireList(e.value, "role_assignments", line));
+  for (size_t i = 0; i < e.value.size(); ++i) {
+    const YAML::Node item = e.value[i];
+    std::string path = Index("role_assignments", i);
+    RoleAssignmentConfig ra;
+    ra.line = LineOf(item, line);
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, ra.line, {"principal", "role", "scope"}));
+    for (std::string_view key : {"principal", "role", "scope"}) {
+      if (f.find(std::string(key)) == f.end())
+        return Fail(ra.line, Child(path, key), "is required");
+    }
+    const Entry& principal = f.at("principal");
+    VAULTP11_ASSIGN_OR_RETURN(ra.principal, String(principal, Child(path, "principal")));
+    if (cfg.FindPrincipal(ra.principal) == nullptr)
+      return Fail(LineOf(principal, ra.line), Child(path, "principal"),
+                  "no principal named {} in principals", Quote(ra.principal));
+    const Entry& role = f.at("role");
+    VAULTP11_ASSIGN_OR_RETURN(ra.role, String(role, Child(path, "role")));
+    if (!Contains(kSupportedRoles, ra.role))
+      return Fail(LineOf(role, ra.line), Child(path, "role"),
+                  "role {} is not supported yet (supported: {})", Quote(ra.role),
+                  JoinList(kSupportedRoles, ", "));
+    const Entry& scope = f.at("scope");
+    VAULTP11_ASSIGN_OR_RETURN(ra.scope, String(scope, Child(path, "scope")));
+    VAULTP11_RETURN_IF_ERROR(
+        CheckScope(cfg, ra.scope, Child(path, "scope"), LineOf(scope, ra.line)));
+    cfg.role_assignments.push_back(std::move(ra));
+  }
+  return OkStatus();
+}
+
+Result<Config> Loader::Load(std::string_view yaml) {
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    int line = e.mark.is_null() ? 1 : e.mark.line + 1;
+    return Err(CKR_FUNCTION_FAILED, "{}:{}: syntax error: {}", source_, line, e.msg);
+  }
+  if (docs.size() > 1) return Fail(LineOf(docs[1], 1), "", "only one YAML document is allowed");
+  YAML::Node root = docs.empty() ? YAML::Node(YAML::NodeType::Map) : docs[0];
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);  // an empty file
+  int root_line = LineOf(root, 1);
+
+  Config cfg;
+  cfg.source = source_;
+  VAULTP11_ASSIGN_OR_RETURN(
+      auto f,
+      Fields(root, "", root_line, {"log", "store", "vaults", "principals", "role_assignments"}));
+  auto find = [&](const char* k) -> const Entry* {
+    auto it = f.find(k);
+    return it == f.end() ? nullptr : &it->second;
+  };
+  if (const Entry* log = find("log")) VAULTP11_RETURN_IF_ERROR(LoadLog(*log, cfg));
+  VAULTP11_RETURN_IF_ERROR(LoadStore(find("store"), root_line, cfg));
+  VAULTP11_RETURN_IF_ERROR(LoadVaults(find("vaults"), root_line, cfg));
+  if (const Entry* p = find("principals")) VAULTP11_RETURN_IF_ERROR(LoadPrincipals(*p, cfg));
+  if (const Entry* r = find("role_assignments"))
+    VAULTP11_RETURN_IF_ERROR(LoadRoleAssignments(*r, cfg));
+  return cfg;
+}
+
+}  // namespace
+
+const VaultConfig* Config::FindVault(std::string_view name) const {
+  for (const VaultConfig& v : vaults) {
+    if (v.name == name) return &v;
+  }
+  return nullptr;
+}
+
+const PrincipalConfig* Config::FindPrincipal(std::string_view name) const {
+  for (const PrincipalConfig& p : principals) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
+Result<Config> LoadString(std::string_view yaml, std::string_view source,
+                          std::string_view base_dir) {
+  try {
+    return Loader(source, base_dir).Load(yaml);
+  } catch (const YAML::Exception& e) {
+    // Conversions inside the walk should not throw (types are checked first); be safe anyway.
+    int line = e.mark.is_null() ? 1 : e.mark.line + 1;
+    return Err(CKR_FUNCTION_FAILED, "{}:{}: {}", source, line, e.msg);
+  } catch (const std::bad_alloc&) {
+    return Err(CKR_HOST_MEMORY, "{}: out of memory while reading the config", source);
+  } catch (const std::exception& e) {
+    return Err(CKR_FUNCTION_FAILED, "{}: {}", source, e.what());
+  }
+}
+
+Result<Config> LoadFile(const std::string& path) {
+  if (path.empty()) return Err(CKR_FUNCTION_FAILED, "no config file given");
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0)
+    return Err(CKR_FUNCTION_FAILED, "cannot open config file {}: {}", path, std::strerror(errno));
+  std::string text;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Err(CKR_FUNCTION_FAILED, "config file {} is not a regular file", path);
+  }
+  char buf[8192];
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return Err(CKR_FUNCTION_FAILED, "cannot read config file {}: {}", path, std::strerror(err));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > kMaxConfigBytes) {
+      ::close(fd);
+      return Err(CKR_FUNCTION_FAILED, "config file {} is larger than {} bytes", path,
+                 kMaxConfigBytes);
+    }
+  }
+  ::close(fd);
+  // Relative paths inside the file are relative to its directory, made absolute so that a
+  // later chdir of the host process does not move the store.
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  if (ec) return Err(CKR_FUNCTION_FAILED, "config file {}: {}", path, ec.message());
+  return LoadString(text, path, abs.lexically_normal().parent_path().string());
+}
+
+std::string ResolvePath(const char* reserved) {
+  if (reserved != nullptr && *reserved != '\0') return reserved;
+  const char* env = std::getenv("VAULTP11_CONF");
+  if (env != nullptr && *env != '\0') return env;
+  return VAULTP11_DEFAULT_CONFIG;
+}
+
+bool IsValidName(std::string_view name) {
+  if (name.empty() || name.size() > 127) return false;
+  for (char c : name) {
+    bool ok =
+        (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace vaultp11::config

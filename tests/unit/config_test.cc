@@ -1,0 +1,574 @@
+#include "config/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+
+#include "matchers.h"
+#include "temp_dir.h"
+
+namespace vaultp11::config {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+using vaultp11::testing::TempDir;
+using namespace std::chrono_literals;
+
+// A well-formed scrypt hash (fixed salt/key; its secret is irrelevant to config loading).
+constexpr const char* kHash =
+    "$scrypt$ln=10,r=8,p=1$AAECAwQFBgcICQoLDA0ODw==$AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+// Three valid lines that the error cases extend (their own lines start at 4).
+constexpr const char* kBase =
+    "store: {path: store.db}\n"
+    "vaults:\n"
+    "  - name: payments\n";
+
+std::string WithHash(std::string yaml) {
+  for (size_t pos; (pos = yaml.find("HASH")) != std::string::npos;) yaml.replace(pos, 4, kHash);
+  return yaml;
+}
+
+Result<Config> Load(const std::string& yaml) {
+  return LoadString(WithHash(yaml), "vp.yaml", "/etc/vp");
+}
+
+std::string ErrorOf(const std::string& yaml) {
+  auto r = Load(yaml);
+  if (r.ok()) return "<loaded fine>";
+  if (r.rv() != CKR_FUNCTION_FAILED) return "<wrong rv>";
+  return r.error().message;
+}
+
+// ---- valid files -----------------------------------------------------------------------
+
+constexpr const char* kFull = R"(# every key
+log:
+  level: debug
+  sink: file:log/vaultp11.log
+store:
+  path: /var/lib/vaultp11/store.db
+  master_key_file: keys/master.key
+vaults:
+  - name: payments
+    sku: premium
+  - name: dev-soft
+principals:
+  - name: ci
+    auth: client_secret
+    secrets:
+      - hash: 'HASH'
+        expires: 2027-06-01
+      - { hash: 'HASH' }
+  - name: web
+    auth: client_secret
+    secrets: [{hash: 'HASH', expires: "2030-12-31"}]
+role_assignments:
+  - principal: ci
+    role: Key Vault Administrator
+    scope: /vaults/payments
+  - { principal: web, role: Key Vault Administrator, scope: /vaults/dev-soft/keys/tls-1 }
+  - { principal: web, role: Key Vault Administrator, scope: /vaults/payments/secrets/db-pass }
+  - { principal: web, role: Key Vault Administrator, scope: /vaults/payments/certificates/www }
+)";
+
+TEST(ConfigTest, LoadsFullExample) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load(kFull));
+  EXPECT_EQ(c.source, "vp.yaml");
+  EXPECT_EQ(c.log.level, "debug");
+  EXPECT_EQ(c.log.sink, "file:/etc/vp/log/vaultp11.log");
+  EXPECT_EQ(c.store.path, "/var/lib/vaultp11/store.db");
+  EXPECT_EQ(c.store.master_key_file, "/etc/vp/keys/master.key");
+  ASSERT_EQ(c.vaults.size(), 2u);
+  EXPECT_EQ(c.vaults[0].name, "payments");
+  EXPECT_EQ(c.vaults[0].sku, "premium");
+  EXPECT_EQ(c.vaults[0].line, 9);
+  EXPECT_EQ(c.vaults[1].name, "dev-soft");
+  EXPECT_EQ(c.vaults[1].sku, "standard");
+  EXPECT_EQ(c.vaults[1].line, 11);
+  ASSERT_EQ(c.principals.size(), 2u);
+  EXPECT_EQ(c.principals[0].name, "ci");
+  EXPECT_EQ(c.principals[0].auth, "client_secret");
+  EXPECT_EQ(c.principals[0].line, 13);
+  ASSERT_EQ(c.principals[0].secrets.size(), 2u);
+  EXPECT_EQ(c.principals[0].secrets[0].hash, kHash);
+  ASSERT_TRUE(c.principals[0].secrets[0].expires.has_value());
+  EXPECT_EQ(*c.principals[0].secrets[0].expires,
+            std::chrono::sys_days(std::chrono::year(2027) / 6 / 1));
+  EXPECT_EQ(c.principals[0].secrets[1].hash, kHash);
+  EXPECT_FALSE(c.principals[0].secrets[1].expires.has_value());
+  ASSERT_EQ(c.principals[1].secrets.size(), 1u);
+  EXPECT_EQ(*c.principals[1].secrets[0].expires,
+            std::chrono::sys_days(std::chrono::year(2030) / 12 / 31));
+  ASSERT_EQ(c.role_assignments.size(), 4u);
+  EXPECT_EQ(c.role_assignments[0].principal, "ci");
+  EXPECT_EQ(c.role_assignments[0].role, "Key Vault Administrator");
+  EXPECT_EQ(c.role_assignments[0].scope, "/vaults/payments");
+  EXPECT_EQ(c.role_assignments[0].line, 23);
+  EXPECT_EQ(c.role_assignments[1].scope, "/vaults/dev-soft/keys/tls-1");
+  EXPECT_EQ(c.role_assignments[1].line, 26);
+}
+
+TEST(ConfigTest, MinimalFileGetsDefaults) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load(kBase));
+  EXPECT_EQ(c.log.level, "warning");
+  EXPECT_EQ(c.log.sink, "stderr");
+  EXPECT_EQ(c.store.path, "/etc/vp/store.db");
+  EXPECT_EQ(c.store.master_key_file, "/etc/vp/store.db.masterkey");
+  ASSERT_EQ(c.vaults.size(), 1u);
+  EXPECT_EQ(c.vaults[0].sku, "standard");
+  EXPECT_TRUE(c.principals.empty());
+  EXPECT_TRUE(c.role_assignments.empty());
+}
+
+TEST(ConfigTest, EmptyOptionalSectionsAreAccepted) {
+  ASSERT_OK_AND_ASSIGN(Config c,
+                       Load(std::string(kBase) + "log:\nprincipals:\nrole_assignments: []\n"));
+  EXPECT_TRUE(c.principals.empty());
+}
+
+TEST(ConfigTest, MasterKeyDefaultsBesideAnAbsoluteStorePath) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load("store: {path: /srv/vp/s.db}\nvaults: [{name: v}]\n"));
+  EXPECT_EQ(c.store.master_key_file, "/srv/vp/s.db.masterkey");
+}
+
+TEST(ConfigTest, RelativePathsAreResolvedAgainstBaseDir) {
+  ASSERT_OK_AND_ASSIGN(Config c, LoadString("log: {sink: 'file:../log/a.log'}\n"
+                                            "store: {path: data/./s.db, master_key_file: ../k/mk}\n"
+                                            "vaults: [{name: v}]\n",
+                                            "x.yaml", "/opt/vp/conf"));
+  EXPECT_EQ(c.store.path, "/opt/vp/conf/data/s.db");
+  EXPECT_EQ(c.store.master_key_file, "/opt/vp/k/mk");
+  EXPECT_EQ(c.log.sink, "file:/opt/vp/log/a.log");
+}
+
+TEST(ConfigTest, LoadFileResolvesRelativePathsAgainstTheFilesDirectory) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.file("conf"));
+  std::ofstream(dir.file("conf/vp.yaml")) << kBase;
+  ASSERT_OK_AND_ASSIGN(Config c, LoadFile(dir.file("conf/vp.yaml")));
+  EXPECT_EQ(c.source, dir.file("conf/vp.yaml"));
+  EXPECT_EQ(c.store.path, dir.file("conf/store.db"));
+  EXPECT_EQ(c.store.master_key_file, dir.file("conf/store.db.masterkey"));
+}
+
+TEST(ConfigTest, LoadFileWithRelativeConfigPathGivesAbsoluteStorePath) {
+  TempDir dir;
+  std::ofstream(dir.file("vp.yaml")) << kBase;
+  auto cwd = std::filesystem::current_path();
+  std::filesystem::current_path(dir.path());
+  auto r = LoadFile("vp.yaml");
+  std::filesystem::current_path(cwd);
+  ASSERT_OK(r);
+  EXPECT_EQ(r->store.path, dir.file("store.db"));
+  EXPECT_EQ(r->source, "vp.yaml");
+}
+
+TEST(ConfigTest, LoadFileMessagesNameTheFile) {
+  TempDir dir;
+  std::ofstream(dir.file("vp.yaml")) << kBase << "colour: blue\n";
+  auto r = LoadFile(dir.file("vp.yaml"));
+  EXPECT_THAT(r, RvIs(CKR_FUNCTION_FAILED));
+  EXPECT_EQ(r.error().message, dir.file("vp.yaml") + ":4: colour: unknown key");
+}
+
+TEST(ConfigTest, MissingFileIsAnErrorNamingIt) {
+  TempDir dir;
+  auto r = LoadFile(dir.file("nope.yaml"));
+  EXPECT_THAT(r, RvIs(CKR_FUNCTION_FAILED));
+  EXPECT_THAT(r.error().message, HasSubstr(dir.file("nope.yaml")));
+  EXPECT_THAT(r.error().message, HasSubstr("No such file"));
+}
+
+TEST(ConfigTest, DirectoryIsNotAConfigFile) {
+  TempDir dir;
+  auto r = LoadFile(dir.path());
+  EXPECT_THAT(r, RvIs(CKR_FUNCTION_FAILED));
+  EXPECT_THAT(r.error().message, HasSubstr(dir.path()));
+}
+
+TEST(ConfigTest, UnreadableFileIsAnErrorNamingIt) {
+  if (geteuid() == 0) GTEST_SKIP() << "root reads any file";
+  TempDir dir;
+  std::ofstream(dir.file("vp.yaml")) << kBase;
+  std::filesystem::permissions(dir.file("vp.yaml"), std::filesystem::perms::none);
+  auto r = LoadFile(dir.file("vp.yaml"));
+  EXPECT_THAT(r, RvIs(CKR_FUNCTION_FAILED));
+  EXPECT_THAT(r.error().message, HasSubstr(dir.file("vp.yaml")));
+}
+
+TEST(ConfigTest, FindVaultAndFindPrincipal) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load(kFull));
+  ASSERT_NE(c.FindVault("dev-soft"), nullptr);
+  EXPECT_EQ(c.FindVault("dev-soft")->name, "dev-soft");
+  EXPECT_EQ(c.FindVault("Dev-Soft"), nullptr);
+  EXPECT_EQ(c.FindVault("nope"), nullptr);
+  ASSERT_NE(c.FindPrincipal("web"), nullptr);
+  EXPECT_EQ(c.FindPrincipal("web")->name, "web");
+  EXPECT_EQ(c.FindPrincipal("payments"), nullptr);
+}
+
+TEST(ConfigTest, PremiumSkuIsAccepted) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load("store: {path: s}\nvaults: [{name: v, sku: premium}]\n"));
+  EXPECT_EQ(c.vaults[0].sku, "premium");
+}
+
+TEST(ConfigTest, EveryLogLevelIsAccepted) {
+  for (const char* level : {"debug", "info", "warning", "error", "off"}) {
+    auto r = Load(std::string(kBase) + "log: {level: " + level + ", sink: syslog}\n");
+    ASSERT_OK(r);
+    EXPECT_EQ(r->log.level, level);
+    EXPECT_EQ(r->log.sink, "syslog");
+  }
+}
+
+TEST(ConfigTest, ExpiresLeapDayIsAccepted) {
+  ASSERT_OK_AND_ASSIGN(
+      Config c, Load(std::string(kBase) + "principals: [{name: p, auth: client_secret, "
+                                          "secrets: [{hash: 'HASH', expires: 2028-02-29}]}]\n"));
+  EXPECT_EQ(*c.principals[0].secrets[0].expires,
+            std::chrono::sys_days(std::chrono::year(2028) / 2 / 29));
+}
+
+TEST(ConfigTest, DeeplyNestedInputIsAnErrorNotACrash) {
+  std::string deep = "store: " + std::string(100000, '[') + std::string(100000, ']') + "\n";
+  auto r = Load(deep);
+  EXPECT_THAT(r, RvIs(CKR_FUNCTION_FAILED));
+  EXPECT_THAT(r.error().message, StartsWith("vp.yaml:1: "));
+}
+
+TEST(ConfigTest, NumericNamesAreStrings) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load("store: {path: s}\nvaults: [{name: 123}]\n"));
+  EXPECT_EQ(c.vaults[0].name, "123");
+}
+
+// ---- every validation rule: one case each, checking the whole message -------------------
+
+struct BadCase {
+  const char* name;
+  std::string yaml;
+  std::string message;
+};
+
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
+
+class ConfigErrorTest : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(ConfigErrorTest, FailsWithFileLineAndKeyPath) {
+  EXPECT_EQ(ErrorOf(GetParam().yaml), GetParam().message);
+}
+
+std::string B(const std::string& more) { return kBase + more; }
+std::string P(const std::string& principal_item) { return B("principals:\n" + principal_item); }
+std::string RA(const std::string& item) {
+  return B(
+      "principals: [{name: ci, auth: client_secret, secrets: [{hash: 'HASH'}]}]\n"
+      "role_assignments:\n" +
+      item);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Rules, ConfigErrorTest,
+    ::testing::Values(
+        // document shape
+        BadCase{"SyntaxError", B("vaults: [\n"),
+                "vp.yaml:5: syntax error: end of sequence flow not found"},
+        BadCase{"TabIndentation", "store:\n\tpath: x\n",
+                "vp.yaml:2: syntax error: illegal map value"},
+        BadCase{"TwoDocuments", B("---\nstore: {path: s}\n"),
+                "vp.yaml:5: (top level): only one YAML document is allowed"},
+        BadCase{"EmptyFile", "", "vp.yaml:1: store: is required"},
+        BadCase{"RootIsAList", "- a\n- b\n", "vp.yaml:1: (top level): must be a map"},
+        BadCase{"RootIsAScalar", "hello\n", "vp.yaml:1: (top level): must be a map"},
+        BadCase{"UnknownTopLevelKey", B("hsms: []\n"), "vp.yaml:4: hsms: unknown key"},
+        BadCase{"DuplicateTopLevelKey", B("store: {path: other}\n"),
+                "vp.yaml:4: store: duplicate key"},
+        BadCase{"NonScalarKey", B("[a, b]: c\n"), "vp.yaml:4: (top level): keys must be strings"},
+        // log
+        BadCase{"LogNotAMap", B("log: debug\n"), "vp.yaml:4: log: must be a map"},
+        BadCase{"LogUnknownKey", B("log:\n  level: info\n  format: json\n"),
+                "vp.yaml:6: log.format: unknown key"},
+        BadCase{"LogLevelInvalid", B("log: {level: verbose}\n"),
+                "vp.yaml:4: log.level: must be one of debug, info, warning, error, off"},
+        BadCase{"LogLevelNotAString", B("log:\n  level: [debug]\n"),
+                "vp.yaml:5: log.level: must be a string"},
+        BadCase{"LogSinkInvalid", B("log: {sink: journald}\n"),
+                "vp.yaml:4: log.sink: must be stderr, syslog or file:<path>"},
+        BadCase{"LogSinkFileWithoutPath", B("log: {sink: 'file:'}\n"),
+                "vp.yaml:4: log.sink: file: needs a path"},
+        // store
+        BadCase{"StoreMissing", "vaults: [{name: v}]\n", "vp.yaml:1: store: is required"},
+        BadCase{"StoreNotAMap", "store: /var/lib/s.db\nvaults: [{name: v}]\n",
+                "vp.yaml:1: store: must be a map"},
+        BadCase{"StorePathMissing", "vaults: [{name: v}]\nstore:\n  master_key_file: k\n",
+                "vp.yaml:3: store.path: is required"},
+        BadCase{"StorePathEmpty", "store: {path: ''}\nvaults: [{name: v}]\n",
+                "vp.yaml:1: store.path: must not be empty"},
+        BadCase{"StorePathNull", "store:\n  path:\nvaults: [{name: v}]\n",
+                "vp.yaml:2: store.path: needs a value"},
+        BadCase{"StorePathNotAString", "store:\n  path: {a: b}\nvaults: [{name: v}]\n",
+                "vp.yaml:2: store.path: must be a string"},
+        BadCase{"StorePathWithNul", "store: {path: \"a\\0b\"}\nvaults: [{name: v}]\n",
+                "vp.yaml:1: store.path: must not contain NUL characters"},
+        BadCase{"StoreUnknownKey", "store: {path: s, replica: r}\nvaults: [{name: v}]\n",
+                "vp.yaml:1: store.replica: unknown key"},
+        BadCase{"MasterKeyIsTheDatabase",
+                "store: {path: s.db, master_key_file: ./s.db}\nvaults: [{name: v}]\n",
+                "vp.yaml:1: store.master_key_file: must not be the database file"},
+        // vaults
+        BadCase{"VaultsMissing", "store: {path: s}\n",
+                "vp.yaml:1: vaults: at least one vault is required"},
+        BadCase{"VaultsEmptyList", "store: {path: s}\nvaults: []\n",
+                "vp.yaml:2: vaults: at least one vault is required"},
+        BadCase{"VaultsNull", "store: {path: s}\nvaults:\n",
+                "vp.yaml:2: vaults: at least one vault is required"},
+        BadCase{"VaultsNotAList", "store: {path: s}\nvaults: {name: v}\n",
+                "vp.yaml:2: vaults: must be a list"},
+        BadCase{"VaultItemNotAMap", B("  - other\n"), "vp.yaml:4: vaults[1]: must be a map"},
+        BadCase{"VaultNameMissing", B("  - sku: premium\n"),
+                "vp.yaml:4: vaults[1].name: is required"},
+        BadCase{"VaultNameInvalid", B("  - name: pay_ments\n"),
+                "vp.yaml:4: vaults[1].name: invalid name \"pay_ments\": use 1-127 characters of "
+                "0-9 a-z A-Z -"},
+        BadCase{"VaultNameTooLong", B("  - name: " + std::string(128, 'a') + "\n"),
+                "vp.yaml:4: vaults[1].name: invalid name \"" + std::string(128, 'a') +
+                    "\": use 1-127 characters of 0-9 a-z A-Z -"},
+        BadCase{"VaultNameNotAString", B("  - name: [a]\n"),
+                "vp.yaml:4: vaults[1].name: must be a string"},
+        BadCase{"VaultNameDuplicate", B("  - name: dev\n  - name: payments\n"),
+                "vp.yaml:5: vaults[2].name: duplicate vault name \"payments\" (first defined at "
+                "line 3)"},
+        BadCase{"VaultNameDuplicateIgnoringCase", B("  - name: Payments\n"),
+                "vp.yaml:4: vaults[1].name: duplicate vault name \"Payments\" (first defined at "
+                "line 3)"},
+        BadCase{"VaultSkuInvalid", B("  - name: v2\n    sku: gold\n"),
+                "vp.yaml:5: vaults[1].sku: must be standard or premium"},
+        BadCase{"VaultSkuNull", B("  - name: v2\n    sku:\n"),
+                "vp.yaml:5: vaults[1].sku: needs a value"},
+        BadCase{"VaultUnknownKey", B("    soft_delete: {retention_days: 7}\n"),
+                "vp.yaml:4: vaults[0].soft_delete: unknown key"},
+        BadCase{"VaultDuplicateKey", B("    name: again\n"),
+                "vp.yaml:4: vaults[0].name: duplicate key"},
+        // principals
+        BadCase{"PrincipalsNotAList", B("principals: {name: ci}\n"),
+                "vp.yaml:4: principals: must be a list"},
+        BadCase{"PrincipalNotAMap", P("  - ci\n"), "vp.yaml:5: principals[0]: must be a map"},
+        BadCase{"PrincipalNameMissing", P("  - auth: client_secret\n"),
+                "vp.yaml:5: principals[0].name: is required"},
+        BadCase{"PrincipalNameInvalid", P("  - name: ci bot\n"),
+                "vp.yaml:5: principals[0].name: invalid name \"ci bot\": use 1-127 characters of "
+                "0-9 a-z A-Z -"},
+        BadCase{"PrincipalNameDuplicate",
+                P("  - {name: ci, auth: client_secret, secrets: [{hash: 'HASH'}]}\n  - {name: CI, "
+                  "auth: client_secret, secrets: [{hash: 'HASH'}]}\n"),
+                "vp.yaml:6: principals[1].name: duplicate principal name \"CI\" (first defined at "
+                "line 5)"},
+        BadCase{"PrincipalAuthMissing", P("  - name: ci\n"),
+                "vp.yaml:5: principals[0].auth: is required"},
+        BadCase{"PrincipalAuthNotSupportedYet", P("  - name: web\n    auth: managed_identity\n"),
+                "vp.yaml:6: principals[0].auth: auth method \"managed_identity\" is not supported "
+                "yet (supported: client_secret)"},
+        BadCase{"PrincipalUnknownKey",
+                P("  - {name: web, auth: client_secret, unix_user: www-data}\n"),
+                "vp.yaml:5: principals[0].unix_user: unknown key"},
+        BadCase{"SecretsMissing", P("  - {name: ci, auth: client_secret}\n"),
+                "vp.yaml:5: principals[0].secrets: is required for auth client_secret"},
+        BadCase{"SecretsEmpty", P("  - name: ci\n    auth: client_secret\n    secrets: []\n"),
+                "vp.yaml:7: principals[0].secrets: at least one secret is required"},
+        BadCase{"SecretsNotAList", P("  - name: ci\n    auth: client_secret\n    secrets: HASH\n"),
+                "vp.yaml:7: principals[0].secrets: must be a list"},
+        BadCase{"SecretNotAMap",
+                P("  - name: ci\n    auth: client_secret\n    secrets:\n      - HASH\n"),
+                "vp.yaml:8: principals[0].secrets[0]: must be a map"},
+        BadCase{
+            "SecretHashMissing",
+            P("  - name: ci\n    auth: client_secret\n    secrets:\n      - expires: 2027-01-01\n"),
+            "vp.yaml:8: principals[0].secrets[0].hash: is required"},
+        BadCase{"SecretHashMalformed",
+                P("  - name: ci\n    auth: client_secret\n    secrets:\n      - hash: HASH\n      "
+                  "- hash: plaintext-password\n"),
+                "vp.yaml:9: principals[0].secrets[1].hash: not a valid secret hash (generate one "
+                "with `vaultp11 hash-secret`)"},
+        BadCase{"SecretUnknownKey",
+                P("  - name: ci\n    auth: client_secret\n    secrets:\n      - {hash: 'HASH', "
+                  "value: hunter2}\n"),
+                "vp.yaml:8: principals[0].secrets[0].value: unknown key"},
+        BadCase{"ExpiresNotPadded",
+                P("  - name: ci\n    auth: client_secret\n    secrets:\n      - hash: HASH\n       "
+                  " expires: 2027-6-1\n"),
+                "vp.yaml:9: principals[0].secrets[0].expires: must be a date YYYY-MM-DD, got "
+                "\"2027-6-1\""},
+        BadCase{"ExpiresImpossibleDate",
+                P("  - name: ci\n    auth: client_secret\n    secrets:\n      - hash: HASH\n       "
+                  " expires: 2027-02-29\n"),
+                "vp.yaml:9: principals[0].secrets[0].expires: must be a date YYYY-MM-DD, got "
+                "\"2027-02-29\""},
+        BadCase{"ExpiresMonth13",
+                P("  - {name: ci, auth: client_secret, secrets: [{hash: 'HASH', expires: "
+                  "2027-13-01}]}\n"),
+                "vp.yaml:5: principals[0].secrets[0].expires: must be a date YYYY-MM-DD, got "
+                "\"2027-13-01\""},
+        BadCase{"ExpiresWithTime",
+                P("  - {name: ci, auth: client_secret, secrets: [{hash: 'HASH', expires: "
+                  "'2027-01-01T00:00:00Z'}]}\n"),
+                "vp.yaml:5: principals[0].secrets[0].expires: must be a date YYYY-MM-DD, got "
+                "\"2027-01-01T00:00:00Z\""},
+        BadCase{
+            "ExpiresNotAString",
+            P("  - {name: ci, auth: client_secret, secrets: [{hash: 'HASH', expires: [2027]}]}\n"),
+            "vp.yaml:5: principals[0].secrets[0].expires: must be a string"},
+        // role assignments
+        BadCase{"RoleAssignmentsNotAList", RA("  principal: ci\n"),
+                "vp.yaml:6: role_assignments: must be a list"},
+        BadCase{"RoleAssignmentNotAMap", RA("  - ci\n"),
+                "vp.yaml:6: role_assignments[0]: must be a map"},
+        BadCase{"RoleAssignmentPrincipalMissing",
+                RA("  - {role: Key Vault Administrator, scope: /vaults/payments}\n"),
+                "vp.yaml:6: role_assignments[0].principal: is required"},
+        BadCase{"RoleAssignmentRoleMissing", RA("  - {principal: ci, scope: /vaults/payments}\n"),
+                "vp.yaml:6: role_assignments[0].role: is required"},
+        BadCase{"RoleAssignmentScopeMissing",
+                RA("  - {principal: ci, role: Key Vault Administrator}\n"),
+                "vp.yaml:6: role_assignments[0].scope: is required"},
+        BadCase{
+            "RoleAssignmentUnknownPrincipal",
+            RA("  - principal: cd\n    role: Key Vault Administrator\n    scope: "
+               "/vaults/payments\n"),
+            "vp.yaml:6: role_assignments[0].principal: no principal named \"cd\" in principals"},
+        BadCase{
+            "RoleNotSupportedYet",
+            RA("  - principal: ci\n    role: Key Vault Crypto User\n    scope: /vaults/payments\n"),
+            "vp.yaml:7: role_assignments[0].role: role \"Key Vault Crypto User\" is not supported "
+            "yet (supported: Key Vault Administrator)"},
+        BadCase{"RoleNameIsCaseSensitive",
+                RA("  - {principal: ci, role: key vault administrator, scope: /vaults/payments}\n"),
+                "vp.yaml:6: role_assignments[0].role: role \"key vault administrator\" is not "
+                "supported yet (supported: Key Vault Administrator)"},
+        BadCase{"ScopeUnknownVault",
+                RA("  - principal: ci\n    role: Key Vault Administrator\n    scope: "
+                   "/vaults/payroll\n"),
+                "vp.yaml:8: role_assignments[0].scope: no vault named \"payroll\" in vaults"},
+        BadCase{"ScopeUnknownVaultOfObject",
+                RA("  - {principal: ci, role: Key Vault Administrator, scope: "
+                   "/vaults/payroll/keys/k}\n"),
+                "vp.yaml:6: role_assignments[0].scope: no vault named \"payroll\" in vaults"},
+        BadCase{"ScopeNotAbsolute",
+                RA("  - {principal: ci, role: Key Vault Administrator, scope: vaults/payments}\n"),
+                "vp.yaml:6: role_assignments[0].scope: must be /vaults/<vault> or "
+                "/vaults/<vault>/keys|secrets|certificates/<name>, got \"vaults/payments\""},
+        BadCase{
+            "ScopeTrailingSlash",
+            RA("  - {principal: ci, role: Key Vault Administrator, scope: /vaults/payments/}\n"),
+            "vp.yaml:6: role_assignments[0].scope: must be /vaults/<vault> or "
+            "/vaults/<vault>/keys|secrets|certificates/<name>, got \"/vaults/payments/\""},
+        BadCase{"ScopeRoot", RA("  - {principal: ci, role: Key Vault Administrator, scope: /}\n"),
+                "vp.yaml:6: role_assignments[0].scope: must be /vaults/<vault> or "
+                "/vaults/<vault>/keys|secrets|certificates/<name>, got \"/\""},
+        BadCase{
+            "ScopeUnknownObjectKind",
+            RA("  - {principal: ci, role: Key Vault Administrator, scope: "
+               "/vaults/payments/blobs/b}\n"),
+            "vp.yaml:6: role_assignments[0].scope: must be /vaults/<vault> or "
+            "/vaults/<vault>/keys|secrets|certificates/<name>, got \"/vaults/payments/blobs/b\""},
+        BadCase{"ScopeKindWithoutName",
+                RA("  - {principal: ci, role: Key Vault Administrator, scope: "
+                   "/vaults/payments/keys}\n"),
+                "vp.yaml:6: role_assignments[0].scope: must be /vaults/<vault> or "
+                "/vaults/<vault>/keys|secrets|certificates/<name>, got \"/vaults/payments/keys\""},
+        BadCase{
+            "ScopeTooDeep",
+            RA("  - {principal: ci, role: Key Vault Administrator, scope: "
+               "/vaults/payments/keys/k/v1}\n"),
+            "vp.yaml:6: role_assignments[0].scope: must be /vaults/<vault> or "
+            "/vaults/<vault>/keys|secrets|certificates/<name>, got \"/vaults/payments/keys/k/v1\""},
+        BadCase{"ScopePoolsNotSupported",
+                RA("  - {principal: ci, role: Key Vault Administrator, scope: /pools/p1}\n"),
+                "vp.yaml:6: role_assignments[0].scope: must be /vaults/<vault> or "
+                "/vaults/<vault>/keys|secrets|certificates/<name>, got \"/pools/p1\""},
+        BadCase{
+            "ScopeInvalidVaultName",
+            RA("  - {principal: ci, role: Key Vault Administrator, scope: /vaults/pay.ments}\n"),
+            "vp.yaml:6: role_assignments[0].scope: invalid vault name \"pay.ments\" in scope"},
+        BadCase{"ScopeInvalidObjectName",
+                RA("  - {principal: ci, role: Key Vault Administrator, scope: "
+                   "/vaults/payments/keys/..}\n"),
+                "vp.yaml:6: role_assignments[0].scope: invalid object name \"..\" in scope: use "
+                "1-127 characters of 0-9 a-z A-Z -"},
+        BadCase{"RoleAssignmentUnknownKey",
+                RA("  - {principal: ci, role: Key Vault Administrator, scope: /vaults/payments, "
+                   "condition: x}\n"),
+                "vp.yaml:6: role_assignments[0].condition: unknown key"},
+        BadCase{"UnquotedHashInFlowMap",
+                P("  - {name: ci, auth: client_secret, secrets: [{hash: HASH}]}\n"),
+                "vp.yaml:5: principals[0].secrets[0].r=8: unknown key (quote values that contain "
+                "commas)"},
+        BadCase{"MessageEscapesControlCharacters", B("  - name: \"a\\tb\"\n"),
+                "vp.yaml:4: vaults[1].name: invalid name \"a\\x09b\": use 1-127 characters of 0-9 "
+                "a-z A-Z -"}),
+    [](const ::testing::TestParamInfo<BadCase>& info) { return std::string(info.param.name); });
+
+// ---- ResolvePath and IsValidName ----------------------------------------------------------
+
+class ResolvePathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (const char* v = std::getenv("VAULTP11_CONF")) saved_ = v;
+    unsetenv("VAULTP11_CONF");
+  }
+  void TearDown() override {
+    if (saved_) {
+      setenv("VAULTP11_CONF", saved_->c_str(), 1);
+    } else {
+      unsetenv("VAULTP11_CONF");
+    }
+  }
+  std::optional<std::string> saved_;
+};
+
+TEST_F(ResolvePathTest, ReservedWinsOverEnvironment) {
+  setenv("VAULTP11_CONF", "/from/env.yaml", 1);
+  EXPECT_EQ(ResolvePath("/from/reserved.yaml"), "/from/reserved.yaml");
+}
+
+TEST_F(ResolvePathTest, EnvironmentWinsOverDefault) {
+  setenv("VAULTP11_CONF", "/from/env.yaml", 1);
+  EXPECT_EQ(ResolvePath(nullptr), "/from/env.yaml");
+}
+
+TEST_F(ResolvePathTest, DefaultWhenNothingElse) {
+  EXPECT_EQ(ResolvePath(nullptr), VAULTP11_DEFAULT_CONFIG);
+}
+
+TEST_F(ResolvePathTest, EmptyValuesAreIgnored) {
+  setenv("VAULTP11_CONF", "", 1);
+  EXPECT_EQ(ResolvePath(""), VAULTP11_DEFAULT_CONFIG);
+  setenv("VAULTP11_CONF", "/from/env.yaml", 1);
+  EXPECT_EQ(ResolvePath(""), "/from/env.yaml");
+}
+
+TEST(IsValidNameTest, AcceptsTheDocumentedAlphabet) {
+  EXPECT_TRUE(IsValidName("a"));
+  EXPECT_TRUE(IsValidName("Payments-2024"));
+  EXPECT_TRUE(IsValidName("0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOPQRSTUVWXYZ"));
+  EXPECT_TRUE(IsValidName(std::string(127, 'x')));
+}
+
+TEST(IsValidNameTest, RejectsEverythingElse) {
+  EXPECT_FALSE(IsValidName(""));
+  EXPECT_FALSE(IsValidName(std::string(128, 'x')));
+  for (const char* bad : {"a_b", "a.b", "a b", "a/b", "ä", "a\nb", "a:b", "*"}) {
+    EXPECT_FALSE(IsValidName(bad)) << bad;
+  }
+  EXPECT_FALSE(IsValidName(std::string_view("a\0b", 3)));
+}
+
+}  // namespace
+}  // namespace vaultp11::config

@@ -1,0 +1,326 @@
+// The `vaultp11` subcommands and their command-line parsing (CLI11).
+#include "cli/commands.h"
+
+#include <fmt/format.h>
+#include <openssl/crypto.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <exception>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <system_error>
+#include <vector>
+
+#include "auth/secret_hash.h"
+#include "store/store.h"
+
+#ifndef VAULTP11_VERSION
+#error "VAULTP11_VERSION must be defined by the build"
+#endif
+
+namespace vaultp11::cli {
+namespace {
+
+constexpr size_t kMaxSecretBytes = 64 * 1024;
+
+// Turns terminal echo off while the secret is typed; restores it on destruction.
+class EchoOff {
+ public:
+  EchoOff() {
+    if (tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+    termios t = saved_;
+    t.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    active_ = tcsetattr(STDIN_FILENO, TCSAFLUSH, &t) == 0;
+  }
+  ~EchoOff() {
+    if (active_) tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_);
+  }
+  EchoOff(const EchoOff&) = delete;
+  EchoOff& operator=(const EchoOff&) = delete;
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
+std::string Hex(std::span<const uint8_t> b) {
+  std::string out;
+  out.reserve(b.size() * 2);
+  for (uint8_t c : b) out += fmt::format("{:02x}", c);
+  return out;
+}
+
+// A label as shown on a terminal: quoted, control characters escaped (labels come from
+// whoever created the object and must not drive the terminal).
+std::string Printable(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += '"';
+  return out;
+}
+
+bool Exists(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::exists(path, ec);
+}
+
+// Creates the directory that will hold `file` (mode 0700) when it does not exist yet.
+Status EnsureParentDir(const std::string& file, std::ostream& out) {
+  std::filesystem::path dir = std::filesystem::path(file).parent_path();
+  if (dir.empty()) return OkStatus();
+  std::error_code ec;
+  if (std::filesystem::exists(dir, ec)) return OkStatus();
+  if (!std::filesystem::create_directories(dir, ec) || ec)
+    return Err(CKR_FUNCTION_FAILED, "cannot create directory {}: {}", dir.string(), ec.message());
+  std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);
+  out << fmt::format("created directory {}\n", dir.string());
+  return OkStatus();
+}
+
+Result<std::unique_ptr<store::Store>> OpenExisting(const config::Config& cfg) {
+  auto s =
+      store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/false);
+  if (!s.ok() && s.rv() == CKR_TOKEN_NOT_PRESENT)
+    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)",
+               cfg.store.path);
+  return s;
+}
+
+}  // namespace
+
+std::string ClassName(CK_OBJECT_CLASS object_class) {
+  switch (object_class) {
+    case CKO_DATA:
+      return "data";
+    case CKO_CERTIFICATE:
+      return "certificate";
+    case CKO_PUBLIC_KEY:
+      return "public-key";
+    case CKO_PRIVATE_KEY:
+      return "private-key";
+    case CKO_SECRET_KEY:
+      return "secret-key";
+    default:
+      return fmt::format("class-0x{:x}", object_class);
+  }
+}
+
+Result<SecureString> ReadSecret(std::istream& in, bool one_line) {
+  SecureString secret;
+  char buf[4096];
+  bool too_long = false;
+  while (in && !too_long) {
+    size_t n = 0;
+    if (one_line) {
+      int c = in.get();
+      if (c == std::char_traits<char>::eof()) break;
+      buf[0] = static_cast<char>(c);
+      n = 1;
+    } else {
+      in.read(buf, sizeof(buf));
+      n = static_cast<size_t>(in.gcount());
+    }
+    secret.append(buf, n);
+    if (secret.size() > kMaxSecretBytes + 2) too_long = true;  // room for "\r\n"
+    if (one_line && n == 1 && buf[0] == '\n') break;
+  }
+  OPENSSL_cleanse(buf, sizeof(buf));
+  if (in.bad()) return Err(CKR_FUNCTION_FAILED, "cannot read the secret from stdin");
+  if (!secret.empty() && secret.back() == '\n') {
+    secret.pop_back();
+    if (!secret.empty() && secret.back() == '\r') secret.pop_back();
+  }
+  if (too_long || secret.size() > kMaxSecretBytes)
+    return Err(CKR_ARGUMENTS_BAD, "the secret is longer than {} bytes", kMaxSecretBytes);
+  if (secret.empty()) return Err(CKR_ARGUMENTS_BAD, "empty secret: nothing was read from stdin");
+  return secret;
+}
+
+Status HashSecretCommand(Io& io, int cost_log2n) {
+  Result<SecureString> secret = Err(CKR_GENERAL_ERROR, "unset");
+  if (io.interactive) {
+    io.err << "Secret (input hidden): " << std::flush;
+    {
+      EchoOff guard;
+      secret = ReadSecret(io.in, /*one_line=*/true);
+    }
+    io.err << "\n";
+  } else {
+    secret = ReadSecret(io.in, /*one_line=*/false);
+  }
+  if (!secret.ok()) return secret.status();
+  auth::ScryptCost cost;
+  cost.log2_n = cost_log2n;
+  const SecureString& s = secret.value();
+  VAULTP11_ASSIGN_OR_RETURN(
+      std::string hash,
+      auth::HashSecret(std::span(reinterpret_cast<const uint8_t*>(s.data()), s.size()), cost));
+  io.out << hash << "\n";
+  return OkStatus();
+}
+
+Status InitCommand(const config::Config& cfg, std::ostream& out) {
+  bool db_existed = Exists(cfg.store.path);
+  bool key_existed = Exists(cfg.store.master_key_file);
+  VAULTP11_RETURN_IF_ERROR(EnsureParentDir(cfg.store.path, out));
+  VAULTP11_RETURN_IF_ERROR(EnsureParentDir(cfg.store.master_key_file, out));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file,
+                                                        /*create_if_missing=*/true));
+  out << fmt::format("{} store {}\n", db_existed ? "using existing" : "created", cfg.store.path);
+  out << fmt::format("{} master key file {}\n", key_existed ? "using existing" : "created",
+                     cfg.store.master_key_file);
+  VAULTP11_ASSIGN_OR_RETURN(std::vector<std::string> before, st->Vaults());
+  std::set<std::string> existing(before.begin(), before.end());
+  for (const config::VaultConfig& v : cfg.vaults) {
+    VAULTP11_RETURN_IF_ERROR(st->EnsureVault(v.name));
+    out << fmt::format("{} vault {}\n", existing.count(v.name) ? "existing" : "created", v.name);
+  }
+  for (const std::string& name : before) {
+    if (cfg.FindVault(name) == nullptr)
+      out << fmt::format("note: vault {} is in the store but not in {}\n", name, cfg.source);
+  }
+  return OkStatus();
+}
+
+Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostream& out) {
+  if (!opts.vault.empty() && cfg.FindVault(opts.vault) == nullptr)
+    return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {}", Printable(opts.vault), cfg.source);
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenExisting(cfg));
+  VAULTP11_ASSIGN_OR_RETURN(std::vector<std::string> in_store, st->Vaults());
+  std::set<std::string> initialized(in_store.begin(), in_store.end());
+
+  nlohmann::ordered_json doc = {{"config", cfg.source},
+                                {"store", cfg.store.path},
+                                {"vaults", nlohmann::ordered_json::array()}};
+  std::string text;
+  for (const config::VaultConfig& v : cfg.vaults) {
+    if (!opts.vault.empty() && v.name != opts.vault) continue;
+    bool present = initialized.count(v.name) != 0;
+    std::vector<store::ObjectRecord> objects;
+    if (present) {
+      VAULTP11_ASSIGN_OR_RETURN(objects, st->LoadVault(v.name));
+    }
+    nlohmann::ordered_json jobjects = nlohmann::ordered_json::array();
+    if (present) {
+      text += fmt::format("vault {} ({}): {} object{}\n", v.name, v.sku, objects.size(),
+                          objects.size() == 1 ? "" : "s");
+    } else {
+      text += fmt::format("vault {} ({}): not in the store (run `vaultp11 init`)\n", v.name, v.sku);
+    }
+    for (const store::ObjectRecord& o : objects) {
+      std::string id = Hex(o.ck_id);
+      text += fmt::format("  {:<11}  id {}  label {}\n", ClassName(o.object_class),
+                          id.empty() ? "-" : id, Printable(o.label));
+      jobjects.push_back({{"class", ClassName(o.object_class)}, {"label", o.label}, {"id", id}});
+    }
+    doc["vaults"].push_back({{"name", v.name},
+                             {"sku", v.sku},
+                             {"initialized", present},
+                             {"objects", std::move(jobjects)}});
+  }
+  if (opts.json) {
+    // Labels are bytes from the store; invalid UTF-8 is replaced rather than thrown on.
+    out << doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
+  } else {
+    out << text;
+  }
+  return OkStatus();
+}
+
+int Run(int argc, const char* const* argv, Io& io) {
+  try {
+    CLI::App app{"Administers the vaultp11 PKCS#11 module: its store, vaults and identities.",
+                 "vaultp11"};
+    app.set_version_flag("--version", std::string("vaultp11 ") + VAULTP11_VERSION,
+                         "Print the version and exit");
+    std::string config_path;
+    app.add_option("--config", config_path,
+                   "Config file (default: $VAULTP11_CONF, else " VAULTP11_DEFAULT_CONFIG ")");
+    app.require_subcommand(1);
+    app.fallthrough();  // --config is accepted after the subcommand too
+
+    int cost = auth::ScryptCost{}.log2_n;
+    CLI::App* hash = app.add_subcommand(
+        "hash-secret",
+        "Read a client secret from stdin and print its hash for principals[].secrets[].hash");
+    hash->add_option("--cost-log2n", cost, "scrypt cost: N = 2^value")
+        ->check(CLI::Range(kMinCostLog2N, kMaxCostLog2N))
+        ->capture_default_str();
+
+    CLI::App* init = app.add_subcommand(
+        "init", "Create the store, its master key file and every configured vault");
+
+    ListOptions list_opts;
+    CLI::App* list = app.add_subcommand("list", "List the configured vaults and their objects");
+    list->add_option("--vault", list_opts.vault, "Only this vault");
+    list->add_flag("--json", list_opts.json, "Print one JSON document");
+
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
+        app.exit(e, io.out, io.err);  // --help, --version
+        return kExitOk;
+      }
+      std::string what = e.what();
+      std::vector<std::string> rest = app.remaining();
+      bool named_subcommand = false;
+      for (int i = 1; i < argc; ++i) {
+        std::string_view a = argv[i];
+        for (const CLI::App* sub : {hash, init, list}) named_subcommand |= a == sub->get_name();
+      }
+      if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
+        what = fmt::format("unknown subcommand {}", Printable(rest.front()));
+      } else if (dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
+        // Never echo stray arguments: one may be a secret given where stdin was meant.
+        what =
+            "unexpected arguments (not shown; a secret goes on stdin, never on the command line)";
+      }
+      io.err << "vaultp11: " << what << "\nRun with --help for more information.\n";
+      return kExitUsage;
+    }
+
+    Status st;
+    if (hash->parsed()) {
+      st = HashSecretCommand(io, cost);
+    } else {
+      std::string path = config::ResolvePath(config_path.empty() ? nullptr : config_path.c_str());
+      auto cfg = config::LoadFile(path);
+      if (!cfg.ok()) {
+        st = cfg.status();
+      } else if (init->parsed()) {
+        st = InitCommand(cfg.value(), io.out);
+      } else if (list->parsed()) {
+        st = ListCommand(cfg.value(), list_opts, io.out);
+      }
+    }
+    io.out << std::flush;
+    if (!st.ok()) {
+      io.err << "vaultp11: " << st.error().message << "\n";
+      return kExitFailed;
+    }
+    return kExitOk;
+  } catch (const std::exception& e) {
+    io.err << "vaultp11: internal error: " << e.what() << "\n";
+    return kExitFailed;
+  } catch (...) {
+    io.err << "vaultp11: internal error\n";
+    return kExitFailed;
+  }
+}
+
+}  // namespace vaultp11::cli

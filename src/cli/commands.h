@@ -1,0 +1,58 @@
+// The `vaultp11` admin tool as a library: each command reads and writes streams so the
+// tests can drive it without a process; main.cc only binds it to the real stdio.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <istream>
+#include <ostream>
+#include <string>
+
+#include "config/config.h"
+#include "util/result.h"
+#include "util/secure_bytes.h"
+
+namespace vaultp11::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;  // the operation failed (bad config, store error, ...)
+inline constexpr int kExitUsage = 2;   // the command line was wrong
+
+// Lower and upper bound of `hash-secret --cost-log2n` (ln below 10 is too cheap to matter).
+inline constexpr int kMinCostLog2N = 10;
+inline constexpr int kMaxCostLog2N = 20;
+
+// Streams of one run. `interactive` means `in` is a terminal: the secret is then read as one
+// line with echo turned off, after a prompt on `err`.
+struct Io {
+  std::istream& in;
+  std::ostream& out;
+  std::ostream& err;
+  bool interactive = false;
+};
+
+// Reads a secret: everything up to end of input (or the first newline when `one_line`), one
+// trailing newline ("\n" or "\r\n") removed. Empty input and input over 64 KiB are refused.
+Result<SecureString> ReadSecret(std::istream& in, bool one_line);
+
+// `hash-secret`: hashes the secret read from io.in and prints the hash line on io.out.
+Status HashSecretCommand(Io& io, int cost_log2n);
+
+// `init`: creates the store (database and master key file, both 0600) if missing and every
+// configured vault; prints one line per thing created or found.
+Status InitCommand(const config::Config& cfg, std::ostream& out);
+
+struct ListOptions {
+  std::string vault;  // only this vault; empty: all configured vaults
+  bool json = false;
+};
+// `list`: the configured vaults and their objects (class, label, CKA_ID) from the store.
+Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostream& out);
+
+// "private-key", "public-key", "secret-key", "certificate", "data", else "class-0x<hex>".
+std::string ClassName(CK_OBJECT_CLASS object_class);
+
+// Parses argv and runs one subcommand; returns the process exit code. Never throws.
+int Run(int argc, const char* const* argv, Io& io);
+
+}  // namespace vaultp11::cli

@@ -1,0 +1,14 @@
+// Entry point of the `vaultp11` admin tool; the commands live in commands.cc.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <iostream>
+
+#include "cli/commands.h"
+
+int main(int argc, char** argv) {
+  // Everything this tool creates (store, master key, directories) is private to its owner.
+  umask(077);
+  vaultp11::cli::Io io{std::cin, std::cout, std::cerr, isatty(STDIN_FILENO) == 1};
+  return vaultp11::cli::Run(argc, argv, io);
+}

@@ -1,0 +1,488 @@
+// Tests of the `vaultp11` admin tool: the command functions in-process, and the built binary
+// (path in $VAULTP11_CLI, set by tests/cli/meson.build) run as a child process in a temp dir.
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "auth/secret_hash.h"
+#include "cli/commands.h"
+#include "config/config.h"
+#include "matchers.h"
+#include "store/store.h"
+#include "temp_dir.h"
+
+namespace vaultp11::cli {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::ContainsRegex;
+using ::testing::EndsWith;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Not;
+using ::testing::StartsWith;
+using vaultp11::testing::TempDir;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+Result<bool> Verify(const std::string& hash, std::string_view secret) {
+  return auth::VerifySecret(hash, ToBytes(secret));
+}
+
+// ---- the built binary ----------------------------------------------------------------------
+
+struct Outcome {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs $VAULTP11_CLI with `args` in `dir`, feeding `input` on stdin. $VAULTP11_CONF is
+// removed from the child's environment unless given in `env` ("NAME=value").
+Outcome RunCli(const TempDir& dir, const std::vector<std::string>& args,
+               const std::string& input = "", const std::vector<std::string>& env = {}) {
+  Outcome o;
+  const char* cli = std::getenv("VAULTP11_CLI");
+  if (cli == nullptr || *cli == '\0') {
+    ADD_FAILURE() << "set VAULTP11_CLI to the built vaultp11 binary (meson test does)";
+    return o;
+  }
+  std::string in_path = dir.file(".stdin"), out_path = dir.file(".stdout"),
+              err_path = dir.file(".stderr");
+  WriteFile(in_path, input);
+  std::vector<std::string> argv_s = {cli};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int in = open(in_path.c_str(), O_RDONLY);
+    int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 ||
+        chdir(dir.path().c_str()) != 0)
+      _exit(126);
+    unsetenv("VAULTP11_CONF");
+    for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) {
+    ADD_FAILURE() << "cannot run " << cli;
+    return o;
+  }
+  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  o.out = ReadAll(out_path);
+  o.err = ReadAll(err_path);
+  return o;
+}
+
+constexpr const char* kConfig =
+    "store:\n"
+    "  path: data/store.db\n"
+    "vaults:\n"
+    "  - name: payments\n"
+    "    sku: premium\n"
+    "  - name: dev\n";
+
+mode_t ModeOf(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return 0;
+  return st.st_mode & 07777;
+}
+
+TEST(CliBinaryTest, HelpExitsZeroAndListsSubcommands) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"--help"});
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_THAT(o.out, AllOf(HasSubstr("Usage"), HasSubstr("--config"), HasSubstr("hash-secret"),
+                           HasSubstr("init"), HasSubstr("list")));
+  EXPECT_THAT(o.err, IsEmpty());
+}
+
+TEST(CliBinaryTest, SubcommandHelpExitsZero) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"hash-secret", "--help"});
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_THAT(o.out, HasSubstr("--cost-log2n"));
+}
+
+TEST(CliBinaryTest, VersionPrintsTheBuildVersion) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"--version"});
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_EQ(o.out, std::string("vaultp11 ") + VAULTP11_VERSION + "\n");
+}
+
+TEST(CliBinaryTest, UnknownSubcommandExitsTwo) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"frobnicate"});
+  EXPECT_EQ(o.exit_code, 2);
+  EXPECT_THAT(o.err, StartsWith("vaultp11: unknown subcommand \"frobnicate\"\n"));
+  EXPECT_THAT(o.out, IsEmpty());
+}
+
+TEST(CliBinaryTest, MissingSubcommandExitsTwo) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {});
+  EXPECT_EQ(o.exit_code, 2);
+  EXPECT_THAT(o.err, StartsWith("vaultp11: "));
+}
+
+TEST(CliBinaryTest, UnknownOptionExitsTwo) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"list", "--colour"});
+  EXPECT_EQ(o.exit_code, 2);
+  EXPECT_THAT(o.err, StartsWith("vaultp11: "));
+}
+
+TEST(CliBinaryTest, HashSecretReadsStdinAndPrintsAVerifiableHash) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"hash-secret", "--cost-log2n", "10"}, "s3cret-value\n");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  ASSERT_THAT(o.out, AllOf(StartsWith("$scrypt$ln=10,r=8,p=1$"), EndsWith("\n")));
+  std::string hash = o.out.substr(0, o.out.size() - 1);
+  EXPECT_EQ(hash.find('\n'), std::string::npos);
+  EXPECT_TRUE(auth::IsWellFormedHash(hash));
+  ASSERT_OK_AND_ASSIGN(bool ok, Verify(hash, "s3cret-value"));
+  EXPECT_TRUE(ok);
+  ASSERT_OK_AND_ASSIGN(ok, Verify(hash, "s3cret-value\n"));
+  EXPECT_FALSE(ok);
+  EXPECT_THAT(o.err, Not(HasSubstr("s3cret")));
+}
+
+TEST(CliBinaryTest, HashSecretStripsExactlyOneTrailingNewline) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"hash-secret", "--cost-log2n=10"}, "two\n\n");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  ASSERT_OK_AND_ASSIGN(bool ok, Verify(o.out.substr(0, o.out.size() - 1), "two\n"));
+  EXPECT_TRUE(ok);
+}
+
+TEST(CliBinaryTest, HashSecretWithoutNewlineKeepsEveryByte) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"hash-secret", "--cost-log2n=10"}, "no newline");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  ASSERT_OK_AND_ASSIGN(bool ok, Verify(o.out.substr(0, o.out.size() - 1), "no newline"));
+  EXPECT_TRUE(ok);
+}
+
+TEST(CliBinaryTest, HashSecretUsesTheDefaultCost) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"hash-secret"}, "pw");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(o.out, StartsWith("$scrypt$ln=15,r=8,p=1$"));
+}
+
+TEST(CliBinaryTest, HashSecretRefusesAnEmptySecret) {
+  TempDir dir;
+  for (const char* input : {"", "\n"}) {
+    Outcome o = RunCli(dir, {"hash-secret", "--cost-log2n=10"}, input);
+    EXPECT_EQ(o.exit_code, 1);
+    EXPECT_THAT(o.out, IsEmpty());
+    EXPECT_THAT(o.err, StartsWith("vaultp11: empty secret"));
+  }
+}
+
+TEST(CliBinaryTest, HashSecretRefusesASecretOnTheCommandLineWithoutEchoingIt) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"hash-secret", "hunter2-on-argv"}, "pw\n");
+  EXPECT_EQ(o.exit_code, 2);
+  EXPECT_THAT(o.out, IsEmpty());
+  EXPECT_THAT(o.err, AllOf(StartsWith("vaultp11: "), Not(HasSubstr("hunter2"))));
+}
+
+TEST(CliBinaryTest, HashSecretCostOutOfRangeIsAUsageError) {
+  TempDir dir;
+  EXPECT_EQ(RunCli(dir, {"hash-secret", "--cost-log2n", "9"}, "pw").exit_code, 2);
+  EXPECT_EQ(RunCli(dir, {"hash-secret", "--cost-log2n", "21"}, "pw").exit_code, 2);
+  EXPECT_EQ(RunCli(dir, {"hash-secret", "--cost-log2n", "x"}, "pw").exit_code, 2);
+}
+
+TEST(CliBinaryTest, InitCreatesStoreAndMasterKeyWithMode0600) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(ModeOf(dir.file("data/store.db")), 0600u);
+  EXPECT_EQ(ModeOf(dir.file("data/store.db.masterkey")), 0600u);
+  EXPECT_EQ(ModeOf(dir.file("data")), 0700u);
+  EXPECT_THAT(o.out,
+              AllOf(HasSubstr("created store " + dir.file("data/store.db") + "\n"),
+                    HasSubstr("created master key file " + dir.file("data/store.db.masterkey")),
+                    HasSubstr("created vault payments\n"), HasSubstr("created vault dev\n")));
+  EXPECT_THAT(o.err, IsEmpty());
+}
+
+TEST(CliBinaryTest, InitIsIdempotentAndAddsNewVaults) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+  WriteFile(dir.file("vp.yaml"), std::string(kConfig) + "  - name: new-one\n");
+  Outcome o = RunCli(dir, {"init", "--config", "vp.yaml"});
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(o.out,
+              AllOf(HasSubstr("using existing store"), HasSubstr("existing vault payments\n"),
+                    HasSubstr("created vault new-one\n")));
+  EXPECT_THAT(o.out, Not(HasSubstr("created vault payments")));
+}
+
+TEST(CliBinaryTest, ListShowsTheConfiguredVaults) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "list"});
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "vault payments (premium): 0 objects\nvault dev (standard): 0 objects\n");
+}
+
+TEST(CliBinaryTest, ListOneVault) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "list", "--vault", "dev"});
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "vault dev (standard): 0 objects\n");
+  o = RunCli(dir, {"--config", "vp.yaml", "list", "--vault", "nope"});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.err, "vaultp11: no vault named \"nope\" in vp.yaml\n");
+}
+
+TEST(CliBinaryTest, ListJsonIsOneDocument) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "list", "--json"});
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  nlohmann::json doc = nlohmann::json::parse(o.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(doc.is_discarded()) << o.out;
+  EXPECT_EQ(doc["store"], dir.file("data/store.db"));
+  ASSERT_EQ(doc["vaults"].size(), 2u);
+  EXPECT_EQ(doc["vaults"][0]["name"], "payments");
+  EXPECT_EQ(doc["vaults"][0]["sku"], "premium");
+  EXPECT_EQ(doc["vaults"][0]["initialized"], true);
+  EXPECT_TRUE(doc["vaults"][0]["objects"].is_array());
+  EXPECT_EQ(doc["vaults"][1]["name"], "dev");
+}
+
+TEST(CliBinaryTest, ListBeforeInitFailsAndSaysWhatToDo) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "list"});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_THAT(o.err, AllOf(StartsWith("vaultp11: "), HasSubstr("vaultp11 init")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("data/store.db")));
+}
+
+TEST(CliBinaryTest, BadConfigExitsOneWithFileLineAndKey) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), "store: {path: s.db}\nvaults:\n  - name: v\n    sku: gold\n");
+  Outcome o = RunCli(dir, {"--config", dir.file("vp.yaml"), "init"});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.err, "vaultp11: " + dir.file("vp.yaml") +
+                       ":4: vaults[0].sku: must be standard or premium\n");
+  EXPECT_THAT(o.out, IsEmpty());
+  EXPECT_FALSE(std::filesystem::exists(dir.file("s.db")));
+}
+
+TEST(CliBinaryTest, BadConfigNeverEchoesTheHash) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"),
+            "store: {path: s.db}\nvaults: [{name: v}]\nprincipals:\n"
+            "  - {name: ci, auth: client_secret, secrets: [{hash: not-a-hash-but-a-password}]}\n");
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "list"});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_THAT(o.err, AllOf(HasSubstr("vp.yaml:4: principals[0].secrets[0].hash: "),
+                           Not(HasSubstr("a-password"))));
+}
+
+TEST(CliBinaryTest, MissingConfigNamesTheFile) {
+  TempDir dir;
+  Outcome o = RunCli(dir, {"--config", dir.file("absent.yaml"), "list"});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_THAT(o.err, AllOf(StartsWith("vaultp11: "), HasSubstr(dir.file("absent.yaml"))));
+}
+
+TEST(CliBinaryTest, ConfigComesFromTheEnvironmentWithoutTheOption) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  Outcome o = RunCli(dir, {"init"}, "", {"VAULTP11_CONF=" + dir.file("vp.yaml")});
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_TRUE(std::filesystem::exists(dir.file("data/store.db")));
+}
+
+TEST(CliBinaryTest, ConfigOptionWinsOverTheEnvironment) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"}, "",
+                     {"VAULTP11_CONF=" + dir.file("absent.yaml")});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  o = RunCli(dir, {"list"}, "", {"VAULTP11_CONF=" + dir.file("absent.yaml")});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_THAT(o.err, HasSubstr(dir.file("absent.yaml")));
+}
+
+// ---- the shipped example config ------------------------------------------------------------
+
+TEST(ExampleConfigTest, LoadsAndCoversEveryTopLevelKey) {
+  const char* path = std::getenv("VAULTP11_EXAMPLE_CONFIG");
+  ASSERT_TRUE(path != nullptr && *path != '\0') << "set VAULTP11_EXAMPLE_CONFIG (meson test does)";
+  ASSERT_OK_AND_ASSIGN(config::Config c, config::LoadFile(path));
+  EXPECT_EQ(c.store.path, "/var/lib/vaultp11/store.db");
+  EXPECT_EQ(c.vaults.size(), 2u);
+  EXPECT_EQ(c.principals.size(), 2u);
+  EXPECT_EQ(c.role_assignments.size(), 2u);
+  EXPECT_TRUE(c.principals[0].secrets[0].expires.has_value());
+}
+
+// ---- the command functions in-process --------------------------------------------------------
+
+TEST(CliCommandTest, ReadSecretStripsOneNewline) {
+  for (auto [input, want] : std::vector<std::pair<std::string, std::string>>{
+           {"abc\n", "abc"},
+           {"abc\r\n", "abc"},
+           {"abc", "abc"},
+           {"abc\n\n", "abc\n"},
+           {" spaced \n", " spaced "},
+           {std::string("a\0b\n", 4), std::string("a\0b", 3)}}) {
+    std::istringstream in(input);
+    ASSERT_OK_AND_ASSIGN(SecureString s, ReadSecret(in, false));
+    EXPECT_EQ(std::string(s.begin(), s.end()), want);
+  }
+}
+
+TEST(CliCommandTest, ReadSecretOneLineStopsAtTheNewline) {
+  std::istringstream in("first\nsecond\n");
+  ASSERT_OK_AND_ASSIGN(SecureString s, ReadSecret(in, true));
+  EXPECT_EQ(std::string(s.begin(), s.end()), "first");
+}
+
+TEST(CliCommandTest, ReadSecretRefusesEmptyAndHugeInput) {
+  std::istringstream empty("");
+  EXPECT_THAT(ReadSecret(empty, false), RvIs(CKR_ARGUMENTS_BAD));
+  std::istringstream newline("\n");
+  EXPECT_THAT(ReadSecret(newline, false), RvIs(CKR_ARGUMENTS_BAD));
+  std::istringstream huge(std::string(64 * 1024 + 1, 'x'));
+  EXPECT_THAT(ReadSecret(huge, false), RvIs(CKR_ARGUMENTS_BAD));
+  std::istringstream max(std::string(64 * 1024, 'x') + "\n");
+  EXPECT_OK(ReadSecret(max, false));
+}
+
+TEST(CliCommandTest, ClassNames) {
+  EXPECT_EQ(ClassName(CKO_PRIVATE_KEY), "private-key");
+  EXPECT_EQ(ClassName(CKO_PUBLIC_KEY), "public-key");
+  EXPECT_EQ(ClassName(CKO_SECRET_KEY), "secret-key");
+  EXPECT_EQ(ClassName(CKO_CERTIFICATE), "certificate");
+  EXPECT_EQ(ClassName(CKO_DATA), "data");
+  EXPECT_EQ(ClassName(0x80000001), "class-0x80000001");
+}
+
+TEST(CliCommandTest, RunHashSecretWritesToTheGivenStreams) {
+  std::istringstream in("pw\n");
+  std::ostringstream out, err;
+  Io io{in, out, err};
+  const char* argv[] = {"vaultp11", "hash-secret", "--cost-log2n", "10"};
+  EXPECT_EQ(cli::Run(4, argv, io), kExitOk) << err.str();
+  ASSERT_OK_AND_ASSIGN(bool ok, Verify(out.str().substr(0, out.str().size() - 1), "pw"));
+  EXPECT_TRUE(ok);
+}
+
+TEST(CliCommandTest, RunReportsUsageErrors) {
+  std::istringstream in;
+  std::ostringstream out, err;
+  Io io{in, out, err};
+  const char* argv[] = {"vaultp11", "list", "--vault"};
+  EXPECT_EQ(cli::Run(3, argv, io), kExitUsage);
+  EXPECT_THAT(err.str(), StartsWith("vaultp11: "));
+}
+
+class ListCommandTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    WriteFile(dir_.file("vp.yaml"), kConfig);
+    auto cfg = config::LoadFile(dir_.file("vp.yaml"));
+    ASSERT_OK(cfg);
+    cfg_ = std::move(cfg).value();
+    std::ostringstream out;
+    ASSERT_OK(InitCommand(cfg_, out));
+  }
+
+  void Insert(const std::string& vault, CK_OBJECT_CLASS cls, const std::string& label, Bytes id) {
+    ASSERT_OK_AND_ASSIGN(auto st,
+                         store::Store::Open(cfg_.store.path, cfg_.store.master_key_file, false));
+    store::ObjectRecord r;
+    r.vault = vault;
+    r.object_class = cls;
+    r.label = label;
+    r.ck_id = std::move(id);
+    ASSERT_OK(st->Insert(r, SecureBytes{}));
+  }
+
+  TempDir dir_;
+  config::Config cfg_;
+};
+
+TEST_F(ListCommandTest, ShowsClassIdAndLabelOfEachObject) {
+  Insert("payments", CKO_PRIVATE_KEY, "tls", {0x0a, 0xb1});
+  Insert("payments", CKO_PUBLIC_KEY, "tls", {0x0a, 0xb1});
+  Insert("payments", CKO_DATA, "db\x1b[2Jpass", {});
+  std::ostringstream out;
+  ASSERT_OK(ListCommand(cfg_, {}, out));
+  EXPECT_EQ(out.str(),
+            "vault payments (premium): 3 objects\n"
+            "  private-key  id 0ab1  label \"tls\"\n"
+            "  public-key   id 0ab1  label \"tls\"\n"
+            "  data         id -  label \"db\\x1b[2Jpass\"\n"
+            "vault dev (standard): 0 objects\n");
+}
+
+TEST_F(ListCommandTest, JsonCarriesTheSameFields) {
+  Insert("dev", CKO_SECRET_KEY, "aes", {0xff});
+  std::ostringstream out;
+  ASSERT_OK(ListCommand(cfg_, ListOptions{"dev", true}, out));
+  nlohmann::json doc = nlohmann::json::parse(out.str());
+  ASSERT_EQ(doc["vaults"].size(), 1u);
+  ASSERT_EQ(doc["vaults"][0]["objects"].size(), 1u);
+  EXPECT_EQ(doc["vaults"][0]["objects"][0]["class"], "secret-key");
+  EXPECT_EQ(doc["vaults"][0]["objects"][0]["label"], "aes");
+  EXPECT_EQ(doc["vaults"][0]["objects"][0]["id"], "ff");
+}
+
+TEST_F(ListCommandTest, JsonSurvivesInvalidUtf8Labels) {
+  Insert("dev", CKO_DATA, "bad\xff", {});
+  std::ostringstream out;
+  ASSERT_OK(ListCommand(cfg_, ListOptions{"dev", true}, out));
+  nlohmann::json doc = nlohmann::json::parse(out.str(), nullptr, false);
+  EXPECT_FALSE(doc.is_discarded());
+}
+
+TEST_F(ListCommandTest, VaultMissingFromTheStoreIsShownAsSuch) {
+  cfg_.vaults.push_back(config::VaultConfig{"later", "standard", 0});
+  std::ostringstream out;
+  ASSERT_OK(ListCommand(cfg_, ListOptions{"later", false}, out));
+  EXPECT_EQ(out.str(), "vault later (standard): not in the store (run `vaultp11 init`)\n");
+}
+
+}  // namespace
+}  // namespace vaultp11::cli
