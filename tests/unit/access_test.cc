@@ -1,0 +1,51 @@
+#include "auth/access.h"
+
+#include <gtest/gtest.h>
+#include <p11-kit/pkcs11.h>
+
+namespace vaultp11::auth {
+namespace {
+
+config::Config MakeConfig() {
+  config::Config c;
+  c.vaults = {{"payments", "standard", 1}, {"archive", "standard", 2}};
+  c.role_assignments = {
+      {"app", "Key Vault Administrator", "/vaults/payments", 1},
+      {"tls", "Key Vault Administrator", "/vaults/archive/keys/web", 2},
+  };
+  return c;
+}
+
+TEST(AccessTest, VaultScopeGrantsEveryKindOnThatVaultOnly) {
+  auto cfg = MakeConfig();
+  Grants g = ComputeGrants(cfg, "payments", "app");
+  EXPECT_TRUE(g.Allows(Kind::kKey, "any", kSign | kCreate));
+  EXPECT_TRUE(g.Allows(Kind::kSecret, "db", kGet));
+  Grants other = ComputeGrants(cfg, "archive", "app");
+  EXPECT_FALSE(other.Allows(Kind::kKey, "any", kList));
+}
+
+TEST(AccessTest, ObjectScopeGrantsOnlyThatObject) {
+  auto cfg = MakeConfig();
+  Grants g = ComputeGrants(cfg, "archive", "tls");
+  EXPECT_TRUE(g.Allows(Kind::kKey, "web", kSign));
+  EXPECT_FALSE(g.Allows(Kind::kKey, "web2", kSign));
+  EXPECT_FALSE(g.Allows(Kind::kSecret, "web", kGet));
+  EXPECT_FALSE(ComputeGrants(cfg, "payments", "tls").Allows(Kind::kKey, "web", kList));
+}
+
+TEST(AccessTest, UnknownPrincipalHasNoGrants) {
+  auto cfg = MakeConfig();
+  Grants g = ComputeGrants(cfg, "payments", "nobody");
+  EXPECT_FALSE(g.Allows(Kind::kKey, "k", kList));
+}
+
+TEST(AccessTest, ObjectClassesMapToKinds) {
+  EXPECT_EQ(KindOfClass(CKO_DATA), Kind::kSecret);
+  EXPECT_EQ(KindOfClass(CKO_CERTIFICATE), Kind::kCertificate);
+  EXPECT_EQ(KindOfClass(CKO_PRIVATE_KEY), Kind::kKey);
+  EXPECT_EQ(KindOfClass(CKO_SECRET_KEY), Kind::kKey);
+}
+
+}  // namespace
+}  // namespace vaultp11::auth
