@@ -221,6 +221,19 @@ Status CheckUnsupportedFlags(const AttributeMap& a) {
   return OkStatus();
 }
 
+// Usage flags the template left unset default to what the key type can do: EC keys sign and
+// verify only; no key offers sign/verify recovery. (Least privilege; RSA keys keep the
+// encrypt/decrypt/wrap/unwrap defaults consumers expect.)
+void TypeDefaults(AttributeMap& a, const AttributeMap& tmpl, CK_KEY_TYPE type) {
+  auto dflt = [&](CK_ATTRIBUTE_TYPE t, bool v) {
+    if (!tmpl.Has(t) && a.Has(t)) a.SetBool(t, v);
+  };
+  bool rsa = type == CKK_RSA;
+  for (auto t : {CKA_DECRYPT, CKA_UNWRAP, CKA_ENCRYPT, CKA_WRAP}) dflt(t, rsa);
+  dflt(CKA_SIGN_RECOVER, false);
+  dflt(CKA_VERIFY_RECOVER, false);
+}
+
 void SetSensitivityHistory(AttributeMap& a, bool local) {
   a.SetBool(CKA_ALWAYS_SENSITIVE, local && a.GetBool(CKA_SENSITIVE));
   a.SetBool(CKA_NEVER_EXTRACTABLE, local && !a.GetBool(CKA_EXTRACTABLE));
@@ -379,6 +392,8 @@ Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_
     if (pub_t.Has(t) && !priv_t.Has(t)) priv.Set(t, *pub_t.Get(t));
     if (priv_t.Has(t) && !pub_t.Has(t)) pub.Set(t, *priv_t.Get(t));
   }
+  TypeDefaults(pub, pub_t, type);
+  TypeDefaults(priv, priv_t, type);
   for (AttributeMap* a : {&pub, &priv}) {
     a->SetUlong(CKA_KEY_TYPE, type);
     a->SetBool(CKA_LOCAL, true);
@@ -437,6 +452,7 @@ Result<std::shared_ptr<Object>> CreateObject(const AttributeMap& tmpl) {
   }
   if (*type != CKK_RSA && *type != CKK_EC)
     return Err(CKR_ATTRIBUTE_VALUE_INVALID, "key type 0x{:x} is not supported", *type);
+  TypeDefaults(a, tmpl, *type);
   if (*cls == CKO_PUBLIC_KEY) {
     ossl::PkeyRef pkey;
     if (*type == CKK_RSA) {
@@ -508,6 +524,7 @@ Result<std::shared_ptr<Object>> UnwrappedKey(const AttributeMap& tmpl, SecureByt
     return SecretKeyObject(std::move(a), std::move(key_bytes));
   }
   if (*type != CKK_RSA && *type != CKK_EC) return Err(CKR_TEMPLATE_INCONSISTENT, "unsupported key type");
+  TypeDefaults(a, tmpl, *type);
   auto pk = ossl::PrivateKeyFromDer(key_bytes);
   if (!pk.ok()) return Err(CKR_WRAPPED_KEY_INVALID, "unwrapped bytes are not a private key");
   ossl::PkeyRef pkey = pk.value();

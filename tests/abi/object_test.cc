@@ -43,7 +43,7 @@ TEST_F(ObjectTest, RsaKeyPairHasBothObjectsWithSharedIdAndLabel) {
   EXPECT_TRUE(GetBool(s, priv, CKA_LOCAL));
   EXPECT_FALSE(GetBool(s, priv, CKA_ALWAYS_AUTHENTICATE));
   EXPECT_FALSE(GetBool(s, priv, CKA_DERIVE));
-  EXPECT_TRUE(GetBool(s, priv, CKA_SIGN_RECOVER) || !GetBool(s, priv, CKA_SIGN_RECOVER));
+  EXPECT_FALSE(GetBool(s, priv, CKA_SIGN_RECOVER));
   EXPECT_TRUE(GetBool(s, priv, CKA_MODIFIABLE));
   EXPECT_TRUE(GetBool(s, priv, CKA_DESTROYABLE));
   EXPECT_EQ(Ulong(GetAttr(s, priv, CKA_KEY_GEN_MECHANISM)), CKM_RSA_PKCS_KEY_PAIR_GEN);
@@ -75,6 +75,12 @@ TEST_F(ObjectTest, EveryRsaSizeAndEcCurveGenerates) {
     EXPECT_EQ(point.size(), c.point_len);
     EXPECT_EQ(point[0], 0x04);  // OCTET STRING
     EXPECT_EQ(GetAttr(s, priv, CKA_EC_POINT), point);
+    // EC keys sign and verify only, unless a template asks for more.
+    EXPECT_TRUE(GetBool(s, priv, CKA_SIGN));
+    EXPECT_FALSE(GetBool(s, priv, CKA_DECRYPT));
+    EXPECT_FALSE(GetBool(s, priv, CKA_UNWRAP));
+    EXPECT_FALSE(GetBool(s, pub, CKA_WRAP));
+    EXPECT_FALSE(GetBool(s, pub, CKA_ENCRYPT));
   }
   for (CK_ULONG bytes : {16ul, 24ul, 32ul}) {
     CK_OBJECT_HANDLE k = GenAes(s, bytes, "aes", false);

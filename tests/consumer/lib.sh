@@ -1,0 +1,167 @@
+# shellcheck shell=bash
+# Shared helpers for the consumer tests: each test script sources this file, calls
+# make_deployment and then drives real PKCS#11 consumers (pkcs11-tool, OpenSSL through the
+# libp11 engine, a small C++ client) against libvaultp11.so.
+#
+# Environment (set by tests/consumer/meson.build):
+#   VAULTP11_MODULE  path of libvaultp11.so
+#   VAULTP11_CLI     path of the vaultp11 admin CLI
+#   FIND_LATER       path of the find_later helper (two-process test only)
+# Optional:
+#   KEEP_WORK=1      keep the temporary deployment for inspection
+#   VAULTP11_DEBUG   module log level (defaults to 1 here so a failure's log shows the cause)
+#
+# Exit codes: 0 pass, 1 fail, 77 skip (a needed program is not installed).
+
+set -euo pipefail
+
+: "${VAULTP11_MODULE:?VAULTP11_MODULE must name libvaultp11.so}"
+: "${VAULTP11_CLI:?VAULTP11_CLI must name the vaultp11 CLI}"
+export VAULTP11_DEBUG="${VAULTP11_DEBUG:-1}"
+
+TEST_NAME=$(basename "${BASH_SOURCE[1]:-$0}" .sh)
+PIN=""
+SECRET=""
+BG_PIDS=()
+
+skip() {
+  echo "SKIP ($TEST_NAME): $*"
+  exit 77
+}
+
+fail() {
+  echo "FAIL ($TEST_NAME): $*" >&2
+  exit 1
+}
+
+step() { echo "--- $*"; }
+
+# need PROG...: skip the test when a program it drives is not installed.
+need() {
+  local p
+  for p in "$@"; do
+    command -v "$p" >/dev/null 2>&1 || skip "$p is not installed"
+  done
+}
+
+[[ -f $VAULTP11_MODULE ]] || fail "module $VAULTP11_MODULE does not exist"
+[[ -x $VAULTP11_CLI ]] || fail "CLI $VAULTP11_CLI does not exist"
+need openssl
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/vaultp11-$TEST_NAME.XXXXXX")
+chmod 700 "$WORK"
+
+cleanup() {
+  local rc=$? pid
+  for pid in "${BG_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ -n ${KEEP_WORK:-} ]]; then
+    echo "deployment kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# The command line as printed: the secret is never shown.
+show_cmd() {
+  local a shown=()
+  for a in "$@"; do
+    [[ -n $SECRET ]] && a=${a//"$SECRET"/***}
+    # Quote what a shell would split or expand, so the line can be pasted.
+    if [[ $a =~ ^[A-Za-z0-9_./:=,+@%*-]+$ ]]; then shown+=("$a"); else shown+=("'${a//\'/\'\\\'\'}'"); fi
+  done
+  echo "\$ ${shown[*]}" >&2
+}
+
+# run CMD...: prints the command (to stderr, so $(run ...) captures only the output) and runs
+# it; a failure ends the test with the command and its exit code.
+run() {
+  show_cmd "$@"
+  local rc=0
+  "$@" || rc=$?
+  ((rc == 0)) || fail "exit code $rc from: $1 ${*:2:3}..."
+}
+
+# run_fails CMD...: the command must fail.
+run_fails() {
+  show_cmd "$@"
+  if "$@"; then fail "expected a failure from: $1 ${*:2:3}..."; fi
+  return 0
+}
+
+p11() { run pkcs11-tool --module "$VAULTP11_MODULE" "$@"; }
+p11_user() { p11 --login --pin "$PIN" "$@"; }
+
+# make_deployment: config with one vault "payments" and one principal "app" (Key Vault
+# Administrator on it) whose client secret is random; store created by `vaultp11 init`.
+# Sets CONF, SECRET, PIN and exports VAULTP11_CONF.
+make_deployment() {
+  # 96 random bits; the PIN "app:<24 hex>" stays within the 32 characters that libp11's
+  # engine accepts in a URI's pin-value.
+  SECRET=$(openssl rand -hex 12)
+  PIN="app:$SECRET"
+  CONF="$WORK/vaultp11.yaml"
+  local hash
+  hash=$(printf '%s' "$SECRET" | "$VAULTP11_CLI" hash-secret --cost-log2n 10) ||
+    fail "vaultp11 hash-secret failed"
+  # shellcheck disable=SC2016  # a literal '$scrypt$'
+  [[ $hash == '$scrypt$'* ]] || fail "vaultp11 hash-secret printed an unexpected hash: $hash"
+  cat >"$CONF" <<EOF
+store: { path: $WORK/store.db }
+vaults:
+  - { name: payments, sku: standard }
+principals:
+  - name: app
+    auth: client_secret
+    secrets: [ { hash: "$hash", expires: 2099-12-31 } ]
+role_assignments:
+  - { principal: app, role: Key Vault Administrator, scope: /vaults/payments }
+EOF
+  run "$VAULTP11_CLI" --config "$CONF" init
+  export VAULTP11_CONF="$CONF"
+  step "deployment in $WORK (config $CONF)"
+}
+
+# export_pubkey LABEL OUT.pem: reads the public key object through pkcs11-tool (DER
+# SubjectPublicKeyInfo) and converts it to PEM with openssl.
+export_pubkey() {
+  local label=$1 out=$2
+  p11 --read-object --type pubkey --label "$label" -o "$out.der"
+  run openssl pkey -pubin -inform DER -in "$out.der" -out "$out"
+}
+
+# engine_conf: writes $WORK/engine.cnf, an OpenSSL config that points the libp11 engine
+# (id "pkcs11") at the module and gives it the PIN. Use it as OPENSSL_CONF for engine calls.
+engine_conf() {
+  local engines_dir
+  engines_dir=$(openssl version -e | sed -n 's/^ENGINESDIR: "\(.*\)"$/\1/p')
+  [[ -f $engines_dir/pkcs11.so ]] || skip "the libp11 engine ($engines_dir/pkcs11.so) is not installed"
+  ENGINE_CONF="$WORK/engine.cnf"
+  (
+    umask 077
+    cat >"$ENGINE_CONF" <<EOF
+openssl_conf = openssl_init
+[openssl_init]
+engines = engine_section
+[engine_section]
+pkcs11 = pkcs11_section
+[pkcs11_section]
+engine_id = pkcs11
+MODULE_PATH = $VAULTP11_MODULE
+PIN = $PIN
+init = 0
+EOF
+  )
+}
+
+# ossl_engine ARGS...: openssl with the engine config.
+ossl_engine() { OPENSSL_CONF="$ENGINE_CONF" run openssl "$@"; }
+
+# count_lines PATTERN FILE: number of lines matching (0 when none).
+count_lines() { grep -c -- "$1" "$2" || true; }
+
+pass() { echo "PASS ($TEST_NAME)"; }
