@@ -1,0 +1,122 @@
+// Software-key signing: the module's C_Sign (through its function list) next to the same
+// operation on raw OpenSSL EVP, measured in one run so the ratio is what matters.
+#include <dlfcn.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <p11-kit/pkcs11.h>
+#include <unistd.h>
+
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "auth/secret_hash.h"
+
+namespace {
+
+const std::vector<CK_BYTE> kP256 = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+
+// One deployment per process: a temp dir with config, store and a logged-in session.
+struct Deployment {
+  CK_FUNCTION_LIST* f = nullptr;
+  std::string dir;
+  CK_OBJECT_HANDLE ec_priv = 0;
+  CK_SESSION_HANDLE owner = 0;
+
+  Deployment() {
+    const char* path = std::getenv("VAULTP11_MODULE");
+    void* h = path ? dlopen(path, RTLD_NOW) : nullptr;
+    if (!h) return;
+    auto gfl = reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList"));
+    if (!gfl || gfl(&f) != CKR_OK) return;
+    char tmpl[] = "/tmp/vaultp11-bench-XXXXXX";
+    dir = mkdtemp(tmpl);
+    std::string secret = "bench-secret";
+    auto hash = vaultp11::auth::HashSecret(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()), {10, 8, 1});
+    std::ofstream(dir + "/c.yaml") << "log: { level: error }\nstore: { path: " << dir << "/store.db }\n"
+                                   << "vaults: [ { name: bench } ]\nprincipals:\n  - name: b\n    auth: client_secret\n"
+                                   << "    secrets: [ { hash: \"" << hash.value() << "\" } ]\n"
+                                   << "role_assignments: [ { principal: b, role: Key Vault Administrator, scope: /vaults/bench } ]\n";
+    std::string conf = dir + "/c.yaml";
+    CK_C_INITIALIZE_ARGS args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    args.pReserved = conf.data();
+    if (f->C_Initialize(&args) != CKR_OK) {
+      f = nullptr;
+      return;
+    }
+    // The owner session stays open: it keeps the login and owns the session key.
+    owner = Session();
+    CK_MECHANISM m{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256.data()), kP256.size()}};
+    CK_OBJECT_HANDLE pub = 0;
+    if (f->C_GenerateKeyPair(owner, &m, pt, 1, nullptr, 0, &pub, &ec_priv) != CKR_OK) f = nullptr;
+  }
+  ~Deployment() {
+    if (f) f->C_Finalize(nullptr);
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+  }
+  CK_SESSION_HANDLE Session() {
+    CK_SESSION_HANDLE s = 0;
+    f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &s);
+    if (owner == 0) {
+      std::string pin = "b:bench-secret";
+      f->C_Login(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
+    }
+    return s;
+  }
+};
+
+Deployment& Dep() {
+  static Deployment d;
+  return d;
+}
+
+void BM_ModuleEcdsaP256Sign(benchmark::State& state) {
+  auto& d = Dep();
+  if (!d.f) {
+    state.SkipWithError("module not loaded (set VAULTP11_MODULE)");
+    return;
+  }
+  CK_SESSION_HANDLE s = d.Session();
+  CK_OBJECT_HANDLE key = d.ec_priv;
+  CK_MECHANISM m{CKM_ECDSA, nullptr, 0};
+  CK_BYTE hash[32] = {1, 2, 3};
+  CK_BYTE sig[64];
+  for (auto _ : state) {
+    CK_ULONG len = sizeof(sig);
+    if (d.f->C_SignInit(s, &m, key) != CKR_OK || d.f->C_Sign(s, hash, sizeof(hash), sig, &len) != CKR_OK) {
+      state.SkipWithError("C_Sign failed");
+      break;
+    }
+  }
+  d.f->C_CloseSession(s);
+}
+BENCHMARK(BM_ModuleEcdsaP256Sign)->Threads(1)->Threads(2)->UseRealTime();
+
+void BM_EvpEcdsaP256Sign(benchmark::State& state) {
+  static EVP_PKEY* key = EVP_EC_gen("P-256");
+  unsigned char hash[32] = {1, 2, 3};
+  unsigned char sig[80];
+  for (auto _ : state) {
+    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr);
+    size_t len = sizeof(sig);
+    if (!ctx || EVP_PKEY_sign_init(ctx) != 1 || EVP_PKEY_sign(ctx, sig, &len, hash, sizeof(hash)) != 1) {
+      state.SkipWithError("EVP_PKEY_sign failed");
+      EVP_PKEY_CTX_free(ctx);
+      break;
+    }
+    EVP_PKEY_CTX_free(ctx);
+  }
+}
+BENCHMARK(BM_EvpEcdsaP256Sign)->Threads(1)->Threads(2)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
