@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "auth/secret_hash.h"
+#include "util/strings.h"
 #include "store/store.h"
 
 #ifndef VAULTP11_VERSION
@@ -57,21 +58,7 @@ std::string Hex(std::span<const uint8_t> b) {
 
 // A label as shown on a terminal: quoted, control characters escaped (labels come from
 // whoever created the object and must not drive the terminal).
-std::string Printable(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      out += fmt::format("\\x{:02x}", c);
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-  return out;
-}
+std::string Printable(std::string_view s) { return QuotePrintable(s); }
 
 bool Exists(const std::string& path) {
   std::error_code ec;

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "auth/secret_hash.h"
+#include "util/strings.h"
 
 #ifndef VAULTP11_DEFAULT_CONFIG
 #error "VAULTP11_DEFAULT_CONFIG must be defined by the build"
@@ -59,22 +60,7 @@ std::string JoinList(const std::array<std::string_view, N>& list, std::string_vi
 }
 
 // Quotes a user-supplied value for a message, escaping anything unprintable.
-std::string Quote(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s.substr(0, 200)) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      out += fmt::format("\\x{:02x}", c);
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > 200) out += "...";
-  out += '"';
-  return out;
-}
+std::string Quote(std::string_view s) { return QuotePrintable(s, 200); }
 
 std::string Lower(std::string_view s) {
   std::string out(s);

@@ -90,6 +90,25 @@ Status CipherOut(std::optional<CipherState>& state, CK_BYTE_PTR out, CK_ULONG_PT
   return OkStatus();
 }
 
+// Fixed-length outputs (signatures, digests): the length is known before any work, so a
+// length query or a short buffer computes nothing and keeps the operation; otherwise the
+// output is computed, the operation ends and the result is copied.
+template <typename State, typename Compute>
+Status FixedOut(std::optional<State>& state, size_t n, CK_BYTE_PTR out, CK_ULONG_PTR out_len, Compute compute) {
+  if (out == nullptr) {
+    *out_len = n;
+    return OkStatus();
+  }
+  if (*out_len < n) {
+    *out_len = n;
+    return Error{CKR_BUFFER_TOO_SMALL, "output buffer too small", n};
+  }
+  auto r = compute();
+  state.reset();
+  if (!r.ok()) return r.error();
+  return CopyOut(r.value(), out, out_len);
+}
+
 Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key, bool encrypt) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
@@ -198,21 +217,10 @@ Status Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR 
   if (out_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulDigestLen is NULL"));
   VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
   if (st->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part digest is in progress");
-  size_t n = st->op->Length();
-  if (out == nullptr) {
-    *out_len = n;
-    return OkStatus();
-  }
-  if (*out_len < n) {
-    *out_len = n;
-    return Error{CKR_BUFFER_TOO_SMALL, "digest buffer too small", n};
-  }
-  Status u = st->op->Update(In(in, in_len));
-  if (!u.ok()) return Finish(st, u);
-  auto r = st->op->Final();
-  st.reset();
-  if (!r.ok()) return r.error();
-  return CopyOut(r.value(), out, out_len);
+  return FixedOut(st, st->op->Length(), out, out_len, [&]() -> Result<Bytes> {
+    VAULTP11_RETURN_IF_ERROR(st->op->Update(In(in, in_len)));
+    return st->op->Final();
+  });
 }
 
 Status DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
@@ -242,19 +250,7 @@ Status DigestFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
   auto& st = c.session->digest;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
   if (out_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulDigestLen is NULL"));
-  size_t n = st->op->Length();
-  if (out == nullptr) {
-    *out_len = n;
-    return OkStatus();
-  }
-  if (*out_len < n) {
-    *out_len = n;
-    return Error{CKR_BUFFER_TOO_SMALL, "digest buffer too small", n};
-  }
-  auto r = st->op->Final();
-  st.reset();
-  if (!r.ok()) return r.error();
-  return CopyOut(r.value(), out, out_len);
+  return FixedOut(st, st->op->Length(), out, out_len, [&] { return st->op->Final(); });
 }
 
 // ---- sign / verify --------------------------------------------------------------------------
@@ -278,19 +274,7 @@ Status Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR si
   if (sig_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulSignatureLen is NULL"));
   VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
   if (st->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part signature is in progress");
-  size_t n = st->op->SignatureLength();
-  if (sig == nullptr) {
-    *sig_len = n;
-    return OkStatus();
-  }
-  if (*sig_len < n) {
-    *sig_len = n;
-    return Error{CKR_BUFFER_TOO_SMALL, "signature buffer too small", n};
-  }
-  auto r = st->op->Sign(In(in, in_len));
-  st.reset();
-  if (!r.ok()) return r.error();
-  return CopyOut(r.value(), sig, sig_len);
+  return FixedOut(st, st->op->SignatureLength(), sig, sig_len, [&] { return st->op->Sign(In(in, in_len)); });
 }
 
 Status SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
@@ -311,19 +295,7 @@ Status SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
   if (sig_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulSignatureLen is NULL"));
   if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
-  size_t n = st->op->SignatureLength();
-  if (sig == nullptr) {
-    *sig_len = n;
-    return OkStatus();
-  }
-  if (*sig_len < n) {
-    *sig_len = n;
-    return Error{CKR_BUFFER_TOO_SMALL, "signature buffer too small", n};
-  }
-  auto r = st->op->Final();
-  st.reset();
-  if (!r.ok()) return r.error();
-  return CopyOut(r.value(), sig, sig_len);
+  return FixedOut(st, st->op->SignatureLength(), sig, sig_len, [&] { return st->op->Final(); });
 }
 
 Status VerifyInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
