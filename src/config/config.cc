@@ -142,7 +142,9 @@ class Loader {
 
   Status LoadLog(const Entry& e, Config& cfg);
   Status LoadStore(const Entry* e, int root_line, Config& cfg);
+  Status LoadHsms(const Entry& e, Config& cfg);
   Status LoadVaults(const Entry* e, int root_line, Config& cfg);
+  Result<std::vector<std::string>> StringList(const Entry& e, std::string_view path);
   Status LoadPrincipals(const Entry& e, Config& cfg);
   Status LoadSecrets(const Entry* e, std::string_view path, int line, PrincipalConfig& pc);
   Status LoadRoleAssignments(const Entry& e, Config& cfg);
@@ -248,6 +250,65 @@ Status Loader::LoadStore(const Entry* e, int root_line, Config& cfg) {
   return OkStatus();
 }
 
+Result<std::vector<std::string>> Loader::StringList(const Entry& e, std::string_view path) {
+  int line = LineOf(e, 1);
+  VAULTP11_RETURN_IF_ERROR(RequireList(e.value, path, line));
+  std::vector<std::string> out;
+  for (size_t i = 0; i < e.value.size(); ++i) {
+    Entry item{e.key, e.value[i]};
+    VAULTP11_ASSIGN_OR_RETURN(std::string v, String(item, Index(path, i)));
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+Status Loader::LoadHsms(const Entry& e, Config& cfg) {
+  int line = LineOf(e, 1);
+  if (e.value.IsNull()) return OkStatus();
+  VAULTP11_RETURN_IF_ERROR(RequireList(e.value, "hsms", line));
+  std::map<std::string, int> seen;
+  for (size_t i = 0; i < e.value.size(); ++i) {
+    const YAML::Node item = e.value[i];
+    std::string path = Index("hsms", i);
+    HsmConfig h;
+    h.line = LineOf(item, line);
+    VAULTP11_ASSIGN_OR_RETURN(
+        auto f, Fields(item, path, h.line, {"name", "module", "token", "pin_file", "pin_env", "quirks"}));
+    for (const char* required : {"name", "module", "token"})
+      if (f.find(required) == f.end()) return Fail(h.line, Child(path, required), "is required");
+    VAULTP11_ASSIGN_OR_RETURN(h.name, String(f["name"], Child(path, "name")));
+    int nline = LineOf(f["name"], h.line);
+    if (!IsValidName(h.name))
+      return Fail(nline, Child(path, "name"), "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -",
+                  Quote(h.name));
+    auto [it, inserted] = seen.emplace(Lower(h.name), nline);
+    if (!inserted)
+      return Fail(nline, Child(path, "name"), "duplicate hsm name {} (first defined at line {})", Quote(h.name),
+                  it->second);
+    VAULTP11_ASSIGN_OR_RETURN(std::string module, String(f["module"], Child(path, "module")));
+    h.module = Resolve(module);
+    VAULTP11_ASSIGN_OR_RETURN(h.token, String(f["token"], Child(path, "token")));
+    if (h.token.empty()) return Fail(LineOf(f["token"], h.line), Child(path, "token"), "must not be empty");
+    bool has_file = f.count("pin_file") != 0, has_env = f.count("pin_env") != 0;
+    if (has_file == has_env) return Fail(h.line, path, "give exactly one of pin_file and pin_env");
+    if (has_file) {
+      VAULTP11_ASSIGN_OR_RETURN(std::string pf, String(f["pin_file"], Child(path, "pin_file")));
+      h.pin_file = Resolve(pf);
+    } else {
+      VAULTP11_ASSIGN_OR_RETURN(h.pin_env, String(f["pin_env"], Child(path, "pin_env")));
+    }
+    if (auto q = f.find("quirks"); q != f.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(h.quirks, StringList(q->second, Child(path, "quirks")));
+      for (const auto& quirk : h.quirks)
+        if (quirk != "no-deinit" && quirk != "fork-finalize")
+          return Fail(LineOf(q->second, h.line), Child(path, "quirks"),
+                      "unknown quirk {} (known: no-deinit, fork-finalize)", Quote(quirk));
+    }
+    cfg.hsms.push_back(std::move(h));
+  }
+  return OkStatus();
+}
+
 Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
   if (e == nullptr) return Fail(root_line, "vaults", "at least one vault is required");
   int line = LineOf(*e, root_line);
@@ -260,7 +321,7 @@ Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
     std::string path = Index("vaults", i);
     VaultConfig v;
     v.line = LineOf(item, line);
-    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, v.line, {"name", "sku"}));
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, v.line, {"name", "sku", "hsms", "default_protection"}));
     auto name = f.find("name");
     if (name == f.end()) return Fail(v.line, Child(path, "name"), "is required");
     VAULTP11_ASSIGN_OR_RETURN(v.name, String(name->second, Child(path, "name")));
@@ -277,6 +338,23 @@ Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
       VAULTP11_ASSIGN_OR_RETURN(v.sku, String(sku->second, Child(path, "sku")));
       if (!Contains(kSkus, v.sku))
         return Fail(LineOf(sku->second, v.line), Child(path, "sku"), "must be standard or premium");
+    }
+    if (auto hs = f.find("hsms"); hs != f.end()) {
+      int hline = LineOf(hs->second, v.line);
+      if (v.sku != "premium") return Fail(hline, Child(path, "hsms"), "only premium vaults hold HSM keys");
+      VAULTP11_ASSIGN_OR_RETURN(v.hsms, StringList(hs->second, Child(path, "hsms")));
+      if (v.hsms.size() != 1)
+        return Fail(hline, Child(path, "hsms"), "a vault uses exactly one HSM (spread over several with a managed HSM pool)");
+      for (const auto& h : v.hsms)
+        if (cfg.FindHsm(h) == nullptr) return Fail(hline, Child(path, "hsms"), "no hsm named {} in hsms", Quote(h));
+    }
+    if (auto dp = f.find("default_protection"); dp != f.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(v.default_protection, String(dp->second, Child(path, "default_protection")));
+      int dline = LineOf(dp->second, v.line);
+      if (v.default_protection != "software" && v.default_protection != "hsm")
+        return Fail(dline, Child(path, "default_protection"), "must be software or hsm");
+      if (v.default_protection == "hsm" && v.hsms.empty())
+        return Fail(dline, Child(path, "default_protection"), "hsm needs a premium vault with hsms");
     }
     cfg.vaults.push_back(std::move(v));
   }
@@ -435,13 +513,14 @@ Result<Config> Loader::Load(std::string_view yaml) {
   cfg.source = source_;
   VAULTP11_ASSIGN_OR_RETURN(
       auto f,
-      Fields(root, "", root_line, {"log", "store", "vaults", "principals", "role_assignments"}));
+      Fields(root, "", root_line, {"log", "store", "hsms", "vaults", "principals", "role_assignments"}));
   auto find = [&](const char* k) -> const Entry* {
     auto it = f.find(k);
     return it == f.end() ? nullptr : &it->second;
   };
   if (const Entry* log = find("log")) VAULTP11_RETURN_IF_ERROR(LoadLog(*log, cfg));
   VAULTP11_RETURN_IF_ERROR(LoadStore(find("store"), root_line, cfg));
+  if (const Entry* h = find("hsms")) VAULTP11_RETURN_IF_ERROR(LoadHsms(*h, cfg));
   VAULTP11_RETURN_IF_ERROR(LoadVaults(find("vaults"), root_line, cfg));
   if (const Entry* p = find("principals")) VAULTP11_RETURN_IF_ERROR(LoadPrincipals(*p, cfg));
   if (const Entry* r = find("role_assignments"))
@@ -450,6 +529,12 @@ Result<Config> Loader::Load(std::string_view yaml) {
 }
 
 }  // namespace
+
+const HsmConfig* Config::FindHsm(std::string_view name) const {
+  for (const HsmConfig& h : hsms)
+    if (h.name == name) return &h;
+  return nullptr;
+}
 
 const VaultConfig* Config::FindVault(std::string_view name) const {
   for (const VaultConfig& v : vaults) {

@@ -21,9 +21,23 @@ struct StoreConfig {
   std::string master_key_file;  // default: <path>.masterkey, beside the database
 };
 
+// An inner PKCS#11 driver and the token on it that holds HSM-backed keys.
+struct HsmConfig {
+  std::string name;      // referenced by vaults[].hsms
+  std::string module;    // path of the vendor PKCS#11 module
+  std::string token;     // token label, or a pkcs11: URI matching the token
+  std::string pin_file;  // file holding the token's user PIN (one of pin_file / pin_env)
+  std::string pin_env;   // environment variable holding the PIN
+  std::vector<std::string> quirks;  // no-deinit: never C_Finalize the module (SoftHSMv2);
+                                    // fork-finalize: C_Finalize before C_Initialize in a forked child
+  int line = 0;
+};
+
 struct VaultConfig {
   std::string name;               // 1-127 chars of 0-9 a-z A-Z -
   std::string sku = "standard";   // standard | premium
+  std::vector<std::string> hsms;  // premium only: names from hsms[]
+  std::string default_protection = "software";  // software | hsm (hsm: premium with hsms)
   int line = 0;                   // 1-based line in the file, for messages
 };
 
@@ -50,11 +64,13 @@ struct Config {
   std::string source;  // file the config was read from
   LogConfig log;
   StoreConfig store;
+  std::vector<HsmConfig> hsms;
   std::vector<VaultConfig> vaults;
   std::vector<PrincipalConfig> principals;
   std::vector<RoleAssignmentConfig> role_assignments;
 
   const VaultConfig* FindVault(std::string_view name) const;
+  const HsmConfig* FindHsm(std::string_view name) const;
   const PrincipalConfig* FindPrincipal(std::string_view name) const;
 };
 

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "backend/ossl/ossl_backend.h"
+#include "backend/p11/inner_ops.h"
 #include "core/calls.h"
 #include "core/context.h"
 #include "core/mechanisms.h"
@@ -25,10 +26,26 @@ constexpr KeyUse kDecryptUse{CKA_DECRYPT, auth::kDecrypt, CKF_DECRYPT, CKR_KEY_H
 constexpr KeyUse kWrapUse{CKA_WRAP, auth::kWrapKey, CKF_WRAP, CKR_WRAPPING_KEY_HANDLE_INVALID};
 constexpr KeyUse kUnwrapUse{CKA_UNWRAP, auth::kUnwrapKey, CKF_UNWRAP, CKR_UNWRAPPING_KEY_HANDLE_INVALID};
 
+// A key ready for an operation: in-process (key) or in the vault's HSM (hsm + hsm_handle).
 struct PreparedKey {
   model::ObjectPtr object;
   ossl::KeyRef key;
+  const model::HsmKey* hsm = nullptr;
+  CK_OBJECT_HANDLE hsm_handle = CK_INVALID_HANDLE;
 };
+
+// Signature length of an HSM key from its mirrored public attributes: the modulus length for
+// RSA, twice the field size for ECDSA (CKA_EC_POINT is DER OCTET STRING(04 || X || Y)).
+size_t HsmSignatureLength(const model::Object& o) {
+  if (o.key_type() == CKK_RSA) {
+    const Bytes* n = o.attrs.Get(CKA_MODULUS);
+    return n ? n->size() : 0;
+  }
+  const Bytes* q = o.attrs.Get(CKA_EC_POINT);
+  if (!q || q->size() < 3) return 0;
+  size_t header = ((*q)[1] & 0x80) ? 2 + ((*q)[1] & 0x7f) : 2;
+  return q->size() > header ? q->size() - header - 1 : 0;
+}
 
 // Checks a key for one use: the mechanism offers it, the handle is a visible key, the caller
 // may use it, its usage attribute is true and CKA_ALLOWED_MECHANISMS (if set) lists the mechanism.
@@ -49,6 +66,10 @@ Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const C
       found |= (t == mech.mechanism);
     }
     if (!found) return Err(CKR_MECHANISM_INVALID, "mechanism not in the key's CKA_ALLOWED_MECHANISMS");
+  }
+  if (const model::HsmKey* hsm = o->material->hsm()) {
+    VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE ih, o->material->HsmHandle());
+    return PreparedKey{std::move(o), {}, hsm, ih};
   }
   VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef k, o->Key());
   return PreparedKey{std::move(o), std::move(k)};
@@ -116,7 +137,9 @@ Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   if (slot) return Err(CKR_OPERATION_ACTIVE, "an {} operation is active", encrypt ? "encrypt" : "decrypt");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, encrypt ? kEncryptUse : kDecryptUse));
-  auto op = encrypt ? ossl::NewEncryptOp(k.key, *mech) : ossl::NewDecryptOp(k.key, *mech);
+  auto op = encrypt  ? ossl::NewEncryptOp(k.key, *mech)
+            : k.hsm ? p11::NewInnerDecryptOp(k.hsm->token, k.hsm_handle, *mech)
+                    : ossl::NewDecryptOp(k.key, *mech);
   if (!op.ok()) return op.error();
   slot = CipherState{std::move(op).value(), std::move(k.object), false, std::nullopt};
   return OkStatus();
@@ -261,7 +284,9 @@ Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key
   std::lock_guard<std::mutex> l(c.session->mu);
   if (c.session->sign) return Err(CKR_OPERATION_ACTIVE, "a sign operation is active");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kSignUse));
-  VAULTP11_ASSIGN_OR_RETURN(auto op, ossl::NewSignOp(k.key, *mech));
+  VAULTP11_ASSIGN_OR_RETURN(auto op, k.hsm ? p11::NewInnerSignOp(k.hsm->token, k.hsm_handle, *mech,
+                                                                 HsmSignatureLength(*k.object))
+                                           : ossl::NewSignOp(k.key, *mech));
   c.session->sign = SignState{std::move(op), std::move(k.object), false};
   return OkStatus();
 }
@@ -371,7 +396,28 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
     return Err(CKR_ARGUMENTS_BAD, "C_UnwrapKey: NULL argument");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey u, PrepareKey(c, unwrapping, *mech, kUnwrapUse));
   VAULTP11_ASSIGN_OR_RETURN(model::AttributeMap t, model::ParseTemplate(tmpl, count));
-  VAULTP11_ASSIGN_OR_RETURN(SecureBytes raw, ossl::Unwrap(u.key, *mech, In(in, in_len)));
+  SecureBytes raw;
+  if (u.hsm) {
+    // An HSM key unwraps by decrypting in the HSM (RSA mechanisms); the result is a software key
+    // of the vault, as the vault's unwrapKey operation returns the key to the caller.
+    if (mech->mechanism != CKM_RSA_PKCS_OAEP && mech->mechanism != CKM_RSA_PKCS)
+      return Err(CKR_MECHANISM_INVALID, "HSM keys unwrap with CKM_RSA_PKCS_OAEP or CKM_RSA_PKCS");
+    VAULTP11_ASSIGN_OR_RETURN(auto op, p11::NewInnerDecryptOp(u.hsm->token, u.hsm_handle, *mech));
+    auto r = op->OneShot(In(in, in_len));
+    if (!r.ok()) {
+      // Bad wrapped bytes come back from HSMs as various codes (SoftHSMv2: CKR_ARGUMENTS_BAD);
+      // everything but a device, session or memory failure means the wrapped key is invalid.
+      CK_RV rv = r.rv();
+      bool device = rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_DEVICE_MEMORY ||
+                    rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+                    rv == CKR_HOST_MEMORY || rv == CKR_USER_NOT_LOGGED_IN;
+      if (!device) rv = CKR_WRAPPED_KEY_INVALID;
+      return Err(rv, "unwrap in the HSM failed: {}", r.error().message);
+    }
+    raw = std::move(r).value();
+  } else {
+    VAULTP11_ASSIGN_OR_RETURN(raw, ossl::Unwrap(u.key, *mech, In(in, in_len)));
+  }
   VAULTP11_ASSIGN_OR_RETURN(auto obj, model::UnwrappedKey(t, std::move(raw)));
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, obj->is_token() ? auth::kImport : auth::kUnwrapKey));
   obj->owner_session = h;

@@ -54,6 +54,8 @@ Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE src, CK_ATTRIBUTE_PTR tm
   if (out == nullptr || (tmpl == nullptr && count != 0)) return Err(CKR_ARGUMENTS_BAD, "C_CopyObject: NULL argument");
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, src));
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kGet, CKR_ACTION_PROHIBITED));
+  // Two outer objects on one HSM key would destroy it twice.
+  if (o->material && o->material->hsm()) return Err(CKR_ACTION_PROHIBITED, "HSM-protected keys cannot be copied");
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
   VAULTP11_ASSIGN_OR_RETURN(auto copy, model::CopyObject(*o, t));
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *copy, CreatePermission(*copy)));
@@ -206,7 +208,13 @@ Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
     if (!vt.Has(CKA_LABEL) && pt.Has(CKA_LABEL)) probe.attrs.Set(CKA_LABEL, *pt.Get(CKA_LABEL));
     VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, probe, auth::kCreate));
   }
-  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, model::GenerateKeyPair(mech->mechanism, pt, vt));
+  VAULTP11_ASSIGN_OR_RETURN(auto requested, model::RequestedProtection(pt, vt));
+  bool use_hsm = requested ? *requested == VAULTP11_PROTECTION_HSM : c.token->default_hsm();
+  if (use_hsm && c.token->hsm() == nullptr)
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "vault {} has no HSM: HSM protection needs a premium vault with hsms",
+               c.token->name());
+  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, use_hsm ? model::GenerateHsmKeyPair(mech->mechanism, pt, vt, *c.token->hsm())
+                                                       : model::GenerateKeyPair(mech->mechanism, pt, vt));
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *kp.public_key, auth::kCreate));
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *kp.private_key, auth::kCreate));
   kp.public_key->owner_session = h;

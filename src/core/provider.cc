@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <map>
 
 #include "auth/access.h"
 #include "auth/secret_hash.h"
+#include "backend/p11/inner_module.h"
+#include "backend/p11/inner_token.h"
 #include "core/calls.h"
 #include "core/mechanisms.h"
 #include "util/log.h"
@@ -34,6 +37,47 @@ log::Level ParseLevel(const std::string& s) {
   return log::Level::kWarning;
 }
 
+// Reads an HSM's user PIN from its pin_file (trailing newline removed) or pin_env.
+Result<SecureString> ReadPin(const config::HsmConfig& h) {
+  if (!h.pin_env.empty()) {
+    const char* v = std::getenv(h.pin_env.c_str());
+    if (v == nullptr) return Err(CKR_PIN_INCORRECT, "hsm {}: environment variable {} is not set", h.name, h.pin_env);
+    return SecureString(v);
+  }
+  FILE* f = std::fopen(h.pin_file.c_str(), "re");
+  if (f == nullptr) return Err(CKR_PIN_INCORRECT, "hsm {}: cannot read pin_file {}", h.name, h.pin_file);
+  SecureString pin;
+  char buf[256];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) pin.append(buf, n);
+  OPENSSL_cleanse(buf, sizeof(buf));
+  std::fclose(f);
+  while (!pin.empty() && (pin.back() == '\n' || pin.back() == '\r')) pin.pop_back();
+  return pin;
+}
+
+// Opens one configured HSM. A failure is kept as the reason the vault's HSM is unavailable:
+// the module still initialises and its software keys keep working.
+model::HsmKey OpenHsm(const config::HsmConfig& h) {
+  model::HsmKey k;
+  auto fail = [&](const Error& e) {
+    k.unavailable = e.message;
+    log::Error("hsm {}: unavailable: {}", h.name, e.message);
+    return k;
+  };
+  auto quirks = p11::Quirks::Parse(h.quirks);
+  if (!quirks.ok()) return fail(quirks.error());
+  auto module = p11::InnerModule::Load(h.module, quirks.value());
+  if (!module.ok()) return fail(module.error());
+  auto pin = ReadPin(h);
+  if (!pin.ok()) return fail(pin.error());
+  auto token = p11::InnerToken::Open(module.value(), h.token, pin.value());
+  if (!token.ok()) return fail(token.error());
+  k.token = std::shared_ptr<p11::InnerToken>(std::move(token).value());
+  log::Info("hsm {}: {}", h.name, k.token->description());
+  return k;
+}
+
 }  // namespace
 
 Result<Provider*> GetProvider() {
@@ -50,10 +94,15 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   p->config_ = std::move(cfg);
   // The store is created on first use (like `vaultp11 init`), so a fresh deployment works.
   VAULTP11_ASSIGN_OR_RETURN(p->store_, store::Store::Open(p->config_.store.path, p->config_.store.master_key_file, true));
+  std::map<std::string, model::HsmKey> hsms;
+  for (const auto& v : p->config_.vaults)
+    for (const auto& name : v.hsms)
+      if (!hsms.count(name)) hsms[name] = OpenHsm(*p->config_.FindHsm(name));
   CK_SLOT_ID slot = 0;
   for (const auto& v : p->config_.vaults) {
     if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(v.name));
     auto t = std::make_unique<Token>(slot++, v, p->store_.get(), &p->next_object_);
+    if (!v.hsms.empty()) t->SetHsm(hsms[v.hsms.front()], v.default_protection == "hsm");
     VAULTP11_RETURN_IF_ERROR(t->Load());
     p->tokens_.push_back(std::move(t));
   }
@@ -214,7 +263,10 @@ Status GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info) {
   VAULTP11_ASSIGN_OR_RETURN(Token * t, p->GetToken(slot));
   if (info == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetSlotInfo: pInfo is NULL");
   std::memset(info, 0, sizeof(*info));
-  Pad(info->slotDescription, sizeof(info->slotDescription), "vaultp11 vault " + t->name());
+  // An unavailable HSM shows in the slot description (the log has the full reason).
+  bool hsm_down = t->hsm() != nullptr && t->hsm()->token == nullptr;
+  Pad(info->slotDescription, sizeof(info->slotDescription),
+      "vaultp11 vault " + t->name() + (hsm_down ? " (HSM unavailable)" : ""));
   Pad(info->manufacturerID, sizeof(info->manufacturerID), "vaultp11");
   info->flags = CKF_TOKEN_PRESENT;
   info->hardwareVersion = {0, 1};

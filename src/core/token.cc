@@ -30,7 +30,13 @@ std::shared_ptr<model::Object> Token::FromRecord(const store::ObjectRecord& rec,
   auto obj = std::make_shared<model::Object>();
   obj->attrs = std::move(attrs).value();
   obj->store_id = rec.id;
-  if (rec.has_secret) {
+  if (obj->attrs.GetUlong(CKA_VAULTP11_PROTECTION) == VAULTP11_PROTECTION_HSM && obj->cls() == CKO_PRIVATE_KEY) {
+    model::HsmKey ref = hsm_ ? *hsm_ : model::HsmKey{nullptr, "the vault has no HSM configured", {}, CKO_PRIVATE_KEY};
+    const Bytes* id = obj->attrs.Get(CKA_VAULTP11_HSM_KEY_ID);
+    ref.inner_id = id ? *id : Bytes{};
+    ref.object_class = CKO_PRIVATE_KEY;
+    obj->material = std::make_shared<model::Material>(std::move(ref));
+  } else if (rec.has_secret) {
     store::Store* s = store_;
     int64_t id = rec.id;
     obj->material = std::make_shared<model::Material>([s, id]() { return s->LoadSecret(id); });
@@ -216,6 +222,19 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
     obj = it->second;
   }
   if (obj->store_id != 0) VAULTP11_RETURN_IF_ERROR(store_->Delete(obj->store_id));
+  // An HSM key pair goes with its private object: both inner objects are destroyed.
+  if (const model::HsmKey* hk = obj->material ? obj->material->hsm() : nullptr; hk && hk->token) {
+    for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+      p11::AttrTemplate t;
+      t.Ulong(CKA_CLASS, cls).Data(CKA_ID, hk->inner_id);
+      auto found = hk->token->FindObjects(t);
+      if (!found.ok()) continue;
+      for (CK_OBJECT_HANDLE ih : *found) {
+        Status st = hk->token->DestroyObject(ih);
+        if (!st.ok()) log::Warning("vault {}: removing an HSM object failed: {}", name_, st.error().message);
+      }
+    }
+  }
   std::unique_lock<std::shared_mutex> l(mu_);
   auto it = objects_.find(h);
   if (it == objects_.end()) return OkStatus();

@@ -33,6 +33,15 @@ class Token {
   const std::string& serial() const { return serial_; }
   store::Store* store() const { return store_; }
 
+  // The vault's HSM (premium vaults with hsms): set before Load. hsm() is null for vaults
+  // without one; hsm()->token is null while the HSM is unavailable (with the reason).
+  void SetHsm(model::HsmKey base, bool default_hsm) {
+    hsm_ = std::move(base);
+    default_hsm_ = default_hsm;
+  }
+  const model::HsmKey* hsm() const { return hsm_ ? &*hsm_ : nullptr; }
+  bool default_hsm() const { return default_hsm_; }
+
   // Reads every object of the vault from the store (at C_Initialize).
   Status Load();
   // Applies changes committed by other processes since the last sync (revision > seen).
@@ -79,6 +88,9 @@ class Token {
   std::unordered_multimap<CK_OBJECT_CLASS, CK_OBJECT_HANDLE> by_class_;
   std::unordered_map<int64_t, CK_OBJECT_HANDLE> by_store_id_;
   int64_t revision_ = 0;
+
+  std::optional<model::HsmKey> hsm_;  // set before Load, then read-only
+  bool default_hsm_ = false;
 
   mutable std::mutex login_mu_;  // guards grants_
   std::shared_ptr<const auth::Grants> grants_;

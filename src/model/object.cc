@@ -13,19 +13,43 @@ Material::Material(SecureBytes secret)
     : secret_(std::make_shared<const SecureBytes>(std::move(secret))) {}
 Material::Material(Loader loader) : loader_(std::move(loader)) {}
 
+Material::Material(HsmKey hsm) : hsm_(std::move(hsm)) {}
+
+Result<CK_OBJECT_HANDLE> Material::HsmHandle() {
+  if (!hsm_) return Err(CKR_GENERAL_ERROR, "not an HSM key");
+  if (!hsm_->token) return Err(CKR_DEVICE_ERROR, "the vault's HSM is unavailable: {}", hsm_->unavailable);
+  uint64_t epoch = hsm_->token->module()->object_epoch();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (hsm_handle_ != CK_INVALID_HANDLE && hsm_epoch_ == epoch) return hsm_handle_;
+  }
+  p11::AttrTemplate t;
+  t.Ulong(CKA_CLASS, hsm_->object_class).Data(CKA_ID, hsm_->inner_id);
+  VAULTP11_ASSIGN_OR_RETURN(auto found, hsm_->token->FindObjects(t, 2));
+  if (found.empty())
+    return Err(CKR_DEVICE_ERROR, "the key is missing from {}", hsm_->token->description());
+  if (found.size() > 1)
+    return Err(CKR_DEVICE_ERROR, "two objects share the key's CKA_ID in {}", hsm_->token->description());
+  std::lock_guard<std::mutex> l(mu_);
+  hsm_handle_ = found[0];
+  hsm_epoch_ = epoch;
+  return hsm_handle_;
+}
+
 Result<std::shared_ptr<const SecureBytes>> Material::Secret() {
   std::lock_guard<std::mutex> l(mu_);
   if (!secret_ && loader_) {
     VAULTP11_ASSIGN_OR_RETURN(SecureBytes s, loader_());
     secret_ = std::make_shared<const SecureBytes>(std::move(s));
   }
-  if (!secret_) return Err(CKR_GENERAL_ERROR, "object has no secret material");
+  if (!secret_) return Err(hsm_ ? CKR_KEY_UNEXTRACTABLE : CKR_GENERAL_ERROR, "object has no secret material here");
   return secret_;
 }
 
 Result<ossl::KeyRef> Material::Key(CK_OBJECT_CLASS cls, CK_KEY_TYPE type, const AttributeMap& attrs) {
   // Fast path: the key is built once; afterwards the hot path takes no lock.
   if (key_ready_.load(std::memory_order_acquire)) return key_;
+  if (hsm_) return Err(CKR_GENERAL_ERROR, "an HSM key has no in-process material");
   ossl::KeyRef k;
   k.key_type = type;
   k.object_class = cls;
@@ -81,6 +105,7 @@ constexpr Rule kKey[] = {
     {CKA_KEY_TYPE, kGiven}, {CKA_ID, kGiven | kModify}, {CKA_START_DATE, kGiven | kModify},
     {CKA_END_DATE, kGiven | kModify}, {CKA_DERIVE, kGiven | kModify}, {CKA_LOCAL, 0},
     {CKA_KEY_GEN_MECHANISM, 0}, {CKA_ALLOWED_MECHANISMS, kGiven},
+    {CKA_VAULTP11_PROTECTION, kGiven}, {CKA_VAULTP11_HSM_KEY_ID, 0},
 };
 constexpr Rule kPublic[] = {
     {CKA_SUBJECT, kGiven | kModify}, {CKA_ENCRYPT, kGiven | kModify}, {CKA_VERIFY, kGiven | kModify},
@@ -176,6 +201,7 @@ void Base(AttributeMap& a, CK_OBJECT_CLASS cls, const AttributeMap& tmpl) {
     a.Set(CKA_ALLOWED_MECHANISMS, Bytes{});
     a.SetBool(CKA_LOCAL, false);
     a.SetUlong(CKA_KEY_GEN_MECHANISM, CK_UNAVAILABLE_INFORMATION);
+    a.SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_SOFTWARE);
   }
   switch (cls) {
     case CKO_PUBLIC_KEY:
@@ -276,6 +302,15 @@ Result<std::shared_ptr<Object>> PublicKeyObject(AttributeMap a, EVP_PKEY* pkey, 
   return obj;
 }
 
+// Secret keys, imports and unwrapped keys are software keys in a vault (AES HSM keys belong to
+// managed HSM pools; importing into an HSM comes with pools).
+Status SoftwareOnly(const AttributeMap& tmpl) {
+  if (!tmpl.Has(CKA_VAULTP11_PROTECTION)) return OkStatus();
+  if (tmpl.GetUlong(CKA_VAULTP11_PROTECTION) != VAULTP11_PROTECTION_SOFTWARE)
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "only key pairs can be generated with HSM protection in a vault");
+  return OkStatus();
+}
+
 Status CheckAesLength(size_t len) {
   if (len != 16 && len != 24 && len != 32)
     return Err(CKR_KEY_SIZE_RANGE, "AES keys are 16, 24 or 32 bytes, not {}", len);
@@ -341,7 +376,7 @@ bool Matches(const Object& obj, const AttributeMap& tmpl) {
 }
 
 Result<SecureBytes> SecretForStore(const Object& obj) {
-  if (obj.cls() == CKO_PUBLIC_KEY) return SecureBytes{};
+  if (obj.cls() == CKO_PUBLIC_KEY || (obj.material && obj.material->hsm())) return SecureBytes{};
   if (obj.cls() == CKO_DATA && !obj.material) return SecureBytes{};
   VAULTP11_ASSIGN_OR_RETURN(auto s, obj.material->Secret());
   return SecureBytes(*s);
@@ -349,30 +384,38 @@ Result<SecureBytes> SecretForStore(const Object& obj) {
 
 // ---- factories ------------------------------------------------------------------------------
 
-Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_t, const AttributeMap& priv_t) {
-  CK_KEY_TYPE type;
-  if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) type = CKK_RSA;
-  else if (mech == CKM_EC_KEY_PAIR_GEN) type = CKK_EC;
-  else return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} does not generate key pairs", mech);
+namespace {
 
+// What a key-pair template pair asks for, checked once for both protections.
+struct PairSpec {
+  CK_KEY_TYPE type = CKK_RSA;
+  CK_ULONG bits = 0;  // RSA
+  Bytes exponent;     // RSA, empty = 65537
+  Bytes ec_params;    // EC
+};
+
+Result<PairSpec> CheckPairTemplates(CK_MECHANISM_TYPE mech, const AttributeMap& pub_t, const AttributeMap& priv_t) {
+  PairSpec spec;
+  if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) spec.type = CKK_RSA;
+  else if (mech == CKM_EC_KEY_PAIR_GEN) spec.type = CKK_EC;
+  else return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} does not generate key pairs", mech);
   VAULTP11_RETURN_IF_ERROR(ExpectUlong(pub_t, CKA_CLASS, CKO_PUBLIC_KEY));
   VAULTP11_RETURN_IF_ERROR(ExpectUlong(priv_t, CKA_CLASS, CKO_PRIVATE_KEY));
-  VAULTP11_RETURN_IF_ERROR(ExpectUlong(pub_t, CKA_KEY_TYPE, type));
-  VAULTP11_RETURN_IF_ERROR(ExpectUlong(priv_t, CKA_KEY_TYPE, type));
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(pub_t, CKA_KEY_TYPE, spec.type));
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(priv_t, CKA_KEY_TYPE, spec.type));
   VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_PUBLIC_KEY, pub_t, true));
   VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_PRIVATE_KEY, priv_t, true));
-
-  ossl::PkeyRef pkey;
-  if (type == CKK_RSA) {
+  if (spec.type == CKK_RSA) {
     if (pub_t.Has(CKA_EC_PARAMS) || priv_t.Has(CKA_EC_PARAMS))
       return Err(CKR_TEMPLATE_INCONSISTENT, "CKA_EC_PARAMS in an RSA template");
     auto bits = pub_t.GetUlong(CKA_MODULUS_BITS);
     if (!bits) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS_BITS missing from the public key template");
-    const Bytes* e = pub_t.Get(CKA_PUBLIC_EXPONENT);
-    if (e && priv_t.Has(CKA_PUBLIC_EXPONENT) && *priv_t.Get(CKA_PUBLIC_EXPONENT) != *e)
-      return Err(CKR_TEMPLATE_INCONSISTENT, "public exponents differ");
-    VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::GenerateRsa(*bits, e ? std::span<const uint8_t>(*e)
-                                                              : std::span<const uint8_t>()));
+    spec.bits = *bits;
+    if (const Bytes* e = pub_t.Get(CKA_PUBLIC_EXPONENT)) {
+      if (priv_t.Has(CKA_PUBLIC_EXPONENT) && *priv_t.Get(CKA_PUBLIC_EXPONENT) != *e)
+        return Err(CKR_TEMPLATE_INCONSISTENT, "public exponents differ");
+      spec.exponent = *e;
+    }
   } else {
     if (pub_t.Has(CKA_MODULUS_BITS) || pub_t.Has(CKA_PUBLIC_EXPONENT))
       return Err(CKR_TEMPLATE_INCONSISTENT, "RSA attributes in an EC template");
@@ -381,29 +424,146 @@ Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_
     if (!params) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_EC_PARAMS missing from the public key template");
     if (pub_t.Has(CKA_EC_PARAMS) && priv_t.Has(CKA_EC_PARAMS) && *pub_t.Get(CKA_EC_PARAMS) != *priv_t.Get(CKA_EC_PARAMS))
       return Err(CKR_TEMPLATE_INCONSISTENT, "EC parameters differ");
-    VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::GenerateEc(*params));
+    spec.ec_params = *params;
   }
+  return spec;
+}
 
-  AttributeMap pub, priv;
+// The attributes of both halves of a generated pair (before the key-specific ones).
+void PairAttributes(CK_MECHANISM_TYPE mech, const PairSpec& spec, const AttributeMap& pub_t, const AttributeMap& priv_t,
+                    AttributeMap& pub, AttributeMap& priv) {
   Base(pub, CKO_PUBLIC_KEY, pub_t);
   Base(priv, CKO_PRIVATE_KEY, priv_t);
-  // Both halves share CKA_ID and CKA_LABEL: a value given for one is used for the other.
-  for (auto t : {CKA_ID, CKA_LABEL}) {
+  // Both halves share CKA_ID, CKA_LABEL and the protection: a value given for one is used
+  // for the other.
+  for (auto t : {CKA_ID, CKA_LABEL, CKA_VAULTP11_PROTECTION}) {
     if (pub_t.Has(t) && !priv_t.Has(t)) priv.Set(t, *pub_t.Get(t));
     if (priv_t.Has(t) && !pub_t.Has(t)) pub.Set(t, *priv_t.Get(t));
   }
-  TypeDefaults(pub, pub_t, type);
-  TypeDefaults(priv, priv_t, type);
+  TypeDefaults(pub, pub_t, spec.type);
+  TypeDefaults(priv, priv_t, spec.type);
   for (AttributeMap* a : {&pub, &priv}) {
-    a->SetUlong(CKA_KEY_TYPE, type);
+    a->SetUlong(CKA_KEY_TYPE, spec.type);
     a->SetBool(CKA_LOCAL, true);
     a->SetUlong(CKA_KEY_GEN_MECHANISM, mech);
   }
   SetSensitivityHistory(priv, true);
+}
+
+}  // namespace
+
+Result<std::optional<CK_ULONG>> RequestedProtection(const AttributeMap& a, const AttributeMap& b) {
+  std::optional<CK_ULONG> out;
+  for (const AttributeMap* m : {&a, &b}) {
+    if (!m->Has(CKA_VAULTP11_PROTECTION)) continue;
+    auto v = m->GetUlong(CKA_VAULTP11_PROTECTION);
+    if (!v || (*v != VAULTP11_PROTECTION_SOFTWARE && *v != VAULTP11_PROTECTION_HSM))
+      return Err(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VAULTP11_PROTECTION must be SOFTWARE (1) or HSM (2)");
+    if (out && *out != *v) return Err(CKR_TEMPLATE_INCONSISTENT, "the two templates ask for different protections");
+    out = *v;
+  }
+  return out;
+}
+
+Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_t, const AttributeMap& priv_t) {
+  VAULTP11_ASSIGN_OR_RETURN(PairSpec spec, CheckPairTemplates(mech, pub_t, priv_t));
+  ossl::PkeyRef pkey;
+  if (spec.type == CKK_RSA) {
+    VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::GenerateRsa(spec.bits, spec.exponent));
+  } else {
+    VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::GenerateEc(spec.ec_params));
+  }
+  AttributeMap pub, priv;
+  PairAttributes(mech, spec, pub_t, priv_t, pub, priv);
+  pub.SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_SOFTWARE);
+  priv.SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_SOFTWARE);
   VAULTP11_RETURN_IF_ERROR(CheckUnsupportedFlags(priv));
   KeyPair kp;
-  VAULTP11_ASSIGN_OR_RETURN(kp.public_key, PublicKeyObject(std::move(pub), pkey.get(), type));
-  VAULTP11_ASSIGN_OR_RETURN(kp.private_key, PrivateKeyObject(std::move(priv), pkey, type));
+  VAULTP11_ASSIGN_OR_RETURN(kp.public_key, PublicKeyObject(std::move(pub), pkey.get(), spec.type));
+  VAULTP11_ASSIGN_OR_RETURN(kp.private_key, PrivateKeyObject(std::move(priv), pkey, spec.type));
+  return kp;
+}
+
+Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_t, const AttributeMap& priv_t,
+                                   const HsmKey& hsm) {
+  VAULTP11_ASSIGN_OR_RETURN(PairSpec spec, CheckPairTemplates(mech, pub_t, priv_t));
+  if (!hsm.token) return Err(CKR_DEVICE_ERROR, "the vault's HSM is unavailable: {}", hsm.unavailable);
+  AttributeMap pub, priv;
+  PairAttributes(mech, spec, pub_t, priv_t, pub, priv);
+  // HSM keys never leave the HSM in the clear.
+  if (priv.GetBool(CKA_EXTRACTABLE) || !priv.GetBool(CKA_SENSITIVE, true))
+    return Err(CKR_TEMPLATE_INCONSISTENT, "HSM-protected private keys are sensitive and not extractable");
+  VAULTP11_RETURN_IF_ERROR(CheckUnsupportedFlags(priv));
+  if (spec.type == CKK_RSA) {
+    if (spec.bits != 2048 && spec.bits != 3072 && spec.bits != 4096)
+      return Err(CKR_KEY_SIZE_RANGE, "RSA keys are 2048, 3072 or 4096 bits, not {}", spec.bits);
+    static const Bytes kF4 = {1, 0, 1};
+    Bytes e = spec.exponent;
+    while (e.size() > 1 && e[0] == 0) e.erase(e.begin());
+    if (!e.empty() && e != kF4) return Err(CKR_ATTRIBUTE_VALUE_INVALID, "the public exponent must be 65537");
+  } else {
+    // Checks the curve is one of the vault's (P-256, P-384, P-521, secp256k1).
+    VAULTP11_RETURN_IF_ERROR(ossl::GenerateEc(spec.ec_params).status());
+  }
+  HsmKey ref = hsm;
+  ref.object_class = CKO_PRIVATE_KEY;
+  ref.inner_id.resize(16);
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(ref.inner_id));
+  // Inner objects are token objects named by the random CKA_ID; usage follows the outer key
+  // (C_UnwrapKey with an RSA HSM key decrypts in the HSM, so it needs CKA_DECRYPT there).
+  p11::AttrTemplate it_pub, it_priv;
+  it_pub.Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, false).Bool(CKA_VERIFY, true).Data(CKA_ID, ref.inner_id);
+  it_priv.Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, false)
+      .Bool(CKA_SIGN, priv.GetBool(CKA_SIGN)).Data(CKA_ID, ref.inner_id);
+  if (spec.type == CKK_RSA) {
+    it_pub.Ulong(CKA_MODULUS_BITS, spec.bits).Data(CKA_PUBLIC_EXPONENT, Bytes{1, 0, 1}).Bool(CKA_ENCRYPT, true);
+    it_priv.Bool(CKA_DECRYPT, priv.GetBool(CKA_DECRYPT) || priv.GetBool(CKA_UNWRAP));
+  } else {
+    it_pub.Data(CKA_EC_PARAMS, spec.ec_params);
+  }
+  CK_MECHANISM m{mech, nullptr, 0};
+  VAULTP11_ASSIGN_OR_RETURN(p11::KeyPairHandles handles, hsm.token->GenerateKeyPair(m, it_pub, it_priv));
+  // Mirror the public key: read it back from the HSM and build it in-process.
+  std::vector<CK_ATTRIBUTE_TYPE> want = spec.type == CKK_RSA
+                                            ? std::vector<CK_ATTRIBUTE_TYPE>{CKA_MODULUS, CKA_PUBLIC_EXPONENT}
+                                            : std::vector<CK_ATTRIBUTE_TYPE>{CKA_EC_PARAMS, CKA_EC_POINT};
+  auto values = hsm.token->GetAttributes(handles.public_key, want);
+  auto cleanup = [&] {
+    (void)hsm.token->DestroyObject(handles.private_key);
+    (void)hsm.token->DestroyObject(handles.public_key);
+  };
+  if (!values.ok()) {
+    cleanup();
+    return values.error();
+  }
+  for (auto t : want)
+    if (!(*values)[t].ok()) {
+      cleanup();
+      return Err(CKR_DEVICE_ERROR, "the HSM did not return {} of the new public key", AttrName(t));
+    }
+  auto& v0 = (*values)[want[0]].value;
+  auto& v1 = (*values)[want[1]].value;
+  auto pkey = spec.type == CKK_RSA ? ossl::RsaPublicFromComponents(v0, v1) : ossl::EcPublicFromPoint(v0, v1);
+  if (!pkey.ok()) {
+    cleanup();
+    return pkey.error();
+  }
+  for (AttributeMap* a : {&pub, &priv}) {
+    a->SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_HSM);
+    a->Set(CKA_VAULTP11_HSM_KEY_ID, ref.inner_id);
+  }
+  KeyPair kp;
+  auto pub_obj = PublicKeyObject(std::move(pub), pkey->get(), spec.type);
+  Status st = pub_obj.status();
+  if (st.ok()) st = AddPublicAttributes(priv, pkey->get(), spec.type, false);
+  if (!st.ok()) {
+    cleanup();
+    return st.error();
+  }
+  kp.public_key = std::move(pub_obj).value();
+  kp.private_key = std::make_shared<Object>();
+  kp.private_key->attrs = std::move(priv);
+  kp.private_key->material = std::make_shared<Material>(std::move(ref));
   return kp;
 }
 
@@ -412,6 +572,7 @@ Result<std::shared_ptr<Object>> GenerateSecretKey(CK_MECHANISM_TYPE mech, const 
   VAULTP11_RETURN_IF_ERROR(ExpectUlong(tmpl, CKA_CLASS, CKO_SECRET_KEY));
   VAULTP11_RETURN_IF_ERROR(ExpectUlong(tmpl, CKA_KEY_TYPE, CKK_AES));
   VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_SECRET_KEY, tmpl, true));
+  VAULTP11_RETURN_IF_ERROR(SoftwareOnly(tmpl));
   auto len = tmpl.GetUlong(CKA_VALUE_LEN);
   if (!len) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE_LEN missing");
   VAULTP11_RETURN_IF_ERROR(CheckAesLength(*len));
@@ -432,6 +593,7 @@ Result<std::shared_ptr<Object>> CreateObject(const AttributeMap& tmpl) {
   if (*cls != CKO_DATA && *cls != CKO_PUBLIC_KEY && *cls != CKO_PRIVATE_KEY && *cls != CKO_SECRET_KEY)
     return Err(CKR_ATTRIBUTE_VALUE_INVALID, "objects of class 0x{:x} cannot be created here", *cls);
   VAULTP11_RETURN_IF_ERROR(CheckTemplate(*cls, tmpl, false));
+  VAULTP11_RETURN_IF_ERROR(SoftwareOnly(tmpl));
   AttributeMap a;
   Base(a, *cls, tmpl);
   if (*cls == CKO_DATA) {
@@ -509,6 +671,7 @@ Result<std::shared_ptr<Object>> UnwrappedKey(const AttributeMap& tmpl, SecureByt
   if (*cls != CKO_SECRET_KEY && *cls != CKO_PRIVATE_KEY)
     return Err(CKR_TEMPLATE_INCONSISTENT, "only secret and private keys can be unwrapped");
   VAULTP11_RETURN_IF_ERROR(CheckTemplate(*cls, tmpl, true));
+  VAULTP11_RETURN_IF_ERROR(SoftwareOnly(tmpl));
   AttributeMap a;
   Base(a, *cls, tmpl);
   SetSensitivityHistory(a, false);

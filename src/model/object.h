@@ -8,14 +8,26 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "backend/ossl/ossl_backend.h"
+#include "backend/p11/inner_token.h"
+#include "vaultp11/vaultp11.h"
 #include "model/attributes.h"
 #include "util/result.h"
 #include "util/secure_bytes.h"
 
 namespace vaultp11::model {
+
+// HsmKey says where an HSM-protected key lives: the vault's inner token (null while the HSM is
+// unavailable, with the reason) and the CKA_ID of the key's objects there.
+struct HsmKey {
+  std::shared_ptr<p11::InnerToken> token;
+  std::string unavailable;  // why token is null
+  Bytes inner_id;
+  CK_OBJECT_CLASS object_class = CKO_PRIVATE_KEY;
+};
 
 // Material models the secret part of an object (PKCS#8 DER of a private key, raw AES key,
 // a data object's value) and the OpenSSL key derived from it, loaded on first use and cached
@@ -29,6 +41,14 @@ class Material {
   explicit Material(Loader loader);
   // No secret: public keys, whose OpenSSL key is built from their attributes.
   Material() = default;
+  // The key lives in an HSM: no secret here, only the reference.
+  explicit Material(HsmKey hsm);
+
+  // The HSM reference, or null for software material.
+  const HsmKey* hsm() const { return hsm_ ? &*hsm_ : nullptr; }
+  // The key's inner handle, found by CKA_ID on first use and cached (found again after the
+  // inner module reset itself in a forked child). HSM unavailable: CKR_DEVICE_ERROR.
+  Result<CK_OBJECT_HANDLE> HsmHandle();
 
   Result<std::shared_ptr<const SecureBytes>> Secret();
   // The key for the backend (class/type decide how the secret or attributes are read).
@@ -40,6 +60,9 @@ class Material {
   std::shared_ptr<const SecureBytes> secret_;
   std::atomic<bool> key_ready_{false};
   ossl::KeyRef key_;
+  std::optional<HsmKey> hsm_;
+  CK_OBJECT_HANDLE hsm_handle_ = CK_INVALID_HANDLE;  // guarded by mu_
+  uint64_t hsm_epoch_ = 0;                           // guarded by mu_
 };
 
 struct Object {
@@ -79,6 +102,13 @@ struct KeyPair {
 
 Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_template,
                                 const AttributeMap& priv_template);
+// An HSM-protected key pair: generated inside `hsm` (sensitive, never extractable), public
+// attributes mirrored on both outer objects; the outer private object holds only the reference.
+Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_template,
+                                   const AttributeMap& priv_template, const HsmKey& hsm);
+// The protection a generation template asks for (either half), if any; a bad value is
+// CKR_ATTRIBUTE_VALUE_INVALID.
+Result<std::optional<CK_ULONG>> RequestedProtection(const AttributeMap& a, const AttributeMap& b);
 Result<std::shared_ptr<Object>> GenerateSecretKey(CK_MECHANISM_TYPE mech, const AttributeMap& tmpl);
 Result<std::shared_ptr<Object>> CreateObject(const AttributeMap& tmpl);
 // A key made from unwrapped bytes (raw secret key or PKCS#8 private key) and the template.

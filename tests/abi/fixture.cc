@@ -43,17 +43,17 @@ void AbiTest::TearDown() {
   initialized = false;
 }
 
-std::string AbiTest::WriteConfig(const std::string& extra) {
+std::string AbiTest::WriteConfig(const std::string& extra, const std::string& top, const std::string& archive) {
   static const std::string admin = Hash("correct horse");
   static const std::string norole = Hash("battery staple");
   static const std::string old = Hash("expired secret");
   std::string path = dir.file("vaultp11.yaml");
   std::ofstream out(path);
-  out << "log: { level: error }\n"
+  out << top << "log: { level: error }\n"
       << "store: { path: " << dir.file("store.db") << " }\n"
       << "vaults:\n"
       << "  - { name: payments, sku: standard }\n"
-      << "  - { name: archive }\n"
+      << "  - " << archive << "\n"
       << "principals:\n"
       << "  - name: app\n    auth: client_secret\n    secrets:\n"
       << "      - { hash: \"" << admin << "\", expires: 2099-12-31 }\n"

@@ -27,7 +27,9 @@ class AbiTest : public ::testing::Test {
 
   // Writes the standard config (vaults payments and archive; principals app (Administrator on
   // payments), norole, old (expired secret)) plus `extra` appended, and returns its path.
-  std::string WriteConfig(const std::string& extra = "");
+  // `top` goes before everything, `archive` is the flow map of the second vault.
+  std::string WriteConfig(const std::string& extra = "", const std::string& top = "",
+                          const std::string& archive = "{ name: archive }");
   CK_RV InitWith(const std::string& config_path);
 
   CK_SESSION_HANDLE OpenRw(CK_SLOT_ID slot = 0);

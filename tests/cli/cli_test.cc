@@ -478,7 +478,9 @@ TEST_F(ListCommandTest, JsonSurvivesInvalidUtf8Labels) {
 }
 
 TEST_F(ListCommandTest, VaultMissingFromTheStoreIsShownAsSuch) {
-  cfg_.vaults.push_back(config::VaultConfig{"later", "standard", 0});
+  config::VaultConfig later;
+  later.name = "later";
+  cfg_.vaults.push_back(later);
   std::ostringstream out;
   ASSERT_OK(ListCommand(cfg_, ListOptions{"later", false}, out));
   EXPECT_EQ(out.str(), "vault later (standard): not in the store (run `vaultp11 init`)\n");

@@ -111,9 +111,10 @@ make_deployment() {
   # shellcheck disable=SC2016  # a literal '$scrypt$'
   [[ $hash == '$scrypt$'* ]] || fail "vaultp11 hash-secret printed an unexpected hash: $hash"
   cat >"$CONF" <<EOF
+${HSMS_YAML:-}
 store: { path: $WORK/store.db }
 vaults:
-  - { name: payments, sku: standard }
+  - ${VAULT_YAML:-"{ name: payments, sku: standard }"}
 principals:
   - name: app
     auth: client_secret
@@ -124,6 +125,23 @@ EOF
   run "$VAULTP11_CLI" --config "$CONF" init
   export VAULTP11_CONF="$CONF"
   step "deployment in $WORK (config $CONF)"
+}
+
+# make_hsm_deployment: like make_deployment, but "payments" is a premium vault whose key pairs
+# default to a real SoftHSMv2 token made in $WORK (label vault-hsm, user PIN in $HSM_PIN).
+SOFTHSM_MODULE=${VAULTP11_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+make_hsm_deployment() {
+  need softhsm2-util
+  [[ -f $SOFTHSM_MODULE ]] || skip "SoftHSMv2 module $SOFTHSM_MODULE not found"
+  mkdir -p "$WORK/tokens"
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK/tokens" >"$WORK/softhsm2.conf"
+  export SOFTHSM2_CONF="$WORK/softhsm2.conf"
+  HSM_PIN=$(openssl rand -hex 8)
+  run softhsm2-util --init-token --free --label vault-hsm --pin "$HSM_PIN" --so-pin "$(openssl rand -hex 8)" >/dev/null
+  (umask 077 && printf '%s\n' "$HSM_PIN" >"$WORK/hsm.pin")
+  HSMS_YAML="hsms: [ { name: hsm-a, module: $SOFTHSM_MODULE, token: vault-hsm, pin_file: $WORK/hsm.pin, quirks: [no-deinit] } ]"
+  VAULT_YAML="{ name: payments, sku: premium, hsms: [hsm-a], default_protection: hsm }"
+  make_deployment
 }
 
 # export_pubkey LABEL OUT.pem: reads the public key object through pkcs11-tool (DER

@@ -8,7 +8,9 @@ namespace {
 
 config::Config MakeConfig() {
   config::Config c;
-  c.vaults = {{"payments", "standard", 1}, {"archive", "standard", 2}};
+  c.vaults.resize(2);
+  c.vaults[0].name = "payments";
+  c.vaults[1].name = "archive";
   c.role_assignments = {
       {"app", "Key Vault Administrator", "/vaults/payments", 1},
       {"tls", "Key Vault Administrator", "/vaults/archive/keys/web", 2},

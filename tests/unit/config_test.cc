@@ -288,7 +288,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"EmptyFile", "", "vp.yaml:1: store: is required"},
         BadCase{"RootIsAList", "- a\n- b\n", "vp.yaml:1: (top level): must be a map"},
         BadCase{"RootIsAScalar", "hello\n", "vp.yaml:1: (top level): must be a map"},
-        BadCase{"UnknownTopLevelKey", B("hsms: []\n"), "vp.yaml:4: hsms: unknown key"},
+        BadCase{"UnknownTopLevelKey", B("managed_hsm_pool: []\n"), "vp.yaml:4: managed_hsm_pool: unknown key"},
         BadCase{"DuplicateTopLevelKey", B("store: {path: other}\n"),
                 "vp.yaml:4: store: duplicate key"},
         BadCase{"NonScalarKey", B("[a, b]: c\n"), "vp.yaml:4: (top level): keys must be strings"},
@@ -568,6 +568,64 @@ TEST(IsValidNameTest, RejectsEverythingElse) {
     EXPECT_FALSE(IsValidName(bad)) << bad;
   }
   EXPECT_FALSE(IsValidName(std::string_view("a\0b", 3)));
+}
+
+// ---- hsms and premium vaults -------------------------------------------------------------
+
+constexpr const char* kHsm =
+    "store: {path: store.db}\n"
+    "hsms:\n"
+    "  - { name: hsm-a, module: /usr/lib/softhsm/libsofthsm2.so, token: vault-a, pin_file: a.pin, quirks: [no-deinit] }\n"
+    "  - { name: hsm-b, module: lib/hsm.so, token: 'pkcs11:token=b', pin_env: HSM_B_PIN }\n";
+
+TEST(ConfigHsmTest, LoadsHsmsAndPremiumVaults) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load(std::string(kHsm) +
+                                      "vaults:\n"
+                                      "  - { name: v1, sku: premium, hsms: [hsm-a], default_protection: hsm }\n"
+                                      "  - { name: v2, sku: premium, hsms: [hsm-b] }\n"));
+  ASSERT_EQ(c.hsms.size(), 2u);
+  EXPECT_EQ(c.hsms[0].pin_file, "/etc/vp/a.pin");
+  EXPECT_EQ(c.hsms[0].quirks, std::vector<std::string>{"no-deinit"});
+  EXPECT_EQ(c.hsms[1].module, "/etc/vp/lib/hsm.so");
+  EXPECT_EQ(c.hsms[1].token, "pkcs11:token=b");
+  EXPECT_EQ(c.hsms[1].pin_env, "HSM_B_PIN");
+  EXPECT_EQ(c.vaults[0].default_protection, "hsm");
+  EXPECT_EQ(c.vaults[1].default_protection, "software");
+  EXPECT_EQ(c.vaults[1].hsms, std::vector<std::string>{"hsm-b"});
+  ASSERT_NE(c.FindHsm("hsm-b"), nullptr);
+  EXPECT_EQ(c.FindHsm("nope"), nullptr);
+}
+
+TEST(ConfigHsmTest, RejectsBadHsmEntries) {
+  EXPECT_THAT(ErrorOf("store: {path: s.db}\nhsms:\n  - { name: a, token: t, pin_env: X }\nvaults: [ {name: v} ]\n"),
+              HasSubstr("vp.yaml:3: hsms[0].module: is required"));
+  EXPECT_THAT(ErrorOf("store: {path: s.db}\nhsms:\n  - { name: a, module: m.so, token: t }\nvaults: [ {name: v} ]\n"),
+              HasSubstr("vp.yaml:3: hsms[0]: give exactly one of pin_file and pin_env"));
+  EXPECT_THAT(ErrorOf("store: {path: s.db}\nhsms:\n  - { name: a, module: m.so, token: t, pin_env: X, pin_file: f }\n"
+                      "vaults: [ {name: v} ]\n"),
+              HasSubstr("give exactly one of pin_file and pin_env"));
+  EXPECT_THAT(ErrorOf("store: {path: s.db}\nhsms:\n  - { name: a, module: m.so, token: t, pin_env: X, quirks: [fast] }\n"
+                      "vaults: [ {name: v} ]\n"),
+              HasSubstr("hsms[0].quirks: unknown quirk \"fast\""));
+  EXPECT_THAT(ErrorOf("store: {path: s.db}\nhsms:\n  - { name: a, module: m.so, token: t, pin_env: X }\n"
+                      "  - { name: a, module: m.so, token: u, pin_env: Y }\nvaults: [ {name: v} ]\n"),
+              HasSubstr("vp.yaml:4: hsms[1].name: duplicate hsm name \"a\""));
+  EXPECT_THAT(ErrorOf("store: {path: s.db}\nhsms:\n  - { name: a, module: m.so, token: t, pin_env: X, colour: red }\n"
+                      "vaults: [ {name: v} ]\n"),
+              HasSubstr("colour"));
+}
+
+TEST(ConfigHsmTest, RejectsInconsistentVaults) {
+  EXPECT_THAT(ErrorOf(std::string(kHsm) + "vaults:\n  - { name: v, hsms: [hsm-a] }\n"),
+              HasSubstr("vp.yaml:6: vaults[0].hsms: only premium vaults hold HSM keys"));
+  EXPECT_THAT(ErrorOf(std::string(kHsm) + "vaults:\n  - { name: v, sku: premium, hsms: [hsm-c] }\n"),
+              HasSubstr("vaults[0].hsms: no hsm named \"hsm-c\" in hsms"));
+  EXPECT_THAT(ErrorOf(std::string(kHsm) + "vaults:\n  - { name: v, sku: premium, default_protection: hsm }\n"),
+              HasSubstr("vaults[0].default_protection: hsm needs a premium vault with hsms"));
+  EXPECT_THAT(ErrorOf(std::string(kHsm) + "vaults:\n  - { name: v, sku: premium, hsms: [hsm-a], default_protection: cloud }\n"),
+              HasSubstr("vaults[0].default_protection: must be software or hsm"));
+  EXPECT_THAT(ErrorOf(std::string(kHsm) + "vaults:\n  - { name: v, sku: premium, hsms: [hsm-a, hsm-b] }\n"),
+              HasSubstr("vaults[0].hsms: a vault uses exactly one HSM"));
 }
 
 }  // namespace
