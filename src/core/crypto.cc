@@ -75,6 +75,23 @@ Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const C
   return PreparedKey{std::move(o), std::move(k)};
 }
 
+// Runs make(inner handle) for an HSM key. A handle the HSM no longer knows (a module reset, the
+// key re-made by another process) is looked up again once by CKA_ID; inner handle errors never
+// reach the caller, whose handle is still good: a key that is really gone is CKR_DEVICE_ERROR.
+template <typename Make>
+auto WithHsmHandle(PreparedKey& k, Make make) -> decltype(make(CK_OBJECT_HANDLE{})) {
+  auto stale = [](CK_RV rv) { return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID; };
+  auto r = make(k.hsm_handle);
+  if (r.ok() || !stale(r.rv())) return r;
+  k.object->material->ForgetHsmHandle();
+  auto h = k.object->material->HsmHandle();
+  if (!h.ok()) return h.error();
+  k.hsm_handle = h.value();
+  r = make(k.hsm_handle);
+  if (!r.ok() && stale(r.rv())) return Err(CKR_DEVICE_ERROR, "the key's HSM object is gone: {}", r.error().message);
+  return r;
+}
+
 Status CheckInput(CK_BYTE_PTR in, CK_ULONG in_len) {
   if (in == nullptr && in_len != 0) return Err(CKR_ARGUMENTS_BAD, "input is NULL with length {}", in_len);
   return OkStatus();
@@ -138,7 +155,7 @@ Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
   if (slot) return Err(CKR_OPERATION_ACTIVE, "an {} operation is active", encrypt ? "encrypt" : "decrypt");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, encrypt ? kEncryptUse : kDecryptUse));
   auto op = encrypt  ? ossl::NewEncryptOp(k.key, *mech)
-            : k.hsm ? p11::NewInnerDecryptOp(k.hsm->token, k.hsm_handle, *mech)
+            : k.hsm ? WithHsmHandle(k, [&](CK_OBJECT_HANDLE ih) { return p11::NewInnerDecryptOp(k.hsm->token, ih, *mech); })
                     : ossl::NewDecryptOp(k.key, *mech);
   if (!op.ok()) return op.error();
   slot = CipherState{std::move(op).value(), std::move(k.object), false, std::nullopt};
@@ -284,8 +301,11 @@ Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key
   std::lock_guard<std::mutex> l(c.session->mu);
   if (c.session->sign) return Err(CKR_OPERATION_ACTIVE, "a sign operation is active");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kSignUse));
-  VAULTP11_ASSIGN_OR_RETURN(auto op, k.hsm ? p11::NewInnerSignOp(k.hsm->token, k.hsm_handle, *mech,
-                                                                 HsmSignatureLength(*k.object))
+  VAULTP11_ASSIGN_OR_RETURN(auto op, k.hsm ? WithHsmHandle(k,
+                                                             [&](CK_OBJECT_HANDLE ih) {
+                                                               return p11::NewInnerSignOp(k.hsm->token, ih, *mech,
+                                                                                          HsmSignatureLength(*k.object));
+                                                             })
                                            : ossl::NewSignOp(k.key, *mech));
   c.session->sign = SignState{std::move(op), std::move(k.object), false};
   return OkStatus();
@@ -402,7 +422,9 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
     // of the vault, as the vault's unwrapKey operation returns the key to the caller.
     if (mech->mechanism != CKM_RSA_PKCS_OAEP && mech->mechanism != CKM_RSA_PKCS)
       return Err(CKR_MECHANISM_INVALID, "HSM keys unwrap with CKM_RSA_PKCS_OAEP or CKM_RSA_PKCS");
-    VAULTP11_ASSIGN_OR_RETURN(auto op, p11::NewInnerDecryptOp(u.hsm->token, u.hsm_handle, *mech));
+    VAULTP11_ASSIGN_OR_RETURN(auto op, WithHsmHandle(u, [&](CK_OBJECT_HANDLE ih) {
+                                return p11::NewInnerDecryptOp(u.hsm->token, ih, *mech);
+                              }));
     auto r = op->OneShot(In(in, in_len));
     if (!r.ok()) {
       // Bad wrapped bytes come back from HSMs as various codes (SoftHSMv2: CKR_ARGUMENTS_BAD);

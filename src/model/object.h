@@ -49,6 +49,11 @@ class Material {
   // The key's inner handle, found by CKA_ID on first use and cached (found again after the
   // inner module reset itself in a forked child). HSM unavailable: CKR_DEVICE_ERROR.
   Result<CK_OBJECT_HANDLE> HsmHandle();
+  // Drops the cached inner handle (the HSM said it is not valid): the next HsmHandle looks again.
+  void ForgetHsmHandle() {
+    std::lock_guard<std::mutex> l(mu_);
+    hsm_handle_ = CK_INVALID_HANDLE;
+  }
 
   Result<std::shared_ptr<const SecureBytes>> Secret();
   // The key for the backend (class/type decide how the secret or attributes are read).

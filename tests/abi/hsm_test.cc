@@ -43,8 +43,10 @@ class HsmTest : public AbiTest {
     return p;
   }
 
-  // Counts objects with `id` in the SoftHSM token, through SoftHSM's own module.
-  int CountInSoftHsm(const std::vector<uint8_t>& id, CK_OBJECT_CLASS cls, bool* sensitive = nullptr) {
+  // Counts objects with `id` in the SoftHSM token, through SoftHSM's own module (and destroys
+  // them when `destroy`).
+  int CountInSoftHsm(const std::vector<uint8_t>& id, CK_OBJECT_CLASS cls, bool* sensitive = nullptr,
+                     bool destroy = false) {
     void* h = dlopen(SoftHsmEnvironment::Instance()->module_path().c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!h) return -1;
     auto gfl = reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList"));
@@ -62,7 +64,7 @@ class HsmTest : public AbiTest {
       sh->C_GetTokenInfo(slots[i], &ti);
       if (std::string(reinterpret_cast<char*>(ti.label), 9) != "vault-hsm") continue;
       CK_SESSION_HANDLE s;
-      if (sh->C_OpenSession(slots[i], CKF_SERIAL_SESSION, nullptr, nullptr, &s) != CKR_OK) return -1;
+      if (sh->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &s) != CKR_OK) return -1;
       std::string pin = "4321";
       rv = sh->C_Login(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
       if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) return -1;
@@ -78,6 +80,8 @@ class HsmTest : public AbiTest {
         sh->C_GetAttributeValue(s, found[0], a, 2);
         *sensitive = sens == CK_TRUE && ext == CK_FALSE;
       }
+      if (destroy)
+        for (CK_ULONG j = 0; j < count; ++j) sh->C_DestroyObject(s, found[j]);
       sh->C_CloseSession(s);
       return static_cast<int>(count);
     }
@@ -233,6 +237,18 @@ TEST_F(HsmTest, HsmKeysSurviveReinitializationAndDestroyRemovesThem) {
   ASSERT_EQ(f->C_DestroyObject(s, v), CKR_OK);
   EXPECT_EQ(CountInSoftHsm(inner_id, CKO_PRIVATE_KEY), 0);
   EXPECT_EQ(CountInSoftHsm(inner_id, CKO_PUBLIC_KEY), 0);
+}
+
+TEST_F(HsmTest, KeyRemovedFromTheHsmBehindOurBackIsADeviceError) {
+  CK_SESSION_HANDLE s = LoggedInRw(1);
+  CK_OBJECT_HANDLE pub, priv;
+  GenEc(s, kP256, "vanishing", &pub, &priv);
+  CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+  auto data = Bytes("x");
+  EXPECT_EQ(Verify(s, m, pub, data, Sign(s, m, priv, data)), CKR_OK);
+  ASSERT_EQ(CountInSoftHsm(GetAttr(s, priv, CKA_VAULTP11_HSM_KEY_ID), CKO_PRIVATE_KEY, nullptr, true), 1);
+  // The outer handle is still valid; the inner key is gone: no inner handle error leaks out.
+  EXPECT_EQ(f->C_SignInit(s, &m, priv), CKR_DEVICE_ERROR);
 }
 
 TEST_F(HsmTest, UnavailableHsmLeavesTheModuleWorkingAndSaysWhy) {
