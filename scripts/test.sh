@@ -83,6 +83,13 @@ build_and_test() {
 
 build_and_test "release" build "-Dbuildtype=debugoptimized" 
 
+# The benchmarks run once briefly to keep them working; their speed is not judged here.
+log "release: benchmarks (smoke run)"
+if ! meson test -C build --no-rebuild --benchmark --print-errorlogs; then
+  problems+=("release: a benchmark failed to run")
+  failed=$((failed + 1))
+fi
+
 ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:print_stacktrace=1:abort_on_error=1" \
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
   build_and_test "asan" build-asan \
