@@ -20,10 +20,25 @@ bool RolePermissions(std::string_view role, Kind kind, uint32_t* out) {
     *out = kAll;
     return true;
   }
-  (void)kind;
+  // Managed HSM pools (scope /managedHsms/...): pools hold keys only.
+  // Administrator: security domain, backup/restore and role management, all outside the data
+  // plane (CLI with SO PINs): no key use, so no data-plane permission at all.
+  if (role == "Managed HSM Administrator") {
+    *out = 0;
+    return true;
+  }
+  // Crypto User: create, import, read, update, delete and every crypto operation on keys.
+  if (role == "Managed HSM Crypto User") {
+    *out = kind == Kind::kKey ? (kList | kGet | kCreate | kImport | kUpdate | kDelete | kSign | kVerify | kEncrypt |
+                                 kDecrypt | kWrapKey | kUnwrapKey)
+                              : 0;
+    return true;
+  }
   *out = 0;
   return false;
 }
+
+bool IsPoolRole(std::string_view role) { return role.rfind("Managed HSM ", 0) == 0; }
 
 Kind KindOfClass(unsigned long object_class) {
   if (object_class == CKO_DATA) return Kind::kSecret;
@@ -34,12 +49,16 @@ Kind KindOfClass(unsigned long object_class) {
 Grants ComputeGrants(const config::Config& cfg, std::string_view vault, std::string_view principal) {
   Grants g;
   g.principal = std::string(principal);
-  const std::string vault_scope = "/vaults/" + std::string(vault);
+  // A token is a vault or a managed HSM pool (names never clash: config validation).
+  const bool pool = cfg.FindPool(vault) != nullptr;
+  const std::string vault_scope = (pool ? "/managedHsms/" : "/vaults/") + std::string(vault);
   for (const auto& ra : cfg.role_assignments) {
     if (ra.principal != principal) continue;
     for (Kind kind : {Kind::kKey, Kind::kSecret, Kind::kCertificate}) {
       uint32_t perms = 0;
       if (!RolePermissions(ra.role, kind, &perms)) continue;
+      // A vault role never applies to a pool and a pool role never to a vault.
+      if (IsPoolRole(ra.role) != pool) continue;
       if (ra.scope == vault_scope || ra.scope == vault_scope + "/") {
         g.vault_wide[static_cast<int>(kind)] |= perms;
         continue;

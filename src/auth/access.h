@@ -47,7 +47,10 @@ struct Grants {
 // rejects them earlier).
 bool RolePermissions(std::string_view role, Kind kind, uint32_t* out);
 
-// The grants of `principal` on vault `vault` from the config's role assignments.
+// True for the roles of managed HSM pools ("Managed HSM ..."), scoped /managedHsms/<pool>.
+bool IsPoolRole(std::string_view role);
+
+// The grants of `principal` on vault (or managed HSM pool) `vault` from the config's role assignments.
 Grants ComputeGrants(const config::Config& cfg, std::string_view vault, std::string_view principal);
 
 // Kind of a PKCS#11 object class: CKO_DATA is a secret, CKO_CERTIFICATE a certificate,

@@ -17,6 +17,11 @@
 #include <vector>
 
 #include "auth/secret_hash.h"
+#include "backend/ossl/ossl_backend.h"
+#include "backend/p11/inner_module.h"
+#include "backend/p11/inner_token.h"
+#include "backend/pool/pool.h"
+#include "util/pin_file.h"
 #include "util/strings.h"
 #include "store/store.h"
 
@@ -160,6 +165,115 @@ Status HashSecretCommand(Io& io, int cost_log2n) {
   return OkStatus();
 }
 
+namespace {
+
+struct PoolMember {
+  const config::HsmConfig* hsm;
+  std::shared_ptr<p11::InnerModule> module;
+  CK_SLOT_ID slot = 0;
+  pool::DomainState domain;
+  SecureString so_pin;
+};
+
+}  // namespace
+
+Status PoolInitCommand(const config::Config& cfg, const std::string& name, Io& io) {
+  const config::ManagedHsmPoolConfig* pc = cfg.FindPool(name);
+  if (pc == nullptr) return Err(CKR_ARGUMENTS_BAD, "no pool named {} in {}", Printable(name), cfg.source);
+  // 1. Look at every member first: nothing changes unless all can be read.
+  std::vector<PoolMember> members;
+  for (const std::string& hn : pc->hsms) {
+    PoolMember m;
+    m.hsm = cfg.FindHsm(hn);
+    VAULTP11_ASSIGN_OR_RETURN(p11::Quirks q, p11::Quirks::Parse(m.hsm->quirks));
+    VAULTP11_ASSIGN_OR_RETURN(m.module, p11::InnerModule::Load(m.hsm->module, q));
+    auto slot = p11::FindTokenSlot(m.module, m.hsm->token);
+    if (!slot.ok()) return Err(slot.rv(), "hsm {}: {}", hn, slot.error().message);
+    m.slot = slot.value();
+    auto d = pool::ReadDomain(m.module, m.slot);
+    if (!d.ok()) return Err(d.rv(), "hsm {}: {}", hn, d.error().message);
+    m.domain = std::move(d).value();
+    members.push_back(std::move(m));
+  }
+  std::vector<const PoolMember*> with, without;
+  for (const PoolMember& m : members) (m.domain.present ? with : without).push_back(&m);
+  for (const PoolMember* m : with) {
+    if (m->domain.kcv != with.front()->domain.kcv)
+      return Err(CKR_FUNCTION_FAILED,
+                 "pool {}: hsm {} holds a different security domain (check value {}) than hsm {} ({}); nothing "
+                 "changed",
+                 name, m->hsm->name, Hex(m->domain.kcv), with.front()->hsm->name, Hex(with.front()->domain.kcv));
+  }
+  if (without.empty()) {
+    io.out << fmt::format("pool {}: security domain already on all {} members (check value {})\n", name,
+                          members.size(), Hex(with.front()->domain.kcv));
+    return OkStatus();
+  }
+  if (!with.empty()) {
+    std::string have, lack;
+    for (const PoolMember* m : with) have += (have.empty() ? "" : ", ") + m->hsm->name;
+    for (const PoolMember* m : without) lack += (lack.empty() ? "" : ", ") + m->hsm->name;
+    return Err(CKR_FUNCTION_FAILED,
+               "pool {}: hsm {} already hold{} a security domain (check value {}) but {} do{} not; a new domain "
+               "would not match it (restore the domain onto the missing members from a backup); nothing changed",
+               name, have, with.size() == 1 ? "s" : "", Hex(with.front()->domain.kcv), lack,
+               without.size() == 1 ? "es" : "");
+  }
+  // 2. Every SO PIN before anything is written.
+  for (PoolMember& m : members) {
+    if (!m.hsm->so_pin_file.empty()) {
+      VAULTP11_ASSIGN_OR_RETURN(m.so_pin, ReadPinFile(m.hsm->so_pin_file, "hsm " + m.hsm->name + ": so_pin_file"));
+    } else if (io.interactive) {
+      io.err << fmt::format("SO PIN of hsm {} (token {}, input hidden): ", m.hsm->name, m.hsm->token) << std::flush;
+      Result<SecureString> pin = Err(CKR_GENERAL_ERROR, "unset");
+      {
+        EchoOff guard;
+        pin = ReadSecret(io.in, /*one_line=*/true);
+      }
+      io.err << "\n";
+      if (!pin.ok()) return pin.status();
+      m.so_pin = std::move(pin).value();
+    } else {
+      return Err(CKR_PIN_INCORRECT,
+                 "hsm {}: no so_pin_file in the config and no terminal to ask for the SO PIN; nothing changed",
+                 m.hsm->name);
+    }
+  }
+  // 3. The domain: 32 random bytes, in memory only while they are installed.
+  SecureBytes value(pool::kDomainKeyBytes);
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(value));
+  VAULTP11_ASSIGN_OR_RETURN(Bytes expect, pool::AesCheckValue(value));
+  std::vector<PoolMember*> done;
+  Status failed;
+  for (PoolMember& m : members) {
+    auto kcv = pool::InstallDomain(m.module, m.slot, m.so_pin, value);
+    if (!kcv.ok()) {
+      failed = Err(kcv.rv(), "hsm {}: {}", m.hsm->name, kcv.error().message);
+      break;
+    }
+    done.push_back(&m);
+    if (kcv.value() != expect) {
+      failed = Err(CKR_DEVICE_ERROR, "hsm {}: the installed key's check value {} is not the domain's {}", m.hsm->name,
+                   Hex(kcv.value()), Hex(expect));
+      break;
+    }
+  }
+  OPENSSL_cleanse(value.data(), value.size());
+  if (!failed.ok()) {
+    for (PoolMember* m : done) {
+      Status st = pool::RemoveDomain(m->module, m->slot, m->so_pin);
+      if (!st.ok()) io.err << fmt::format("vaultp11: hsm {}: undoing failed: {}\n", m->hsm->name, st.error().message);
+    }
+    return Err(failed.rv(), "pool {}: {}; members done so far were undone", name, failed.error().message);
+  }
+  for (const PoolMember& m : members)
+    io.out << fmt::format("pool {}: security domain installed on hsm {} (token {})\n", name, m.hsm->name,
+                          m.hsm->token);
+  io.out << fmt::format("pool {}: security domain ready on {} members (check value {})\n", name, members.size(),
+                        Hex(expect));
+  return OkStatus();
+}
+
 Status InitCommand(const config::Config& cfg, std::ostream& out) {
   bool db_existed = Exists(cfg.store.path);
   bool key_existed = Exists(cfg.store.master_key_file);
@@ -176,8 +290,12 @@ Status InitCommand(const config::Config& cfg, std::ostream& out) {
     VAULTP11_RETURN_IF_ERROR(st->EnsureVault(v.name));
     out << fmt::format("{} vault {}\n", existing.count(v.name) ? "existing" : "created", v.name);
   }
+  for (const config::ManagedHsmPoolConfig& p : cfg.managed_hsm_pools) {
+    VAULTP11_RETURN_IF_ERROR(st->EnsureVault(p.name));
+    out << fmt::format("{} managed HSM pool {}\n", existing.count(p.name) ? "existing" : "created", p.name);
+  }
   for (const std::string& name : before) {
-    if (cfg.FindVault(name) == nullptr)
+    if (cfg.FindVault(name) == nullptr && cfg.FindPool(name) == nullptr)
       out << fmt::format("note: vault {} is in the store but not in {}\n", name, cfg.source);
   }
   return OkStatus();
@@ -256,6 +374,13 @@ int Run(int argc, const char* const* argv, Io& io) {
     list->add_option("--vault", list_opts.vault, "Only this vault");
     list->add_flag("--json", list_opts.json, "Print one JSON document");
 
+    std::string pool_name;
+    CLI::App* pool_cmd = app.add_subcommand("pool", "Administer managed HSM pools");
+    pool_cmd->require_subcommand(1);
+    CLI::App* pool_init = pool_cmd->add_subcommand(
+        "init", "Install the pool's security domain on every member HSM (SO PINs from hsms[].so_pin_file or a prompt)");
+    pool_init->add_option("pool", pool_name, "Pool name from managed_hsm_pools")->required();
+
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -268,7 +393,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -293,6 +418,8 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = InitCommand(cfg.value(), io.out);
       } else if (list->parsed()) {
         st = ListCommand(cfg.value(), list_opts, io.out);
+      } else if (pool_init->parsed()) {
+        st = PoolInitCommand(cfg.value(), pool_name, io);
       }
     }
     io.out << std::flush;

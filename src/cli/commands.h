@@ -49,6 +49,15 @@ struct ListOptions {
 // `list`: the configured vaults and their objects (class, label, CKA_ID) from the store.
 Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostream& out);
 
+// `pool init <pool>`: installs the pool's security domain (one trusted AES-256 wrapping key with
+// the same value, CKA_LABEL/CKA_ID "vaultp11-security-domain") on every member through an SO
+// session. The SO PIN comes from hsms[].so_pin_file, else a prompt when io.interactive. Members
+// are compared by the key's check value (CKA_CHECK_VALUE), never by the value: all holding the
+// same domain is success with nothing to do; different domains, or some members with one and
+// others without, are refused with nothing changed. The value lives in memory only while it is
+// installed.
+Status PoolInitCommand(const config::Config& cfg, const std::string& pool, Io& io);
+
 // "private-key", "public-key", "secret-key", "certificate", "data", else "class-0x<hex>".
 std::string ClassName(CK_OBJECT_CLASS object_class);
 

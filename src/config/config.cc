@@ -31,6 +31,10 @@ namespace {
 // Role names this release can enforce. The other built-in roles of the vault model
 // (REFERENCE.md "Roles (RBAC)") are refused until their permission sets exist.
 constexpr std::array<std::string_view, 1> kSupportedRoles = {"Key Vault Administrator"};
+// Roles of managed HSM pools (scope /managedHsms/...). The other pool roles come with access
+// control.
+constexpr std::array<std::string_view, 2> kSupportedPoolRoles = {"Managed HSM Administrator",
+                                                                  "Managed HSM Crypto User"};
 
 // Auth methods this release can verify.
 constexpr std::array<std::string_view, 1> kSupportedAuthMethods = {"client_secret"};
@@ -144,11 +148,13 @@ class Loader {
   Status LoadStore(const Entry* e, int root_line, Config& cfg);
   Status LoadHsms(const Entry& e, Config& cfg);
   Status LoadVaults(const Entry* e, int root_line, Config& cfg);
+  Status LoadPools(const Entry& e, Config& cfg);
   Result<std::vector<std::string>> StringList(const Entry& e, std::string_view path);
   Status LoadPrincipals(const Entry& e, Config& cfg);
   Status LoadSecrets(const Entry* e, std::string_view path, int line, PrincipalConfig& pc);
   Status LoadRoleAssignments(const Entry& e, Config& cfg);
-  Status CheckScope(const Config& cfg, const std::string& scope, std::string_view path, int line);
+  Status CheckScope(const Config& cfg, const std::string& scope, std::string_view path, int line,
+                    bool pool_role);
 
   std::string source_;
   std::string base_dir_;
@@ -273,7 +279,8 @@ Status Loader::LoadHsms(const Entry& e, Config& cfg) {
     HsmConfig h;
     h.line = LineOf(item, line);
     VAULTP11_ASSIGN_OR_RETURN(
-        auto f, Fields(item, path, h.line, {"name", "module", "token", "pin_file", "pin_env", "quirks"}));
+        auto f, Fields(item, path, h.line,
+                              {"name", "module", "token", "pin_file", "pin_env", "so_pin_file", "quirks"}));
     for (const char* required : {"name", "module", "token"})
       if (f.find(required) == f.end()) return Fail(h.line, Child(path, required), "is required");
     VAULTP11_ASSIGN_OR_RETURN(h.name, String(f["name"], Child(path, "name")));
@@ -296,6 +303,10 @@ Status Loader::LoadHsms(const Entry& e, Config& cfg) {
       h.pin_file = Resolve(pf);
     } else {
       VAULTP11_ASSIGN_OR_RETURN(h.pin_env, String(f["pin_env"], Child(path, "pin_env")));
+    }
+    if (auto so = f.find("so_pin_file"); so != f.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(h.so_pin_file, String(so->second, Child(path, "so_pin_file")));
+      h.so_pin_file = Resolve(h.so_pin_file);
     }
     if (auto q = f.find("quirks"); q != f.end()) {
       VAULTP11_ASSIGN_OR_RETURN(h.quirks, StringList(q->second, Child(path, "quirks")));
@@ -357,6 +368,67 @@ Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
         return Fail(dline, Child(path, "default_protection"), "hsm needs a premium vault with hsms");
     }
     cfg.vaults.push_back(std::move(v));
+  }
+  return OkStatus();
+}
+
+Status Loader::LoadPools(const Entry& e, Config& cfg) {
+  int line = LineOf(e, 1);
+  if (e.value.IsNull()) return OkStatus();
+  VAULTP11_RETURN_IF_ERROR(RequireList(e.value, "managed_hsm_pools", line));
+  std::map<std::string, int> seen;  // lower-cased pool name -> line
+  for (size_t i = 0; i < e.value.size(); ++i) {
+    const YAML::Node item = e.value[i];
+    std::string path = Index("managed_hsm_pools", i);
+    ManagedHsmPoolConfig pc;
+    pc.line = LineOf(item, line);
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "hsms", "quorum"}));
+    for (const char* required : {"name", "hsms"})
+      if (f.find(required) == f.end()) return Fail(pc.line, Child(path, required), "is required");
+    VAULTP11_ASSIGN_OR_RETURN(pc.name, String(f["name"], Child(path, "name")));
+    int nline = LineOf(f["name"], pc.line);
+    if (!IsValidName(pc.name))
+      return Fail(nline, Child(path, "name"),
+                  "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", Quote(pc.name));
+    // Pools and vaults share the slot list and the store: one namespace, case-insensitive.
+    for (const VaultConfig& v : cfg.vaults)
+      if (Lower(v.name) == Lower(pc.name))
+        return Fail(nline, Child(path, "name"), "{} is already the name of a vault (line {})",
+                    Quote(pc.name), v.line);
+    auto [it, inserted] = seen.emplace(Lower(pc.name), nline);
+    if (!inserted)
+      return Fail(nline, Child(path, "name"), "duplicate pool name {} (first defined at line {})",
+                  Quote(pc.name), it->second);
+    const Entry& hs = f["hsms"];
+    int hline = LineOf(hs, pc.line);
+    VAULTP11_ASSIGN_OR_RETURN(pc.hsms, StringList(hs, Child(path, "hsms")));
+    if (pc.hsms.empty()) return Fail(hline, Child(path, "hsms"), "a pool needs at least one hsm");
+    std::map<std::string, size_t> members;
+    for (size_t j = 0; j < pc.hsms.size(); ++j) {
+      const std::string& h = pc.hsms[j];
+      if (cfg.FindHsm(h) == nullptr)
+        return Fail(hline, Index(Child(path, "hsms"), j), "no hsm named {} in hsms", Quote(h));
+      auto [m, fresh] = members.emplace(h, j);
+      if (!fresh)
+        return Fail(hline, Index(Child(path, "hsms"), j),
+                    "hsm {} is listed twice (also hsms[{}]): each member holds one copy", Quote(h),
+                    m->second);
+    }
+    if (auto q = f.find("quorum"); q != f.end()) {
+      int qline = LineOf(q->second, pc.line);
+      VAULTP11_ASSIGN_OR_RETURN(std::string qs, String(q->second, Child(path, "quorum")));
+      int n = 0;
+      bool ok = !qs.empty() && qs.size() <= 4;
+      for (char c : qs) {
+        ok = ok && c >= '0' && c <= '9';
+        if (ok) n = n * 10 + (c - '0');
+      }
+      if (!ok || n < 1 || static_cast<size_t>(n) > pc.hsms.size())
+        return Fail(qline, Child(path, "quorum"), "must be a whole number from 1 to {} (the pool's members), got {}",
+                    pc.hsms.size(), Quote(qs));
+      pc.quorum = n;
+    }
+    cfg.managed_hsm_pools.push_back(std::move(pc));
   }
   return OkStatus();
 }
@@ -432,12 +504,13 @@ Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
 }
 
 Status Loader::CheckScope(const Config& cfg, const std::string& scope, std::string_view path,
-                          int line) {
-  constexpr std::string_view kHelp =
-      "must be /vaults/<vault> or /vaults/<vault>/keys|secrets|certificates/<name>";
+                          int line, bool pool_role) {
+  const std::string_view help =
+      pool_role ? "must be /managedHsms/<pool> or /managedHsms/<pool>/keys/<name>"
+                : "must be /vaults/<vault> or /vaults/<vault>/keys|secrets|certificates/<name>";
   std::vector<std::string_view> parts;
   std::string_view rest(scope);
-  if (rest.empty() || rest[0] != '/') return Fail(line, path, "{}, got {}", kHelp, Quote(scope));
+  if (rest.empty() || rest[0] != '/') return Fail(line, path, "{}, got {}", help, Quote(scope));
   rest.remove_prefix(1);
   while (true) {
     size_t slash = rest.find('/');
@@ -445,15 +518,23 @@ Status Loader::CheckScope(const Config& cfg, const std::string& scope, std::stri
     if (slash == std::string_view::npos) break;
     rest.remove_prefix(slash + 1);
   }
-  if ((parts.size() != 2 && parts.size() != 4) || parts[0] != "vaults")
-    return Fail(line, path, "{}, got {}", kHelp, Quote(scope));
+  std::string_view root = pool_role ? "managedHsms" : "vaults";
+  if ((parts.size() != 2 && parts.size() != 4) || parts[0] != root) {
+    if (!parts.empty() && parts[0] == (pool_role ? "vaults" : "managedHsms"))
+      return Fail(line, path, "a {} role's scope {}, got {}",
+                  pool_role ? "managed HSM pool" : "vault", help, Quote(scope));
+    return Fail(line, path, "{}, got {}", help, Quote(scope));
+  }
   if (!IsValidName(parts[1]))
-    return Fail(line, path, "invalid vault name {} in scope", Quote(parts[1]));
-  if (cfg.FindVault(parts[1]) == nullptr)
+    return Fail(line, path, "invalid {} name {} in scope", pool_role ? "pool" : "vault", Quote(parts[1]));
+  if (pool_role && cfg.FindPool(parts[1]) == nullptr)
+    return Fail(line, path, "no pool named {} in managed_hsm_pools", Quote(parts[1]));
+  if (!pool_role && cfg.FindVault(parts[1]) == nullptr)
     return Fail(line, path, "no vault named {} in vaults", Quote(parts[1]));
   if (parts.size() == 4) {
-    if (!Contains(kScopeKinds, parts[2]))
-      return Fail(line, path, "{}, got {}", kHelp, Quote(scope));
+    // Pools hold keys only.
+    if (pool_role ? parts[2] != "keys" : !Contains(kScopeKinds, parts[2]))
+      return Fail(line, path, "{}, got {}", help, Quote(scope));
     if (!IsValidName(parts[3]))
       return Fail(line, path,
                   "invalid object name {} in scope: use 1-127 characters of 0-9 a-z A-Z -",
@@ -483,14 +564,16 @@ Status Loader::LoadRoleAssignments(const Entry& e, Config& cfg) {
                   "no principal named {} in principals", Quote(ra.principal));
     const Entry& role = f.at("role");
     VAULTP11_ASSIGN_OR_RETURN(ra.role, String(role, Child(path, "role")));
-    if (!Contains(kSupportedRoles, ra.role))
+    bool pool_role = Contains(kSupportedPoolRoles, ra.role);
+    if (!Contains(kSupportedRoles, ra.role) && !pool_role)
       return Fail(LineOf(role, ra.line), Child(path, "role"),
                   "role {} is not supported yet (supported: {})", Quote(ra.role),
-                  JoinList(kSupportedRoles, ", "));
+                  ra.role.rfind("Managed HSM ", 0) == 0 ? JoinList(kSupportedPoolRoles, ", ")
+                                                        : JoinList(kSupportedRoles, ", "));
     const Entry& scope = f.at("scope");
     VAULTP11_ASSIGN_OR_RETURN(ra.scope, String(scope, Child(path, "scope")));
     VAULTP11_RETURN_IF_ERROR(
-        CheckScope(cfg, ra.scope, Child(path, "scope"), LineOf(scope, ra.line)));
+        CheckScope(cfg, ra.scope, Child(path, "scope"), LineOf(scope, ra.line), pool_role));
     cfg.role_assignments.push_back(std::move(ra));
   }
   return OkStatus();
@@ -513,7 +596,8 @@ Result<Config> Loader::Load(std::string_view yaml) {
   cfg.source = source_;
   VAULTP11_ASSIGN_OR_RETURN(
       auto f,
-      Fields(root, "", root_line, {"log", "store", "hsms", "vaults", "principals", "role_assignments"}));
+      Fields(root, "", root_line,
+             {"log", "store", "hsms", "vaults", "managed_hsm_pools", "principals", "role_assignments"}));
   auto find = [&](const char* k) -> const Entry* {
     auto it = f.find(k);
     return it == f.end() ? nullptr : &it->second;
@@ -522,6 +606,7 @@ Result<Config> Loader::Load(std::string_view yaml) {
   VAULTP11_RETURN_IF_ERROR(LoadStore(find("store"), root_line, cfg));
   if (const Entry* h = find("hsms")) VAULTP11_RETURN_IF_ERROR(LoadHsms(*h, cfg));
   VAULTP11_RETURN_IF_ERROR(LoadVaults(find("vaults"), root_line, cfg));
+  if (const Entry* mp = find("managed_hsm_pools")) VAULTP11_RETURN_IF_ERROR(LoadPools(*mp, cfg));
   if (const Entry* p = find("principals")) VAULTP11_RETURN_IF_ERROR(LoadPrincipals(*p, cfg));
   if (const Entry* r = find("role_assignments"))
     VAULTP11_RETURN_IF_ERROR(LoadRoleAssignments(*r, cfg));
@@ -533,6 +618,12 @@ Result<Config> Loader::Load(std::string_view yaml) {
 const HsmConfig* Config::FindHsm(std::string_view name) const {
   for (const HsmConfig& h : hsms)
     if (h.name == name) return &h;
+  return nullptr;
+}
+
+const ManagedHsmPoolConfig* Config::FindPool(std::string_view name) const {
+  for (const ManagedHsmPoolConfig& p : managed_hsm_pools)
+    if (p.name == name) return &p;
   return nullptr;
 }
 

@@ -28,6 +28,7 @@ struct HsmConfig {
   std::string token;     // token label, or a pkcs11: URI matching the token
   std::string pin_file;  // file holding the token's user PIN (one of pin_file / pin_env)
   std::string pin_env;   // environment variable holding the PIN
+  std::string so_pin_file;  // file holding the SO PIN (`vaultp11 pool init` only; optional)
   std::vector<std::string> quirks;  // no-deinit: never C_Finalize the module (SoftHSMv2);
                                     // fork-finalize: C_Finalize before C_Initialize in a forked child
   int line = 0;
@@ -39,6 +40,22 @@ struct VaultConfig {
   std::vector<std::string> hsms;  // premium only: names from hsms[]
   std::string default_protection = "software";  // software | hsm (hsm: premium with hsms)
   int line = 0;                   // 1-based line in the file, for messages
+};
+
+// A managed HSM pool: one slot after the vaults, whose keys live on every member HSM.
+struct ManagedHsmPoolConfig {
+  std::string name;               // 1-127 chars of 0-9 a-z A-Z -; distinct from every vault
+  std::vector<std::string> hsms;  // members: names from hsms[], each once
+  int quorum = 0;                 // copies needed before a new key is handed out; 0: default
+  int line = 0;
+
+  // The quorum for `healthy` members now: the configured one, else all healthy members but
+  // at least 2 when the pool has 2 or more members.
+  size_t EffectiveQuorum(size_t healthy) const {
+    if (quorum > 0) return static_cast<size_t>(quorum);
+    size_t floor = hsms.size() >= 2 ? 2 : 1;
+    return healthy > floor ? healthy : floor;
+  }
 };
 
 struct ClientSecret {
@@ -56,7 +73,8 @@ struct PrincipalConfig {
 struct RoleAssignmentConfig {
   std::string principal;
   std::string role;   // e.g. "Key Vault Administrator"
-  std::string scope;  // /vaults/<v> or /vaults/<v>/keys|secrets|certificates/<name>
+  std::string scope;  // /vaults/<v> or /vaults/<v>/keys|secrets|certificates/<name>, or
+                      // /managedHsms/<pool> or /managedHsms/<pool>/keys/<name>
   int line = 0;
 };
 
@@ -66,11 +84,13 @@ struct Config {
   StoreConfig store;
   std::vector<HsmConfig> hsms;
   std::vector<VaultConfig> vaults;
+  std::vector<ManagedHsmPoolConfig> managed_hsm_pools;
   std::vector<PrincipalConfig> principals;
   std::vector<RoleAssignmentConfig> role_assignments;
 
   const VaultConfig* FindVault(std::string_view name) const;
   const HsmConfig* FindHsm(std::string_view name) const;
+  const ManagedHsmPoolConfig* FindPool(std::string_view name) const;
   const PrincipalConfig* FindPrincipal(std::string_view name) const;
 };
 

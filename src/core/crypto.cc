@@ -32,6 +32,7 @@ struct PreparedKey {
   ossl::KeyRef key;
   const model::HsmKey* hsm = nullptr;
   CK_OBJECT_HANDLE hsm_handle = CK_INVALID_HANDLE;
+  std::shared_ptr<p11::InnerToken> hsm_token;  // the vault's HSM, or the pool member used
 };
 
 // Signature length of an HSM key from its mirrored public attributes: the modulus length for
@@ -68,8 +69,8 @@ Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const C
     if (!found) return Err(CKR_MECHANISM_INVALID, "mechanism not in the key's CKA_ALLOWED_MECHANISMS");
   }
   if (const model::HsmKey* hsm = o->material->hsm()) {
-    VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE ih, o->material->HsmHandle());
-    return PreparedKey{std::move(o), {}, hsm, ih};
+    VAULTP11_ASSIGN_OR_RETURN(model::InnerKeyRef ik, o->material->HsmTarget());
+    return PreparedKey{std::move(o), {}, hsm, ik.handle, std::move(ik.token)};
   }
   VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef k, o->Key());
   return PreparedKey{std::move(o), std::move(k)};
@@ -84,9 +85,10 @@ auto WithHsmHandle(PreparedKey& k, Make make) -> decltype(make(CK_OBJECT_HANDLE{
   auto r = make(k.hsm_handle);
   if (r.ok() || !stale(r.rv())) return r;
   k.object->material->ForgetHsmHandle();
-  auto h = k.object->material->HsmHandle();
+  auto h = k.object->material->HsmTarget();
   if (!h.ok()) return h.error();
-  k.hsm_handle = h.value();
+  k.hsm_handle = h->handle;
+  k.hsm_token = h->token;
   r = make(k.hsm_handle);
   if (!r.ok() && stale(r.rv())) return Err(CKR_DEVICE_ERROR, "the key's HSM object is gone: {}", r.error().message);
   return r;
@@ -154,9 +156,14 @@ Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   if (slot) return Err(CKR_OPERATION_ACTIVE, "an {} operation is active", encrypt ? "encrypt" : "decrypt");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, encrypt ? kEncryptUse : kDecryptUse));
-  auto op = encrypt  ? ossl::NewEncryptOp(k.key, *mech)
-            : k.hsm ? WithHsmHandle(k, [&](CK_OBJECT_HANDLE ih) { return p11::NewInnerDecryptOp(k.hsm->token, ih, *mech); })
-                    : ossl::NewDecryptOp(k.key, *mech);
+  // HSM keys (a pair's private half, a pool's AES key) run in the HSM; public keys in-process.
+  auto op = k.hsm ? WithHsmHandle(k,
+                                  [&](CK_OBJECT_HANDLE ih) {
+                                    return encrypt ? p11::NewInnerEncryptOp(k.hsm_token, ih, *mech)
+                                                   : p11::NewInnerDecryptOp(k.hsm_token, ih, *mech);
+                                  })
+            : encrypt ? ossl::NewEncryptOp(k.key, *mech)
+                      : ossl::NewDecryptOp(k.key, *mech);
   if (!op.ok()) return op.error();
   slot = CipherState{std::move(op).value(), std::move(k.object), false, std::nullopt};
   return OkStatus();
@@ -303,7 +310,7 @@ Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kSignUse));
   VAULTP11_ASSIGN_OR_RETURN(auto op, k.hsm ? WithHsmHandle(k,
                                                              [&](CK_OBJECT_HANDLE ih) {
-                                                               return p11::NewInnerSignOp(k.hsm->token, ih, *mech,
+                                                               return p11::NewInnerSignOp(k.hsm_token, ih, *mech,
                                                                                           HsmSignatureLength(*k.object));
                                                              })
                                            : ossl::NewSignOp(k.key, *mech));
@@ -397,6 +404,7 @@ Status WrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE wrap
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   if (mech == nullptr || out_len == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_WrapKey: NULL argument");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey w, PrepareKey(c, wrapping, *mech, kWrapUse));
+  if (w.hsm) return Err(CKR_MECHANISM_INVALID, "wrapping with an HSM key is not supported");
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr target, GetVisible(c, key, CKR_KEY_HANDLE_INVALID));
   if (target->cls() != CKO_SECRET_KEY && target->cls() != CKO_PRIVATE_KEY)
     return Err(CKR_KEY_NOT_WRAPPABLE, "only secret and private keys can be wrapped");
@@ -414,6 +422,10 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   if (mech == nullptr || out == nullptr || in == nullptr || (tmpl == nullptr && count != 0))
     return Err(CKR_ARGUMENTS_BAD, "C_UnwrapKey: NULL argument");
+  // The unwrapped key would be a software key: pools hold HSM keys only.
+  if (c.token->is_pool())
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "managed HSM pool {} holds HSM keys only: C_UnwrapKey cannot import there",
+               c.token->name());
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey u, PrepareKey(c, unwrapping, *mech, kUnwrapUse));
   VAULTP11_ASSIGN_OR_RETURN(model::AttributeMap t, model::ParseTemplate(tmpl, count));
   SecureBytes raw;
@@ -423,7 +435,7 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
     if (mech->mechanism != CKM_RSA_PKCS_OAEP && mech->mechanism != CKM_RSA_PKCS)
       return Err(CKR_MECHANISM_INVALID, "HSM keys unwrap with CKM_RSA_PKCS_OAEP or CKM_RSA_PKCS");
     VAULTP11_ASSIGN_OR_RETURN(auto op, WithHsmHandle(u, [&](CK_OBJECT_HANDLE ih) {
-                                return p11::NewInnerDecryptOp(u.hsm->token, ih, *mech);
+                                return p11::NewInnerDecryptOp(u.hsm_token, ih, *mech);
                               }));
     auto r = op->OneShot(In(in, in_len));
     if (!r.ok()) {

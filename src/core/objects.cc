@@ -35,11 +35,34 @@ uint32_t CreatePermission(const model::Object& o) {
   return o.cls() == CKO_DATA ? auth::kSet : auth::kImport;
 }
 
+// Pools hold HSM keys made by the pool only: no software key, secret, certificate or import.
+Status RefuseInPool(const CallContext& c, std::string_view what) {
+  if (!c.token->is_pool()) return OkStatus();
+  return Err(CKR_ATTRIBUTE_VALUE_INVALID,
+             "managed HSM pool {} holds HSM keys only: {} (generate RSA, EC or AES keys with C_GenerateKeyPair / "
+             "C_GenerateKey)",
+             c.token->name(), what);
+}
+
+// A pool key that will not be handed out after all: its copies go from every member.
+void DiscardPoolKey(const model::Object& o) {
+  const model::HsmKey* hk = o.material ? o.material->hsm() : nullptr;
+  if (hk && hk->pool) hk->pool->DestroyEverywhere(hk->inner_id);
+}
+
+// Software protection asked for in a pool.
+Status RequireHsmInPool(const CallContext& c, const std::optional<CK_ULONG>& requested) {
+  if (c.token->is_pool() && requested && *requested != VAULTP11_PROTECTION_HSM)
+    return RefuseInPool(c, "software keys cannot be made there");
+  return OkStatus();
+}
+
 }  // namespace
 
 Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   if (out == nullptr || (tmpl == nullptr && count != 0)) return Err(CKR_ARGUMENTS_BAD, "C_CreateObject: NULL argument");
+  VAULTP11_RETURN_IF_ERROR(RefuseInPool(c, "objects cannot be created or imported"));
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
   VAULTP11_ASSIGN_OR_RETURN(auto obj, model::CreateObject(t));
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, CreatePermission(*obj)));
@@ -52,6 +75,7 @@ Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE src, CK_ATTRIBUTE_PTR tm
                   CK_OBJECT_HANDLE_PTR out) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   if (out == nullptr || (tmpl == nullptr && count != 0)) return Err(CKR_ARGUMENTS_BAD, "C_CopyObject: NULL argument");
+  VAULTP11_RETURN_IF_ERROR(RefuseInPool(c, "objects cannot be copied"));
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, src));
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kGet, CKR_ACTION_PROHIBITED));
   // Two outer objects on one HSM key would destroy it twice.
@@ -178,6 +202,26 @@ Status GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR 
   if (mech->pParameter != nullptr || mech->ulParameterLen != 0)
     return Err(CKR_MECHANISM_PARAM_INVALID, "CKM_AES_KEY_GEN takes no parameter");
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  if (c.token->is_pool()) {
+    VAULTP11_ASSIGN_OR_RETURN(auto requested, model::RequestedProtection(t, AttributeMap{}));
+    VAULTP11_RETURN_IF_ERROR(RequireHsmInPool(c, requested));
+    // Check access before generating and copying to every member.
+    model::Object probe;
+    probe.attrs = t;
+    probe.attrs.SetUlong(CKA_CLASS, CKO_SECRET_KEY);
+    if (!t.Has(CKA_PRIVATE)) probe.attrs.SetBool(CKA_PRIVATE, true);
+    if (!t.Has(CKA_TOKEN)) probe.attrs.SetBool(CKA_TOKEN, false);
+    VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, probe, auth::kCreate));
+    VAULTP11_ASSIGN_OR_RETURN(auto key, model::GenerateHsmSecretKey(mech->mechanism, t, *c.token->hsm()));
+    key->owner_session = h;
+    auto added = c.token->Add(key);
+    if (!added.ok()) {
+      DiscardPoolKey(*key);
+      return added.error();
+    }
+    *out = added.value();
+    return OkStatus();
+  }
   VAULTP11_ASSIGN_OR_RETURN(auto key, model::GenerateSecretKey(mech->mechanism, t));
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *key, auth::kCreate));
   key->owner_session = h;
@@ -209,17 +253,27 @@ Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
     VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, probe, auth::kCreate));
   }
   VAULTP11_ASSIGN_OR_RETURN(auto requested, model::RequestedProtection(pt, vt));
+  VAULTP11_RETURN_IF_ERROR(RequireHsmInPool(c, requested));
   bool use_hsm = requested ? *requested == VAULTP11_PROTECTION_HSM : c.token->default_hsm();
   if (use_hsm && c.token->hsm() == nullptr)
     return Err(CKR_ATTRIBUTE_VALUE_INVALID, "vault {} has no HSM: HSM protection needs a premium vault with hsms",
                c.token->name());
   VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, use_hsm ? model::GenerateHsmKeyPair(mech->mechanism, pt, vt, *c.token->hsm())
                                                        : model::GenerateKeyPair(mech->mechanism, pt, vt));
-  VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *kp.public_key, auth::kCreate));
-  VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *kp.private_key, auth::kCreate));
+  Status allowed = AuthorizeNew(c, *kp.public_key, auth::kCreate);
+  if (allowed.ok()) allowed = AuthorizeNew(c, *kp.private_key, auth::kCreate);
+  if (!allowed.ok()) {
+    DiscardPoolKey(*kp.private_key);
+    return allowed;
+  }
   kp.public_key->owner_session = h;
   kp.private_key->owner_session = h;
-  VAULTP11_ASSIGN_OR_RETURN(auto handles, c.token->AddPair(std::move(kp.public_key), std::move(kp.private_key)));
+  auto added = c.token->AddPair(kp.public_key, kp.private_key);
+  if (!added.ok()) {
+    DiscardPoolKey(*kp.private_key);
+    return added.error();
+  }
+  auto handles = added.value();
   *pub_out = handles.first;
   *priv_out = handles.second;
   return OkStatus();

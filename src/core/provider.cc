@@ -15,6 +15,7 @@
 #include "core/calls.h"
 #include "core/mechanisms.h"
 #include "util/log.h"
+#include "util/pin_file.h"
 
 namespace vaultp11::core {
 
@@ -44,16 +45,7 @@ Result<SecureString> ReadPin(const config::HsmConfig& h) {
     if (v == nullptr) return Err(CKR_PIN_INCORRECT, "hsm {}: environment variable {} is not set", h.name, h.pin_env);
     return SecureString(v);
   }
-  FILE* f = std::fopen(h.pin_file.c_str(), "re");
-  if (f == nullptr) return Err(CKR_PIN_INCORRECT, "hsm {}: cannot read pin_file {}", h.name, h.pin_file);
-  SecureString pin;
-  char buf[256];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) pin.append(buf, n);
-  OPENSSL_cleanse(buf, sizeof(buf));
-  std::fclose(f);
-  while (!pin.empty() && (pin.back() == '\n' || pin.back() == '\r')) pin.pop_back();
-  return pin;
+  return ReadPinFile(h.pin_file, "hsm " + h.name + ": pin_file");
 }
 
 // Opens one configured HSM. A failure is kept as the reason the vault's HSM is unavailable:
@@ -98,11 +90,30 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   for (const auto& v : p->config_.vaults)
     for (const auto& name : v.hsms)
       if (!hsms.count(name)) hsms[name] = OpenHsm(*p->config_.FindHsm(name));
+  for (const auto& pc : p->config_.managed_hsm_pools)
+    for (const auto& name : pc.hsms)
+      if (!hsms.count(name)) hsms[name] = OpenHsm(*p->config_.FindHsm(name));
   CK_SLOT_ID slot = 0;
   for (const auto& v : p->config_.vaults) {
     if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(v.name));
     auto t = std::make_unique<Token>(slot++, v, p->store_.get(), &p->next_object_);
     if (!v.hsms.empty()) t->SetHsm(hsms[v.hsms.front()], v.default_protection == "hsm");
+    VAULTP11_RETURN_IF_ERROR(t->Load());
+    p->tokens_.push_back(std::move(t));
+  }
+  // Managed HSM pools: one slot each after the vaults, in config order. Their key metadata
+  // lives in the store under the pool's name (names never clash with vaults).
+  for (const auto& pc : p->config_.managed_hsm_pools) {
+    std::vector<pool::Member> members;
+    for (const auto& name : pc.hsms) {
+      const model::HsmKey& h = hsms[name];
+      members.push_back(pool::Member{name, h.token, h.unavailable});
+    }
+    auto hp = std::make_shared<pool::HsmPool>(pc.name, std::move(members), static_cast<size_t>(pc.quorum));
+    if (hp->healthy() < hp->members().size())
+      log::Warning("pool {}: {} of {} members available", pc.name, hp->healthy(), hp->members().size());
+    if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(pc.name));
+    auto t = std::make_unique<Token>(slot++, std::move(hp), p->store_.get(), &p->next_object_);
     VAULTP11_RETURN_IF_ERROR(t->Load());
     p->tokens_.push_back(std::move(t));
   }
@@ -264,9 +275,15 @@ Status GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info) {
   if (info == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetSlotInfo: pInfo is NULL");
   std::memset(info, 0, sizeof(*info));
   // An unavailable HSM shows in the slot description (the log has the full reason).
-  bool hsm_down = t->hsm() != nullptr && t->hsm()->token == nullptr;
-  Pad(info->slotDescription, sizeof(info->slotDescription),
-      "vaultp11 vault " + t->name() + (hsm_down ? " (HSM unavailable)" : ""));
+  std::string desc;
+  if (t->is_pool()) {
+    size_t up = t->pool()->healthy(), all = t->pool()->members().size();
+    desc = "vaultp11 managed HSM pool " + t->name() + (up < all ? fmt::format(" ({}/{} HSMs up)", up, all) : "");
+  } else {
+    bool hsm_down = t->hsm() != nullptr && t->hsm()->token == nullptr;
+    desc = "vaultp11 vault " + t->name() + (hsm_down ? " (HSM unavailable)" : "");
+  }
+  Pad(info->slotDescription, sizeof(info->slotDescription), desc);
   Pad(info->manufacturerID, sizeof(info->manufacturerID), "vaultp11");
   info->flags = CKF_TOKEN_PRESENT;
   info->hardwareVersion = {0, 1};
@@ -281,7 +298,7 @@ Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   std::memset(info, 0, sizeof(*info));
   Pad(info->label, sizeof(info->label), t->name());
   Pad(info->manufacturerID, sizeof(info->manufacturerID), "vaultp11");
-  Pad(info->model, sizeof(info->model), "vault");
+  Pad(info->model, sizeof(info->model), t->is_pool() ? "managed HSM pool" : "vault");
   Pad(info->serialNumber, sizeof(info->serialNumber), t->serial());
   info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
   if (t->store()->read_only()) info->flags |= CKF_WRITE_PROTECTED;

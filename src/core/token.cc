@@ -21,6 +21,20 @@ Token::Token(CK_SLOT_ID slot_id, const config::VaultConfig& vault, store::Store*
              std::atomic<CK_OBJECT_HANDLE>* next_handle)
     : slot_id_(slot_id), name_(vault.name), serial_(SerialFor(vault.name)), store_(store), next_handle_(next_handle) {}
 
+Token::Token(CK_SLOT_ID slot_id, std::shared_ptr<pool::HsmPool> pool, store::Store* store,
+             std::atomic<CK_OBJECT_HANDLE>* next_handle)
+    : slot_id_(slot_id),
+      name_(pool->name()),
+      serial_(SerialFor(pool->name())),
+      store_(store),
+      next_handle_(next_handle),
+      default_hsm_(true),
+      pool_(std::move(pool)) {
+  model::HsmKey base;
+  base.pool = pool_;
+  hsm_ = std::move(base);
+}
+
 std::shared_ptr<model::Object> Token::FromRecord(const store::ObjectRecord& rec, Status* st) {
   auto attrs = model::AttributeMap::Deserialize(rec.attributes);
   if (!attrs.ok()) {
@@ -30,11 +44,13 @@ std::shared_ptr<model::Object> Token::FromRecord(const store::ObjectRecord& rec,
   auto obj = std::make_shared<model::Object>();
   obj->attrs = std::move(attrs).value();
   obj->store_id = rec.id;
-  if (obj->attrs.GetUlong(CKA_VAULTP11_PROTECTION) == VAULTP11_PROTECTION_HSM && obj->cls() == CKO_PRIVATE_KEY) {
+  // HSM keys: the private half of a pair, or a pool's AES key.
+  if (obj->attrs.GetUlong(CKA_VAULTP11_PROTECTION) == VAULTP11_PROTECTION_HSM &&
+      (obj->cls() == CKO_PRIVATE_KEY || obj->cls() == CKO_SECRET_KEY)) {
     model::HsmKey ref = hsm_ ? *hsm_ : model::HsmKey{nullptr, "the vault has no HSM configured", {}, CKO_PRIVATE_KEY};
     const Bytes* id = obj->attrs.Get(CKA_VAULTP11_HSM_KEY_ID);
     ref.inner_id = id ? *id : Bytes{};
-    ref.object_class = CKO_PRIVATE_KEY;
+    ref.object_class = obj->cls();
     obj->material = std::make_shared<model::Material>(std::move(ref));
   } else if (rec.has_secret) {
     store::Store* s = store_;
@@ -222,8 +238,12 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
     obj = it->second;
   }
   if (obj->store_id != 0) VAULTP11_RETURN_IF_ERROR(store_->Delete(obj->store_id));
-  // An HSM key pair goes with its private object: both inner objects are destroyed.
-  if (const model::HsmKey* hk = obj->material ? obj->material->hsm() : nullptr; hk && hk->token) {
+  // An HSM key pair goes with its private object: both inner objects are destroyed (on every
+  // member for a pool key).
+  const model::HsmKey* hk = obj->material ? obj->material->hsm() : nullptr;
+  if (hk && hk->pool) {
+    hk->pool->DestroyEverywhere(hk->inner_id);
+  } else if (hk && hk->token) {
     for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
       p11::AttrTemplate t;
       t.Ulong(CKA_CLASS, cls).Data(CKA_ID, hk->inner_id);

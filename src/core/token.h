@@ -27,6 +27,9 @@ class Token {
  public:
   Token(CK_SLOT_ID slot_id, const config::VaultConfig& vault, store::Store* store,
         std::atomic<CK_OBJECT_HANDLE>* next_handle);
+  // A managed HSM pool's token: every key it holds lives on the pool's members.
+  Token(CK_SLOT_ID slot_id, std::shared_ptr<pool::HsmPool> pool, store::Store* store,
+        std::atomic<CK_OBJECT_HANDLE>* next_handle);
 
   CK_SLOT_ID slot_id() const { return slot_id_; }
   const std::string& name() const { return name_; }
@@ -41,6 +44,9 @@ class Token {
   }
   const model::HsmKey* hsm() const { return hsm_ ? &*hsm_ : nullptr; }
   bool default_hsm() const { return default_hsm_; }
+  // The pool behind a managed HSM pool's token, else null.
+  const std::shared_ptr<pool::HsmPool>& pool() const { return pool_; }
+  bool is_pool() const { return pool_ != nullptr; }
 
   // Reads every object of the vault from the store (at C_Initialize).
   Status Load();
@@ -91,6 +97,7 @@ class Token {
 
   std::optional<model::HsmKey> hsm_;  // set before Load, then read-only
   bool default_hsm_ = false;
+  std::shared_ptr<pool::HsmPool> pool_;  // set at construction for pool tokens
 
   mutable std::mutex login_mu_;  // guards grants_
   std::shared_ptr<const auth::Grants> grants_;

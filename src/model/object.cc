@@ -15,8 +15,45 @@ Material::Material(Loader loader) : loader_(std::move(loader)) {}
 
 Material::Material(HsmKey hsm) : hsm_(std::move(hsm)) {}
 
+Result<InnerKeyRef> Material::HsmTarget() {
+  if (!hsm_) return Err(CKR_GENERAL_ERROR, "not an HSM key");
+  if (!hsm_->pool) {
+    VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE h, HsmHandle());
+    return InnerKeyRef{hsm_->token, h};
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (hsm_member_ && hsm_handle_ != CK_INVALID_HANDLE && hsm_epoch_ == hsm_member_->module()->object_epoch())
+      return InnerKeyRef{hsm_member_, hsm_handle_};
+  }
+  // First healthy member that holds a copy (balancing and failover come with part 5).
+  p11::AttrTemplate t;
+  t.Ulong(CKA_CLASS, hsm_->object_class).Data(CKA_ID, hsm_->inner_id);
+  std::string why;
+  for (const pool::Member& m : hsm_->pool->members()) {
+    if (!m.token) continue;
+    uint64_t epoch = m.token->module()->object_epoch();
+    auto found = m.token->FindObjects(t, 2);
+    if (!found.ok()) {
+      why += fmt::format("; hsm {}: {}", m.name, found.error().message);
+      continue;
+    }
+    if (found->size() != 1) continue;
+    std::lock_guard<std::mutex> l(mu_);
+    hsm_member_ = m.token;
+    hsm_handle_ = (*found)[0];
+    hsm_epoch_ = epoch;
+    return InnerKeyRef{hsm_member_, hsm_handle_};
+  }
+  return Err(CKR_DEVICE_ERROR, "the key is on no available member of pool {}{}", hsm_->pool->name(), why);
+}
+
 Result<CK_OBJECT_HANDLE> Material::HsmHandle() {
   if (!hsm_) return Err(CKR_GENERAL_ERROR, "not an HSM key");
+  if (hsm_->pool) {
+    VAULTP11_ASSIGN_OR_RETURN(InnerKeyRef r, HsmTarget());
+    return r.handle;
+  }
   if (!hsm_->token) return Err(CKR_DEVICE_ERROR, "the vault's HSM is unavailable: {}", hsm_->unavailable);
   uint64_t epoch = hsm_->token->module()->object_epoch();
   {
@@ -487,7 +524,7 @@ Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_
 Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_t, const AttributeMap& priv_t,
                                    const HsmKey& hsm) {
   VAULTP11_ASSIGN_OR_RETURN(PairSpec spec, CheckPairTemplates(mech, pub_t, priv_t));
-  if (!hsm.token) return Err(CKR_DEVICE_ERROR, "the vault's HSM is unavailable: {}", hsm.unavailable);
+  if (!hsm.token && !hsm.pool) return Err(CKR_DEVICE_ERROR, "the vault's HSM is unavailable: {}", hsm.unavailable);
   AttributeMap pub, priv;
   PairAttributes(mech, spec, pub_t, priv_t, pub, priv);
   // HSM keys never leave the HSM in the clear.
@@ -509,12 +546,22 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
   ref.object_class = CKO_PRIVATE_KEY;
   ref.inner_id.resize(16);
   VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(ref.inner_id));
+  // A pool key is generated on one member (which holds the security domain) and must be
+  // copyable only under that domain.
+  std::shared_ptr<p11::InnerToken> gen_token = hsm.token;
+  size_t gen_member = 0;
+  const bool in_pool = hsm.pool != nullptr;
+  if (in_pool) {
+    VAULTP11_ASSIGN_OR_RETURN(gen_member, hsm.pool->GenerationMember());
+    gen_token = hsm.pool->members()[gen_member].token;
+  }
   // Inner objects are token objects named by the random CKA_ID; usage follows the outer key
   // (C_UnwrapKey with an RSA HSM key decrypts in the HSM, so it needs CKA_DECRYPT there).
   p11::AttrTemplate it_pub, it_priv;
   it_pub.Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, false).Bool(CKA_VERIFY, true).Data(CKA_ID, ref.inner_id);
-  it_priv.Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, false)
+  it_priv.Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, in_pool)
       .Bool(CKA_SIGN, priv.GetBool(CKA_SIGN)).Data(CKA_ID, ref.inner_id);
+  if (in_pool) it_priv.Bool(CKA_WRAP_WITH_TRUSTED, true);
   if (spec.type == CKK_RSA) {
     it_pub.Ulong(CKA_MODULUS_BITS, spec.bits).Data(CKA_PUBLIC_EXPONENT, Bytes{1, 0, 1}).Bool(CKA_ENCRYPT, true);
     it_priv.Bool(CKA_DECRYPT, priv.GetBool(CKA_DECRYPT) || priv.GetBool(CKA_UNWRAP));
@@ -522,15 +569,20 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
     it_pub.Data(CKA_EC_PARAMS, spec.ec_params);
   }
   CK_MECHANISM m{mech, nullptr, 0};
-  VAULTP11_ASSIGN_OR_RETURN(p11::KeyPairHandles handles, hsm.token->GenerateKeyPair(m, it_pub, it_priv));
+  VAULTP11_ASSIGN_OR_RETURN(p11::KeyPairHandles handles, gen_token->GenerateKeyPair(m, it_pub, it_priv));
   // Mirror the public key: read it back from the HSM and build it in-process.
   std::vector<CK_ATTRIBUTE_TYPE> want = spec.type == CKK_RSA
                                             ? std::vector<CK_ATTRIBUTE_TYPE>{CKA_MODULUS, CKA_PUBLIC_EXPONENT}
                                             : std::vector<CK_ATTRIBUTE_TYPE>{CKA_EC_PARAMS, CKA_EC_POINT};
-  auto values = hsm.token->GetAttributes(handles.public_key, want);
+  auto values = gen_token->GetAttributes(handles.public_key, want);
+  bool replicated = false;
   auto cleanup = [&] {
-    (void)hsm.token->DestroyObject(handles.private_key);
-    (void)hsm.token->DestroyObject(handles.public_key);
+    if (replicated) {
+      hsm.pool->DestroyEverywhere(ref.inner_id);
+      return;
+    }
+    (void)gen_token->DestroyObject(handles.private_key);
+    (void)gen_token->DestroyObject(handles.public_key);
   };
   if (!values.ok()) {
     cleanup();
@@ -547,6 +599,26 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
   if (!pkey.ok()) {
     cleanup();
     return pkey.error();
+  }
+  if (in_pool) {
+    // The copies: the private key unwrapped under the domain with the same attributes, the
+    // public key created from its public values.
+    p11::AttrTemplate uw, pt;
+    uw.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Ulong(CKA_KEY_TYPE, spec.type).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true)
+        .Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, true).Bool(CKA_WRAP_WITH_TRUSTED, true)
+        .Bool(CKA_SIGN, priv.GetBool(CKA_SIGN)).Data(CKA_ID, ref.inner_id);
+    pt.Ulong(CKA_CLASS, CKO_PUBLIC_KEY).Ulong(CKA_KEY_TYPE, spec.type).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, false)
+        .Bool(CKA_VERIFY, true).Data(CKA_ID, ref.inner_id).Data(want[0], v0).Data(want[1], v1);
+    if (spec.type == CKK_RSA) {
+      uw.Bool(CKA_DECRYPT, priv.GetBool(CKA_DECRYPT) || priv.GetBool(CKA_UNWRAP));
+      pt.Bool(CKA_ENCRYPT, true);
+    }
+    auto copies = hsm.pool->Replicate(gen_member, handles.private_key, ref.inner_id, uw, pt);
+    if (!copies.ok()) {
+      cleanup();
+      return copies.error();
+    }
+    replicated = true;
   }
   for (AttributeMap* a : {&pub, &priv}) {
     a->SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_HSM);
@@ -585,6 +657,59 @@ Result<std::shared_ptr<Object>> GenerateSecretKey(CK_MECHANISM_TYPE mech, const 
   a.SetUlong(CKA_KEY_GEN_MECHANISM, mech);
   SetSensitivityHistory(a, true);
   return SecretKeyObject(std::move(a), std::move(value));
+}
+
+Result<std::shared_ptr<Object>> GenerateHsmSecretKey(CK_MECHANISM_TYPE mech, const AttributeMap& tmpl,
+                                                     const HsmKey& hsm) {
+  if (mech != CKM_AES_KEY_GEN) return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} does not generate secret keys", mech);
+  if (!hsm.pool) return Err(CKR_ATTRIBUTE_VALUE_INVALID, "AES HSM keys live in managed HSM pools only");
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(tmpl, CKA_CLASS, CKO_SECRET_KEY));
+  VAULTP11_RETURN_IF_ERROR(ExpectUlong(tmpl, CKA_KEY_TYPE, CKK_AES));
+  VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_SECRET_KEY, tmpl, true));
+  auto len = tmpl.GetUlong(CKA_VALUE_LEN);
+  if (!len) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE_LEN missing");
+  VAULTP11_RETURN_IF_ERROR(CheckAesLength(*len));
+  AttributeMap a;
+  Base(a, CKO_SECRET_KEY, tmpl);
+  a.SetUlong(CKA_KEY_TYPE, CKK_AES);
+  a.SetUlong(CKA_VALUE_LEN, *len);
+  a.SetBool(CKA_LOCAL, true);
+  a.SetUlong(CKA_KEY_GEN_MECHANISM, mech);
+  if (a.GetBool(CKA_EXTRACTABLE) || !a.GetBool(CKA_SENSITIVE, true))
+    return Err(CKR_TEMPLATE_INCONSISTENT, "HSM-protected keys are sensitive and not extractable");
+  if (a.GetBool(CKA_SIGN) || a.GetBool(CKA_VERIFY) || a.GetBool(CKA_DERIVE))
+    return Err(CKR_TEMPLATE_INCONSISTENT, "pool AES keys encrypt, decrypt, wrap and unwrap only");
+  a.SetBool(CKA_SENSITIVE, true);
+  a.SetBool(CKA_EXTRACTABLE, false);
+  SetSensitivityHistory(a, true);
+  HsmKey ref = hsm;
+  ref.object_class = CKO_SECRET_KEY;
+  ref.inner_id.resize(16);
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(ref.inner_id));
+  VAULTP11_ASSIGN_OR_RETURN(size_t member, hsm.pool->GenerationMember());
+  const auto& token = hsm.pool->members()[member].token;
+  auto usage = [&](p11::AttrTemplate& t) -> p11::AttrTemplate& {
+    return t.Ulong(CKA_CLASS, CKO_SECRET_KEY).Ulong(CKA_KEY_TYPE, CKK_AES).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true)
+        .Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, true).Bool(CKA_WRAP_WITH_TRUSTED, true)
+        .Bool(CKA_ENCRYPT, a.GetBool(CKA_ENCRYPT)).Bool(CKA_DECRYPT, a.GetBool(CKA_DECRYPT))
+        .Bool(CKA_WRAP, a.GetBool(CKA_WRAP)).Bool(CKA_UNWRAP, a.GetBool(CKA_UNWRAP)).Data(CKA_ID, ref.inner_id);
+  };
+  p11::AttrTemplate gt, uw;
+  usage(gt).Ulong(CKA_VALUE_LEN, *len);
+  usage(uw);
+  CK_MECHANISM m{mech, nullptr, 0};
+  VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE h, token->GenerateKey(m, gt));
+  auto copies = hsm.pool->Replicate(member, h, ref.inner_id, uw, {});
+  if (!copies.ok()) {
+    (void)token->DestroyObject(h);
+    return copies.error();
+  }
+  a.SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_HSM);
+  a.Set(CKA_VAULTP11_HSM_KEY_ID, ref.inner_id);
+  auto obj = std::make_shared<Object>();
+  obj->attrs = std::move(a);
+  obj->material = std::make_shared<Material>(std::move(ref));
+  return obj;
 }
 
 Result<std::shared_ptr<Object>> CreateObject(const AttributeMap& tmpl) {

@@ -13,6 +13,7 @@
 
 #include "backend/ossl/ossl_backend.h"
 #include "backend/p11/inner_token.h"
+#include "backend/pool/pool.h"
 #include "vaultp11/vaultp11.h"
 #include "model/attributes.h"
 #include "util/result.h"
@@ -21,12 +22,20 @@
 namespace vaultp11::model {
 
 // HsmKey says where an HSM-protected key lives: the vault's inner token (null while the HSM is
-// unavailable, with the reason) and the CKA_ID of the key's objects there.
+// unavailable, with the reason) and the CKA_ID of the key's objects there. A managed HSM pool's
+// key names the pool instead (token null): copies with that CKA_ID live on its members.
 struct HsmKey {
   std::shared_ptr<p11::InnerToken> token;
   std::string unavailable;  // why token is null
   Bytes inner_id;
   CK_OBJECT_CLASS object_class = CKO_PRIVATE_KEY;
+  std::shared_ptr<pool::HsmPool> pool;  // pool keys only
+};
+
+// One inner object to run an operation on: the member (or vault HSM) and the handle there.
+struct InnerKeyRef {
+  std::shared_ptr<p11::InnerToken> token;
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
 };
 
 // Material models the secret part of an object (PKCS#8 DER of a private key, raw AES key,
@@ -49,10 +58,14 @@ class Material {
   // The key's inner handle, found by CKA_ID on first use and cached (found again after the
   // inner module reset itself in a forked child). HSM unavailable: CKR_DEVICE_ERROR.
   Result<CK_OBJECT_HANDLE> HsmHandle();
+  // The inner token and handle to use: the vault's HSM, or for a pool key the first healthy
+  // member that holds a copy (found by CKA_ID on first use and cached like HsmHandle).
+  Result<InnerKeyRef> HsmTarget();
   // Drops the cached inner handle (the HSM said it is not valid): the next HsmHandle looks again.
   void ForgetHsmHandle() {
     std::lock_guard<std::mutex> l(mu_);
     hsm_handle_ = CK_INVALID_HANDLE;
+    hsm_member_.reset();
   }
 
   Result<std::shared_ptr<const SecureBytes>> Secret();
@@ -68,6 +81,7 @@ class Material {
   std::optional<HsmKey> hsm_;
   CK_OBJECT_HANDLE hsm_handle_ = CK_INVALID_HANDLE;  // guarded by mu_
   uint64_t hsm_epoch_ = 0;                           // guarded by mu_
+  std::shared_ptr<p11::InnerToken> hsm_member_;      // guarded by mu_: pool member of hsm_handle_
 };
 
 struct Object {
@@ -109,8 +123,16 @@ Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_
                                 const AttributeMap& priv_template);
 // An HSM-protected key pair: generated inside `hsm` (sensitive, never extractable), public
 // attributes mirrored on both outer objects; the outer private object holds only the reference.
+// With `hsm.pool` set, the pair is generated on one member with CKA_EXTRACTABLE and
+// CKA_WRAP_WITH_TRUSTED (so only the security domain can carry it) and copied to the other
+// members; it is returned only once `quorum` members hold it (else CKR_DEVICE_ERROR, no copy
+// left behind).
 Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_template,
                                    const AttributeMap& priv_template, const HsmKey& hsm);
+// A pool's AES key (C_GenerateKey, 128/192/256 bits): generated on one member, copied to the
+// others under the security domain (HsmPool::Replicate); `hsm.pool` must be set.
+Result<std::shared_ptr<Object>> GenerateHsmSecretKey(CK_MECHANISM_TYPE mech, const AttributeMap& tmpl,
+                                                     const HsmKey& hsm);
 // The protection a generation template asks for (either half), if any; a bad value is
 // CKR_ATTRIBUTE_VALUE_INVALID.
 Result<std::optional<CK_ULONG>> RequestedProtection(const AttributeMap& a, const AttributeMap& b);

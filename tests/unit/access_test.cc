@@ -49,5 +49,34 @@ TEST(AccessTest, ObjectClassesMapToKinds) {
   EXPECT_EQ(KindOfClass(CKO_SECRET_KEY), Kind::kKey);
 }
 
+TEST(AccessTest, PoolRolesApplyToPoolScopesOnly) {
+  config::Config c;
+  c.vaults.resize(1);
+  c.vaults[0].name = "payments";
+  c.managed_hsm_pools.resize(1);
+  c.managed_hsm_pools[0].name = "hsmpool";
+  c.role_assignments = {
+      {"app", "Managed HSM Crypto User", "/managedHsms/hsmpool", 1},
+      {"one", "Managed HSM Crypto User", "/managedHsms/hsmpool/keys/k1", 2},
+      {"adm", "Managed HSM Administrator", "/managedHsms/hsmpool", 3},
+      {"kv", "Key Vault Administrator", "/vaults/payments", 4},
+  };
+  Grants user = ComputeGrants(c, "hsmpool", "app");
+  EXPECT_TRUE(user.Allows(Kind::kKey, "any", kCreate | kImport | kGet | kUpdate | kDelete | kSign | kDecrypt |
+                                                kEncrypt | kVerify | kWrapKey | kUnwrapKey | kList));
+  EXPECT_FALSE(user.Allows(Kind::kSecret, "s", kGet));
+  EXPECT_FALSE(ComputeGrants(c, "payments", "app").Allows(Kind::kKey, "any", kList));
+  Grants one = ComputeGrants(c, "hsmpool", "one");
+  EXPECT_TRUE(one.Allows(Kind::kKey, "k1", kSign));
+  EXPECT_FALSE(one.Allows(Kind::kKey, "k2", kSign));
+  Grants adm = ComputeGrants(c, "hsmpool", "adm");
+  EXPECT_FALSE(adm.Allows(Kind::kKey, "any", kSign));
+  EXPECT_FALSE(adm.Allows(Kind::kKey, "any", kCreate));
+  EXPECT_TRUE(ComputeGrants(c, "payments", "kv").Allows(Kind::kKey, "any", kSign));
+  EXPECT_FALSE(ComputeGrants(c, "hsmpool", "kv").Allows(Kind::kKey, "any", kList));
+  EXPECT_TRUE(IsPoolRole("Managed HSM Crypto User"));
+  EXPECT_FALSE(IsPoolRole("Key Vault Administrator"));
+}
+
 }  // namespace
 }  // namespace vaultp11::auth

@@ -628,5 +628,78 @@ TEST(ConfigHsmTest, RejectsInconsistentVaults) {
               HasSubstr("vaults[0].hsms: a vault uses exactly one HSM"));
 }
 
+// ---- managed HSM pools -------------------------------------------------------------------
+
+constexpr const char* kPoolBase =
+    "store: {path: store.db}\n"
+    "hsms:\n"
+    "  - { name: a, module: m.so, token: ta, pin_file: a.pin, so_pin_file: a.so }\n"
+    "  - { name: b, module: m.so, token: tb, pin_env: B }\n"
+    "  - { name: c, module: m.so, token: tc, pin_env: C }\n"
+    "vaults:\n"
+    "  - name: payments\n"
+    "principals:\n"
+    "  - { name: app, auth: client_secret, secrets: [ {hash: \"HASH\"} ] }\n";
+
+TEST(ConfigPoolTest, LoadsPoolsAndPoolRoles) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load(std::string(kPoolBase) +
+                                      "managed_hsm_pools:\n"
+                                      "  - { name: hsmpool, hsms: [a, b, c], quorum: 2 }\n"
+                                      "  - { name: duo, hsms: [b, c] }\n"
+                                      "role_assignments:\n"
+                                      "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/hsmpool }\n"
+                                      "  - { principal: app, role: Managed HSM Administrator, scope: /managedHsms/duo/keys/k1 }\n"
+                                      "  - { principal: app, role: Key Vault Administrator, scope: /vaults/payments }\n"));
+  ASSERT_EQ(c.managed_hsm_pools.size(), 2u);
+  EXPECT_EQ(c.hsms[0].so_pin_file, "/etc/vp/a.so");
+  EXPECT_EQ(c.managed_hsm_pools[0].hsms, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(c.managed_hsm_pools[0].quorum, 2);
+  EXPECT_EQ(c.managed_hsm_pools[0].EffectiveQuorum(3), 2u);
+  EXPECT_EQ(c.managed_hsm_pools[1].quorum, 0);
+  // Default: every healthy member, at least 2 for a pool of 2 or more.
+  EXPECT_EQ(c.managed_hsm_pools[1].EffectiveQuorum(2), 2u);
+  EXPECT_EQ(c.managed_hsm_pools[1].EffectiveQuorum(1), 2u);
+  ASSERT_NE(c.FindPool("duo"), nullptr);
+  EXPECT_EQ(c.FindPool("payments"), nullptr);
+}
+
+TEST(ConfigPoolTest, RejectsBadPools) {
+  std::string b(kPoolBase);
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a, x] }\n"),
+              HasSubstr("vp.yaml:11: managed_hsm_pools[0].hsms[1]: no hsm named \"x\" in hsms"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a, b, a] }\n"),
+              HasSubstr("managed_hsm_pools[0].hsms[2]: hsm \"a\" is listed twice"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a, b], quorum: 3 }\n"),
+              HasSubstr("managed_hsm_pools[0].quorum: must be a whole number from 1 to 2"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a, b], quorum: 0 }\n"),
+              HasSubstr("managed_hsm_pools[0].quorum: must be a whole number from 1 to 2"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a], quorum: x }\n"),
+              HasSubstr("managed_hsm_pools[0].quorum"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: Payments, hsms: [a] }\n"),
+              HasSubstr("managed_hsm_pools[0].name: \"Payments\" is already the name of a vault"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a] }\n  - { name: P, hsms: [b] }\n"),
+              HasSubstr("managed_hsm_pools[1].name: duplicate pool name"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [] }\n"),
+              HasSubstr("managed_hsm_pools[0].hsms: a pool needs at least one hsm"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p }\n"), HasSubstr("managed_hsm_pools[0].hsms: is required"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a], size: 3 }\n"),
+              HasSubstr("managed_hsm_pools[0].size: unknown key"));
+}
+
+TEST(ConfigPoolTest, PoolRolesNeedPoolScopes) {
+  std::string b = std::string(kPoolBase) + "managed_hsm_pools:\n  - { name: p, hsms: [a, b] }\nrole_assignments:\n";
+  EXPECT_THAT(ErrorOf(b + "  - { principal: app, role: Managed HSM Crypto User, scope: /vaults/payments }\n"),
+              HasSubstr("a managed HSM pool role's scope must be /managedHsms/<pool>"));
+  EXPECT_THAT(ErrorOf(b + "  - { principal: app, role: Key Vault Administrator, scope: /managedHsms/p }\n"),
+              HasSubstr("a vault role's scope must be /vaults/<vault>"));
+  EXPECT_THAT(ErrorOf(b + "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/q }\n"),
+              HasSubstr("no pool named \"q\" in managed_hsm_pools"));
+  EXPECT_THAT(ErrorOf(b + "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/p/secrets/s }\n"),
+              HasSubstr("must be /managedHsms/<pool> or /managedHsms/<pool>/keys/<name>"));
+  EXPECT_THAT(ErrorOf(b + "  - { principal: app, role: Managed HSM Crypto Officer, scope: /managedHsms/p }\n"),
+              HasSubstr("is not supported yet"));
+  EXPECT_TRUE(Load(b + "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/p/keys/k-1 }\n").ok());
+}
+
 }  // namespace
 }  // namespace vaultp11::config

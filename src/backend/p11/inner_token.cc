@@ -300,21 +300,11 @@ void SessionLease::Release() {
 
 // ---- InnerToken: open, pool, recovery ------------------------------------------------------
 
-Result<std::unique_ptr<InnerToken>> InnerToken::Open(std::shared_ptr<InnerModule> m,
-                                                     const std::string& token_spec,
-                                                     const SecureString& pin) {
-  return Open(std::move(m), token_spec, pin, Options{});
-}
-
-Result<std::unique_ptr<InnerToken>> InnerToken::Open(std::shared_ptr<InnerModule> m,
-                                                     const std::string& token_spec,
-                                                     const SecureString& pin,
-                                                     const Options& options) {
-  if (!m) return Err(CKR_DEVICE_ERROR, "no inner module for token '{}'", Shown(token_spec));
-  if (options.max_sessions == 0) return Err(CKR_ARGUMENTS_BAD, "max_sessions must be at least 1");
-  VAULTP11_RETURN_IF_ERROR(m->ReinitializeIfForked());
+namespace {
+// The predicate that picks the token named by `token_spec` (a label or a pkcs11: URI).
+Result<TokenPredicate> PredicateFor(const std::shared_ptr<InnerModule>& mp, const std::string& token_spec) {
+  const InnerModule* m = mp.get();
   const std::string shown = Shown(token_spec);
-
   TokenPredicate pred;
   std::shared_ptr<P11KitUri> uri;
   if (token_spec.rfind("pkcs11:", 0) == 0) {
@@ -349,6 +339,36 @@ Result<std::unique_ptr<InnerToken>> InnerToken::Open(std::shared_ptr<InnerModule
       return Field(ti.label) == token_spec;
     };
   }
+  return pred;
+}
+
+}  // namespace
+
+Result<CK_SLOT_ID> FindTokenSlot(const std::shared_ptr<InnerModule>& m, const std::string& token_spec) {
+  if (!m) return Err(CKR_DEVICE_ERROR, "no inner module for token '{}'", Shown(token_spec));
+  VAULTP11_RETURN_IF_ERROR(m->ReinitializeIfForked());
+  VAULTP11_ASSIGN_OR_RETURN(TokenPredicate pred, PredicateFor(m, token_spec));
+  VAULTP11_ASSIGN_OR_RETURN(TokenMatch match, FindToken(*m, Shown(token_spec), pred));
+  return match.slot;
+}
+
+
+Result<std::unique_ptr<InnerToken>> InnerToken::Open(std::shared_ptr<InnerModule> m,
+                                                     const std::string& token_spec,
+                                                     const SecureString& pin) {
+  return Open(std::move(m), token_spec, pin, Options{});
+}
+
+Result<std::unique_ptr<InnerToken>> InnerToken::Open(std::shared_ptr<InnerModule> m,
+                                                     const std::string& token_spec,
+                                                     const SecureString& pin,
+                                                     const Options& options) {
+  if (!m) return Err(CKR_DEVICE_ERROR, "no inner module for token '{}'", Shown(token_spec));
+  if (options.max_sessions == 0) return Err(CKR_ARGUMENTS_BAD, "max_sessions must be at least 1");
+  VAULTP11_RETURN_IF_ERROR(m->ReinitializeIfForked());
+  const std::string shown = Shown(token_spec);
+
+  VAULTP11_ASSIGN_OR_RETURN(TokenPredicate pred, PredicateFor(m, token_spec));
   VAULTP11_ASSIGN_OR_RETURN(TokenMatch match, FindToken(*m, shown, pred));
 
   auto s = std::make_shared<PoolState>();

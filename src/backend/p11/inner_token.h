@@ -200,6 +200,10 @@ class InnerToken {
   std::shared_ptr<internal::PoolState> state_;
 };
 
+// The slot of the one initialised token matching `token_spec` (found as InnerToken::Open finds
+// it), for callers that run their own sessions (the SO login of `vaultp11 pool init`).
+Result<CK_SLOT_ID> FindTokenSlot(const std::shared_ptr<InnerModule>& m, const std::string& token_spec);
+
 // True when `tmpl` makes a session object (CKA_TOKEN absent or false).
 bool IsSessionObject(std::span<const CK_ATTRIBUTE> tmpl);
 

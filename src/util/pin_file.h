@@ -1,0 +1,31 @@
+// Reading a PIN kept in a file (HSM user and SO PINs named by the config).
+#pragma once
+
+#include <openssl/crypto.h>
+
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+#include "util/result.h"
+#include "util/secure_bytes.h"
+
+namespace vaultp11 {
+
+// The file's content without trailing newlines, in cleansed memory. `what` names the file in
+// messages (e.g. "hsm hsm-a: pin_file"); the PIN itself never appears in one.
+inline Result<SecureString> ReadPinFile(const std::string& path, std::string_view what) {
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (f == nullptr) return Err(CKR_PIN_INCORRECT, "{}: cannot read {}", what, path);
+  SecureString pin;
+  char buf[256];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0 && pin.size() < 4096) pin.append(buf, n);
+  OPENSSL_cleanse(buf, sizeof(buf));
+  std::fclose(f);
+  while (!pin.empty() && (pin.back() == '\n' || pin.back() == '\r')) pin.pop_back();
+  if (pin.empty()) return Err(CKR_PIN_INCORRECT, "{}: {} is empty", what, path);
+  return pin;
+}
+
+}  // namespace vaultp11

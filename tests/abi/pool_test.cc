@@ -1,0 +1,368 @@
+// Managed HSM pools through the module's function list, on real SoftHSMv2 tokens made for this
+// binary (issue "Managed HSM pools", parts 3 and 4): the pool slot, `vaultp11 pool init` (the
+// built CLI, run as a child process), keys generated on one member and copied to the others
+// under the security domain, the quorum, and what a pool refuses.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "fixture.h"
+#include "softhsm_fixture.h"
+#include "vaultp11/vaultp11.h"
+
+extern char** environ;
+
+namespace vaultp11::testing {
+namespace {
+
+constexpr char kPin[] = "5555";
+constexpr char kSoPin[] = "so-5555";
+
+const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SoftHsmEnvironment(
+    {{"pool-a", kPin, kSoPin}, {"pool-b", kPin, kSoPin}, {"pool-c", kPin, kSoPin}, {"quorum-a", kPin, kSoPin},
+     {"quorum-b", kPin, kSoPin}, {"fresh-a", kPin, kSoPin}, {"fresh-b", kPin, kSoPin}, {"solo", kPin, kSoPin}}));
+
+// Slots: payments 0, archive 1, then the pools in config order.
+constexpr CK_SLOT_ID kPoolSlot = 2, kQuorumSlot = 3, kFreshSlot = 4;
+
+// SoftHSM's own module, for looking at the members behind the pool's back.
+CK_FUNCTION_LIST* SoftHsm() {
+  void* h = dlopen(SoftHsmEnvironment::Instance()->module_path().c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!h) return nullptr;
+  auto gfl = reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList"));
+  CK_FUNCTION_LIST* sh = nullptr;
+  if (!gfl || gfl(&sh) != CKR_OK) return nullptr;
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK;
+  CK_RV rv = sh->C_Initialize(&args);
+  if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) return nullptr;
+  return sh;
+}
+
+// Opens a session on the SoftHSM token `label`, logged in as `user`.
+CK_SESSION_HANDLE OpenOn(CK_FUNCTION_LIST* sh, const std::string& label, CK_USER_TYPE user) {
+  CK_SLOT_ID slots[16];
+  CK_ULONG n = 16;
+  if (sh->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) return CK_INVALID_HANDLE;
+  for (CK_ULONG i = 0; i < n; ++i) {
+    CK_TOKEN_INFO ti;
+    sh->C_GetTokenInfo(slots[i], &ti);
+    std::string l(reinterpret_cast<char*>(ti.label), 32);
+    l.erase(l.find_last_not_of(' ') + 1);
+    if (l != label) continue;
+    CK_SESSION_HANDLE s;
+    if (sh->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &s) != CKR_OK)
+      return CK_INVALID_HANDLE;
+    std::string pin = user == CKU_SO ? kSoPin : kPin;
+    CK_RV rv = sh->C_Login(s, user, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+      sh->C_CloseSession(s);
+      return CK_INVALID_HANDLE;
+    }
+    return s;
+  }
+  return CK_INVALID_HANDLE;
+}
+
+// Objects of class `cls` (and CKA_ID `id` when not empty) on SoftHSM token `label`; -1 on error.
+int CountOn(const std::string& label, CK_OBJECT_CLASS cls, const std::vector<uint8_t>& id = {}) {
+  CK_FUNCTION_LIST* sh = SoftHsm();
+  if (!sh) return -1;
+  CK_SESSION_HANDLE s = OpenOn(sh, label, CKU_USER);
+  if (s == CK_INVALID_HANDLE) return -1;
+  CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, const_cast<uint8_t*>(id.data()), id.size()}};
+  sh->C_FindObjectsInit(s, t, id.empty() ? 1 : 2);
+  CK_OBJECT_HANDLE found[64];
+  CK_ULONG count = 0;
+  sh->C_FindObjects(s, found, 64, &count);
+  sh->C_FindObjectsFinal(s);
+  sh->C_CloseSession(s);
+  return static_cast<int>(count);
+}
+
+// Deletes the security-domain key of SoftHSM token `label` (as its SO).
+bool DeleteDomain(const std::string& label) {
+  CK_FUNCTION_LIST* sh = SoftHsm();
+  if (!sh) return false;
+  CK_SESSION_HANDLE s = OpenOn(sh, label, CKU_SO);
+  if (s == CK_INVALID_HANDLE) return false;
+  std::string id = "vaultp11-security-domain";
+  CK_ATTRIBUTE t[] = {{CKA_ID, id.data(), id.size()}};
+  sh->C_FindObjectsInit(s, t, 1);
+  CK_OBJECT_HANDLE found[4];
+  CK_ULONG count = 0;
+  sh->C_FindObjects(s, found, 4, &count);
+  sh->C_FindObjectsFinal(s);
+  bool ok = count == 1 && sh->C_DestroyObject(s, found[0]) == CKR_OK;
+  sh->C_Logout(s);
+  sh->C_CloseSession(s);
+  return ok;
+}
+
+struct CliRun {
+  int status = -1;
+  std::string output;  // stdout and stderr
+};
+
+class PoolTest : public AbiTest {
+ protected:
+  void SetUp() override {
+    SoftHsmEnvironment* env = SoftHsmEnvironment::Instance();
+    if (!env->available()) GTEST_SKIP() << env->skip_reason();
+    f = Module();
+    ASSERT_NE(f, nullptr);
+    ASSERT_NE(std::getenv("VAULTP11_CLI"), nullptr);
+    std::ofstream(dir.file("user.pin")) << kPin << "\n";
+    std::ofstream(dir.file("so.pin")) << kSoPin << "\n";
+    config_path = WritePoolConfig();
+  }
+
+  std::string WritePoolConfig(const std::string& extra_pools = "") {
+    const std::string module = SoftHsmEnvironment::Instance()->module_path();
+    std::string top = "hsms:\n";
+    for (const char* t : {"pool-a", "pool-b", "pool-c", "quorum-a", "quorum-b", "fresh-a", "fresh-b", "solo"})
+      top += std::string("  - { name: ") + t + ", module: " + module + ", token: " + t + ", pin_file: " +
+             dir.file("user.pin") + ", so_pin_file: " + dir.file("so.pin") + ", quirks: [no-deinit] }\n";
+    top += "managed_hsm_pools:\n"
+           "  - { name: hsmpool, hsms: [pool-a, pool-b, pool-c] }\n"
+           "  - { name: qpool, hsms: [quorum-a, quorum-b], quorum: 2 }\n"
+           "  - { name: fresh, hsms: [fresh-a, fresh-b] }\n" +
+           extra_pools;
+    return WriteConfig(
+        "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/hsmpool }\n"
+        "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/qpool }\n"
+        "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/fresh }\n"
+        "  - { principal: norole, role: Managed HSM Administrator, scope: /managedHsms/hsmpool }\n",
+        top);
+  }
+
+  // Runs the built `vaultp11` CLI with `args` (stdin /dev/null: never a terminal).
+  CliRun Cli(const std::vector<std::string>& args, const std::string& config) {
+    std::vector<std::string> all = {std::getenv("VAULTP11_CLI"), "--config", config};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : all) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::string out = dir.file("cli.out");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+    pid_t pid;
+    CliRun r;
+    if (posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0) {
+      int st = 0;
+      waitpid(pid, &st, 0);
+      r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    std::stringstream ss;
+    ss << std::ifstream(out).rdbuf();
+    r.output = ss.str();
+    return r;
+  }
+
+  void InitPool(const std::string& pool) {
+    CliRun r = Cli({"pool", "init", pool}, config_path);
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+
+  void Start() { ASSERT_EQ(InitWith(config_path), CKR_OK); }
+
+  CK_RV GenPair(CK_SESSION_HANDLE s, CK_MECHANISM_TYPE mt, const std::string& label, CK_OBJECT_HANDLE* pub,
+                CK_OBJECT_HANDLE* priv, CK_ULONG protection = 0) {
+    CK_BBOOL t = CK_TRUE;
+    CK_ULONG bits = 2048;
+    CK_MECHANISM m{mt, nullptr, 0};
+    std::vector<CK_ATTRIBUTE> pt = {{CKA_TOKEN, &t, 1}, {CKA_VERIFY, &t, 1},
+                                    {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    std::vector<CK_ATTRIBUTE> vt = {{CKA_TOKEN, &t, 1}, {CKA_PRIVATE, &t, 1}, {CKA_SENSITIVE, &t, 1},
+                                    {CKA_SIGN, &t, 1}, {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    if (mt == CKM_RSA_PKCS_KEY_PAIR_GEN)
+      pt.push_back({CKA_MODULUS_BITS, &bits, sizeof(bits)});
+    else
+      pt.push_back({CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()});
+    if (protection != 0) vt.push_back({CKA_VAULTP11_PROTECTION, &protection, sizeof(protection)});
+    return f->C_GenerateKeyPair(s, &m, pt.data(), pt.size(), vt.data(), vt.size(), pub, priv);
+  }
+
+  CK_RV GenPoolAes(CK_SESSION_HANDLE s, CK_ULONG bytes, const std::string& label, CK_OBJECT_HANDLE* out) {
+    CK_BBOOL t = CK_TRUE;
+    CK_MECHANISM m{CKM_AES_KEY_GEN, nullptr, 0};
+    CK_ATTRIBUTE a[] = {{CKA_TOKEN, &t, 1},        {CKA_ENCRYPT, &t, 1}, {CKA_DECRYPT, &t, 1},
+                        {CKA_VALUE_LEN, &bytes, sizeof(bytes)},
+                        {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    return f->C_GenerateKey(s, &m, a, 5, out);
+  }
+
+  std::vector<uint8_t> InnerId(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o) { return GetAttr(s, o, CKA_VAULTP11_HSM_KEY_ID); }
+};
+
+TEST_F(PoolTest, PoolSlotFollowsTheVaults) {
+  Start();
+  CK_ULONG n = 0;
+  ASSERT_EQ(f->C_GetSlotList(CK_TRUE, nullptr, &n), CKR_OK);
+  EXPECT_EQ(n, 5u);
+  CK_TOKEN_INFO ti;
+  ASSERT_EQ(f->C_GetTokenInfo(kPoolSlot, &ti), CKR_OK);
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(ti.label), 7), "hsmpool");
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(ti.model), 16), "managed HSM pool");
+  CK_TOKEN_INFO again;
+  ASSERT_EQ(f->C_GetTokenInfo(kPoolSlot, &again), CKR_OK);
+  EXPECT_EQ(std::memcmp(ti.serialNumber, again.serialNumber, 16), 0);
+  CK_SLOT_INFO si;
+  ASSERT_EQ(f->C_GetSlotInfo(kQuorumSlot, &si), CKR_OK);
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(si.slotDescription), 31), "vaultp11 managed HSM pool qpool");
+}
+
+TEST_F(PoolTest, PoolInitIsIdempotentAndRefusesMismatchedDomains) {
+  InitPool("hsmpool");
+  CliRun again = Cli({"pool", "init", "hsmpool"}, config_path);
+  EXPECT_EQ(again.status, 0) << again.output;
+  EXPECT_NE(again.output.find("already on all 3 members"), std::string::npos) << again.output;
+  for (const char* t : {"pool-a", "pool-b", "pool-c"}) EXPECT_EQ(CountOn(t, CKO_SECRET_KEY), 1) << t;
+  // A member with a domain and one without: refused, nothing written to the one without.
+  std::string cfg = WritePoolConfig("  - { name: half, hsms: [pool-a, fresh-b] }\n  - { name: other, hsms: [solo] }\n"
+                                    "  - { name: clash, hsms: [solo, pool-b] }\n");
+  CliRun half = Cli({"pool", "init", "half"}, cfg);
+  EXPECT_EQ(half.status, 1) << half.output;
+  EXPECT_NE(half.output.find("nothing changed"), std::string::npos) << half.output;
+  EXPECT_EQ(CountOn("fresh-b", CKO_SECRET_KEY), 0);
+  // Two different domains: refused.
+  CliRun other = Cli({"pool", "init", "other"}, cfg);
+  ASSERT_EQ(other.status, 0) << other.output;
+  CliRun clash = Cli({"pool", "init", "clash"}, cfg);
+  EXPECT_EQ(clash.status, 1) << clash.output;
+  EXPECT_NE(clash.output.find("different security domain"), std::string::npos) << clash.output;
+  CliRun unknown = Cli({"pool", "init", "nope"}, cfg);
+  EXPECT_EQ(unknown.status, 1) << unknown.output;
+}
+
+TEST_F(PoolTest, KeysAreGeneratedOnOneMemberAndCopiedToAll) {
+  InitPool("hsmpool");
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kPoolSlot);
+  CK_OBJECT_HANDLE rsa_pub, rsa_priv, ec_pub, ec_priv;
+  ASSERT_EQ(GenPair(s, CKM_RSA_PKCS_KEY_PAIR_GEN, "pool-rsa", &rsa_pub, &rsa_priv), CKR_OK);
+  ASSERT_EQ(GenPair(s, CKM_EC_KEY_PAIR_GEN, "pool-ec", &ec_pub, &ec_priv), CKR_OK);
+  std::vector<CK_OBJECT_HANDLE> aes;
+  for (CK_ULONG bytes : {16, 24, 32}) {
+    CK_OBJECT_HANDLE k;
+    ASSERT_EQ(GenPoolAes(s, bytes, "pool-aes-" + std::to_string(bytes), &k), CKR_OK);
+    aes.push_back(k);
+  }
+  for (CK_OBJECT_HANDLE k : {rsa_priv, ec_priv}) {
+    auto id = InnerId(s, k);
+    ASSERT_EQ(id.size(), 16u);
+    for (const char* t : {"pool-a", "pool-b", "pool-c"}) {
+      EXPECT_EQ(CountOn(t, CKO_PRIVATE_KEY, id), 1) << t;
+      EXPECT_EQ(CountOn(t, CKO_PUBLIC_KEY, id), 1) << t;
+    }
+    EXPECT_TRUE(GetBool(s, k, CKA_SENSITIVE));
+    EXPECT_FALSE(GetBool(s, k, CKA_EXTRACTABLE));
+  }
+  for (CK_OBJECT_HANDLE k : aes) {
+    auto id = InnerId(s, k);
+    ASSERT_EQ(id.size(), 16u);
+    for (const char* t : {"pool-a", "pool-b", "pool-c"}) EXPECT_EQ(CountOn(t, CKO_SECRET_KEY, id), 1) << t;
+  }
+  // Sign in the pool, verify with the public key.
+  auto data = Bytes("signed by a pool member");
+  CK_MECHANISM rm{CKM_SHA256_RSA_PKCS, nullptr, 0};
+  auto rsig = Sign(s, rm, rsa_priv, data);
+  EXPECT_EQ(rsig.size(), 256u);
+  EXPECT_EQ(Verify(s, rm, rsa_pub, data, rsig), CKR_OK);
+  CK_MECHANISM em{CKM_ECDSA_SHA256, nullptr, 0};
+  auto esig = Sign(s, em, ec_priv, data);
+  EXPECT_EQ(esig.size(), 64u);
+  EXPECT_EQ(Verify(s, em, ec_pub, data, esig), CKR_OK);
+  // AES round trip in the pool.
+  for (CK_OBJECT_HANDLE k : aes) {
+    uint8_t iv[16] = {1, 2, 3};
+    CK_MECHANISM am{CKM_AES_CBC_PAD, iv, sizeof(iv)};
+    auto plain = Bytes("pool AES round trip, longer than a block");
+    ASSERT_EQ(f->C_EncryptInit(s, &am, k), CKR_OK);
+    CK_ULONG n = 0;
+    ASSERT_EQ(f->C_Encrypt(s, plain.data(), plain.size(), nullptr, &n), CKR_OK);
+    std::vector<uint8_t> ct(n);
+    ASSERT_EQ(f->C_Encrypt(s, plain.data(), plain.size(), ct.data(), &n), CKR_OK);
+    ct.resize(n);
+    EXPECT_EQ(ct.size(), 48u);
+    ASSERT_EQ(f->C_DecryptInit(s, &am, k), CKR_OK);
+    n = 0;
+    ASSERT_EQ(f->C_Decrypt(s, ct.data(), ct.size(), nullptr, &n), CKR_OK);
+    std::vector<uint8_t> back(n);
+    ASSERT_EQ(f->C_Decrypt(s, ct.data(), ct.size(), back.data(), &n), CKR_OK);
+    back.resize(n);
+    EXPECT_EQ(back, plain);
+  }
+  // Destroying a pool key removes every copy.
+  auto rid = InnerId(s, rsa_priv);
+  EXPECT_EQ(f->C_DestroyObject(s, rsa_priv), CKR_OK);
+  for (const char* t : {"pool-a", "pool-b", "pool-c"}) EXPECT_EQ(CountOn(t, CKO_PRIVATE_KEY, rid), 0) << t;
+}
+
+TEST_F(PoolTest, PoolRefusesSoftwareKeysSecretsAndImports) {
+  InitPool("hsmpool");
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kPoolSlot);
+  CK_OBJECT_HANDLE pub, priv;
+  EXPECT_EQ(GenPair(s, CKM_EC_KEY_PAIR_GEN, "soft", &pub, &priv, VAULTP11_PROTECTION_SOFTWARE),
+            CKR_ATTRIBUTE_VALUE_INVALID);
+  CK_OBJECT_CLASS data = CKO_DATA, secret = CKO_SECRET_KEY;
+  CK_KEY_TYPE aes = CKK_AES;
+  CK_BBOOL t = CK_TRUE;
+  std::string label = "s", value = "value";
+  CK_ATTRIBUTE d[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_TOKEN, &t, 1},
+                      {CKA_LABEL, label.data(), label.size()}, {CKA_VALUE, value.data(), value.size()}};
+  CK_OBJECT_HANDLE o;
+  EXPECT_EQ(f->C_CreateObject(s, d, 4, &o), CKR_ATTRIBUTE_VALUE_INVALID);
+  uint8_t key[16] = {0};
+  CK_ATTRIBUTE k[] = {{CKA_CLASS, &secret, sizeof(secret)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                      {CKA_TOKEN, &t, 1}, {CKA_VALUE, key, sizeof(key)}};
+  EXPECT_EQ(f->C_CreateObject(s, k, 4, &o), CKR_ATTRIBUTE_VALUE_INVALID);
+  // The Administrator role does not use keys.
+  CK_SESSION_HANDLE admin = OpenRw(kPoolSlot);
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  ASSERT_EQ(Login(admin, kNoRolePin), CKR_OK);
+  EXPECT_EQ(GenPair(admin, CKM_EC_KEY_PAIR_GEN, "admin-ec", &pub, &priv), CKR_ACTION_PROHIBITED);
+}
+
+TEST_F(PoolTest, KeyCreationNeedsTheSecurityDomain) {
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kFreshSlot);
+  CK_OBJECT_HANDLE pub, priv, k;
+  EXPECT_EQ(GenPair(s, CKM_EC_KEY_PAIR_GEN, "early", &pub, &priv), CKR_FUNCTION_FAILED);
+  EXPECT_EQ(GenPoolAes(s, 32, "early-aes", &k), CKR_FUNCTION_FAILED);
+  for (const char* t : {"fresh-a", "fresh-b"}) {
+    EXPECT_EQ(CountOn(t, CKO_PRIVATE_KEY), 0) << t;
+    EXPECT_EQ(CountOn(t, CKO_SECRET_KEY), 0) << t;
+  }
+}
+
+TEST_F(PoolTest, QuorumNotReachedLeavesNoCopy) {
+  InitPool("qpool");
+  ASSERT_TRUE(DeleteDomain("quorum-b"));
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kQuorumSlot);
+  CK_OBJECT_HANDLE pub, priv, k;
+  EXPECT_EQ(GenPair(s, CKM_RSA_PKCS_KEY_PAIR_GEN, "q-rsa", &pub, &priv), CKR_DEVICE_ERROR);
+  EXPECT_EQ(GenPoolAes(s, 32, "q-aes", &k), CKR_DEVICE_ERROR);
+  for (const char* t : {"quorum-a", "quorum-b"}) {
+    EXPECT_EQ(CountOn(t, CKO_PRIVATE_KEY), 0) << t;
+    EXPECT_EQ(CountOn(t, CKO_PUBLIC_KEY), 0) << t;
+  }
+  EXPECT_EQ(CountOn("quorum-a", CKO_SECRET_KEY), 1);  // the domain key only
+  EXPECT_EQ(CountOn("quorum-b", CKO_SECRET_KEY), 0);
+  EXPECT_TRUE(FindByLabel(s, "q-rsa").empty());
+  EXPECT_TRUE(FindByLabel(s, "q-aes").empty());
+}
+
+}  // namespace
+}  // namespace vaultp11::testing
