@@ -149,6 +149,17 @@ Status FixedOut(std::optional<State>& state, size_t n, CK_BYTE_PTR out, CK_ULONG
   return CopyOut(r.value(), out, out_len);
 }
 
+// C_SignUpdate / C_VerifyUpdate: the first Update makes the operation multi-part; raw
+// (single-part) mechanisms end it with CKR_FUNCTION_NOT_SUPPORTED.
+template <typename State>
+Status MultiPartUpdate(std::optional<State>& st, const char* what, CK_BYTE_PTR in, CK_ULONG in_len) {
+  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", what);
+  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
+  st->multi_part = true;
+  return Finish(st, st->op->Update(In(in, in_len)));
+}
+
 Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key, bool encrypt) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
@@ -332,12 +343,7 @@ Status Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR si
 Status SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   std::lock_guard<std::mutex> l(c.session->mu);
-  auto& st = c.session->sign;
-  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
-  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
-  if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
-  st->multi_part = true;
-  return Finish(st, st->op->Update(In(in, in_len)));
+  return MultiPartUpdate(c.session->sign, "sign", in, in_len);
 }
 
 Status SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
@@ -377,12 +383,7 @@ Status Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR 
 Status VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   std::lock_guard<std::mutex> l(c.session->mu);
-  auto& st = c.session->verify;
-  if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no verify operation");
-  VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
-  if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
-  st->multi_part = true;
-  return Finish(st, st->op->Update(In(in, in_len)));
+  return MultiPartUpdate(c.session->verify, "verify", in, in_len);
 }
 
 Status VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_len) {
