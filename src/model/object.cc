@@ -555,11 +555,14 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
     VAULTP11_ASSIGN_OR_RETURN(gen_member, hsm.pool->GenerationMember());
     gen_token = hsm.pool->members()[gen_member].token;
   }
-  // Inner objects are token objects named by the random CKA_ID; usage follows the outer key
-  // (C_UnwrapKey with an RSA HSM key decrypts in the HSM, so it needs CKA_DECRYPT there).
+  // Inner objects are named by the random CKA_ID; usage follows the outer key (C_UnwrapKey with
+  // an RSA HSM key decrypts in the HSM, so it needs CKA_DECRYPT there). A vault's session key
+  // is an inner session object (on the inner login session: gone at C_Finalize at the latest);
+  // pool keys are token objects, as replication makes them on every member.
+  const bool inner_token = in_pool || priv.GetBool(CKA_TOKEN);
   p11::AttrTemplate it_pub, it_priv;
-  it_pub.Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, false).Bool(CKA_VERIFY, true).Data(CKA_ID, ref.inner_id);
-  it_priv.Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, in_pool)
+  it_pub.Bool(CKA_TOKEN, inner_token).Bool(CKA_PRIVATE, false).Bool(CKA_VERIFY, true).Data(CKA_ID, ref.inner_id);
+  it_priv.Bool(CKA_TOKEN, inner_token).Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, in_pool)
       .Bool(CKA_SIGN, priv.GetBool(CKA_SIGN)).Data(CKA_ID, ref.inner_id);
   if (in_pool) it_priv.Bool(CKA_WRAP_WITH_TRUSTED, true);
   if (spec.type == CKK_RSA) {

@@ -251,6 +251,22 @@ TEST_F(HsmTest, KeyRemovedFromTheHsmBehindOurBackIsADeviceError) {
   EXPECT_EQ(f->C_SignInit(s, &m, priv), CKR_DEVICE_ERROR);
 }
 
+TEST_F(HsmTest, SessionKeysAreNotKeptInTheHsm) {
+  CK_SESSION_HANDLE s = LoggedInRw(1);
+  CK_OBJECT_HANDLE pub, priv;
+  GenEc(s, kP256, "short-lived", &pub, &priv, /*token=*/false);
+  EXPECT_EQ(Protection(s, priv), VAULTP11_PROTECTION_HSM);
+  CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+  auto data = Bytes("session key");
+  EXPECT_EQ(Verify(s, m, pub, data, Sign(s, m, priv, data)), CKR_OK);
+  auto inner_id = GetAttr(s, priv, CKA_VAULTP11_HSM_KEY_ID);
+  EXPECT_EQ(CountInSoftHsm(inner_id, CKO_PRIVATE_KEY), 1);  // a session object while in use
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  EXPECT_EQ(CountInSoftHsm(inner_id, CKO_PRIVATE_KEY), 0);
+  EXPECT_EQ(CountInSoftHsm(inner_id, CKO_PUBLIC_KEY), 0);
+}
+
 TEST_F(HsmTest, UnavailableHsmLeavesTheModuleWorkingAndSaysWhy) {
   ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
   initialized = false;
