@@ -140,6 +140,11 @@ class Loader {
                                               int line,
                                               std::initializer_list<std::string_view> allowed);
   Result<std::string> String(const Entry& e, std::string_view path);
+  // The `name` of list item `path`: required, valid (IsValidName) and unique in `seen`, ignoring
+  // case (names that differ only in case would be confusable as token labels and in logs).
+  // Returns the name and its line; `kind` names the list in the duplicate message.
+  Result<std::pair<std::string, int>> UniqueName(std::map<std::string, Entry>& f, std::string_view path, int line,
+                                                 std::string_view kind, std::map<std::string, int>& seen);
   Status RequireMap(const YAML::Node& n, std::string_view path, int line);
   Status RequireList(const YAML::Node& n, std::string_view path, int line);
   std::string Resolve(const std::string& p) const;
@@ -182,6 +187,22 @@ Result<std::map<std::string, Entry>> Loader::Fields(
     out.emplace(name, Entry{k, kv.second});
   }
   return out;
+}
+
+Result<std::pair<std::string, int>> Loader::UniqueName(std::map<std::string, Entry>& f, std::string_view path,
+                                                       int line, std::string_view kind,
+                                                       std::map<std::string, int>& seen) {
+  auto name = f.find("name");
+  if (name == f.end()) return Fail(line, Child(path, "name"), "is required");
+  VAULTP11_ASSIGN_OR_RETURN(std::string v, String(name->second, Child(path, "name")));
+  int nline = LineOf(name->second, line);
+  if (!IsValidName(v))
+    return Fail(nline, Child(path, "name"), "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", Quote(v));
+  auto [it, inserted] = seen.emplace(Lower(v), nline);
+  if (!inserted)
+    return Fail(nline, Child(path, "name"), "duplicate {} name {} (first defined at line {})", kind, Quote(v),
+                it->second);
+  return std::make_pair(std::move(v), nline);
 }
 
 Status Loader::RequireMap(const YAML::Node& n, std::string_view path, int line) {
@@ -283,15 +304,8 @@ Status Loader::LoadHsms(const Entry& e, Config& cfg) {
                               {"name", "module", "token", "pin_file", "pin_env", "so_pin_file", "quirks"}));
     for (const char* required : {"name", "module", "token"})
       if (f.find(required) == f.end()) return Fail(h.line, Child(path, required), "is required");
-    VAULTP11_ASSIGN_OR_RETURN(h.name, String(f["name"], Child(path, "name")));
-    int nline = LineOf(f["name"], h.line);
-    if (!IsValidName(h.name))
-      return Fail(nline, Child(path, "name"), "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -",
-                  Quote(h.name));
-    auto [it, inserted] = seen.emplace(Lower(h.name), nline);
-    if (!inserted)
-      return Fail(nline, Child(path, "name"), "duplicate hsm name {} (first defined at line {})", Quote(h.name),
-                  it->second);
+    VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, h.line, "hsm", seen));
+    h.name = std::move(name.first);
     VAULTP11_ASSIGN_OR_RETURN(std::string module, String(f["module"], Child(path, "module")));
     h.module = Resolve(module);
     VAULTP11_ASSIGN_OR_RETURN(h.token, String(f["token"], Child(path, "token")));
@@ -333,18 +347,8 @@ Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
     VaultConfig v;
     v.line = LineOf(item, line);
     VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, v.line, {"name", "sku", "hsms", "default_protection"}));
-    auto name = f.find("name");
-    if (name == f.end()) return Fail(v.line, Child(path, "name"), "is required");
-    VAULTP11_ASSIGN_OR_RETURN(v.name, String(name->second, Child(path, "name")));
-    int nline = LineOf(name->second, v.line);
-    if (!IsValidName(v.name))
-      return Fail(nline, Child(path, "name"),
-                  "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", Quote(v.name));
-    // Vault names become token labels; two that differ only in case would be confusable.
-    auto [it, inserted] = seen.emplace(Lower(v.name), nline);
-    if (!inserted)
-      return Fail(nline, Child(path, "name"), "duplicate vault name {} (first defined at line {})",
-                  Quote(v.name), it->second);
+    VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, v.line, "vault", seen));
+    v.name = std::move(name.first);
     if (auto sku = f.find("sku"); sku != f.end()) {
       VAULTP11_ASSIGN_OR_RETURN(v.sku, String(sku->second, Child(path, "sku")));
       if (!Contains(kSkus, v.sku))
@@ -385,20 +389,14 @@ Status Loader::LoadPools(const Entry& e, Config& cfg) {
     VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "hsms", "quorum"}));
     for (const char* required : {"name", "hsms"})
       if (f.find(required) == f.end()) return Fail(pc.line, Child(path, required), "is required");
-    VAULTP11_ASSIGN_OR_RETURN(pc.name, String(f["name"], Child(path, "name")));
-    int nline = LineOf(f["name"], pc.line);
-    if (!IsValidName(pc.name))
-      return Fail(nline, Child(path, "name"),
-                  "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", Quote(pc.name));
+    VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, pc.line, "pool", seen));
+    pc.name = std::move(name.first);
+    int nline = name.second;
     // Pools and vaults share the slot list and the store: one namespace, case-insensitive.
     for (const VaultConfig& v : cfg.vaults)
       if (Lower(v.name) == Lower(pc.name))
         return Fail(nline, Child(path, "name"), "{} is already the name of a vault (line {})",
                     Quote(pc.name), v.line);
-    auto [it, inserted] = seen.emplace(Lower(pc.name), nline);
-    if (!inserted)
-      return Fail(nline, Child(path, "name"), "duplicate pool name {} (first defined at line {})",
-                  Quote(pc.name), it->second);
     const Entry& hs = f["hsms"];
     int hline = LineOf(hs, pc.line);
     VAULTP11_ASSIGN_OR_RETURN(pc.hsms, StringList(hs, Child(path, "hsms")));
@@ -475,19 +473,8 @@ Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
     PrincipalConfig pc;
     pc.line = LineOf(item, line);
     VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "auth", "secrets"}));
-    auto name = f.find("name");
-    if (name == f.end()) return Fail(pc.line, Child(path, "name"), "is required");
-    VAULTP11_ASSIGN_OR_RETURN(pc.name, String(name->second, Child(path, "name")));
-    int nline = LineOf(name->second, pc.line);
-    if (!IsValidName(pc.name))
-      return Fail(nline, Child(path, "name"),
-                  "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", Quote(pc.name));
-    // Principals appear in audit records; names differing only in case would be confusable.
-    auto [it, inserted] = seen.emplace(Lower(pc.name), nline);
-    if (!inserted)
-      return Fail(nline, Child(path, "name"),
-                  "duplicate principal name {} (first defined at line {})", Quote(pc.name),
-                  it->second);
+    VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, pc.line, "principal", seen));
+    pc.name = std::move(name.first);
     auto auth = f.find("auth");
     if (auth == f.end()) return Fail(pc.line, Child(path, "auth"), "is required");
     VAULTP11_ASSIGN_OR_RETURN(pc.auth, String(auth->second, Child(path, "auth")));
