@@ -180,16 +180,20 @@ Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
   return OkStatus();
 }
 
+// Checks an encrypt/decrypt call that returns output: the operation must be active, and a
+// NULL length pointer ends it (spec 5.2: errors other than CKR_BUFFER_TOO_SMALL end it).
+Status CheckCipherCall(std::optional<CipherState>& slot, bool encrypt, CK_ULONG_PTR out_len) {
+  if (!slot) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", encrypt ? "encrypt" : "decrypt");
+  if (out_len == nullptr) return Finish(slot, Err(CKR_ARGUMENTS_BAD, "output length pointer is NULL"));
+  return OkStatus();
+}
+
 Status CipherOneShot(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len,
                      bool encrypt) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
-  if (!slot) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", encrypt ? "encrypt" : "decrypt");
-  if (out_len == nullptr) {
-    slot.reset();
-    return Err(CKR_ARGUMENTS_BAD, "output length pointer is NULL");
-  }
+  VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
   VAULTP11_RETURN_IF_ERROR(Finish(slot, CheckInput(in, in_len)));
   if (slot->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part operation is in progress");
   auto data = In(in, in_len);
@@ -201,16 +205,9 @@ Status CipherUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYT
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
-  if (!slot) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", encrypt ? "encrypt" : "decrypt");
-  if (out_len == nullptr) {
-    slot.reset();
-    return Err(CKR_ARGUMENTS_BAD, "output length pointer is NULL");
-  }
+  VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
   VAULTP11_RETURN_IF_ERROR(Finish(slot, CheckInput(in, in_len)));
-  if (!slot->op->SupportsMultiPart()) {
-    slot.reset();
-    return Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only");
-  }
+  if (!slot->op->SupportsMultiPart()) return Finish(slot, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
   slot->multi_part = true;
   auto data = In(in, in_len);
   return CipherOut(slot, out, out_len, false, [&](CipherState& st) { return st.op->Update(data); });
@@ -220,15 +217,8 @@ Status CipherFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len, b
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
-  if (!slot) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", encrypt ? "encrypt" : "decrypt");
-  if (out_len == nullptr) {
-    slot.reset();
-    return Err(CKR_ARGUMENTS_BAD, "output length pointer is NULL");
-  }
-  if (!slot->op->SupportsMultiPart()) {
-    slot.reset();
-    return Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only");
-  }
+  VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
+  if (!slot->op->SupportsMultiPart()) return Finish(slot, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
   return CipherOut(slot, out, out_len, true, [&](CipherState& st) { return st.op->Final(); });
 }
 
