@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/ossl/ossl_backend.h"
+#include "hex.h"
 #include "matchers.h"
 
 namespace vaultp11::ossl {
@@ -21,24 +22,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::SizeIs;
 
-Bytes Hex(std::string_view s) {
-  Bytes out;
-  int hi = -1;
-  for (char c : s) {
-    int v;
-    if (c >= '0' && c <= '9') v = c - '0';
-    else if (c >= 'a' && c <= 'f') v = c - 'a' + 10;
-    else if (c >= 'A' && c <= 'F') v = c - 'A' + 10;
-    else continue;
-    if (hi < 0) {
-      hi = v;
-    } else {
-      out.push_back(static_cast<uint8_t>(hi << 4 | v));
-      hi = -1;
-    }
-  }
-  return out;
-}
+using ::vaultp11::testing::Hex;
 
 const Bytes kP256Oid = Hex("06082A8648CE3D030107");
 const Bytes kP384Oid = Hex("06052B81040022");
