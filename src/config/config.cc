@@ -386,7 +386,7 @@ Status Loader::LoadPools(const Entry& e, Config& cfg) {
     std::string path = Index("managed_hsm_pools", i);
     ManagedHsmPoolConfig pc;
     pc.line = LineOf(item, line);
-    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "hsms", "quorum"}));
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "hsms", "quorum", "health_check_ms"}));
     for (const char* required : {"name", "hsms"})
       if (f.find(required) == f.end()) return Fail(pc.line, Child(path, required), "is required");
     VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, pc.line, "pool", seen));
@@ -412,20 +412,25 @@ Status Loader::LoadPools(const Entry& e, Config& cfg) {
                     "hsm {} is listed twice (also hsms[{}]): each member holds one copy", Quote(h),
                     m->second);
     }
-    if (auto q = f.find("quorum"); q != f.end()) {
+    // Whole numbers from lo to hi.
+    auto number = [&](const char* key, int lo, int hi, const char* unit, int& out) -> Status {
+      auto q = f.find(key);
+      if (q == f.end()) return OkStatus();
       int qline = LineOf(q->second, pc.line);
-      VAULTP11_ASSIGN_OR_RETURN(std::string qs, String(q->second, Child(path, "quorum")));
-      int n = 0;
-      bool ok = !qs.empty() && qs.size() <= 4;
+      VAULTP11_ASSIGN_OR_RETURN(std::string qs, String(q->second, Child(path, key)));
+      long long n = 0;
+      bool ok = !qs.empty() && qs.size() <= 9;
       for (char c : qs) {
         ok = ok && c >= '0' && c <= '9';
         if (ok) n = n * 10 + (c - '0');
       }
-      if (!ok || n < 1 || static_cast<size_t>(n) > pc.hsms.size())
-        return Fail(qline, Child(path, "quorum"), "must be a whole number from 1 to {} (the pool's members), got {}",
-                    pc.hsms.size(), Quote(qs));
-      pc.quorum = n;
-    }
+      if (!ok || n < lo || n > hi)
+        return Fail(qline, Child(path, key), "must be a whole number from {} to {}{}, got {}", lo, hi, unit, Quote(qs));
+      out = static_cast<int>(n);
+      return OkStatus();
+    };
+    VAULTP11_RETURN_IF_ERROR(number("quorum", 1, static_cast<int>(pc.hsms.size()), " (the pool's members)", pc.quorum));
+    VAULTP11_RETURN_IF_ERROR(number("health_check_ms", 10, 3600000, " (milliseconds)", pc.health_check_ms));
     cfg.managed_hsm_pools.push_back(std::move(pc));
   }
   return OkStatus();

@@ -47,6 +47,7 @@ struct ManagedHsmPoolConfig {
   std::string name;               // 1-127 chars of 0-9 a-z A-Z -; distinct from every vault
   std::vector<std::string> hsms;  // members: names from hsms[], each once
   int quorum = 0;                 // copies needed before a new key is handed out; 0: default
+  int health_check_ms = 5000;     // how often members out of service are probed (10..3600000)
   int line = 0;
 
   // The quorum for `healthy` members now: the configured one, else all healthy members but

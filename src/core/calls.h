@@ -20,6 +20,7 @@ Status GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info);
 Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info);
 Status GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count);
 Status GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info);
+Status WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved);
 // Sessions (5.6)
 Status OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR out);
 Status CloseSession(CK_SESSION_HANDLE h);

@@ -7,6 +7,7 @@
 #include "core/calls.h"
 #include "core/context.h"
 #include "core/mechanisms.h"
+#include "core/pool_ops.h"
 
 namespace vaultp11::core {
 
@@ -69,6 +70,8 @@ Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const C
     if (!found) return Err(CKR_MECHANISM_INVALID, "mechanism not in the key's CKA_ALLOWED_MECHANISMS");
   }
   if (const model::HsmKey* hsm = o->material->hsm()) {
+    // A pool key's member is chosen per operation (pool_ops.h).
+    if (hsm->pool) return PreparedKey{std::move(o), {}, hsm};
     VAULTP11_ASSIGN_OR_RETURN(model::InnerKeyRef ik, o->material->HsmTarget());
     return PreparedKey{std::move(o), {}, hsm, ik.handle, std::move(ik.token)};
   }
@@ -168,7 +171,8 @@ Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
   if (slot) return Err(CKR_OPERATION_ACTIVE, "an {} operation is active", encrypt ? "encrypt" : "decrypt");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, encrypt ? kEncryptUse : kDecryptUse));
   // HSM keys (a pair's private half, a pool's AES key) run in the HSM; public keys in-process.
-  auto op = k.hsm ? WithHsmHandle(k,
+  auto op = k.hsm && k.hsm->pool ? NewPoolCipherOp(k.object, *mech, encrypt)
+            : k.hsm ? WithHsmHandle(k,
                                   [&](CK_OBJECT_HANDLE ih) {
                                     return encrypt ? p11::NewInnerEncryptOp(k.hsm_token, ih, *mech)
                                                    : p11::NewInnerDecryptOp(k.hsm_token, ih, *mech);
@@ -309,10 +313,12 @@ Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key
   std::lock_guard<std::mutex> l(c.session->mu);
   if (c.session->sign) return Err(CKR_OPERATION_ACTIVE, "a sign operation is active");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kSignUse));
-  VAULTP11_ASSIGN_OR_RETURN(auto op, k.hsm ? WithHsmHandle(k,
+  const size_t hsm_sig_len = k.hsm ? HsmSignatureLength(*k.object) : 0;
+  VAULTP11_ASSIGN_OR_RETURN(auto op, k.hsm && k.hsm->pool ? NewPoolSignOp(k.object, *mech, hsm_sig_len)
+                                     : k.hsm ? WithHsmHandle(k,
                                                              [&](CK_OBJECT_HANDLE ih) {
                                                                return p11::NewInnerSignOp(k.hsm_token, ih, *mech,
-                                                                                          HsmSignatureLength(*k.object));
+                                                                                          hsm_sig_len);
                                                              })
                                            : ossl::NewSignOp(k.key, *mech));
   c.session->sign = SignState{std::move(op), std::move(k.object), false};

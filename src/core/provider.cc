@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "auth/access.h"
 #include "auth/secret_hash.h"
@@ -48,26 +50,66 @@ Result<SecureString> ReadPin(const config::HsmConfig& h) {
   return ReadPinFile(h.pin_file, "hsm " + h.name + ": pin_file");
 }
 
+// Opens one configured HSM's token (module loaded once per process).
+Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h) {
+  VAULTP11_ASSIGN_OR_RETURN(auto quirks, p11::Quirks::Parse(h.quirks));
+  VAULTP11_ASSIGN_OR_RETURN(auto module, p11::InnerModule::Load(h.module, quirks));
+  VAULTP11_ASSIGN_OR_RETURN(auto pin, ReadPin(h));
+  VAULTP11_ASSIGN_OR_RETURN(auto token, p11::InnerToken::Open(module, h.token, pin));
+  return std::shared_ptr<p11::InnerToken>(std::move(token));
+}
+
 // Opens one configured HSM. A failure is kept as the reason the vault's HSM is unavailable:
 // the module still initialises and its software keys keep working.
 model::HsmKey OpenHsm(const config::HsmConfig& h) {
   model::HsmKey k;
-  auto fail = [&](const Error& e) {
-    k.unavailable = e.message;
-    log::Error("hsm {}: unavailable: {}", h.name, e.message);
+  auto token = OpenHsmToken(h);
+  if (!token.ok()) {
+    k.unavailable = token.error().message;
+    log::Error("hsm {}: unavailable: {}", h.name, k.unavailable);
     return k;
-  };
-  auto quirks = p11::Quirks::Parse(h.quirks);
-  if (!quirks.ok()) return fail(quirks.error());
-  auto module = p11::InnerModule::Load(h.module, quirks.value());
-  if (!module.ok()) return fail(module.error());
-  auto pin = ReadPin(h);
-  if (!pin.ok()) return fail(pin.error());
-  auto token = p11::InnerToken::Open(module.value(), h.token, pin.value());
-  if (!token.ok()) return fail(token.error());
-  k.token = std::shared_ptr<p11::InnerToken>(std::move(token).value());
+  }
+  k.token = std::move(token).value();
   log::Info("hsm {}: {}", h.name, k.token->description());
   return k;
+}
+
+// Slot events (C_WaitForSlotEvent): a pool member leaving or rejoining service changes what
+// the pool's slot reports. Kept outside the Provider (and never destroyed) so C_Finalize can
+// release blocked waiters; `run` counts C_Initialize / C_Finalize so stale posts are dropped.
+struct SlotEvents {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<CK_SLOT_ID> pending;
+  uint64_t run = 0;
+};
+
+SlotEvents& Events() {
+  static SlotEvents* events = new SlotEvents();
+  return *events;
+}
+
+void PostSlotEvent(uint64_t run, CK_SLOT_ID slot) {
+  SlotEvents& e = Events();
+  {
+    std::lock_guard<std::mutex> l(e.mu);
+    if (e.run != run) return;
+    e.pending.insert(slot);
+  }
+  e.cv.notify_all();
+}
+
+// Starts a new run of slot events (C_Initialize, C_Finalize) and wakes waiters of the old one.
+uint64_t NewEventRun() {
+  SlotEvents& e = Events();
+  uint64_t run;
+  {
+    std::lock_guard<std::mutex> l(e.mu);
+    run = ++e.run;
+    e.pending.clear();
+  }
+  e.cv.notify_all();
+  return run;
 }
 
 }  // namespace
@@ -104,20 +146,33 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   // Managed HSM pools: one slot each after the vaults, in config order. Their key metadata
   // lives in the store under the pool's name (names never clash with vaults).
   for (const auto& pc : p->config_.managed_hsm_pools) {
-    std::vector<pool::Member> members;
+    std::vector<pool::MemberSpec> members;
     for (const auto& name : pc.hsms) {
       const model::HsmKey& h = hsms[name];
-      members.push_back(pool::Member{name, h.token, h.unavailable});
+      config::HsmConfig hc = *p->config_.FindHsm(name);
+      members.push_back(pool::MemberSpec{name, h.token, h.unavailable, [hc] { return OpenHsmToken(hc); }});
     }
-    auto hp = std::make_shared<pool::HsmPool>(pc.name, std::move(members), static_cast<size_t>(pc.quorum));
-    if (hp->healthy() < hp->members().size())
-      log::Warning("pool {}: {} of {} members available", pc.name, hp->healthy(), hp->members().size());
+    pool::HsmPool::Options options;
+    options.quorum = static_cast<size_t>(pc.quorum);
+    options.health_check_interval = std::chrono::milliseconds(pc.health_check_ms);
+    auto hp = std::make_shared<pool::HsmPool>(pc.name, std::move(members), options);
+    if (hp->healthy() < hp->size())
+      log::Warning("pool {}: {} of {} members available", pc.name, hp->healthy(), hp->size());
     if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(pc.name));
     auto t = std::make_unique<Token>(slot++, std::move(hp), p->store_.get(), &p->next_object_);
     VAULTP11_RETURN_IF_ERROR(t->Load());
     p->tokens_.push_back(std::move(t));
   }
   (void)p->store_->ExternalChange();  // first call primes the data_version baseline
+  // Pools: the health check copies missed keys (the token's catalog) and reports members
+  // leaving or rejoining service as slot events.
+  const uint64_t run = Events().run;
+  for (auto& t : p->tokens_) {
+    if (!t->is_pool()) continue;
+    Token* tok = t.get();
+    tok->pool()->StartHealthCheck([tok] { return tok->PoolCatalog(); },
+                                  [run, slot = tok->slot_id()] { PostSlotEvent(run, slot); });
+  }
   return p;
 }
 
@@ -218,6 +273,7 @@ Status Initialize(CK_VOID_PTR init_args) {
     reserved = static_cast<const char*>(a->pReserved);
   }
   std::string path = config::ResolvePath(reserved);
+  NewEventRun();
   auto p = Provider::Create(path);
   if (!p.ok()) {
     log::Error("C_Initialize: {}", p.error().message);
@@ -234,6 +290,7 @@ Status Finalize(CK_VOID_PTR reserved) {
   std::lock_guard<std::mutex> l(g_init_mu);
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
   g_provider.store(nullptr);
+  NewEventRun();  // C_WaitForSlotEvent waiters return CKR_CRYPTOKI_NOT_INITIALIZED
   delete p;
   return OkStatus();
 }
@@ -277,7 +334,7 @@ Status GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info) {
   // An unavailable HSM shows in the slot description (the log has the full reason).
   std::string desc;
   if (t->is_pool()) {
-    size_t up = t->pool()->healthy(), all = t->pool()->members().size();
+    size_t up = t->pool()->healthy(), all = t->pool()->size();
     desc = "vaultp11 managed HSM pool " + t->name() + (up < all ? fmt::format(" ({}/{} HSMs up)", up, all) : "");
   } else {
     bool hsm_down = t->hsm() != nullptr && t->hsm()->token == nullptr;
@@ -289,6 +346,28 @@ Status GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info) {
   info->hardwareVersion = {0, 1};
   info->firmwareVersion = {0, 1};
   return OkStatus();
+}
+
+// A slot event is a managed HSM pool's member leaving or rejoining service (the slot's
+// description and token info change); vault slots have none.
+Status WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved) {
+  SlotEvents& e = Events();
+  // The provider is checked under the events lock: C_Finalize clears it before starting a new
+  // run, so a waiter either sees no provider or is woken by that new run.
+  std::unique_lock<std::mutex> l(e.mu);
+  VAULTP11_RETURN_IF_ERROR(GetProvider());
+  if (slot == nullptr || reserved != nullptr) return Err(CKR_ARGUMENTS_BAD, "C_WaitForSlotEvent: bad arguments");
+  const uint64_t run = e.run;
+  for (;;) {
+    if (e.run != run) return Err(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Finalize was called while waiting for a slot event");
+    if (!e.pending.empty()) {
+      *slot = *e.pending.begin();
+      e.pending.erase(e.pending.begin());
+      return OkStatus();
+    }
+    if (flags & CKF_DONT_BLOCK) return Err(CKR_NO_EVENT, "no slot event");
+    e.cv.wait(l);
+  }
 }
 
 Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {

@@ -35,6 +35,20 @@ Token::Token(CK_SLOT_ID slot_id, std::shared_ptr<pool::HsmPool> pool, store::Sto
   hsm_ = std::move(base);
 }
 
+Token::~Token() {
+  if (pool_) pool_->StopHealthCheck();
+}
+
+std::vector<pool::CatalogEntry> Token::PoolCatalog() const {
+  std::vector<pool::CatalogEntry> out;
+  std::shared_lock<std::shared_mutex> l(mu_);
+  for (const auto& [h, o] : objects_) {
+    const model::HsmKey* k = o->material ? o->material->hsm() : nullptr;
+    if (k && k->pool) out.push_back(pool::CatalogEntry{k->object_class, k->inner_id});
+  }
+  return out;
+}
+
 std::shared_ptr<model::Object> Token::FromRecord(const store::ObjectRecord& rec, Status* st) {
   auto attrs = model::AttributeMap::Deserialize(rec.attributes);
   if (!attrs.ok()) {

@@ -31,6 +31,10 @@ class Token {
   Token(CK_SLOT_ID slot_id, std::shared_ptr<pool::HsmPool> pool, store::Store* store,
         std::atomic<CK_OBJECT_HANDLE>* next_handle);
 
+  ~Token();  // stops a pool's health check
+  Token(const Token&) = delete;
+  Token& operator=(const Token&) = delete;
+
   CK_SLOT_ID slot_id() const { return slot_id_; }
   const std::string& name() const { return name_; }
   const std::string& serial() const { return serial_; }
@@ -47,6 +51,8 @@ class Token {
   // The pool behind a managed HSM pool's token, else null.
   const std::shared_ptr<pool::HsmPool>& pool() const { return pool_; }
   bool is_pool() const { return pool_ != nullptr; }
+  // A pool token's keys as the pool's health check copies them (class and inner CKA_ID).
+  std::vector<pool::CatalogEntry> PoolCatalog() const;
 
   // Reads every object of the vault from the store (at C_Initialize).
   Status Load();

@@ -4,6 +4,7 @@
 #include <array>
 #include <cstring>
 #include <set>
+#include <tuple>
 
 namespace vaultp11::model {
 
@@ -16,44 +17,40 @@ Material::Material(Loader loader) : loader_(std::move(loader)) {}
 Material::Material(HsmKey hsm) : hsm_(std::move(hsm)) {}
 
 Result<InnerKeyRef> Material::HsmTarget() {
-  if (!hsm_) return Err(CKR_GENERAL_ERROR, "not an HSM key");
-  if (!hsm_->pool) {
-    VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE h, HsmHandle());
-    return InnerKeyRef{hsm_->token, h};
-  }
+  if (!hsm_ || hsm_->pool) return Err(CKR_GENERAL_ERROR, "not a vault HSM key");
+  VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE h, HsmHandle());
+  return InnerKeyRef{hsm_->token, h};
+}
+
+Result<CK_OBJECT_HANDLE> Material::PoolHandle(const pool::MemberLease& lease) {
+  if (!hsm_ || !hsm_->pool || !lease) return Err(CKR_GENERAL_ERROR, "not a pool key");
+  const uint64_t epoch = lease.token->module()->object_epoch();
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (hsm_member_ && hsm_handle_ != CK_INVALID_HANDLE && hsm_epoch_ == hsm_member_->module()->object_epoch())
-      return InnerKeyRef{hsm_member_, hsm_handle_};
+    if (lease.index < member_handles_.size()) {
+      const MemberHandle& c = member_handles_[lease.index];
+      if (c.handle != CK_INVALID_HANDLE && c.generation == lease.generation && c.epoch == epoch) return c.handle;
+    }
   }
-  // First healthy member that holds a copy (balancing and failover come with part 5).
   p11::AttrTemplate t;
   t.Ulong(CKA_CLASS, hsm_->object_class).Data(CKA_ID, hsm_->inner_id);
-  std::string why;
-  for (const pool::Member& m : hsm_->pool->members()) {
-    if (!m.token) continue;
-    uint64_t epoch = m.token->module()->object_epoch();
-    auto found = m.token->FindObjects(t, 2);
-    if (!found.ok()) {
-      why += fmt::format("; hsm {}: {}", m.name, found.error().message);
-      continue;
-    }
-    if (found->size() != 1) continue;
-    std::lock_guard<std::mutex> l(mu_);
-    hsm_member_ = m.token;
-    hsm_handle_ = (*found)[0];
-    hsm_epoch_ = epoch;
-    return InnerKeyRef{hsm_member_, hsm_handle_};
-  }
-  return Err(CKR_DEVICE_ERROR, "the key is on no available member of pool {}{}", hsm_->pool->name(), why);
+  VAULTP11_ASSIGN_OR_RETURN(auto found, lease.token->FindObjects(t, 2));
+  if (found.size() != 1)
+    return Err(found.empty() ? CKR_KEY_HANDLE_INVALID : CKR_DEVICE_ERROR, "hsm {} of pool {} holds {} copies of the key",
+               hsm_->pool->member_name(lease.index), hsm_->pool->name(), found.empty() ? "no" : "two");
+  std::lock_guard<std::mutex> l(mu_);
+  if (member_handles_.size() < hsm_->pool->size()) member_handles_.resize(hsm_->pool->size());
+  member_handles_[lease.index] = MemberHandle{found[0], lease.generation, epoch};
+  return found[0];
+}
+
+void Material::ForgetPoolHandle(size_t member) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (member < member_handles_.size()) member_handles_[member] = MemberHandle{};
 }
 
 Result<CK_OBJECT_HANDLE> Material::HsmHandle() {
-  if (!hsm_) return Err(CKR_GENERAL_ERROR, "not an HSM key");
-  if (hsm_->pool) {
-    VAULTP11_ASSIGN_OR_RETURN(InnerKeyRef r, HsmTarget());
-    return r.handle;
-  }
+  if (!hsm_ || hsm_->pool) return Err(CKR_GENERAL_ERROR, "not a vault HSM key");
   if (!hsm_->token) return Err(CKR_DEVICE_ERROR, "the vault's HSM is unavailable: {}", hsm_->unavailable);
   uint64_t epoch = hsm_->token->module()->object_epoch();
   {
@@ -521,6 +518,29 @@ Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_
   return kp;
 }
 
+namespace {
+
+// Runs a generation `fn(token)` on a pool member that holds the security domain; a member that
+// fails is taken out of service and the next one tried. Returns (member, its token, fn's value).
+template <typename Fn>
+auto OnPoolMember(const pool::HsmPool& pool, Fn fn)
+    -> Result<std::tuple<size_t, std::shared_ptr<p11::InnerToken>,
+                         std::remove_cvref_t<decltype(fn(std::declval<const p11::InnerToken&>()).value())>>> {
+  std::vector<bool> exclude(pool.size());
+  for (;;) {
+    VAULTP11_ASSIGN_OR_RETURN(size_t i, pool.GenerationMember(exclude));
+    exclude[i] = true;
+    uint64_t generation = pool.Generation(i);
+    auto token = pool.Token(i);
+    if (!token) continue;
+    auto r = fn(*token);
+    if (r.ok()) return std::make_tuple(i, std::move(token), std::move(r).value());
+    if (!pool.ReportFailure(i, generation, r.error())) return r.error();
+  }
+}
+
+}  // namespace
+
 Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_t, const AttributeMap& priv_t,
                                    const HsmKey& hsm) {
   VAULTP11_ASSIGN_OR_RETURN(PairSpec spec, CheckPairTemplates(mech, pub_t, priv_t));
@@ -551,10 +571,6 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
   std::shared_ptr<p11::InnerToken> gen_token = hsm.token;
   size_t gen_member = 0;
   const bool in_pool = hsm.pool != nullptr;
-  if (in_pool) {
-    VAULTP11_ASSIGN_OR_RETURN(gen_member, hsm.pool->GenerationMember());
-    gen_token = hsm.pool->members()[gen_member].token;
-  }
   // Inner objects are named by the random CKA_ID; usage follows the outer key (C_UnwrapKey with
   // an RSA HSM key decrypts in the HSM, so it needs CKA_DECRYPT there). A vault's session key
   // is an inner session object (on the inner login session: gone at C_Finalize at the latest);
@@ -572,7 +588,15 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
     it_pub.Data(CKA_EC_PARAMS, spec.ec_params);
   }
   CK_MECHANISM m{mech, nullptr, 0};
-  VAULTP11_ASSIGN_OR_RETURN(p11::KeyPairHandles handles, gen_token->GenerateKeyPair(m, it_pub, it_priv));
+  p11::KeyPairHandles handles;
+  if (in_pool) {
+    VAULTP11_ASSIGN_OR_RETURN(auto g, OnPoolMember(*hsm.pool, [&](const p11::InnerToken& t) {
+                                return t.GenerateKeyPair(m, it_pub, it_priv);
+                              }));
+    std::tie(gen_member, gen_token, handles) = std::move(g);
+  } else {
+    VAULTP11_ASSIGN_OR_RETURN(handles, gen_token->GenerateKeyPair(m, it_pub, it_priv));
+  }
   // Mirror the public key: read it back from the HSM and build it in-process.
   std::vector<CK_ATTRIBUTE_TYPE> want = spec.type == CKK_RSA
                                             ? std::vector<CK_ATTRIBUTE_TYPE>{CKA_MODULUS, CKA_PUBLIC_EXPONENT}
@@ -604,19 +628,9 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
     return pkey.error();
   }
   if (in_pool) {
-    // The copies: the private key unwrapped under the domain with the same attributes, the
-    // public key created from its public values.
-    p11::AttrTemplate uw, pt;
-    uw.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Ulong(CKA_KEY_TYPE, spec.type).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true)
-        .Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, true).Bool(CKA_WRAP_WITH_TRUSTED, true)
-        .Bool(CKA_SIGN, priv.GetBool(CKA_SIGN)).Data(CKA_ID, ref.inner_id);
-    pt.Ulong(CKA_CLASS, CKO_PUBLIC_KEY).Ulong(CKA_KEY_TYPE, spec.type).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, false)
-        .Bool(CKA_VERIFY, true).Data(CKA_ID, ref.inner_id).Data(want[0], v0).Data(want[1], v1);
-    if (spec.type == CKK_RSA) {
-      uw.Bool(CKA_DECRYPT, priv.GetBool(CKA_DECRYPT) || priv.GetBool(CKA_UNWRAP));
-      pt.Bool(CKA_ENCRYPT, true);
-    }
-    auto copies = hsm.pool->Replicate(gen_member, handles.private_key, ref.inner_id, uw, pt);
+    // The copies: the private key unwrapped under the domain on every other member, with the
+    // public key made from its public values there.
+    auto copies = hsm.pool->Replicate(gen_member, CKO_PRIVATE_KEY, ref.inner_id);
     if (!copies.ok()) {
       cleanup();
       return copies.error();
@@ -689,20 +703,16 @@ Result<std::shared_ptr<Object>> GenerateHsmSecretKey(CK_MECHANISM_TYPE mech, con
   ref.object_class = CKO_SECRET_KEY;
   ref.inner_id.resize(16);
   VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(ref.inner_id));
-  VAULTP11_ASSIGN_OR_RETURN(size_t member, hsm.pool->GenerationMember());
-  const auto& token = hsm.pool->members()[member].token;
-  auto usage = [&](p11::AttrTemplate& t) -> p11::AttrTemplate& {
-    return t.Ulong(CKA_CLASS, CKO_SECRET_KEY).Ulong(CKA_KEY_TYPE, CKK_AES).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true)
-        .Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, true).Bool(CKA_WRAP_WITH_TRUSTED, true)
-        .Bool(CKA_ENCRYPT, a.GetBool(CKA_ENCRYPT)).Bool(CKA_DECRYPT, a.GetBool(CKA_DECRYPT))
-        .Bool(CKA_WRAP, a.GetBool(CKA_WRAP)).Bool(CKA_UNWRAP, a.GetBool(CKA_UNWRAP)).Data(CKA_ID, ref.inner_id);
-  };
-  p11::AttrTemplate gt, uw;
-  usage(gt).Ulong(CKA_VALUE_LEN, *len);
-  usage(uw);
+  p11::AttrTemplate gt;
+  gt.Ulong(CKA_CLASS, CKO_SECRET_KEY).Ulong(CKA_KEY_TYPE, CKK_AES).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, true).Bool(CKA_WRAP_WITH_TRUSTED, true)
+      .Bool(CKA_ENCRYPT, a.GetBool(CKA_ENCRYPT)).Bool(CKA_DECRYPT, a.GetBool(CKA_DECRYPT))
+      .Bool(CKA_WRAP, a.GetBool(CKA_WRAP)).Bool(CKA_UNWRAP, a.GetBool(CKA_UNWRAP)).Data(CKA_ID, ref.inner_id)
+      .Ulong(CKA_VALUE_LEN, *len);
   CK_MECHANISM m{mech, nullptr, 0};
-  VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE h, token->GenerateKey(m, gt));
-  auto copies = hsm.pool->Replicate(member, h, ref.inner_id, uw, {});
+  VAULTP11_ASSIGN_OR_RETURN(auto g, OnPoolMember(*hsm.pool, [&](const p11::InnerToken& t) { return t.GenerateKey(m, gt); }));
+  auto& [member, token, h] = g;
+  auto copies = hsm.pool->Replicate(member, CKO_SECRET_KEY, ref.inner_id);
   if (!copies.ok()) {
     (void)token->DestroyObject(h);
     return copies.error();

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "backend/ossl/ossl_backend.h"
 #include "backend/p11/inner_token.h"
@@ -58,15 +59,17 @@ class Material {
   // The key's inner handle, found by CKA_ID on first use and cached (found again after the
   // inner module reset itself in a forked child). HSM unavailable: CKR_DEVICE_ERROR.
   Result<CK_OBJECT_HANDLE> HsmHandle();
-  // The inner token and handle to use: the vault's HSM, or for a pool key the first healthy
-  // member that holds a copy (found by CKA_ID on first use and cached like HsmHandle).
+  // The inner token and handle to use for a vault's HSM key (HsmHandle with its token).
   Result<InnerKeyRef> HsmTarget();
   // Drops the cached inner handle (the HSM said it is not valid): the next HsmHandle looks again.
   void ForgetHsmHandle() {
     std::lock_guard<std::mutex> l(mu_);
     hsm_handle_ = CK_INVALID_HANDLE;
-    hsm_member_.reset();
   }
+  // A pool key's handle on the member `lease` holds, found by CKA_ID once per member
+  // generation (and module epoch) and cached. The member lacks it: CKR_KEY_HANDLE_INVALID.
+  Result<CK_OBJECT_HANDLE> PoolHandle(const pool::MemberLease& lease);
+  void ForgetPoolHandle(size_t member);
 
   Result<std::shared_ptr<const SecureBytes>> Secret();
   // The key for the backend (class/type decide how the secret or attributes are read).
@@ -81,7 +84,11 @@ class Material {
   std::optional<HsmKey> hsm_;
   CK_OBJECT_HANDLE hsm_handle_ = CK_INVALID_HANDLE;  // guarded by mu_
   uint64_t hsm_epoch_ = 0;                           // guarded by mu_
-  std::shared_ptr<p11::InnerToken> hsm_member_;      // guarded by mu_: pool member of hsm_handle_
+  struct MemberHandle {
+    CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+    uint64_t generation = 0, epoch = 0;
+  };
+  std::vector<MemberHandle> member_handles_;  // guarded by mu_: pool keys, by member
 };
 
 struct Object {

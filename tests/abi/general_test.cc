@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <thread>
 
 #include "fixture.h"
@@ -246,12 +247,27 @@ TEST_F(GeneralTest, UnsupportedFunctionsSaySo) {
   EXPECT_EQ(f->C_VerifyRecoverInit(s, nullptr, 0), CKR_FUNCTION_NOT_SUPPORTED);
   EXPECT_EQ(f->C_DigestEncryptUpdate(s, nullptr, 0, nullptr, &n), CKR_FUNCTION_NOT_SUPPORTED);
   EXPECT_EQ(f->C_DeriveKey(s, nullptr, 0, nullptr, 0, nullptr), CKR_FUNCTION_NOT_SUPPORTED);
-  CK_SLOT_ID slot;
-  EXPECT_EQ(f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &slot, nullptr), CKR_FUNCTION_NOT_SUPPORTED);
   EXPECT_EQ(f->C_GetFunctionStatus(s), CKR_FUNCTION_NOT_PARALLEL);
   EXPECT_EQ(f->C_CancelFunction(s), CKR_FUNCTION_NOT_PARALLEL);
   CK_BYTE seed[4] = {};
   EXPECT_EQ(f->C_SeedRandom(s, seed, 4), CKR_RANDOM_SEED_NOT_SUPPORTED);
+}
+
+// Vault slots have no events; a blocked waiter returns when the module is finalised (spec 5.5).
+TEST_F(GeneralTest, WaitForSlotEventHasNoVaultEventsAndEndsAtFinalize) {
+  CK_SLOT_ID slot = 99;
+  EXPECT_EQ(f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &slot, nullptr), CKR_NO_EVENT);
+  EXPECT_EQ(f->C_WaitForSlotEvent(CKF_DONT_BLOCK, nullptr, nullptr), CKR_ARGUMENTS_BAD);
+  EXPECT_EQ(f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &slot, &slot), CKR_ARGUMENTS_BAD);
+  std::promise<CK_RV> waited;
+  auto result = waited.get_future();
+  std::thread waiter([&] { waited.set_value(f->C_WaitForSlotEvent(0, &slot, nullptr)); });
+  // The waiter blocks until C_Finalize; whether it got there first or not, it must come back
+  // with CKR_CRYPTOKI_NOT_INITIALIZED.
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  waiter.join();
+  EXPECT_EQ(result.get(), CKR_CRYPTOKI_NOT_INITIALIZED);
 }
 
 TEST_F(GeneralTest, GenerateRandomFillsTheBuffer) {

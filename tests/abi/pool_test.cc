@@ -25,10 +25,33 @@ constexpr char kSoPin[] = "so-5555";
 
 const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SoftHsmEnvironment(
     {{"pool-a", kPin, kSoPin}, {"pool-b", kPin, kSoPin}, {"pool-c", kPin, kSoPin}, {"quorum-a", kPin, kSoPin},
-     {"quorum-b", kPin, kSoPin}, {"fresh-a", kPin, kSoPin}, {"fresh-b", kPin, kSoPin}, {"solo", kPin, kSoPin}}));
+     {"quorum-b", kPin, kSoPin}, {"fresh-a", kPin, kSoPin}, {"fresh-b", kPin, kSoPin}, {"solo", kPin, kSoPin},
+     {"fo-a", kPin, kSoPin}, {"fo-b", kPin, kSoPin}, {"fo-c", kPin, kSoPin}}));
 
 // Slots: payments 0, archive 1, then the pools in config order.
-constexpr CK_SLOT_ID kPoolSlot = 2, kQuorumSlot = 3, kFreshSlot = 4;
+constexpr CK_SLOT_ID kPoolSlot = 2, kQuorumSlot = 3, kFreshSlot = 4, kFailoverSlot = 5;
+const char* const kFailoverMembers[] = {"fo-a", "fo-b", "fo-c"};
+
+// The fault-injection module (tests/fixtures/fault_p11.cc) stands between the module and
+// SoftHSM for the members of pool `fopool`: a file named after a token in FaultDir() makes that
+// token fail. One directory for the whole binary (the module is loaded once per process).
+const std::string& FaultDir() {
+  static TempDir* dir = [] {
+    auto* d = new TempDir();
+    setenv("FAULT_P11_DIR", d->path().c_str(), 1);
+    return d;
+  }();
+  return dir->path();
+}
+void SetFault(const std::string& token, const std::string& mode) { std::ofstream(FaultDir() + "/" + token) << mode << "\n"; }
+void ClearFault(const std::string& token) { unlink((FaultDir() + "/" + token).c_str()); }
+
+// Forwarded calls the fault module counted for `token` ("C_Sign", ...).
+unsigned long FaultCount(const std::string& token, const char* function) {
+  void* h = dlopen(std::getenv("VAULTP11_FAULT_MODULE"), RTLD_NOW | RTLD_NOLOAD);
+  auto count = h ? reinterpret_cast<unsigned long (*)(const char*, const char*)>(dlsym(h, "fault_p11_count")) : nullptr;
+  return count ? count(token.c_str(), function) : ~0UL;
+}
 
 // SoftHSM's own module, for looking at the members behind the pool's back.
 CK_FUNCTION_LIST* SoftHsm() {
@@ -119,7 +142,15 @@ class PoolTest : public AbiTest {
     ASSERT_NE(std::getenv("VAULTP11_CLI"), nullptr);
     std::ofstream(dir.file("user.pin")) << kPin << "\n";
     std::ofstream(dir.file("so.pin")) << kSoPin << "\n";
+    ASSERT_NE(std::getenv("VAULTP11_FAULT_MODULE"), nullptr);
+    setenv("FAULT_P11_TARGET", SoftHsmEnvironment::Instance()->module_path().c_str(), 1);
+    FaultDir();
     config_path = WritePoolConfig();
+  }
+
+  void TearDown() override {
+    AbiTest::TearDown();
+    for (const char* t : kFailoverMembers) ClearFault(t);
   }
 
   std::string WritePoolConfig(const std::string& extra_pools = "") {
@@ -128,15 +159,20 @@ class PoolTest : public AbiTest {
     for (const char* t : {"pool-a", "pool-b", "pool-c", "quorum-a", "quorum-b", "fresh-a", "fresh-b", "solo"})
       top += std::string("  - { name: ") + t + ", module: " + module + ", token: " + t + ", pin_file: " +
              dir.file("user.pin") + ", so_pin_file: " + dir.file("so.pin") + ", quirks: [no-deinit] }\n";
+    for (const char* t : kFailoverMembers)
+      top += std::string("  - { name: ") + t + ", module: " + std::getenv("VAULTP11_FAULT_MODULE") + ", token: " + t +
+             ", pin_file: " + dir.file("user.pin") + ", so_pin_file: " + dir.file("so.pin") + ", quirks: [no-deinit] }\n";
     top += "managed_hsm_pools:\n"
            "  - { name: hsmpool, hsms: [pool-a, pool-b, pool-c] }\n"
            "  - { name: qpool, hsms: [quorum-a, quorum-b], quorum: 2 }\n"
-           "  - { name: fresh, hsms: [fresh-a, fresh-b] }\n" +
+           "  - { name: fresh, hsms: [fresh-a, fresh-b] }\n"
+           "  - { name: fopool, hsms: [fo-a, fo-b, fo-c], health_check_ms: 20 }\n" +
            extra_pools;
     return WriteConfig(
         "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/hsmpool }\n"
         "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/qpool }\n"
         "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/fresh }\n"
+        "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/fopool }\n"
         "  - { principal: norole, role: Managed HSM Administrator, scope: /managedHsms/hsmpool }\n",
         top);
   }
@@ -202,13 +238,46 @@ class PoolTest : public AbiTest {
   }
 
   std::vector<uint8_t> InnerId(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o) { return GetAttr(s, o, CKA_VAULTP11_HSM_KEY_ID); }
+
+  // The slot description ends in "(n/3 HSMs up)" while members are out of service.
+  std::string SlotDescription(CK_SLOT_ID slot) {
+    CK_SLOT_INFO si;
+    if (f->C_GetSlotInfo(slot, &si) != CKR_OK) return "";
+    std::string d(reinterpret_cast<char*>(si.slotDescription), sizeof(si.slotDescription));
+    return d.erase(d.find_last_not_of(' ') + 1);
+  }
+  // Blocks on C_WaitForSlotEvent until `slot` reports `want` (a member is back in service only
+  // once the keys it missed are on it, so the description changes after the copies).
+  void WaitForDescription(CK_SLOT_ID slot, const std::string& want) {
+    while (SlotDescription(slot) != want) {
+      CK_SLOT_ID ev = 0;
+      ASSERT_EQ(f->C_WaitForSlotEvent(0, &ev, nullptr), CKR_OK);
+      EXPECT_EQ(ev, slot);
+    }
+  }
+
+  // Signs `data` with a fresh operation on `s`; returns the CK_RV of the first failing call.
+  CK_RV TrySign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<uint8_t>& data, std::vector<uint8_t>* sig) {
+    CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+    CK_RV rv = f->C_SignInit(s, &m, key);
+    if (rv != CKR_OK) return rv;
+    sig->assign(64, 0);
+    CK_ULONG n = sig->size();
+    rv = f->C_Sign(s, const_cast<uint8_t*>(data.data()), data.size(), sig->data(), &n);
+    sig->resize(n);
+    return rv;
+  }
+
+  unsigned long SignsOn(const char* member) { return FaultCount(member, "C_Sign"); }
 };
+
+const std::string kFailoverUp = "vaultp11 managed HSM pool fopool";
 
 TEST_F(PoolTest, PoolSlotFollowsTheVaults) {
   Start();
   CK_ULONG n = 0;
   ASSERT_EQ(f->C_GetSlotList(CK_TRUE, nullptr, &n), CKR_OK);
-  EXPECT_EQ(n, 5u);
+  EXPECT_EQ(n, 6u);
   CK_TOKEN_INFO ti;
   ASSERT_EQ(f->C_GetTokenInfo(kPoolSlot, &ti), CKR_OK);
   EXPECT_EQ(std::string(reinterpret_cast<char*>(ti.label), 7), "hsmpool");
@@ -362,6 +431,138 @@ TEST_F(PoolTest, QuorumNotReachedLeavesNoCopy) {
   EXPECT_EQ(CountOn("quorum-b", CKO_SECRET_KEY), 0);
   EXPECT_TRUE(FindByLabel(s, "q-rsa").empty());
   EXPECT_TRUE(FindByLabel(s, "q-aes").empty());
+}
+
+
+// Balancing: operations in progress at once go to different members (least outstanding).
+TEST_F(PoolTest, OperationsAreSpreadOverMembers) {
+  InitPool("fopool");
+  Start();
+  CK_SESSION_HANDLE s[3] = {LoggedInRw(kFailoverSlot), OpenRw(kFailoverSlot), OpenRw(kFailoverSlot)};
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(GenPair(s[0], CKM_EC_KEY_PAIR_GEN, "spread", &pub, &priv), CKR_OK);
+  unsigned long before[3];
+  for (int i = 0; i < 3; ++i) before[i] = SignsOn(kFailoverMembers[i]);
+  CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+  for (auto x : s) ASSERT_EQ(f->C_SignInit(x, &m, priv), CKR_OK);
+  auto data = Bytes("spread over members");
+  for (auto x : s) {
+    uint8_t sig[64];
+    CK_ULONG n = sizeof(sig);
+    ASSERT_EQ(f->C_Sign(x, data.data(), data.size(), sig, &n), CKR_OK);
+    EXPECT_EQ(Verify(x, m, pub, data, std::vector<uint8_t>(sig, sig + n)), CKR_OK);
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(SignsOn(kFailoverMembers[i]), before[i] + 1) << kFailoverMembers[i];
+}
+
+// A member killed in the middle of a signing loop, and operations in progress on members that
+// die: the caller sees no failure; the members come back once they answer again.
+TEST_F(PoolTest, MemberKilledMidLoopCausesNoFailedCall) {
+  InitPool("fopool");
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kFailoverSlot);
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(GenPair(s, CKM_EC_KEY_PAIR_GEN, "loop", &pub, &priv), CKR_OK);
+  CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+  int failed = 0;
+  unsigned long a_at_kill = 0;
+  for (int i = 0; i < 300; ++i) {
+    if (i == 100) {
+      SetFault("fo-a", "fail");
+      a_at_kill = SignsOn("fo-a");
+    }
+    auto data = Bytes("message " + std::to_string(i));
+    std::vector<uint8_t> sig;
+    CK_RV rv = TrySign(s, priv, data, &sig);
+    if (rv != CKR_OK || Verify(s, m, pub, data, sig) != CKR_OK) ++failed;
+  }
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(SignsOn("fo-a"), a_at_kill);  // out of service since
+  EXPECT_EQ(SlotDescription(kFailoverSlot), kFailoverUp + " (2/3 HSMs up)");
+
+  // Operations already started on the members that die move to the survivor.
+  ClearFault("fo-a");
+  WaitForDescription(kFailoverSlot, kFailoverUp);
+  CK_SESSION_HANDLE x[3];
+  for (auto& h : x) {
+    h = OpenRw(kFailoverSlot);
+    ASSERT_EQ(f->C_SignInit(h, &m, priv), CKR_OK);  // one on each member
+  }
+  SetFault("fo-a", "fail");
+  SetFault("fo-b", "removed");
+  auto data = Bytes("in flight");
+  unsigned long c_before = SignsOn("fo-c");
+  for (auto h : x) {
+    uint8_t sig[64];
+    CK_ULONG n = sizeof(sig);
+    ASSERT_EQ(f->C_Sign(h, data.data(), data.size(), sig, &n), CKR_OK);
+    EXPECT_EQ(Verify(h, m, pub, data, std::vector<uint8_t>(sig, sig + n)), CKR_OK);
+  }
+  EXPECT_EQ(SignsOn("fo-c"), c_before + 3);
+  // Multi-part input given before the failure is replayed on the next member.
+  ClearFault("fo-a");
+  ClearFault("fo-b");
+  WaitForDescription(kFailoverSlot, kFailoverUp);
+  for (auto h : x) ASSERT_EQ(f->C_SignInit(h, &m, priv), CKR_OK);
+  for (auto h : x) ASSERT_EQ(f->C_SignUpdate(h, data.data(), 4), CKR_OK);
+  SetFault("fo-c", "fail");
+  SetFault("fo-b", "fail");
+  for (auto h : x) {
+    ASSERT_EQ(f->C_SignUpdate(h, data.data() + 4, data.size() - 4), CKR_OK);
+    uint8_t sig[64];
+    CK_ULONG n = sizeof(sig);
+    ASSERT_EQ(f->C_SignFinal(h, sig, &n), CKR_OK);
+    EXPECT_EQ(Verify(h, m, pub, data, std::vector<uint8_t>(sig, sig + n)), CKR_OK);
+  }
+}
+
+// Every member down: CKR_DEVICE_ERROR, then service resumes by itself when one returns.
+TEST_F(PoolTest, AllMembersDownThenRecover) {
+  InitPool("fopool");
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kFailoverSlot);
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(GenPair(s, CKM_EC_KEY_PAIR_GEN, "alldown", &pub, &priv), CKR_OK);
+  for (const char* t : kFailoverMembers) SetFault(t, "fail");
+  std::vector<uint8_t> sig;
+  auto data = Bytes("nobody home");
+  EXPECT_EQ(TrySign(s, priv, data, &sig), CKR_DEVICE_ERROR);
+  EXPECT_EQ(TrySign(s, priv, data, &sig), CKR_DEVICE_ERROR);
+  EXPECT_EQ(SlotDescription(kFailoverSlot), kFailoverUp + " (0/3 HSMs up)");
+  CK_OBJECT_HANDLE p2, k2;
+  EXPECT_EQ(GenPair(s, CKM_EC_KEY_PAIR_GEN, "alldown-2", &p2, &k2), CKR_DEVICE_ERROR);
+  ClearFault("fo-b");
+  WaitForDescription(kFailoverSlot, kFailoverUp + " (1/3 HSMs up)");
+  ASSERT_EQ(TrySign(s, priv, data, &sig), CKR_OK);
+  CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+  EXPECT_EQ(Verify(s, m, pub, data, sig), CKR_OK);
+}
+
+// A key made while a member is down is copied to it before it serves again.
+TEST_F(PoolTest, KeyCreatedWhileMemberDownReachesItWhenItReturns) {
+  InitPool("fopool");
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kFailoverSlot);
+  SetFault("fo-c", "fail");
+  CK_OBJECT_HANDLE pub, priv, aes;
+  ASSERT_EQ(GenPair(s, CKM_RSA_PKCS_KEY_PAIR_GEN, "missed", &pub, &priv), CKR_OK);
+  ASSERT_EQ(GenPoolAes(s, 32, "missed-aes", &aes), CKR_OK);
+  auto id = InnerId(s, priv), aes_id = InnerId(s, aes);
+  EXPECT_EQ(CountOn("fo-c", CKO_PRIVATE_KEY, id), 0);
+  EXPECT_EQ(CountOn("fo-a", CKO_PRIVATE_KEY, id), 1);
+  EXPECT_EQ(CountOn("fo-b", CKO_PRIVATE_KEY, id), 1);
+  ClearFault("fo-c");
+  WaitForDescription(kFailoverSlot, kFailoverUp);
+  EXPECT_EQ(CountOn("fo-c", CKO_PRIVATE_KEY, id), 1);
+  EXPECT_EQ(CountOn("fo-c", CKO_PUBLIC_KEY, id), 1);
+  EXPECT_EQ(CountOn("fo-c", CKO_SECRET_KEY, aes_id), 1);
+  // It serves the key alone.
+  SetFault("fo-a", "fail");
+  SetFault("fo-b", "fail");
+  auto data = Bytes("served by the member that came back");
+  CK_MECHANISM m{CKM_SHA256_RSA_PKCS, nullptr, 0};
+  auto sig = Sign(s, m, priv, data);
+  EXPECT_EQ(Verify(s, m, pub, data, sig), CKR_OK);
 }
 
 }  // namespace

@@ -115,32 +115,66 @@ ${HSMS_YAML:-}
 store: { path: $WORK/store.db }
 vaults:
   - ${VAULT_YAML:-"{ name: payments, sku: standard }"}
+${POOLS_YAML:-}
 principals:
   - name: app
     auth: client_secret
     secrets: [ { hash: "$hash", expires: 2099-12-31 } ]
 role_assignments:
   - { principal: app, role: Key Vault Administrator, scope: /vaults/payments }
+${EXTRA_ROLES_YAML:-}
 EOF
   run "$VAULTP11_CLI" --config "$CONF" init
   export VAULTP11_CONF="$CONF"
   step "deployment in $WORK (config $CONF)"
 }
 
-# make_hsm_deployment: like make_deployment, but "payments" is a premium vault whose key pairs
-# default to a real SoftHSMv2 token made in $WORK (label vault-hsm, user PIN in $HSM_PIN).
+# softhsm_env: a private SoftHSMv2 config and token directory in $WORK (exports SOFTHSM2_CONF);
+# skips the test when SoftHSMv2 is not installed.
 SOFTHSM_MODULE=${VAULTP11_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-make_hsm_deployment() {
+softhsm_env() {
   need softhsm2-util
   [[ -f $SOFTHSM_MODULE ]] || skip "SoftHSMv2 module $SOFTHSM_MODULE not found"
   mkdir -p "$WORK/tokens"
   printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK/tokens" >"$WORK/softhsm2.conf"
   export SOFTHSM2_CONF="$WORK/softhsm2.conf"
+}
+
+# make_hsm_deployment: like make_deployment, but "payments" is a premium vault whose key pairs
+# default to a real SoftHSMv2 token made in $WORK (label vault-hsm, user PIN in $HSM_PIN).
+make_hsm_deployment() {
+  softhsm_env
   HSM_PIN=$(openssl rand -hex 8)
   run softhsm2-util --init-token --free --label vault-hsm --pin "$HSM_PIN" --so-pin "$(openssl rand -hex 8)" >/dev/null
   (umask 077 && printf '%s\n' "$HSM_PIN" >"$WORK/hsm.pin")
   HSMS_YAML="hsms: [ { name: hsm-a, module: $SOFTHSM_MODULE, token: vault-hsm, pin_file: $WORK/hsm.pin, quirks: [no-deinit] } ]"
   VAULT_YAML="{ name: payments, sku: premium, hsms: [hsm-a], default_protection: hsm }"
+  make_deployment
+}
+
+# make_pool_deployment POOL [N]: like make_deployment plus a managed HSM pool POOL over N
+# (default 3) SoftHSMv2 tokens made in $WORK (labels POOL-1..POOL-N, hsms of the same names,
+# user PIN $HSM_PIN and SO PIN $HSM_SO_PIN, both in 0600 files given as pin_file/so_pin_file),
+# quorum N, and "app" holding Managed HSM Crypto User on /managedHsms/POOL. The security domain
+# is not installed: run `vaultp11 pool init POOL`. Sets POOL_TOKENS (the member token labels).
+make_pool_deployment() {
+  local pool=$1 n=${2:-3} i t members=""
+  softhsm_env
+  HSM_PIN=$(openssl rand -hex 8)
+  HSM_SO_PIN=$(openssl rand -hex 8)
+  (umask 077 && printf '%s\n' "$HSM_PIN" >"$WORK/hsm.pin" && printf '%s\n' "$HSM_SO_PIN" >"$WORK/hsm.so-pin")
+  POOL_TOKENS=()
+  HSMS_YAML="hsms:"
+  for ((i = 1; i <= n; i++)); do
+    t="$pool-$i"
+    run softhsm2-util --init-token --free --label "$t" --pin "$HSM_PIN" --so-pin "$HSM_SO_PIN" >/dev/null
+    POOL_TOKENS+=("$t")
+    members+="${members:+, }$t"
+    HSMS_YAML+=$'\n'"  - { name: $t, module: $SOFTHSM_MODULE, token: $t, pin_file: $WORK/hsm.pin, so_pin_file: $WORK/hsm.so-pin, quirks: [no-deinit] }"
+  done
+  POOLS_YAML="managed_hsm_pools:
+  - { name: $pool, hsms: [$members], quorum: $n }"
+  EXTRA_ROLES_YAML="  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/$pool }"
   make_deployment
 }
 
