@@ -177,12 +177,26 @@ struct PoolMember {
 
 }  // namespace
 
-Status PoolInitCommand(const config::Config& cfg, const std::string& name, Io& io) {
-  const config::ManagedHsmPoolConfig* pc = cfg.FindPool(name);
-  if (pc == nullptr) return Err(CKR_ARGUMENTS_BAD, "no pool named {} in {}", Printable(name), cfg.source);
+Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>& pools, Io& io) {
+  // Members of every named pool, each once.
+  std::vector<std::string> hsms;
+  std::string name;  // for messages: "a" or "a, b"
+  std::set<std::string> seen;
+  for (const std::string& pn : pools) {
+    // A premium vault's HSM may hold the domain too (its keys can then be backed up).
+    const config::ManagedHsmPoolConfig* pc = cfg.FindPool(pn);
+    const config::VaultConfig* vc = pc == nullptr ? cfg.FindVault(pn) : nullptr;
+    if (pc == nullptr && (vc == nullptr || vc->hsms.empty()))
+      return Err(CKR_ARGUMENTS_BAD, "no pool or premium vault named {} in {}", Printable(pn), cfg.source);
+    const std::string& canonical = pc ? pc->name : vc->name;
+    if (!seen.insert(canonical).second) return Err(CKR_ARGUMENTS_BAD, "{} is named twice", canonical);
+    name += (name.empty() ? "" : ", ") + canonical;
+    for (const std::string& hn : pc ? pc->hsms : vc->hsms)
+      if (std::find(hsms.begin(), hsms.end(), hn) == hsms.end()) hsms.push_back(hn);
+  }
   // 1. Look at every member first: nothing changes unless all can be read.
   std::vector<PoolMember> members;
-  for (const std::string& hn : pc->hsms) {
+  for (const std::string& hn : hsms) {
     PoolMember m;
     m.hsm = cfg.FindHsm(hn);
     VAULTP11_ASSIGN_OR_RETURN(p11::Quirks q, p11::Quirks::Parse(m.hsm->quirks));
@@ -374,12 +388,23 @@ int Run(int argc, const char* const* argv, Io& io) {
     list->add_option("--vault", list_opts.vault, "Only this vault");
     list->add_flag("--json", list_opts.json, "Print one JSON document");
 
-    std::string pool_name;
+    std::vector<std::string> pool_names;
     CLI::App* pool_cmd = app.add_subcommand("pool", "Administer managed HSM pools");
     pool_cmd->require_subcommand(1);
     CLI::App* pool_init = pool_cmd->add_subcommand(
-        "init", "Install the pool's security domain on every member HSM (SO PINs from hsms[].so_pin_file or a prompt)");
-    pool_init->add_option("pool", pool_name, "Pool name from managed_hsm_pools")->required();
+        "init",
+        "Install one security domain on every member HSM of the named pools (SO PINs from hsms[].so_pin_file or a "
+        "prompt); pools initialised together share it");
+    pool_init->add_option("pool", pool_names, "Pool names from managed_hsm_pools")->required();
+
+    std::string where, key_name, backup_file;
+    CLI::App* backup = app.add_subcommand("backup", "Write an HSM key, wrapped under its security domain, to a new file");
+    backup->add_option("pool|vault", where, "Managed HSM pool, or premium vault")->required();
+    backup->add_option("key", key_name, "Key name (CKA_LABEL)")->required();
+    backup->add_option("file", backup_file, "New file to write (mode 0600)")->required();
+    CLI::App* restore = app.add_subcommand("restore", "Restore a key backup where the same security domain is held");
+    restore->add_option("pool|vault", where, "Managed HSM pool, or premium vault")->required();
+    restore->add_option("file", backup_file, "Backup file")->required();
 
     try {
       app.parse(argc, argv);
@@ -393,7 +418,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list, pool_cmd}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -419,7 +444,11 @@ int Run(int argc, const char* const* argv, Io& io) {
       } else if (list->parsed()) {
         st = ListCommand(cfg.value(), list_opts, io.out);
       } else if (pool_init->parsed()) {
-        st = PoolInitCommand(cfg.value(), pool_name, io);
+        st = PoolInitCommand(cfg.value(), pool_names, io);
+      } else if (backup->parsed()) {
+        st = BackupCommand(cfg.value(), where, key_name, backup_file, io);
+      } else if (restore->parsed()) {
+        st = RestoreCommand(cfg.value(), where, backup_file, io);
       }
     }
     io.out << std::flush;

@@ -7,6 +7,7 @@
 #include <istream>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "util/result.h"
@@ -49,14 +50,28 @@ struct ListOptions {
 // `list`: the configured vaults and their objects (class, label, CKA_ID) from the store.
 Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostream& out);
 
-// `pool init <pool>`: installs the pool's security domain (one trusted AES-256 wrapping key with
-// the same value, CKA_LABEL/CKA_ID "vaultp11-security-domain") on every member through an SO
-// session. The SO PIN comes from hsms[].so_pin_file, else a prompt when io.interactive. Members
-// are compared by the key's check value (CKA_CHECK_VALUE), never by the value: all holding the
-// same domain is success with nothing to do; different domains, or some members with one and
-// others without, are refused with nothing changed. The value lives in memory only while it is
-// installed.
-Status PoolInitCommand(const config::Config& cfg, const std::string& pool, Io& io);
+// `pool init <pool> [<pool>...]`: installs one security domain (one trusted AES-256 wrapping
+// key with the same value, CKA_LABEL/CKA_ID "vaultp11-security-domain") on every member of the
+// named pools (or premium vaults: their HSM) through an SO session; pools initialised together
+// share the domain, so keys backed up from one restore into the other. The SO PIN comes from hsms[].so_pin_file, else a
+// prompt when io.interactive. Members are compared by the key's check value
+// (CKA_CHECK_VALUE), never by the value: all holding the same domain is success with nothing
+// to do; different domains, or some members with one and others without, are refused with
+// nothing changed. The value lives in memory only while it is installed.
+Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>& pools, Io& io);
+
+// `backup <pool|vault> <key> <file>`: writes the HSM key named <key> (CKA_LABEL) to a new file
+// (mode 0600, never overwritten): the key wrapped under the security domain, the metadata the
+// store keeps for it, and an HMAC-SHA256 over everything made in the HSM with a key wrapped
+// under the domain too. A premium vault's key qualifies when its HSM held a security domain
+// when the key was made (keys are then wrappable under trusted keys only).
+Status BackupCommand(const config::Config& cfg, const std::string& where, const std::string& key,
+                     const std::string& file, Io& io);
+// `restore <pool|vault> <file>`: puts a backed-up key into a pool, or a premium vault's HSM,
+// holding the same security domain.
+// Another domain, a modified file, a key of that name already in the pool: refused, nothing
+// changed.
+Status RestoreCommand(const config::Config& cfg, const std::string& where, const std::string& file, Io& io);
 
 // "private-key", "public-key", "secret-key", "certificate", "data", else "class-0x<hex>".
 std::string ClassName(CK_OBJECT_CLASS object_class);

@@ -50,15 +50,6 @@ Result<SecureString> ReadPin(const config::HsmConfig& h) {
   return ReadPinFile(h.pin_file, "hsm " + h.name + ": pin_file");
 }
 
-// Opens one configured HSM's token (module loaded once per process).
-Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h) {
-  VAULTP11_ASSIGN_OR_RETURN(auto quirks, p11::Quirks::Parse(h.quirks));
-  VAULTP11_ASSIGN_OR_RETURN(auto module, p11::InnerModule::Load(h.module, quirks));
-  VAULTP11_ASSIGN_OR_RETURN(auto pin, ReadPin(h));
-  VAULTP11_ASSIGN_OR_RETURN(auto token, p11::InnerToken::Open(module, h.token, pin));
-  return std::shared_ptr<p11::InnerToken>(std::move(token));
-}
-
 // Opens one configured HSM. A failure is kept as the reason the vault's HSM is unavailable:
 // the module still initialises and its software keys keep working.
 model::HsmKey OpenHsm(const config::HsmConfig& h) {
@@ -114,6 +105,38 @@ uint64_t NewEventRun() {
 
 }  // namespace
 
+Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h) {
+  VAULTP11_ASSIGN_OR_RETURN(auto quirks, p11::Quirks::Parse(h.quirks));
+  VAULTP11_ASSIGN_OR_RETURN(auto module, p11::InnerModule::Load(h.module, quirks));
+  VAULTP11_ASSIGN_OR_RETURN(auto pin, ReadPin(h));
+  VAULTP11_ASSIGN_OR_RETURN(auto token, p11::InnerToken::Open(module, h.token, pin));
+  return std::shared_ptr<p11::InnerToken>(std::move(token));
+}
+
+std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc,
+                                        const std::function<model::HsmKey(const config::HsmConfig&)>& open) {
+  std::vector<pool::MemberSpec> members;
+  for (const auto& name : pc.hsms) {
+    config::HsmConfig hc = *cfg.FindHsm(name);
+    model::HsmKey h = open(hc);
+    members.push_back(pool::MemberSpec{name, h.token, h.unavailable, [hc] { return OpenHsmToken(hc); }});
+  }
+  pool::HsmPool::Options options;
+  options.quorum = static_cast<size_t>(pc.quorum);
+  options.health_check_interval = std::chrono::milliseconds(pc.health_check_ms);
+  return std::make_shared<pool::HsmPool>(pc.name, std::move(members), options);
+}
+
+std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc) {
+  return MakePool(cfg, pc, [](const config::HsmConfig& h) {
+    model::HsmKey k;
+    auto t = OpenHsmToken(h);
+    if (t.ok()) k.token = std::move(t).value();
+    else k.unavailable = t.error().message;
+    return k;
+  });
+}
+
 Result<Provider*> GetProvider() {
   Provider* p = g_provider.load(std::memory_order_acquire);
   if (p == nullptr || g_pid.load(std::memory_order_relaxed) != getpid())
@@ -146,16 +169,7 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   // Managed HSM pools: one slot each after the vaults, in config order. Their key metadata
   // lives in the store under the pool's name (names never clash with vaults).
   for (const auto& pc : p->config_.managed_hsm_pools) {
-    std::vector<pool::MemberSpec> members;
-    for (const auto& name : pc.hsms) {
-      const model::HsmKey& h = hsms[name];
-      config::HsmConfig hc = *p->config_.FindHsm(name);
-      members.push_back(pool::MemberSpec{name, h.token, h.unavailable, [hc] { return OpenHsmToken(hc); }});
-    }
-    pool::HsmPool::Options options;
-    options.quorum = static_cast<size_t>(pc.quorum);
-    options.health_check_interval = std::chrono::milliseconds(pc.health_check_ms);
-    auto hp = std::make_shared<pool::HsmPool>(pc.name, std::move(members), options);
+    auto hp = MakePool(p->config_, pc, [&](const config::HsmConfig& h) { return hsms[h.name]; });
     if (hp->healthy() < hp->size())
       log::Warning("pool {}: {} of {} members available", pc.name, hp->healthy(), hp->size());
     if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(pc.name));

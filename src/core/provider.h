@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -53,6 +54,14 @@ class Provider {
   std::unordered_map<CK_SESSION_HANDLE, SessionPtr> sessions_;
   std::mutex sync_mu_;  // serialises SyncFromStore
 };
+
+// Opens one configured HSM's token (its module is loaded once per process).
+Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h);
+// A managed HSM pool as configured; `open` gives each member's token (or why it is missing),
+// the default opens them now. Members that fail are reopened by the pool's health check.
+std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc,
+                                        const std::function<model::HsmKey(const config::HsmConfig&)>& open);
+std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc);
 
 // The provider of this process, or CKR_CRYPTOKI_NOT_INITIALIZED (also in a forked child that
 // has not called C_Initialize again: the pid recorded at C_Initialize is checked lazily).

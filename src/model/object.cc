@@ -576,11 +576,18 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
   // is an inner session object (on the inner login session: gone at C_Finalize at the latest);
   // pool keys are token objects, as replication makes them on every member.
   const bool inner_token = in_pool || priv.GetBool(CKA_TOKEN);
+  // A vault's token key can be backed up when its HSM holds a security domain: it is then
+  // wrappable under trusted keys only (the domain), like a pool key, never in the clear.
+  bool under_domain = in_pool;
+  if (!in_pool && inner_token) {
+    auto dk = pool::FindDomainKey(*gen_token);
+    under_domain = dk.ok() && dk.value() != CK_INVALID_HANDLE;
+  }
   p11::AttrTemplate it_pub, it_priv;
   it_pub.Bool(CKA_TOKEN, inner_token).Bool(CKA_PRIVATE, false).Bool(CKA_VERIFY, true).Data(CKA_ID, ref.inner_id);
-  it_priv.Bool(CKA_TOKEN, inner_token).Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, in_pool)
-      .Bool(CKA_SIGN, priv.GetBool(CKA_SIGN)).Data(CKA_ID, ref.inner_id);
-  if (in_pool) it_priv.Bool(CKA_WRAP_WITH_TRUSTED, true);
+  it_priv.Bool(CKA_TOKEN, inner_token).Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, true)
+      .Bool(CKA_EXTRACTABLE, under_domain).Bool(CKA_SIGN, priv.GetBool(CKA_SIGN)).Data(CKA_ID, ref.inner_id);
+  if (under_domain) it_priv.Bool(CKA_WRAP_WITH_TRUSTED, true);
   if (spec.type == CKK_RSA) {
     it_pub.Ulong(CKA_MODULUS_BITS, spec.bits).Data(CKA_PUBLIC_EXPONENT, Bytes{1, 0, 1}).Bool(CKA_ENCRYPT, true);
     it_priv.Bool(CKA_DECRYPT, priv.GetBool(CKA_DECRYPT) || priv.GetBool(CKA_UNWRAP));

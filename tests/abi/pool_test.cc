@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cstring>
@@ -26,10 +27,12 @@ constexpr char kSoPin[] = "so-5555";
 const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SoftHsmEnvironment(
     {{"pool-a", kPin, kSoPin}, {"pool-b", kPin, kSoPin}, {"pool-c", kPin, kSoPin}, {"quorum-a", kPin, kSoPin},
      {"quorum-b", kPin, kSoPin}, {"fresh-a", kPin, kSoPin}, {"fresh-b", kPin, kSoPin}, {"solo", kPin, kSoPin},
-     {"fo-a", kPin, kSoPin}, {"fo-b", kPin, kSoPin}, {"fo-c", kPin, kSoPin}}));
+     {"fo-a", kPin, kSoPin}, {"fo-b", kPin, kSoPin}, {"fo-c", kPin, kSoPin}, {"bk-a", kPin, kSoPin},
+     {"bk-b", kPin, kSoPin}, {"bk-c", kPin, kSoPin}, {"bk-d", kPin, kSoPin}, {"vk-a", kPin, kSoPin}}));
 
 // Slots: payments 0, archive 1, then the pools in config order.
-constexpr CK_SLOT_ID kPoolSlot = 2, kQuorumSlot = 3, kFreshSlot = 4, kFailoverSlot = 5;
+constexpr CK_SLOT_ID kArchiveSlot = 1, kPoolSlot = 2, kQuorumSlot = 3, kFreshSlot = 4, kFailoverSlot = 5, kBackupSlot = 6,
+                     kRestoreSlot = 7;
 const char* const kFailoverMembers[] = {"fo-a", "fo-b", "fo-c"};
 
 // The fault-injection module (tests/fixtures/fault_p11.cc) stands between the module and
@@ -69,8 +72,8 @@ CK_FUNCTION_LIST* SoftHsm() {
 
 // Opens a session on the SoftHSM token `label`, logged in as `user`.
 CK_SESSION_HANDLE OpenOn(CK_FUNCTION_LIST* sh, const std::string& label, CK_USER_TYPE user) {
-  CK_SLOT_ID slots[16];
-  CK_ULONG n = 16;
+  CK_SLOT_ID slots[64];
+  CK_ULONG n = 64;
   if (sh->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) return CK_INVALID_HANDLE;
   for (CK_ULONG i = 0; i < n; ++i) {
     CK_TOKEN_INFO ti;
@@ -156,7 +159,8 @@ class PoolTest : public AbiTest {
   std::string WritePoolConfig(const std::string& extra_pools = "") {
     const std::string module = SoftHsmEnvironment::Instance()->module_path();
     std::string top = "hsms:\n";
-    for (const char* t : {"pool-a", "pool-b", "pool-c", "quorum-a", "quorum-b", "fresh-a", "fresh-b", "solo"})
+    for (const char* t : {"pool-a", "pool-b", "pool-c", "quorum-a", "quorum-b", "fresh-a", "fresh-b", "solo", "bk-a",
+                          "bk-b", "bk-c", "bk-d", "vk-a"})
       top += std::string("  - { name: ") + t + ", module: " + module + ", token: " + t + ", pin_file: " +
              dir.file("user.pin") + ", so_pin_file: " + dir.file("so.pin") + ", quirks: [no-deinit] }\n";
     for (const char* t : kFailoverMembers)
@@ -166,15 +170,21 @@ class PoolTest : public AbiTest {
            "  - { name: hsmpool, hsms: [pool-a, pool-b, pool-c] }\n"
            "  - { name: qpool, hsms: [quorum-a, quorum-b], quorum: 2 }\n"
            "  - { name: fresh, hsms: [fresh-a, fresh-b] }\n"
-           "  - { name: fopool, hsms: [fo-a, fo-b, fo-c], health_check_ms: 20 }\n" +
+           "  - { name: fopool, hsms: [fo-a, fo-b, fo-c], health_check_ms: 20 }\n"
+           "  - { name: bk1, hsms: [bk-a, bk-b] }\n"
+           "  - { name: bk2, hsms: [bk-c, bk-d] }\n" +
            extra_pools;
+    // The second vault is premium, its keys in vk-a.
     return WriteConfig(
         "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/hsmpool }\n"
         "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/qpool }\n"
         "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/fresh }\n"
         "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/fopool }\n"
-        "  - { principal: norole, role: Managed HSM Administrator, scope: /managedHsms/hsmpool }\n",
-        top);
+        "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/bk1 }\n"
+        "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/bk2 }\n"
+        "  - { principal: norole, role: Managed HSM Administrator, scope: /managedHsms/hsmpool }\n"
+        "  - { principal: app, role: Key Vault Administrator, scope: /vaults/archive }\n",
+        top, "{ name: archive, sku: premium, hsms: [vk-a], default_protection: hsm }");
   }
 
   // Runs the built `vaultp11` CLI with `args` (stdin /dev/null: never a terminal).
@@ -277,7 +287,7 @@ TEST_F(PoolTest, PoolSlotFollowsTheVaults) {
   Start();
   CK_ULONG n = 0;
   ASSERT_EQ(f->C_GetSlotList(CK_TRUE, nullptr, &n), CKR_OK);
-  EXPECT_EQ(n, 6u);
+  EXPECT_EQ(n, 8u);
   CK_TOKEN_INFO ti;
   ASSERT_EQ(f->C_GetTokenInfo(kPoolSlot, &ti), CKR_OK);
   EXPECT_EQ(std::string(reinterpret_cast<char*>(ti.label), 7), "hsmpool");
@@ -563,6 +573,137 @@ TEST_F(PoolTest, KeyCreatedWhileMemberDownReachesItWhenItReturns) {
   CK_MECHANISM m{CKM_SHA256_RSA_PKCS, nullptr, 0};
   auto sig = Sign(s, m, priv, data);
   EXPECT_EQ(Verify(s, m, pub, data, sig), CKR_OK);
+}
+
+
+// Backup and restore: pools initialised together share a security domain; a key backed up from
+// one restores into the other and works there; another domain, a modified file and a second
+// restore are refused with nothing changed.
+TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
+  CliRun init = Cli({"pool", "init", "bk1", "bk2", "archive"}, config_path);
+  ASSERT_EQ(init.status, 0) << init.output;
+  InitPool("hsmpool");
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kBackupSlot);
+  CK_OBJECT_HANDLE pub, priv, aes;
+  ASSERT_EQ(GenPair(s, CKM_EC_KEY_PAIR_GEN, "traveller", &pub, &priv), CKR_OK);
+  ASSERT_EQ(GenPoolAes(s, 32, "traveller-aes", &aes), CKR_OK);
+  auto id = InnerId(s, priv), aes_id = InnerId(s, aes);
+  auto point = GetAttr(s, pub, CKA_EC_POINT);
+  uint8_t iv[16] = {9};
+  CK_MECHANISM cbc{CKM_AES_CBC_PAD, iv, sizeof(iv)};
+  auto plain = Bytes("encrypted in bk1, decrypted in bk2");
+  ASSERT_EQ(f->C_EncryptInit(s, &cbc, aes), CKR_OK);
+  std::vector<uint8_t> ct(64);
+  CK_ULONG n = ct.size();
+  ASSERT_EQ(f->C_Encrypt(s, plain.data(), plain.size(), ct.data(), &n), CKR_OK);
+  ct.resize(n);
+  // A premium vault whose HSM holds the domain: its keys back up too.
+  CK_SESSION_HANDLE v = LoggedInRw(kArchiveSlot);
+  CK_OBJECT_HANDLE vpub, vpriv;
+  ASSERT_EQ(GenPair(v, CKM_RSA_PKCS_KEY_PAIR_GEN, "vault-key", &vpub, &vpriv), CKR_OK);
+  EXPECT_FALSE(GetBool(v, vpriv, CKA_EXTRACTABLE));
+  auto vmod = GetAttr(v, vpub, CKA_MODULUS);
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+
+  std::string vfile = dir.file("vault-key.backup");
+  CliRun vb = Cli({"backup", "archive", "vault-key", vfile}, config_path);
+  ASSERT_EQ(vb.status, 0) << vb.output;
+  CliRun vr = Cli({"restore", "bk2", vfile}, config_path);
+  ASSERT_EQ(vr.status, 0) << vr.output;
+
+  std::string file = dir.file("traveller.backup"), aes_file = dir.file("traveller-aes.backup");
+  CliRun b = Cli({"backup", "bk1", "traveller", file}, config_path);
+  ASSERT_EQ(b.status, 0) << b.output;
+  struct stat sb;
+  ASSERT_EQ(stat(file.c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+  EXPECT_EQ(Cli({"backup", "bk1", "traveller", file}, config_path).status, 1);  // never overwritten
+  ASSERT_EQ(Cli({"backup", "bk1", "traveller-aes", aes_file}, config_path).status, 0);
+  EXPECT_EQ(Cli({"backup", "bk1", "nothing", dir.file("x")}, config_path).status, 1);
+  CliRun vault = Cli({"backup", "payments", "traveller", dir.file("y")}, config_path);
+  EXPECT_EQ(vault.status, 1);
+  EXPECT_NE(vault.output.find("has no HSM"), std::string::npos) << vault.output;
+
+  // Another domain: refused, nothing on its members.
+  CliRun other = Cli({"restore", "hsmpool", file}, config_path);
+  EXPECT_EQ(other.status, 1) << other.output;
+  EXPECT_NE(other.output.find("another security domain"), std::string::npos) << other.output;
+  for (const char* t : {"pool-a", "pool-b", "pool-c"}) EXPECT_EQ(CountOn(t, CKO_PRIVATE_KEY, id), 0) << t;
+  // A modified file (the name changed, so nothing else would stop it): refused.
+  std::stringstream text;
+  text << std::ifstream(file).rdbuf();
+  std::string forged = text.str();
+  size_t at = forged.find("\"traveller\"");
+  ASSERT_NE(at, std::string::npos);
+  forged.replace(at, 11, "\"travellex\"");
+  std::string forged_file = dir.file("forged.backup");
+  std::ofstream(forged_file) << forged;
+  CliRun tampered = Cli({"restore", "bk2", forged_file}, config_path);
+  EXPECT_EQ(tampered.status, 1) << tampered.output;
+  EXPECT_NE(tampered.output.find("modified"), std::string::npos) << tampered.output;
+  std::ofstream(dir.file("junk.backup")) << "{\"format\": 5}";
+  EXPECT_EQ(Cli({"restore", "bk2", dir.file("junk.backup")}, config_path).status, 1);
+  for (const char* t : {"bk-c", "bk-d"}) EXPECT_EQ(CountOn(t, CKO_PRIVATE_KEY, id), 0) << t;
+
+  // The real thing, once.
+  CliRun r = Cli({"restore", "bk2", file}, config_path);
+  ASSERT_EQ(r.status, 0) << r.output;
+  ASSERT_EQ(Cli({"restore", "bk2", aes_file}, config_path).status, 0);
+  CliRun again = Cli({"restore", "bk2", file}, config_path);
+  EXPECT_EQ(again.status, 1) << again.output;
+  EXPECT_NE(again.output.find("already has a key named"), std::string::npos) << again.output;
+  for (const char* t : {"bk-c", "bk-d"}) {
+    EXPECT_EQ(CountOn(t, CKO_PRIVATE_KEY, id), 1) << t;
+    EXPECT_EQ(CountOn(t, CKO_PUBLIC_KEY, id), 1) << t;
+    EXPECT_EQ(CountOn(t, CKO_SECRET_KEY, aes_id), 1) << t;
+  }
+
+  // bk2 serves the restored keys: same public key, signatures that verify, the same AES key.
+  Start();
+  CK_SESSION_HANDLE s2 = LoggedInRw(kRestoreSlot);
+  auto found = FindByLabel(s2, "traveller");
+  ASSERT_EQ(found.size(), 2u);
+  CK_OBJECT_HANDLE rpub = CK_INVALID_HANDLE, rpriv = CK_INVALID_HANDLE;
+  for (CK_OBJECT_HANDLE o : found) {
+    auto cls = GetAttr(s2, o, CKA_CLASS);
+    CK_OBJECT_CLASS c;
+    std::memcpy(&c, cls.data(), sizeof(c));
+    (c == CKO_PRIVATE_KEY ? rpriv : rpub) = o;
+  }
+  ASSERT_NE(rpriv, CK_INVALID_HANDLE);
+  EXPECT_EQ(GetAttr(s2, rpub, CKA_EC_POINT), point);
+  CK_MECHANISM em{CKM_ECDSA_SHA256, nullptr, 0};
+  auto data = Bytes("signed after restore");
+  auto sig = Sign(s2, em, rpriv, data);
+  EXPECT_EQ(Verify(s2, em, rpub, data, sig), CKR_OK);
+  auto raes = FindByLabel(s2, "traveller-aes");
+  ASSERT_EQ(raes.size(), 1u);
+  ASSERT_EQ(f->C_DecryptInit(s2, &cbc, raes[0]), CKR_OK);
+  std::vector<uint8_t> back(64);
+  n = back.size();
+  ASSERT_EQ(f->C_Decrypt(s2, ct.data(), ct.size(), back.data(), &n), CKR_OK);
+  back.resize(n);
+  EXPECT_EQ(back, plain);
+  // The vault's key, now in bk2 too.
+  auto vk = FindByLabel(s2, "vault-key");
+  ASSERT_EQ(vk.size(), 2u);
+  CK_MECHANISM pss_less{CKM_SHA256_RSA_PKCS, nullptr, 0};
+  for (CK_OBJECT_HANDLE o : vk) {
+    if (GetAttr(s2, o, CKA_MODULUS) != vmod) ADD_FAILURE() << "modulus differs";
+    std::vector<uint8_t> c = GetAttr(s2, o, CKA_CLASS);
+    CK_OBJECT_CLASS cls;
+    std::memcpy(&cls, c.data(), sizeof(cls));
+    if (cls != CKO_PRIVATE_KEY) continue;
+    auto vsig = Sign(s2, pss_less, o, data);
+    CK_SESSION_HANDLE vs = OpenRw(kArchiveSlot);
+    ASSERT_EQ(Login(vs), CKR_OK);
+    auto orig = FindByLabel(vs, "vault-key");
+    int verified = 0;
+    for (CK_OBJECT_HANDLE p : orig) verified += Verify(vs, pss_less, p, data, vsig) == CKR_OK;
+    EXPECT_EQ(verified, 1);  // by the vault's own public key
+  }
 }
 
 }  // namespace
