@@ -17,5 +17,11 @@ struct MechanismEntry {
 
 std::span<const MechanismEntry> Mechanisms();
 const MechanismEntry* FindMechanism(CK_MECHANISM_TYPE type);
+// The flags a token reports for `m`: a managed HSM pool neither wraps nor unwraps (its keys
+// never leave the HSMs but under the security domain, and it imports nothing); 0 means the
+// token does not offer the mechanism.
+inline CK_FLAGS FlagsOn(const MechanismEntry& m, bool pool) {
+  return pool ? m.flags & ~static_cast<CK_FLAGS>(CKF_WRAP | CKF_UNWRAP) : m.flags;
+}
 
 }  // namespace vaultp11::core

@@ -420,9 +420,11 @@ Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
 
 Status GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count) {
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
-  VAULTP11_RETURN_IF_ERROR(p->GetToken(slot));
+  VAULTP11_ASSIGN_OR_RETURN(Token * t, p->GetToken(slot));
   if (count == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetMechanismList: pulCount is NULL");
-  auto mechs = Mechanisms();
+  std::vector<CK_MECHANISM_TYPE> mechs;
+  for (const MechanismEntry& m : Mechanisms())
+    if (FlagsOn(m, t->is_pool()) != 0) mechs.push_back(m.type);
   if (list == nullptr) {
     *count = mechs.size();
     return OkStatus();
@@ -431,20 +433,21 @@ Status GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PT
     *count = mechs.size();
     return Err(CKR_BUFFER_TOO_SMALL, "C_GetMechanismList: {} mechanisms", mechs.size());
   }
-  for (size_t i = 0; i < mechs.size(); ++i) list[i] = mechs[i].type;
+  std::copy(mechs.begin(), mechs.end(), list);
   *count = mechs.size();
   return OkStatus();
 }
 
 Status GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info) {
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
-  VAULTP11_RETURN_IF_ERROR(p->GetToken(slot));
+  VAULTP11_ASSIGN_OR_RETURN(Token * t, p->GetToken(slot));
   if (info == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetMechanismInfo: pInfo is NULL");
   const MechanismEntry* m = FindMechanism(type);
-  if (m == nullptr) return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} is not supported", type);
+  if (m == nullptr || FlagsOn(*m, t->is_pool()) == 0)
+    return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} is not supported", type);
   info->ulMinKeySize = m->min_key;
   info->ulMaxKeySize = m->max_key;
-  info->flags = m->flags;
+  info->flags = FlagsOn(*m, t->is_pool());
   return OkStatus();
 }
 

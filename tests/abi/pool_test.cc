@@ -295,6 +295,21 @@ TEST_F(PoolTest, PoolSlotFollowsTheVaults) {
   CK_TOKEN_INFO again;
   ASSERT_EQ(f->C_GetTokenInfo(kPoolSlot, &again), CKR_OK);
   EXPECT_EQ(std::memcmp(ti.serialNumber, again.serialNumber, 16), 0);
+  // A pool neither wraps nor unwraps: no such mechanism or flag is offered.
+  CK_ULONG mn = 0;
+  ASSERT_EQ(f->C_GetMechanismList(kPoolSlot, nullptr, &mn), CKR_OK);
+  std::vector<CK_MECHANISM_TYPE> mechs(mn);
+  ASSERT_EQ(f->C_GetMechanismList(kPoolSlot, mechs.data(), &mn), CKR_OK);
+  EXPECT_GT(mn, 10u);
+  for (CK_MECHANISM_TYPE m : mechs) {
+    CK_MECHANISM_INFO mi;
+    ASSERT_EQ(f->C_GetMechanismInfo(kPoolSlot, m, &mi), CKR_OK);
+    EXPECT_EQ(mi.flags & (CKF_WRAP | CKF_UNWRAP), 0u) << std::hex << m;
+    EXPECT_NE(m, static_cast<CK_MECHANISM_TYPE>(CKM_AES_KEY_WRAP_PAD));
+  }
+  CK_MECHANISM_INFO kwp;
+  EXPECT_EQ(f->C_GetMechanismInfo(kPoolSlot, CKM_AES_KEY_WRAP_PAD, &kwp), CKR_MECHANISM_INVALID);
+  EXPECT_EQ(f->C_GetMechanismInfo(0, CKM_AES_KEY_WRAP_PAD, &kwp), CKR_OK);
   CK_SLOT_INFO si;
   ASSERT_EQ(f->C_GetSlotInfo(kQuorumSlot, &si), CKR_OK);
   EXPECT_EQ(std::string(reinterpret_cast<char*>(si.slotDescription), 31), "vaultp11 managed HSM pool qpool");
