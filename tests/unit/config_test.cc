@@ -644,7 +644,7 @@ constexpr const char* kPoolBase =
 TEST(ConfigPoolTest, LoadsPoolsAndPoolRoles) {
   ASSERT_OK_AND_ASSIGN(Config c, Load(std::string(kPoolBase) +
                                       "managed_hsm_pools:\n"
-                                      "  - { name: hsmpool, hsms: [a, b, c], quorum: 2 }\n"
+                                      "  - { name: hsmpool, hsms: [a, b, c], quorum: 2, health_check_ms: 250 }\n"
                                       "  - { name: duo, hsms: [b, c] }\n"
                                       "role_assignments:\n"
                                       "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/hsmpool }\n"
@@ -656,6 +656,8 @@ TEST(ConfigPoolTest, LoadsPoolsAndPoolRoles) {
   EXPECT_EQ(c.managed_hsm_pools[0].quorum, 2);
   EXPECT_EQ(c.managed_hsm_pools[0].EffectiveQuorum(3), 2u);
   EXPECT_EQ(c.managed_hsm_pools[1].quorum, 0);
+  EXPECT_EQ(c.managed_hsm_pools[0].health_check_ms, 250);
+  EXPECT_EQ(c.managed_hsm_pools[1].health_check_ms, 5000);  // the default
   // Default: every healthy member, at least 2 for a pool of 2 or more.
   EXPECT_EQ(c.managed_hsm_pools[1].EffectiveQuorum(2), 2u);
   EXPECT_EQ(c.managed_hsm_pools[1].EffectiveQuorum(1), 2u);
@@ -675,6 +677,10 @@ TEST(ConfigPoolTest, RejectsBadPools) {
               HasSubstr("managed_hsm_pools[0].quorum: must be a whole number from 1 to 2"));
   EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a], quorum: x }\n"),
               HasSubstr("managed_hsm_pools[0].quorum"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a], health_check_ms: 5 }\n"),
+              HasSubstr("managed_hsm_pools[0].health_check_ms: must be a whole number from 10 to 3600000"));
+  EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a], health_check_ms: -1 }\n"),
+              HasSubstr("managed_hsm_pools[0].health_check_ms"));
   EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: Payments, hsms: [a] }\n"),
               HasSubstr("managed_hsm_pools[0].name: \"Payments\" is already the name of a vault"));
   EXPECT_THAT(ErrorOf(b + "managed_hsm_pools:\n  - { name: p, hsms: [a] }\n  - { name: P, hsms: [b] }\n"),
