@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -103,6 +104,14 @@ uint64_t NewEventRun() {
   return run;
 }
 
+// Stops the pools' health threads of this process's provider (see Provider::Create).
+void StopHealthChecksAtExit() {
+  Provider* p = g_provider.load(std::memory_order_acquire);
+  if (p == nullptr || g_pid.load(std::memory_order_relaxed) != getpid()) return;
+  for (const auto& t : p->tokens())
+    if (t->is_pool()) t->pool()->StopHealthCheck();
+}
+
 }  // namespace
 
 Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h) {
@@ -179,7 +188,12 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   }
   (void)p->store_->ExternalChange();  // first call primes the data_version baseline
   // Pools: the health check copies missed keys (the token's catalog) and reports members
-  // leaving or rejoining service as slot events.
+  // leaving or rejoining service as slot events. Its threads must be stopped before the inner
+  // modules' own static destructors run when the process exits without C_Finalize (or calls
+  // it from a late atexit handler, as OpenSSL's engine cleanup does): an exit handler
+  // registered now, after those modules were loaded, runs before their destructors.
+  static std::once_flag exit_hook;
+  if (!p->config_.managed_hsm_pools.empty()) std::call_once(exit_hook, [] { std::atexit(StopHealthChecksAtExit); });
   const uint64_t run = Events().run;
   for (auto& t : p->tokens_) {
     if (!t->is_pool()) continue;
