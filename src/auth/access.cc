@@ -4,6 +4,15 @@
 
 namespace vaultp11::auth {
 
+bool Grants::AllowsAny(Kind kind, std::string_view name, uint32_t perm) const {
+  uint32_t have = vault_wide[static_cast<int>(kind)];
+  if (!per_object.empty()) {
+    auto it = per_object.find(std::make_pair(kind, std::string(name)));
+    if (it != per_object.end()) have |= it->second;
+  }
+  return (have & perm) != 0;
+}
+
 bool Grants::Allows(Kind kind, std::string_view name, uint32_t perm) const {
   uint32_t have = vault_wide[static_cast<int>(kind)];
   if ((have & perm) == perm) return true;
@@ -13,32 +22,6 @@ bool Grants::Allows(Kind kind, std::string_view name, uint32_t perm) const {
   }
   return (have & perm) == perm;
 }
-
-bool RolePermissions(std::string_view role, Kind kind, uint32_t* out) {
-  // Key Vault Administrator: every data action on keys, secrets and certificates.
-  if (role == "Key Vault Administrator") {
-    *out = kAll;
-    return true;
-  }
-  // Managed HSM pools (scope /managedHsms/...): pools hold keys only.
-  // Administrator: security domain, backup/restore and role management, all outside the data
-  // plane (CLI with SO PINs): no key use, so no data-plane permission at all.
-  if (role == "Managed HSM Administrator") {
-    *out = 0;
-    return true;
-  }
-  // Crypto User: create, import, read, update, delete and every crypto operation on keys.
-  if (role == "Managed HSM Crypto User") {
-    *out = kind == Kind::kKey ? (kList | kGet | kCreate | kImport | kUpdate | kDelete | kSign | kVerify | kEncrypt |
-                                 kDecrypt | kWrapKey | kUnwrapKey)
-                              : 0;
-    return true;
-  }
-  *out = 0;
-  return false;
-}
-
-bool IsPoolRole(std::string_view role) { return role.rfind("Managed HSM ", 0) == 0; }
 
 Kind KindOfClass(unsigned long object_class) {
   if (object_class == CKO_DATA) return Kind::kSecret;
@@ -51,14 +34,26 @@ Grants ComputeGrants(const config::Config& cfg, std::string_view vault, std::str
   g.principal = std::string(principal);
   // A token is a vault or a managed HSM pool (names never clash: config validation).
   const bool pool = cfg.FindPool(vault) != nullptr;
+  const config::VaultConfig* vc = pool ? nullptr : cfg.FindVault(vault);
+  if (vc != nullptr && vc->authorization == "access_policy") {
+    for (const auto& ap : vc->access_policies) {
+      if (ap.principal != principal) continue;
+      g.vault_wide[static_cast<int>(Kind::kKey)] |= ap.keys;
+      g.vault_wide[static_cast<int>(Kind::kSecret)] |= ap.secrets;
+      g.vault_wide[static_cast<int>(Kind::kCertificate)] |= ap.certificates;
+    }
+    return g;
+  }
   const std::string vault_scope = (pool ? "/managedHsms/" : "/vaults/") + std::string(vault);
   for (const auto& ra : cfg.role_assignments) {
     if (ra.principal != principal) continue;
+    const RoleDef* role = FindRole(ra.role);
+    // Unknown roles are refused by config validation; a vault role never applies to a pool
+    // and a pool role never to a vault.
+    if (role == nullptr || role->pool != pool) continue;
     for (Kind kind : {Kind::kKey, Kind::kSecret, Kind::kCertificate}) {
-      uint32_t perms = 0;
-      if (!RolePermissions(ra.role, kind, &perms)) continue;
-      // A vault role never applies to a pool and a pool role never to a vault.
-      if (IsPoolRole(ra.role) != pool) continue;
+      uint32_t perms = role->For(kind);
+      if (perms == 0) continue;
       if (ra.scope == vault_scope || ra.scope == vault_scope + "/") {
         g.vault_wide[static_cast<int>(kind)] |= perms;
         continue;

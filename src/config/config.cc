@@ -18,6 +18,7 @@
 #include <string>
 #include <utility>
 
+#include "auth/roles.h"
 #include "auth/secret_hash.h"
 #include "util/strings.h"
 
@@ -28,13 +29,13 @@
 namespace vaultp11::config {
 namespace {
 
-// Role names this release can enforce. The other built-in roles of the vault model
-// (REFERENCE.md "Roles (RBAC)") are refused until their permission sets exist.
-constexpr std::array<std::string_view, 1> kSupportedRoles = {"Key Vault Administrator"};
-// Roles of managed HSM pools (scope /managedHsms/...). The other pool roles come with access
-// control.
-constexpr std::array<std::string_view, 2> kSupportedPoolRoles = {"Managed HSM Administrator",
-                                                                  "Managed HSM Crypto User"};
+// The built-in role names of one kind (vault or pool), for messages.
+std::string RoleNames(bool pool) {
+  std::string out;
+  for (const auto& r : auth::Roles())
+    if (r.pool == pool) out += (out.empty() ? "" : ", ") + std::string(r.name);
+  return out;
+}
 
 // Auth methods this release can verify.
 constexpr std::array<std::string_view, 1> kSupportedAuthMethods = {"client_secret"};
@@ -158,6 +159,7 @@ class Loader {
   Status LoadPrincipals(const Entry& e, Config& cfg);
   Status LoadSecrets(const Entry* e, std::string_view path, int line, PrincipalConfig& pc);
   Status LoadRoleAssignments(const Entry& e, Config& cfg);
+  Status LoadAccessPolicies(const Entry& e, const std::string& path, VaultConfig& v);
   Status CheckScope(const Config& cfg, const std::string& scope, std::string_view path, int line,
                     bool pool_role);
 
@@ -346,7 +348,8 @@ Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
     std::string path = Index("vaults", i);
     VaultConfig v;
     v.line = LineOf(item, line);
-    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, v.line, {"name", "sku", "hsms", "default_protection"}));
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, v.line, {"name", "sku", "hsms", "default_protection",
+                                                                  "authorization", "access_policies"}));
     VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, v.line, "vault", seen));
     v.name = std::move(name.first);
     if (auto sku = f.find("sku"); sku != f.end()) {
@@ -371,7 +374,54 @@ Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
       if (v.default_protection == "hsm" && v.hsms.empty())
         return Fail(dline, Child(path, "default_protection"), "hsm needs a premium vault with hsms");
     }
+    if (auto az = f.find("authorization"); az != f.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(v.authorization, String(az->second, Child(path, "authorization")));
+      if (v.authorization != "rbac" && v.authorization != "access_policy")
+        return Fail(LineOf(az->second, v.line), Child(path, "authorization"), "must be rbac or access_policy");
+    }
+    if (auto ap = f.find("access_policies"); ap != f.end()) {
+      if (v.authorization != "access_policy")
+        return Fail(LineOf(ap->second, v.line), Child(path, "access_policies"),
+                    "only with authorization: access_policy (a vault uses RBAC or access policies, never both)");
+      VAULTP11_RETURN_IF_ERROR(LoadAccessPolicies(ap->second, Child(path, "access_policies"), v));
+    }
     cfg.vaults.push_back(std::move(v));
+  }
+  return OkStatus();
+}
+
+Status Loader::LoadAccessPolicies(const Entry& e, const std::string& path, VaultConfig& v) {
+  int line = LineOf(e, v.line);
+  VAULTP11_RETURN_IF_ERROR(RequireList(e.value, path, line));
+  for (size_t i = 0; i < e.value.size(); ++i) {
+    const YAML::Node item = e.value[i];
+    std::string ipath = Index(path, i);
+    AccessPolicyConfig ap;
+    ap.line = LineOf(item, line);
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, ipath, ap.line, {"principal", "keys", "secrets", "certificates"}));
+    auto p = f.find("principal");
+    if (p == f.end()) return Fail(ap.line, Child(ipath, "principal"), "is required");
+    VAULTP11_ASSIGN_OR_RETURN(ap.principal, String(p->second, Child(ipath, "principal")));
+    for (const auto& other : v.access_policies)
+      if (other.principal == ap.principal)
+        return Fail(ap.line, Child(ipath, "principal"), "{} already has an access policy on this vault (line {})",
+                    Quote(ap.principal), other.line);
+    const std::pair<const char*, auth::Kind> kinds[] = {
+        {"keys", auth::Kind::kKey}, {"secrets", auth::Kind::kSecret}, {"certificates", auth::Kind::kCertificate}};
+    for (const auto& [key, kind] : kinds) {
+      auto it = f.find(key);
+      if (it == f.end()) continue;
+      VAULTP11_ASSIGN_OR_RETURN(auto names, StringList(it->second, Child(ipath, key)));
+      uint32_t& bits = kind == auth::Kind::kKey ? ap.keys : kind == auth::Kind::kSecret ? ap.secrets : ap.certificates;
+      for (const auto& n : names) {
+        auto bit = auth::PermissionByName(kind, n);
+        if (!bit)
+          return Fail(LineOf(it->second, ap.line), Child(ipath, key), "unknown permission {} (known: {})", Quote(n),
+                      auth::PermissionNames(kind));
+        bits |= *bit;
+      }
+    }
+    v.access_policies.push_back(std::move(ap));
   }
   return OkStatus();
 }
@@ -556,16 +606,24 @@ Status Loader::LoadRoleAssignments(const Entry& e, Config& cfg) {
                   "no principal named {} in principals", Quote(ra.principal));
     const Entry& role = f.at("role");
     VAULTP11_ASSIGN_OR_RETURN(ra.role, String(role, Child(path, "role")));
-    bool pool_role = Contains(kSupportedPoolRoles, ra.role);
-    if (!Contains(kSupportedRoles, ra.role) && !pool_role)
-      return Fail(LineOf(role, ra.line), Child(path, "role"),
-                  "role {} is not supported yet (supported: {})", Quote(ra.role),
-                  ra.role.rfind("Managed HSM ", 0) == 0 ? JoinList(kSupportedPoolRoles, ", ")
-                                                        : JoinList(kSupportedRoles, ", "));
+    const auth::RoleDef* def = auth::FindRole(ra.role);
+    if (def == nullptr)
+      return Fail(LineOf(role, ra.line), Child(path, "role"), "unknown role {} (built-in roles: {})", Quote(ra.role),
+                  RoleNames(ra.role.rfind("Managed HSM ", 0) == 0));
+    const bool pool_role = def->pool;
     const Entry& scope = f.at("scope");
     VAULTP11_ASSIGN_OR_RETURN(ra.scope, String(scope, Child(path, "scope")));
     VAULTP11_RETURN_IF_ERROR(
         CheckScope(cfg, ra.scope, Child(path, "scope"), LineOf(scope, ra.line), pool_role));
+    // A vault uses either RBAC or access policies, never both.
+    if (!pool_role) {
+      std::string_view v(ra.scope);
+      v.remove_prefix(std::string_view("/vaults/").size());
+      const VaultConfig* vc = cfg.FindVault(v.substr(0, v.find('/')));
+      if (vc != nullptr && vc->authorization == "access_policy")
+        return Fail(LineOf(scope, ra.line), Child(path, "scope"),
+                    "vault {} uses access policies (authorization: access_policy), not role assignments", vc->name);
+    }
     cfg.role_assignments.push_back(std::move(ra));
   }
   return OkStatus();
@@ -600,6 +658,14 @@ Result<Config> Loader::Load(std::string_view yaml) {
   VAULTP11_RETURN_IF_ERROR(LoadVaults(find("vaults"), root_line, cfg));
   if (const Entry* mp = find("managed_hsm_pools")) VAULTP11_RETURN_IF_ERROR(LoadPools(*mp, cfg));
   if (const Entry* p = find("principals")) VAULTP11_RETURN_IF_ERROR(LoadPrincipals(*p, cfg));
+  // Access policies name principals, which are read after the vaults.
+  for (size_t i = 0; i < cfg.vaults.size(); ++i)
+    for (size_t j = 0; j < cfg.vaults[i].access_policies.size(); ++j) {
+      const AccessPolicyConfig& ap = cfg.vaults[i].access_policies[j];
+      if (cfg.FindPrincipal(ap.principal) == nullptr)
+        return Fail(ap.line, Child(Index(Child(Index("vaults", i), "access_policies"), j), "principal"),
+                    "no principal named {} in principals", Quote(ap.principal));
+    }
   if (const Entry* r = find("role_assignments"))
     VAULTP11_RETURN_IF_ERROR(LoadRoleAssignments(*r, cfg));
   return cfg;

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <optional>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,11 +35,20 @@ struct HsmConfig {
   int line = 0;
 };
 
+// One principal's access policy on a vault: its permissions per kind (auth::Permission bits).
+struct AccessPolicyConfig {
+  std::string principal;
+  uint32_t keys = 0, secrets = 0, certificates = 0;
+  int line = 0;
+};
+
 struct VaultConfig {
   std::string name;               // 1-127 chars of 0-9 a-z A-Z -
   std::string sku = "standard";   // standard | premium
   std::vector<std::string> hsms;  // premium only: names from hsms[]
   std::string default_protection = "software";  // software | hsm (hsm: premium with hsms)
+  std::string authorization = "rbac";            // rbac | access_policy
+  std::vector<AccessPolicyConfig> access_policies;  // access_policy vaults only
   int line = 0;                   // 1-based line in the file, for messages
 };
 

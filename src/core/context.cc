@@ -13,10 +13,16 @@ Result<CallContext> Begin(CK_SESSION_HANDLE h) {
   return CallContext{p, std::move(s), t};
 }
 
-bool Visible(const CallContext& c, const model::Object& o) {
+bool Listable(const CallContext& c, const model::Object& o) {
+  if (!o.is_private()) return true;
   auto g = c.token->grants();
-  if (!g) return !o.is_private();
-  return g->Allows(auth::KindOfClass(o.cls()), o.label(), auth::kList) || !o.is_private();
+  return g && g->Allows(auth::KindOfClass(o.cls()), o.label(), auth::kList);
+}
+
+bool Visible(const CallContext& c, const model::Object& o) {
+  if (!o.is_private()) return true;
+  auto g = c.token->grants();
+  return g && g->AllowsAny(auth::KindOfClass(o.cls()), o.label(), auth::kAll);
 }
 
 Result<model::ObjectPtr> GetVisible(const CallContext& c, CK_OBJECT_HANDLE h, CK_RV invalid_rv) {

@@ -15,9 +15,13 @@ struct CallContext {
 
 Result<CallContext> Begin(CK_SESSION_HANDLE h);
 
-// Whether the caller sees the object at all (private objects need a login; objects the
-// principal may not list are invisible). Invisible handles are CKR_OBJECT_HANDLE_INVALID
-// (or `invalid_rv` for key arguments).
+// Whether C_FindObjects returns the object: public objects always, private ones when the
+// principal may list them.
+bool Listable(const CallContext& c, const model::Object& o);
+// Whether a handle to the object may be used at all: public objects always, private ones when
+// the principal holds some permission on them (so that a permission such as sign works without
+// list, while objects the principal has no right to do not exist for it: no existence oracle).
+// Unusable handles are CKR_OBJECT_HANDLE_INVALID (or `invalid_rv` for key arguments).
 bool Visible(const CallContext& c, const model::Object& o);
 Result<model::ObjectPtr> GetVisible(const CallContext& c, CK_OBJECT_HANDLE h, CK_RV invalid_rv = CKR_OBJECT_HANDLE_INVALID);
 

@@ -57,7 +57,9 @@ Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const C
     return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} cannot be used for this operation", mech.mechanism);
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, h, use.invalid_handle_rv));
   if (!o->is_key()) return Err(use.invalid_handle_rv, "object {} is not a key", h);
-  VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, use.perm, CKR_KEY_FUNCTION_NOT_PERMITTED));
+  // Public-key use (verify, encrypt, wrap with a public key) needs only read.
+  const bool read_suffices = o->cls() == CKO_PUBLIC_KEY && Authorize(c, *o, auth::kGet, CKR_KEY_FUNCTION_NOT_PERMITTED).ok();
+  if (!read_suffices) VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, use.perm, CKR_KEY_FUNCTION_NOT_PERMITTED));
   if (!o->attrs.GetBool(use.usage, false))
     return Err(CKR_KEY_FUNCTION_NOT_PERMITTED, "the key's {} is false", model::AttrName(use.usage));
   if (const Bytes* allowed = o->attrs.Get(CKA_ALLOWED_MECHANISMS); allowed && !allowed->empty()) {

@@ -113,8 +113,13 @@ Status GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
   if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "C_GetAttributeValue: pTemplate is NULL");
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
-  VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kGet, CKR_ACTION_PROHIBITED));
-  bool may_read_value = o->cls() != CKO_DATA || Authorize(c, *o, auth::kGet, CKR_ATTRIBUTE_SENSITIVE).ok();
+  // A key's or certificate's attributes need get; a secret's metadata get or list (Key Vault
+  // Reader), its value get (else CKR_ATTRIBUTE_SENSITIVE).
+  const bool secret = o->cls() == CKO_DATA;
+  Status may_get = Authorize(c, *o, auth::kGet, CKR_ACTION_PROHIBITED);
+  if (secret && !may_get.ok()) VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kList, CKR_ACTION_PROHIBITED));
+  else VAULTP11_RETURN_IF_ERROR(may_get);
+  const bool may_read_value = !secret || may_get.ok();
   CK_RV rv = CKR_OK;
   for (CK_ULONG i = 0; i < count; ++i) {
     CK_ATTRIBUTE& a = tmpl[i];
@@ -163,7 +168,7 @@ Status FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG coun
   for (CK_OBJECT_HANDLE oh : c.token->Find(t)) {
     auto o = c.token->Get(oh);
     if (!o.ok()) continue;
-    if (!Visible(c, *o.value())) continue;
+    if (!Listable(c, *o.value())) continue;
     // Session objects of other applications don't exist here; session objects are visible to
     // every session of this application (spec 6.7.6).
     st.results.push_back(oh);

@@ -23,13 +23,11 @@ CK_FUNCTION_LIST* Module() {
   return list;
 }
 
-namespace {
-std::string Hash(const std::string& secret) {
+std::string TestSecretHash(const std::string& secret) {
   auto h = auth::HashSecret(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()),
                             auth::ScryptCost{4, 8, 1});
   return h.ok() ? h.value() : "";
 }
-}  // namespace
 
 void AbiTest::SetUp() {
   f = Module();
@@ -44,9 +42,9 @@ void AbiTest::TearDown() {
 }
 
 std::string AbiTest::WriteConfig(const std::string& extra, const std::string& top, const std::string& archive) {
-  static const std::string admin = Hash("correct horse");
-  static const std::string norole = Hash("battery staple");
-  static const std::string old = Hash("expired secret");
+  static const std::string admin = TestSecretHash("correct horse");
+  static const std::string norole = TestSecretHash("battery staple");
+  static const std::string old = TestSecretHash("expired secret");
   std::string path = dir.file("vaultp11.yaml");
   std::ofstream out(path);
   out << top << "log: { level: error }\n"

@@ -14,6 +14,8 @@
 namespace vaultp11::testing {
 
 CK_FUNCTION_LIST* Module();
+// A cheap (test-cost) `vaultp11 hash-secret` line for `secret`.
+std::string TestSecretHash(const std::string& secret);
 
 // The secrets of the test principals (login PINs are "<name>:<secret>").
 inline constexpr char kAdminPin[] = "app:correct horse";

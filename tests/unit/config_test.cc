@@ -1,3 +1,4 @@
+#include "auth/roles.h"
 #include "config/config.h"
 
 #include <gmock/gmock.h>
@@ -443,15 +444,18 @@ INSTANTIATE_TEST_SUITE_P(
             RA("  - principal: cd\n    role: Key Vault Administrator\n    scope: "
                "/vaults/payments\n"),
             "vp.yaml:6: role_assignments[0].principal: no principal named \"cd\" in principals"},
-        BadCase{
-            "RoleNotSupportedYet",
-            RA("  - principal: ci\n    role: Key Vault Crypto User\n    scope: /vaults/payments\n"),
-            "vp.yaml:7: role_assignments[0].role: role \"Key Vault Crypto User\" is not supported "
-            "yet (supported: Key Vault Administrator)"},
+        BadCase{"UnknownRole",
+                RA("  - principal: ci\n    role: Key Vault Janitor\n    scope: /vaults/payments\n"),
+                "vp.yaml:7: role_assignments[0].role: unknown role \"Key Vault Janitor\" (built-in roles: Key "
+                "Vault Administrator, Key Vault Reader, Key Vault Crypto Officer, Key Vault Crypto User, Key Vault "
+                "Crypto Service Encryption User, Key Vault Crypto Service Release User, Key Vault Secrets Officer, "
+                "Key Vault Secrets User, Key Vault Certificates Officer, Key Vault Certificate User)"},
         BadCase{"RoleNameIsCaseSensitive",
                 RA("  - {principal: ci, role: key vault administrator, scope: /vaults/payments}\n"),
-                "vp.yaml:6: role_assignments[0].role: role \"key vault administrator\" is not "
-                "supported yet (supported: Key Vault Administrator)"},
+                "vp.yaml:6: role_assignments[0].role: unknown role \"key vault administrator\" (built-in roles: "
+                "Key Vault Administrator, Key Vault Reader, Key Vault Crypto Officer, Key Vault Crypto User, Key "
+                "Vault Crypto Service Encryption User, Key Vault Crypto Service Release User, Key Vault Secrets "
+                "Officer, Key Vault Secrets User, Key Vault Certificates Officer, Key Vault Certificate User)"},
         BadCase{"ScopeUnknownVault",
                 RA("  - principal: ci\n    role: Key Vault Administrator\n    scope: "
                    "/vaults/payroll\n"),
@@ -702,9 +706,49 @@ TEST(ConfigPoolTest, PoolRolesNeedPoolScopes) {
               HasSubstr("no pool named \"q\" in managed_hsm_pools"));
   EXPECT_THAT(ErrorOf(b + "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/p/secrets/s }\n"),
               HasSubstr("must be /managedHsms/<pool> or /managedHsms/<pool>/keys/<name>"));
-  EXPECT_THAT(ErrorOf(b + "  - { principal: app, role: Managed HSM Crypto Officer, scope: /managedHsms/p }\n"),
-              HasSubstr("is not supported yet"));
+  EXPECT_TRUE(Load(b + "  - { principal: app, role: Managed HSM Crypto Officer, scope: /managedHsms/p }\n").ok());
+  EXPECT_THAT(ErrorOf(b + "  - { principal: app, role: Managed HSM Janitor, scope: /managedHsms/p }\n"),
+              HasSubstr("unknown role \"Managed HSM Janitor\" (built-in roles: Managed HSM Administrator, Managed "
+                        "HSM Crypto Officer"));
   EXPECT_TRUE(Load(b + "  - { principal: app, role: Managed HSM Crypto User, scope: /managedHsms/p/keys/k-1 }\n").ok());
+}
+
+TEST(ConfigAccessPolicyTest, LoadsPoliciesAndRefusesMixing) {
+  const std::string base =
+      "store: { path: /var/lib/vp/store.db }\n"
+      "vaults:\n"
+      "  - name: legacy\n"
+      "    authorization: access_policy\n"
+      "    access_policies:\n"
+      "      - { principal: app, keys: [get, list, Sign, unwrapKey], secrets: [all] }\n"
+      "  - name: modern\n"
+      "principals:\n"
+      "  - { name: app, auth: client_secret, secrets: [ {hash: \"HASH\"} ] }\n";
+  ASSERT_OK_AND_ASSIGN(Config c, Load(base));
+  ASSERT_EQ(c.vaults[0].access_policies.size(), 1u);
+  EXPECT_EQ(c.vaults[0].authorization, "access_policy");
+  EXPECT_EQ(c.vaults[1].authorization, "rbac");
+  const AccessPolicyConfig& ap = c.vaults[0].access_policies[0];
+  EXPECT_EQ(ap.keys, auth::kGet | auth::kList | auth::kSign | auth::kUnwrapKey);
+  EXPECT_EQ(ap.secrets, auth::PermissionsOf(auth::Kind::kSecret));
+  EXPECT_EQ(ap.certificates, 0u);
+  EXPECT_THAT(ErrorOf(base + "role_assignments:\n  - { principal: app, role: Key Vault Reader, scope: /vaults/legacy }\n"),
+              HasSubstr("role_assignments[0].scope: vault legacy uses access policies"));
+  EXPECT_TRUE(Load(base + "role_assignments:\n  - { principal: app, role: Key Vault Reader, scope: /vaults/modern }\n").ok());
+  auto with = [](const std::string& policy) {
+    return "store: { path: /s.db }\nvaults:\n  - name: v\n    authorization: access_policy\n    access_policies:\n      - " + policy +
+           "\nprincipals:\n  - { name: app, auth: client_secret, secrets: [ {hash: \"HASH\"} ] }\n";
+  };
+  EXPECT_THAT(ErrorOf(with("{ principal: app, keys: [fly] }")),
+              HasSubstr("vaults[0].access_policies[0].keys: unknown permission \"fly\" (known: get, list"));
+  EXPECT_THAT(ErrorOf(with("{ principal: app, secrets: [sign] }")), HasSubstr("unknown permission \"sign\""));
+  EXPECT_THAT(ErrorOf(with("{ principal: nobody, keys: [get] }")),
+              HasSubstr("vaults[0].access_policies[0].principal: no principal named \"nobody\""));
+  EXPECT_THAT(ErrorOf(with("{ keys: [get] }")), HasSubstr("access_policies[0].principal: is required"));
+  EXPECT_THAT(ErrorOf("store: { path: /s.db }\nvaults:\n  - { name: v, access_policies: [] }\n"),
+              HasSubstr("vaults[0].access_policies: only with authorization: access_policy"));
+  EXPECT_THAT(ErrorOf("store: { path: /s.db }\nvaults:\n  - { name: v, authorization: acl }\n"),
+              HasSubstr("vaults[0].authorization: must be rbac or access_policy"));
 }
 
 }  // namespace
