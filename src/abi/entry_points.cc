@@ -4,8 +4,11 @@
 #include <openssl/err.h>
 #include <p11-kit/pkcs11.h>
 
+#include <cstring>
+#include <iterator>
 #include <new>
 
+#include "abi/pkcs11_3_0.h"
 #include "core/calls.h"
 #include "util/log.h"
 
@@ -75,4 +78,112 @@ extern "C" VAULTP11_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFu
   if (ppFunctionList == nullptr) return CKR_ARGUMENTS_BAD;
   *ppFunctionList = &kFunctionList;
   return CKR_OK;
+}
+
+// ---- PKCS#11 3.0 -------------------------------------------------------------------------------
+// C_GetInterfaceList / C_GetInterface offer the 3.0 list (with C_LoginUser) and the 2.40 list,
+// both named "PKCS 11". The message-based functions and C_SessionCancel are not supported.
+
+extern "C" VAULTP11_EXPORT CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin,
+                                             CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen) {
+  return ::vaultp11::abi::Invoke("C_LoginUser", [&] {
+    return ::vaultp11::core::LoginUser(hSession, userType, pPin, ulPinLen, pUsername, ulUsernameLen);
+  });
+}
+
+namespace {
+
+template <typename... Args>
+CK_RV NotSupported(Args...) {
+  return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+extern "C" CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
+extern "C" CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                                CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
+
+CK_FUNCTION_LIST_3_0 kFunctionList30 = {
+    .version = {3, 0},
+#define VP11_FN(name, params, args) .C_##name = C_##name,
+#define VP11_NS(name, params) .C_##name = C_##name,
+#define VP11_GET_FUNCTION_LIST() .C_GetFunctionList = C_GetFunctionList,
+#include "abi/functions.inc"
+#undef VP11_FN
+#undef VP11_NS
+#undef VP11_GET_FUNCTION_LIST
+    .C_GetInterfaceList = C_GetInterfaceList,
+    .C_GetInterface = C_GetInterface,
+    .C_LoginUser = C_LoginUser,
+    .C_SessionCancel = NotSupported<CK_SESSION_HANDLE, CK_FLAGS>,
+    .C_MessageEncryptInit = NotSupported<CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE>,
+    .C_EncryptMessage = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
+                                     CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR>,
+    .C_EncryptMessageBegin = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG>,
+    .C_EncryptMessageNext = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
+                                         CK_ULONG_PTR, CK_FLAGS>,
+    .C_MessageEncryptFinal = NotSupported<CK_SESSION_HANDLE>,
+    .C_MessageDecryptInit = NotSupported<CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE>,
+    .C_DecryptMessage = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
+                                     CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR>,
+    .C_DecryptMessageBegin = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG>,
+    .C_DecryptMessageNext = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
+                                         CK_ULONG_PTR, CK_FLAGS>,
+    .C_MessageDecryptFinal = NotSupported<CK_SESSION_HANDLE>,
+    .C_MessageSignInit = NotSupported<CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE>,
+    .C_SignMessage = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
+                                  CK_ULONG_PTR>,
+    .C_SignMessageBegin = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG>,
+    .C_SignMessageNext = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
+                                      CK_ULONG_PTR>,
+    .C_MessageSignFinal = NotSupported<CK_SESSION_HANDLE>,
+    .C_MessageVerifyInit = NotSupported<CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE>,
+    .C_VerifyMessage = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
+                                    CK_ULONG>,
+    .C_VerifyMessageBegin = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG>,
+    .C_VerifyMessageNext = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
+                                        CK_ULONG>,
+    .C_MessageVerifyFinal = NotSupported<CK_SESSION_HANDLE>,
+};
+
+CK_UTF8CHAR kInterfaceName[] = "PKCS 11";
+// Not CKF_INTERFACE_FORK_SAFE: a forked child must call C_Initialize again.
+CK_INTERFACE kInterfaces[] = {
+    {kInterfaceName, &kFunctionList30, 0},
+    {kInterfaceName, &kFunctionList, 0},
+};
+
+const CK_VERSION& VersionOf(const CK_INTERFACE& i) { return *static_cast<const CK_VERSION*>(i.pFunctionList); }
+
+}  // namespace
+
+extern "C" VAULTP11_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount) {
+  if (pulCount == nullptr) return CKR_ARGUMENTS_BAD;
+  const CK_ULONG n = std::size(kInterfaces);
+  if (pInterfacesList == nullptr) {
+    *pulCount = n;
+    return CKR_OK;
+  }
+  if (*pulCount < n) {
+    *pulCount = n;
+    return CKR_BUFFER_TOO_SMALL;
+  }
+  for (CK_ULONG i = 0; i < n; ++i) pInterfacesList[i] = kInterfaces[i];
+  *pulCount = n;
+  return CKR_OK;
+}
+
+extern "C" VAULTP11_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                                                CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags) {
+  if (ppInterface == nullptr) return CKR_ARGUMENTS_BAD;
+  for (CK_INTERFACE& i : kInterfaces) {
+    if (pInterfaceName != nullptr &&
+        std::strcmp(reinterpret_cast<const char*>(pInterfaceName), reinterpret_cast<const char*>(i.pInterfaceName)) != 0)
+      continue;
+    const CK_VERSION& v = VersionOf(i);
+    if (pVersion != nullptr && (pVersion->major != v.major || pVersion->minor != v.minor)) continue;
+    if ((i.flags & flags) != flags) continue;
+    *ppInterface = &i;  // the first match: 3.0 when no version is asked for
+    return CKR_OK;
+  }
+  return CKR_ARGUMENTS_BAD;
 }

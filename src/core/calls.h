@@ -28,6 +28,9 @@ Status CloseAllSessions(CK_SLOT_ID slot);
 Status GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info);
 Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len);
 Status Logout(CK_SESSION_HANDLE h);
+// PKCS#11 3.0: C_Login with the principal as the username (an empty username: as C_Login).
+Status LoginUser(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len,
+                 CK_UTF8CHAR_PTR username, CK_ULONG username_len);
 // Objects (5.7)
 Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out);
 Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count,

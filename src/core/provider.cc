@@ -560,6 +560,21 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
   return OkStatus();
 }
 
+Status LoginUser(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len,
+                 CK_UTF8CHAR_PTR username, CK_ULONG username_len) {
+  if (username == nullptr && username_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_LoginUser: pUsername is NULL");
+  if (pin == nullptr && pin_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_LoginUser: pPin is NULL");
+  if (username_len == 0) return Login(h, user, pin, pin_len);  // the PIN names the principal
+  if (username_len > 256 || pin_len > 4096) return Err(CKR_PIN_LEN_RANGE, "C_LoginUser: username or PIN too long");
+  // The principal is the username: the same as C_Login with "principal:secret".
+  SecureBytes combined;
+  combined.reserve(username_len + 1 + pin_len);
+  combined.insert(combined.end(), username, username + username_len);
+  combined.push_back(':');
+  if (pin_len > 0) combined.insert(combined.end(), pin, pin + pin_len);
+  return Login(h, user, combined.data(), static_cast<CK_ULONG>(combined.size()));
+}
+
 Status Logout(CK_SESSION_HANDLE h) {
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
   VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));

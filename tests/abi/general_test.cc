@@ -1,4 +1,5 @@
 // C_Initialize / C_Finalize rules, fork, threads, slots, tokens and mechanisms (issue parts 3, 5).
+#include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -7,6 +8,7 @@
 #include <future>
 #include <thread>
 
+#include "abi/pkcs11_3_0.h"
 #include "fixture.h"
 
 namespace vaultp11::testing {
@@ -28,6 +30,64 @@ TEST_F(GeneralTest, FunctionListIsCompleteAndVersion240) {
   EXPECT_EQ(end - begin, 68);
   for (auto* p = begin; p != end; ++p) EXPECT_NE(*p, nullptr) << "entry " << (p - begin);
   EXPECT_EQ(f->C_GetFunctionList(nullptr), CKR_ARGUMENTS_BAD);
+}
+
+// PKCS#11 3.0: C_GetInterfaceList / C_GetInterface give a 3.0 list (its first 68 entries those
+// of the 2.40 list) and the 2.40 list; C_LoginUser takes the principal as the username.
+TEST_F(GeneralTest, Pkcs11v3InterfacesAndLoginUser) {
+  void* h = dlopen(std::getenv("VAULTP11_MODULE"), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(h, nullptr);
+  auto get_list = reinterpret_cast<CK_C_GetInterfaceList>(dlsym(h, "C_GetInterfaceList"));
+  auto get = reinterpret_cast<CK_C_GetInterface>(dlsym(h, "C_GetInterface"));
+  ASSERT_NE(get_list, nullptr);
+  ASSERT_NE(get, nullptr);
+  CK_ULONG n = 0;
+  EXPECT_EQ(get_list(nullptr, nullptr), CKR_ARGUMENTS_BAD);
+  ASSERT_EQ(get_list(nullptr, &n), CKR_OK);
+  EXPECT_EQ(n, 2u);
+  CK_INTERFACE one[1];
+  n = 1;
+  EXPECT_EQ(get_list(one, &n), CKR_BUFFER_TOO_SMALL);
+  EXPECT_EQ(n, 2u);
+  CK_INTERFACE all[2];
+  ASSERT_EQ(get_list(all, &n), CKR_OK);
+  for (const CK_INTERFACE& i : all) EXPECT_STREQ(reinterpret_cast<char*>(i.pInterfaceName), "PKCS 11");
+
+  CK_INTERFACE* iface = nullptr;
+  ASSERT_EQ(get(nullptr, nullptr, &iface, 0), CKR_OK);  // the default: 3.0
+  auto* f3 = static_cast<CK_FUNCTION_LIST_3_0*>(iface->pFunctionList);
+  EXPECT_EQ(f3->version.major, 3);
+  EXPECT_EQ(f3->version.minor, 0);
+  CK_VERSION v240 = {2, 40};
+  CK_INTERFACE* old = nullptr;
+  ASSERT_EQ(get(reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>("PKCS 11")), &v240, &old, 0), CKR_OK);
+  EXPECT_EQ(old->pFunctionList, static_cast<void*>(f));
+  EXPECT_EQ(get(reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>("Vendor")), nullptr, &iface, 0),
+            CKR_ARGUMENTS_BAD);
+  EXPECT_EQ(get(nullptr, nullptr, &iface, CKF_INTERFACE_FORK_SAFE), CKR_ARGUMENTS_BAD);
+  EXPECT_EQ(get(nullptr, nullptr, nullptr, 0), CKR_ARGUMENTS_BAD);
+  // The 3.0 list: the same 2.40 entries, then every 3.0 entry set.
+  EXPECT_EQ(std::memcmp(&f3->C_Initialize, &f->C_Initialize, 68 * sizeof(void*)), 0);
+  auto* begin = reinterpret_cast<void**>(&f3->C_GetInterfaceList);
+  auto* end = reinterpret_cast<void**>(&f3->C_MessageVerifyFinal) + 1;
+  EXPECT_EQ(end - begin, 24);
+  for (auto* p = begin; p != end; ++p) EXPECT_NE(*p, nullptr) << "3.0 entry " << (p - begin);
+
+  CK_SESSION_HANDLE s = OpenRo();
+  std::string user = "app", secret = "correct horse", wrong = "wrong horse";
+  auto u = [](std::string& x) { return reinterpret_cast<CK_UTF8CHAR_PTR>(x.data()); };
+  EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, u(wrong), wrong.size(), u(user), user.size()), CKR_PIN_INCORRECT);
+  EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, u(secret), secret.size(), nullptr, 3), CKR_ARGUMENTS_BAD);
+  ASSERT_EQ(f3->C_LoginUser(s, CKU_USER, u(secret), secret.size(), u(user), user.size()), CKR_OK);
+  CK_SESSION_INFO si;
+  ASSERT_EQ(f3->C_GetSessionInfo(s, &si), CKR_OK);
+  EXPECT_EQ(si.state, static_cast<CK_STATE>(CKS_RO_USER_FUNCTIONS));
+  ASSERT_EQ(f3->C_Logout(s), CKR_OK);
+  // An empty username: the PIN names the principal, as with C_Login.
+  std::string pin = kAdminPin;
+  EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, u(pin), pin.size(), nullptr, 0), CKR_OK);
+  EXPECT_EQ(f3->C_SessionCancel(s, CKF_SIGN), CKR_FUNCTION_NOT_SUPPORTED);
+  EXPECT_EQ(f3->C_MessageSignInit(s, nullptr, 0), CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 TEST_F(GeneralTest, CallsBeforeInitializeAndAfterFinalizeAreNotInitialized) {
