@@ -4,6 +4,8 @@
 #include "config/config.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -38,7 +40,7 @@ std::string RoleNames(bool pool) {
 }
 
 // Auth methods this release can verify.
-constexpr std::array<std::string_view, 1> kSupportedAuthMethods = {"client_secret"};
+constexpr std::array<std::string_view, 2> kSupportedAuthMethods = {"client_secret", "managed_identity"};
 
 constexpr std::array<std::string_view, 5> kLogLevels = {"debug", "info", "warning", "error", "off"};
 constexpr std::array<std::string_view, 2> kSkus = {"standard", "premium"};
@@ -160,6 +162,7 @@ class Loader {
   Status LoadSecrets(const Entry* e, std::string_view path, int line, PrincipalConfig& pc);
   Status LoadRoleAssignments(const Entry& e, Config& cfg);
   Status LoadAccessPolicies(const Entry& e, const std::string& path, VaultConfig& v);
+  Status LoadManagedIdentity(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
   Status CheckScope(const Config& cfg, const std::string& scope, std::string_view path, int line,
                     bool pool_role);
 
@@ -517,6 +520,39 @@ Status Loader::LoadSecrets(const Entry* e, std::string_view path, int line, Prin
   return OkStatus();
 }
 
+// A managed identity is bound to one OS identity: a user (by name or uid) or a group. Names
+// are resolved now, so a typo fails at load rather than at every login.
+Status Loader::LoadManagedIdentity(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc) {
+  if (f.count("secrets")) return Fail(LineOf(f["secrets"], pc.line), Child(path, "secrets"), "a managed identity has no secret");
+  int given = static_cast<int>(f.count("unix_user") + f.count("uid") + f.count("unix_group"));
+  if (given != 1) return Fail(pc.line, path, "give exactly one of unix_user, uid and unix_group for auth managed_identity");
+  if (f.count("uid")) {
+    VAULTP11_ASSIGN_OR_RETURN(std::string v, String(f["uid"], Child(path, "uid")));
+    char* end = nullptr;
+    errno = 0;
+    unsigned long n = std::strtoul(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || errno != 0 || n > 0x7fffffffUL || v[0] == '-')
+      return Fail(LineOf(f["uid"], pc.line), Child(path, "uid"), "must be a numeric user id, got {}", Quote(v));
+    pc.uid = static_cast<uid_t>(n);
+  } else if (f.count("unix_user")) {
+    VAULTP11_ASSIGN_OR_RETURN(std::string v, String(f["unix_user"], Child(path, "unix_user")));
+    struct passwd pw, *res = nullptr;
+    std::vector<char> buf(16384);
+    if (getpwnam_r(v.c_str(), &pw, buf.data(), buf.size(), &res) != 0 || res == nullptr)
+      return Fail(LineOf(f["unix_user"], pc.line), Child(path, "unix_user"), "no user named {} on this host", Quote(v));
+    pc.uid = pw.pw_uid;
+  } else {
+    VAULTP11_ASSIGN_OR_RETURN(std::string v, String(f["unix_group"], Child(path, "unix_group")));
+    struct group gr, *res = nullptr;
+    std::vector<char> buf(65536);
+    if (getgrnam_r(v.c_str(), &gr, buf.data(), buf.size(), &res) != 0 || res == nullptr)
+      return Fail(LineOf(f["unix_group"], pc.line), Child(path, "unix_group"), "no group named {} on this host",
+                  Quote(v));
+    pc.gid = gr.gr_gid;
+  }
+  return OkStatus();
+}
+
 Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
   int line = LineOf(e, 1);
   if (e.value.IsNull()) return OkStatus();
@@ -527,7 +563,8 @@ Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
     std::string path = Index("principals", i);
     PrincipalConfig pc;
     pc.line = LineOf(item, line);
-    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "auth", "secrets"}));
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line,
+                                             {"name", "auth", "secrets", "unix_user", "uid", "unix_group"}));
     VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, pc.line, "principal", seen));
     pc.name = std::move(name.first);
     auto auth = f.find("auth");
@@ -537,9 +574,15 @@ Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
       return Fail(LineOf(auth->second, pc.line), Child(path, "auth"),
                   "auth method {} is not supported yet (supported: {})", Quote(pc.auth),
                   JoinList(kSupportedAuthMethods, ", "));
-    auto secrets = f.find("secrets");
-    VAULTP11_RETURN_IF_ERROR(
-        LoadSecrets(secrets == f.end() ? nullptr : &secrets->second, path, pc.line, pc));
+    if (pc.auth == "managed_identity") {
+      VAULTP11_RETURN_IF_ERROR(LoadManagedIdentity(f, path, pc));
+    } else {
+      for (const char* k : {"unix_user", "uid", "unix_group"})
+        if (f.count(k)) return Fail(LineOf(f[k], pc.line), Child(path, k), "only for auth managed_identity");
+      auto secrets = f.find("secrets");
+      VAULTP11_RETURN_IF_ERROR(
+          LoadSecrets(secrets == f.end() ? nullptr : &secrets->second, path, pc.line, pc));
+    }
     cfg.principals.push_back(std::move(pc));
   }
   return OkStatus();

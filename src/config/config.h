@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <optional>
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -76,8 +78,11 @@ struct ClientSecret {
 
 struct PrincipalConfig {
   std::string name;
-  std::string auth;  // client_secret (this release)
-  std::vector<ClientSecret> secrets;
+  std::string auth;  // client_secret | managed_identity
+  std::vector<ClientSecret> secrets;  // client_secret
+  // managed_identity: the OS identity it is bound to (one of them), resolved at load.
+  std::optional<uid_t> uid;  // unix_user or uid
+  std::optional<gid_t> gid;  // unix_group
   int line = 0;
 };
 

@@ -104,6 +104,27 @@ uint64_t NewEventRun() {
   return run;
 }
 
+// The managed identity of the calling process: the first managed_identity principal (in
+// config order) bound to its real uid, else the first bound to its real gid or one of its
+// supplementary groups. The real ids, not the effective ones: a set-uid helper does not
+// become the identity of the file's owner.
+const config::PrincipalConfig* ManagedIdentityOfCaller(const config::Config& cfg) {
+  const uid_t uid = getuid();
+  for (const auto& pr : cfg.principals)
+    if (pr.auth == "managed_identity" && pr.uid && *pr.uid == uid) return &pr;
+  std::vector<gid_t> groups(1, getgid());
+  int n = getgroups(0, nullptr);
+  if (n > 0) {
+    groups.resize(1 + static_cast<size_t>(n));
+    n = getgroups(n, groups.data() + 1);
+    groups.resize(1 + static_cast<size_t>(std::max(n, 0)));
+  }
+  for (const auto& pr : cfg.principals)
+    if (pr.auth == "managed_identity" && pr.gid && std::find(groups.begin(), groups.end(), *pr.gid) != groups.end())
+      return &pr;
+  return nullptr;
+}
+
 // Stops the pools' health threads of this process's provider (see Provider::Create).
 void StopHealthChecksAtExit() {
   Provider* p = g_provider.load(std::memory_order_acquire);
@@ -409,6 +430,14 @@ Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   Pad(info->serialNumber, sizeof(info->serialNumber), t->serial());
   info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
   if (t->store()->read_only()) info->flags |= CKF_WRITE_PROTECTED;
+  // The calling process has a managed identity with rights on this token: it logs in with an
+  // empty PIN, which consumers send when the token reports a protected authentication path.
+  if (const config::PrincipalConfig* mi = ManagedIdentityOfCaller(p->config())) {
+    auth::Grants g = auth::ComputeGrants(p->config(), t->name(), mi->name);
+    bool any = !g.per_object.empty();
+    for (uint32_t k : g.vault_wide) any |= k != 0;
+    if (any) info->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
+  }
   CK_ULONG all = 0, rw = 0;
   p->CountSessions(t, &all, &rw);
   info->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
@@ -509,6 +538,11 @@ namespace {
 // Checks "principal:secret" against the principal's configured secrets. The hash is computed
 // even for an unknown principal so the time taken does not tell which principals exist.
 Result<std::string> Authenticate(const config::Config& cfg, std::span<const uint8_t> pin) {
+  // No PIN: the calling process's managed identity, decided by its real uid and groups.
+  if (pin.empty()) {
+    if (const config::PrincipalConfig* mi = ManagedIdentityOfCaller(cfg)) return mi->name;
+    return Err(CKR_PIN_INCORRECT, "login failed: no PIN, and no managed identity for uid {} gid {}", getuid(), getgid());
+  }
   auto colon = std::find(pin.begin(), pin.end(), ':');
   if (colon == pin.end() || colon == pin.begin() || colon + 1 == pin.end())
     return Err(CKR_PIN_INVALID, "the PIN must be principal:secret");

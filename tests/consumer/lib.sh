@@ -120,6 +120,7 @@ principals:
   - name: app
     auth: client_secret
     secrets: [ { hash: "$hash", expires: 2099-12-31 } ]
+${EXTRA_PRINCIPALS_YAML:-}
 role_assignments:
   - { principal: app, role: Key Vault Administrator, scope: /vaults/payments }
 ${EXTRA_ROLES_YAML:-}

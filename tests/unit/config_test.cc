@@ -374,12 +374,15 @@ INSTANTIATE_TEST_SUITE_P(
                 "line 5)"},
         BadCase{"PrincipalAuthMissing", P("  - name: ci\n"),
                 "vp.yaml:5: principals[0].auth: is required"},
-        BadCase{"PrincipalAuthNotSupportedYet", P("  - name: web\n    auth: managed_identity\n"),
-                "vp.yaml:6: principals[0].auth: auth method \"managed_identity\" is not supported "
-                "yet (supported: client_secret)"},
+        BadCase{"PrincipalAuthNotSupportedYet", P("  - name: web\n    auth: oauth2\n"),
+                "vp.yaml:6: principals[0].auth: auth method \"oauth2\" is not supported "
+                "yet (supported: client_secret, managed_identity)"},
         BadCase{"PrincipalUnknownKey",
-                P("  - {name: web, auth: client_secret, unix_user: www-data}\n"),
-                "vp.yaml:5: principals[0].unix_user: unknown key"},
+                P("  - {name: web, auth: client_secret, colour: blue}\n"),
+                "vp.yaml:5: principals[0].colour: unknown key"},
+        BadCase{"ManagedIdentityWithoutOsIdentity", P("  - name: web\n    auth: managed_identity\n"),
+                "vp.yaml:5: principals[0]: give exactly one of unix_user, uid and unix_group for auth "
+                "managed_identity"},
         BadCase{"SecretsMissing", P("  - {name: ci, auth: client_secret}\n"),
                 "vp.yaml:5: principals[0].secrets: is required for auth client_secret"},
         BadCase{"SecretsEmpty", P("  - name: ci\n    auth: client_secret\n    secrets: []\n"),
@@ -749,6 +752,30 @@ TEST(ConfigAccessPolicyTest, LoadsPoliciesAndRefusesMixing) {
               HasSubstr("vaults[0].access_policies: only with authorization: access_policy"));
   EXPECT_THAT(ErrorOf("store: { path: /s.db }\nvaults:\n  - { name: v, authorization: acl }\n"),
               HasSubstr("vaults[0].authorization: must be rbac or access_policy"));
+}
+
+
+TEST(ConfigManagedIdentityTest, BindsToOneOsIdentity) {
+  const std::string base = "store: { path: /s.db }\nvaults:\n  - name: v\nprincipals:\n";
+  ASSERT_OK_AND_ASSIGN(Config c, Load(base + "  - { name: svc, auth: managed_identity, uid: 1001 }\n"
+                                             "  - { name: rootish, auth: managed_identity, unix_user: root }\n"
+                                             "  - { name: team, auth: managed_identity, unix_group: root }\n"));
+  EXPECT_EQ(c.principals[0].uid, std::optional<uid_t>(1001));
+  EXPECT_EQ(c.principals[1].uid, std::optional<uid_t>(0));
+  EXPECT_EQ(c.principals[2].gid, std::optional<gid_t>(0));
+  EXPECT_FALSE(c.principals[2].uid.has_value());
+  EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: managed_identity }\n"),
+              HasSubstr("principals[0]: give exactly one of unix_user, uid and unix_group"));
+  EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: managed_identity, uid: 1, unix_group: root }\n"),
+              HasSubstr("give exactly one of unix_user, uid and unix_group"));
+  EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: managed_identity, uid: -1 }\n"),
+              HasSubstr("principals[0].uid: must be a numeric user id"));
+  EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: managed_identity, unix_user: no-such-user-here }\n"),
+              HasSubstr("principals[0].unix_user: no user named \"no-such-user-here\" on this host"));
+  EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: managed_identity, uid: 5, secrets: [] }\n"),
+              HasSubstr("principals[0].secrets: a managed identity has no secret"));
+  EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: client_secret, uid: 5, secrets: [ {hash: \"H\"} ] }\n"),
+              HasSubstr("principals[0].uid: only for auth managed_identity"));
 }
 
 }  // namespace

@@ -1,0 +1,127 @@
+// Managed identities through the function list: a principal bound to the calling process's
+// real uid (or group) logs in with an empty PIN; the token reports a protected authentication
+// path to such a process; a process under another uid (a forked child that drops to another
+// uid, when the tests run as root) gets its own identity or none.
+#include <grp.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "fixture.h"
+
+namespace vaultp11::testing {
+namespace {
+
+constexpr uid_t kOtherUid = 65534;  // "nobody" on Debian
+
+class ManagedIdentityTest : public AbiTest {
+ protected:
+  void SetUp() override {
+    AbiTest::SetUp();
+    ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+    initialized = false;
+    config_path = WriteConfig(
+        "  - { principal: me, role: Key Vault Administrator, scope: /vaults/payments }\n"
+        "  - { principal: someone, role: Key Vault Reader, scope: /vaults/archive }\n",
+        "");
+    // Principals go after the standard ones: append them to the principals list.
+    std::ifstream in(config_path);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string cfg = text.str();
+    const std::string marker = "role_assignments:\n";
+    cfg.insert(cfg.find(marker), "  - { name: me, auth: managed_identity, uid: " + std::to_string(getuid()) +
+                                     " }\n  - { name: someone, auth: managed_identity, uid: " +
+                                     std::to_string(kOtherUid) + " }\n");
+    std::ofstream(config_path) << cfg;
+    ASSERT_EQ(InitWith(config_path), CKR_OK);
+  }
+
+  CK_FLAGS TokenFlags(CK_SLOT_ID slot) {
+    CK_TOKEN_INFO ti;
+    EXPECT_EQ(f->C_GetTokenInfo(slot, &ti), CKR_OK);
+    return ti.flags;
+  }
+};
+
+TEST_F(ManagedIdentityTest, EmptyPinLogsInAsTheCallersIdentity) {
+  if (getuid() == kOtherUid) GTEST_SKIP() << "the tests run as the other uid";
+  EXPECT_NE(TokenFlags(0) & CKF_PROTECTED_AUTHENTICATION_PATH, 0u);  // "me" has rights on payments
+  EXPECT_EQ(TokenFlags(1) & CKF_PROTECTED_AUTHENTICATION_PATH, 0u);  // but none on archive
+  CK_SESSION_HANDLE s = OpenRw(0);
+  ASSERT_EQ(f->C_Login(s, CKU_USER, nullptr, 0), CKR_OK);
+  CK_OBJECT_HANDLE pub, priv;
+  GenEc(s, kP256, "mine", &pub, &priv);  // the Key Vault Administrator of "me"
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  // A PIN still works for the other principals.
+  EXPECT_EQ(Login(s), CKR_OK);
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  // On archive "me" has no role: the login succeeds (it is who the process is), nothing is allowed.
+  CK_SESSION_HANDLE a = OpenRw(1);
+  ASSERT_EQ(f->C_Login(a, CKU_USER, nullptr, 0), CKR_OK);
+  CK_MECHANISM m{CKM_AES_KEY_GEN, nullptr, 0};
+  CK_ULONG len = 16;
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE t[] = {{CKA_TOKEN, &yes, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}};
+  CK_OBJECT_HANDLE k;
+  EXPECT_EQ(f->C_GenerateKey(a, &m, t, 2, &k), CKR_ACTION_PROHIBITED);
+}
+
+TEST_F(ManagedIdentityTest, AnotherUidGetsItsOwnIdentityOrNone) {
+  if (geteuid() != 0) GTEST_SKIP() << "dropping to another uid needs root";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The child initialises as root (the store is 0600), then becomes the other uid for good.
+    CK_C_INITIALIZE_ARGS args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    args.pReserved = const_cast<char*>(config_path.c_str());
+    if (f->C_Initialize(&args) != CKR_OK) _exit(2);
+    if (setgroups(0, nullptr) != 0 || setresgid(kOtherUid, kOtherUid, kOtherUid) != 0 ||
+        setresuid(kOtherUid, kOtherUid, kOtherUid) != 0)
+      _exit(3);
+    CK_TOKEN_INFO ti;
+    if (f->C_GetTokenInfo(0, &ti) != CKR_OK || (ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH)) _exit(4);
+    if (f->C_GetTokenInfo(1, &ti) != CKR_OK || !(ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH)) _exit(5);
+    CK_SESSION_HANDLE s;
+    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &s) != CKR_OK) _exit(6);
+    // Logged in as "someone" (not "me"): nothing on payments.
+    if (f->C_Login(s, CKU_USER, nullptr, 0) != CKR_OK) _exit(7);
+    CK_MECHANISM m{CKM_AES_KEY_GEN, nullptr, 0};
+    CK_ULONG len = 16;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_TOKEN, &yes, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}};
+    CK_OBJECT_HANDLE k;
+    if (f->C_GenerateKey(s, &m, t, 2, &k) != CKR_ACTION_PROHIBITED) _exit(8);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+TEST_F(ManagedIdentityTest, NoIdentityMeansNoEmptyPinLogin) {
+  // A deployment whose only managed identity is another uid's.
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  std::ifstream in(config_path);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string cfg = text.str();
+  const std::string mine = "uid: " + std::to_string(getuid()) + " }";
+  cfg.replace(cfg.find(mine), mine.size(), "uid: 4242 }");
+  std::ofstream(config_path) << cfg;
+  ASSERT_EQ(InitWith(config_path), CKR_OK);
+  if (getuid() == kOtherUid || getuid() == 4242) GTEST_SKIP();
+  EXPECT_EQ(TokenFlags(0) & CKF_PROTECTED_AUTHENTICATION_PATH, 0u);
+  CK_SESSION_HANDLE s = OpenRo(0);
+  EXPECT_EQ(f->C_Login(s, CKU_USER, nullptr, 0), CKR_PIN_INCORRECT);
+  std::string empty;
+  EXPECT_EQ(f->C_Login(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(empty.data()), 0), CKR_PIN_INCORRECT);
+}
+
+}  // namespace
+}  // namespace vaultp11::testing
