@@ -402,6 +402,24 @@ int Run(int argc, const char* const* argv, Io& io) {
     backup->add_option("pool|vault", where, "Managed HSM pool, or premium vault")->required();
     backup->add_option("key", key_name, "Key name (CKA_LABEL)")->required();
     backup->add_option("file", backup_file, "New file to write (mode 0600)")->required();
+    AssertionOptions assertion_opts;
+    CLI::App* assertion = app.add_subcommand(
+        "assertion", "Print a client assertion (JWT) for a client_certificate principal's login");
+    assertion->add_option("--principal", assertion_opts.principal, "The principal")->required();
+    assertion->add_option("--key", assertion_opts.key_file, "PEM private key of its certificate")->required();
+    assertion->add_option("--cert", assertion_opts.cert_file, "PEM certificate")->required();
+    auto* a_vault = assertion->add_option("--vault", assertion_opts.vault, "Vault or pool the login is for");
+    assertion->add_option("--slot", assertion_opts.slot, "Slot the login is for")->excludes(a_vault);
+    assertion->add_option("--lifetime", assertion_opts.lifetime_seconds, "Seconds it stays valid")
+        ->check(CLI::Range(30, 600))
+        ->capture_default_str();
+    WhoamiOptions whoami_opts;
+    std::string whoami_pin;
+    CLI::App* whoami = app.add_subcommand(
+        "whoami", "Show a token's resource id and accepted authorities, and who a PIN (or this process) is");
+    auto* w_vault = whoami->add_option("--vault", whoami_opts.vault, "Vault or pool");
+    whoami->add_option("--slot", whoami_opts.slot, "Slot")->excludes(w_vault);
+    auto* w_pin = whoami->add_option("--pin", whoami_pin, "PIN to check: - (stdin), @FILE, or the value");
     CLI::App* restore = app.add_subcommand("restore", "Restore a key backup where the same security domain is held");
     restore->add_option("pool|vault", where, "Managed HSM pool, or premium vault")->required();
     restore->add_option("file", backup_file, "Backup file")->required();
@@ -418,7 +436,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -449,6 +467,11 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = BackupCommand(cfg.value(), where, key_name, backup_file, io);
       } else if (restore->parsed()) {
         st = RestoreCommand(cfg.value(), where, backup_file, io);
+      } else if (assertion->parsed()) {
+        st = AssertionCommand(cfg.value(), assertion_opts, io);
+      } else if (whoami->parsed()) {
+        if (w_pin->count() > 0) whoami_opts.pin = whoami_pin;
+        st = WhoamiCommand(cfg.value(), whoami_opts, io);
       }
     }
     io.out << std::flush;

@@ -6,6 +6,7 @@
 
 #include <istream>
 #include <ostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,27 @@ Status BackupCommand(const config::Config& cfg, const std::string& where, const 
 // Another domain, a modified file, a key of that name already in the pool: refused, nothing
 // changed.
 Status RestoreCommand(const config::Config& cfg, const std::string& where, const std::string& file, Io& io);
+
+struct AssertionOptions {
+  std::string principal, key_file, cert_file;
+  std::string vault;  // the token the assertion is for (a vault or pool name) ...
+  int slot = -1;      // ... or its slot; neither: the first vault
+  int lifetime_seconds = 300;
+};
+// `assertion`: prints a client assertion (RFC 7523 JWT) for a client_certificate principal,
+// signed with KEY.pem (RSA: RS256, EC P-256: ES256), x5t#S256 = CERT.pem's thumbprint, aud = the
+// token's resource id, a fresh jti, valid for lifetime_seconds.
+Status AssertionCommand(const config::Config& cfg, const AssertionOptions& opts, Io& io);
+
+struct WhoamiOptions {
+  std::string vault;
+  int slot = -1;
+  std::optional<std::string> pin;  // "-" (stdin), "@FILE", or the value
+};
+// `whoami`: the token's resource id and where a valid credential comes from (the challenge),
+// this process's managed identity, and with --pin the principal it proves and its permissions
+// (a client assertion checked here is used up: its jti is recorded).
+Status WhoamiCommand(const config::Config& cfg, const WhoamiOptions& opts, Io& io);
 
 // "private-key", "public-key", "secret-key", "certificate", "data", else "class-0x<hex>".
 std::string ClassName(CK_OBJECT_CLASS object_class);

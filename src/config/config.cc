@@ -8,6 +8,9 @@
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <yaml-cpp/yaml.h>
 
 #include <array>
@@ -40,7 +43,8 @@ std::string RoleNames(bool pool) {
 }
 
 // Auth methods this release can verify.
-constexpr std::array<std::string_view, 2> kSupportedAuthMethods = {"client_secret", "managed_identity"};
+constexpr std::array<std::string_view, 4> kSupportedAuthMethods = {"client_secret", "client_certificate",
+                                                                  "managed_identity", "oauth2"};
 
 constexpr std::array<std::string_view, 5> kLogLevels = {"debug", "info", "warning", "error", "off"};
 constexpr std::array<std::string_view, 2> kSkus = {"standard", "premium"};
@@ -163,6 +167,8 @@ class Loader {
   Status LoadRoleAssignments(const Entry& e, Config& cfg);
   Status LoadAccessPolicies(const Entry& e, const std::string& path, VaultConfig& v);
   Status LoadManagedIdentity(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
+  Status LoadClientCertificate(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
+  Status LoadOAuth2(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
   Status CheckScope(const Config& cfg, const std::string& scope, std::string_view path, int line,
                     bool pool_role);
 
@@ -523,7 +529,6 @@ Status Loader::LoadSecrets(const Entry* e, std::string_view path, int line, Prin
 // A managed identity is bound to one OS identity: a user (by name or uid) or a group. Names
 // are resolved now, so a typo fails at load rather than at every login.
 Status Loader::LoadManagedIdentity(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc) {
-  if (f.count("secrets")) return Fail(LineOf(f["secrets"], pc.line), Child(path, "secrets"), "a managed identity has no secret");
   int given = static_cast<int>(f.count("unix_user") + f.count("uid") + f.count("unix_group"));
   if (given != 1) return Fail(pc.line, path, "give exactly one of unix_user, uid and unix_group for auth managed_identity");
   if (f.count("uid")) {
@@ -553,6 +558,62 @@ Status Loader::LoadManagedIdentity(std::map<std::string, Entry>& f, const std::s
   return OkStatus();
 }
 
+// The registered certificate of a client_certificate principal: a PEM file read now, so a
+// missing or unreadable certificate fails at load. Its validity is checked at each login.
+Status Loader::LoadClientCertificate(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc) {
+  auto it = f.find("certificate_file");
+  if (it == f.end()) return Fail(pc.line, Child(path, "certificate_file"), "is required for auth client_certificate");
+  int line = LineOf(it->second, pc.line);
+  VAULTP11_ASSIGN_OR_RETURN(std::string file, String(it->second, Child(path, "certificate_file")));
+  pc.certificate_file = Resolve(file);
+  BIO* bio = BIO_new_file(pc.certificate_file.c_str(), "r");
+  if (bio == nullptr) return Fail(line, Child(path, "certificate_file"), "cannot read {}", pc.certificate_file);
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  ERR_clear_error();
+  if (cert == nullptr)
+    return Fail(line, Child(path, "certificate_file"), "{} holds no PEM certificate", pc.certificate_file);
+  unsigned char* der = nullptr;
+  int n = i2d_X509(cert, &der);
+  X509_free(cert);
+  if (n <= 0) return Fail(line, Child(path, "certificate_file"), "{}: the certificate cannot be encoded", pc.certificate_file);
+  pc.certificate_der.assign(der, der + n);
+  OPENSSL_free(der);
+  return OkStatus();
+}
+
+// An oauth2 principal: tokens from `issuer` for `audience`, signed by a key of `jwks_file`
+// (read at each login, so the provider's key rotation needs no restart).
+Status Loader::LoadOAuth2(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc) {
+  for (const char* k : {"issuer", "audience", "jwks_file"})
+    if (!f.count(k)) return Fail(pc.line, Child(path, k), "is required for auth oauth2");
+  VAULTP11_ASSIGN_OR_RETURN(pc.issuer, String(f["issuer"], Child(path, "issuer")));
+  VAULTP11_ASSIGN_OR_RETURN(pc.audience, String(f["audience"], Child(path, "audience")));
+  VAULTP11_ASSIGN_OR_RETURN(std::string jwks, String(f["jwks_file"], Child(path, "jwks_file")));
+  pc.jwks_file = Resolve(jwks);
+  for (auto [k, v] : {std::pair<const char*, std::string*>{"issuer", &pc.issuer}, {"audience", &pc.audience}})
+    if (v->empty() || v->size() > 512) return Fail(LineOf(f[k], pc.line), Child(path, k), "must be 1-512 characters");
+  if (f.count("claim")) {
+    VAULTP11_ASSIGN_OR_RETURN(pc.claim, String(f["claim"], Child(path, "claim")));
+    if (pc.claim.empty() || pc.claim.size() > 64) return Fail(LineOf(f["claim"], pc.line), Child(path, "claim"), "must be 1-64 characters");
+  }
+  pc.subject = pc.name;
+  if (f.count("subject")) {
+    VAULTP11_ASSIGN_OR_RETURN(pc.subject, String(f["subject"], Child(path, "subject")));
+    if (pc.subject.empty()) return Fail(LineOf(f["subject"], pc.line), Child(path, "subject"), "must not be empty");
+  }
+  if (f.count("leeway_seconds")) {
+    VAULTP11_ASSIGN_OR_RETURN(std::string v, String(f["leeway_seconds"], Child(path, "leeway_seconds")));
+    char* end = nullptr;
+    long n = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || n < 0 || n > 600)
+      return Fail(LineOf(f["leeway_seconds"], pc.line), Child(path, "leeway_seconds"),
+                  "must be a whole number of seconds from 0 to 600, got {}", Quote(v));
+    pc.leeway_seconds = static_cast<int>(n);
+  }
+  return OkStatus();
+}
+
 Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
   int line = LineOf(e, 1);
   if (e.value.IsNull()) return OkStatus();
@@ -564,7 +625,9 @@ Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
     PrincipalConfig pc;
     pc.line = LineOf(item, line);
     VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line,
-                                             {"name", "auth", "secrets", "unix_user", "uid", "unix_group"}));
+                                             {"name", "auth", "secrets", "unix_user", "uid", "unix_group",
+                                              "certificate_file", "issuer", "audience", "jwks_file", "claim",
+                                              "subject", "leeway_seconds"}));
     VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, pc.line, "principal", seen));
     pc.name = std::move(name.first);
     auto auth = f.find("auth");
@@ -574,11 +637,22 @@ Status Loader::LoadPrincipals(const Entry& e, Config& cfg) {
       return Fail(LineOf(auth->second, pc.line), Child(path, "auth"),
                   "auth method {} is not supported yet (supported: {})", Quote(pc.auth),
                   JoinList(kSupportedAuthMethods, ", "));
+    // Keys that belong to one method only.
+    const std::pair<const char*, const char*> owned[] = {
+        {"unix_user", "managed_identity"}, {"uid", "managed_identity"},    {"unix_group", "managed_identity"},
+        {"certificate_file", "client_certificate"}, {"issuer", "oauth2"}, {"audience", "oauth2"},
+        {"jwks_file", "oauth2"},          {"claim", "oauth2"},             {"subject", "oauth2"},
+        {"leeway_seconds", "oauth2"},     {"secrets", "client_secret"}};
+    for (const auto& [k, method] : owned)
+      if (f.count(k) && pc.auth != method)
+        return Fail(LineOf(f[k], pc.line), Child(path, k), "only for auth {}", method);
     if (pc.auth == "managed_identity") {
       VAULTP11_RETURN_IF_ERROR(LoadManagedIdentity(f, path, pc));
+    } else if (pc.auth == "client_certificate") {
+      VAULTP11_RETURN_IF_ERROR(LoadClientCertificate(f, path, pc));
+    } else if (pc.auth == "oauth2") {
+      VAULTP11_RETURN_IF_ERROR(LoadOAuth2(f, path, pc));
     } else {
-      for (const char* k : {"unix_user", "uid", "unix_group"})
-        if (f.count(k)) return Fail(LineOf(f[k], pc.line), Child(path, k), "only for auth managed_identity");
       auto secrets = f.find("secrets");
       VAULTP11_RETURN_IF_ERROR(
           LoadSecrets(secrets == f.end() ? nullptr : &secrets->second, path, pc.line, pc));

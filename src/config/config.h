@@ -83,6 +83,14 @@ struct PrincipalConfig {
   // managed_identity: the OS identity it is bound to (one of them), resolved at load.
   std::optional<uid_t> uid;  // unix_user or uid
   std::optional<gid_t> gid;  // unix_group
+  // client_certificate: the registered certificate (PEM file, read at load).
+  std::string certificate_file;
+  std::vector<uint8_t> certificate_der;
+  // oauth2: the identity provider's tokens and which claim names the principal.
+  std::string issuer, audience, jwks_file;
+  std::string claim = "sub";  // the claim that names the principal
+  std::string subject;        // its expected value (default: the principal's name)
+  int leeway_seconds = 60;    // clock skew allowed on exp and nbf (0..600)
   int line = 0;
 };
 

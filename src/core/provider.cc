@@ -12,7 +12,9 @@
 #include <set>
 
 #include "auth/access.h"
+#include "auth/jwt.h"
 #include "auth/secret_hash.h"
+#include "core/authenticate.h"
 #include "backend/p11/inner_module.h"
 #include "backend/p11/inner_token.h"
 #include "core/calls.h"
@@ -104,27 +106,6 @@ uint64_t NewEventRun() {
   return run;
 }
 
-// The managed identity of the calling process: the first managed_identity principal (in
-// config order) bound to its real uid, else the first bound to its real gid or one of its
-// supplementary groups. The real ids, not the effective ones: a set-uid helper does not
-// become the identity of the file's owner.
-const config::PrincipalConfig* ManagedIdentityOfCaller(const config::Config& cfg) {
-  const uid_t uid = getuid();
-  for (const auto& pr : cfg.principals)
-    if (pr.auth == "managed_identity" && pr.uid && *pr.uid == uid) return &pr;
-  std::vector<gid_t> groups(1, getgid());
-  int n = getgroups(0, nullptr);
-  if (n > 0) {
-    groups.resize(1 + static_cast<size_t>(n));
-    n = getgroups(n, groups.data() + 1);
-    groups.resize(1 + static_cast<size_t>(std::max(n, 0)));
-  }
-  for (const auto& pr : cfg.principals)
-    if (pr.auth == "managed_identity" && pr.gid && std::find(groups.begin(), groups.end(), *pr.gid) != groups.end())
-      return &pr;
-  return nullptr;
-}
-
 // Stops the pools' health threads of this process's provider (see Provider::Create).
 void StopHealthChecksAtExit() {
   Provider* p = g_provider.load(std::memory_order_acquire);
@@ -208,6 +189,8 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
     p->tokens_.push_back(std::move(t));
   }
   (void)p->store_->ExternalChange();  // first call primes the data_version baseline
+  // Part of every token's resource id (the audience of client assertions).
+  VAULTP11_ASSIGN_OR_RETURN(p->deployment_id_, p->store_->DeploymentId());
   // Pools: the health check copies missed keys (the token's catalog) and reports members
   // leaving or rejoining service as slot events. Its threads must be stopped before the inner
   // modules' own static destructors run when the process exits without C_Finalize (or calls
@@ -533,47 +516,6 @@ Status GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info) {
   return OkStatus();
 }
 
-namespace {
-
-// Checks "principal:secret" against the principal's configured secrets. The hash is computed
-// even for an unknown principal so the time taken does not tell which principals exist.
-Result<std::string> Authenticate(const config::Config& cfg, std::span<const uint8_t> pin) {
-  // No PIN: the calling process's managed identity, decided by its real uid and groups.
-  if (pin.empty()) {
-    if (const config::PrincipalConfig* mi = ManagedIdentityOfCaller(cfg)) return mi->name;
-    return Err(CKR_PIN_INCORRECT, "login failed: no PIN, and no managed identity for uid {} gid {}", getuid(), getgid());
-  }
-  auto colon = std::find(pin.begin(), pin.end(), ':');
-  if (colon == pin.end() || colon == pin.begin() || colon + 1 == pin.end())
-    return Err(CKR_PIN_INVALID, "the PIN must be principal:secret");
-  std::string name(pin.begin(), colon);
-  std::span<const uint8_t> secret(colon + 1, pin.end());
-  const config::PrincipalConfig* pr = cfg.FindPrincipal(name);
-  if (pr == nullptr || pr->auth != "client_secret") {
-    static const std::string kDummy = [] {
-      auto h = auth::HashSecret(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>("x"), 1));
-      return h.ok() ? h.value() : std::string();
-    }();
-    if (!kDummy.empty()) (void)auth::VerifySecret(kDummy, secret);
-    return Err(CKR_PIN_INCORRECT, "login failed: no such client-secret principal");
-  }
-  auto today = std::chrono::floor<std::chrono::days>(std::chrono::system_clock::now());
-  bool matched_expired = false;
-  for (const auto& s : pr->secrets) {
-    VAULTP11_ASSIGN_OR_RETURN(bool ok, auth::VerifySecret(s.hash, secret));
-    if (!ok) continue;
-    if (s.expires && today >= *s.expires) {
-      matched_expired = true;
-      continue;
-    }
-    return name;
-  }
-  if (matched_expired) return Err(CKR_PIN_INCORRECT, "login failed for principal {}: the secret has expired", name);
-  return Err(CKR_PIN_INCORRECT, "login failed for principal {}: wrong secret", name);
-}
-
-}  // namespace
-
 Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len) {
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
   VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));
@@ -581,16 +523,24 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
     return Err(CKR_OPERATION_NOT_INITIALIZED, "no key needs a context-specific login");
   if (user != CKU_USER && user != CKU_SO) return Err(CKR_USER_TYPE_INVALID, "user type {} is not valid", user);
   if (pin == nullptr && pin_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_Login: pPin is NULL");
-  if (pin_len > 4096) return Err(CKR_PIN_LEN_RANGE, "C_Login: PIN of {} bytes is too long", pin_len);
+  // Room for a JWT (client assertion or bearer token).
+  if (pin_len > auth::jwt::kMaxTokenBytes) return Err(CKR_PIN_INVALID, "C_Login: PIN of {} bytes is too long", pin_len);
   Token* t = s->token();
   if (t->logged_in()) return Err(CKR_USER_ALREADY_LOGGED_IN, "already logged in to vault {}", t->name());
   // Vault tokens have no security officer: administration goes through the config and CLI.
   if (user == CKU_SO) return Err(CKR_PIN_INCORRECT, "vault tokens have no security officer");
   SecureBytes pin_bytes(pin, pin + pin_len);
-  VAULTP11_ASSIGN_OR_RETURN(std::string principal, Authenticate(p->config(), pin_bytes));
-  auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(p->config(), t->name(), principal));
+  const std::string resource = ResourceId(p->config(), p->deployment_id(), t->name());
+  auto who = Authenticate(p->config(), t->store(), resource, pin_bytes);
+  if (!who.ok()) {
+    // The challenge says where a valid credential comes from; the credential is never logged.
+    log::Warning("vault {}: login failed: {}; a valid credential: {}", t->name(), who.error().message,
+                 Challenge(p->config(), resource));
+    return who.error();
+  }
+  auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(p->config(), t->name(), who->principal));
   t->SetLogin(std::move(grants));
-  log::Info("vault {}: principal {} logged in", t->name(), principal);
+  log::Info("vault {}: principal {} logged in ({})", t->name(), who->principal, who->method);
   return OkStatus();
 }
 
@@ -599,7 +549,8 @@ Status LoginUser(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK
   if (username == nullptr && username_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_LoginUser: pUsername is NULL");
   if (pin == nullptr && pin_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_LoginUser: pPin is NULL");
   if (username_len == 0) return Login(h, user, pin, pin_len);  // the PIN names the principal
-  if (username_len > 256 || pin_len > 4096) return Err(CKR_PIN_LEN_RANGE, "C_LoginUser: username or PIN too long");
+  if (username_len > 256 || pin_len > auth::jwt::kMaxTokenBytes)
+    return Err(CKR_PIN_LEN_RANGE, "C_LoginUser: username or PIN too long");
   // The principal is the username: the same as C_Login with "principal:secret".
   SecureBytes combined;
   combined.reserve(username_len + 1 + pin_len);

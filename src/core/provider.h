@@ -38,6 +38,9 @@ class Provider {
   // Number of sessions (and R/W sessions) open on a token.
   void CountSessions(const Token* token, CK_ULONG* all, CK_ULONG* rw) const;
 
+  // The store's deployment id (part of every token's resource id).
+  const std::string& deployment_id() const { return deployment_id_; }
+
   // Applies changes other processes committed to the store (cheap when nothing changed).
   void SyncFromStore();
 
@@ -46,6 +49,7 @@ class Provider {
 
   config::Config config_;
   std::unique_ptr<store::Store> store_;
+  std::string deployment_id_;
   std::vector<std::unique_ptr<Token>> tokens_;
   std::atomic<CK_OBJECT_HANDLE> next_object_{1};
   std::atomic<CK_SESSION_HANDLE> next_session_{1};

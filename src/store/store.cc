@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -50,6 +51,54 @@ CREATE INDEX IF NOT EXISTS tombstones_vault_revision ON tombstones(vault, revisi
 INSERT OR IGNORE INTO meta(key, value) VALUES('revision', 0);
 PRAGMA user_version = 1;
 )sql";
+
+// Authentication state, added after version 1 shipped: created IF NOT EXISTS on every writable
+// open, so older stores upgrade in place without a schema version change.
+constexpr const char* kAuthSchemaSql = R"sql(
+CREATE TABLE IF NOT EXISTS used_jtis(value TEXT PRIMARY KEY, expires INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS used_jtis_expires ON used_jtis(expires);
+CREATE TABLE IF NOT EXISTS login_failures(
+  principal TEXT PRIMARY KEY,
+  failures INTEGER NOT NULL,
+  last_failure INTEGER NOT NULL,
+  locked_until INTEGER NOT NULL);
+)sql";
+// The objects kAuthSchemaSql creates (their count in sqlite_master tells whether it ran).
+constexpr const char* kAuthSchemaCheckSql =
+    "SELECT count(*) FROM sqlite_master WHERE name IN "
+    "('used_jtis', 'used_jtis_expires', 'login_failures')";
+constexpr int64_t kAuthSchemaObjects = 3;
+
+constexpr size_t kDeploymentIdBytes = 16;
+
+bool IsDeploymentId(std::string_view s) {
+  if (s.size() != 2 * kDeploymentIdBytes) return false;
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+int64_t SaturatingAdd(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r))
+    return b > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+  return r;
+}
+
+// The state after one more failure at now (see Store::RecordLoginFailure).
+LoginFailures NextLoginFailures(LoginFailures s, int64_t now, int64_t lock_after,
+                                int64_t lock_seconds) {
+  if (s.locked_until != 0 && s.locked_until <= now) {  // the lockout is over: start again
+    s.failures = 0;
+    s.locked_until = 0;
+  }
+  if (s.failures < std::numeric_limits<int64_t>::max()) ++s.failures;
+  s.last_failure = now;
+  if (lock_after > 0 && s.failures >= lock_after)
+    s.locked_until =
+        std::max(s.locked_until, SaturatingAdd(now, std::max<int64_t>(lock_seconds, 0)));
+  return s;
+}
 
 constexpr const char* kObjectColumns =
     "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision";
@@ -261,6 +310,7 @@ struct Store::Impl {
   std::string master_key_path;
   std::map<std::string, sqlite3_stmt*, std::less<>> statements;
   std::map<std::string, SecureBytes, std::less<>> data_keys;  // unwrapped, per vault
+  std::string deployment_id;                                  // cached once read (it never changes)
 
   Error Fail(int rc, std::string_view what) const { return SqlError(db, rc, path, what); }
 
@@ -374,12 +424,85 @@ struct Store::Impl {
         VAULTP11_ASSIGN_OR_RETURN(int64_t v,
                                   QueryInt("PRAGMA user_version", "reading the schema version"));
         if (v != 0) return OkStatus();
-        return Exec(kSchemaSql, "creating the schema");
+        VAULTP11_RETURN_IF_ERROR(Exec(kSchemaSql, "creating the schema"));
+        return Exec(kAuthSchemaSql, "creating the schema");
       }));
       VAULTP11_ASSIGN_OR_RETURN(version,
                                 QueryInt("PRAGMA user_version", "reading the schema version"));
     }
-    return CheckVersion(version);
+    VAULTP11_RETURN_IF_ERROR(CheckVersion(version));
+    // A store made before the authentication tables existed gets them now (only a read when
+    // they are there already).
+    VAULTP11_ASSIGN_OR_RETURN(bool have_auth, HasAuthSchema());
+    if (!have_auth)
+      VAULTP11_RETURN_IF_ERROR(Transaction("adding the authentication tables", [&]() -> Status {
+        return Exec(kAuthSchemaSql, "adding the authentication tables");
+      }));
+    return OkStatus();
+  }
+
+  Result<bool> HasAuthSchema() {
+    VAULTP11_ASSIGN_OR_RETURN(
+        int64_t n, QueryInt(kAuthSchemaCheckSql, "looking for the authentication tables"));
+    return n == kAuthSchemaObjects;
+  }
+
+  // Reads meta.deployment_id into `deployment_id`; false when there is none yet.
+  Result<bool> ReadDeploymentId() {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                              Prepare("SELECT value FROM meta WHERE key = 'deployment_id'"));
+    Stmt st(s);
+    int rc = st.Step();
+    if (rc == SQLITE_DONE) return false;
+    if (rc != SQLITE_ROW) return Fail(rc, "reading the deployment id");
+    std::string id = st.Text(0);
+    if (!IsDeploymentId(id))
+      return Err(CKR_DEVICE_ERROR, "database file {} has a malformed deployment id", path);
+    deployment_id = std::move(id);
+    return true;
+  }
+
+  // The deployment id, created when missing. The first creator wins (INSERT OR IGNORE); every
+  // process then reads back the stored value, never the one it generated.
+  Result<std::string> EnsureDeploymentId(bool read_only) {
+    if (!deployment_id.empty()) return deployment_id;
+    VAULTP11_ASSIGN_OR_RETURN(bool found, ReadDeploymentId());
+    if (found) return deployment_id;
+    if (read_only)
+      return Err(CKR_TOKEN_WRITE_PROTECTED,
+                 "database {} has no deployment id yet and is read-only (open it writable once)",
+                 path);
+    uint8_t raw[kDeploymentIdBytes];
+    VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(raw));
+    std::string fresh;
+    for (uint8_t b : raw) fresh += fmt::format("{:02x}", b);
+    VAULTP11_RETURN_IF_ERROR(Transaction("creating the deployment id", [&]() -> Status {
+      VAULTP11_ASSIGN_OR_RETURN(
+          sqlite3_stmt * s,
+          Prepare("INSERT OR IGNORE INTO meta(key, value) VALUES('deployment_id', ?)"));
+      Stmt st(s);
+      st.Bind(1, fresh);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return Fail(rc, "creating the deployment id");
+      return OkStatus();
+    }));
+    VAULTP11_ASSIGN_OR_RETURN(found, ReadDeploymentId());
+    if (!found)
+      return Err(CKR_DEVICE_ERROR, "database {}: the deployment id vanished after creation", path);
+    return deployment_id;
+  }
+
+  // Inside or outside a transaction: the principal's recorded failures (zero when none).
+  Result<LoginFailures> ReadLoginFailures(std::string_view principal) {
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s, Prepare("SELECT failures, last_failure, locked_until FROM login_failures "
+                                  "WHERE principal = ?"));
+    Stmt st(s);
+    st.Bind(1, principal);
+    int rc = st.Step();
+    if (rc == SQLITE_DONE) return LoginFailures{};
+    if (rc != SQLITE_ROW) return Fail(rc, "reading failed logins");
+    return LoginFailures{st.Int(0), st.Int(1), st.Int(2)};
   }
 
   Status CheckVersion(int64_t version) {
@@ -459,6 +582,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& db_path,
                    db_path, jm.Text(0));
     }
     VAULTP11_RETURN_IF_ERROR(impl.SetUpSchema());
+    // Created up front so that the store still has it should it later be mounted read-only.
+    VAULTP11_RETURN_IF_ERROR(impl.EnsureDeploymentId(/*read_only=*/false).status());
   }
 
   // The master key: created beside the database on first use. Vaults are counted before the
@@ -719,6 +844,104 @@ Result<std::vector<std::string>> Store::Vaults() {
   while ((rc = st.Step()) == SQLITE_ROW) out.push_back(st.Text(0));
   if (rc != SQLITE_DONE) return impl_->Fail(rc, "listing vaults");
   return out;
+}
+
+Result<std::string> Store::DeploymentId() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return impl_->EnsureDeploymentId(read_only_);
+}
+
+Result<bool> Store::UseJti(std::string_view issuer_and_jti, int64_t expires_unix,
+                           int64_t now_unix) {
+  if (issuer_and_jti.empty() || issuer_and_jti.size() > kMaxJtiBytes)
+    return Err(CKR_ARGUMENTS_BAD, "JWT id of {} bytes (must be 1 to {})", issuer_and_jti.size(),
+               kMaxJtiBytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_)
+    return Err(CKR_TOKEN_WRITE_PROTECTED,
+               "cannot record a one-time JWT id: database {} is read-only", path_);
+  bool fresh = false;
+  VAULTP11_RETURN_IF_ERROR(impl_->Transaction("recording a JWT id", [&]() -> Status {
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                                impl_->Prepare("DELETE FROM used_jtis WHERE expires < ?"));
+      Stmt st(s);
+      st.Bind(1, now_unix);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "purging expired JWT ids");
+    }
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        impl_->Prepare("INSERT OR IGNORE INTO used_jtis(value, expires) VALUES(?, ?)"));
+    Stmt st(s);
+    st.Bind(1, issuer_and_jti);
+    st.Bind(2, expires_unix);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a JWT id");
+    fresh = sqlite3_changes(db_) == 1;
+    return OkStatus();
+  }));
+  return fresh;
+}
+
+Result<LoginFailures> Store::GetLoginFailures(std::string_view principal) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) {
+    // A read-only store made by an older version has no table: nothing was ever recorded.
+    VAULTP11_ASSIGN_OR_RETURN(bool have, impl_->HasAuthSchema());
+    if (!have) return LoginFailures{};
+  }
+  return impl_->ReadLoginFailures(principal);
+}
+
+Result<LoginFailures> Store::RecordLoginFailure(std::string_view principal, int64_t now_unix,
+                                                int64_t lock_after, int64_t lock_seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) {
+    LoginFailures old;
+    VAULTP11_ASSIGN_OR_RETURN(bool have, impl_->HasAuthSchema());
+    if (have) {
+      VAULTP11_ASSIGN_OR_RETURN(old, impl_->ReadLoginFailures(principal));
+    }
+    return NextLoginFailures(old, now_unix, lock_after, lock_seconds);
+  }
+  LoginFailures next;
+  VAULTP11_RETURN_IF_ERROR(impl_->Transaction("recording a failed login", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(LoginFailures old, impl_->ReadLoginFailures(principal));
+    next = NextLoginFailures(old, now_unix, lock_after, lock_seconds);
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        impl_->Prepare(
+            "INSERT INTO login_failures(principal, failures, last_failure, locked_until) "
+            "VALUES(?1, ?2, ?3, ?4) ON CONFLICT(principal) DO UPDATE SET "
+            "failures = ?2, last_failure = ?3, locked_until = ?4"));
+    Stmt st(s);
+    st.Bind(1, principal);
+    st.Bind(2, next.failures);
+    st.Bind(3, next.last_failure);
+    st.Bind(4, next.locked_until);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a failed login");
+    return OkStatus();
+  }));
+  return next;
+}
+
+Status Store::ResetLoginFailures(std::string_view principal) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return OkStatus();  // nothing can have been recorded by this process
+  // Reading first keeps the common case (no failures recorded) free of a write transaction.
+  VAULTP11_ASSIGN_OR_RETURN(LoginFailures now, impl_->ReadLoginFailures(principal));
+  if (now == LoginFailures{}) return OkStatus();
+  return impl_->Transaction("clearing failed logins", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                              impl_->Prepare("DELETE FROM login_failures WHERE principal = ?"));
+    Stmt st(s);
+    st.Bind(1, principal);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "clearing failed logins");
+    return OkStatus();
+  });
 }
 
 }  // namespace vaultp11::store

@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "util/result.h"
@@ -29,6 +30,17 @@ struct ObjectRecord {
   bool has_secret = false;  // whether sensitive material is stored (load with LoadSecret)
   int64_t revision = 0;  // store-wide change counter value of the last write to this row
 };
+
+// Failed-login state of one principal (unix seconds), shared by every process using the store.
+struct LoginFailures {
+  int64_t failures = 0;      // failures in a row since the last success (or expired lockout)
+  int64_t last_failure = 0;  // time of the latest failure, 0 when none
+  int64_t locked_until = 0;  // locked while now < locked_until; 0 when never locked
+  bool operator==(const LoginFailures&) const = default;
+};
+
+// Longest value UseJti accepts.
+inline constexpr size_t kMaxJtiBytes = 512;
 
 class Store {
  public:
@@ -72,7 +84,8 @@ class Store {
   // stored without a secret gives an empty buffer.
   Result<SecureBytes> LoadSecret(int64_t id);
 
-  // The store-wide revision counter: each committed change increments it.
+  // The store-wide revision counter: each committed change to vaults or objects increments it
+  // (the deployment id, JWT ids and login failures below do not touch it).
   Result<int64_t> Revision();
 
   // Objects of the vault inserted or updated with revision > since.
@@ -86,6 +99,43 @@ class Store {
 
   // Names of the vaults that have a row.
   Result<std::vector<std::string>> Vaults();
+
+  // ---- Authentication state -------------------------------------------------------------
+  // Kept in tables created with CREATE TABLE IF NOT EXISTS when a store is opened writable, so
+  // stores made by earlier versions upgrade in place (the schema version stays 1). These
+  // writes do not bump Revision(), but like any commit they make ExternalChange() true in the
+  // other processes.
+
+  // A random 128-bit id of this store as 32 lowercase hex digits, created once (when the store
+  // is first opened writable by a version that has it, or on first call) and stable forever;
+  // concurrent creators agree (INSERT OR IGNORE, then read back). A read-only store that
+  // never had one is CKR_TOKEN_WRITE_PROTECTED.
+  Result<std::string> DeploymentId();
+
+  // Records a one-time JWT id (e.g. issuer + '\0' + jti) as used until expires_unix
+  // (inclusive). Returns true when it was unused (and is now recorded), false when it is
+  // already recorded and not expired: a replay. Rows with expires < now_unix are purged in the
+  // same transaction. Empty or longer than kMaxJtiBytes: CKR_ARGUMENTS_BAD. A read-only store
+  // cannot remember anything, so it refuses with CKR_TOKEN_WRITE_PROTECTED (fails closed: a
+  // replay could not be detected).
+  Result<bool> UseJti(std::string_view issuer_and_jti, int64_t expires_unix, int64_t now_unix);
+
+  // The principal's failed-login state (all zero when none is recorded).
+  Result<LoginFailures> GetLoginFailures(std::string_view principal);
+
+  // Atomically (one BEGIN IMMEDIATE transaction, so concurrent processes never lose an
+  // increment) records a failure at now_unix and returns the new state. A lockout that has
+  // expired (locked_until <= now_unix) first starts the count again from zero. When the count
+  // reaches lock_after (> 0; 0 or less never locks), locked_until becomes
+  // now_unix + lock_seconds; further failures keep counting and push locked_until out again.
+  // On a read-only store nothing is written: the state that would have been recorded is
+  // returned, so logins do not fail because the store is read-only (but nothing is counted).
+  Result<LoginFailures> RecordLoginFailure(std::string_view principal, int64_t now_unix,
+                                           int64_t lock_after, int64_t lock_seconds);
+
+  // Forgets the principal's failures (after a successful login). On a read-only store this
+  // writes nothing and returns OkStatus.
+  Status ResetLoginFailures(std::string_view principal);
 
  private:
   Store() = default;

@@ -374,9 +374,13 @@ INSTANTIATE_TEST_SUITE_P(
                 "line 5)"},
         BadCase{"PrincipalAuthMissing", P("  - name: ci\n"),
                 "vp.yaml:5: principals[0].auth: is required"},
-        BadCase{"PrincipalAuthNotSupportedYet", P("  - name: web\n    auth: oauth2\n"),
-                "vp.yaml:6: principals[0].auth: auth method \"oauth2\" is not supported "
-                "yet (supported: client_secret, managed_identity)"},
+        BadCase{"PrincipalAuthUnknown", P("  - name: web\n    auth: kerberos\n"),
+                "vp.yaml:6: principals[0].auth: auth method \"kerberos\" is not supported "
+                "yet (supported: client_secret, client_certificate, managed_identity, oauth2)"},
+        BadCase{"OAuth2WithoutIssuer", P("  - name: web\n    auth: oauth2\n"),
+                "vp.yaml:5: principals[0].issuer: is required for auth oauth2"},
+        BadCase{"CertificateFileMissing", P("  - name: web\n    auth: client_certificate\n"),
+                "vp.yaml:5: principals[0].certificate_file: is required for auth client_certificate"},
         BadCase{"PrincipalUnknownKey",
                 P("  - {name: web, auth: client_secret, colour: blue}\n"),
                 "vp.yaml:5: principals[0].colour: unknown key"},
@@ -773,7 +777,7 @@ TEST(ConfigManagedIdentityTest, BindsToOneOsIdentity) {
   EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: managed_identity, unix_user: no-such-user-here }\n"),
               HasSubstr("principals[0].unix_user: no user named \"no-such-user-here\" on this host"));
   EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: managed_identity, uid: 5, secrets: [] }\n"),
-              HasSubstr("principals[0].secrets: a managed identity has no secret"));
+              HasSubstr("principals[0].secrets: only for auth client_secret"));
   EXPECT_THAT(ErrorOf(base + "  - { name: a, auth: client_secret, uid: 5, secrets: [ {hash: \"H\"} ] }\n"),
               HasSubstr("principals[0].uid: only for auth managed_identity"));
 }

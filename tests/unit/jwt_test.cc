@@ -18,6 +18,7 @@
 
 #include "backend/ossl/ossl_backend.h"
 #include "hex.h"
+#include "jwt_keys.h"
 #include "matchers.h"
 #include "util/ossl_ptr.h"
 #include "util/secure_bytes.h"
@@ -598,30 +599,8 @@ TEST(CheckClaimsTest, ClaimsNotAnObject) {
 
 // ---- JWKS -----------------------------------------------------------------------------------
 
-Json RsaJwk(EVP_PKEY* key) {
-  BIGNUM* n = nullptr;
-  BIGNUM* e = nullptr;
-  EXPECT_EQ(EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_N, &n), 1);
-  EXPECT_EQ(EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &e), 1);
-  BignumPtr nn(n), ee(e);
-  Bytes nb(BN_num_bytes(n)), eb(BN_num_bytes(e));
-  BN_bn2bin(n, nb.data());
-  BN_bn2bin(e, eb.data());
-  return Json{{"kty", "RSA"}, {"n", Base64UrlEncode(nb)}, {"e", Base64UrlEncode(eb)}};
-}
-
-Json EcJwk(EVP_PKEY* key) {
-  uint8_t point[65];
-  size_t len = 0;
-  EXPECT_EQ(
-      EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof(point), &len), 1);
-  EXPECT_EQ(len, 65u);
-  EXPECT_EQ(point[0], 0x04);
-  return Json{{"kty", "EC"},
-              {"crv", "P-256"},
-              {"x", Base64UrlEncode(std::span<const uint8_t>(point + 1, 32))},
-              {"y", Base64UrlEncode(std::span<const uint8_t>(point + 33, 32))}};
-}
+using testing::EcJwk;
+using testing::RsaJwk;
 
 TEST_F(JwtTest, JwksKeysVerifyTokensOfTheirOwners) {
   Json rsa = RsaJwk(rsa_.get());

@@ -13,8 +13,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -27,6 +29,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using std::string_view_literals::operator""sv;
 
 constexpr char kCanary[] = "VAULTP11-PLAINTEXT-CANARY-7f3a9c1e5b";
 
@@ -673,6 +676,350 @@ TEST_F(StoreTest, ReadOnlyFileOpensReadOnlyAndRefusesWrites) {
     if (!s.EnsureVault("v").ok()) _exit(29);  // already there: nothing to write
     auto changed = s.ExternalChange();
     if (!changed.ok() || !*changed) _exit(30);
+    store->reset();
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed check " << WEXITSTATUS(status);
+  chmod(dir_.path().c_str(), 0700);
+}
+
+// ---- Authentication state ---------------------------------------------------------------
+
+constexpr int64_t kNow = 1'700'000'000;
+
+// Runs a single-integer query through a separate raw connection.
+int64_t RawInt(const std::string& db_path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  int64_t out = -1;
+  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+      out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+  return out;
+}
+
+bool IsLowerHex32(const std::string& s) {
+  return s.size() == 32 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+TEST_F(StoreTest, DeploymentIdIs128BitHexAndStableAcrossReopen) {
+  std::string first;
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    ASSERT_OK_AND_ASSIGN(first, store->DeploymentId());
+    EXPECT_TRUE(IsLowerHex32(first)) << first;
+    ASSERT_OK_AND_ASSIGN(std::string again, store->DeploymentId());
+    EXPECT_EQ(again, first);
+    ASSERT_OK_AND_ASSIGN(int64_t rev, store->Revision());
+    EXPECT_EQ(rev, 0);  // not an object change
+  }
+  ASSERT_OK_AND_ASSIGN(auto reopened, OpenStore(/*create=*/false));
+  ASSERT_OK_AND_ASSIGN(std::string later, reopened->DeploymentId());
+  EXPECT_EQ(later, first);
+}
+
+TEST_F(StoreTest, DeploymentIdsOfDifferentStoresDiffer) {
+  ASSERT_OK_AND_ASSIGN(auto one, OpenStore());
+  ASSERT_OK_AND_ASSIGN(std::string a, one->DeploymentId());
+  ::vaultp11::testing::TempDir other;
+  ASSERT_OK_AND_ASSIGN(auto two,
+                       Store::Open(other.file("vault.db"), other.file("master.key"), true));
+  ASSERT_OK_AND_ASSIGN(std::string b, two->DeploymentId());
+  EXPECT_NE(a, b);
+}
+
+TEST_F(StoreTest, StoresOpeningAFreshFileAtOnceAgreeOnOneDeploymentId) {
+  constexpr int kStores = 8;
+  std::vector<std::string> ids(kStores);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStores; ++i) {
+    threads.emplace_back([this, i, &ids] {
+      auto store = OpenStore();
+      EXPECT_TRUE(store.ok()) << store.error().message;
+      if (!store.ok()) return;
+      auto id = (*store)->DeploymentId();
+      EXPECT_TRUE(id.ok()) << id.error().message;
+      if (id.ok()) ids[i] = *id;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& id : ids) EXPECT_EQ(id, ids[0]);
+  EXPECT_TRUE(IsLowerHex32(ids[0]));
+}
+
+TEST_F(StoreTest, StoreMadeBeforeTheAuthenticationTablesUpgradesInPlace) {
+  int64_t id = 0;
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    ASSERT_OK(store->EnsureVault("v"));
+    ASSERT_OK_AND_ASSIGN(ObjectRecord rec, store->Insert(Record("v", "k"), Secret("old secret")));
+    id = rec.id;
+  }
+  // What a store written by the previous version looks like.
+  RawExec(
+      "DROP TABLE used_jtis; DROP TABLE login_failures; "
+      "DELETE FROM meta WHERE key = 'deployment_id'");
+  ASSERT_EQ(RawInt(db_path(), "SELECT count(*) FROM sqlite_master WHERE name = 'used_jtis'"), 0);
+
+  ASSERT_OK_AND_ASSIGN(auto one, OpenStore(/*create=*/false));
+  ASSERT_OK_AND_ASSIGN(auto two, OpenStore(/*create=*/false));
+  ASSERT_OK_AND_ASSIGN(std::string a, one->DeploymentId());
+  ASSERT_OK_AND_ASSIGN(std::string b, two->DeploymentId());
+  EXPECT_EQ(a, b);
+  EXPECT_TRUE(IsLowerHex32(a));
+  ASSERT_OK_AND_ASSIGN(bool fresh, one->UseJti("iss\0jti"sv, kNow + 60, kNow));
+  EXPECT_TRUE(fresh);
+  ASSERT_OK_AND_ASSIGN(LoginFailures f, two->RecordLoginFailure("alice", kNow, 10, 900));
+  EXPECT_EQ(f.failures, 1);
+  // The old data is untouched.
+  ASSERT_OK_AND_ASSIGN(SecureBytes secret, two->LoadSecret(id));
+  EXPECT_EQ(secret, Secret("old secret"));
+  EXPECT_EQ(RawInt(db_path(), "PRAGMA user_version"), 1);
+}
+
+TEST_F(StoreTest, UseJtiAcceptsOnceThenReportsTheReplay) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK_AND_ASSIGN(bool first, store->UseJti("https://issuer\0abc"sv, kNow + 300, kNow));
+  EXPECT_TRUE(first);
+  ASSERT_OK_AND_ASSIGN(bool replay, store->UseJti("https://issuer\0abc"sv, kNow + 300, kNow + 10));
+  EXPECT_FALSE(replay);
+  // Still a replay at the expiry second itself, and whatever expiry the replay claims.
+  ASSERT_OK_AND_ASSIGN(bool at_expiry,
+                       store->UseJti("https://issuer\0abc"sv, kNow + 999, kNow + 300));
+  EXPECT_FALSE(at_expiry);
+  // Other values are independent.
+  ASSERT_OK_AND_ASSIGN(bool other, store->UseJti("https://issuer\0abd"sv, kNow + 300, kNow));
+  EXPECT_TRUE(other);
+  ASSERT_OK_AND_ASSIGN(int64_t rev, store->Revision());
+  EXPECT_EQ(rev, 0);
+}
+
+TEST_F(StoreTest, UseJtiSeesValuesRecordedThroughAnotherStore) {
+  ASSERT_OK_AND_ASSIGN(auto one, OpenStore());
+  ASSERT_OK_AND_ASSIGN(auto two, OpenStore());
+  ASSERT_OK_AND_ASSIGN(bool first, one->UseJti("iss|j1", kNow + 60, kNow));
+  EXPECT_TRUE(first);
+  ASSERT_OK_AND_ASSIGN(bool replay, two->UseJti("iss|j1", kNow + 60, kNow));
+  EXPECT_FALSE(replay);
+}
+
+TEST_F(StoreTest, UseJtiPurgesExpiredValues) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK_AND_ASSIGN(bool a, store->UseJti("iss|old1", kNow + 10, kNow));
+  ASSERT_OK_AND_ASSIGN(bool b, store->UseJti("iss|old2", kNow + 20, kNow));
+  ASSERT_OK_AND_ASSIGN(bool c, store->UseJti("iss|later", kNow + 1000, kNow));
+  EXPECT_TRUE(a && b && c);
+  EXPECT_EQ(RawInt(db_path(), "SELECT count(*) FROM used_jtis"), 3);
+  // At kNow + 21 both short-lived values are past their expiry: gone, so usable again.
+  ASSERT_OK_AND_ASSIGN(bool unrelated, store->UseJti("iss|new", kNow + 1000, kNow + 21));
+  EXPECT_TRUE(unrelated);
+  EXPECT_EQ(RawInt(db_path(), "SELECT count(*) FROM used_jtis"), 2);
+  EXPECT_EQ(RawInt(db_path(), "SELECT count(*) FROM used_jtis WHERE value LIKE 'iss|old%'"), 0);
+  ASSERT_OK_AND_ASSIGN(bool again, store->UseJti("iss|old1", kNow + 1000, kNow + 21));
+  EXPECT_TRUE(again);
+  ASSERT_OK_AND_ASSIGN(bool still, store->UseJti("iss|later", kNow + 1000, kNow + 21));
+  EXPECT_FALSE(still);
+}
+
+TEST_F(StoreTest, UseJtiRefusesEmptyAndTooLongValues) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  std::string max(kMaxJtiBytes, 'x');
+  ASSERT_OK_AND_ASSIGN(bool ok, store->UseJti(max, kNow + 60, kNow));
+  EXPECT_TRUE(ok);
+  EXPECT_THAT(store->UseJti(max + "x", kNow + 60, kNow), RvIs(CKR_ARGUMENTS_BAD));
+  EXPECT_THAT(store->UseJti("", kNow + 60, kNow), RvIs(CKR_ARGUMENTS_BAD));
+}
+
+TEST_F(StoreTest, RacingUseJtiThroughTwoStoresAcceptsEachValueOnce) {
+  ASSERT_OK_AND_ASSIGN(auto one, OpenStore());
+  ASSERT_OK_AND_ASSIGN(auto two, OpenStore());
+  constexpr int kValues = 50;
+  std::vector<int> accepted(kValues, 0);
+  std::mutex mu;
+  auto run = [&](Store* store) {
+    for (int i = 0; i < kValues; ++i) {
+      auto r = store->UseJti("iss|" + std::to_string(i), kNow + 60, kNow);
+      EXPECT_TRUE(r.ok()) << r.error().message;
+      if (r.ok() && *r) {
+        std::lock_guard<std::mutex> l(mu);
+        ++accepted[i];
+      }
+    }
+  };
+  std::thread t1(run, one.get());
+  std::thread t2(run, two.get());
+  t1.join();
+  t2.join();
+  for (int i = 0; i < kValues; ++i) EXPECT_EQ(accepted[i], 1) << i;
+}
+
+TEST_F(StoreTest, LoginFailuresCountLockAndReset) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK_AND_ASSIGN(LoginFailures none, store->GetLoginFailures("alice"));
+  EXPECT_EQ(none, LoginFailures{});
+  for (int64_t i = 1; i <= 2; ++i) {
+    ASSERT_OK_AND_ASSIGN(LoginFailures f, store->RecordLoginFailure("alice", kNow + i, 3, 900));
+    EXPECT_EQ(f, (LoginFailures{i, kNow + i, 0}));
+  }
+  ASSERT_OK_AND_ASSIGN(LoginFailures locked, store->RecordLoginFailure("alice", kNow + 3, 3, 900));
+  EXPECT_EQ(locked, (LoginFailures{3, kNow + 3, kNow + 903}));
+  ASSERT_OK_AND_ASSIGN(LoginFailures read, store->GetLoginFailures("alice"));
+  EXPECT_EQ(read, locked);
+  // Failures during the lockout keep counting and push its end out.
+  ASSERT_OK_AND_ASSIGN(LoginFailures more, store->RecordLoginFailure("alice", kNow + 10, 3, 900));
+  EXPECT_EQ(more, (LoginFailures{4, kNow + 10, kNow + 910}));
+  // Other principals are separate.
+  ASSERT_OK_AND_ASSIGN(LoginFailures bob, store->GetLoginFailures("bob"));
+  EXPECT_EQ(bob, LoginFailures{});
+
+  ASSERT_OK(store->ResetLoginFailures("alice"));
+  ASSERT_OK_AND_ASSIGN(LoginFailures cleared, store->GetLoginFailures("alice"));
+  EXPECT_EQ(cleared, LoginFailures{});
+  ASSERT_OK(store->ResetLoginFailures("nobody"));  // nothing recorded: fine
+  ASSERT_OK_AND_ASSIGN(int64_t rev, store->Revision());
+  EXPECT_EQ(rev, 0);
+}
+
+TEST_F(StoreTest, FailureAfterAnEndedLockoutStartsCountingAgain) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  for (int i = 0; i < 3; ++i) ASSERT_OK(store->RecordLoginFailure("alice", kNow, 3, 60).status());
+  ASSERT_OK_AND_ASSIGN(LoginFailures locked, store->GetLoginFailures("alice"));
+  EXPECT_EQ(locked.locked_until, kNow + 60);
+  ASSERT_OK_AND_ASSIGN(LoginFailures f, store->RecordLoginFailure("alice", kNow + 60, 3, 60));
+  EXPECT_EQ(f, (LoginFailures{1, kNow + 60, 0}));
+}
+
+TEST_F(StoreTest, NonPositiveLockAfterNeverLocks) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  LoginFailures f;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_OK_AND_ASSIGN(f, store->RecordLoginFailure("alice", kNow, 0, 60));
+  }
+  EXPECT_EQ(f, (LoginFailures{20, kNow, 0}));
+}
+
+TEST_F(StoreTest, ConcurrentFailuresThroughTwoStoresAreAllCounted) {
+  ASSERT_OK_AND_ASSIGN(auto one, OpenStore());
+  ASSERT_OK_AND_ASSIGN(auto two, OpenStore());
+  constexpr int kPerThread = 50;
+  std::vector<int64_t> seen[2];
+  auto run = [&](Store* store, std::vector<int64_t>* out) {
+    for (int i = 0; i < kPerThread; ++i) {
+      auto r = store->RecordLoginFailure("alice", kNow, 1000, 900);
+      EXPECT_TRUE(r.ok()) << r.error().message;
+      if (r.ok()) out->push_back(r->failures);
+    }
+  };
+  std::thread t1(run, one.get(), &seen[0]);
+  std::thread t2(run, two.get(), &seen[1]);
+  t1.join();
+  t2.join();
+  ASSERT_OK_AND_ASSIGN(LoginFailures f, one->GetLoginFailures("alice"));
+  EXPECT_EQ(f.failures, 2 * kPerThread);
+  // Every increment returned a distinct count: none was lost or seen twice.
+  std::set<int64_t> distinct(seen[0].begin(), seen[0].end());
+  distinct.insert(seen[1].begin(), seen[1].end());
+  EXPECT_EQ(distinct.size(), 2u * kPerThread);
+  EXPECT_EQ(*distinct.begin(), 1);
+  EXPECT_EQ(*distinct.rbegin(), 2 * kPerThread);
+}
+
+TEST_F(StoreTest, ChildProcessFailuresAreCountedByTheParent) {
+  { ASSERT_OK_AND_ASSIGN(auto setup, OpenStore()); }
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Child and parent each open their own connection after the fork, and write at once.
+    auto child = OpenStore(/*create=*/false);
+    if (!child.ok()) _exit(11);
+    for (int i = 0; i < 50; ++i)
+      if (!(*child)->RecordLoginFailure("alice", kNow, 1000, 900).ok()) _exit(12);
+    child->reset();
+    _exit(0);
+  }
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore(/*create=*/false));
+  for (int i = 0; i < 50; ++i)
+    ASSERT_OK(store->RecordLoginFailure("alice", kNow, 1000, 900).status());
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_OK_AND_ASSIGN(LoginFailures f, store->GetLoginFailures("alice"));
+  EXPECT_EQ(f.failures, 100);
+}
+
+// Like ReadOnlyFileOpensReadOnlyAndRefusesWrites: the checks run in an unprivileged child.
+TEST_F(StoreTest, ReadOnlyStoreReadsAuthenticationStateAndWritesNothing) {
+  std::string deployment_id;
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    ASSERT_OK_AND_ASSIGN(deployment_id, store->DeploymentId());
+    ASSERT_OK(store->RecordLoginFailure("alice", kNow, 3, 900).status());
+    ASSERT_OK_AND_ASSIGN(bool fresh, store->UseJti("iss|j", kNow + 60, kNow));
+    ASSERT_TRUE(fresh);
+  }
+  ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
+  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(20);
+    auto store = OpenStore(/*create=*/false);
+    if (!store.ok()) _exit(21);
+    Store& s = **store;
+    if (!s.read_only()) _exit(22);
+    auto id = s.DeploymentId();
+    if (!id.ok() || *id != deployment_id) _exit(23);
+    auto got = s.GetLoginFailures("alice");
+    if (!got.ok() || *got != (LoginFailures{1, kNow, 0})) _exit(24);
+    auto next = s.RecordLoginFailure("alice", kNow + 5, 2, 900);
+    if (!next.ok() || *next != (LoginFailures{2, kNow + 5, kNow + 905})) _exit(25);
+    if (!s.ResetLoginFailures("alice").ok()) _exit(26);
+    auto after = s.GetLoginFailures("alice");
+    if (!after.ok() || *after != (LoginFailures{1, kNow, 0})) _exit(27);  // nothing written
+    if (s.UseJti("iss|k", kNow + 60, kNow).rv() != CKR_TOKEN_WRITE_PROTECTED) _exit(28);
+    if (s.UseJti("", kNow + 60, kNow).rv() != CKR_ARGUMENTS_BAD) _exit(29);
+    store->reset();
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed check " << WEXITSTATUS(status);
+  chmod(dir_.path().c_str(), 0700);
+}
+
+TEST_F(StoreTest, ReadOnlyStoreMadeBeforeTheAuthenticationTablesStillWorks) {
+  { ASSERT_OK_AND_ASSIGN(auto store, OpenStore()); }
+  RawExec(
+      "DROP TABLE used_jtis; DROP TABLE login_failures; "
+      "DELETE FROM meta WHERE key = 'deployment_id'");
+  ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
+  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(20);
+    auto store = OpenStore(/*create=*/false);
+    if (!store.ok()) _exit(21);
+    Store& s = **store;
+    if (!s.read_only()) _exit(22);
+    if (s.DeploymentId().rv() != CKR_TOKEN_WRITE_PROTECTED) _exit(23);
+    auto got = s.GetLoginFailures("alice");
+    if (!got.ok() || *got != LoginFailures{}) _exit(24);
+    auto next = s.RecordLoginFailure("alice", kNow, 1, 60);
+    if (!next.ok() || *next != (LoginFailures{1, kNow, kNow + 60})) _exit(25);
+    if (!s.ResetLoginFailures("alice").ok()) _exit(26);
+    if (s.UseJti("iss|k", kNow + 60, kNow).rv() != CKR_TOKEN_WRITE_PROTECTED) _exit(27);
     store->reset();
     _exit(0);
   }
