@@ -25,6 +25,8 @@
 
 #include "auth/roles.h"
 #include "auth/secret_hash.h"
+#include "util/file_check.h"
+#include "util/log.h"
 #include "util/strings.h"
 
 #ifndef VAULTP11_DEFAULT_CONFIG
@@ -166,6 +168,7 @@ class Loader {
   Status LoadSecrets(const Entry* e, std::string_view path, int line, PrincipalConfig& pc);
   Status LoadRoleAssignments(const Entry& e, Config& cfg);
   Status LoadAccessPolicies(const Entry& e, const std::string& path, VaultConfig& v);
+  Status LoadLogin(const Entry& e, Config& cfg);
   Status LoadManagedIdentity(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
   Status LoadClientCertificate(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
   Status LoadOAuth2(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
@@ -240,6 +243,34 @@ std::string Loader::Resolve(const std::string& p) const {
   std::filesystem::path path(p);
   if (path.is_absolute() || base_dir_.empty()) return path.lexically_normal().string();
   return (std::filesystem::path(base_dir_) / path).lexically_normal().string();
+}
+
+Status Loader::LoadLogin(const Entry& e, Config& cfg) {
+  int line = LineOf(e, 1);
+  if (e.value.IsNull()) return OkStatus();
+  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e.value, "login", line, {"max_failures", "lockout_seconds", "delay_ms",
+                                                                   "max_delay_ms"}));
+  const struct {
+    const char* key;
+    int lo, hi;
+    int* out;
+  } numbers[] = {{"max_failures", 0, 1000000, &cfg.login.max_failures},
+                 {"lockout_seconds", 1, 31 * 86400, &cfg.login.lockout_seconds},
+                 {"delay_ms", 0, 60000, &cfg.login.delay_ms},
+                 {"max_delay_ms", 0, 600000, &cfg.login.max_delay_ms}};
+  for (const auto& n : numbers) {
+    auto it = f.find(n.key);
+    if (it == f.end()) continue;
+    std::string path = Child("login", n.key);
+    VAULTP11_ASSIGN_OR_RETURN(std::string v, String(it->second, path));
+    char* end = nullptr;
+    errno = 0;
+    long x = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || errno != 0 || x < n.lo || x > n.hi)
+      return Fail(LineOf(it->second, line), path, "must be a whole number from {} to {}, got {}", n.lo, n.hi, Quote(v));
+    *n.out = static_cast<int>(x);
+  }
+  return OkStatus();
 }
 
 Status Loader::LoadLog(const Entry& e, Config& cfg) {
@@ -566,6 +597,9 @@ Status Loader::LoadClientCertificate(std::map<std::string, Entry>& f, const std:
   int line = LineOf(it->second, pc.line);
   VAULTP11_ASSIGN_OR_RETURN(std::string file, String(it->second, Child(path, "certificate_file")));
   pc.certificate_file = Resolve(file);
+  std::string warning;
+  VAULTP11_RETURN_IF_ERROR(CheckNotWritableByOthers(pc.certificate_file, "certificate file", &warning));
+  if (!warning.empty()) log::Warning("{}", warning);
   BIO* bio = BIO_new_file(pc.certificate_file.c_str(), "r");
   if (bio == nullptr) return Fail(line, Child(path, "certificate_file"), "cannot read {}", pc.certificate_file);
   X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
@@ -764,12 +798,13 @@ Result<Config> Loader::Load(std::string_view yaml) {
   VAULTP11_ASSIGN_OR_RETURN(
       auto f,
       Fields(root, "", root_line,
-             {"log", "store", "hsms", "vaults", "managed_hsm_pools", "principals", "role_assignments"}));
+             {"log", "login", "store", "hsms", "vaults", "managed_hsm_pools", "principals", "role_assignments"}));
   auto find = [&](const char* k) -> const Entry* {
     auto it = f.find(k);
     return it == f.end() ? nullptr : &it->second;
   };
   if (const Entry* log = find("log")) VAULTP11_RETURN_IF_ERROR(LoadLog(*log, cfg));
+  if (const Entry* login = find("login")) VAULTP11_RETURN_IF_ERROR(LoadLogin(*login, cfg));
   VAULTP11_RETURN_IF_ERROR(LoadStore(find("store"), root_line, cfg));
   if (const Entry* h = find("hsms")) VAULTP11_RETURN_IF_ERROR(LoadHsms(*h, cfg));
   VAULTP11_RETURN_IF_ERROR(LoadVaults(find("vaults"), root_line, cfg));
@@ -833,6 +868,10 @@ Result<Config> LoadString(std::string_view yaml, std::string_view source,
 
 Result<Config> LoadFile(const std::string& path) {
   if (path.empty()) return Err(CKR_FUNCTION_FAILED, "no config file given");
+  // Whoever can change the config decides who may use every key.
+  std::string warning;
+  VAULTP11_RETURN_IF_ERROR(CheckNotWritableByOthers(path, "config file", &warning));
+  if (!warning.empty()) log::Warning("{}", warning);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0)
     return Err(CKR_FUNCTION_FAILED, "cannot open config file {}: {}", path, std::strerror(errno));

@@ -19,6 +19,14 @@ struct LogConfig {
   std::string sink = "stderr";    // stderr | syslog | file:<path>
 };
 
+// Failed-login throttling (per principal, shared through the store).
+struct LoginConfig {
+  int max_failures = 10;     // failures in a row before a lockout; 0: never locked
+  int lockout_seconds = 900;  // how long a lockout lasts
+  int delay_ms = 100;         // a failed attempt answers after delay_ms * 2^(n-1) ...
+  int max_delay_ms = 3000;    // ... at most this
+};
+
 struct StoreConfig {
   std::string path;             // SQLite database file (required)
   std::string master_key_file;  // default: <path>.masterkey, beside the database
@@ -105,6 +113,7 @@ struct RoleAssignmentConfig {
 struct Config {
   std::string source;  // file the config was read from
   LogConfig log;
+  LoginConfig login;
   StoreConfig store;
   std::vector<HsmConfig> hsms;
   std::vector<VaultConfig> vaults;

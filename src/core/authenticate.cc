@@ -11,6 +11,7 @@
 
 #include "auth/jwt.h"
 #include "auth/secret_hash.h"
+#include "util/file_check.h"
 #include "util/log.h"
 #include "util/ossl_ptr.h"
 
@@ -104,6 +105,10 @@ Result<std::string> ClientAssertion(const config::Config& cfg, store::Store* sto
 }
 
 Result<std::string> ReadJwks(const std::string& path) {
+  // Whoever can change the key set can mint tokens.
+  std::string warning;
+  VAULTP11_RETURN_IF_ERROR(CheckNotWritableByOthers(path, "JWKS file", &warning));
+  if (!warning.empty()) log::Warning("{}", warning);
   std::ifstream in(path, std::ios::binary);
   if (!in) return Err(CKR_FUNCTION_FAILED, "cannot read JWKS file {}", path);
   std::string text(auth::jwt::kMaxJwksBytes + 1, '\0');
@@ -191,6 +196,22 @@ Result<Authenticated> Authenticate(const config::Config& cfg, store::Store* stor
   }
   VAULTP11_ASSIGN_OR_RETURN(std::string name, BearerToken(cfg, t));
   return Authenticated{name, "oauth2"};
+}
+
+std::string ClaimedPrincipal(const config::Config& cfg, std::span<const uint8_t> pin) {
+  if (pin.empty()) return "";
+  auto known = [&](const std::string& name) { return cfg.FindPrincipal(name) != nullptr ? name : std::string(); };
+  auto colon = std::find(pin.begin(), pin.end(), ':');
+  if (colon != pin.end()) return known(std::string(pin.begin(), colon));
+  auto t = auth::jwt::Parse(std::string_view(reinterpret_cast<const char*>(pin.data()), pin.size()));
+  if (!t.ok() || !t->claims.contains("iss") || !t->claims["iss"].is_string()) return "";
+  const std::string iss = t->claims["iss"].get<std::string>();
+  if (t->header.contains("x5t#S256")) return known(iss);
+  for (const auto& pr : cfg.principals)
+    if (pr.auth == "oauth2" && pr.issuer == iss && t->claims.contains(pr.claim) && t->claims[pr.claim].is_string() &&
+        t->claims[pr.claim].get<std::string>() == pr.subject)
+      return pr.name;
+  return "";
 }
 
 std::string Challenge(const config::Config& cfg, std::string_view resource_id) {

@@ -35,6 +35,11 @@ struct Authenticated {
 Result<Authenticated> Authenticate(const config::Config& cfg, store::Store* store, std::string_view resource_id,
                                    std::span<const uint8_t> pin);
 
+// The configured principal a PIN claims to be, before it is checked (for failed-login
+// accounting): the name before ':' of a client secret, the iss of a client assertion, the
+// oauth2 principal a bearer token's claims name; "" for an empty PIN or an unknown name.
+std::string ClaimedPrincipal(const config::Config& cfg, std::span<const uint8_t> pin);
+
 // Where a valid credential for the token comes from, as an HTTP 401 challenge says it:
 // "authority=<issuer>, resource=<audience>" per OAuth2 issuer, and the resource id for client
 // assertions. Logged after a failed login and printed by `vaultp11 whoami`.

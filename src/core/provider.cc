@@ -10,10 +10,12 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "auth/access.h"
 #include "auth/jwt.h"
 #include "auth/secret_hash.h"
+#include "auth/throttle.h"
 #include "core/authenticate.h"
 #include "backend/p11/inner_module.h"
 #include "backend/p11/inner_token.h"
@@ -104,6 +106,19 @@ uint64_t NewEventRun() {
   }
   e.cv.notify_all();
   return run;
+}
+
+int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+auth::ThrottlePolicy ThrottlePolicyOf(const config::Config& cfg) {
+  auth::ThrottlePolicy p;
+  p.max_failures = cfg.login.max_failures;
+  p.lockout_seconds = cfg.login.lockout_seconds;
+  p.base_delay = std::chrono::milliseconds(cfg.login.delay_ms);
+  p.max_delay = std::chrono::milliseconds(cfg.login.max_delay_ms);
+  return p;
 }
 
 // Stops the pools' health threads of this process's provider (see Provider::Create).
@@ -413,6 +428,11 @@ Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   Pad(info->serialNumber, sizeof(info->serialNumber), t->serial());
   info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
   if (t->store()->read_only()) info->flags |= CKF_WRITE_PROTECTED;
+  // The failed-login state of the principal this process last tried on the token.
+  if (std::string who = t->last_claimed(); !who.empty()) {
+    auto f = t->store()->GetLoginFailures(who);
+    if (f.ok()) info->flags |= auth::PinFlags(f.value(), ThrottlePolicyOf(p->config()), UnixNow());
+  }
   // The calling process has a managed identity with rights on this token: it logs in with an
   // empty PIN, which consumers send when the token reports a protected authentication path.
   if (const config::PrincipalConfig* mi = ManagedIdentityOfCaller(p->config())) {
@@ -531,13 +551,37 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
   if (user == CKU_SO) return Err(CKR_PIN_INCORRECT, "vault tokens have no security officer");
   SecureBytes pin_bytes(pin, pin + pin_len);
   const std::string resource = ResourceId(p->config(), p->deployment_id(), t->name());
+  // Brute force: failures count per claimed principal in the store (every process sees them),
+  // each failure answers after a growing delay, and too many in a row lock the principal.
+  const auth::ThrottlePolicy policy = ThrottlePolicyOf(p->config());
+  const std::string claimed = ClaimedPrincipal(p->config(), pin_bytes);
+  t->SetLastClaimed(claimed);
+  const int64_t now = UnixNow();
+  store::LoginFailures before;
+  if (!claimed.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(before, t->store()->GetLoginFailures(claimed));
+    if (auth::Decide(before, policy, now).locked) {
+      log::Warning("vault {}: login refused: principal {} is locked after {} failed logins", t->name(), claimed,
+                   before.failures);
+      return Err(CKR_PIN_LOCKED, "principal {} is locked after failed logins", claimed);
+    }
+  }
   auto who = Authenticate(p->config(), t->store(), resource, pin_bytes);
   if (!who.ok()) {
     // The challenge says where a valid credential comes from; the credential is never logged.
     log::Warning("vault {}: login failed: {}; a valid credential: {}", t->name(), who.error().message,
                  Challenge(p->config(), resource));
+    store::LoginFailures after;
+    if (!claimed.empty()) {
+      auto r = t->store()->RecordLoginFailure(claimed, now, policy.max_failures, policy.lockout_seconds);
+      if (r.ok()) after = r.value();
+    } else {
+      after.failures = 1;  // an unknown name waits like a known one's first failure
+    }
+    std::this_thread::sleep_for(auth::Decide(after, policy, now).delay);
     return who.error();
   }
+  if (before.failures > 0 && who->principal == claimed) (void)t->store()->ResetLoginFailures(claimed);
   auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(p->config(), t->name(), who->principal));
   t->SetLogin(std::move(grants));
   log::Info("vault {}: principal {} logged in ({})", t->name(), who->principal, who->method);

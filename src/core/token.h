@@ -78,6 +78,16 @@ class Token {
   std::shared_ptr<const auth::Grants> grants() const;
   void SetLogin(std::shared_ptr<const auth::Grants> g);
   void Logout();
+  // The principal this process last tried to log in as here (the token's PIN flags show its
+  // failed-login state).
+  void SetLastClaimed(std::string name) {
+    std::lock_guard<std::mutex> l(login_mu_);
+    last_claimed_ = std::move(name);
+  }
+  std::string last_claimed() const {
+    std::lock_guard<std::mutex> l(login_mu_);
+    return last_claimed_;
+  }
 
  private:
   void IndexLocked(CK_OBJECT_HANDLE h, const model::Object& o);
@@ -105,8 +115,9 @@ class Token {
   bool default_hsm_ = false;
   std::shared_ptr<pool::HsmPool> pool_;  // set at construction for pool tokens
 
-  mutable std::mutex login_mu_;  // guards grants_
+  mutable std::mutex login_mu_;  // guards grants_ and last_claimed_
   std::shared_ptr<const auth::Grants> grants_;
+  std::string last_claimed_;
 };
 
 }  // namespace vaultp11::core

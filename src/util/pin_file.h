@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "util/file_check.h"
 #include "util/result.h"
 #include "util/secure_bytes.h"
 
@@ -15,6 +16,9 @@ namespace vaultp11 {
 // The file's content without trailing newlines, in cleansed memory. `what` names the file in
 // messages (e.g. "hsm hsm-a: pin_file"); the PIN itself never appears in one.
 inline Result<SecureString> ReadPinFile(const std::string& path, std::string_view what) {
+  std::string warning;
+  if (Status st = CheckNotWritableByOthers(path, std::string(what), &warning); !st.ok())
+    return Err(CKR_PIN_INCORRECT, "{}", st.error().message);
   FILE* f = std::fopen(path.c_str(), "re");
   if (f == nullptr) return Err(CKR_PIN_INCORRECT, "{}: cannot read {}", what, path);
   SecureString pin;

@@ -1,5 +1,6 @@
 // C_Initialize / C_Finalize rules, fork, threads, slots, tokens and mechanisms (issue parts 3, 5).
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -88,6 +89,19 @@ TEST_F(GeneralTest, Pkcs11v3InterfacesAndLoginUser) {
   EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, u(pin), pin.size(), nullptr, 0), CKR_OK);
   EXPECT_EQ(f3->C_SessionCancel(s, CKF_SIGN), CKR_FUNCTION_NOT_SUPPORTED);
   EXPECT_EQ(f3->C_MessageSignInit(s, nullptr, 0), CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+// A config others can modify decides who may use every key: refused, unless the test-only
+// escape variable is set.
+TEST_F(GeneralTest, ConfigWritableByOthersIsRefused) {
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  ASSERT_EQ(chmod(config_path.c_str(), 0666), 0);
+  EXPECT_EQ(InitWith(config_path), CKR_FUNCTION_FAILED);
+  setenv("VAULTP11_INSECURE_CONFIG_PERMISSIONS", "1", 1);
+  EXPECT_EQ(InitWith(config_path), CKR_OK);
+  unsetenv("VAULTP11_INSECURE_CONFIG_PERMISSIONS");
+  ASSERT_EQ(chmod(config_path.c_str(), 0600), 0);
 }
 
 TEST_F(GeneralTest, CallsBeforeInitializeAndAfterFinalizeAreNotInitialized) {

@@ -123,5 +123,61 @@ TEST_F(ManagedIdentityTest, NoIdentityMeansNoEmptyPinLogin) {
   EXPECT_EQ(f->C_Login(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(empty.data()), 0), CKR_PIN_INCORRECT);
 }
 
+
+// Failed logins per principal: a growing delay, the token's PIN flags, then a lockout that
+// every process on the store sees; a success resets the count.
+class ThrottleTest : public AbiTest {
+ protected:
+  void SetUp() override {
+    AbiTest::SetUp();
+    ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+    initialized = false;
+    config_path = WriteConfig("", "login: { max_failures: 3, lockout_seconds: 600, delay_ms: 1, max_delay_ms: 4 }\n");
+    ASSERT_EQ(InitWith(config_path), CKR_OK);
+  }
+  CK_FLAGS PinFlags() {
+    CK_TOKEN_INFO ti;
+    EXPECT_EQ(f->C_GetTokenInfo(0, &ti), CKR_OK);
+    return ti.flags & (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED);
+  }
+};
+
+TEST_F(ThrottleTest, FailuresLowerTheCountThenLockEveryProcessOut) {
+  CK_SESSION_HANDLE s = OpenRo(0);
+  EXPECT_EQ(PinFlags(), 0u);
+  EXPECT_EQ(Login(s, "app:wrong 1"), CKR_PIN_INCORRECT);
+  EXPECT_EQ(PinFlags(), static_cast<CK_FLAGS>(CKF_USER_PIN_COUNT_LOW));
+  // A success resets the count.
+  ASSERT_EQ(Login(s), CKR_OK);
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  EXPECT_EQ(PinFlags(), 0u);
+  EXPECT_EQ(Login(s, "app:wrong 2"), CKR_PIN_INCORRECT);
+  EXPECT_EQ(Login(s, "app:wrong 3"), CKR_PIN_INCORRECT);
+  EXPECT_EQ(PinFlags(), static_cast<CK_FLAGS>(CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY));
+  EXPECT_EQ(Login(s, "app:wrong 4"), CKR_PIN_INCORRECT);
+  EXPECT_EQ(PinFlags(), static_cast<CK_FLAGS>(CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_LOCKED));
+  EXPECT_EQ(Login(s), CKR_PIN_LOCKED);  // even the right secret
+  // Another principal is not affected; another process sees the lockout.
+  EXPECT_EQ(Login(s, kNoRolePin), CKR_OK);
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    CK_C_INITIALIZE_ARGS args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    args.pReserved = const_cast<char*>(config_path.c_str());
+    if (f->C_Initialize(&args) != CKR_OK) _exit(2);
+    CK_SESSION_HANDLE c;
+    if (f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &c) != CKR_OK) _exit(3);
+    std::string pin = kAdminPin;
+    CK_RV rv = f->C_Login(c, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
+    _exit(rv == CKR_PIN_LOCKED ? 0 : 4);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
 }  // namespace
 }  // namespace vaultp11::testing

@@ -53,7 +53,8 @@ class JwtLoginTest : public AbiTest {
         "  - { principal: edge, role: Key Vault Reader, scope: /vaults/payments }\n"
         "  - { principal: stale, role: Key Vault Administrator, scope: /vaults/payments }\n"
         "  - { principal: ci, role: Key Vault Crypto User, scope: /vaults/payments }\n"
-        "  - { principal: mail, role: Key Vault Reader, scope: /vaults/payments }\n");
+        "  - { principal: mail, role: Key Vault Reader, scope: /vaults/payments }\n",
+        "login: { max_failures: 0, delay_ms: 0 }\n");  // many refusals in a row here
     std::stringstream text;
     text << std::ifstream(config_path).rdbuf();
     std::string cfg = text.str();

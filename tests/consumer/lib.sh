@@ -71,6 +71,7 @@ show_cmd() {
   local a shown=()
   for a in "$@"; do
     [[ -n $SECRET ]] && a=${a//"$SECRET"/***}
+    [[ $a =~ ^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$ ]] && a='<jwt>'  # a credential too
     # Quote what a shell would split or expand, so the line can be pasted.
     if [[ $a =~ ^[A-Za-z0-9_./:=,+@%*-]+$ ]]; then shown+=("$a"); else shown+=("'${a//\'/\'\\\'\'}'"); fi
   done
