@@ -1,6 +1,7 @@
 // C_Initialize / C_Finalize, slots, tokens, mechanisms, sessions and login (spec 5.4-5.6).
 #include "core/provider.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -170,10 +171,57 @@ Result<Provider*> GetProvider() {
   return p;
 }
 
+namespace {
+
+std::string ConfigStamp(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return "";
+  return fmt::format("{}:{}.{}:{}", st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_ino);
+}
+
+// Whether `next` may replace `cur` for logins: the same store, vaults (in order, with their HSMs)
+// and pools, so slots, tokens and stored objects stay what they are.
+bool SameDeployment(const config::Config& cur, const config::Config& next) {
+  if (cur.store.path != next.store.path || cur.vaults.size() != next.vaults.size() ||
+      cur.managed_hsm_pools.size() != next.managed_hsm_pools.size())
+    return false;
+  for (size_t i = 0; i < cur.vaults.size(); ++i)
+    if (cur.vaults[i].name != next.vaults[i].name || cur.vaults[i].hsms != next.vaults[i].hsms) return false;
+  for (size_t i = 0; i < cur.managed_hsm_pools.size(); ++i)
+    if (cur.managed_hsm_pools[i].name != next.managed_hsm_pools[i].name) return false;
+  return true;
+}
+
+}  // namespace
+
+std::shared_ptr<const config::Config> Provider::AuthConfig(bool refresh) {
+  std::lock_guard<std::mutex> l(auth_mu_);
+  if (!refresh) return auth_config_;
+  std::string stamp = ConfigStamp(config_.source);
+  if (stamp.empty() || stamp == config_stamp_) return auth_config_;
+  config_stamp_ = stamp;
+  auto next = config::LoadFile(config_.source);
+  if (!next.ok()) {
+    log::Warning("config {} changed but is not valid; logins keep the version in use: {}", config_.source,
+                 next.error().message);
+    return auth_config_;
+  }
+  if (!SameDeployment(*auth_config_, next.value())) {
+    log::Warning("config {} changed its store, vaults or pools: those need C_Initialize; logins keep the version in use",
+                 config_.source);
+    return auth_config_;
+  }
+  auth_config_ = std::make_shared<const config::Config>(std::move(next).value());
+  log::Info("config {} reloaded: principals, roles and access policies apply from the next login", config_.source);
+  return auth_config_;
+}
+
 Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_path) {
   VAULTP11_ASSIGN_OR_RETURN(config::Config cfg, config::LoadFile(config_path));
   log::Configure(ParseLevel(cfg.log.level), cfg.log.sink);
   std::unique_ptr<Provider> p(new Provider());
+  p->config_stamp_ = ConfigStamp(cfg.source);
+  p->auth_config_ = std::make_shared<const config::Config>(cfg);
   p->config_ = std::move(cfg);
   // The store is created on first use (like `vaultp11 init`), so a fresh deployment works.
   VAULTP11_ASSIGN_OR_RETURN(p->store_, store::Store::Open(p->config_.store.path, p->config_.store.master_key_file, true));
@@ -431,12 +479,13 @@ Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   // The failed-login state of the principal this process last tried on the token.
   if (std::string who = t->last_claimed(); !who.empty()) {
     auto f = t->store()->GetLoginFailures(who);
-    if (f.ok()) info->flags |= auth::PinFlags(f.value(), ThrottlePolicyOf(p->config()), UnixNow());
+    if (f.ok()) info->flags |= auth::PinFlags(f.value(), ThrottlePolicyOf(*p->AuthConfig(false)), UnixNow());
   }
   // The calling process has a managed identity with rights on this token: it logs in with an
   // empty PIN, which consumers send when the token reports a protected authentication path.
-  if (const config::PrincipalConfig* mi = ManagedIdentityOfCaller(p->config())) {
-    auth::Grants g = auth::ComputeGrants(p->config(), t->name(), mi->name);
+  const auto auth_cfg = p->AuthConfig(false);
+  if (const config::PrincipalConfig* mi = ManagedIdentityOfCaller(*auth_cfg)) {
+    auth::Grants g = auth::ComputeGrants(*auth_cfg, t->name(), mi->name);
     bool any = !g.per_object.empty();
     for (uint32_t k : g.vault_wide) any |= k != 0;
     if (any) info->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
@@ -550,11 +599,12 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
   // Vault tokens have no security officer: administration goes through the config and CLI.
   if (user == CKU_SO) return Err(CKR_PIN_INCORRECT, "vault tokens have no security officer");
   SecureBytes pin_bytes(pin, pin + pin_len);
-  const std::string resource = ResourceId(p->config(), p->deployment_id(), t->name());
+  const std::shared_ptr<const config::Config> cfg = p->AuthConfig();
+  const std::string resource = ResourceId(*cfg, p->deployment_id(), t->name());
   // Brute force: failures count per claimed principal in the store (every process sees them),
   // each failure answers after a growing delay, and too many in a row lock the principal.
-  const auth::ThrottlePolicy policy = ThrottlePolicyOf(p->config());
-  const std::string claimed = ClaimedPrincipal(p->config(), pin_bytes);
+  const auth::ThrottlePolicy policy = ThrottlePolicyOf(*cfg);
+  const std::string claimed = ClaimedPrincipal(*cfg, pin_bytes);
   t->SetLastClaimed(claimed);
   const int64_t now = UnixNow();
   store::LoginFailures before;
@@ -566,11 +616,11 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
       return Err(CKR_PIN_LOCKED, "principal {} is locked after failed logins", claimed);
     }
   }
-  auto who = Authenticate(p->config(), t->store(), resource, pin_bytes);
+  auto who = Authenticate(*cfg, t->store(), resource, pin_bytes);
   if (!who.ok()) {
     // The challenge says where a valid credential comes from; the credential is never logged.
     log::Warning("vault {}: login failed: {}; a valid credential: {}", t->name(), who.error().message,
-                 Challenge(p->config(), resource));
+                 Challenge(*cfg, resource));
     store::LoginFailures after;
     if (!claimed.empty()) {
       auto r = t->store()->RecordLoginFailure(claimed, now, policy.max_failures, policy.lockout_seconds);
@@ -582,7 +632,7 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
     return who.error();
   }
   if (before.failures > 0 && who->principal == claimed) (void)t->store()->ResetLoginFailures(claimed);
-  auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(p->config(), t->name(), who->principal));
+  auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(*cfg, t->name(), who->principal));
   t->SetLogin(std::move(grants));
   log::Info("vault {}: principal {} logged in ({})", t->name(), who->principal, who->method);
   return OkStatus();

@@ -38,6 +38,13 @@ class Provider {
   // Number of sessions (and R/W sessions) open on a token.
   void CountSessions(const Token* token, CK_ULONG* all, CK_ULONG* rw) const;
 
+  // The configuration that decides logins and grants. When the config file changed since the
+  // last check (size, mtime or inode), it is read again; a valid new version with the same store,
+  // vaults and pools replaces it, so principals, role assignments, access policies and login
+  // settings apply at the next login. Anything else (an invalid file, other vaults) keeps the
+  // one in use and logs why. Called at C_Login; AuthConfig(false) never reads the file.
+  std::shared_ptr<const config::Config> AuthConfig(bool refresh = true);
+
   // The store's deployment id (part of every token's resource id).
   const std::string& deployment_id() const { return deployment_id_; }
 
@@ -50,6 +57,9 @@ class Provider {
   config::Config config_;
   std::unique_ptr<store::Store> store_;
   std::string deployment_id_;
+  std::mutex auth_mu_;  // guards the two fields below
+  std::shared_ptr<const config::Config> auth_config_;
+  std::string config_stamp_;  // size, mtime and inode of the config file when last read
   std::vector<std::unique_ptr<Token>> tokens_;
   std::atomic<CK_OBJECT_HANDLE> next_object_{1};
   std::atomic<CK_SESSION_HANDLE> next_session_{1};

@@ -179,5 +179,42 @@ TEST_F(ThrottleTest, FailuresLowerTheCountThenLockEveryProcessOut) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
+
+// Role and policy changes apply at the next login, without C_Initialize; a broken edit or one
+// that changes the vaults keeps the configuration in use.
+TEST_F(AbiTest, RoleChangesApplyAtTheNextLogin) {
+  CK_SESSION_HANDLE s = OpenRw(0);
+  auto may_generate = [&] {
+    CK_MECHANISM m{CKM_AES_KEY_GEN, nullptr, 0};
+    CK_ULONG len = 16;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_TOKEN, &yes, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}};
+    CK_OBJECT_HANDLE k;
+    return f->C_GenerateKey(s, &m, t, 2, &k);
+  };
+  ASSERT_EQ(Login(s, kNoRolePin), CKR_OK);
+  EXPECT_EQ(may_generate(), CKR_ACTION_PROHIBITED);
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  WriteConfig("  - { principal: norole, role: Key Vault Crypto Officer, scope: /vaults/payments }\n");
+  EXPECT_EQ(may_generate(), CKR_USER_NOT_LOGGED_IN);
+  ASSERT_EQ(Login(s, kNoRolePin), CKR_OK);
+  EXPECT_EQ(may_generate(), CKR_OK);  // the new role, at this login
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  // A broken file: logins go on with the version in use.
+  std::ofstream(config_path) << "vaults: [ this is not valid\n";
+  ASSERT_EQ(Login(s, kNoRolePin), CKR_OK);
+  EXPECT_EQ(may_generate(), CKR_OK);
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  // Other vaults need C_Initialize: the edit is not taken, roles included.
+  WriteConfig("", "", "{ name: archive2 }");
+  ASSERT_EQ(Login(s, kNoRolePin), CKR_OK);
+  EXPECT_EQ(may_generate(), CKR_OK);
+  ASSERT_EQ(f->C_Logout(s), CKR_OK);
+  // Back to the original roles: the Crypto Officer role is gone at the next login.
+  WriteConfig();
+  ASSERT_EQ(Login(s, kNoRolePin), CKR_OK);
+  EXPECT_EQ(may_generate(), CKR_ACTION_PROHIBITED);
+}
+
 }  // namespace
 }  // namespace vaultp11::testing
