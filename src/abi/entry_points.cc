@@ -64,13 +64,7 @@ namespace {
 // misordered entry a compile error.
 CK_FUNCTION_LIST kFunctionList = {
     .version = {2, 40},
-#define VP11_FN(name, params, args) .C_##name = C_##name,
-#define VP11_NS(name, params) .C_##name = C_##name,
-#define VP11_GET_FUNCTION_LIST() .C_GetFunctionList = C_GetFunctionList,
-#include "abi/functions.inc"
-#undef VP11_FN
-#undef VP11_NS
-#undef VP11_GET_FUNCTION_LIST
+#include "abi/function_list_240.inc"
 };
 }  // namespace
 
@@ -104,13 +98,7 @@ extern "C" CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR p
 
 CK_FUNCTION_LIST_3_0 kFunctionList30 = {
     .version = {3, 0},
-#define VP11_FN(name, params, args) .C_##name = C_##name,
-#define VP11_NS(name, params) .C_##name = C_##name,
-#define VP11_GET_FUNCTION_LIST() .C_GetFunctionList = C_GetFunctionList,
-#include "abi/functions.inc"
-#undef VP11_FN
-#undef VP11_NS
-#undef VP11_GET_FUNCTION_LIST
+#include "abi/function_list_240.inc"
     .C_GetInterfaceList = C_GetInterfaceList,
     .C_GetInterface = C_GetInterface,
     .C_LoginUser = C_LoginUser,

@@ -120,10 +120,18 @@ Result<Bytes> DomainCheckValue(const pool::HsmPool& p) {
   return kcv;
 }
 
-// A member in service and its token.
-Result<std::pair<size_t, std::shared_ptr<p11::InnerToken>>> AnyMember(const pool::HsmPool& p) {
-  for (size_t i = 0; i < p.size(); ++i)
-    if (auto t = p.Token(i)) return std::make_pair(i, std::move(t));
+// A member in service, and its security-domain key: where the MAC key is made or unwrapped.
+struct DomainMember {
+  std::shared_ptr<p11::InnerToken> token;
+  CK_OBJECT_HANDLE domain = CK_INVALID_HANDLE;
+};
+Result<DomainMember> AnyMember(const pool::HsmPool& p) {
+  for (size_t i = 0; i < p.size(); ++i) {
+    auto t = p.Token(i);
+    if (!t) continue;
+    VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE sd, pool::FindDomainKey(*t));
+    return DomainMember{std::move(t), sd};
+  }
   return Err(CKR_DEVICE_ERROR, "{}: no member is available", p.name());
 }
 
@@ -275,15 +283,15 @@ Status BackupCommand(const config::Config& cfg, const std::string& where, const 
         last = r.status();
       }
     }
-    if (last.rv() == CKR_KEY_UNEXTRACTABLE)
+    if (!done && last.rv() == CKR_KEY_UNEXTRACTABLE)
       return Err(CKR_KEY_UNEXTRACTABLE,
                  "{}: key {} was made before its HSM held a security domain, so it cannot be wrapped under one",
                  pc->name, QuotePrintable(key));
     if (!done) return Err(last.rv(), "{}: exporting key {} failed: {}", pc->name, QuotePrintable(key), last.error().message);
   }
-  VAULTP11_ASSIGN_OR_RETURN(auto member, AnyMember(*pool));
-  auto& [mi, mt] = member;
-  VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE sd, pool::FindDomainKey(*mt));
+  VAULTP11_ASSIGN_OR_RETURN(DomainMember member, AnyMember(*pool));
+  const auto& mt = member.token;
+  const CK_OBJECT_HANDLE sd = member.domain;
   MacKey mac_key;
   mac_key.token = mt;
   {
@@ -334,9 +342,9 @@ Status RestoreCommand(const config::Config& cfg, const std::string& where, const
                "{} was made under another security domain (check value {}) than pool {}'s ({}); nothing changed", file,
                Hex(blob_kcv), pc->name, Hex(kcv));
   // 3. The MAC, checked in the HSM with the MAC key unwrapped under the domain.
-  VAULTP11_ASSIGN_OR_RETURN(auto member, AnyMember(*pool));
-  auto& [mi, mt] = member;
-  VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE sd, pool::FindDomainKey(*mt));
+  VAULTP11_ASSIGN_OR_RETURN(DomainMember member, AnyMember(*pool));
+  const auto& mt = member.token;
+  const CK_OBJECT_HANDLE sd = member.domain;
   MacKey mac_key;
   mac_key.token = mt;
   {

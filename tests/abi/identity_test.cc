@@ -75,10 +75,7 @@ TEST_F(ManagedIdentityTest, AnotherUidGetsItsOwnIdentityOrNone) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     // The child initialises as root (the store is 0600), then becomes the other uid for good.
-    CK_C_INITIALIZE_ARGS args{};
-    args.flags = CKF_OS_LOCKING_OK;
-    args.pReserved = const_cast<char*>(config_path.c_str());
-    if (f->C_Initialize(&args) != CKR_OK) _exit(2);
+    if (InitWith(config_path) != CKR_OK) _exit(2);
     if (setgroups(0, nullptr) != 0 || setresgid(kOtherUid, kOtherUid, kOtherUid) != 0 ||
         setresuid(kOtherUid, kOtherUid, kOtherUid) != 0)
       _exit(3);
@@ -163,10 +160,7 @@ TEST_F(ThrottleTest, FailuresLowerTheCountThenLockEveryProcessOut) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    CK_C_INITIALIZE_ARGS args{};
-    args.flags = CKF_OS_LOCKING_OK;
-    args.pReserved = const_cast<char*>(config_path.c_str());
-    if (f->C_Initialize(&args) != CKR_OK) _exit(2);
+    if (InitWith(config_path) != CKR_OK) _exit(2);
     CK_SESSION_HANDLE c;
     if (f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &c) != CKR_OK) _exit(3);
     std::string pin = kAdminPin;

@@ -154,10 +154,7 @@ TEST_F(JwtLoginTest, AnAssertionIsUsedOnceEvenAcrossProcesses) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    CK_C_INITIALIZE_ARGS args{};
-    args.flags = CKF_OS_LOCKING_OK;
-    args.pReserved = const_cast<char*>(config_path.c_str());
-    if (f->C_Initialize(&args) != CKR_OK) _exit(2);
+    if (InitWith(config_path) != CKR_OK) _exit(2);
     if (LoginWith(once) != CKR_PIN_INCORRECT) _exit(3);
     if (LoginWith(twice) != CKR_OK) _exit(4);
     _exit(0);
