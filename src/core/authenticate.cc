@@ -141,13 +141,18 @@ Result<std::string> BearerToken(const config::Config& cfg, const auth::jwt::Toke
       verified = auth::jwt::Verify(t, k.key.get(), kOAuthAlgs);
       if (verified.ok() || verified.rv() == CKR_PIN_INVALID) break;
     }
-    VAULTP11_RETURN_IF_ERROR(verified);
-    auth::jwt::ClaimRules rules;
-    rules.issuer = pr.issuer;
-    rules.audience = pr.audience;
-    rules.leeway = std::chrono::seconds(pr.leeway_seconds);
-    VAULTP11_RETURN_IF_ERROR(auth::jwt::CheckClaims(t, rules, Clock::now()));
-    return pr.name;
+    if (verified.rv() == CKR_PIN_INVALID) return verified.error();  // the token itself is unacceptable
+    // Another principal of this issuer (another audience or key set) may still accept it.
+    Status st = verified;
+    if (st.ok()) {
+      auth::jwt::ClaimRules rules;
+      rules.issuer = pr.issuer;
+      rules.audience = pr.audience;
+      rules.leeway = std::chrono::seconds(pr.leeway_seconds);
+      st = auth::jwt::CheckClaims(t, rules, Clock::now());
+    }
+    if (st.ok()) return pr.name;
+    why = st.error().message;
   }
   return Err(CKR_PIN_INCORRECT, "bearer token: {}", why);
 }

@@ -124,6 +124,7 @@ auth::ThrottlePolicy ThrottlePolicyOf(const config::Config& cfg) {
 
 // Stops the pools' health threads of this process's provider (see Provider::Create).
 void StopHealthChecksAtExit() {
+  std::lock_guard<std::mutex> l(g_init_mu);  // not while a C_Finalize deletes the provider
   Provider* p = g_provider.load(std::memory_order_acquire);
   if (p == nullptr || g_pid.load(std::memory_order_relaxed) != getpid()) return;
   for (const auto& t : p->tokens())
@@ -355,6 +356,7 @@ Status Initialize(CK_VOID_PTR init_args) {
     g_provider.store(nullptr);
   }
   const char* reserved = nullptr;
+  bool cant_create_threads = false;
   if (init_args != nullptr) {
     auto* a = static_cast<CK_C_INITIALIZE_ARGS*>(init_args);
     int given = (a->CreateMutex != nullptr) + (a->DestroyMutex != nullptr) + (a->LockMutex != nullptr) +
@@ -366,8 +368,15 @@ Status Initialize(CK_VOID_PTR init_args) {
       return Err(CKR_CANT_LOCK, "C_Initialize: only OS locking is supported (set CKF_OS_LOCKING_OK)");
     // Non-standard but common (kmsp11): pReserved may carry the config path.
     reserved = static_cast<const char*>(a->pReserved);
+    cant_create_threads = (a->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS) != 0;
   }
   std::string path = config::ResolvePath(reserved);
+  if (cant_create_threads) {
+    // Managed HSM pools need their health-check threads.
+    auto cfg = config::LoadFile(path);
+    if (cfg.ok() && !cfg->managed_hsm_pools.empty())
+      return Err(CKR_NEED_TO_CREATE_THREADS, "managed HSM pools need a health-check thread, which the caller forbids");
+  }
   NewEventRun();
   auto p = Provider::Create(path);
   if (!p.ok()) {
@@ -601,37 +610,46 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
   SecureBytes pin_bytes(pin, pin + pin_len);
   const std::shared_ptr<const config::Config> cfg = p->AuthConfig();
   const std::string resource = ResourceId(*cfg, p->deployment_id(), t->name());
-  // Brute force: failures count per claimed principal in the store (every process sees them),
-  // each failure answers after a growing delay, and too many in a row lock the principal.
+  // Brute force: attempts count per claimed principal in the store (every process sees them).
+  // Each attempt is counted before the credential is checked, so parallel attempts cannot
+  // outrun the limit; a success resets the count, a failure answers after a growing delay, and
+  // too many in a row lock the principal.
   const auth::ThrottlePolicy policy = ThrottlePolicyOf(*cfg);
   const std::string claimed = ClaimedPrincipal(*cfg, pin_bytes);
   t->SetLastClaimed(claimed);
   const int64_t now = UnixNow();
-  store::LoginFailures before;
+  store::LoginFailures counted;
   if (!claimed.empty()) {
-    VAULTP11_ASSIGN_OR_RETURN(before, t->store()->GetLoginFailures(claimed));
-    if (auth::Decide(before, policy, now).locked) {
-      log::Warning("vault {}: login refused: principal {} is locked after {} failed logins", t->name(), claimed,
-                   before.failures);
+    VAULTP11_ASSIGN_OR_RETURN(store::LoginFailures before, t->store()->GetLoginFailures(claimed));
+    const bool locked = auth::Decide(before, policy, now).locked;
+    if (!locked) {
+      VAULTP11_ASSIGN_OR_RETURN(counted, t->store()->RecordLoginFailure(claimed, now, policy.max_failures,
+                                                                        policy.lockout_seconds));
+    }
+    if (locked || (policy.max_failures > 0 && counted.failures > policy.max_failures)) {
+      log::Warning("vault {}: login refused: principal {} is locked after failed logins", t->name(), claimed);
       return Err(CKR_PIN_LOCKED, "principal {} is locked after failed logins", claimed);
     }
+  } else {
+    counted.failures = 1;  // an unknown name waits like a known one's first failure
   }
   auto who = Authenticate(*cfg, t->store(), resource, pin_bytes);
   if (!who.ok()) {
     // The challenge says where a valid credential comes from; the credential is never logged.
     log::Warning("vault {}: login failed: {}; a valid credential: {}", t->name(), who.error().message,
                  Challenge(*cfg, resource));
-    store::LoginFailures after;
-    if (!claimed.empty()) {
-      auto r = t->store()->RecordLoginFailure(claimed, now, policy.max_failures, policy.lockout_seconds);
-      if (r.ok()) after = r.value();
-    } else {
-      after.failures = 1;  // an unknown name waits like a known one's first failure
+    const bool credential_failed = who.rv() == CKR_PIN_INCORRECT || who.rv() == CKR_PIN_INVALID;
+    if (!credential_failed) {
+      // A store or file error says nothing about the credential: not a failed attempt, and
+      // reported with a code C_Login may return.
+      if (!claimed.empty()) (void)t->store()->ForgiveLoginFailure(claimed);
+      return Err(CKR_FUNCTION_FAILED, "{}", who.error().message);
     }
-    std::this_thread::sleep_for(auth::Decide(after, policy, now).delay);
+    std::this_thread::sleep_for(auth::Decide(counted, policy, now).delay);
     return who.error();
   }
-  if (before.failures > 0 && who->principal == claimed) (void)t->store()->ResetLoginFailures(claimed);
+  if (!claimed.empty()) (void)t->store()->ResetLoginFailures(claimed);
+  if (claimed != who->principal && !who->principal.empty()) (void)t->store()->ResetLoginFailures(who->principal);
   auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(*cfg, t->name(), who->principal));
   t->SetLogin(std::move(grants));
   log::Info("vault {}: principal {} logged in ({})", t->name(), who->principal, who->method);
@@ -644,7 +662,7 @@ Status LoginUser(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK
   if (pin == nullptr && pin_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_LoginUser: pPin is NULL");
   if (username_len == 0) return Login(h, user, pin, pin_len);  // the PIN names the principal
   if (username_len > 256 || pin_len > auth::jwt::kMaxTokenBytes)
-    return Err(CKR_PIN_LEN_RANGE, "C_LoginUser: username or PIN too long");
+    return Err(CKR_PIN_INVALID, "C_LoginUser: username or PIN too long");
   // The principal is the username: the same as C_Login with "principal:secret".
   SecureBytes combined;
   combined.reserve(username_len + 1 + pin_len);

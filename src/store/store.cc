@@ -944,4 +944,19 @@ Status Store::ResetLoginFailures(std::string_view principal) {
   });
 }
 
+Status Store::ForgiveLoginFailure(std::string_view principal) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return OkStatus();
+  return impl_->Transaction("forgiving a failed login", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        impl_->Prepare("UPDATE login_failures SET failures = max(failures - 1, 0) WHERE principal = ?"));
+    Stmt st(s);
+    st.Bind(1, principal);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "forgiving a failed login");
+    return OkStatus();
+  });
+}
+
 }  // namespace vaultp11::store

@@ -136,6 +136,10 @@ class Store {
   // Forgets the principal's failures (after a successful login). On a read-only store this
   // writes nothing and returns OkStatus.
   Status ResetLoginFailures(std::string_view principal);
+  // Takes back one failure counted before the credential was checked (C_Login counts each
+  // attempt first, so parallel attempts cannot outrun the limit) when the check failed for a
+  // reason that says nothing about the credential (a store or file error).
+  Status ForgiveLoginFailure(std::string_view principal);
 
  private:
   Store() = default;

@@ -721,5 +721,38 @@ TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
   }
 }
 
+
+// A key destroyed while a member is out of service is destroyed there before it serves again.
+TEST_F(PoolTest, KeyDestroyedWhileMemberDownIsGoneFromItWhenItReturns) {
+  InitPool("fopool");
+  Start();
+  CK_SESSION_HANDLE s = LoggedInRw(kFailoverSlot);
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(GenPair(s, CKM_EC_KEY_PAIR_GEN, "short-lived", &pub, &priv), CKR_OK);
+  auto id = InnerId(s, priv);
+  for (const char* t : kFailoverMembers) ASSERT_EQ(CountOn(t, CKO_PRIVATE_KEY, id), 1) << t;
+  SetFault("fo-b", "fail");
+  std::vector<uint8_t> sig;
+  // Signing until the failure is noticed (each member serves in turn).
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(TrySign(s, priv, Bytes("x"), &sig), CKR_OK);
+  EXPECT_EQ(SlotDescription(kFailoverSlot), kFailoverUp + " (2/3 HSMs up)");
+  ASSERT_EQ(f->C_DestroyObject(s, priv), CKR_OK);
+  EXPECT_EQ(CountOn("fo-a", CKO_PRIVATE_KEY, id), 0);
+  EXPECT_EQ(CountOn("fo-b", CKO_PRIVATE_KEY, id), 1);  // out of service: not reached yet
+  ClearFault("fo-b");
+  WaitForDescription(kFailoverSlot, kFailoverUp);
+  EXPECT_EQ(CountOn("fo-b", CKO_PRIVATE_KEY, id), 0);
+  EXPECT_EQ(CountOn("fo-b", CKO_PUBLIC_KEY, id), 0);
+}
+
+// Pools need a health-check thread: a caller that forbids threads is told so.
+TEST_F(PoolTest, PoolsNeedThreads) {
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS;
+  args.pReserved = const_cast<char*>(config_path.c_str());
+  EXPECT_EQ(f->C_Initialize(&args), CKR_NEED_TO_CREATE_THREADS);
+  EXPECT_EQ(InitWith(config_path), CKR_OK);
+}
+
 }  // namespace
 }  // namespace vaultp11::testing

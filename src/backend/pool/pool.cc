@@ -102,6 +102,7 @@ struct HsmPool::MemberState {
   std::atomic<uint64_t> generation{1};
   std::atomic<int64_t> outstanding{0};
   std::atomic<bool> needs_reconcile{true};
+  std::vector<Bytes> pending_destroy;  // guarded by mu: keys deleted while it was out of service
 };
 
 MemberLease& MemberLease::operator=(MemberLease&& o) noexcept {
@@ -227,6 +228,10 @@ Result<MemberLease> HsmPool::Acquire(const std::vector<bool>& tried) const {
 bool HsmPool::ReportFailure(size_t i, uint64_t generation, const Error& e) const {
   if (!IsMemberFailure(e.rv)) return false;
   MemberState& m = *members_[i];
+  // Some HSMs answer a bad request with CKR_DEVICE_ERROR or CKR_GENERAL_ERROR: a member that
+  // still answers a simple question is not down, and the error is the request's.
+  if (auto t = Token(i); t && (e.rv == CKR_DEVICE_ERROR || e.rv == CKR_GENERAL_ERROR) && FindDomainKey(*t).ok())
+    return false;
   bool taken_out = false;
   {
     std::lock_guard<std::mutex> l(m.mu);
@@ -267,11 +272,12 @@ Result<size_t> HsmPool::GenerationMember(const std::vector<bool>& exclude) const
   for (size_t k = 0; k < n; ++k) {
     size_t i = (start + k) % n;
     if (i < exclude.size() && exclude[i]) continue;
+    const uint64_t generation = Generation(i);
     auto token = Token(i);
     if (!token) continue;
     auto dk = FindDomainKey(*token);
     if (!dk.ok()) {
-      ReportFailure(i, Generation(i), dk.error());
+      ReportFailure(i, generation, dk.error());
       log::Warning("pool {}: hsm {}: {}", name_, members_[i]->name, dk.error().message);
       continue;
     }
@@ -314,9 +320,9 @@ Result<CK_OBJECT_HANDLE> DomainOn(const HsmPool& p, size_t i, const p11::InnerTo
 Result<CK_OBJECT_HANDLE> FindOne(const p11::InnerToken& t, CK_OBJECT_CLASS cls, std::span<const uint8_t> id) {
   p11::AttrTemplate tmpl;
   tmpl.Ulong(CKA_CLASS, cls).Data(CKA_ID, id);
-  VAULTP11_ASSIGN_OR_RETURN(auto found, t.FindObjects(tmpl, 2));
-  if (found.size() != 1)
-    return Err(CKR_KEY_HANDLE_INVALID, "{} holds {} objects of the key", t.description(), found.empty() ? "no" : "two");
+  VAULTP11_ASSIGN_OR_RETURN(auto found, t.FindObjects(tmpl, 1));
+  // Two copies (two processes copied a missed key at once) are the same key: either serves.
+  if (found.empty()) return Err(CKR_KEY_HANDLE_INVALID, "{} holds no object of the key", t.description());
   return found[0];
 }
 
@@ -387,8 +393,8 @@ Status HsmPool::Import(size_t i, const WrappedKey& wk) const {
   return ImportTo(i, *t, wk);
 }
 
-Status HsmPool::ImportTo(size_t i, const p11::InnerToken& token, const WrappedKey& wk) const {
-  const p11::InnerToken* t = &token;
+Status HsmPool::ImportTo(size_t i, const p11::InnerToken& target, const WrappedKey& wk) const {
+  const p11::InnerToken* t = &target;
   VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE sd, DomainOn(*this, i, *t));
   p11::AttrTemplate uw;
   uw.Ulong(CKA_CLASS, wk.object_class).Ulong(CKA_KEY_TYPE, wk.key_type).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true)
@@ -440,17 +446,27 @@ Result<std::vector<size_t>> HsmPool::Replicate(size_t source, CK_OBJECT_CLASS cl
 }
 
 void HsmPool::DestroyOn(size_t i, std::span<const uint8_t> inner_id) const {
+  if (inner_id.empty()) return;
   auto token = Token(i);
-  if (!token || inner_id.empty()) return;
+  if (!token) {
+    // Out of service: destroyed there before it serves again (this process's deletions).
+    std::lock_guard<std::mutex> l(members_[i]->mu);
+    members_[i]->pending_destroy.emplace_back(inner_id.begin(), inner_id.end());
+    return;
+  }
+  DestroyOnToken(i, *token, inner_id);
+}
+
+void HsmPool::DestroyOnToken(size_t i, const p11::InnerToken& token, std::span<const uint8_t> inner_id) const {
   p11::AttrTemplate t;
   t.Data(CKA_ID, inner_id);
-  auto found = token->FindObjects(t);
+  auto found = token.FindObjects(t);
   if (!found.ok()) {
     log::Warning("pool {}: hsm {}: {}", name_, members_[i]->name, found.error().message);
     return;
   }
   for (CK_OBJECT_HANDLE h : found.value()) {
-    Status st = token->DestroyObject(h);
+    Status st = token.DestroyObject(h);
     if (!st.ok())
       log::Warning("pool {}: hsm {}: removing a key object failed: {}", name_, members_[i]->name, st.error().message);
   }
@@ -496,7 +512,13 @@ void HsmPool::HealthLoop() {
   while (!stop_) {
     wake_ = false;
     l.unlock();
-    CheckNow();
+    try {
+      CheckNow();
+    } catch (const std::exception& e) {  // never let the thread end the host process
+      log::Error("pool {}: health check failed: {}", name_, e.what());
+    } catch (...) {
+      log::Error("pool {}: health check failed", name_);
+    }
     l.lock();
     health_cv_.wait_for(l, options_.health_check_interval, [&] { return stop_ || wake_; });
   }
@@ -556,6 +578,15 @@ Status HsmPool::Reconcile(size_t i, const p11::InnerToken& target) const {
       done = ImportTo(i, target, wk.value());
       if (!done.ok() && IsMemberFailure(done.rv())) return done;
     }
+    // Deleted (by this or another process) while it was being copied: no copy may outlive it.
+    if (done.ok()) {
+      auto now = catalog();
+      bool still = std::any_of(now.begin(), now.end(), [&](const CatalogEntry& c) { return c.inner_id == e.inner_id; });
+      if (!still) {
+        DestroyOnToken(i, target, e.inner_id);
+        continue;
+      }
+    }
     if (!done.ok() && done.rv() == CKR_KEY_HANDLE_INVALID) continue;  // on no member (being destroyed)
     if (!done.ok()) return done;
     ++copied;
@@ -582,9 +613,16 @@ void HsmPool::CheckNow() const {
       }
       continue;
     }
-    // Out of service: back once it answers and holds every key it missed.
+    // Out of service: back once it answers, has lost the keys deleted meanwhile and holds
+    // every key it missed.
     auto token = Probe(i);
     if (!token) continue;
+    std::vector<Bytes> deleted;
+    {
+      std::lock_guard<std::mutex> l(m.mu);
+      deleted.swap(m.pending_destroy);
+    }
+    for (const Bytes& id : deleted) DestroyOnToken(i, *token, id);
     Status st = Reconcile(i, *token);
     if (!st.ok()) {
       std::lock_guard<std::mutex> l(m.mu);

@@ -147,7 +147,8 @@ class HsmPool {
   // call fails with CKR_DEVICE_ERROR (the caller removes the source's).
   Result<std::vector<size_t>> Replicate(size_t source, CK_OBJECT_CLASS cls, std::span<const uint8_t> inner_id) const;
 
-  // Destroys every object with CKA_ID `inner_id` on member `i` (best effort, logged).
+  // Destroys every object with CKA_ID `inner_id` on member `i` (best effort, logged); on a
+  // member out of service, before it is brought back.
   void DestroyOn(size_t i, std::span<const uint8_t> inner_id) const;
   // ... on every healthy member.
   void DestroyEverywhere(std::span<const uint8_t> inner_id) const;
@@ -173,6 +174,7 @@ class HsmPool {
   // Copies to member i (through `target`) the catalog's keys it lacks.
   Status Reconcile(size_t i, const p11::InnerToken& target) const;
   Status ImportTo(size_t i, const p11::InnerToken& target, const WrappedKey& key) const;
+  void DestroyOnToken(size_t i, const p11::InnerToken& target, std::span<const uint8_t> inner_id) const;
 
   std::string name_;
   std::vector<std::unique_ptr<MemberState>> members_;
