@@ -204,19 +204,24 @@ Result<Authenticated> Authenticate(const config::Config& cfg, store::Store* stor
 }
 
 std::string ClaimedPrincipal(const config::Config& cfg, std::span<const uint8_t> pin) {
+  // Unknown names are counted like known ones: a lockout or a growing delay must not tell
+  // which principals exist. Bounded, so a name cannot bloat the store.
+  auto bounded = [](std::string name) {
+    if (name.size() > 256) name.resize(256);
+    return name;
+  };
   if (pin.empty()) return "";
-  auto known = [&](const std::string& name) { return cfg.FindPrincipal(name) != nullptr ? name : std::string(); };
   auto colon = std::find(pin.begin(), pin.end(), ':');
-  if (colon != pin.end()) return known(std::string(pin.begin(), colon));
+  if (colon != pin.end()) return bounded(std::string(pin.begin(), colon));
   auto t = auth::jwt::Parse(std::string_view(reinterpret_cast<const char*>(pin.data()), pin.size()));
   if (!t.ok() || !t->claims.contains("iss") || !t->claims["iss"].is_string()) return "";
   const std::string iss = t->claims["iss"].get<std::string>();
-  if (t->header.contains("x5t#S256")) return known(iss);
+  if (t->header.contains("x5t#S256")) return bounded(iss);
   for (const auto& pr : cfg.principals)
     if (pr.auth == "oauth2" && pr.issuer == iss && t->claims.contains(pr.claim) && t->claims[pr.claim].is_string() &&
         t->claims[pr.claim].get<std::string>() == pr.subject)
       return pr.name;
-  return "";
+  return bounded("iss:" + iss);
 }
 
 std::string Challenge(const config::Config& cfg, std::string_view resource_id) {

@@ -35,9 +35,10 @@ struct Authenticated {
 Result<Authenticated> Authenticate(const config::Config& cfg, store::Store* store, std::string_view resource_id,
                                    std::span<const uint8_t> pin);
 
-// The configured principal a PIN claims to be, before it is checked (for failed-login
-// accounting): the name before ':' of a client secret, the iss of a client assertion, the
-// oauth2 principal a bearer token's claims name; "" for an empty PIN or an unknown name.
+// The principal a PIN claims to be, before it is checked (for failed-login accounting): the
+// name before ':' of a client secret, the iss of a client assertion, the oauth2 principal a
+// bearer token's claims name (else "iss:<issuer>"), configured or not (at most 256 bytes);
+// "" for an empty PIN or a credential that does not parse.
 std::string ClaimedPrincipal(const config::Config& cfg, std::span<const uint8_t> pin);
 
 // Where a valid credential for the token comes from, as an HTTP 401 challenge says it:

@@ -631,7 +631,7 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
       return Err(CKR_PIN_LOCKED, "principal {} is locked after failed logins", claimed);
     }
   } else {
-    counted.failures = 1;  // an unknown name waits like a known one's first failure
+    counted.failures = 1;  // no name to count (a malformed credential): the first failure's delay
   }
   auto who = Authenticate(*cfg, t->store(), resource, pin_bytes);
   if (!who.ok()) {

@@ -922,6 +922,16 @@ Result<LoginFailures> Store::RecordLoginFailure(std::string_view principal, int6
     st.Bind(4, next.locked_until);
     int rc = st.Step();
     if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a failed login");
+    // Counts not locked and a day old are forgotten (C_Login counts names that are no
+    // principal too, so guessing names cannot grow the table without bound).
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * p, impl_->Prepare("DELETE FROM login_failures WHERE last_failure < ?1 "
+                                                               "AND locked_until <= ?2 AND principal != ?3"));
+    Stmt prune(p);
+    prune.Bind(1, now_unix - 86400);
+    prune.Bind(2, now_unix);
+    prune.Bind(3, principal);
+    rc = prune.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "forgetting old failed logins");
     return OkStatus();
   }));
   return next;

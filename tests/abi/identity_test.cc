@@ -210,5 +210,18 @@ TEST_F(AbiTest, RoleChangesApplyAtTheNextLogin) {
   EXPECT_EQ(may_generate(), CKR_ACTION_PROHIBITED);
 }
 
+
+// A name that is no principal is counted and locked the same way: the answers do not tell
+// which principals exist.
+TEST_F(ThrottleTest, UnknownNamesLockLikeKnownOnes) {
+  CK_SESSION_HANDLE s = OpenRo(0);
+  for (const char* who : {"app", "ghost"}) {
+    std::string bad = std::string(who) + ":wrong";
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(Login(s, bad), CKR_PIN_INCORRECT) << who;
+    EXPECT_EQ(PinFlags(), static_cast<CK_FLAGS>(CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_LOCKED)) << who;
+    EXPECT_EQ(Login(s, bad), CKR_PIN_LOCKED) << who;
+  }
+}
+
 }  // namespace
 }  // namespace vaultp11::testing
