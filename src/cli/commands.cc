@@ -20,6 +20,7 @@
 #include "backend/ossl/ossl_backend.h"
 #include "backend/p11/inner_module.h"
 #include "backend/p11/inner_token.h"
+#include "audit/chain.h"
 #include "backend/pool/pool.h"
 #include "util/pin_file.h"
 #include "util/strings.h"
@@ -288,6 +289,19 @@ Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>
   return OkStatus();
 }
 
+Status AuditVerifyCommand(const std::vector<std::string>& files, Io& io) {
+  std::string prev;  // the first file may continue an older one; the others must continue theirs
+  for (const std::string& f : files) {
+    VAULTP11_ASSIGN_OR_RETURN(audit::Verdict v, audit::VerifyFile(f, prev));
+    if (!v.intact)
+      return Err(CKR_FUNCTION_FAILED, "{}:{}: {} (the chain is broken there; {} records read)", f, v.line, v.problem,
+                 v.records);
+    io.out << fmt::format("{}: {} records, chain intact\n", f, v.records);
+    prev = v.last_hash;
+  }
+  return OkStatus();
+}
+
 Status InitCommand(const config::Config& cfg, std::ostream& out) {
   bool db_existed = Exists(cfg.store.path);
   bool key_existed = Exists(cfg.store.master_key_file);
@@ -420,6 +434,11 @@ int Run(int argc, const char* const* argv, Io& io) {
     auto* w_vault = whoami->add_option("--vault", whoami_opts.vault, "Vault or pool");
     whoami->add_option("--slot", whoami_opts.slot, "Slot")->excludes(w_vault);
     auto* w_pin = whoami->add_option("--pin", whoami_pin, "PIN to check: - (stdin), @FILE, or the value");
+    std::vector<std::string> audit_files;
+    CLI::App* audit_cmd = app.add_subcommand("audit", "Work with audit files");
+    audit_cmd->require_subcommand(1);
+    CLI::App* audit_verify = audit_cmd->add_subcommand("verify", "Check audit files' hash chains (in order)");
+    audit_verify->add_option("file", audit_files, "Audit files, oldest first")->required();
     CLI::App* restore = app.add_subcommand("restore", "Restore a key backup where the same security domain is held");
     restore->add_option("pool|vault", where, "Managed HSM pool, or premium vault")->required();
     restore->add_option("file", backup_file, "Backup file")->required();
@@ -436,7 +455,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -452,6 +471,8 @@ int Run(int argc, const char* const* argv, Io& io) {
     Status st;
     if (hash->parsed()) {
       st = HashSecretCommand(io, cost);
+    } else if (audit_verify->parsed()) {
+      st = AuditVerifyCommand(audit_files, io);  // needs no config
     } else {
       std::string path = config::ResolvePath(config_path.empty() ? nullptr : config_path.c_str());
       auto cfg = config::LoadFile(path);

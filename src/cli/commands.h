@@ -95,6 +95,10 @@ struct WhoamiOptions {
 // (a client assertion checked here is used up: its jti is recorded).
 Status WhoamiCommand(const config::Config& cfg, const WhoamiOptions& opts, Io& io);
 
+// `audit verify FILE...`: checks each audit file's hash chain (each following file must continue
+// the one before); prints a line per file and fails naming the first bad record.
+Status AuditVerifyCommand(const std::vector<std::string>& files, Io& io);
+
 // "private-key", "public-key", "secret-key", "certificate", "data", else "class-0x<hex>".
 std::string ClassName(CK_OBJECT_CLASS object_class);
 

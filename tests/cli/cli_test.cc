@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "auth/secret_hash.h"
+#include "audit/chain.h"
 #include "cli/commands.h"
 #include "config/config.h"
 #include "matchers.h"
@@ -484,6 +485,31 @@ TEST_F(ListCommandTest, VaultMissingFromTheStoreIsShownAsSuch) {
   std::ostringstream out;
   ASSERT_OK(ListCommand(cfg_, ListOptions{"later", false}, out));
   EXPECT_EQ(out.str(), "vault later (standard): not in the store (run `vaultp11 init`)\n");
+}
+
+// `audit verify`: intact files (the second continuing the first) pass; a modified record fails
+// naming the file and line.
+TEST(CliBinaryTest, AuditVerifyChecksTheChainAcrossFiles) {
+  TempDir dir;
+  const std::string a = dir.file("audit.log"), b = dir.file("audit.1.log");
+  std::vector<nlohmann::json> events = {{{"operationName", "KeySign"}}, {{"operationName", "KeyGet"}}};
+  ASSERT_TRUE(audit::Append(a, events).ok());
+  auto first = audit::VerifyFile(a);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(audit::Append(b, events, first->last_hash).ok());
+  Outcome ok = RunCli(dir, {"audit", "verify", a, b});
+  EXPECT_EQ(ok.exit_code, kExitOk) << ok.err;
+  EXPECT_THAT(ok.out, HasSubstr("audit.1.log: 2 records, chain intact"));
+  Outcome swapped = RunCli(dir, {"audit", "verify", b, a});
+  EXPECT_EQ(swapped.exit_code, kExitFailed);
+  std::stringstream read;
+  read << std::ifstream(a).rdbuf();
+  std::string text = read.str();
+  text.replace(text.find("KeySign"), 7, "KeyHide");
+  WriteFile(a, text);
+  Outcome bad = RunCli(dir, {"audit", "verify", a});
+  EXPECT_EQ(bad.exit_code, kExitFailed);
+  EXPECT_THAT(bad.err, HasSubstr("audit.log:1: record 1 was modified"));
 }
 
 }  // namespace

@@ -1,0 +1,124 @@
+// The audit file's hash chain: appends from several threads keep one chain; every kind of
+// tampering (a record modified, deleted, inserted, reordered; a file cut at its start; a file
+// that does not continue the previous one) is found and located.
+#include "audit/chain.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "matchers.h"
+#include "temp_dir.h"
+
+namespace vaultp11::audit {
+namespace {
+
+using ::testing::HasSubstr;
+using Json = nlohmann::json;
+
+std::vector<std::string> Lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> out;
+  for (std::string l; std::getline(in, l);) out.push_back(l);
+  return out;
+}
+
+void Rewrite(const std::string& path, const std::vector<std::string>& lines) {
+  std::ofstream out(path, std::ios::trunc);
+  for (const auto& l : lines) out << l << "\n";
+}
+
+class ChainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path = dir.file("audit.log");
+    std::vector<Json> batch;
+    for (int i = 0; i < 10; ++i) batch.push_back({{"operationName", "KeySign"}, {"n", i}});
+    ASSERT_OK(Append(path, batch));
+  }
+  testing::TempDir dir;
+  std::string path;
+};
+
+TEST_F(ChainTest, AnIntactFileVerifies) {
+  ASSERT_OK_AND_ASSIGN(Verdict v, VerifyFile(path));
+  EXPECT_TRUE(v.intact) << v.problem;
+  EXPECT_EQ(v.records, 10u);
+  EXPECT_EQ(v.last_hash, LineHash(Lines(path).back()));
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST_F(ChainTest, ThreadsAppendingKeepOneChain) {
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) EXPECT_OK(Append(path, std::vector<Json>{{{"t", t}, {"i", i}}}));
+    });
+  for (auto& t : ts) t.join();
+  ASSERT_OK_AND_ASSIGN(Verdict v, VerifyFile(path));
+  EXPECT_TRUE(v.intact) << v.problem;
+  EXPECT_EQ(v.records, 210u);
+}
+
+TEST_F(ChainTest, EachKindOfTamperingIsFoundWhereItIs) {
+  const auto good = Lines(path);
+  auto verdict = [&](const std::vector<std::string>& lines) {
+    Rewrite(path, lines);
+    auto v = VerifyFile(path);
+    EXPECT_TRUE(v.ok());
+    return v.ok() ? v.value() : Verdict{};
+  };
+  auto modified = good;
+  modified[4].replace(modified[4].find("KeySign"), 7, "KeyHide");
+  Verdict m = verdict(modified);
+  EXPECT_FALSE(m.intact);
+  EXPECT_EQ(m.line, 5u);
+  EXPECT_THAT(m.problem, HasSubstr("record 5 was modified"));
+
+  auto deleted = good;
+  deleted.erase(deleted.begin() + 3);
+  Verdict d = verdict(deleted);
+  EXPECT_FALSE(d.intact);
+  EXPECT_THAT(d.problem, HasSubstr("records 4 to 4 are missing here (deleted or moved)"));
+
+  auto inserted = good;
+  inserted.insert(inserted.begin() + 6, good[2]);
+  Verdict i = verdict(inserted);
+  EXPECT_FALSE(i.intact);
+  EXPECT_THAT(i.problem, HasSubstr("inserted or reordered"));
+
+  auto reordered = good;
+  std::swap(reordered[2], reordered[3]);
+  Verdict r = verdict(reordered);
+  EXPECT_FALSE(r.intact);
+  EXPECT_EQ(r.line, 3u);
+
+  auto cut = good;
+  cut.erase(cut.begin(), cut.begin() + 2);
+  EXPECT_THAT(verdict(cut).problem, HasSubstr("records before it were deleted"));
+
+  auto garbage = good;
+  garbage[7] = "not json";
+  EXPECT_THAT(verdict(garbage).problem, HasSubstr("not an audit record"));
+}
+
+TEST_F(ChainTest, AFollowingFileMustContinueThePreviousOne) {
+  ASSERT_OK_AND_ASSIGN(Verdict first, VerifyFile(path));
+  const std::string next = dir.file("audit.1.log");
+  ASSERT_OK(Append(next, std::vector<Json>{{{"x", 1}}}, first.last_hash));
+  ASSERT_OK_AND_ASSIGN(Verdict ok, VerifyFile(next, first.last_hash));
+  EXPECT_TRUE(ok.intact) << ok.problem;
+  ASSERT_OK_AND_ASSIGN(Verdict other, VerifyFile(next, kGenesisHash));
+  EXPECT_FALSE(other.intact);
+  EXPECT_THAT(other.problem, HasSubstr("does not continue from the previous file"));
+}
+
+}  // namespace
+}  // namespace vaultp11::audit
