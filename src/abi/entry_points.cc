@@ -87,51 +87,49 @@ extern "C" VAULTP11_EXPORT CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER
 
 namespace {
 
+// A CKR_FUNCTION_NOT_SUPPORTED entry for a function list member, its signature taken from the
+// member's own pointer type.
+template <typename Fn>
+struct NotSupported;
 template <typename... Args>
-CK_RV NotSupported(Args...) {
-  return CKR_FUNCTION_NOT_SUPPORTED;
-}
+struct NotSupported<CK_RV (*)(Args...)> {
+  static CK_RV Call(Args...) { return CKR_FUNCTION_NOT_SUPPORTED; }
+};
 
 extern "C" CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
 extern "C" CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
                                 CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
 
+#define VP11_NS3(name) .C_##name = NotSupported<decltype(CK_FUNCTION_LIST_3_0::C_##name)>::Call,
 CK_FUNCTION_LIST_3_0 kFunctionList30 = {
     .version = {3, 0},
 #include "abi/function_list_240.inc"
     .C_GetInterfaceList = C_GetInterfaceList,
     .C_GetInterface = C_GetInterface,
     .C_LoginUser = C_LoginUser,
-    .C_SessionCancel = NotSupported<CK_SESSION_HANDLE, CK_FLAGS>,
-    .C_MessageEncryptInit = NotSupported<CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE>,
-    .C_EncryptMessage = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                     CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR>,
-    .C_EncryptMessageBegin = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG>,
-    .C_EncryptMessageNext = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                         CK_ULONG_PTR, CK_FLAGS>,
-    .C_MessageEncryptFinal = NotSupported<CK_SESSION_HANDLE>,
-    .C_MessageDecryptInit = NotSupported<CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE>,
-    .C_DecryptMessage = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                     CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR>,
-    .C_DecryptMessageBegin = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG>,
-    .C_DecryptMessageNext = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                         CK_ULONG_PTR, CK_FLAGS>,
-    .C_MessageDecryptFinal = NotSupported<CK_SESSION_HANDLE>,
-    .C_MessageSignInit = NotSupported<CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE>,
-    .C_SignMessage = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                  CK_ULONG_PTR>,
-    .C_SignMessageBegin = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG>,
-    .C_SignMessageNext = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                      CK_ULONG_PTR>,
-    .C_MessageSignFinal = NotSupported<CK_SESSION_HANDLE>,
-    .C_MessageVerifyInit = NotSupported<CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE>,
-    .C_VerifyMessage = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                    CK_ULONG>,
-    .C_VerifyMessageBegin = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG>,
-    .C_VerifyMessageNext = NotSupported<CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                        CK_ULONG>,
-    .C_MessageVerifyFinal = NotSupported<CK_SESSION_HANDLE>,
+    VP11_NS3(SessionCancel)
+    VP11_NS3(MessageEncryptInit)
+    VP11_NS3(EncryptMessage)
+    VP11_NS3(EncryptMessageBegin)
+    VP11_NS3(EncryptMessageNext)
+    VP11_NS3(MessageEncryptFinal)
+    VP11_NS3(MessageDecryptInit)
+    VP11_NS3(DecryptMessage)
+    VP11_NS3(DecryptMessageBegin)
+    VP11_NS3(DecryptMessageNext)
+    VP11_NS3(MessageDecryptFinal)
+    VP11_NS3(MessageSignInit)
+    VP11_NS3(SignMessage)
+    VP11_NS3(SignMessageBegin)
+    VP11_NS3(SignMessageNext)
+    VP11_NS3(MessageSignFinal)
+    VP11_NS3(MessageVerifyInit)
+    VP11_NS3(VerifyMessage)
+    VP11_NS3(VerifyMessageBegin)
+    VP11_NS3(VerifyMessageNext)
+    VP11_NS3(MessageVerifyFinal)
 };
+#undef VP11_NS3
 
 CK_UTF8CHAR kInterfaceName[] = "PKCS 11";
 // Not CKF_INTERFACE_FORK_SAFE: a forked child must call C_Initialize again.

@@ -146,7 +146,7 @@ Result<Bytes> Mac(const std::shared_ptr<p11::InnerToken>& t, CK_OBJECT_HANDLE k,
 struct MacKey {
   std::shared_ptr<p11::InnerToken> token;
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  MacKey() = default;
+  explicit MacKey(std::shared_ptr<p11::InnerToken> t) : token(std::move(t)) {}
   MacKey(const MacKey&) = delete;
   MacKey& operator=(const MacKey&) = delete;
   ~MacKey() {
@@ -292,8 +292,7 @@ Status BackupCommand(const config::Config& cfg, const std::string& where, const 
   VAULTP11_ASSIGN_OR_RETURN(DomainMember member, AnyMember(*pool));
   const auto& mt = member.token;
   const CK_OBJECT_HANDLE sd = member.domain;
-  MacKey mac_key;
-  mac_key.token = mt;
+  MacKey mac_key(mt);
   {
     p11::AttrTemplate t;
     MacKeyTemplate(t);
@@ -345,8 +344,7 @@ Status RestoreCommand(const config::Config& cfg, const std::string& where, const
   VAULTP11_ASSIGN_OR_RETURN(DomainMember member, AnyMember(*pool));
   const auto& mt = member.token;
   const CK_OBJECT_HANDLE sd = member.domain;
-  MacKey mac_key;
-  mac_key.token = mt;
+  MacKey mac_key(mt);
   {
     p11::AttrTemplate t;
     MacKeyTemplate(t);

@@ -60,9 +60,7 @@ class AccessMatrixTest : public AbiTest {
   };
 
   void SetUp() override {
-    AbiTest::SetUp();  // the standard deployment, replaced by this test's
-    ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
-    initialized = false;
+    LoadModule();
     const std::string hash = TestSecretHash(kSecret);
     std::string principals, roles, policies;
     auto principal = [&](const std::string& name) {

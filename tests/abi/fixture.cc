@@ -29,9 +29,13 @@ std::string TestSecretHash(const std::string& secret) {
   return h.ok() ? h.value() : "";
 }
 
-void AbiTest::SetUp() {
+void AbiTest::LoadModule() {
   f = Module();
   ASSERT_NE(f, nullptr) << "set VAULTP11_MODULE to the built libvaultp11.so";
+}
+
+void AbiTest::SetUp() {
+  LoadModule();
   config_path = WriteConfig();
   ASSERT_EQ(InitWith(config_path), CKR_OK);
 }
@@ -41,7 +45,8 @@ void AbiTest::TearDown() {
   initialized = false;
 }
 
-std::string AbiTest::WriteConfig(const std::string& extra, const std::string& top, const std::string& archive) {
+std::string AbiTest::WriteConfig(const std::string& extra, const std::string& top, const std::string& archive,
+                                 const std::string& principals) {
   static const std::string admin = TestSecretHash("correct horse");
   static const std::string norole = TestSecretHash("battery staple");
   static const std::string old = TestSecretHash("expired secret");
@@ -58,7 +63,7 @@ std::string AbiTest::WriteConfig(const std::string& extra, const std::string& to
       << "  - name: norole\n    auth: client_secret\n    secrets: [ { hash: \"" << norole << "\" } ]\n"
       << "  - name: old\n    auth: client_secret\n    secrets: [ { hash: \"" << old
       << "\", expires: 2020-01-01 } ]\n"
-      << "role_assignments:\n"
+      << principals << "role_assignments:\n"
       << "  - { principal: app, role: Key Vault Administrator, scope: /vaults/payments }\n"
       << extra;
   return path;

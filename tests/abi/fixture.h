@@ -29,9 +29,12 @@ class AbiTest : public ::testing::Test {
 
   // Writes the standard config (vaults payments and archive; principals app (Administrator on
   // payments), norole, old (expired secret)) plus `extra` appended, and returns its path.
-  // `top` goes before everything, `archive` is the flow map of the second vault.
+  // `top` goes before everything, `archive` is the flow map of the second vault, `principals`
+  // (list items) follow the standard principals.
   std::string WriteConfig(const std::string& extra = "", const std::string& top = "",
-                          const std::string& archive = "{ name: archive }");
+                          const std::string& archive = "{ name: archive }", const std::string& principals = "");
+  // Only loads the module (for fixtures that initialise it with their own deployment).
+  void LoadModule();
   CK_RV InitWith(const std::string& config_path);
 
   CK_SESSION_HANDLE OpenRw(CK_SLOT_ID slot = 0);

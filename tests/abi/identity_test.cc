@@ -19,23 +19,13 @@ constexpr uid_t kOtherUid = 65534;  // "nobody" on Debian
 class ManagedIdentityTest : public AbiTest {
  protected:
   void SetUp() override {
-    AbiTest::SetUp();
-    ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
-    initialized = false;
+    LoadModule();
     config_path = WriteConfig(
         "  - { principal: me, role: Key Vault Administrator, scope: /vaults/payments }\n"
         "  - { principal: someone, role: Key Vault Reader, scope: /vaults/archive }\n",
-        "");
-    // Principals go after the standard ones: append them to the principals list.
-    std::ifstream in(config_path);
-    std::stringstream text;
-    text << in.rdbuf();
-    std::string cfg = text.str();
-    const std::string marker = "role_assignments:\n";
-    cfg.insert(cfg.find(marker), "  - { name: me, auth: managed_identity, uid: " + std::to_string(getuid()) +
-                                     " }\n  - { name: someone, auth: managed_identity, uid: " +
-                                     std::to_string(kOtherUid) + " }\n");
-    std::ofstream(config_path) << cfg;
+        "", "{ name: archive }",
+        "  - { name: me, auth: managed_identity, uid: " + std::to_string(getuid()) +
+            " }\n  - { name: someone, auth: managed_identity, uid: " + std::to_string(kOtherUid) + " }\n");
     ASSERT_EQ(InitWith(config_path), CKR_OK);
   }
 
@@ -126,9 +116,7 @@ TEST_F(ManagedIdentityTest, NoIdentityMeansNoEmptyPinLogin) {
 class ThrottleTest : public AbiTest {
  protected:
   void SetUp() override {
-    AbiTest::SetUp();
-    ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
-    initialized = false;
+    LoadModule();
     config_path = WriteConfig("", "login: { max_failures: 3, lockout_seconds: 600, delay_ms: 1, max_delay_ms: 4 }\n");
     ASSERT_EQ(InitWith(config_path), CKR_OK);
   }

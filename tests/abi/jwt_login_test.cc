@@ -27,9 +27,7 @@ int64_t Now() {
 class JwtLoginTest : public AbiTest {
  protected:
   void SetUp() override {
-    AbiTest::SetUp();
-    ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
-    initialized = false;
+    LoadModule();
     rsa = NewKey("RSA");
     ec = NewKey("EC");
     other = NewKey("EC");
@@ -54,19 +52,15 @@ class JwtLoginTest : public AbiTest {
         "  - { principal: stale, role: Key Vault Administrator, scope: /vaults/payments }\n"
         "  - { principal: ci, role: Key Vault Crypto User, scope: /vaults/payments }\n"
         "  - { principal: mail, role: Key Vault Reader, scope: /vaults/payments }\n",
-        "login: { max_failures: 0, delay_ms: 0 }\n");  // many refusals in a row here
-    std::stringstream text;
-    text << std::ifstream(config_path).rdbuf();
-    std::string cfg = text.str();
-    cfg.insert(cfg.find("role_assignments:\n"),
-               "  - { name: svc, auth: client_certificate, certificate_file: " + dir.file("svc.crt") + " }\n"
-               "  - { name: edge, auth: client_certificate, certificate_file: " + dir.file("edge.crt") + " }\n"
-               "  - { name: stale, auth: client_certificate, certificate_file: " + dir.file("stale.crt") + " }\n"
-               "  - { name: ci, auth: oauth2, issuer: \"https://idp.example\", audience: vaultp11-test, jwks_file: " +
-                   dir.file("jwks.json") + ", leeway_seconds: 30 }\n"
-               "  - { name: mail, auth: oauth2, issuer: \"https://idp.example\", audience: vaultp11-test, jwks_file: " +
-                   dir.file("jwks.json") + ", claim: email, subject: ops@example.com }\n");
-    std::ofstream(config_path) << cfg;
+        "login: { max_failures: 0, delay_ms: 0 }\n",  // many refusals in a row here
+        "{ name: archive }",
+        "  - { name: svc, auth: client_certificate, certificate_file: " + dir.file("svc.crt") + " }\n"
+        "  - { name: edge, auth: client_certificate, certificate_file: " + dir.file("edge.crt") + " }\n"
+        "  - { name: stale, auth: client_certificate, certificate_file: " + dir.file("stale.crt") + " }\n"
+        "  - { name: ci, auth: oauth2, issuer: \"https://idp.example\", audience: vaultp11-test, jwks_file: " +
+            dir.file("jwks.json") + ", leeway_seconds: 30 }\n"
+        "  - { name: mail, auth: oauth2, issuer: \"https://idp.example\", audience: vaultp11-test, jwks_file: " +
+            dir.file("jwks.json") + ", claim: email, subject: ops@example.com }\n");
     ASSERT_EQ(InitWith(config_path), CKR_OK);
     auto c = config::LoadFile(config_path);
     ASSERT_TRUE(c.ok());
