@@ -169,6 +169,9 @@ class Loader {
   Status LoadRoleAssignments(const Entry& e, Config& cfg);
   Status LoadAccessPolicies(const Entry& e, const std::string& path, VaultConfig& v);
   Status LoadLogin(const Entry& e, Config& cfg);
+  Status LoadAudit(const Entry& e, Config& cfg);
+  Result<long long> Number(const Entry& e, std::string_view path, long long lo, long long hi);
+  Result<bool> Bool(const Entry& e, std::string_view path);
   Status LoadManagedIdentity(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
   Status LoadClientCertificate(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
   Status LoadOAuth2(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
@@ -269,6 +272,112 @@ Status Loader::LoadLogin(const Entry& e, Config& cfg) {
     if (v.empty() || *end != '\0' || errno != 0 || x < n.lo || x > n.hi)
       return Fail(LineOf(it->second, line), path, "must be a whole number from {} to {}, got {}", n.lo, n.hi, Quote(v));
     *n.out = static_cast<int>(x);
+  }
+  return OkStatus();
+}
+
+Result<long long> Loader::Number(const Entry& e, std::string_view path, long long lo, long long hi) {
+  VAULTP11_ASSIGN_OR_RETURN(std::string v, String(e, path));
+  char* end = nullptr;
+  errno = 0;
+  long long x = std::strtoll(v.c_str(), &end, 10);
+  if (*end != '\0' || errno != 0 || x < lo || x > hi)
+    return Fail(LineOf(e, 0), path, "must be a whole number from {} to {}, got {}", lo, hi, Quote(v));
+  return x;
+}
+
+Result<bool> Loader::Bool(const Entry& e, std::string_view path) {
+  VAULTP11_ASSIGN_OR_RETURN(std::string v, String(e, path));
+  if (v == "true") return true;
+  if (v == "false") return false;
+  return Fail(LineOf(e, 0), path, "must be true or false, got {}", Quote(v));
+}
+
+Status Loader::LoadAudit(const Entry& e, Config& cfg) {
+  int line = LineOf(e, 1);
+  cfg.audit.configured = true;
+  if (e.value.IsNull()) return OkStatus();
+  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e.value, "audit", line, {"sinks", "required", "queue_size", "overflow"}));
+  if (auto it = f.find("required"); it != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(cfg.audit.required, Bool(it->second, "audit.required"));
+  }
+  if (auto it = f.find("queue_size"); it != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(cfg.audit.queue_size, Number(it->second, "audit.queue_size", 16, 10000000));
+  }
+  if (auto it = f.find("overflow"); it != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(cfg.audit.overflow, String(it->second, "audit.overflow"));
+    if (cfg.audit.overflow != "block" && cfg.audit.overflow != "drop")
+      return Fail(LineOf(it->second, line), "audit.overflow", "must be block or drop");
+  }
+  auto sinks = f.find("sinks");
+  if (sinks == f.end() || sinks->second.value.IsNull()) return OkStatus();
+  VAULTP11_RETURN_IF_ERROR(RequireList(sinks->second.value, "audit.sinks", line));
+  static constexpr std::array<std::string_view, 12> kFacilities = {
+      "auth", "authpriv", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"};
+  size_t i = 0;
+  for (const YAML::Node& n : sinks->second.value) {
+    const std::string path = Index("audit.sinks", i++);
+    const int sline = LineOf(n, line);
+    VAULTP11_ASSIGN_OR_RETURN(auto sf, Fields(n, path, sline, {"type", "path", "max_bytes", "daily", "retention_days",
+                                                               "facility", "ident", "socket", "buffer_bytes"}));
+    AuditSinkConfig sc;
+    sc.line = sline;
+    auto type = sf.find("type");
+    if (type == sf.end()) return Fail(sline, Child(path, "type"), "is required (file, syslog or socket)");
+    VAULTP11_ASSIGN_OR_RETURN(sc.type, String(type->second, Child(path, "type")));
+    static const std::map<std::string, std::vector<std::string_view>> kKeys = {
+        {"file", {"type", "path", "max_bytes", "daily", "retention_days"}},
+        {"syslog", {"type", "facility", "ident", "socket"}},
+        {"socket", {"type", "socket", "buffer_bytes"}}};
+    auto keys = kKeys.find(sc.type);
+    if (keys == kKeys.end()) return Fail(LineOf(type->second, sline), Child(path, "type"), "must be file, syslog or socket");
+    for (const auto& [k, entry] : sf)
+      if (std::find(keys->second.begin(), keys->second.end(), k) == keys->second.end())
+        return Fail(LineOf(entry, sline), Child(path, k), "is not a setting of a {} sink", sc.type);
+    if (auto it = sf.find("path"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(std::string p, String(it->second, Child(path, "path")));
+      sc.path = Resolve(p);
+    } else if (sc.type == "file") {
+      return Fail(sline, Child(path, "path"), "is required for a file sink");
+    }
+    if (auto it = sf.find("max_bytes"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(sc.max_bytes, Number(it->second, Child(path, "max_bytes"), 0, 1ll << 50));
+    }
+    if (sc.max_bytes != 0 && sc.max_bytes < 4096)
+      return Fail(LineOf(sf.at("max_bytes"), sline), Child(path, "max_bytes"), "must be 0 (no size rotation) or at least 4096");
+    if (auto it = sf.find("daily"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(sc.daily, Bool(it->second, Child(path, "daily")));
+    }
+    if (auto it = sf.find("retention_days"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(sc.retention_days, Number(it->second, Child(path, "retention_days"), 0, 36500));
+    }
+    if (auto it = sf.find("facility"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(sc.facility, String(it->second, Child(path, "facility")));
+      if (!Contains(kFacilities, sc.facility))
+        return Fail(LineOf(it->second, sline), Child(path, "facility"), "must be one of {}", JoinList(kFacilities, ", "));
+    }
+    if (auto it = sf.find("ident"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(sc.ident, String(it->second, Child(path, "ident")));
+      if (sc.ident.size() > 48 || sc.ident.find_first_of(" \t\n\r:[]") != std::string::npos)
+        return Fail(LineOf(it->second, sline), Child(path, "ident"), "must be 1-48 characters without spaces, ':' or brackets");
+    }
+    if (auto it = sf.find("socket"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(std::string p, String(it->second, Child(path, "socket")));
+      sc.socket = Resolve(p);
+    } else if (sc.type == "socket") {
+      return Fail(sline, Child(path, "socket"), "is required for a socket sink");
+    } else if (sc.type == "syslog") {
+      sc.socket = "/dev/log";
+    }
+    if (!sc.socket.empty() && sc.socket.size() >= 108)
+      return Fail(sline, Child(path, "socket"), "socket path is longer than 107 bytes");
+    if (auto it = sf.find("buffer_bytes"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(sc.buffer_bytes, Number(it->second, Child(path, "buffer_bytes"), 4096, 1ll << 32));
+    }
+    for (const AuditSinkConfig& other : cfg.audit.sinks)
+      if (other.type == "file" && sc.type == "file" && other.path == sc.path)
+        return Fail(sline, Child(path, "path"), "the file {} is already a sink (line {})", Quote(sc.path), other.line);
+    cfg.audit.sinks.push_back(std::move(sc));
   }
   return OkStatus();
 }
@@ -798,7 +907,8 @@ Result<Config> Loader::Load(std::string_view yaml) {
   VAULTP11_ASSIGN_OR_RETURN(
       auto f,
       Fields(root, "", root_line,
-             {"log", "login", "store", "hsms", "vaults", "managed_hsm_pools", "principals", "role_assignments"}));
+             {"log", "login", "store", "audit", "hsms", "vaults", "managed_hsm_pools", "principals",
+              "role_assignments"}));
   auto find = [&](const char* k) -> const Entry* {
     auto it = f.find(k);
     return it == f.end() ? nullptr : &it->second;
@@ -806,6 +916,14 @@ Result<Config> Loader::Load(std::string_view yaml) {
   if (const Entry* log = find("log")) VAULTP11_RETURN_IF_ERROR(LoadLog(*log, cfg));
   if (const Entry* login = find("login")) VAULTP11_RETURN_IF_ERROR(LoadLogin(*login, cfg));
   VAULTP11_RETURN_IF_ERROR(LoadStore(find("store"), root_line, cfg));
+  if (const Entry* a = find("audit")) VAULTP11_RETURN_IF_ERROR(LoadAudit(*a, cfg));
+  if (!cfg.audit.configured) {
+    // Default: one file sink beside the store's database.
+    AuditSinkConfig sc;
+    sc.type = "file";
+    sc.path = (std::filesystem::path(cfg.store.path).parent_path() / "audit.log").string();
+    cfg.audit.sinks.push_back(std::move(sc));
+  }
   if (const Entry* h = find("hsms")) VAULTP11_RETURN_IF_ERROR(LoadHsms(*h, cfg));
   VAULTP11_RETURN_IF_ERROR(LoadVaults(find("vaults"), root_line, cfg));
   if (const Entry* mp = find("managed_hsm_pools")) VAULTP11_RETURN_IF_ERROR(LoadPools(*mp, cfg));

@@ -27,6 +27,33 @@ struct LoginConfig {
   int max_delay_ms = 3000;    // ... at most this
 };
 
+// One audit sink (`audit.sinks[]`).
+struct AuditSinkConfig {
+  std::string type;  // file | syslog | socket
+  // file: the current file; rotated files sit beside it (audit/file_sink.h names them).
+  std::string path;
+  uint64_t max_bytes = 100ull << 20;  // rotate before the file would pass this (0: never by size)
+  bool daily = true;                  // rotate at the first write of a new UTC day
+  int retention_days = 0;             // delete rotated files older than this (0: keep them all)
+  // syslog: facility and ident of each message, sent to the syslog daemon's datagram socket.
+  std::string facility = "auth";  // auth | authpriv | daemon | user | local0 .. local7
+  std::string ident = "vaultp11";
+  // syslog: the daemon's socket (default /dev/log); socket: the collector's stream socket.
+  std::string socket;
+  uint64_t buffer_bytes = 1ull << 20;  // socket: events kept while the collector is away
+  int line = 0;
+};
+
+// The audit log (`audit:`). Without the section, one file sink writes audit.log beside the
+// store's database; `sinks: []` turns auditing off.
+struct AuditConfig {
+  std::vector<AuditSinkConfig> sinks;
+  bool required = false;        // a sink that cannot be opened fails C_Initialize
+  size_t queue_size = 65536;    // events waiting for the writer thread
+  std::string overflow = "block";  // block | drop (a full queue; denials and logins always wait)
+  bool configured = false;      // the section was present
+};
+
 struct StoreConfig {
   std::string path;             // SQLite database file (required)
   std::string master_key_file;  // default: <path>.masterkey, beside the database
@@ -115,6 +142,7 @@ struct Config {
   LogConfig log;
   LoginConfig login;
   StoreConfig store;
+  AuditConfig audit;
   std::vector<HsmConfig> hsms;
   std::vector<VaultConfig> vaults;
   std::vector<ManagedHsmPoolConfig> managed_hsm_pools;

@@ -17,6 +17,9 @@
 #include <thread>
 #include <utility>
 
+#include <openssl/core_names.h>
+#include <openssl/kdf.h>
+
 #include "backend/ossl/ossl_backend.h"
 #include "util/log.h"
 
@@ -303,6 +306,31 @@ Result<SecureBytes> CreateOrReadMasterKey(const std::string& path) {
 }
 
 }  // namespace
+
+Result<SecureBytes> DeriveKey(const SecureBytes& master_key, std::string_view purpose) {
+  EVP_KDF* kdf = EVP_KDF_fetch(ossl::LibCtx(), "HKDF", nullptr);
+  if (kdf == nullptr) return Err(CKR_FUNCTION_FAILED, "HKDF is not available");
+  EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(kdf);
+  EVP_KDF_free(kdf);
+  if (kctx == nullptr) return Err(CKR_HOST_MEMORY, "HKDF context");
+  std::string info = "vaultp11 " + std::string(purpose);
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string("digest", digest, 0),
+      OSSL_PARAM_construct_octet_string("key", const_cast<uint8_t*>(master_key.data()), master_key.size()),
+      OSSL_PARAM_construct_octet_string("info", info.data(), info.size()),
+      OSSL_PARAM_construct_end()};
+  SecureBytes out(32);
+  int ok = EVP_KDF_derive(kctx, out.data(), out.size(), params);
+  EVP_KDF_CTX_free(kctx);
+  if (ok != 1) return Err(CKR_FUNCTION_FAILED, "HKDF failed");
+  return out;
+}
+
+Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_path, std::string_view purpose) {
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes mk, ReadMasterKey(master_key_path));
+  return DeriveKey(mk, purpose);
+}
 
 struct Store::Impl {
   sqlite3* db = nullptr;

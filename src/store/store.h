@@ -39,6 +39,13 @@ struct LoginFailures {
   bool operator==(const LoginFailures&) const = default;
 };
 
+// A key for `purpose` derived from the master key (HKDF-SHA256, info "vaultp11 <purpose>"):
+// 32 bytes, the same in every process and tool using the store. The audit log's head MAC uses
+// purpose "audit-head".
+Result<SecureBytes> DeriveKey(const SecureBytes& master_key, std::string_view purpose);
+// The same from the master key file, without opening the database (`vaultp11 audit verify`).
+Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_path, std::string_view purpose);
+
 // Longest value UseJti accepts.
 inline constexpr size_t kMaxJtiBytes = 512;
 
@@ -58,6 +65,8 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   bool read_only() const { return read_only_; }
+  // DeriveKey(master key, purpose).
+  Result<SecureBytes> DeriveKey(std::string_view purpose) const { return store::DeriveKey(master_key_, purpose); }
 
   // Creates the vault's row and random data key if absent (idempotent, safe when several
   // processes race). Needed before Insert for that vault.

@@ -1,0 +1,1 @@
+#include "audit/file_sink.h"

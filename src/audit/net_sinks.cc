@@ -1,0 +1,1 @@
+#include "audit/net_sinks.h"
