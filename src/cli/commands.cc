@@ -20,7 +20,7 @@
 #include "backend/ossl/ossl_backend.h"
 #include "backend/p11/inner_module.h"
 #include "backend/p11/inner_token.h"
-#include "audit/chain.h"
+#include "audit/file_sink.h"
 #include "backend/pool/pool.h"
 #include "util/pin_file.h"
 #include "util/strings.h"
@@ -289,19 +289,6 @@ Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>
   return OkStatus();
 }
 
-Status AuditVerifyCommand(const std::vector<std::string>& files, Io& io) {
-  std::string prev;  // the first file may continue an older one; the others must continue theirs
-  for (const std::string& f : files) {
-    VAULTP11_ASSIGN_OR_RETURN(audit::Verdict v, audit::VerifyFile(f, prev));
-    if (!v.intact)
-      return Err(CKR_FUNCTION_FAILED, "{}:{}: {} (the chain is broken there; {} records read)", f, v.line, v.problem,
-                 v.records);
-    io.out << fmt::format("{}: {} records, chain intact\n", f, v.records);
-    prev = v.last_hash;
-  }
-  return OkStatus();
-}
-
 Status InitCommand(const config::Config& cfg, std::ostream& out) {
   bool db_existed = Exists(cfg.store.path);
   bool key_existed = Exists(cfg.store.master_key_file);
@@ -437,8 +424,35 @@ int Run(int argc, const char* const* argv, Io& io) {
     std::vector<std::string> audit_files;
     CLI::App* audit_cmd = app.add_subcommand("audit", "Work with audit files");
     audit_cmd->require_subcommand(1);
-    CLI::App* audit_verify = audit_cmd->add_subcommand("verify", "Check audit files' hash chains (in order)");
-    audit_verify->add_option("file", audit_files, "Audit files, oldest first")->required();
+    CLI::App* audit_verify = audit_cmd->add_subcommand(
+        "verify", "Check audit files' hash chains (in order) and heads; without FILE, every configured file sink's");
+    audit_verify->add_option("file", audit_files, "Audit files, oldest first (default: the configured file sinks)");
+    AuditPurgeOptions purge_opts;
+    CLI::App* audit_purge = audit_cmd->add_subcommand(
+        "purge", "Delete rotated audit files whose newest record is before a date (never a current file)");
+    const CLI::Validator is_date(
+        [](std::string& s) {
+          return audit::ParseDate(s) ? std::string() : std::string("must be a date YYYY-MM-DD");
+        },
+        "YYYY-MM-DD");
+    audit_purge->add_option("--before", purge_opts.before, "Delete files whose records are all before this UTC day")
+        ->required()
+        ->check(is_date);
+    audit_purge->add_option("--sink", purge_opts.sink, "Only this file sink (its path; default: every file sink)");
+    AuditTailOptions tail_opts;
+    CLI::App* audit_tail = audit_cmd->add_subcommand("tail", "Print the last audit records readably; --follow for new ones");
+    audit_tail->add_option("file", tail_opts.file, "Audit file (default: the first configured file sink)");
+    audit_tail->add_option("-n,--lines", tail_opts.lines, "How many records")->capture_default_str();
+    audit_tail->add_flag("-f,--follow", tail_opts.follow, "Keep printing records as they are written (Ctrl-C ends)");
+    const CLI::Validator is_filter(
+        [](std::string& s) {
+          return IsAuditFilter(s) ? std::string()
+                                  : std::string("must be KEY=VALUE with KEY principal, operation, result or vault");
+        },
+        "KEY=VALUE");
+    audit_tail->add_option("--filter", tail_opts.filter, "Only records matching all of KEY=VALUE,...")
+        ->delimiter(',')
+        ->check(is_filter);
     CLI::App* restore = app.add_subcommand("restore", "Restore a key backup where the same security domain is held");
     restore->add_option("pool|vault", where, "Managed HSM pool, or premium vault")->required();
     restore->add_option("file", backup_file, "Backup file")->required();
@@ -471,8 +485,28 @@ int Run(int argc, const char* const* argv, Io& io) {
     Status st;
     if (hash->parsed()) {
       st = HashSecretCommand(io, cost);
-    } else if (audit_verify->parsed()) {
-      st = AuditVerifyCommand(audit_files, io);  // needs no config
+    } else if (audit_verify->parsed() || audit_purge->parsed() || audit_tail->parsed()) {
+      // The audit files can be checked without a config; the head, the purge and the default
+      // files need one. A config given with --config must load.
+      const bool config_needed = !config_path.empty() || audit_purge->parsed() ||
+                                 (audit_verify->parsed() && audit_files.empty()) ||
+                                 (audit_tail->parsed() && tail_opts.file.empty());
+      std::optional<config::Config> cfg;
+      if (!audit_tail->parsed() || tail_opts.file.empty()) {
+        auto loaded = config::LoadFile(config::ResolvePath(config_path.empty() ? nullptr : config_path.c_str()));
+        if (loaded.ok()) {
+          cfg = std::move(loaded).value();
+        } else if (config_needed) {
+          st = loaded.status();
+        }
+      }
+      if (st.ok() && audit_verify->parsed()) {
+        st = AuditVerifyCommand(audit_files, cfg ? &*cfg : nullptr, io);
+      } else if (st.ok() && audit_purge->parsed()) {
+        st = AuditPurgeCommand(*cfg, purge_opts, io);
+      } else if (st.ok()) {
+        st = AuditTailCommand(cfg ? &*cfg : nullptr, tail_opts, io);
+      }
     } else {
       std::string path = config::ResolvePath(config_path.empty() ? nullptr : config_path.c_str());
       auto cfg = config::LoadFile(path);

@@ -4,7 +4,9 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <functional>
 #include <istream>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <optional>
 #include <string>
@@ -95,9 +97,46 @@ struct WhoamiOptions {
 // (a client assertion checked here is used up: its jti is recorded).
 Status WhoamiCommand(const config::Config& cfg, const WhoamiOptions& opts, Io& io);
 
-// `audit verify FILE...`: checks each audit file's hash chain (each following file must continue
-// the one before); prints a line per file and fails naming the first bad record.
-Status AuditVerifyCommand(const std::vector<std::string>& files, Io& io);
+// `audit verify [FILE...]`. With FILEs: checks their hash chains as one, oldest first (each
+// file must continue the one before; the first may continue a file not given), and, when `cfg`
+// is given and <last FILE>.head exists, that head too (its key derived from the master key
+// file). Without FILEs: every file sink of `cfg` (required then), each with all its files in
+// chain order (audit/file_sink.h ChainFiles) and its head. Prints "FILE: N records, chain
+// intact" per file and whether the head was checked (and why not); each problem is a line
+// "vaultp11: FILE:LINE: problem" on io.err (the last one is the returned error).
+Status AuditVerifyCommand(const std::vector<std::string>& files, const config::Config* cfg, Io& io);
+
+struct AuditPurgeOptions {
+  std::string before;  // YYYY-MM-DD
+  std::string sink;    // the path of one configured file sink; empty: all of them
+};
+// `audit purge --before DATE [--sink PATH]`: deletes the rotated files of the configured file
+// sinks (or of the one named) whose newest record is before DATE, judged by the time in their
+// names (audit/file_sink.h PurgeBefore); never a current file. Prints "deleted FILE" for each.
+Status AuditPurgeCommand(const config::Config& cfg, const AuditPurgeOptions& opts, Io& io);
+
+struct AuditTailOptions {
+  std::string file;   // empty: the first configured file sink's path
+  size_t lines = 20;  // the last N matching records
+  bool follow = false;
+  // "key=value", all of which must match: principal (identity.principal), operation
+  // (operationName), result (resultSignature), vault (properties.vault or properties.pool).
+  std::vector<std::string> filter;
+};
+// The --filter keys AuditTailCommand knows.
+bool IsAuditFilter(std::string_view key_value);
+// One event as `audit tail` prints it: time, resultSignature, operationName, then principal=,
+// vault= (or pool=), name=, mechanism=, the duration ("0.25ms") and, unless OK, description=.
+// Values that could confuse a terminal are quoted and escaped.
+std::string FormatAuditEvent(const nlohmann::json& event);
+// `audit tail [FILE] [-n N] [--follow] [--filter k=v,...]`: prints the last N matching records of
+// FILE, one line each (FormatAuditEvent). With follow, keeps printing records as they are
+// appended, across rotations too (the path renamed away and a new file put there), woken by
+// inotify on the file's directory or after at most a second. `keep_going` is asked after each
+// wake-up's records are printed; false ends the command (default: never). `cfg` is needed only
+// without FILE.
+Status AuditTailCommand(const config::Config* cfg, const AuditTailOptions& opts, Io& io,
+                        const std::function<bool()>& keep_going = {});
 
 // "private-key", "public-key", "secret-key", "certificate", "data", else "class-0x<hex>".
 std::string ClassName(CK_OBJECT_CLASS object_class);

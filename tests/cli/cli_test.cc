@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -16,6 +17,7 @@
 
 #include "auth/secret_hash.h"
 #include "audit/chain.h"
+#include "audit/file_sink.h"
 #include "cli/commands.h"
 #include "config/config.h"
 #include "matchers.h"
@@ -510,6 +512,237 @@ TEST(CliBinaryTest, AuditVerifyChecksTheChainAcrossFiles) {
   Outcome bad = RunCli(dir, {"audit", "verify", a});
   EXPECT_EQ(bad.exit_code, kExitFailed);
   EXPECT_THAT(bad.err, HasSubstr("audit.log:1: record 1 was modified"));
+}
+
+
+// ---- audit verify / purge / tail over file sinks ----------------------------------------------
+
+constexpr const char* kAuditConfig =
+    "store:\n"
+    "  path: data/store.db\n"
+    "audit:\n"
+    "  sinks:\n"
+    "    - { type: file, path: logs/audit.log, max_bytes: 4096 }\n"
+    "    - { type: syslog }\n"
+    "vaults:\n"
+    "  - name: dev\n";
+
+nlohmann::json AuditEvent(int n, std::string principal = "app", std::string op = "KeySign",
+                          std::string result = "OK") {
+  nlohmann::json e = {{"time", fmt::format("2026-11-29T21:30:{:02}.000250Z", n % 60)},
+                      {"operationName", op},
+                      {"category", "AuditEvent"},
+                      {"resultType", result == "OK" ? "Success" : "Failure"},
+                      {"resultSignature", result},
+                      {"durationMs", 1.5},
+                      {"identity", {{"principal", principal}, {"authMethod", "client_secret"}}},
+                      {"properties", {{"vault", "dev"}, {"name", fmt::format("key-{}", n)}, {"mechanism", "CKM_ECDSA"}}}};
+  if (result != "OK") e["resultDescription"] = "the principal may not sign";
+  return e;
+}
+
+std::vector<nlohmann::json> AuditEvents(int from, int count) {
+  std::vector<nlohmann::json> out;
+  for (int i = from; i < from + count; ++i) out.push_back(AuditEvent(i));
+  return out;
+}
+
+class AuditCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    WriteFile(dir.file("vp.yaml"), kAuditConfig);
+    ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+    std::filesystem::create_directory(dir.file("logs"));
+  }
+  audit::FileSinkOptions Options() {
+    audit::FileSinkOptions o;
+    o.path = log;
+    o.max_bytes = 4096;
+    auto key = store::DeriveKeyFromMasterKeyFile(dir.file("data/store.db.masterkey"), "audit-head");
+    EXPECT_TRUE(key.ok());
+    if (key.ok()) o.head_key = key.value();
+    return o;
+  }
+  TempDir dir;
+  std::string log = dir.file("logs/audit.log");
+};
+
+TEST_F(AuditCliTest, VerifyWithoutFilesChecksEveryFileOfTheFileSinksAndTheHead) {
+  Outcome empty = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(empty.exit_code, kExitOk) << empty.err;
+  EXPECT_EQ(empty.out, log + ": no audit records yet\n");
+  {
+    audit::FileSink sink(Options());
+    for (int i = 0; i < 40; i += 4) ASSERT_OK(sink.Write(AuditEvents(i, 4)));
+  }
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> files, audit::ChainFiles(log));
+  ASSERT_GE(files.size(), 3u);
+  Outcome ok = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(ok.exit_code, kExitOk) << ok.err;
+  for (const std::string& f : files) EXPECT_THAT(ok.out, ContainsRegex(f + ": [0-9]+ records, chain intact\n"));
+  EXPECT_THAT(ok.out, HasSubstr(log + ".head: head intact (record "));
+  EXPECT_THAT(ok.err, IsEmpty());
+
+  // Naming the files: the head of the last one is checked with a config, not without.
+  std::vector<std::string> args = {"--config", "vp.yaml", "audit", "verify"};
+  args.insert(args.end(), files.begin() + 1, files.end());
+  Outcome named = RunCli(dir, args);
+  EXPECT_EQ(named.exit_code, kExitOk) << named.err;
+  EXPECT_THAT(named.out, AllOf(HasSubstr("note: " + files[1] + " continues an earlier file"),
+                               HasSubstr(log + ".head: head intact")));
+  std::vector<std::string> all = {"audit", "verify"};
+  all.insert(all.end(), files.begin(), files.end());
+  Outcome no_config = RunCli(dir, all);
+  EXPECT_EQ(no_config.exit_code, kExitOk) << no_config.err;
+  EXPECT_THAT(no_config.out, HasSubstr(log + ".head: head not checked (no usable config"));
+
+  // Records cut from the end of the current file: only the head shows it.
+  std::string text = ReadAll(log);
+  text.erase(text.rfind('\n', text.size() - 2) + 1);
+  WriteFile(log, text);
+  Outcome cut = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(cut.exit_code, kExitFailed);
+  EXPECT_THAT(cut.err, HasSubstr("records were deleted from the end of " + log));
+  EXPECT_EQ(RunCli(dir, all).exit_code, kExitOk);  // the chain alone cannot tell
+
+  // A rotated file removed from the middle.
+  ASSERT_EQ(unlink(files[1].c_str()), 0);
+  Outcome gap = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(gap.exit_code, kExitFailed);
+  EXPECT_THAT(gap.err, HasSubstr(files[2] + ":1: the first record does not continue from the previous file"));
+}
+
+TEST_F(AuditCliTest, VerifyWithoutFilesNeedsAFileSink) {
+  WriteFile(dir.file("none.yaml"), "store:\n  path: data/store.db\naudit:\n  sinks: []\nvaults:\n  - name: dev\n");
+  Outcome o = RunCli(dir, {"--config", "none.yaml", "audit", "verify"});
+  EXPECT_EQ(o.exit_code, kExitFailed);
+  EXPECT_THAT(o.err, HasSubstr("has no file sink"));
+}
+
+TEST_F(AuditCliTest, PurgeDeletesRotatedFilesBeforeTheDate) {
+  auto now = std::chrono::system_clock::time_point(*audit::ParseDate("2026-11-01"));
+  audit::FileSinkOptions o = Options();
+  o.now = [&] { return now; };
+  {
+    audit::FileSink sink(o);
+    for (int day = 1; day <= 4; ++day) {
+      now = std::chrono::system_clock::time_point(*audit::ParseDate("2026-11-01") + std::chrono::days(day));
+      nlohmann::json e = AuditEvent(day);
+      e["time"] = audit::FormatTime(now);
+      ASSERT_OK(sink.Write(std::vector<nlohmann::json>{e}));
+    }
+  }
+  // Rotated on Nov 3, 4 and 5 (the current file has Nov 5's record).
+  Outcome o1 = RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-11-05"});
+  EXPECT_EQ(o1.exit_code, kExitOk) << o1.err;
+  EXPECT_EQ(o1.out, "deleted " + dir.file("logs/audit-20261103T000000Z.log") + "\ndeleted " +
+                        dir.file("logs/audit-20261104T000000Z.log") + "\n");
+  Outcome again = RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-11-05", "--sink", "logs/audit.log"});
+  EXPECT_EQ(again.exit_code, kExitOk) << again.err;
+  EXPECT_EQ(again.out, log + ": no rotated files before 2026-11-05\n");
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> files, audit::ChainFiles(log));
+  EXPECT_EQ(files.size(), 2u);
+  EXPECT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "verify"}).exit_code, kExitOk);
+
+  Outcome bad_date = RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-13-01"});
+  EXPECT_EQ(bad_date.exit_code, kExitUsage);
+  EXPECT_THAT(bad_date.err, HasSubstr("--before"));
+  EXPECT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "purge"}).exit_code, kExitUsage);
+  Outcome bad_sink = RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-11-05", "--sink", "x.log"});
+  EXPECT_EQ(bad_sink.exit_code, kExitFailed);
+  EXPECT_THAT(bad_sink.err, HasSubstr("is not a file sink"));
+  ASSERT_OK_AND_ASSIGN(files, audit::ChainFiles(log));
+  EXPECT_EQ(files.size(), 2u);
+}
+
+TEST_F(AuditCliTest, TailPrintsTheLastRecordsReadably) {
+  {
+    audit::FileSinkOptions o = Options();
+    o.max_bytes = 0;
+    audit::FileSink sink(o);
+    ASSERT_OK(sink.Write(std::vector<nlohmann::json>{AuditEvent(1), AuditEvent(2, "bob", "KeyGet", "Forbidden"),
+                                                     AuditEvent(3), AuditEvent(4, "bob"), AuditEvent(5)}));
+  }
+  Outcome all = RunCli(dir, {"--config", "vp.yaml", "audit", "tail"});
+  ASSERT_EQ(all.exit_code, kExitOk) << all.err;
+  EXPECT_THAT(all.out, StartsWith("2026-11-29T21:30:01.000250Z OK KeySign principal=app vault=dev name=key-1 "
+                                  "mechanism=CKM_ECDSA 1.5ms\n"
+                                  "2026-11-29T21:30:02.000250Z Forbidden KeyGet principal=bob vault=dev name=key-2 "
+                                  "mechanism=CKM_ECDSA 1.5ms description=\"the principal may not sign\"\n"));
+  EXPECT_EQ(std::count(all.out.begin(), all.out.end(), '\n'), 5);
+  Outcome last2 = RunCli(dir, {"audit", "tail", log, "-n", "2"});
+  ASSERT_EQ(last2.exit_code, kExitOk) << last2.err;
+  EXPECT_THAT(last2.out, AllOf(StartsWith("2026-11-29T21:30:04.000250Z OK KeySign principal=bob"), HasSubstr("name=key-5")));
+  EXPECT_EQ(std::count(last2.out.begin(), last2.out.end(), '\n'), 2);
+  Outcome bob = RunCli(dir, {"audit", "tail", log, "--filter", "principal=bob,operation=KeySign"});
+  ASSERT_EQ(bob.exit_code, kExitOk) << bob.err;
+  EXPECT_THAT(bob.out, AllOf(HasSubstr("name=key-4"), Not(HasSubstr("name=key-2")), Not(HasSubstr("principal=app"))));
+  Outcome denied = RunCli(dir, {"audit", "tail", log, "--filter", "result=Forbidden", "--filter", "vault=dev"});
+  EXPECT_EQ(std::count(denied.out.begin(), denied.out.end(), '\n'), 1);
+  EXPECT_EQ(RunCli(dir, {"audit", "tail", log, "--filter", "colour=red"}).exit_code, kExitUsage);
+}
+
+TEST(AuditTailTest, ValuesThatCouldDriveATerminalAreEscaped) {
+  nlohmann::json e = AuditEvent(1);
+  e["properties"]["name"] = "evil\x1b[2Jname";
+  EXPECT_THAT(FormatAuditEvent(e), HasSubstr("name=\"evil\\x1b[2Jname\""));
+  EXPECT_EQ(FormatAuditEvent(nlohmann::json::object()), "- - -");
+}
+
+// --follow, driven from its keep_going callback: each call appends records (or rotates the file)
+// and checks what the previous wake-up printed; no sleeps.
+TEST_F(AuditCliTest, TailFollowsAcrossARotation) {
+  audit::FileSinkOptions o = Options();
+  audit::FileSink sink(o);
+  ASSERT_OK(sink.Write(AuditEvents(0, 3)));
+  std::istringstream in;
+  std::ostringstream out, err;
+  Io io{in, out, err};
+  auto count = [&](const std::string& needle) {
+    const std::string s = out.str();
+    size_t n = 0;
+    for (size_t at = s.find(needle); at != std::string::npos; at = s.find(needle, at + 1)) ++n;
+    return n;
+  };
+  int step = 0;
+  auto keep_going = [&]() -> bool {
+    switch (step++) {
+      case 0:  // the last 2 of the first 3
+        EXPECT_EQ(count("\n"), 2u) << out.str();
+        EXPECT_THAT(out.str(), AllOf(Not(HasSubstr("name=key-0 ")), HasSubstr("name=key-2 ")));
+        EXPECT_OK(sink.Write(AuditEvents(3, 2)));
+        return true;
+      case 1: {
+        EXPECT_THAT(out.str(), HasSubstr("name=key-4 "));
+        EXPECT_EQ(count("\n"), 4u);
+        // Past max_bytes: the file is rotated and the batch goes to the new one.
+        EXPECT_OK(sink.Write(AuditEvents(5, 8)));
+        auto rotated = audit::RotatedFiles(log);
+        EXPECT_TRUE(rotated.ok() && rotated->size() == 1u);
+        return true;
+      }
+      case 2:
+        EXPECT_THAT(out.str(), HasSubstr("name=key-12 "));
+        EXPECT_EQ(count("\n"), 12u);
+        EXPECT_OK(sink.Write(AuditEvents(13, 1)));
+        return true;
+      case 3:
+        EXPECT_THAT(out.str(), HasSubstr("name=key-13 "));
+        return false;
+      default:  // never asked again after false
+        ADD_FAILURE() << "asked to keep going after it said stop";
+        return false;
+    }
+  };
+  AuditTailOptions opts;
+  opts.file = log;
+  opts.lines = 2;
+  opts.follow = true;
+  // Each wake-up prints what was appended before it; step 3 sees record 13 and stops.
+  ASSERT_OK(AuditTailCommand(nullptr, opts, io, keep_going));
+  EXPECT_EQ(step, 4);
+  EXPECT_EQ(count("\n"), 13u);
+  EXPECT_EQ(count("name=key-5 "), 1u);  // nothing printed twice across the rotation
 }
 
 }  // namespace

@@ -5,7 +5,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <sstream>
@@ -118,6 +120,79 @@ TEST_F(ChainTest, AFollowingFileMustContinueThePreviousOne) {
   ASSERT_OK_AND_ASSIGN(Verdict other, VerifyFile(next, kGenesisHash));
   EXPECT_FALSE(other.intact);
   EXPECT_THAT(other.problem, HasSubstr("does not continue from the previous file"));
+}
+
+TEST_F(ChainTest, TheFirstRecordsPrevHashIsReported) {
+  ASSERT_OK_AND_ASSIGN(Verdict v, VerifyFile(path));
+  EXPECT_EQ(v.first_prev, kGenesisHash);
+  int fd = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  auto third = RecordHash(fd, 1 << 20, 3);
+  auto eleventh = RecordHash(fd, 1 << 20, 11);
+  // Only the first 4 lines, as if the file had been 4 lines long when its size was taken.
+  const uint64_t four_lines = Lines(path)[0].size() + Lines(path)[1].size() + Lines(path)[2].size() +
+                              Lines(path)[3].size() + 4;
+  auto prefix = VerifyOpenFile(fd, four_lines);
+  close(fd);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(third.value(), LineHash(Lines(path)[2]));
+  EXPECT_FALSE(eleventh.ok());
+  ASSERT_TRUE(prefix.ok());
+  EXPECT_TRUE(prefix->intact);
+  EXPECT_EQ(prefix->records, 4u);
+  EXPECT_EQ(prefix->last_hash, LineHash(Lines(path)[3]));
+}
+
+// ReadEnd finds the last complete line however long it is, and where a cut-off line starts.
+TEST(ChainEndTest, ReadEndFindsTheLastCompleteLine) {
+  testing::TempDir dir;
+  const std::string path = dir.file("f");
+  auto end_of = [&](const std::string& text) {
+    std::ofstream(path, std::ios::trunc | std::ios::binary) << text;
+    int fd = open(path.c_str(), O_RDONLY);
+    auto e = ReadEnd(fd);
+    close(fd);
+    EXPECT_TRUE(e.ok());
+    return e.ok() ? e.value() : FileEnd{};
+  };
+  FileEnd e = end_of("");
+  EXPECT_EQ(e.size, 0u);
+  EXPECT_EQ(e.complete, 0u);
+  e = end_of("one\ntwo\n");
+  EXPECT_EQ(e.last_line, "two");
+  EXPECT_EQ(e.complete, 8u);
+  e = end_of("one\ntwo\nthr");
+  EXPECT_EQ(e.last_line, "two");
+  EXPECT_EQ(e.complete, 8u);
+  EXPECT_EQ(e.size, 11u);
+  e = end_of("partial only");
+  EXPECT_EQ(e.last_line, "");
+  EXPECT_EQ(e.complete, 0u);
+  const std::string long_line(10000, 'x');
+  e = end_of("a\n" + long_line + "\n" + std::string(9000, 'y'));
+  EXPECT_EQ(e.last_line, long_line);
+  EXPECT_EQ(e.complete, 10003u);
+  e = end_of(long_line + "\n");
+  EXPECT_EQ(e.last_line, long_line);
+}
+
+TEST(ChainEndTest, ChainLinesContinueFromTheGivenRecord) {
+  uint64_t seq = 41;
+  std::string prev = LineHash("the line before");
+  const std::string start = prev;
+  std::string out = ChainLines(std::vector<Json>{{{"a", 1}}, {{"b", 2}}}, seq, prev);
+  EXPECT_EQ(seq, 43u);
+  std::istringstream in(out);
+  std::string first, second;
+  std::getline(in, first);
+  std::getline(in, second);
+  EXPECT_EQ(Json::parse(first)["seq"], 42);
+  EXPECT_EQ(Json::parse(first)["prevHash"], start);
+  EXPECT_EQ(Json::parse(second)["prevHash"], LineHash(first));
+  EXPECT_EQ(prev, LineHash(second));
+  ASSERT_OK_AND_ASSIGN(uint64_t s, RecordSeq(second));
+  EXPECT_EQ(s, 43u);
+  EXPECT_FALSE(RecordSeq("{\"seq\": 1}").ok());
 }
 
 }  // namespace
