@@ -9,6 +9,8 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
+#include <memory>
+#include <mutex>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -20,14 +22,17 @@ namespace {
 
 const std::vector<CK_BYTE> kP256 = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 
-// One deployment per process: a temp dir with config, store and a logged-in session.
+// One deployment at a time: a temp dir with config, store and a logged-in session; with
+// `audit`, every operation is written to a file sink (audit.log in the temp dir), else the
+// audit log is off (audit.sinks empty).
 struct Deployment {
   CK_FUNCTION_LIST* f = nullptr;
   std::string dir;
   CK_OBJECT_HANDLE ec_priv = 0;
   CK_SESSION_HANDLE owner = 0;
+  bool audit = false;
 
-  Deployment() {
+  explicit Deployment(bool with_audit) : audit(with_audit) {
     const char* path = std::getenv("VAULTP11_MODULE");
     void* h = path ? dlopen(path, RTLD_NOW) : nullptr;
     if (!h) return;
@@ -39,6 +44,8 @@ struct Deployment {
     auto hash = vaultp11::auth::HashSecret(
         std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()), {10, 8, 1});
     std::ofstream(dir + "/c.yaml") << "log: { level: error }\nstore: { path: " << dir << "/store.db }\n"
+                                   << (audit ? "audit: { sinks: [ { type: file, path: " + dir + "/audit.log } ] }\n"
+                                             : std::string("audit: { sinks: [] }\n"))
                                    << "vaults: [ { name: bench } ]\nprincipals:\n  - name: b\n    auth: client_secret\n"
                                    << "    secrets: [ { hash: \"" << hash.value() << "\" } ]\n"
                                    << "role_assignments: [ { principal: b, role: Key Vault Administrator, scope: /vaults/bench } ]\n";
@@ -73,13 +80,23 @@ struct Deployment {
   }
 };
 
-Deployment& Dep() {
-  static Deployment d;
-  return d;
+// The deployment with audit on or off, switching (C_Finalize, new deployment) when the other
+// one is current. Benchmarks run one after the other; the threads of one run ask together.
+std::mutex g_dep_mu;
+std::unique_ptr<Deployment> g_dep;
+bool g_module_ok = true;
+Deployment& Dep(bool audit) {
+  std::lock_guard<std::mutex> l(g_dep_mu);
+  if (!g_dep || g_dep->audit != audit) {
+    g_dep.reset();
+    g_dep = std::make_unique<Deployment>(audit);
+    g_module_ok &= g_dep->f != nullptr;
+  }
+  return *g_dep;
 }
 
-void BM_ModuleEcdsaP256Sign(benchmark::State& state) {
-  auto& d = Dep();
+void ModuleEcdsaP256Sign(benchmark::State& state, bool audit) {
+  auto& d = Dep(audit);
   if (!d.f) {
     state.SkipWithError("module not loaded (set VAULTP11_MODULE)");
     return;
@@ -98,7 +115,11 @@ void BM_ModuleEcdsaP256Sign(benchmark::State& state) {
   }
   d.f->C_CloseSession(s);
 }
+// The module with its audit log off, and on (one event per signature to a file sink).
+void BM_ModuleEcdsaP256Sign(benchmark::State& state) { ModuleEcdsaP256Sign(state, false); }
 BENCHMARK(BM_ModuleEcdsaP256Sign)->Threads(1)->Threads(2)->UseRealTime();
+void BM_ModuleEcdsaP256SignAudited(benchmark::State& state) { ModuleEcdsaP256Sign(state, true); }
+BENCHMARK(BM_ModuleEcdsaP256SignAudited)->Threads(1)->Threads(2)->UseRealTime();
 
 void BM_EvpEcdsaP256Sign(benchmark::State& state) {
   static EVP_PKEY* key = EVP_EC_gen("P-256");
@@ -125,5 +146,6 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   // A module that did not load is a failure, not a skipped measurement.
-  return Dep().f != nullptr ? 0 : 1;
+  g_dep.reset();
+  return g_module_ok ? 0 : 1;
 }

@@ -9,6 +9,7 @@
 #include <new>
 
 #include "abi/pkcs11_3_0.h"
+#include "core/audit_hooks.h"
 #include "core/calls.h"
 #include "util/log.h"
 
@@ -23,11 +24,16 @@ bool Serious(CK_RV rv) {
 }
 }  // namespace
 
+// Each call is audited when the module has a recorder: the dispatcher fills in the call's
+// event (core/audit_hooks.h) and it is submitted here with the result.
 template <typename F>
 CK_RV Invoke(const char* name, F&& f) noexcept {
   try {
     ERR_clear_error();
+    core::AuditCall call;
+    core::AuditScope scope(core::AuditRecorder() != nullptr ? &call : nullptr);
     Status st = f();
+    core::SubmitAudit(call, st);
     if (st.ok()) return CKR_OK;
     const Error& e = st.error();
     if (Serious(e.rv))

@@ -17,6 +17,7 @@ namespace vaultp11::auth {
 // A principal's grants on one vault, computed once at login so the hot path is a bit test.
 struct Grants {
   std::string principal;
+  std::string method;  // how the principal logged in (audit events)
   uint32_t vault_wide[3] = {0, 0, 0};  // per Kind
   std::map<std::pair<Kind, std::string>, uint32_t, std::less<>> per_object;
 

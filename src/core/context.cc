@@ -1,5 +1,7 @@
 #include "core/context.h"
 
+#include "core/audit_hooks.h"
+
 namespace vaultp11::core {
 
 namespace {
@@ -27,9 +29,21 @@ bool Visible(const CallContext& c, const model::Object& o) {
 
 Result<model::ObjectPtr> GetVisible(const CallContext& c, CK_OBJECT_HANDLE h, CK_RV invalid_rv) {
   auto o = c.token->Get(h);
-  if (!o.ok() || !Visible(c, *o.value()))
+  if (!o.ok()) return Err(invalid_rv, "handle {} is not a visible object of this session", h);
+  AuditObject(*o.value());
+  if (!Visible(c, *o.value())) {
+    // It exists, but not for this principal: the caller sees an invalid handle, the audit log
+    // a denial.
+    AuditDenied(/*unauthenticated=*/c.token->grants() == nullptr);
     return Err(invalid_rv, "handle {} is not a visible object of this session", h);
+  }
   return o;
+}
+
+bool Permits(const CallContext& c, const model::Object& o, uint32_t perm) {
+  auto g = c.token->grants();
+  if (!g) return !o.is_private() && (perm & ~kPublicUse) == 0;
+  return g->Allows(auth::KindOfClass(o.cls()), o.label(), perm) || (!o.is_private() && (perm & ~kPublicUse) == 0);
 }
 
 Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK_RV deny_rv) {
@@ -41,11 +55,13 @@ Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK
   if (g->Allows(auth::KindOfClass(o.cls()), o.label(), perm)) return OkStatus();
   // Public objects stay usable for public-key operations, as without a login.
   if (!o.is_private() && (perm & ~kPublicUse) == 0) return OkStatus();
+  AuditDenied();
   return Err(deny_rv, "vault {}: principal {} is not allowed to do this to '{}'", c.token->name(), g->principal,
              o.label());
 }
 
 Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm) {
+  AuditObject(o);
   if (o.is_token() && !c.session->read_write())
     return Err(CKR_SESSION_READ_ONLY, "token objects need a read/write session");
   auto g = c.token->grants();
@@ -55,9 +71,11 @@ Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm)
   }
   if (o.is_token() && c.token->store()->read_only())
     return Err(CKR_TOKEN_WRITE_PROTECTED, "vault {} is read-only", c.token->name());
-  if (!g->Allows(auth::KindOfClass(o.cls()), o.label(), perm))
+  if (!g->Allows(auth::KindOfClass(o.cls()), o.label(), perm)) {
+    AuditDenied();
     return Err(CKR_ACTION_PROHIBITED, "vault {}: principal {} may not create '{}'", c.token->name(), g->principal,
                o.label());
+  }
   return OkStatus();
 }
 

@@ -29,6 +29,9 @@ Result<model::ObjectPtr> GetVisible(const CallContext& c, CK_OBJECT_HANDLE h, CK
 // public objects may be read or used for public-key operations; everything else is
 // CKR_USER_NOT_LOGGED_IN. A denial returns `deny_rv`.
 Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK_RV deny_rv);
+// The same check without recording a denial in the audit event (for probes such as "may it
+// read?" that decide which rule applies).
+bool Permits(const CallContext& c, const model::Object& o, uint32_t perm);
 // For objects about to be created (they have no handle yet).
 Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm);
 

@@ -4,6 +4,7 @@
 
 #include "backend/ossl/ossl_backend.h"
 #include "backend/p11/inner_ops.h"
+#include "core/audit_hooks.h"
 #include "core/calls.h"
 #include "core/context.h"
 #include "core/mechanisms.h"
@@ -52,13 +53,14 @@ size_t HsmSignatureLength(const model::Object& o) {
 // Checks a key for one use: the mechanism offers it, the handle is a visible key, the caller
 // may use it, its usage attribute is true and CKA_ALLOWED_MECHANISMS (if set) lists the mechanism.
 Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const CK_MECHANISM& mech, const KeyUse& use) {
+  AuditMechanism(mech.mechanism);
   const MechanismEntry* m = FindMechanism(mech.mechanism);
   if (m == nullptr || !(m->flags & use.mech_flag))
     return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} cannot be used for this operation", mech.mechanism);
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, h, use.invalid_handle_rv));
   if (!o->is_key()) return Err(use.invalid_handle_rv, "object {} is not a key", h);
   // Public-key use (verify, encrypt, wrap with a public key) needs only read.
-  const bool read_suffices = o->cls() == CKO_PUBLIC_KEY && Authorize(c, *o, auth::kGet, CKR_KEY_FUNCTION_NOT_PERMITTED).ok();
+  const bool read_suffices = o->cls() == CKO_PUBLIC_KEY && Permits(c, *o, auth::kGet);
   if (!read_suffices) VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, use.perm, CKR_KEY_FUNCTION_NOT_PERMITTED));
   if (!o->attrs.GetBool(use.usage, false))
     return Err(CKR_KEY_FUNCTION_NOT_PERMITTED, "the key's {} is false", model::AttrName(use.usage));
@@ -97,6 +99,21 @@ auto WithHsmHandle(PreparedKey& k, Make make) -> decltype(make(CK_OBJECT_HANDLE{
   r = make(k.hsm_handle);
   if (!r.ok() && stale(r.rv())) return Err(CKR_DEVICE_ERROR, "the key's HSM object is gone: {}", r.error().message);
   return r;
+}
+
+// Begin() for a call that starts an audited operation (an Init, C_WrapKey, C_UnwrapKey).
+Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op) {
+  AuditOperation(op);
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  AuditToken(*c.token);
+  return c;
+}
+
+// Begin() for a call that may end an operation (its event is submitted with this call's result).
+Result<CallContext> BeginContinuing(CK_SESSION_HANDLE h) {
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  AuditContinuing();
+  return c;
 }
 
 Status CheckInput(CK_BYTE_PTR in, CK_ULONG in_len) {
@@ -166,7 +183,7 @@ Status MultiPartUpdate(std::optional<State>& st, const char* what, CK_BYTE_PTR i
 }
 
 Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key, bool encrypt) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, encrypt ? "KeyEncrypt" : "KeyDecrypt"));
   if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
@@ -182,7 +199,7 @@ Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
             : encrypt ? ossl::NewEncryptOp(k.key, *mech)
                       : ossl::NewDecryptOp(k.key, *mech);
   if (!op.ok()) return op.error();
-  slot = CipherState{std::move(op).value(), std::move(k.object), false, std::nullopt};
+  slot = CipherState{std::move(op).value(), std::move(k.object), false, std::nullopt, OpAudit(TakeAudit())};
   return OkStatus();
 }
 
@@ -196,7 +213,7 @@ Status CheckCipherCall(std::optional<CipherState>& slot, bool encrypt, CK_ULONG_
 
 Status CipherOneShot(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len,
                      bool encrypt) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
@@ -208,7 +225,7 @@ Status CipherOneShot(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BY
 
 Status CipherUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len,
                     bool encrypt) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
@@ -220,7 +237,7 @@ Status CipherUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYT
 }
 
 Status CipherFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len, bool encrypt) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
@@ -310,7 +327,7 @@ Status DigestFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
 // ---- sign / verify --------------------------------------------------------------------------
 
 Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeySign"));
   if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
   std::lock_guard<std::mutex> l(c.session->mu);
   if (c.session->sign) return Err(CKR_OPERATION_ACTIVE, "a sign operation is active");
@@ -323,12 +340,12 @@ Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key
                                                                                           hsm_sig_len);
                                                              })
                                            : ossl::NewSignOp(k.key, *mech));
-  c.session->sign = SignState{std::move(op), std::move(k.object), false};
+  c.session->sign = SignState{std::move(op), std::move(k.object), false, OpAudit(TakeAudit())};
   return OkStatus();
 }
 
 Status Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& st = c.session->sign;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
@@ -339,13 +356,13 @@ Status Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR si
 }
 
 Status SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   return MultiPartUpdate(c.session->sign, "sign", in, in_len);
 }
 
 Status SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& st = c.session->sign;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
@@ -355,18 +372,18 @@ Status SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
 }
 
 Status VerifyInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyVerify"));
   if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
   std::lock_guard<std::mutex> l(c.session->mu);
   if (c.session->verify) return Err(CKR_OPERATION_ACTIVE, "a verify operation is active");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kVerifyUse));
   VAULTP11_ASSIGN_OR_RETURN(auto op, ossl::NewVerifyOp(k.key, *mech));
-  c.session->verify = VerifyState{std::move(op), std::move(k.object), false};
+  c.session->verify = VerifyState{std::move(op), std::move(k.object), false, OpAudit(TakeAudit())};
   return OkStatus();
 }
 
 Status Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR sig, CK_ULONG sig_len) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& st = c.session->verify;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no verify operation");
@@ -379,13 +396,13 @@ Status Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR 
 }
 
 Status VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   return MultiPartUpdate(c.session->verify, "verify", in, in_len);
 }
 
 Status VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_len) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginContinuing(h));
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& st = c.session->verify;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no verify operation");
@@ -400,11 +417,12 @@ Status VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_len) {
 
 Status WrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HANDLE key,
                CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyWrap"));
   if (mech == nullptr || out_len == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_WrapKey: NULL argument");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey w, PrepareKey(c, wrapping, *mech, kWrapUse));
   if (w.hsm) return Err(CKR_MECHANISM_INVALID, "wrapping with an HSM key is not supported");
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr target, GetVisible(c, key, CKR_KEY_HANDLE_INVALID));
+  if (AuditCall* a = CurrentAudit()) a->event.extra = {{"wrappedKey", target->label()}};
   if (target->cls() != CKO_SECRET_KEY && target->cls() != CKO_PRIVATE_KEY)
     return Err(CKR_KEY_NOT_WRAPPABLE, "only secret and private keys can be wrapped");
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *target, auth::kGet, CKR_KEY_FUNCTION_NOT_PERMITTED));
@@ -418,7 +436,7 @@ Status WrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE wrap
 
 Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE unwrapping, CK_BYTE_PTR in,
                  CK_ULONG in_len, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyUnwrap"));
   if (mech == nullptr || out == nullptr || in == nullptr || (tmpl == nullptr && count != 0))
     return Err(CKR_ARGUMENTS_BAD, "C_UnwrapKey: NULL argument");
   // The unwrapped key would be a software key: pools hold HSM keys only.
@@ -452,6 +470,7 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
     VAULTP11_ASSIGN_OR_RETURN(raw, ossl::Unwrap(u.key, *mech, In(in, in_len)));
   }
   VAULTP11_ASSIGN_OR_RETURN(auto obj, model::UnwrappedKey(t, std::move(raw)));
+  if (AuditCall* a = CurrentAudit()) a->event.extra = {{"newKey", obj->label()}};
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, obj->is_token() ? auth::kImport : auth::kUnwrapKey));
   obj->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(obj)));

@@ -1,6 +1,7 @@
 // Object management calls (spec 5.7) and key generation (5.14).
 #include <cstring>
 
+#include "core/audit_hooks.h"
 #include "core/calls.h"
 #include "core/context.h"
 #include "core/mechanisms.h"
@@ -25,6 +26,20 @@ Status CopyOut(std::span<const uint8_t> data, CK_BYTE_PTR out, CK_ULONG_PTR out_
 }
 
 namespace {
+
+// Operation names by the object's kind {key, secret, certificate}.
+constexpr const char* kCreateOps[3] = {"KeyImport", "SecretSet", "CertificateImport"};
+constexpr const char* kDeleteOps[3] = {"KeyDelete", "SecretDelete", "CertificateDelete"};
+constexpr const char* kGetOps[3] = {"KeyGet", "SecretGet", "CertificateGet"};
+constexpr const char* kUpdateOps[3] = {"KeyUpdate", "SecretUpdate", "CertificateUpdate"};
+
+// Begin() for an audited call: the call is operation `op` on the session's vault.
+Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op) {
+  AuditOperation(op);
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  AuditToken(*c.token);
+  return c;
+}
 
 Result<AttributeMap> Template(CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
   if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "template is NULL");
@@ -60,11 +75,12 @@ Status RequireHsmInPool(const CallContext& c, const std::optional<CK_ULONG>& req
 }  // namespace
 
 Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyImport"));
   if (out == nullptr || (tmpl == nullptr && count != 0)) return Err(CKR_ARGUMENTS_BAD, "C_CreateObject: NULL argument");
   VAULTP11_RETURN_IF_ERROR(RefuseInPool(c, "objects cannot be created or imported"));
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
   VAULTP11_ASSIGN_OR_RETURN(auto obj, model::CreateObject(t));
+  AuditObject(*obj, kCreateOps);
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, CreatePermission(*obj)));
   obj->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(obj)));
@@ -73,15 +89,17 @@ Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, 
 
 Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE src, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count,
                   CK_OBJECT_HANDLE_PTR out) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyImport"));
   if (out == nullptr || (tmpl == nullptr && count != 0)) return Err(CKR_ARGUMENTS_BAD, "C_CopyObject: NULL argument");
   VAULTP11_RETURN_IF_ERROR(RefuseInPool(c, "objects cannot be copied"));
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, src));
+  AuditObject(*o, kCreateOps);  // the source: the copy's name goes in the event too
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kGet, CKR_ACTION_PROHIBITED));
   // Two outer objects on one HSM key would destroy it twice.
   if (o->material && o->material->hsm()) return Err(CKR_ACTION_PROHIBITED, "HSM-protected keys cannot be copied");
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
   VAULTP11_ASSIGN_OR_RETURN(auto copy, model::CopyObject(*o, t));
+  if (AuditCall* a = CurrentAudit()) a->event.extra = {{"copy", copy->label()}};
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *copy, CreatePermission(*copy)));
   copy->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(copy)));
@@ -89,8 +107,9 @@ Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE src, CK_ATTRIBUTE_PTR tm
 }
 
 Status DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyDelete"));
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
+  AuditObject(*o, kDeleteOps);
   if (o->is_token() && !c.session->read_write())
     return Err(CKR_SESSION_READ_ONLY, "destroying a token object needs a read/write session");
   if (!o->attrs.GetBool(CKA_DESTROYABLE, true)) return Err(CKR_ACTION_PROHIBITED, "object is not destroyable");
@@ -99,9 +118,10 @@ Status DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj) {
 }
 
 Status GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyGet"));
   if (size == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_GetObjectSize: pulSize is NULL");
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
+  AuditObject(*o, kGetOps);
   *size = model::ObjectSize(*o);
   return OkStatus();
 }
@@ -110,16 +130,16 @@ Status GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR siz
 // processed; the call returns the last of CKR_ATTRIBUTE_SENSITIVE / _TYPE_INVALID /
 // CKR_BUFFER_TOO_SMALL met, with CK_UNAVAILABLE_INFORMATION in the failed entries.
 Status GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyGet"));
   if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "C_GetAttributeValue: pTemplate is NULL");
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
+  AuditObject(*o, kGetOps);
   // A key's or certificate's attributes need get; a secret's metadata get or list (Key Vault
   // Reader), its value get (else CKR_ATTRIBUTE_SENSITIVE).
   const bool secret = o->cls() == CKO_DATA;
-  Status may_get = Authorize(c, *o, auth::kGet, CKR_ACTION_PROHIBITED);
-  if (secret && !may_get.ok()) VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kList, CKR_ACTION_PROHIBITED));
-  else VAULTP11_RETURN_IF_ERROR(may_get);
-  const bool may_read_value = !secret || may_get.ok();
+  const bool may_get = Permits(c, *o, auth::kGet);
+  VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, secret && !may_get ? auth::kList : auth::kGet, CKR_ACTION_PROHIBITED));
+  const bool may_read_value = !secret || may_get;
   CK_RV rv = CKR_OK;
   for (CK_ULONG i = 0; i < count; ++i) {
     CK_ATTRIBUTE& a = tmpl[i];
@@ -146,9 +166,10 @@ Status GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE
 }
 
 Status SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyUpdate"));
   if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "C_SetAttributeValue: pTemplate is NULL");
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, GetVisible(c, obj));
+  AuditObject(*o, kUpdateOps);
   if (o->is_token() && !c.session->read_write())
     return Err(CKR_SESSION_READ_ONLY, "modifying a token object needs a read/write session");
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, o->cls() == CKO_DATA ? auth::kSet : auth::kUpdate, CKR_ACTION_PROHIBITED));
@@ -157,12 +178,19 @@ Status SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE
   return c.token->Replace(obj, std::move(updated));
 }
 
+// One event per search (KeyList, or SecretList / CertificateList when the template names
+// that class), with the number of objects found; none per C_FindObjects batch.
 Status FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyList"));
   if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "C_FindObjectsInit: pTemplate is NULL");
   std::lock_guard<std::mutex> l(c.session->mu);
   if (c.session->find) return Err(CKR_OPERATION_ACTIVE, "a search is already active");
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  if (auto cls = t.GetUlong(CKA_CLASS)) {
+    if (*cls == CKO_DATA) AuditRename("SecretList");
+    if (*cls == CKO_CERTIFICATE) AuditRename("CertificateList");
+  }
+  if (const Bytes* label = t.Get(CKA_LABEL)) AuditName(std::string(label->begin(), label->end()));
   c.provider->SyncFromStore();
   FindState st;
   for (CK_OBJECT_HANDLE oh : c.token->Find(t)) {
@@ -173,6 +201,7 @@ Status FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG coun
     // every session of this application (spec 6.7.6).
     st.results.push_back(oh);
   }
+  AuditCount(static_cast<int64_t>(st.results.size()));
   c.session->find = std::move(st);
   return OkStatus();
 }
@@ -199,9 +228,10 @@ Status FindObjectsFinal(CK_SESSION_HANDLE h) {
 
 Status GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count,
                    CK_OBJECT_HANDLE_PTR out) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyCreate"));
   if (mech == nullptr || out == nullptr || (tmpl == nullptr && count != 0))
     return Err(CKR_ARGUMENTS_BAD, "C_GenerateKey: NULL argument");
+  AuditMechanism(mech->mechanism);
   const MechanismEntry* m = FindMechanism(mech->mechanism);
   if (m == nullptr || !(m->flags & CKF_GENERATE)) return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} cannot generate a key", mech->mechanism);
   if (mech->pParameter != nullptr || mech->ulParameterLen != 0)
@@ -237,10 +267,11 @@ Status GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR 
 Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub, CK_ULONG pub_count,
                        CK_ATTRIBUTE_PTR priv, CK_ULONG priv_count, CK_OBJECT_HANDLE_PTR pub_out,
                        CK_OBJECT_HANDLE_PTR priv_out) {
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyCreate"));
   if (mech == nullptr || pub_out == nullptr || priv_out == nullptr || (pub == nullptr && pub_count != 0) ||
       (priv == nullptr && priv_count != 0))
     return Err(CKR_ARGUMENTS_BAD, "C_GenerateKeyPair: NULL argument");
+  AuditMechanism(mech->mechanism);
   const MechanismEntry* m = FindMechanism(mech->mechanism);
   if (m == nullptr || !(m->flags & CKF_GENERATE_KEY_PAIR))
     return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} cannot generate a key pair", mech->mechanism);

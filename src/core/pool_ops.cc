@@ -3,6 +3,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/audit_hooks.h"
 #include "util/log.h"
 
 namespace vaultp11::core {
@@ -31,7 +32,10 @@ class Failover {
       VAULTP11_ASSIGN_OR_RETURN(lease_, pool_.Acquire(tried_));
       const size_t i = lease_.index;
       Status st = StartOn();
-      if (st.ok()) return st;
+      if (st.ok()) {
+        AuditMember(pool_.member_name(i));
+        return st;
+      }
       if (StaleHandle(st.rv()) && !refreshed_[i]) {
         // Found before the member's objects changed: look it up again once.
         key_->material->ForgetPoolHandle(i);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -20,6 +21,7 @@
 #include "core/authenticate.h"
 #include "backend/p11/inner_module.h"
 #include "backend/p11/inner_token.h"
+#include "core/audit_hooks.h"
 #include "core/calls.h"
 #include "core/mechanisms.h"
 #include "util/log.h"
@@ -122,6 +124,74 @@ auth::ThrottlePolicy ThrottlePolicyOf(const config::Config& cfg) {
   return p;
 }
 
+// The audit event of a config reload at login: what changed in principals, role assignments
+// and access policies (names only, never a secret hash), or why the new file was not taken
+// (`refused`). The operator is the OS user owning the file.
+audit::Event AuthorizationChangeEvent(const std::string& path, const config::Config* before,
+                                      const config::Config* after, const std::string& refused) {
+  audit::Event e = audit::Start("AuthorizationChange");
+  e.critical = true;
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0) {
+    e.principal = "os:" + audit::UserName(st.st_uid);
+    e.auth_method = "config-file";
+  }
+  nlohmann::json props = {{"config", path}};
+  if (before != nullptr && after != nullptr) {
+    auto principals = [](const config::Config& c) {
+      std::map<std::string, std::string> m;
+      for (const auto& p : c.principals) {
+        std::string form = p.auth + "|" + p.certificate_file + "|" + p.issuer + "|" + p.audience + "|" + p.jwks_file +
+                           "|" + p.claim + "|" + p.subject + "|" + (p.uid ? std::to_string(*p.uid) : "") + "|" +
+                           (p.gid ? std::to_string(*p.gid) : "");
+        // Compared only, never written: a secret added, removed or re-dated changes the principal.
+        for (const auto& sec : p.secrets)
+          form += "|" + sec.hash + (sec.expires ? std::to_string(sec.expires->time_since_epoch().count()) : "");
+        m[p.name] = form;
+      }
+      return m;
+    };
+    auto roles = [](const config::Config& c) {
+      std::set<std::string> out;
+      for (const auto& r : c.role_assignments) out.insert(r.principal + " | " + r.role + " | " + r.scope);
+      return out;
+    };
+    auto policies = [](const config::Config& c) {
+      std::set<std::string> out;
+      for (const auto& v : c.vaults)
+        for (const auto& ap : v.access_policies)
+          out.insert(fmt::format("{} | {} | keys {:x} secrets {:x} certificates {:x}", v.name, ap.principal, ap.keys,
+                                 ap.secrets, ap.certificates));
+      return out;
+    };
+    auto pb = principals(*before), pa = principals(*after);
+    std::vector<std::string> added, removed, changed;
+    for (const auto& [n, form] : pa) {
+      auto it = pb.find(n);
+      if (it == pb.end()) added.push_back(n);
+      else if (it->second != form) changed.push_back(n);
+    }
+    for (const auto& [n, form] : pb)
+      if (!pa.count(n)) removed.push_back(n);
+    auto diff = [](const std::set<std::string>& a, const std::set<std::string>& b) {
+      std::vector<std::string> out;
+      std::set_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(out));
+      return out;
+    };
+    auto rb = roles(*before), ra = roles(*after), ab = policies(*before), aa = policies(*after);
+    props["principalsAdded"] = added;
+    props["principalsRemoved"] = removed;
+    props["principalsChanged"] = changed;
+    props["roleAssignmentsAdded"] = diff(ra, rb);
+    props["roleAssignmentsRemoved"] = diff(rb, ra);
+    props["accessPoliciesAdded"] = diff(aa, ab);
+    props["accessPoliciesRemoved"] = diff(ab, aa);
+  }
+  e.extra = std::move(props);
+  e.Finish(refused.empty() ? CKR_OK : CKR_ARGUMENTS_BAD, refused.empty() ? "" : "not applied: " + refused);
+  return e;
+}
+
 // Stops the pools' health threads of this process's provider (see Provider::Create).
 void StopHealthChecksAtExit() {
   std::lock_guard<std::mutex> l(g_init_mu);  // not while a C_Finalize deletes the provider
@@ -129,6 +199,14 @@ void StopHealthChecksAtExit() {
   if (p == nullptr || g_pid.load(std::memory_order_relaxed) != getpid()) return;
   for (const auto& t : p->tokens())
     if (t->is_pool()) t->pool()->StopHealthCheck();
+}
+
+// Writes out the audit events still queued when the process exits without C_Finalize.
+void FlushAuditAtExit() {
+  std::lock_guard<std::mutex> l(g_init_mu);
+  Provider* p = g_provider.load(std::memory_order_acquire);
+  if (p == nullptr || g_pid.load(std::memory_order_relaxed) != getpid() || p->audit() == nullptr) return;
+  p->audit()->Stop();
 }
 
 }  // namespace
@@ -205,19 +283,38 @@ std::shared_ptr<const config::Config> Provider::AuthConfig(bool refresh) {
   if (!next.ok()) {
     log::Warning("config {} changed but is not valid; logins keep the version in use: {}", config_.source,
                  next.error().message);
+    SubmitAuditEvent(AuthorizationChangeEvent(config_.source, nullptr, nullptr, next.error().message));
     return auth_config_;
   }
   if (!SameDeployment(*auth_config_, next.value())) {
     log::Warning("config {} changed its store, vaults or pools: those need C_Initialize; logins keep the version in use",
                  config_.source);
+    SubmitAuditEvent(AuthorizationChangeEvent(config_.source, nullptr, nullptr,
+                                              "the store, vaults or pools changed: they need C_Initialize"));
     return auth_config_;
   }
+  auto before = auth_config_;
   auth_config_ = std::make_shared<const config::Config>(std::move(next).value());
   log::Info("config {} reloaded: principals, roles and access policies apply from the next login", config_.source);
+  SubmitAuditEvent(AuthorizationChangeEvent(config_.source, before.get(), auth_config_.get(), ""));
   return auth_config_;
 }
 
-Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_path) {
+Provider::~Provider() {
+  {
+    std::unique_lock<std::shared_mutex> l(sessions_mu_);
+    auto sessions = std::move(sessions_);
+    sessions_.clear();
+    l.unlock();
+    sessions.clear();  // operations in progress are submitted as cancelled
+  }
+  if (audit_) {
+    audit_->Stop();
+    SetAuditRecorder(nullptr);
+  }
+}
+
+Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_path, bool threads) {
   VAULTP11_ASSIGN_OR_RETURN(config::Config cfg, config::LoadFile(config_path));
   log::Configure(ParseLevel(cfg.log.level), cfg.log.sink);
   std::unique_ptr<Provider> p(new Provider());
@@ -255,6 +352,14 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   (void)p->store_->ExternalChange();  // first call primes the data_version baseline
   // Part of every token's resource id (the audience of client assertions).
   VAULTP11_ASSIGN_OR_RETURN(p->deployment_id_, p->store_->DeploymentId());
+  // The audit log: its file sinks' heads are MACed with a key derived from the master key.
+  if (!p->config_.audit.sinks.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(SecureBytes head_key, p->store_->DeriveKey("audit-head"));
+    VAULTP11_ASSIGN_OR_RETURN(p->audit_, audit::Recorder::Create(p->config_.audit, std::move(head_key), threads));
+    static std::once_flag audit_exit_hook;
+    std::call_once(audit_exit_hook, [] { std::atexit(FlushAuditAtExit); });
+    SetAuditRecorder(p->audit_.get());
+  }
   // Pools: the health check copies missed keys (the token's catalog) and reports members
   // leaving or rejoining service as slot events. Its threads must be stopped before the inner
   // modules' own static destructors run when the process exits without C_Finalize (or calls
@@ -378,7 +483,7 @@ Status Initialize(CK_VOID_PTR init_args) {
       return Err(CKR_NEED_TO_CREATE_THREADS, "managed HSM pools need a health-check thread, which the caller forbids");
   }
   NewEventRun();
-  auto p = Provider::Create(path);
+  auto p = Provider::Create(path, !cant_create_threads);
   if (!p.ok()) {
     log::Error("C_Initialize: {}", p.error().message);
     // C_Initialize may only fail with the codes of spec 5.4; the log has the detail.
@@ -595,8 +700,10 @@ Status GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info) {
 }
 
 Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len) {
+  AuditOperation("Authentication", /*critical=*/true);
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
   VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));
+  AuditToken(*s->token());
   if (user == CKU_CONTEXT_SPECIFIC)
     return Err(CKR_OPERATION_NOT_INITIALIZED, "no key needs a context-specific login");
   if (user != CKU_USER && user != CKU_SO) return Err(CKR_USER_TYPE_INVALID, "user type {} is not valid", user);
@@ -617,6 +724,7 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
   const auth::ThrottlePolicy policy = ThrottlePolicyOf(*cfg);
   const std::string claimed = ClaimedPrincipal(*cfg, pin_bytes);
   t->SetLastClaimed(claimed);
+  AuditPrincipal(claimed, "");
   const int64_t now = UnixNow();
   store::LoginFailures counted;
   if (!claimed.empty()) {
@@ -651,6 +759,8 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
   if (!claimed.empty()) (void)t->store()->ResetLoginFailures(claimed);
   if (claimed != who->principal && !who->principal.empty()) (void)t->store()->ResetLoginFailures(who->principal);
   auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(*cfg, t->name(), who->principal));
+  grants->method = who->method;
+  AuditPrincipal(who->principal, who->method);
   t->SetLogin(std::move(grants));
   log::Info("vault {}: principal {} logged in ({})", t->name(), who->principal, who->method);
   return OkStatus();
@@ -673,8 +783,10 @@ Status LoginUser(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK
 }
 
 Status Logout(CK_SESSION_HANDLE h) {
+  AuditOperation("Logout");
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
   VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));
+  AuditToken(*s->token());
   if (!s->token()->logged_in()) return Err(CKR_USER_NOT_LOGGED_IN, "C_Logout: not logged in");
   s->token()->Logout();
   return OkStatus();

@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "audit/recorder.h"
 #include "config/config.h"
 #include "core/session.h"
 #include "core/token.h"
@@ -25,7 +26,12 @@ class Provider {
  public:
   // Loads and validates the config, opens the store and builds the tokens. Nothing is
   // left behind on failure.
-  static Result<std::unique_ptr<Provider>> Create(const std::string& config_path);
+  // `threads` false: the caller forbids threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS), so audit
+  // events are written synchronously.
+  static Result<std::unique_ptr<Provider>> Create(const std::string& config_path, bool threads = true);
+  // Closes the sessions (operations in progress are audited as cancelled), then flushes and
+  // stops the audit recorder.
+  ~Provider();
 
   const config::Config& config() const { return config_; }
   const std::vector<std::unique_ptr<Token>>& tokens() const { return tokens_; }
@@ -51,9 +57,13 @@ class Provider {
   // Applies changes other processes committed to the store (cheap when nothing changed).
   void SyncFromStore();
 
+  // The audit recorder (null when audit.sinks is empty).
+  audit::Recorder* audit() const { return audit_.get(); }
+
  private:
   Provider() = default;
 
+  std::unique_ptr<audit::Recorder> audit_;  // first: destroyed last
   config::Config config_;
   std::unique_ptr<store::Store> store_;
   std::string deployment_id_;

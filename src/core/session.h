@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/ossl/ossl_backend.h"
+#include "core/audit_hooks.h"
 #include "core/token.h"
 
 namespace vaultp11::core {
@@ -20,15 +21,18 @@ struct FindState {
 
 // A sign or verify in progress. `multi_part` is set by the first Update: afterwards the
 // single-part call is refused with CKR_OPERATION_ACTIVE (spec 5.2 operation rules).
+// `audit` holds the operation's event until the call that ends it (core/audit_hooks.h).
 struct SignState {
   std::unique_ptr<ossl::SignOp> op;
   model::ObjectPtr key;
   bool multi_part = false;
+  OpAudit audit;
 };
 struct VerifyState {
   std::unique_ptr<ossl::VerifyOp> op;
   model::ObjectPtr key;
   bool multi_part = false;
+  OpAudit audit;
 };
 // An encrypt/decrypt in progress. `pending` keeps an output computed for a length query or a
 // too-small buffer, so the retry returns it without running the cipher twice.
@@ -37,6 +41,7 @@ struct CipherState {
   model::ObjectPtr key;
   bool multi_part = false;
   std::optional<SecureBytes> pending;
+  OpAudit audit;
 };
 struct DigestState {
   std::unique_ptr<ossl::DigestOp> op;

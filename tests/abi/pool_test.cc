@@ -8,7 +8,10 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstring>
+#include <set>
 #include <fstream>
 #include <sstream>
 
@@ -478,6 +481,22 @@ TEST_F(PoolTest, OperationsAreSpreadOverMembers) {
     EXPECT_EQ(Verify(x, m, pub, data, std::vector<uint8_t>(sig, sig + n)), CKR_OK);
   }
   for (int i = 0; i < 3; ++i) EXPECT_EQ(SignsOn(kFailoverMembers[i]), before[i] + 1) << kFailoverMembers[i];
+  // The audit log names the pool and the member that served each signature.
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  std::ifstream audit(dir.file("audit.log"));
+  std::set<std::string> members;
+  int signs = 0;
+  for (std::string line; std::getline(audit, line);) {
+    auto e = nlohmann::json::parse(line);
+    if (e["operationName"] != "KeySign") continue;
+    ++signs;
+    EXPECT_EQ(e["properties"]["pool"], "fopool");
+    EXPECT_EQ(e["properties"]["name"], "spread");
+    members.insert(e["properties"].value("member", ""));
+  }
+  EXPECT_EQ(signs, 3);
+  EXPECT_EQ(members, (std::set<std::string>{kFailoverMembers[0], kFailoverMembers[1], kFailoverMembers[2]}));
 }
 
 // A member killed in the middle of a signing loop, and operations in progress on members that

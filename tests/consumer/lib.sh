@@ -218,4 +218,19 @@ ossl_engine() { OPENSSL_CONF="$ENGINE_CONF" run openssl "$@"; }
 # count_lines PATTERN FILE: number of lines matching (0 when none).
 count_lines() { grep -c -- "$1" "$2" || true; }
 
-pass() { echo "PASS ($TEST_NAME)"; }
+# check_audit: the deployment's audit log (the default file sink beside the store) holds
+# events, is one intact hash chain, and never shows the client secret or a JWT.
+check_audit() {
+  [[ -n ${CONF:-} ]] || return 0
+  local log="$WORK/audit.log"
+  [[ -s $log ]] || fail "no audit events in $log"
+  run "$VAULTP11_CLI" --config "$CONF" audit verify "$log" >/dev/null
+  if [[ -n $SECRET ]] && grep -qF -- "$SECRET" "$log"; then fail "the client secret appears in $log"; fi
+  if grep -qE 'eyJ[A-Za-z0-9_-]{8,}\.' "$log"; then fail "a JWT appears in $log"; fi
+  step "audit log: $(wc -l <"$log") events, chain intact, no credential in it"
+}
+
+pass() {
+  check_audit
+  echo "PASS ($TEST_NAME)"
+}

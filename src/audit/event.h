@@ -1,0 +1,65 @@
+// One audit event: what the caller's thread records about an operation (cheap: no JSON, no
+// I/O), and its JSON form, made by the writer thread.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace vaultp11::audit {
+
+inline constexpr char kOperationVersion[] = "1.0";
+
+struct Event {
+  const char* operation = nullptr;  // the service's name: "KeySign", "Authentication", ...
+  std::chrono::system_clock::time_point time;    // when the operation started
+  std::chrono::steady_clock::time_point start;   // for durationMs
+  int64_t duration_us = 0;
+  CK_RV rv = CKR_OK;
+  bool denied = false;     // refused by access control (Forbidden, whatever the CK_RV says) ...
+  bool unauthenticated = false;  // ... because nobody is logged in (Unauthorized)
+  bool critical = false;   // never dropped from a full queue (logins, denials)
+  std::string description;  // resultDescription of a failure (error messages hold no secrets)
+  std::string principal, auth_method;  // identity; empty principal: no login
+  std::string resource;    // vault or pool name
+  bool pool = false;
+  const char* kind = nullptr;  // "key", "secret", "certificate"
+  std::string name;        // CKA_LABEL
+  std::string id;          // CKA_ID bytes (written as hex)
+  CK_MECHANISM_TYPE mechanism = CK_UNAVAILABLE_INFORMATION;
+  std::string member;      // the HSM that served it (pools)
+  int64_t count = -1;      // objects found (C_FindObjectsInit)
+  nlohmann::json extra;    // further properties (management events); null on the hot path
+
+  // Sets the result and the duration (now minus start).
+  void Finish(CK_RV result, std::string why = {});
+};
+
+// A new event for `operation` starting now.
+Event Start(const char* operation);
+
+// The process writing events (caller.pid/uid/executable).
+struct Caller {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  std::string executable;
+  static Caller Self();
+};
+
+// The login name of `uid`, or its number when it has none.
+std::string UserName(uid_t uid);
+
+// "OK", "Unauthorized", "Forbidden", "NotFound", "BadRequest", "Conflict", "DeviceError",
+// "InternalError", "Cancelled" for an event's result.
+const char* ResultSignature(CK_RV rv, bool denied, bool unauthenticated = false);
+// "CKM_ECDSA", ... or "0x..." for mechanisms without a name here.
+std::string MechanismName(CK_MECHANISM_TYPE m);
+
+// The JSON object of an event (without seq/prevHash, which the file sink adds).
+nlohmann::json ToJson(const Event& e, const Caller& caller, std::string correlation_id);
+
+}  // namespace vaultp11::audit

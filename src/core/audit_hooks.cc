@@ -1,0 +1,161 @@
+#include "core/audit_hooks.h"
+
+#include <pthread.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "auth/access.h"
+#include "core/token.h"
+#include "model/object.h"
+
+namespace vaultp11::core {
+
+namespace {
+std::atomic<audit::Recorder*> g_recorder{nullptr};
+thread_local AuditCall* t_current = nullptr;
+}  // namespace
+
+void SetAuditRecorder(audit::Recorder* r) {
+  // A forked child has no writer thread: its calls record nothing until its own C_Initialize
+  // makes a recorder.
+  static std::once_flag atfork;
+  std::call_once(atfork, [] { pthread_atfork(nullptr, nullptr, [] { g_recorder.store(nullptr); }); });
+  g_recorder.store(r, std::memory_order_release);
+}
+audit::Recorder* AuditRecorder() { return g_recorder.load(std::memory_order_acquire); }
+
+AuditScope::AuditScope(AuditCall* call) : prev_(t_current) { t_current = call; }
+AuditScope::~AuditScope() { t_current = prev_; }
+
+AuditCall* CurrentAudit() { return t_current; }
+
+void SubmitAudit(AuditCall& call, const Status& st) {
+  if (call.event.operation == nullptr) return;
+  audit::Recorder* r = AuditRecorder();
+  if (r == nullptr) return;
+  call.event.Finish(st.rv(), st.ok() ? std::string() : st.error().message);
+  // Denials (and failed logins, critical from the start) are never dropped.
+  const char* sig = audit::ResultSignature(call.event.rv, call.event.denied, call.event.unauthenticated);
+  call.event.critical |= std::strcmp(sig, "Forbidden") == 0 || std::strcmp(sig, "Unauthorized") == 0;
+  r->Submit(std::move(call.event));
+  call.event.operation = nullptr;
+}
+
+void SubmitAuditEvent(audit::Event&& e) {
+  audit::Recorder* r = AuditRecorder();
+  if (r == nullptr || e.operation == nullptr) return;
+  r->Submit(std::move(e));
+}
+
+void AuditOperation(const char* op, bool critical) {
+  AuditCall* c = t_current;
+  if (c == nullptr) return;
+  c->event.operation = op;
+  c->event.time = std::chrono::system_clock::now();
+  c->event.start = std::chrono::steady_clock::now();
+  c->event.critical = critical;
+}
+
+void AuditRename(const char* op) {
+  if (AuditCall* c = t_current; c != nullptr && c->event.operation != nullptr) c->event.operation = op;
+}
+
+void AuditToken(const Token& t) {
+  AuditCall* c = t_current;
+  if (c == nullptr) return;
+  c->event.resource = t.name();
+  c->event.pool = t.is_pool();
+  if (auto g = t.grants()) {
+    c->event.principal = g->principal;
+    c->event.auth_method = g->method;
+  }
+}
+
+void AuditPrincipal(std::string principal, std::string method) {
+  AuditCall* c = t_current;
+  if (c == nullptr) return;
+  c->event.principal = std::move(principal);
+  c->event.auth_method = std::move(method);
+}
+
+void AuditObject(const model::Object& o, const char* const op_by_kind[3]) {
+  AuditCall* c = t_current;
+  if (c == nullptr) return;
+  static const char* const kKinds[] = {"key", "secret", "certificate"};
+  const auth::Kind k = auth::KindOfClass(o.cls());
+  const int i = k == auth::Kind::kSecret ? 1 : k == auth::Kind::kCertificate ? 2 : 0;
+  if (op_by_kind != nullptr && c->event.operation != nullptr) c->event.operation = op_by_kind[i];
+  if (c->event.kind != nullptr) return;  // the first object named is the one the call is about
+  c->event.kind = kKinds[i];
+  c->event.name = o.label();
+  const Bytes* id = o.attrs.Get(CKA_ID);
+  if (id != nullptr) c->event.id.assign(id->begin(), id->end());
+  else c->event.id.clear();
+}
+
+void AuditName(std::string name) {
+  if (AuditCall* c = t_current) c->event.name = std::move(name);
+}
+
+void AuditMechanism(CK_MECHANISM_TYPE m) {
+  if (AuditCall* c = t_current) c->event.mechanism = m;
+}
+
+void AuditMember(const std::string& member) {
+  if (AuditCall* c = t_current) c->event.member = member;
+}
+
+void AuditCount(int64_t n) {
+  if (AuditCall* c = t_current) c->event.count = n;
+}
+
+void AuditDenied(bool unauthenticated) {
+  if (AuditCall* c = t_current) {
+    c->event.denied = true;
+    c->event.unauthenticated = unauthenticated;
+    c->event.critical = true;
+  }
+}
+
+void AuditContinuing() {
+  if (AuditCall* c = t_current) c->continuing = true;
+}
+
+audit::Event TakeAudit() {
+  AuditCall* c = t_current;
+  if (c == nullptr || c->event.operation == nullptr) return {};
+  audit::Event e = std::move(c->event);
+  c->event = audit::Event{};
+  return e;
+}
+
+OpAudit& OpAudit::operator=(OpAudit&& o) noexcept {
+  if (this != &o) {
+    Release();
+    event_ = std::move(o.event_);
+    armed_ = o.armed_;
+    o.armed_ = false;
+  }
+  return *this;
+}
+
+OpAudit::~OpAudit() { Release(); }
+
+void OpAudit::Release() {
+  if (!armed_) return;
+  armed_ = false;
+  AuditCall* cur = t_current;
+  if (cur != nullptr && cur->continuing && cur->event.operation == nullptr) {
+    // The call ending the operation submits it with its own result. A pool operation moved
+    // to another member on the way names the one that finished it.
+    std::string member = std::move(cur->event.member);
+    cur->event = std::move(event_);
+    if (!member.empty()) cur->event.member = std::move(member);
+    return;
+  }
+  event_.Finish(CKR_FUNCTION_CANCELED, "the operation was not finished (its session closed, or it was replaced)");
+  SubmitAuditEvent(std::move(event_));
+}
+
+}  // namespace vaultp11::core

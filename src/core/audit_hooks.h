@@ -1,0 +1,96 @@
+// How PKCS#11 calls become audit events. The ABI shim gives each call an AuditCall on its
+// stack and makes it this thread's current one; the dispatcher fills it in (operation name,
+// vault, object, mechanism, denial) and the shim submits it with the call's result. A call
+// that names no operation (C_GetSlotList, ...) records nothing.
+//
+// Multi-call operations (sign, verify, encrypt, decrypt) give one event per operation: the
+// Init moves its event into the session's operation state (OpAudit); the call that ends the
+// operation takes it back and the shim submits it with that call's result. An operation that
+// never ends (its session closed) is recorded as Cancelled.
+#pragma once
+
+#include <atomic>
+#include <memory>
+
+#include "audit/event.h"
+#include "audit/recorder.h"
+#include "util/result.h"
+
+namespace vaultp11::model {
+struct Object;
+}
+
+namespace vaultp11::core {
+
+class Token;
+struct CallContext;
+
+struct AuditCall {
+  audit::Event event;      // event.operation == nullptr: nothing to record
+  bool continuing = false;  // this call may end an operation begun by an Init
+};
+
+// The recorder of the initialised module (null when auditing is off or before C_Initialize).
+void SetAuditRecorder(audit::Recorder* r);
+audit::Recorder* AuditRecorder();
+
+// Makes `call` this thread's current call for the scope's lifetime.
+class AuditScope {
+ public:
+  explicit AuditScope(AuditCall* call);
+  ~AuditScope();
+  AuditScope(const AuditScope&) = delete;
+  AuditScope& operator=(const AuditScope&) = delete;
+
+ private:
+  AuditCall* prev_;
+};
+
+AuditCall* CurrentAudit();
+
+// Submits the current call's event (if it names an operation) with the call's result.
+void SubmitAudit(AuditCall& call, const Status& st);
+// Submits an event made outside a call (a cancelled operation).
+void SubmitAuditEvent(audit::Event&& e);
+
+// ---- what the dispatcher records (no-ops when no call is current) -------------------------
+// This call is operation `op` (a string literal), starting now. Logins and denials are never
+// dropped from a full queue.
+void AuditOperation(const char* op, bool critical = false);
+// Renames the operation (e.g. KeyGet -> SecretGet once the object's kind is known).
+void AuditRename(const char* op);
+// The vault or pool, and who is logged in there.
+void AuditToken(const Token& t);
+void AuditPrincipal(std::string principal, std::string method);
+// The object the call is about: kind (by class), name, CKA_ID (the first object named in a
+// call is the one it is about); `op_by_kind` (if set) picks the operation name for the
+// object's kind: {key, secret, certificate}.
+void AuditObject(const model::Object& o, const char* const op_by_kind[3] = nullptr);
+void AuditName(std::string name);
+void AuditMechanism(CK_MECHANISM_TYPE m);
+void AuditMember(const std::string& member);
+void AuditCount(int64_t n);
+// The call was refused by access control (the caller may see another CK_RV, e.g. a handle
+// that does not exist for it).
+void AuditDenied(bool unauthenticated = false);
+// This call may end an operation (C_Sign, C_SignFinal, C_Verify, ...).
+void AuditContinuing();
+// Takes the current call's event (an Init that succeeded: the operation goes on).
+audit::Event TakeAudit();
+
+// The event of an operation in progress, kept in its session state. Move-only.
+class OpAudit {
+ public:
+  OpAudit() = default;
+  explicit OpAudit(audit::Event e) : event_(std::move(e)), armed_(event_.operation != nullptr) {}
+  OpAudit(OpAudit&& o) noexcept : event_(std::move(o.event_)), armed_(o.armed_) { o.armed_ = false; }
+  OpAudit& operator=(OpAudit&& o) noexcept;
+  ~OpAudit();
+
+ private:
+  void Release();
+  audit::Event event_;
+  bool armed_ = false;
+};
+
+}  // namespace vaultp11::core

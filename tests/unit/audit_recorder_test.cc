@@ -1,0 +1,241 @@
+// The recorder: order, batching, flush, the overflow policies (critical events never dropped),
+// failing sinks reported to the others, unthreaded writing; and the event's JSON form.
+#include "audit/recorder.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+
+namespace vaultp11::audit {
+namespace {
+
+using ::testing::ElementsAre;
+
+// Collects what it is given; can be held (Write blocks until released) or made to fail.
+class CollectingSink : public Sink {
+ public:
+  std::string Describe() const override { return "collect " + name; }
+  Status Open() override { return OkStatus(); }
+  Status Write(std::span<const nlohmann::json> events) override {
+    std::unique_lock<std::mutex> l(mu);
+    ++writes;
+    entered.notify_all();
+    cv.wait(l, [&] { return !held; });
+    if (failing) return Err(CKR_DEVICE_ERROR, "disk full");
+    for (const auto& e : events) got.push_back(e);
+    cv.notify_all();
+    return OkStatus();
+  }
+  std::vector<std::string> Ops() {
+    std::lock_guard<std::mutex> l(mu);
+    std::vector<std::string> out;
+    for (const auto& e : got) out.push_back(e["operationName"].get<std::string>());
+    return out;
+  }
+  void Hold() {
+    std::lock_guard<std::mutex> l(mu);
+    held = true;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> l(mu);
+    held = false;
+    cv.notify_all();
+  }
+  // Waits until the writer is inside Write (holding a batch).
+  void AwaitWrite(int n) {
+    std::unique_lock<std::mutex> l(mu);
+    entered.wait(l, [&] { return writes >= n; });
+  }
+
+  std::string name = "a";
+  std::mutex mu;
+  std::condition_variable cv, entered;
+  std::vector<nlohmann::json> got;
+  bool held = false;
+  bool failing = false;
+  int writes = 0;
+};
+
+Event Named(const char* op, bool critical = false) {
+  Event e = Start(op);
+  e.critical = critical;
+  return e;
+}
+
+struct Fixture {
+  explicit Fixture(RecorderOptions o, int nsinks = 1) {
+    std::vector<std::unique_ptr<Sink>> v;
+    for (int i = 0; i < nsinks; ++i) {
+      auto s = std::make_unique<CollectingSink>();
+      s->name = std::string(1, static_cast<char>('a' + i));
+      sinks.push_back(s.get());
+      v.push_back(std::move(s));
+    }
+    rec = std::make_unique<Recorder>(o, std::move(v), Caller::Self());
+  }
+  std::vector<CollectingSink*> sinks;
+  std::unique_ptr<Recorder> rec;
+};
+
+TEST(RecorderTest, EventsArriveInOrderAndFlushWaitsForThem) {
+  RecorderOptions o;
+  o.write_interval = std::chrono::milliseconds(3600 * 1000);  // only flushes and full batches wake it
+  o.batch_size = 100;
+  Fixture fx(o);
+  for (int i = 0; i < 250; ++i) fx.rec->Submit(Named(i % 2 ? "KeySign" : "KeyVerify"));
+  fx.rec->Flush();
+  auto ops = fx.sinks[0]->Ops();
+  ASSERT_EQ(ops.size(), 250u);
+  for (int i = 0; i < 250; ++i) EXPECT_EQ(ops[i], i % 2 ? "KeySign" : "KeyVerify");
+  EXPECT_EQ(fx.rec->stats().written, 250u);
+}
+
+// kDrop: with the writer stuck on a slow sink and the queue full, ordinary events are counted
+// and dropped, critical ones wait for room; the count is written as an event.
+TEST(RecorderTest, DropPolicyCountsDropsAndNeverDropsCriticalEvents) {
+  RecorderOptions o;
+  o.queue_size = 16;
+  o.overflow = Overflow::kDrop;
+  o.write_interval = std::chrono::milliseconds(3600 * 1000);
+  Fixture fx(o);
+  fx.sinks[0]->Hold();
+  fx.rec->Submit(Named("First"));
+  std::thread flusher([&] { fx.rec->Flush(); });  // wakes the writer, which blocks in the sink
+  fx.sinks[0]->AwaitWrite(1);
+  for (int i = 0; i < 16; ++i) fx.rec->Submit(Named("Queued"));
+  for (int i = 0; i < 5; ++i) fx.rec->Submit(Named("Dropped"));
+  EXPECT_EQ(fx.rec->stats().dropped, 5u);
+  // A critical event waits for room instead of being dropped.
+  auto critical = std::async(std::launch::async, [&] { fx.rec->Submit(Named("Authentication", true)); });
+  EXPECT_EQ(critical.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
+  fx.sinks[0]->Release();
+  critical.get();
+  flusher.join();
+  fx.rec->Flush();
+  auto ops = fx.sinks[0]->Ops();
+  EXPECT_EQ(std::count(ops.begin(), ops.end(), "Queued"), 16);
+  EXPECT_EQ(std::count(ops.begin(), ops.end(), "Dropped"), 0);
+  EXPECT_EQ(std::count(ops.begin(), ops.end(), "Authentication"), 1);
+  ASSERT_EQ(std::count(ops.begin(), ops.end(), "AuditEventsDropped"), 1);
+  for (const auto& e : fx.sinks[0]->got) {
+    if (e["operationName"] == "AuditEventsDropped") {
+      EXPECT_EQ(e["properties"]["dropped"], 5);
+    }
+  }
+}
+
+// kBlock: a full queue makes the submitter wait; nothing is lost.
+TEST(RecorderTest, BlockPolicyWaitsAndLosesNothing) {
+  RecorderOptions o;
+  o.queue_size = 16;
+  o.overflow = Overflow::kBlock;
+  o.write_interval = std::chrono::milliseconds(3600 * 1000);
+  Fixture fx(o);
+  fx.sinks[0]->Hold();
+  fx.rec->Submit(Named("First"));
+  std::thread flusher([&] { fx.rec->Flush(); });
+  fx.sinks[0]->AwaitWrite(1);
+  for (int i = 0; i < 16; ++i) fx.rec->Submit(Named("Queued"));
+  auto blocked = std::async(std::launch::async, [&] { fx.rec->Submit(Named("Waited")); });
+  EXPECT_EQ(blocked.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
+  fx.sinks[0]->Release();
+  blocked.get();
+  flusher.join();
+  fx.rec->Flush();
+  EXPECT_EQ(fx.sinks[0]->Ops().size(), 18u);
+  EXPECT_EQ(fx.rec->stats().dropped, 0u);
+}
+
+// A failing sink is reported to the other sinks once per failure streak, and its recovery too.
+TEST(RecorderTest, AFailingSinkIsReportedToTheOthersOnce) {
+  RecorderOptions o;
+  o.write_interval = std::chrono::milliseconds(3600 * 1000);
+  Fixture fx(o, 2);
+  fx.sinks[0]->failing = true;
+  for (int round = 0; round < 3; ++round) {
+    fx.rec->Submit(Named("KeySign"));
+    fx.rec->Flush();
+  }
+  fx.sinks[0]->failing = false;
+  fx.rec->Submit(Named("KeyVerify"));
+  fx.rec->Flush();
+  EXPECT_THAT(fx.sinks[1]->Ops(),
+              ElementsAre("KeySign", "AuditSinkFailed", "KeySign", "KeySign", "KeyVerify", "AuditSinkRecovered"));
+  EXPECT_THAT(fx.sinks[0]->Ops(), ElementsAre("KeyVerify", "AuditSinkRecovered"));
+  EXPECT_EQ(fx.rec->stats().sink_errors, 3u);
+  EXPECT_EQ(fx.sinks[1]->got[1]["properties"]["sink"], "collect a");
+  EXPECT_EQ(fx.sinks[1]->got[1]["resultDescription"], "disk full");
+}
+
+// Stop writes out what is queued; later events are ignored.
+TEST(RecorderTest, StopFlushesTheQueue) {
+  RecorderOptions o;
+  o.write_interval = std::chrono::milliseconds(3600 * 1000);
+  Fixture fx(o);
+  for (int i = 0; i < 10; ++i) fx.rec->Submit(Named("KeySign"));
+  fx.rec->Stop();
+  EXPECT_EQ(fx.sinks[0]->Ops().size(), 10u);
+  fx.rec->Submit(Named("Late"));
+  EXPECT_EQ(fx.sinks[0]->Ops().size(), 10u);
+}
+
+// Without threads the caller writes each event itself.
+TEST(RecorderTest, UnthreadedWritesSynchronously) {
+  RecorderOptions o;
+  o.threaded = false;
+  Fixture fx(o);
+  fx.rec->Submit(Named("KeySign"));
+  EXPECT_THAT(fx.sinks[0]->Ops(), ElementsAre("KeySign"));
+}
+
+TEST(EventTest, JsonFormAndResultSignatures) {
+  Event e = Start("KeySign");
+  e.principal = "app";
+  e.auth_method = "client_secret";
+  e.resource = "payments";
+  e.kind = "key";
+  e.name = "signer";
+  e.id = std::string("\x01\xab", 2);
+  e.mechanism = CKM_ECDSA_SHA256;
+  e.member = "hsm-a";
+  e.Finish(CKR_KEY_FUNCTION_NOT_PERMITTED, "not allowed");
+  Caller c{42, 7, "/usr/bin/app"};
+  nlohmann::json j = ToJson(e, c, "corr-1");
+  EXPECT_EQ(j["operationName"], "KeySign");
+  EXPECT_EQ(j["correlationId"], "corr-1");
+  EXPECT_EQ(j["category"], "AuditEvent");
+  EXPECT_EQ(j["resultType"], "Failure");
+  EXPECT_EQ(j["resultSignature"], "Forbidden");
+  EXPECT_EQ(j["resultDescription"], "not allowed");
+  EXPECT_EQ(j["identity"]["principal"], "app");
+  EXPECT_EQ(j["caller"]["pid"], 42);
+  EXPECT_EQ(j["caller"]["executable"], "/usr/bin/app");
+  EXPECT_EQ(j["properties"]["vault"], "payments");
+  EXPECT_EQ(j["properties"]["id"], "01ab");
+  EXPECT_EQ(j["properties"]["mechanism"], "CKM_ECDSA_SHA256");
+  EXPECT_EQ(j["properties"]["member"], "hsm-a");
+  EXPECT_EQ(j["properties"]["rv"], "CKR_KEY_FUNCTION_NOT_PERMITTED");
+  EXPECT_FALSE(j["properties"].contains("count"));
+  e.pool = true;
+  EXPECT_EQ(ToJson(e, c, "x")["properties"]["pool"], "payments");
+
+  EXPECT_STREQ(ResultSignature(CKR_OK, false), "OK");
+  EXPECT_STREQ(ResultSignature(CKR_OK, true), "Forbidden");
+  EXPECT_STREQ(ResultSignature(CKR_KEY_HANDLE_INVALID, true, true), "Unauthorized");
+  EXPECT_STREQ(ResultSignature(CKR_PIN_INCORRECT, false), "Unauthorized");
+  EXPECT_STREQ(ResultSignature(CKR_USER_NOT_LOGGED_IN, false), "Unauthorized");
+  EXPECT_STREQ(ResultSignature(CKR_OBJECT_HANDLE_INVALID, false), "NotFound");
+  EXPECT_STREQ(ResultSignature(CKR_TEMPLATE_INCONSISTENT, false), "BadRequest");
+  EXPECT_STREQ(ResultSignature(CKR_OPERATION_ACTIVE, false), "Conflict");
+  EXPECT_STREQ(ResultSignature(CKR_DEVICE_ERROR, false), "DeviceError");
+  EXPECT_STREQ(ResultSignature(CKR_FUNCTION_FAILED, false), "InternalError");
+  EXPECT_STREQ(ResultSignature(CKR_FUNCTION_CANCELED, false), "Cancelled");
+  EXPECT_EQ(MechanismName(0x80001234), "0x80001234");
+}
+
+}  // namespace
+}  // namespace vaultp11::audit
