@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <vector>
 
@@ -82,13 +83,32 @@ Result<uint64_t> RecordSeq(std::string_view line) {
 }
 
 std::string ChainLines(std::span<const nlohmann::json> events, uint64_t& seq, std::string& prev) {
-  std::string out;
+  std::vector<Record> records;
+  records.reserve(events.size());
   for (nlohmann::json e : events) {
-    e["seq"] = ++seq;
-    e["prevHash"] = prev;
-    std::string line = e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    prev = LineHash(line);
-    out += line;
+    e.erase("seq");
+    e.erase("prevHash");
+    records.push_back(Record::From(e));
+  }
+  return ChainLines(std::span<const Record>(records), seq, prev);
+}
+
+std::string ChainLines(std::span<const Record> records, uint64_t& seq, std::string& prev) {
+  size_t total = 0;
+  for (const Record& r : records) total += r.json.size() + 100;
+  std::string out;
+  out.reserve(total);
+  for (const Record& r : records) {
+    const size_t start = out.size();
+    fmt::format_to(std::back_inserter(out), "{{\"seq\":{},\"prevHash\":\"{}\"", ++seq, prev);
+    const std::string_view body(r.json);  // "{...}"
+    if (body.size() > 2) {
+      out += ',';
+      out.append(body.substr(1));
+    } else {
+      out += '}';
+    }
+    prev = LineHash(std::string_view(out).substr(start));
     out += '\n';
   }
   return out;

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 
+#include "audit/sink.h"
 #include "util/result.h"
 
 namespace vaultp11::audit {
@@ -26,6 +27,8 @@ Status Append(const std::string& path, std::span<const nlohmann::json> events, c
 // record is `seq` with hash `prev` (0 and the hash continued from, for an empty file): each
 // with "seq" and "prevHash" set and a newline. `seq` and `prev` are advanced to the last line's.
 std::string ChainLines(std::span<const nlohmann::json> events, uint64_t& seq, std::string& prev);
+// The same for records (each one JSON object): "seq" and "prevHash" are put first in each.
+std::string ChainLines(std::span<const Record> records, uint64_t& seq, std::string& prev);
 
 // The end of an open file, read with pread (the file offset is not used): its last complete
 // line (without its newline; "" when there is none), the offset just past that line's newline

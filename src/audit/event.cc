@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <iterator>
 #include <vector>
 
 #include <fmt/chrono.h>
@@ -138,52 +139,162 @@ std::string MechanismName(CK_MECHANISM_TYPE m) {
 
 namespace {
 
-std::string Rfc3339Micros(std::chrono::system_clock::time_point t) {
+void AppendRfc3339Micros(std::string& out, std::chrono::system_clock::time_point t) {
   auto us = std::chrono::time_point_cast<std::chrono::microseconds>(t);
   auto secs = std::chrono::floor<std::chrono::seconds>(us);
-  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06d}Z", secs, (us - secs).count());
+  fmt::format_to(std::back_inserter(out), "{:%Y-%m-%dT%H:%M:%S}.{:06d}Z", secs, (us - secs).count());
 }
 
-std::string Hex(std::string_view bytes) {
+// Length of the valid UTF-8 sequence at s[i], or 0 when it is not one.
+size_t Utf8Length(std::string_view s, size_t i) {
+  auto at = [&](size_t k) { return k < s.size() ? static_cast<unsigned char>(s[k]) : 0u; };
+  auto cont = [&](size_t k, unsigned lo = 0x80, unsigned hi = 0xBF) { return at(k) >= lo && at(k) <= hi; };
+  const unsigned c = at(i);
+  if (c >= 0xC2 && c <= 0xDF) return cont(i + 1) ? 2 : 0;
+  if (c == 0xE0) return cont(i + 1, 0xA0) && cont(i + 2) ? 3 : 0;
+  if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) return cont(i + 1) && cont(i + 2) ? 3 : 0;
+  if (c == 0xED) return cont(i + 1, 0x80, 0x9F) && cont(i + 2) ? 3 : 0;  // no surrogates
+  if (c == 0xF0) return cont(i + 1, 0x90) && cont(i + 2) && cont(i + 3) ? 4 : 0;
+  if (c >= 0xF1 && c <= 0xF3) return cont(i + 1) && cont(i + 2) && cont(i + 3) ? 4 : 0;
+  if (c == 0xF4) return cont(i + 1, 0x80, 0x8F) && cont(i + 2) && cont(i + 3) ? 4 : 0;
+  return 0;
+}
+
+void AppendHex(std::string& out, std::string_view bytes) {
   static const char* kHex = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
   for (unsigned char c : bytes) {
     out += kHex[c >> 4];
     out += kHex[c & 15];
   }
-  return out;
+}
+
+// `"key":` after a comma unless it is the first member.
+void Key(std::string& out, const char* key, bool& first) {
+  if (!first) out += ',';
+  first = false;
+  out += '"';
+  out += key;
+  out += "\":";
 }
 
 }  // namespace
 
+void AppendJsonString(std::string& out, std::string_view s) {
+  static const char* kHex = "0123456789abcdef";
+  out += '"';
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+          if (c < 0x20 || c == 0x7f) {
+            out += "\\u00";
+            out += kHex[c >> 4];
+            out += kHex[c & 15];
+          } else {
+            out += static_cast<char>(c);
+          }
+      }
+      ++i;
+      continue;
+    }
+    const size_t n = Utf8Length(s, i);
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD for a byte that is no UTF-8
+      ++i;
+    } else {
+      out.append(s.substr(i, n));
+      i += n;
+    }
+  }
+  out += '"';
+}
+
+std::string CallerJson(const Caller& caller) {
+  std::string out = fmt::format("{{\"pid\":{},\"uid\":{},\"executable\":", caller.pid, caller.uid);
+  AppendJsonString(out, caller.executable);
+  out += '}';
+  return out;
+}
+
+std::string FormatEvent(const Event& e, std::string_view caller_json, std::string_view correlation_id) {
+  std::string out;
+  out.reserve(512);
+  out += "{\"time\":\"";
+  AppendRfc3339Micros(out, e.time);
+  out += "\",\"correlationId\":";
+  AppendJsonString(out, correlation_id);
+  out += ",\"operationName\":";
+  AppendJsonString(out, e.operation ? e.operation : "Unknown");
+  out += ",\"operationVersion\":\"";
+  out += kOperationVersion;
+  out += "\",\"category\":\"AuditEvent\",\"resultType\":\"";
+  out += e.rv == CKR_OK && !e.denied ? "Success" : "Failure";
+  out += "\",\"resultSignature\":\"";
+  out += ResultSignature(e.rv, e.denied, e.unauthenticated);
+  out += "\",\"resultDescription\":";
+  AppendJsonString(out, e.description);
+  fmt::format_to(std::back_inserter(out), ",\"durationMs\":{:.3f},\"identity\":{{\"principal\":",
+                 static_cast<double>(e.duration_us) / 1000.0);
+  AppendJsonString(out, e.principal);
+  out += ",\"authMethod\":";
+  AppendJsonString(out, e.auth_method);
+  out += "},\"caller\":";
+  out += caller_json;
+  out += ",\"properties\":{";
+  bool first = true;
+  if (!e.resource.empty()) {
+    Key(out, e.pool ? "pool" : "vault", first);
+    AppendJsonString(out, e.resource);
+  }
+  if (e.kind != nullptr) {
+    Key(out, "kind", first);
+    AppendJsonString(out, e.kind);
+  }
+  if (!e.name.empty()) {
+    Key(out, "name", first);
+    AppendJsonString(out, e.name);
+  }
+  if (!e.id.empty()) {
+    Key(out, "id", first);
+    out += '"';
+    AppendHex(out, e.id);
+    out += '"';
+  }
+  if (e.mechanism != CK_UNAVAILABLE_INFORMATION) {
+    Key(out, "mechanism", first);
+    AppendJsonString(out, MechanismName(e.mechanism));
+  }
+  Key(out, "rv", first);
+  AppendJsonString(out, p11::RvName(e.rv));
+  if (!e.member.empty()) {
+    Key(out, "member", first);
+    AppendJsonString(out, e.member);
+  }
+  if (e.count >= 0) {
+    Key(out, "count", first);
+    fmt::format_to(std::back_inserter(out), "{}", e.count);
+  }
+  if (e.extra.is_object()) {
+    for (auto it = e.extra.begin(); it != e.extra.end(); ++it) {
+      if (!first) out += ',';
+      first = false;
+      AppendJsonString(out, it.key());
+      out += ':';
+      out += it.value().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+  }
+  out += "}}";
+  return out;
+}
+
 nlohmann::json ToJson(const Event& e, const Caller& caller, std::string correlation_id) {
-  nlohmann::json props = nlohmann::json::object();
-  if (!e.resource.empty()) props[e.pool ? "pool" : "vault"] = e.resource;
-  if (e.kind != nullptr) props["kind"] = e.kind;
-  if (!e.name.empty()) props["name"] = e.name;
-  if (!e.id.empty()) props["id"] = Hex(e.id);
-  if (e.mechanism != CK_UNAVAILABLE_INFORMATION) props["mechanism"] = MechanismName(e.mechanism);
-  props["rv"] = p11::RvName(e.rv);
-  if (!e.member.empty()) props["member"] = e.member;
-  if (e.count >= 0) props["count"] = e.count;
-  if (e.extra.is_object())
-    for (auto it = e.extra.begin(); it != e.extra.end(); ++it) props[it.key()] = it.value();
-  nlohmann::json j;
-  j["time"] = Rfc3339Micros(e.time);
-  j["correlationId"] = std::move(correlation_id);
-  j["operationName"] = e.operation ? e.operation : "Unknown";
-  j["operationVersion"] = kOperationVersion;
-  j["category"] = "AuditEvent";
-  const char* sig = ResultSignature(e.rv, e.denied, e.unauthenticated);
-  j["resultType"] = e.rv == CKR_OK && !e.denied ? "Success" : "Failure";
-  j["resultSignature"] = sig;
-  j["resultDescription"] = e.description;
-  j["durationMs"] = static_cast<double>(e.duration_us) / 1000.0;
-  j["identity"] = {{"principal", e.principal}, {"authMethod", e.auth_method}};
-  j["caller"] = {{"pid", caller.pid}, {"uid", caller.uid}, {"executable", caller.executable}};
-  j["properties"] = std::move(props);
-  return j;
+  return nlohmann::json::parse(FormatEvent(e, CallerJson(caller), correlation_id));
 }
 
 }  // namespace vaultp11::audit

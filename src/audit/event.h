@@ -59,7 +59,14 @@ const char* ResultSignature(CK_RV rv, bool denied, bool unauthenticated = false)
 // "CKM_ECDSA", ... or "0x..." for mechanisms without a name here.
 std::string MechanismName(CK_MECHANISM_TYPE m);
 
-// The JSON object of an event (without seq/prevHash, which the file sink adds).
+// The event as one compact JSON object (without seq/prevHash, which the file sink adds),
+// formatted directly (no JSON tree: this runs once per event on the writer thread). Strings are
+// escaped; invalid UTF-8 becomes U+FFFD. `caller_json` is CallerJson(caller), made once.
+std::string FormatEvent(const Event& e, std::string_view caller_json, std::string_view correlation_id);
+std::string CallerJson(const Caller& caller);
+// The same as a JSON tree (tests).
 nlohmann::json ToJson(const Event& e, const Caller& caller, std::string correlation_id);
+// Appends `s` as a JSON string literal.
+void AppendJsonString(std::string& out, std::string_view s);
 
 }  // namespace vaultp11::audit

@@ -474,7 +474,7 @@ Result<bool> FileSink::NeedsRotation(uint64_t size, uint64_t batch_bytes, Clock:
   return *day < today;
 }
 
-Status FileSink::Rotate(std::span<const nlohmann::json> events, const Tail& tail, Clock::time_point now) {
+Status FileSink::Rotate(std::span<const Record> events, const Tail& tail, Clock::time_point now) {
   const std::string& path = opts_.path;
   auto rotated = RotatedFiles(path);
   if (!rotated.ok()) return Err(CKR_FUNCTION_FAILED, "audit file {}: cannot rotate: {}", path, rotated.error().message);
@@ -586,10 +586,10 @@ Status FileSink::WriteHead(uint64_t seq, const std::string& hash, Clock::time_po
   return OkStatus();
 }
 
-Status FileSink::Write(std::span<const nlohmann::json> events) {
+Status FileSink::Write(std::span<const Record> events) {
   if (events.empty()) return OkStatus();
-  for (const nlohmann::json& e : events)
-    if (!e.is_object()) return Err(CKR_GENERAL_ERROR, "audit file {}: an event is not a JSON object", opts_.path);
+  for (const Record& e : events)
+    if (e.json.size() < 2 || e.json.front() != '{' || e.json.back() != '}') return Err(CKR_GENERAL_ERROR, "audit file {}: an event is not a JSON object", opts_.path);
   VAULTP11_RETURN_IF_ERROR(LockCurrent());
   // Unlocks whichever file is current when Write returns (rotation switches it).
   struct Unlock {

@@ -92,14 +92,15 @@ class FileSink : public Sink {
   Status Open() override;
   // Appends the batch (adding "seq" and "prevHash"), rotating first when needed, then rewrites
   // the head. Needs no Open before it. An error names the file and never contains event data.
-  Status Write(std::span<const nlohmann::json> events) override;
+  using Sink::Write;
+  Status Write(std::span<const Record> events) override;
   void Close(int timeout_ms) override;
 
  private:
   struct Tail;
   Status LockCurrent();
   Result<Tail> ReadTail();
-  Status Rotate(std::span<const nlohmann::json> events, const Tail& tail, std::chrono::system_clock::time_point now);
+  Status Rotate(std::span<const Record> events, const Tail& tail, std::chrono::system_clock::time_point now);
   Result<bool> NeedsRotation(uint64_t size, uint64_t batch_bytes, std::chrono::system_clock::time_point now);
   Status WriteHead(uint64_t seq, const std::string& hash, std::chrono::system_clock::time_point now);
   void CheckHead(uint64_t seq, const std::string& hash) const;

@@ -78,13 +78,8 @@ std::optional<int> SyslogFacility(std::string_view name) {
   return std::nullopt;
 }
 
-int SyslogSeverity(const Json& event) {
-  auto str = [&](const char* key) {
-    auto it = event.find(key);
-    return it != event.end() && it->is_string() ? it->get<std::string>() : std::string();
-  };
-  if (str("resultType") == "Success") return 6;
-  const std::string sig = str("resultSignature");
+int SyslogSeverity(std::string_view sig) {
+  if (sig == "OK") return 6;
   if (sig == "BadRequest" || sig == "NotFound" || sig == "Conflict" || sig == "Cancelled") return 5;
   if (sig == "Unauthorized" || sig == "Forbidden") return 4;
   return 3;
@@ -128,16 +123,16 @@ Status SyslogSink::Open() {
 
 void SyslogSink::Close(int /*timeout_ms*/) { CloseFd(); }
 
-std::string SyslogSink::Format(const Json& event) const {
+std::string SyslogSink::Format(const Record& event) const {
   static constexpr std::array<const char*, 12> kMonths = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  const int pri = facility_.value_or(1) * 8 + SyslogSeverity(event);
+  const int pri = facility_.value_or(1) * 8 + SyslogSeverity(event.result_signature);
   const time_t t = time(nullptr);
   struct tm lt {};
   localtime_r(&t, &lt);
   // Month names by hand: strftime's %b follows the host application's locale.
   return fmt::format("<{}>{} {:2d} {:02d}:{:02d}:{:02d} {}[{}]: {}", pri, kMonths[static_cast<size_t>(lt.tm_mon) % 12],
-                     lt.tm_mday, lt.tm_hour, lt.tm_min, lt.tm_sec, ident_, getpid(), Dump(event));
+                     lt.tm_mday, lt.tm_hour, lt.tm_min, lt.tm_sec, ident_, getpid(), event.json);
 }
 
 SyslogSink::SendResult SyslogSink::SendDatagram(const std::string& msg, std::chrono::steady_clock::time_point deadline) {
@@ -172,19 +167,21 @@ SyslogSink::SendResult SyslogSink::SendDatagram(const std::string& msg, std::chr
   }
 }
 
-SyslogSink::SendResult SyslogSink::SendEvent(const Json& event, std::chrono::steady_clock::time_point deadline) {
-  const std::string whole = Format(event);
+SyslogSink::SendResult SyslogSink::SendEvent(const Record& record, std::chrono::steady_clock::time_point deadline) {
+  const std::string whole = Format(record);
   SendResult r = SendDatagram(whole, deadline);
   if (r.err != EMSGSIZE) return r;
 
   // Too large for one datagram: shrink the event step by step rather than lose it, and say so.
+  const Json event = Json::parse(record.json, nullptr, false);
+  if (!event.is_object()) return r;
   Json e = event;
   std::vector<std::string> removed;
   auto attempt = [&] {
     Json s = e;
     s["truncated"] = fmt::format("{}: the event of {} bytes is larger than the syslog socket takes",
                                  fmt::join(removed, ", "), whole.size());
-    return SendDatagram(Format(s), deadline);
+    return SendDatagram(Format(Record{Dump(s), record.result_signature}), deadline);
   };
   if (e.erase("properties") > 0) {
     removed.push_back("properties removed");
@@ -217,7 +214,7 @@ SyslogSink::SendResult SyslogSink::SendEvent(const Json& event, std::chrono::ste
   return attempt();
 }
 
-Status SyslogSink::Write(std::span<const nlohmann::json> events) {
+Status SyslogSink::Write(std::span<const Record> events) {
   if (!facility_) return Err(CKR_FUNCTION_FAILED, "syslog socket {}: unknown facility \"{}\"", opts_.socket, opts_.facility);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max(0, opts_.send_timeout_ms));
   size_t too_large = 0;
@@ -413,10 +410,10 @@ void SocketSink::Append(std::string line) {
   queue_.push_back(std::move(line));
 }
 
-Status SocketSink::Write(std::span<const nlohmann::json> events) {
+Status SocketSink::Write(std::span<const Record> events) {
   const uint64_t dropped_before = dropped_;
   if (fd_ < 0 && opts_.now() >= next_attempt_) (void)Connect();
-  for (const Json& e : events) Append(Dump(e) + "\n");
+  for (const Record& e : events) Append(e.json + "\n");
   Flush();
   Publish();
   std::string drops;

@@ -41,7 +41,7 @@ std::optional<int> SyslogFacility(std::string_view name);
 //   Failure denied: Unauthorized, Forbidden          -> warning (4)
 //   Failure of the vault: DeviceError, InternalError, any other signature -> err (3)
 // so that `auth.warning` selects every denial and error, and `auth.info` the whole trail.
-int SyslogSeverity(const nlohmann::json& event);
+int SyslogSeverity(std::string_view result_signature);
 
 // Sends each event as one datagram in the format the C library's syslog(3) uses on /dev/log,
 // which both journald and rsyslog's imuxsock parse:
@@ -67,11 +67,12 @@ class SyslogSink : public Sink {
   Status Open() override;
   // Sends the batch in order. Stops at the first event that cannot be sent (no daemon, its
   // queue still full after send_timeout_ms) and says how many events were not sent.
-  Status Write(std::span<const nlohmann::json> events) override;
+  using Sink::Write;
+  Status Write(std::span<const Record> events) override;
   void Close(int timeout_ms) override;
 
   // One event's datagram (before any shrinking).
-  std::string Format(const nlohmann::json& event) const;
+  std::string Format(const Record& event) const;
 
  private:
   struct SendResult {
@@ -79,7 +80,7 @@ class SyslogSink : public Sink {
     const char* what = "";   // "cannot connect" | "cannot send"
   };
   SendResult Connect();
-  SendResult SendEvent(const nlohmann::json& event, std::chrono::steady_clock::time_point deadline);
+  SendResult SendEvent(const Record& event, std::chrono::steady_clock::time_point deadline);
   SendResult SendDatagram(const std::string& msg, std::chrono::steady_clock::time_point deadline);
   void CloseFd();
 
@@ -126,7 +127,8 @@ class SocketSink : public Sink {
   Status Open() override;
   // An error when the collector is unreachable (the batch is buffered) or when events had to be
   // dropped; OK when the batch is sent or waiting for a slow but connected collector.
-  Status Write(std::span<const nlohmann::json> events) override;
+  using Sink::Write;
+  Status Write(std::span<const Record> events) override;
   // Sends what is buffered, waiting at most timeout_ms (one more connection attempt if needed,
   // whatever the backoff), then closes the connection. What is left is logged as lost.
   void Close(int timeout_ms) override;

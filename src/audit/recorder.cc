@@ -14,7 +14,8 @@ Recorder::Recorder(RecorderOptions opts, std::vector<std::unique_ptr<Sink>> sink
       sinks_(std::move(sinks)),
       sink_failing_(failing.size() == sinks_.size() ? std::move(failing) : std::vector<bool>(sinks_.size(), false)),
       caller_(std::move(caller)),
-      threaded_(opts_.threaded && !sinks_.empty()) {
+      threaded_(opts_.threaded && !sinks_.empty()),
+      caller_json_(CallerJson(caller_)) {
   unsigned char r[8];
   if (RAND_bytes(r, sizeof(r)) != 1) std::memset(r, 0, sizeof(r));
   correlation_prefix_ = fmt::format("{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-", r[0], r[1], r[2], r[3], r[4],
@@ -122,18 +123,21 @@ void Recorder::Run() {
 }
 
 void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
-  std::vector<nlohmann::json> out;
+  std::vector<Record> out;
   out.reserve(batch.size() + 1);
   auto correlation = [&] { return correlation_prefix_ + fmt::format("{:016x}", ++next_correlation_); };
+  auto record = [&](const Event& e) {
+    return Record{FormatEvent(e, caller_json_, correlation()), ResultSignature(e.rv, e.denied, e.unauthenticated)};
+  };
   if (dropped > 0) {
     Event d = Start("AuditEventsDropped");
     d.Finish(CKR_FUNCTION_FAILED, fmt::format("{} events were dropped: the audit queue was full", dropped));
     d.extra = {{"dropped", dropped}};
-    out.push_back(ToJson(d, caller_, correlation()));
+    out.push_back(record(d));
   }
-  for (const Event& e : batch) out.push_back(ToJson(e, caller_, correlation()));
+  for (const Event& e : batch) out.push_back(record(e));
   uint64_t errors = 0;
-  std::vector<nlohmann::json> reports;  // sinks that started failing or came back
+  std::vector<Record> reports;  // sinks that started failing or came back
   std::vector<bool> failed_now(sinks_.size(), false);
   for (size_t i = 0; i < sinks_.size(); ++i) {
     Status st = sinks_[i]->Write(out);
@@ -147,7 +151,7 @@ void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
         Event f = Start("AuditSinkFailed");
         f.Finish(CKR_DEVICE_ERROR, st.error().message);
         f.extra = {{"sink", sinks_[i]->Describe()}, {"batch", out.size()}};
-        reports.push_back(ToJson(f, caller_, correlation()));
+        reports.push_back(record(f));
       }
       sink_failing_[i] = true;
     } else if (sink_failing_[i]) {
@@ -155,7 +159,7 @@ void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
       Event r = Start("AuditSinkRecovered");
       r.Finish(CKR_OK);
       r.extra = {{"sink", sinks_[i]->Describe()}};
-      reports.push_back(ToJson(r, caller_, correlation()));
+      reports.push_back(record(r));
       sink_failing_[i] = false;
     }
   }

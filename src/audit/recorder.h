@@ -34,7 +34,7 @@ struct RecorderOptions {
   Overflow overflow = Overflow::kBlock;
   bool threaded = true;
   std::chrono::milliseconds write_interval{50};
-  size_t batch_size = 256;  // a waiting batch this large wakes the writer early
+  size_t batch_size = 4096;  // a waiting batch this large wakes the writer early
 };
 
 struct RecorderStats {
@@ -80,6 +80,7 @@ class Recorder {
   std::vector<bool> sink_failing_;  // per sink: the last write failed (reported once per streak)
   const Caller caller_;
   const bool threaded_;
+  const std::string caller_json_;  // caller_ as JSON, made once
   std::string correlation_prefix_;  // random per recorder
   uint64_t next_correlation_ = 0;
 

@@ -1,6 +1,7 @@
 // C_Initialize / C_Finalize, slots, tokens, mechanisms, sessions and login (spec 5.4-5.6).
 #include "core/provider.h"
 
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -244,9 +245,9 @@ std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config:
 }
 
 Result<Provider*> GetProvider() {
+  // A forked child finds no provider (the fork handler clears it): no getpid() per call.
   Provider* p = g_provider.load(std::memory_order_acquire);
-  if (p == nullptr || g_pid.load(std::memory_order_relaxed) != getpid())
-    return Err(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Initialize has not been called in this process");
+  if (p == nullptr) return Err(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Initialize has not been called in this process");
   return p;
 }
 
@@ -490,6 +491,10 @@ Status Initialize(CK_VOID_PTR init_args) {
     return Error{CKR_FUNCTION_FAILED, p.error().message, 0};
   }
   g_pid.store(getpid());
+  // In a forked child the parent's provider is abandoned, not destroyed (its locks, threads and
+  // database connection belong to the parent): the child starts uninitialised.
+  static std::once_flag atfork;
+  std::call_once(atfork, [] { pthread_atfork(nullptr, nullptr, [] { g_provider.store(nullptr); }); });
   g_provider.store(p.value().release(), std::memory_order_release);
   return OkStatus();
 }

@@ -260,13 +260,18 @@ TEST(SyslogRule, FacilityCodes) {
 }
 
 TEST(SyslogRule, SeverityFollowsTheResult) {
-  EXPECT_EQ(SyslogSeverity(Event(1)), 6);
-  for (const char* sig : {"BadRequest", "NotFound", "Conflict", "Cancelled"})
-    EXPECT_EQ(SyslogSeverity(Event(1, "Failure", sig)), 5) << sig;
-  for (const char* sig : {"Unauthorized", "Forbidden"}) EXPECT_EQ(SyslogSeverity(Event(1, "Failure", sig)), 4) << sig;
-  for (const char* sig : {"DeviceError", "InternalError", "BufferFull", ""})
-    EXPECT_EQ(SyslogSeverity(Event(1, "Failure", sig)), 3) << sig;
-  EXPECT_EQ(SyslogSeverity(Json::object()), 3);
+  auto severity = [](const Json& e) { return SyslogSeverity(Record::From(e).result_signature); };
+  EXPECT_EQ(severity(Event(1)), 6);
+  for (const char* sig : {"BadRequest", "NotFound", "Conflict", "Cancelled"}) {
+    EXPECT_EQ(severity(Event(1, "Failure", sig)), 5) << sig;
+  }
+  for (const char* sig : {"Unauthorized", "Forbidden"}) {
+    EXPECT_EQ(severity(Event(1, "Failure", sig)), 4) << sig;
+  }
+  for (const char* sig : {"DeviceError", "InternalError", "BufferFull", ""}) {
+    EXPECT_EQ(severity(Event(1, "Failure", sig)), 3) << sig;
+  }
+  EXPECT_EQ(severity(Json::object()), 3);
 }
 
 TEST_F(SyslogSinkTest, SendsOneMessagePerEventWithPriorityIdentAndJson) {
@@ -505,7 +510,7 @@ TEST_F(SocketSinkTest, BuffersWhileTheCollectorIsAwayAndDeliversAfterTheBackoff)
   // It is back, but the next attempt is not due yet: no connection is tried.
   collector = std::make_unique<Listener>(path);
   now += std::chrono::milliseconds(999);
-  EXPECT_FALSE(sink.Write({}).ok());
+  EXPECT_FALSE(sink.Write(std::span<const Record>()).ok());
   EXPECT_FALSE(collector->Pending());
   now += std::chrono::milliseconds(1);
   ASSERT_OK(sink.Write(Events(4, 5)));
@@ -521,19 +526,19 @@ TEST_F(SocketSinkTest, BackoffDoublesFromOneSecondToThirty) {
   EXPECT_FALSE(sink.Open().ok());
   // Each failed attempt doubles the wait before the next one, up to 30 s.
   for (int wait : {1, 2, 4, 8, 16, 30, 30}) {
-    Status st = sink.Write({});
+    Status st = sink.Write(std::span<const Record>());
     ASSERT_FALSE(st.ok());
     EXPECT_THAT(st.error().message, HasSubstr(fmt::format("next attempt in {} s", wait)));
     now += seconds(wait);
   }
   // A failed attempt here; the next one is due in 30 s, not before.
-  EXPECT_THAT(sink.Write({}).error().message, HasSubstr("next attempt in 30 s"));
+  EXPECT_THAT(sink.Write(std::span<const Record>()).error().message, HasSubstr("next attempt in 30 s"));
   Listener collector(path);
   now += seconds(29);
-  EXPECT_FALSE(sink.Write({}).ok());
+  EXPECT_FALSE(sink.Write(std::span<const Record>()).ok());
   EXPECT_FALSE(collector.Pending());
   now += seconds(1);
-  EXPECT_OK(sink.Write({}));
+  EXPECT_OK(sink.Write(std::span<const Record>()));
   EXPECT_TRUE(collector.Pending());
 }
 
@@ -553,7 +558,7 @@ TEST_F(SocketSinkTest, AFullBufferDropsTheOldestAndSaysSoFirstAfterReconnecting)
 
   Listener collector(path);
   now += seconds(60);
-  ASSERT_OK(sink.Write({}));
+  ASSERT_OK(sink.Write(std::span<const Record>()));
   Fd conn = collector.Accept();
   auto lines = ReadLines(conn.get(), 4);
   ASSERT_EQ(lines.size(), 4u);
@@ -619,7 +624,7 @@ TEST_F(SocketSinkTest, ALineCutByABrokenConnectionIsSentWholeOnTheNextOne) {
 
   // The next connection gets whole lines only, starting at the cut one.
   now += seconds(1);
-  ASSERT_OK(sink.Write({}));
+  ASSERT_OK(sink.Write(std::span<const Record>()));
   conn = collector.Accept();
   std::thread closer([&] { sink.Close(20000); });
   const std::string all = ReadToEof(conn.get());

@@ -20,13 +20,13 @@ class CollectingSink : public Sink {
  public:
   std::string Describe() const override { return "collect " + name; }
   Status Open() override { return OkStatus(); }
-  Status Write(std::span<const nlohmann::json> events) override {
+  Status Write(std::span<const Record> events) override {
     std::unique_lock<std::mutex> l(mu);
     ++writes;
     entered.notify_all();
     cv.wait(l, [&] { return !held; });
     if (failing) return Err(CKR_DEVICE_ERROR, "disk full");
-    for (const auto& e : events) got.push_back(e);
+    for (const auto& e : events) got.push_back(nlohmann::json::parse(e.json));
     cv.notify_all();
     return OkStatus();
   }
@@ -235,6 +235,24 @@ TEST(EventTest, JsonFormAndResultSignatures) {
   EXPECT_STREQ(ResultSignature(CKR_FUNCTION_FAILED, false), "InternalError");
   EXPECT_STREQ(ResultSignature(CKR_FUNCTION_CANCELED, false), "Cancelled");
   EXPECT_EQ(MechanismName(0x80001234), "0x80001234");
+}
+
+// Labels and messages are caller-controlled: quotes, control characters and bytes that are no
+// UTF-8 must still give one valid JSON line.
+TEST(EventTest, StringsAreEscapedAndInvalidUtf8Replaced) {
+  std::string out;
+  AppendJsonString(out, std::string("a\"b\\c\nd\x01\x7f\xff\xc3\xa9\xe2\x82\xac\xed\xa0\x80", 18));
+  EXPECT_EQ(out, "\"a\\\"b\\\\c\\nd\\u0001\\u007f\xEF\xBF\xBD\xc3\xa9\xe2\x82\xac\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\"");
+  Event e = Start("KeyGet");
+  e.name = std::string("evil\"}\n{\"x\":\xc0", 13);
+  e.extra = {{"note", "line\nbreak"}};
+  e.Finish(CKR_OK);
+  const std::string line = FormatEvent(e, CallerJson(Caller{1, 2, "/bin/\"x\""}), "c");
+  EXPECT_EQ(line.find('\n'), std::string::npos);
+  auto j = nlohmann::json::parse(line);
+  EXPECT_EQ(j["properties"]["name"], "evil\"}\n{\"x\":\xEF\xBF\xBD");
+  EXPECT_EQ(j["properties"]["note"], "line\nbreak");
+  EXPECT_EQ(j["caller"]["executable"], "/bin/\"x\"");
 }
 
 }  // namespace

@@ -784,3 +784,65 @@ TEST(ConfigManagedIdentityTest, BindsToOneOsIdentity) {
 
 }  // namespace
 }  // namespace vaultp11::config
+
+namespace vaultp11::config {
+namespace {
+
+// audit: absent means one file sink beside the store; every setting parses; mistakes are named.
+TEST(ConfigAuditTest, DefaultsSettingsAndMistakes) {
+  auto plain = Load(kBase);
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  ASSERT_EQ(plain->audit.sinks.size(), 1u);
+  EXPECT_EQ(plain->audit.sinks[0].type, "file");
+  EXPECT_EQ(plain->audit.sinks[0].path, "/etc/vp/audit.log");
+  EXPECT_FALSE(plain->audit.required);
+  EXPECT_EQ(plain->audit.overflow, "block");
+
+  auto off = Load(std::string(kBase) + "audit: { sinks: [] }\n");
+  ASSERT_TRUE(off.ok()) << off.error().message;
+  EXPECT_TRUE(off->audit.sinks.empty());
+
+  auto full = Load(std::string(kBase) +
+                   "audit:\n"
+                   "  required: true\n"
+                   "  queue_size: 1024\n"
+                   "  overflow: drop\n"
+                   "  sinks:\n"
+                   "    - { type: file, path: logs/a.log, max_bytes: 0, daily: false, retention_days: 30 }\n"
+                   "    - { type: syslog, facility: local4, ident: vp }\n"
+                   "    - { type: socket, socket: /run/c.sock, buffer_bytes: 65536 }\n");
+  ASSERT_TRUE(full.ok()) << full.error().message;
+  const AuditConfig& a = full->audit;
+  EXPECT_TRUE(a.required);
+  EXPECT_EQ(a.queue_size, 1024u);
+  EXPECT_EQ(a.overflow, "drop");
+  ASSERT_EQ(a.sinks.size(), 3u);
+  EXPECT_EQ(a.sinks[0].path, "/etc/vp/logs/a.log");
+  EXPECT_EQ(a.sinks[0].max_bytes, 0u);
+  EXPECT_FALSE(a.sinks[0].daily);
+  EXPECT_EQ(a.sinks[0].retention_days, 30);
+  EXPECT_EQ(a.sinks[1].facility, "local4");
+  EXPECT_EQ(a.sinks[1].ident, "vp");
+  EXPECT_EQ(a.sinks[1].socket, "/dev/log");
+  EXPECT_EQ(a.sinks[2].socket, "/run/c.sock");
+  EXPECT_EQ(a.sinks[2].buffer_bytes, 65536u);
+
+  auto error = [](const std::string& audit) { return ErrorOf(std::string(kBase) + "audit:\n" + audit); };
+  EXPECT_THAT(error("  sinks: [ { type: tape } ]\n"), HasSubstr("audit.sinks[0].type: must be file, syslog or socket"));
+  EXPECT_THAT(error("  sinks: [ { type: file } ]\n"), HasSubstr("audit.sinks[0].path: is required for a file sink"));
+  EXPECT_THAT(error("  sinks: [ { type: socket } ]\n"), HasSubstr("audit.sinks[0].socket: is required"));
+  EXPECT_THAT(error("  sinks: [ { path: x } ]\n"), HasSubstr("audit.sinks[0].type: is required"));
+  EXPECT_THAT(error("  sinks: [ { type: syslog, path: x } ]\n"), HasSubstr("is not a setting of a syslog sink"));
+  EXPECT_THAT(error("  sinks: [ { type: syslog, facility: kern } ]\n"), HasSubstr("facility: must be one of"));
+  EXPECT_THAT(error("  sinks: [ { type: syslog, ident: \"a b\" } ]\n"), HasSubstr("ident: must be"));
+  EXPECT_THAT(error("  sinks: [ { type: file, path: a, max_bytes: 10 } ]\n"), HasSubstr("at least 4096"));
+  EXPECT_THAT(error("  sinks: [ { type: file, path: a, daily: sometimes } ]\n"), HasSubstr("must be true or false"));
+  EXPECT_THAT(error("  sinks: [ { type: file, path: a }, { type: file, path: a } ]\n"),
+              HasSubstr("is already a sink"));
+  EXPECT_THAT(error("  overflow: spill\n"), HasSubstr("audit.overflow: must be block or drop"));
+  EXPECT_THAT(error("  queue_size: 1\n"), HasSubstr("audit.queue_size: must be a whole number from 16"));
+  EXPECT_THAT(error("  colour: red\n"), HasSubstr("audit.colour: unknown key"));
+}
+
+}  // namespace
+}  // namespace vaultp11::config
