@@ -1,6 +1,7 @@
 // The audit log as a consumer produces it: every operation class gives exactly its event
 // (success and denials), nothing secret reaches a sink, failing sinks do not break crypto, and
 // events written by forked children and at exit are kept (issue: audit log).
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -345,6 +346,50 @@ TEST_F(AuditTest, SeveralSinksAndAFailingOneDoesNotBreakCrypto) {
     saw_sign = m.find("\"KeySign\"") != std::string::npos;
   }
   EXPECT_TRUE(saw_sign);
+}
+
+// A collector that goes away in the middle of a run: crypto goes on, the other sinks are told
+// once, and what reached the collector before holds no credential.
+TEST_F(AuditTest, ACollectorThatGoesAwayBreaksNoCryptoAndIsReported) {
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  const std::string sock_path = dir.file("collector.sock");
+  int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, sock_path.c_str(), sizeof(a.sun_path) - 1);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(listen(listener, 4), 0);
+  config_path = WriteConfig("", "audit:\n  sinks:\n    - { type: socket, socket: " + sock_path +
+                                    " }\n    - { type: file, path: " + audit_path + " }\n");
+  ASSERT_EQ(InitWith(config_path), CKR_OK);  // the sink connects here
+  int conn = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(conn, 0);
+  CK_SESSION_HANDLE s = LoggedInRw();
+  CK_OBJECT_HANDLE pub = 0, priv = 0;
+  GenEc(s, kP256, "collected", &pub, &priv);
+  CK_MECHANISM ecdsa{CKM_ECDSA_SHA256, nullptr, 0};
+  Sign(s, ecdsa, priv, Bytes("one"));
+  // The writer sends within its interval: read until the signature's event arrived.
+  std::string received;
+  while (received.find("\"KeySign\"") == std::string::npos) {
+    pollfd p{conn, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 10000), 1) << "no event reached the collector";
+    char buf[4096];
+    ssize_t n = read(conn, buf, sizeof(buf));
+    ASSERT_GT(n, 0);
+    received.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_THAT(received, HasSubstr("\"Authentication\""));
+  EXPECT_THAT(received, Not(HasSubstr("correct horse")));
+  close(conn);
+  close(listener);
+  unlink(sock_path.c_str());
+  EXPECT_EQ(Sign(s, ecdsa, priv, Bytes("two")).size(), 64u);
+  EXPECT_EQ(Sign(s, ecdsa, priv, Bytes("three")).size(), 64u);
+  auto summary = Summary(Finish());
+  EXPECT_EQ(std::count(summary.begin(), summary.end(), "KeySign OK"), 3);
+  EXPECT_EQ(std::count(summary.begin(), summary.end(), "AuditSinkFailed DeviceError"), 1);
 }
 
 // A sink that cannot be opened fails C_Initialize when audit.required is true; otherwise the
