@@ -1,6 +1,7 @@
 #include "audit/recorder.h"
 
 #include <openssl/rand.h>
+#include <pthread.h>
 
 #include <cstring>
 
@@ -94,6 +95,7 @@ RecorderStats Recorder::stats() const {
 }
 
 void Recorder::Run() {
+  pthread_setname_np(pthread_self(), "vaultp11-audit");  // shows in top -H, perf, gdb
   std::vector<Event> batch;
   std::unique_lock<std::mutex> l(mu_);
   for (;;) {

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "audit/file_sink.h"
+#include "cli/audit_trail.h"
 #include "cli/commands.h"
 #include "store/store.h"
 #include "util/strings.h"
@@ -303,7 +304,10 @@ Status AuditVerifyCommand(const std::vector<std::string>& files, const config::C
   return Problems(problems, io);
 }
 
-Status AuditPurgeCommand(const config::Config& cfg, const AuditPurgeOptions& opts, Io& io) {
+namespace {
+
+// `audit purge`; `deleted` gets every file deleted (also when a later sink fails).
+Status Purge(const config::Config& cfg, const AuditPurgeOptions& opts, Io& io, std::vector<std::string>& deleted_out) {
   std::optional<std::chrono::sys_days> before = audit::ParseDate(opts.before);
   if (!before) return Err(CKR_ARGUMENTS_BAD, "--before: {} is not a date YYYY-MM-DD", QuotePrintable(opts.before, 40));
   std::vector<const config::AuditSinkConfig*> sinks = FileSinks(cfg);
@@ -324,8 +328,23 @@ Status AuditPurgeCommand(const config::Config& cfg, const AuditPurgeOptions& opt
     VAULTP11_ASSIGN_OR_RETURN(std::vector<std::string> deleted, audit::PurgeBefore(s->path, *before));
     for (const std::string& d : deleted) io.out << fmt::format("deleted {}\n", d);
     if (deleted.empty()) io.out << fmt::format("{}: no rotated files before {}\n", s->path, opts.before);
+    deleted_out.insert(deleted_out.end(), deleted.begin(), deleted.end());
   }
   return OkStatus();
+}
+
+}  // namespace
+
+Status AuditPurgeCommand(const config::Config& cfg, const AuditPurgeOptions& opts, Io& io) {
+  // A change to the audit trail itself, audited like the others: the event is written after the
+  // purge, so it lands in the current file (never purged) and the chain goes on from there.
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::vector<std::string> deleted;
+  Status st = Purge(cfg, opts, io, deleted);
+  nlohmann::json props = {{"before", opts.before}, {"deleted", deleted}};
+  if (!opts.sink.empty()) props["sink"] = AbsolutePath(opts.sink);
+  audit.Record("AuditPurge", st, std::move(props));
+  return st;
 }
 
 Status AuditTailCommand(const config::Config* cfg, const AuditTailOptions& opts, Io& io,

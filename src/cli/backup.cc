@@ -17,6 +17,7 @@
 
 #include "backend/p11/inner_ops.h"
 #include "backend/pool/pool.h"
+#include "cli/audit_trail.h"
 #include "cli/commands.h"
 #include "core/provider.h"
 #include "model/attributes.h"
@@ -234,10 +235,8 @@ Result<std::string> ReadBackupFile(const std::string& path) {
   return text;
 }
 
-}  // namespace
-
-Status BackupCommand(const config::Config& cfg, const std::string& where, const std::string& key,
-                     const std::string& file, Io& io) {
+Status Backup(const config::Config& cfg, const std::string& where, const std::string& key, const std::string& file,
+              Io& io) {
   VAULTP11_ASSIGN_OR_RETURN(Place place, Resolve(cfg, where));
   const Place* pc = &place;
   // 1. The key's records in the store: one secret key, or a private key and its public key.
@@ -318,7 +317,9 @@ Status BackupCommand(const config::Config& cfg, const std::string& where, const 
   return OkStatus();
 }
 
-Status RestoreCommand(const config::Config& cfg, const std::string& where, const std::string& file, Io& io) {
+// `name_out`: the key's name, once the file is known to be authentic.
+Status Restore(const config::Config& cfg, const std::string& where, const std::string& file, Io& io,
+               std::string& name_out) {
   VAULTP11_ASSIGN_OR_RETURN(Place place, Resolve(cfg, where));
   const Place* pc = &place;
   // 1. Parse and check the shape; nothing is trusted until the MAC is.
@@ -361,6 +362,7 @@ Status RestoreCommand(const config::Config& cfg, const std::string& where, const
                file);
   // 4. Authentic: read the content.
   const std::string name = Text(Field(doc, "name"));
+  name_out = name;
   const Json& versions = Field(doc, "versions");
   if (!versions.is_array() || versions.size() != 1) return Err(CKR_DATA_INVALID, "{}: expected one key version", file);
   VAULTP11_ASSIGN_OR_RETURN(pool::WrappedKey wk, WrappedKeyFromJson(Field(versions[0], "key")));
@@ -423,6 +425,31 @@ Status RestoreCommand(const config::Config& cfg, const std::string& where, const
   io.out << fmt::format("{}: key {} restored from {} onto {} HSM{}\n", pc->name, QuotePrintable(name), file,
                         copies, copies == 1 ? "" : "s");
   return OkStatus();
+}
+
+// The pool or vault `where` names, as the config spells it (else as given).
+std::string PlaceName(const config::Config& cfg, const std::string& where) {
+  if (const config::ManagedHsmPoolConfig* pc = cfg.FindPool(where)) return pc->name;
+  if (const config::VaultConfig* vc = cfg.FindVault(where)) return vc->name;
+  return where;
+}
+
+}  // namespace
+
+Status BackupCommand(const config::Config& cfg, const std::string& where, const std::string& key,
+                     const std::string& file, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  Status st = Backup(cfg, where, key, file, io);
+  audit.Record("KeyBackup", st, {{"file", AbsolutePath(file)}}, key, PlaceName(cfg, where));
+  return st;
+}
+
+Status RestoreCommand(const config::Config& cfg, const std::string& where, const std::string& file, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string name;
+  Status st = Restore(cfg, where, file, io, name);
+  audit.Record("KeyRestore", st, {{"file", AbsolutePath(file)}}, name, PlaceName(cfg, where));
+  return st;
 }
 
 }  // namespace vaultp11::cli

@@ -21,6 +21,7 @@
 #include "backend/p11/inner_module.h"
 #include "backend/p11/inner_token.h"
 #include "audit/file_sink.h"
+#include "cli/audit_trail.h"
 #include "backend/pool/pool.h"
 #include "util/pin_file.h"
 #include "util/strings.h"
@@ -176,9 +177,14 @@ struct PoolMember {
   SecureString so_pin;
 };
 
-}  // namespace
+// What `pool init` did: whether it installed a domain (false: every member held it already),
+// and the domain's check value.
+struct PoolInitDone {
+  bool changed = false;
+  std::string check_value;
+};
 
-Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>& pools, Io& io) {
+Status PoolInit(const config::Config& cfg, const std::vector<std::string>& pools, Io& io, PoolInitDone& done_out) {
   // Members of every named pool, each once.
   std::vector<std::string> hsms;
   std::string name;  // for messages: "a" or "a, b"
@@ -222,6 +228,7 @@ Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>
   if (without.empty()) {
     io.out << fmt::format("pool {}: security domain already on all {} members (check value {})\n", name,
                           members.size(), Hex(with.front()->domain.kcv));
+    done_out.check_value = Hex(with.front()->domain.kcv);
     return OkStatus();
   }
   if (!with.empty()) {
@@ -286,27 +293,109 @@ Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>
                           m.hsm->token);
   io.out << fmt::format("pool {}: security domain ready on {} members (check value {})\n", name, members.size(),
                         Hex(expect));
+  done_out.changed = true;
+  done_out.check_value = Hex(expect);
   return OkStatus();
 }
 
+}  // namespace
+
+Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>& pools, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  PoolInitDone done;
+  Status st = PoolInit(cfg, pools, io, done);
+  if (st.ok() && !done.changed) return st;  // every member held the domain already: nothing changed
+  // One "SecurityDomainInit" per pool or vault named, with its members.
+  std::vector<std::string> names;
+  for (const std::string& pn : pools) {
+    const config::ManagedHsmPoolConfig* pc = cfg.FindPool(pn);
+    const config::VaultConfig* vc = pc == nullptr ? cfg.FindVault(pn) : nullptr;
+    std::string canonical = pc ? pc->name : vc ? vc->name : pn;
+    if (std::find(names.begin(), names.end(), canonical) == names.end()) names.push_back(std::move(canonical));
+  }
+  for (const std::string& n : names) {
+    nlohmann::json props = nlohmann::json::object();
+    if (const config::ManagedHsmPoolConfig* pc = cfg.FindPool(n)) {
+      props["hsms"] = pc->hsms;
+    } else if (const config::VaultConfig* vc = cfg.FindVault(n)) {
+      props["hsms"] = vc->hsms;
+    }
+    if (names.size() > 1) {
+      std::vector<std::string> others;
+      for (const std::string& o : names)
+        if (o != n) others.push_back(o);
+      props["sharedWith"] = others;
+    }
+    if (st.ok()) props["checkValue"] = done.check_value;
+    audit.Record("SecurityDomainInit", st, std::move(props), "", n);
+  }
+  return st;
+}
+
 Status InitCommand(const config::Config& cfg, std::ostream& out) {
-  bool db_existed = Exists(cfg.store.path);
-  bool key_existed = Exists(cfg.store.master_key_file);
-  VAULTP11_RETURN_IF_ERROR(EnsureParentDir(cfg.store.path, out));
-  VAULTP11_RETURN_IF_ERROR(EnsureParentDir(cfg.store.master_key_file, out));
-  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file,
-                                                        /*create_if_missing=*/true));
+  const bool db_existed = Exists(cfg.store.path);
+  const bool key_existed = Exists(cfg.store.master_key_file);
+  const bool creates_store = !db_existed || !key_existed;
+  // The audit sinks first: with audit.required, one that cannot be opened stops init before it
+  // changes anything. Their heads are signed with a key from the master key file, so without
+  // that file the sinks are only checked now and opened once the store has made it.
+  std::optional<OperatorAudit> audit;
+  if (key_existed) {
+    VAULTP11_ASSIGN_OR_RETURN(audit, OperatorAudit::Open(cfg));
+  } else {
+    VAULTP11_RETURN_IF_ERROR(OperatorAudit::CheckSinks(
+        cfg, {std::filesystem::path(cfg.store.path).parent_path().string(),
+              std::filesystem::path(cfg.store.master_key_file).parent_path().string()}));
+  }
+  const nlohmann::json store_props = {{"store", AbsolutePath(cfg.store.path)},
+                                      {"masterKeyFile", AbsolutePath(cfg.store.master_key_file)},
+                                      {"storeCreated", !db_existed},
+                                      {"masterKeyCreated", !key_existed}};
+  // A failure before the vaults: recorded as the store's ("StoreInit"), with the audit opened
+  // now if it was not yet (as far as it can be: its error then adds nothing to init's own).
+  auto store_failed = [&](Status st) -> Status {
+    if (!audit) {
+      auto a = OperatorAudit::Open(cfg);
+      if (a.ok()) audit.emplace(std::move(a).value());
+    }
+    if (audit) audit->Record("StoreInit", st, store_props);
+    return st;
+  };
+  if (Status s = EnsureParentDir(cfg.store.path, out); !s.ok()) return store_failed(s);
+  if (Status s = EnsureParentDir(cfg.store.master_key_file, out); !s.ok()) return store_failed(s);
+  auto opened = store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/true);
+  if (!opened.ok()) return store_failed(opened.status());
+  std::unique_ptr<store::Store> st = std::move(opened).value();
+  if (!audit) {
+    VAULTP11_ASSIGN_OR_RETURN(
+        audit, OperatorAudit::Open(cfg, fmt::format("the store {} was created, no vault yet (run `vaultp11 init` again "
+                                                    "once the audit sink works)",
+                                                    cfg.store.path)));
+  }
+  if (creates_store) audit->Record("StoreInit", OkStatus(), store_props);
   out << fmt::format("{} store {}\n", db_existed ? "using existing" : "created", cfg.store.path);
   out << fmt::format("{} master key file {}\n", key_existed ? "using existing" : "created",
                      cfg.store.master_key_file);
-  VAULTP11_ASSIGN_OR_RETURN(std::vector<std::string> before, st->Vaults());
+  auto listed = st->Vaults();
+  if (!listed.ok()) {
+    audit->Record("VaultCreate", listed.status());
+    return listed.status();
+  }
+  const std::vector<std::string> before = std::move(listed).value();
   std::set<std::string> existing(before.begin(), before.end());
+  // One "VaultCreate" per vault or pool created (none for those already there).
+  auto create = [&](const std::string& name, nlohmann::json props) -> Status {
+    const bool is_new = existing.count(name) == 0;
+    Status s = st->EnsureVault(name);
+    if (is_new || !s.ok()) audit->Record("VaultCreate", s, std::move(props), "", name);
+    return s;
+  };
   for (const config::VaultConfig& v : cfg.vaults) {
-    VAULTP11_RETURN_IF_ERROR(st->EnsureVault(v.name));
+    VAULTP11_RETURN_IF_ERROR(create(v.name, {{"sku", v.sku}}));
     out << fmt::format("{} vault {}\n", existing.count(v.name) ? "existing" : "created", v.name);
   }
   for (const config::ManagedHsmPoolConfig& p : cfg.managed_hsm_pools) {
-    VAULTP11_RETURN_IF_ERROR(st->EnsureVault(p.name));
+    VAULTP11_RETURN_IF_ERROR(create(p.name, {{"hsms", p.hsms}}));
     out << fmt::format("{} managed HSM pool {}\n", existing.count(p.name) ? "existing" : "created", p.name);
   }
   for (const std::string& name : before) {

@@ -43,7 +43,8 @@ Result<SecureString> ReadSecret(std::istream& in, bool one_line);
 Status HashSecretCommand(Io& io, int cost_log2n);
 
 // `init`: creates the store (database and master key file, both 0600) if missing and every
-// configured vault; prints one line per thing created or found.
+// configured vault; prints one line per thing created or found. Audited (cli/audit_trail.h):
+// "StoreInit" when it creates the store, "VaultCreate" per vault or pool it creates.
 Status InitCommand(const config::Config& cfg, std::ostream& out);
 
 struct ListOptions {
@@ -60,7 +61,8 @@ Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostr
 // prompt when io.interactive. Members are compared by the key's check value
 // (CKA_CHECK_VALUE), never by the value: all holding the same domain is success with nothing
 // to do; different domains, or some members with one and others without, are refused with
-// nothing changed. The value lives in memory only while it is installed.
+// nothing changed. The value lives in memory only while it is installed. Audited: one
+// "SecurityDomainInit" per name given (none when every member held the domain already).
 Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>& pools, Io& io);
 
 // `backup <pool|vault> <key> <file>`: writes the HSM key named <key> (CKA_LABEL) to a new file
@@ -73,7 +75,7 @@ Status BackupCommand(const config::Config& cfg, const std::string& where, const 
 // `restore <pool|vault> <file>`: puts a backed-up key into a pool, or a premium vault's HSM,
 // holding the same security domain.
 // Another domain, a modified file, a key of that name already in the pool: refused, nothing
-// changed.
+// changed. Both are audited ("KeyBackup", "KeyRestore").
 Status RestoreCommand(const config::Config& cfg, const std::string& where, const std::string& file, Io& io);
 
 struct AssertionOptions {
@@ -113,6 +115,7 @@ struct AuditPurgeOptions {
 // `audit purge --before DATE [--sink PATH]`: deletes the rotated files of the configured file
 // sinks (or of the one named) whose newest record is before DATE, judged by the time in their
 // names (audit/file_sink.h PurgeBefore); never a current file. Prints "deleted FILE" for each.
+// Audited as "AuditPurge" (the files deleted), written after the purge.
 Status AuditPurgeCommand(const config::Config& cfg, const AuditPurgeOptions& opts, Io& io);
 
 struct AuditTailOptions {

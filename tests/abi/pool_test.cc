@@ -4,6 +4,7 @@
 // under the security domain, the quorum, and what a pool refuses.
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -11,10 +12,12 @@
 #include <nlohmann/json.hpp>
 
 #include <cstring>
+#include <map>
 #include <set>
 #include <fstream>
 #include <sstream>
 
+#include "audit/chain.h"
 #include "fixture.h"
 #include "softhsm_fixture.h"
 #include "vaultp11/vaultp11.h"
@@ -339,6 +342,42 @@ TEST_F(PoolTest, PoolInitIsIdempotentAndRefusesMismatchedDomains) {
   EXPECT_NE(clash.output.find("different security domain"), std::string::npos) << clash.output;
   CliRun unknown = Cli({"pool", "init", "nope"}, cfg);
   EXPECT_EQ(unknown.status, 1) << unknown.output;
+
+  // The audit log beside the store: one "SecurityDomainInit" per change or refusal (none for
+  // a run that found the domain everywhere already), under the operator's OS identity.
+  const passwd* pw = getpwuid(getuid());
+  const std::string op = "os:" + (pw ? std::string(pw->pw_name) : std::to_string(getuid()));
+  std::map<std::string, std::vector<nlohmann::json>> inits;  // by pool (or vault) name
+  std::ifstream log(dir.file("audit.log"));
+  for (std::string line; std::getline(log, line);) {
+    auto e = nlohmann::json::parse(line);
+    if (e["operationName"] != "SecurityDomainInit") continue;
+    EXPECT_EQ(e["identity"]["principal"], op) << e.dump();
+    EXPECT_EQ(e["identity"]["authMethod"], "os-user");
+    EXPECT_EQ(e["caller"]["uid"], getuid());
+    inits[e["properties"].value("pool", e["properties"].value("vault", ""))].push_back(e);
+  }
+  // hsmpool: once at most (an earlier test may have installed its domain: the tokens outlive a test).
+  ASSERT_LE(inits["hsmpool"].size(), 1u);
+  for (const auto& e : inits["hsmpool"]) {
+    EXPECT_EQ(e["resultType"], "Success");
+    EXPECT_EQ(e["properties"]["hsms"], nlohmann::json::array({"pool-a", "pool-b", "pool-c"}));
+    EXPECT_EQ(e["properties"]["checkValue"].get<std::string>().size(), 6u);
+  }
+  ASSERT_EQ(inits["half"].size(), 1u);
+  EXPECT_EQ(inits["half"][0]["resultType"], "Failure");
+  EXPECT_NE(inits["half"][0]["resultDescription"].get<std::string>().find("nothing changed"), std::string::npos);
+  EXPECT_EQ(inits["half"][0]["properties"]["hsms"], nlohmann::json::array({"pool-a", "fresh-b"}));
+  ASSERT_LE(inits["other"].size(), 1u);
+  for (const auto& e : inits["other"]) EXPECT_EQ(e["resultType"], "Success");
+  ASSERT_EQ(inits["clash"].size(), 1u);
+  EXPECT_NE(inits["clash"][0]["resultDescription"].get<std::string>().find("different security domain"),
+            std::string::npos);
+  ASSERT_EQ(inits["nope"].size(), 1u);
+  EXPECT_EQ(inits["nope"][0]["resultType"], "Failure");
+  auto chain = audit::VerifyFile(dir.file("audit.log"));
+  ASSERT_TRUE(chain.ok());
+  EXPECT_TRUE(chain->intact) << chain->problem;
 }
 
 TEST_F(PoolTest, KeysAreGeneratedOnOneMemberAndCopiedToAll) {
@@ -738,6 +777,81 @@ TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
     for (CK_OBJECT_HANDLE p : orig) verified += Verify(vs, pss_less, p, data, vsig) == CKR_OK;
     EXPECT_EQ(verified, 1);  // by the vault's own public key
   }
+
+  // The audit log: the domain installed on the three together, then every backup and restore
+  // above, refused ones included, each under the operator's OS identity.
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  const passwd* pw = getpwuid(getuid());
+  const std::string op = "os:" + (pw ? std::string(pw->pw_name) : std::to_string(getuid()));
+  std::vector<nlohmann::json> inits, backups, restores;
+  {
+    std::ifstream log(dir.file("audit.log"));
+    for (std::string line; std::getline(log, line);) {
+      auto e = nlohmann::json::parse(line);
+      std::vector<nlohmann::json>* to = e["operationName"] == "SecurityDomainInit" ? &inits
+                                        : e["operationName"] == "KeyBackup"        ? &backups
+                                        : e["operationName"] == "KeyRestore"       ? &restores
+                                                                                   : nullptr;
+      if (to == nullptr) continue;
+      EXPECT_EQ(e["identity"]["principal"], op) << e.dump();
+      EXPECT_EQ(e["identity"]["authMethod"], "os-user");
+      EXPECT_EQ(e["caller"]["uid"], getuid());
+      to->push_back(e);
+    }
+  }
+  auto props = [](const nlohmann::json& e, const char* key) { return e["properties"].value(key, std::string("-")); };
+  // bk1, bk2 and archive together; then hsmpool, unless an earlier test installed its domain
+  // (the tokens outlive a test), which changes nothing and is not recorded.
+  ASSERT_GE(inits.size(), 3u);
+  ASSERT_LE(inits.size(), 4u);
+  EXPECT_EQ(props(inits[0], "pool"), "bk1");
+  EXPECT_EQ(inits[0]["properties"]["hsms"], nlohmann::json::array({"bk-a", "bk-b"}));
+  EXPECT_EQ(inits[0]["properties"]["sharedWith"], nlohmann::json::array({"bk2", "archive"}));
+  EXPECT_EQ(props(inits[1], "pool"), "bk2");
+  EXPECT_EQ(props(inits[2], "vault"), "archive");
+  EXPECT_EQ(inits[2]["properties"]["hsms"], nlohmann::json::array({"vk-a"}));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(inits[i]["resultType"], "Success");
+    EXPECT_EQ(props(inits[i], "checkValue"), props(inits[0], "checkValue"));
+  }
+  if (inits.size() == 4) {
+    EXPECT_EQ(props(inits[3], "pool"), "hsmpool");
+    EXPECT_NE(props(inits[3], "checkValue"), props(inits[0], "checkValue"));
+  }
+
+  ASSERT_EQ(backups.size(), 6u);
+  const char* const backup_results[] = {"Success", "Success", "Failure", "Success", "Failure", "Failure"};
+  for (size_t i = 0; i < backups.size(); ++i) EXPECT_EQ(backups[i]["resultType"], backup_results[i]) << i;
+  EXPECT_EQ(props(backups[0], "vault"), "archive");
+  EXPECT_EQ(props(backups[0], "name"), "vault-key");
+  EXPECT_EQ(props(backups[0], "file"), vfile);
+  EXPECT_EQ(props(backups[1], "pool"), "bk1");
+  EXPECT_EQ(props(backups[1], "name"), "traveller");
+  EXPECT_EQ(props(backups[1], "file"), file);
+  EXPECT_NE(backups[2]["resultDescription"].get<std::string>().find(file), std::string::npos);  // exists already
+  EXPECT_EQ(props(backups[4], "name"), "nothing");
+  EXPECT_EQ(props(backups[5], "vault"), "payments");
+  EXPECT_NE(backups[5]["resultDescription"].get<std::string>().find("has no HSM"), std::string::npos);
+
+  ASSERT_EQ(restores.size(), 7u);
+  const char* const restore_results[] = {"Success", "Failure", "Failure", "Failure", "Success", "Success", "Failure"};
+  for (size_t i = 0; i < restores.size(); ++i) EXPECT_EQ(restores[i]["resultType"], restore_results[i]) << i;
+  EXPECT_EQ(props(restores[0], "pool"), "bk2");
+  EXPECT_EQ(props(restores[0], "name"), "vault-key");
+  EXPECT_EQ(props(restores[1], "pool"), "hsmpool");
+  EXPECT_NE(restores[1]["resultDescription"].get<std::string>().find("another security domain"), std::string::npos);
+  EXPECT_EQ(props(restores[2], "file"), forged_file);
+  EXPECT_EQ(props(restores[2], "name"), "-");  // a modified file's name is never taken
+  EXPECT_NE(restores[2]["resultDescription"].get<std::string>().find("modified"), std::string::npos);
+  EXPECT_EQ(props(restores[4], "name"), "traveller");
+  EXPECT_EQ(props(restores[4], "file"), file);
+  EXPECT_EQ(props(restores[5], "name"), "traveller-aes");
+  EXPECT_EQ(props(restores[6], "name"), "traveller");
+  EXPECT_NE(restores[6]["resultDescription"].get<std::string>().find("already has a key named"), std::string::npos);
+  auto chain = audit::VerifyFile(dir.file("audit.log"));
+  ASSERT_TRUE(chain.ok());
+  EXPECT_TRUE(chain->intact) << chain->problem;
 }
 
 

@@ -1,6 +1,7 @@
 // Tests of the `vaultp11` admin tool: the command functions in-process, and the built binary
 // (path in $VAULTP11_CLI, set by tests/cli/meson.build) run as a child process in a temp dir.
 #include <fcntl.h>
+#include <pwd.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -515,6 +516,202 @@ TEST(CliBinaryTest, AuditVerifyChecksTheChainAcrossFiles) {
 }
 
 
+// ---- the CLI's own audit events ---------------------------------------------------------------
+
+// The records of the audit file `path` (one JSON object a line), all or those of `operation`.
+std::vector<nlohmann::json> RecordsOf(const std::string& path, const std::string& operation = "") {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    EXPECT_TRUE(j.is_object()) << path << ": " << line;
+    if (j.is_object() && (operation.empty() || j.value("operationName", "") == operation)) out.push_back(std::move(j));
+  }
+  return out;
+}
+
+// "os:<login name>" of the user running the tests (and so the CLI).
+std::string OperatorPrincipal() {
+  const passwd* pw = getpwuid(getuid());
+  return "os:" + (pw != nullptr ? std::string(pw->pw_name) : std::to_string(getuid()));
+}
+
+// An event the built CLI wrote for the operator.
+void ExpectOperatorEvent(const nlohmann::json& e, const std::string& operation, bool success) {
+  EXPECT_EQ(e.value("operationName", ""), operation) << e.dump();
+  EXPECT_EQ(e.value("category", ""), "AuditEvent");
+  EXPECT_EQ(e.value("resultType", ""), success ? "Success" : "Failure") << e.dump();
+  if (success) {
+    EXPECT_EQ(e.value("resultSignature", ""), "OK");
+    EXPECT_EQ(e.value("resultDescription", "-"), "");
+  } else {
+    EXPECT_NE(e.value("resultDescription", ""), "") << e.dump();
+  }
+  EXPECT_EQ(e["identity"]["principal"], OperatorPrincipal());
+  EXPECT_EQ(e["identity"]["authMethod"], "os-user");
+  EXPECT_EQ(e["caller"]["uid"], getuid());
+  EXPECT_NE(e["caller"]["pid"], getpid());  // the child process
+  EXPECT_THAT(e["caller"].value("executable", ""), EndsWith("/vaultp11"));
+}
+
+// The error line the CLI printed, without "vaultp11: " and the newline.
+std::string ErrorMessage(const Outcome& o) {
+  std::string m = o.err;
+  size_t at = m.rfind("vaultp11: ");
+  if (at != std::string::npos) m = m.substr(at + 10);
+  while (!m.empty() && m.back() == '\n') m.pop_back();
+  return m;
+}
+
+TEST(ManagementAuditTest, InitRecordsTheStoreAndEachVaultItCreates) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(o.err, IsEmpty());
+  const std::string log = dir.file("data/audit.log");  // the default sink, beside the store
+  std::vector<nlohmann::json> events = RecordsOf(log);
+  ASSERT_EQ(events.size(), 3u);
+  ExpectOperatorEvent(events[0], "StoreInit", true);
+  EXPECT_EQ(events[0]["properties"]["store"], dir.file("data/store.db"));
+  EXPECT_EQ(events[0]["properties"]["masterKeyFile"], dir.file("data/store.db.masterkey"));
+  EXPECT_EQ(events[0]["properties"]["storeCreated"], true);
+  EXPECT_EQ(events[0]["properties"]["masterKeyCreated"], true);
+  ExpectOperatorEvent(events[1], "VaultCreate", true);
+  EXPECT_EQ(events[1]["properties"]["vault"], "payments");
+  EXPECT_EQ(events[1]["properties"]["sku"], "premium");
+  ExpectOperatorEvent(events[2], "VaultCreate", true);
+  EXPECT_EQ(events[2]["properties"]["vault"], "dev");
+
+  // Nothing new: nothing recorded. A vault added to the config: one event.
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+  EXPECT_EQ(RecordsOf(log).size(), 3u);
+  WriteFile(dir.file("vp.yaml"), std::string(kConfig) + "  - name: new-one\n");
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+  events = RecordsOf(log);
+  ASSERT_EQ(events.size(), 4u);
+  ExpectOperatorEvent(events[3], "VaultCreate", true);
+  EXPECT_EQ(events[3]["properties"]["vault"], "new-one");
+
+  // Read-only commands write nothing.
+  RunCli(dir, {"--config", "vp.yaml", "list"});
+  RunCli(dir, {"--config", "vp.yaml", "list", "--json"});
+  RunCli(dir, {"--config", "vp.yaml", "whoami", "--vault", "dev"});
+  RunCli(dir, {"--config", "vp.yaml", "hash-secret", "--cost-log2n", "10"}, "pw");
+  RunCli(dir, {"--config", "vp.yaml", "audit", "tail"});
+  RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(RecordsOf(log).size(), 4u);
+
+  // One intact chain, its head signed with the store's key.
+  ASSERT_OK_AND_ASSIGN(audit::Verdict v, audit::VerifyFile(log));
+  EXPECT_TRUE(v.intact) << v.problem;
+  EXPECT_EQ(v.records, 4u);
+  Outcome verify = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(verify.exit_code, kExitOk) << verify.err;
+  EXPECT_THAT(verify.out, HasSubstr(log + ".head: head intact (record 4"));
+}
+
+constexpr const char* kRequiredUnopenable =
+    "store:\n"
+    "  path: data/store.db\n"
+    "audit:\n"
+    "  required: true\n"
+    "  sinks:\n"
+    "    - { type: file, path: nowhere/audit.log }\n"
+    "vaults:\n"
+    "  - name: dev\n";
+
+TEST(ManagementAuditTest, RequiredSinkThatCannotOpenStopsInitBeforeItChangesAnything) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kRequiredUnopenable);
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
+  EXPECT_EQ(o.exit_code, kExitFailed);
+  EXPECT_THAT(o.err, AllOf(StartsWith("vaultp11: audit sink file " + dir.file("nowhere/audit.log")),
+                           HasSubstr("; nothing changed\n")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("data")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("nowhere")));
+
+  // With the store there already: the vault is not created either.
+  WriteFile(dir.file("ok.yaml"), kConfig);
+  ASSERT_EQ(RunCli(dir, {"--config", "ok.yaml", "init"}).exit_code, 0);
+  WriteFile(dir.file("vp.yaml"), std::string(kRequiredUnopenable) + "  - name: later\n");
+  o = RunCli(dir, {"--config", "vp.yaml", "init"});
+  EXPECT_EQ(o.exit_code, kExitFailed);
+  EXPECT_THAT(o.err, HasSubstr("; nothing changed\n"));
+  {
+    ASSERT_OK_AND_ASSIGN(auto st, store::Store::Open(dir.file("data/store.db"), dir.file("data/store.db.masterkey"), false));
+    ASSERT_OK_AND_ASSIGN(std::vector<std::string> vaults, st->Vaults());
+    EXPECT_THAT(vaults, Not(::testing::Contains("later")));
+  }
+
+  // Not required: init goes on, the failing sink named on stderr.
+  WriteFile(dir.file("vp.yaml"), "store:\n  path: data/store.db\naudit:\n  sinks:\n"
+                                 "    - { type: file, path: nowhere/audit.log }\nvaults:\n  - name: later\n");
+  o = RunCli(dir, {"--config", "vp.yaml", "init"});
+  EXPECT_EQ(o.exit_code, kExitOk) << o.err;
+  EXPECT_THAT(o.err, HasSubstr(dir.file("nowhere/audit.log")));
+  EXPECT_THAT(o.out, HasSubstr("created vault later\n"));
+}
+
+TEST(ManagementAuditTest, RequiredSinkInTheDirectoryInitCreatesWorks) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"),
+            "store:\n  path: data/store.db\naudit:\n  required: true\n  sinks:\n"
+            "    - { type: file, path: data/ops.log }\nvaults:\n  - name: dev\n");
+  Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
+  ASSERT_EQ(o.exit_code, kExitOk) << o.err;
+  std::vector<nlohmann::json> events = RecordsOf(dir.file("data/ops.log"));
+  ASSERT_EQ(events.size(), 2u);
+  ExpectOperatorEvent(events[0], "StoreInit", true);
+  ExpectOperatorEvent(events[1], "VaultCreate", true);
+  Outcome verify = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(verify.exit_code, kExitOk) << verify.err;
+  EXPECT_THAT(verify.out, HasSubstr("head intact"));
+}
+
+// Refused changes are audited too, with the error the operator saw (these fail before any HSM
+// is needed; tests/abi/pool_test.cc covers pool init, backup and restore on SoftHSM).
+TEST(ManagementAuditTest, FailedChangesAreRecordedWithTheirError) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+  const std::string log = dir.file("data/audit.log");
+
+  Outcome pool = RunCli(dir, {"--config", "vp.yaml", "pool", "init", "nope"});
+  EXPECT_EQ(pool.exit_code, kExitFailed);
+  std::vector<nlohmann::json> events = RecordsOf(log, "SecurityDomainInit");
+  ASSERT_EQ(events.size(), 1u);
+  ExpectOperatorEvent(events[0], "SecurityDomainInit", false);
+  EXPECT_EQ(events[0]["resultSignature"], "BadRequest");
+  EXPECT_EQ(events[0]["resultDescription"], ErrorMessage(pool));
+  EXPECT_EQ(events[0]["properties"]["vault"], "nope");
+
+  Outcome backup = RunCli(dir, {"--config", "vp.yaml", "backup", "dev", "k1", "k1.backup"});
+  EXPECT_EQ(backup.exit_code, kExitFailed);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("k1.backup")));
+  events = RecordsOf(log, "KeyBackup");
+  ASSERT_EQ(events.size(), 1u);
+  ExpectOperatorEvent(events[0], "KeyBackup", false);
+  EXPECT_EQ(events[0]["resultDescription"], ErrorMessage(backup));
+  EXPECT_THAT(events[0]["resultDescription"].get<std::string>(), HasSubstr("has no HSM"));
+  EXPECT_EQ(events[0]["properties"]["vault"], "dev");
+  EXPECT_EQ(events[0]["properties"]["name"], "k1");
+  EXPECT_EQ(events[0]["properties"]["file"], dir.file("k1.backup"));
+
+  Outcome restore = RunCli(dir, {"--config", "vp.yaml", "restore", "nope", "k1.backup"});
+  EXPECT_EQ(restore.exit_code, kExitFailed);
+  events = RecordsOf(log, "KeyRestore");
+  ASSERT_EQ(events.size(), 1u);
+  ExpectOperatorEvent(events[0], "KeyRestore", false);
+  EXPECT_EQ(events[0]["resultDescription"], ErrorMessage(restore));
+  EXPECT_EQ(events[0]["properties"]["file"], dir.file("k1.backup"));
+  EXPECT_FALSE(events[0]["properties"].contains("name"));  // never read from an unchecked file
+
+  ASSERT_OK_AND_ASSIGN(audit::Verdict v, audit::VerifyFile(log));
+  EXPECT_TRUE(v.intact) << v.problem;
+  EXPECT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "verify"}).exit_code, kExitOk);
+}
+
 // ---- audit verify / purge / tail over file sinks ----------------------------------------------
 
 constexpr const char* kAuditConfig =
@@ -635,13 +832,28 @@ TEST_F(AuditCliTest, PurgeDeletesRotatedFilesBeforeTheDate) {
   // Rotated on Nov 3, 4 and 5 (the current file has Nov 5's record).
   Outcome o1 = RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-11-05"});
   EXPECT_EQ(o1.exit_code, kExitOk) << o1.err;
-  EXPECT_EQ(o1.out, "deleted " + dir.file("logs/audit-20261103T000000Z.log") + "\ndeleted " +
-                        dir.file("logs/audit-20261104T000000Z.log") + "\n");
+  const std::string nov3 = dir.file("logs/audit-20261103T000000Z.log"), nov4 = dir.file("logs/audit-20261104T000000Z.log");
+  EXPECT_EQ(o1.out, "deleted " + nov3 + "\ndeleted " + nov4 + "\n");
+  // The purge is audited after it, in the current file, under the operator.
+  std::vector<nlohmann::json> purges = RecordsOf(log, "AuditPurge");
+  ASSERT_EQ(purges.size(), 1u);
+  ExpectOperatorEvent(purges[0], "AuditPurge", true);
+  EXPECT_EQ(purges[0]["properties"]["deleted"], nlohmann::json::array({nov3, nov4}));
+  EXPECT_EQ(purges[0]["properties"]["before"], "2026-11-05");
   Outcome again = RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-11-05", "--sink", "logs/audit.log"});
   EXPECT_EQ(again.exit_code, kExitOk) << again.err;
   EXPECT_EQ(again.out, log + ": no rotated files before 2026-11-05\n");
+  purges = RecordsOf(log, "AuditPurge");
+  ASSERT_EQ(purges.size(), 2u);
+  EXPECT_EQ(purges[1]["properties"]["deleted"], nlohmann::json::array());
+  EXPECT_EQ(purges[1]["properties"]["sink"], log);
+  // Left: the Nov 5 file and the current one (and, when today is a later day than the current
+  // file's first record, the file the purge's own record rotated away).
   ASSERT_OK_AND_ASSIGN(std::vector<std::string> files, audit::ChainFiles(log));
-  EXPECT_EQ(files.size(), 2u);
+  EXPECT_THAT(files, ::testing::Contains(dir.file("logs/audit-20261105T000000Z.log")));
+  EXPECT_THAT(files, ::testing::Not(::testing::Contains(nov3)));
+  EXPECT_EQ(files.back(), log);
+  const size_t kept = files.size();
   EXPECT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "verify"}).exit_code, kExitOk);
 
   Outcome bad_date = RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-13-01"});
@@ -652,7 +864,14 @@ TEST_F(AuditCliTest, PurgeDeletesRotatedFilesBeforeTheDate) {
   EXPECT_EQ(bad_sink.exit_code, kExitFailed);
   EXPECT_THAT(bad_sink.err, HasSubstr("is not a file sink"));
   ASSERT_OK_AND_ASSIGN(files, audit::ChainFiles(log));
-  EXPECT_EQ(files.size(), 2u);
+  EXPECT_EQ(files.size(), kept);
+  // The refused purge is audited as a failure; usage errors never reached the command.
+  purges = RecordsOf(log, "AuditPurge");
+  ASSERT_EQ(purges.size(), 3u);
+  ExpectOperatorEvent(purges[2], "AuditPurge", false);
+  EXPECT_THAT(purges[2]["resultDescription"].get<std::string>(), HasSubstr("is not a file sink"));
+  EXPECT_EQ(purges[2]["properties"]["deleted"], nlohmann::json::array());
+  EXPECT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "verify"}).exit_code, kExitOk);
 }
 
 TEST_F(AuditCliTest, TailPrintsTheLastRecordsReadably) {
