@@ -270,7 +270,7 @@ TEST_F(HsmTest, SessionKeysAreNotKeptInTheHsm) {
 TEST_F(HsmTest, UnavailableHsmLeavesTheModuleWorkingAndSaysWhy) {
   ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
   initialized = false;
-  for (const std::string module : {dir.file("missing-module.so"), SoftHsmEnvironment::Instance()->module_path()}) {
+  for (const std::string& module : {dir.file("missing-module.so"), SoftHsmEnvironment::Instance()->module_path()}) {
     std::ofstream(dir.file("wrong.pin")) << "9999\n";
     ASSERT_EQ(InitWith(WriteHsmConfig(module, dir.file("wrong.pin"))), CKR_OK);
     CK_SLOT_INFO si;

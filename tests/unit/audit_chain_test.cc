@@ -16,6 +16,7 @@
 
 #include "matchers.h"
 #include "temp_dir.h"
+#include "text_lines.h"
 
 namespace vaultp11::audit {
 namespace {
@@ -23,17 +24,8 @@ namespace {
 using ::testing::HasSubstr;
 using Json = nlohmann::json;
 
-std::vector<std::string> Lines(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> out;
-  for (std::string l; std::getline(in, l);) out.push_back(l);
-  return out;
-}
-
-void Rewrite(const std::string& path, const std::vector<std::string>& lines) {
-  std::ofstream out(path, std::ios::trunc);
-  for (const auto& l : lines) out << l << "\n";
-}
+using vaultp11::testing::Lines;
+using vaultp11::testing::Rewrite;
 
 class ChainTest : public ::testing::Test {
  protected:

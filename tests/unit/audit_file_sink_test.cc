@@ -22,6 +22,7 @@
 #include "audit/chain.h"
 #include "matchers.h"
 #include "temp_dir.h"
+#include "text_lines.h"
 #include "util/log.h"
 
 namespace vaultp11::audit {
@@ -36,17 +37,8 @@ using Json = nlohmann::json;
 using Clock = std::chrono::system_clock;
 using namespace std::chrono_literals;
 
-std::vector<std::string> Lines(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> out;
-  for (std::string l; std::getline(in, l);) out.push_back(l);
-  return out;
-}
-
-void Rewrite(const std::string& path, const std::vector<std::string>& lines) {
-  std::ofstream out(path, std::ios::trunc);
-  for (const auto& l : lines) out << l << "\n";
-}
+using vaultp11::testing::Lines;
+using vaultp11::testing::Rewrite;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

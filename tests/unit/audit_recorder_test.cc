@@ -96,17 +96,28 @@ TEST(RecorderTest, EventsArriveInOrderAndFlushWaitsForThem) {
 
 // kDrop: with the writer stuck on a slow sink and the queue full, ordinary events are counted
 // and dropped, critical ones wait for room; the count is written as an event.
+// A recorder with a queue of 16 whose writer is stuck in its sink with one event, and a full
+// queue behind it ("Queued" x 16); `flusher` waits for the first event.
+struct StuckWriter : Fixture {
+  explicit StuckWriter(Overflow overflow) : Fixture(Options(overflow)) {
+    sinks[0]->Hold();
+    rec->Submit(Named("First"));
+    flusher = std::thread([this] { rec->Flush(); });  // wakes the writer, which blocks in the sink
+    sinks[0]->AwaitWrite(1);
+    for (int i = 0; i < 16; ++i) rec->Submit(Named("Queued"));
+  }
+  static RecorderOptions Options(Overflow overflow) {
+    RecorderOptions o;
+    o.queue_size = 16;
+    o.overflow = overflow;
+    o.write_interval = std::chrono::milliseconds(3600 * 1000);
+    return o;
+  }
+  std::thread flusher;
+};
+
 TEST(RecorderTest, DropPolicyCountsDropsAndNeverDropsCriticalEvents) {
-  RecorderOptions o;
-  o.queue_size = 16;
-  o.overflow = Overflow::kDrop;
-  o.write_interval = std::chrono::milliseconds(3600 * 1000);
-  Fixture fx(o);
-  fx.sinks[0]->Hold();
-  fx.rec->Submit(Named("First"));
-  std::thread flusher([&] { fx.rec->Flush(); });  // wakes the writer, which blocks in the sink
-  fx.sinks[0]->AwaitWrite(1);
-  for (int i = 0; i < 16; ++i) fx.rec->Submit(Named("Queued"));
+  StuckWriter fx(Overflow::kDrop);
   for (int i = 0; i < 5; ++i) fx.rec->Submit(Named("Dropped"));
   EXPECT_EQ(fx.rec->stats().dropped, 5u);
   // A critical event waits for room instead of being dropped.
@@ -114,7 +125,7 @@ TEST(RecorderTest, DropPolicyCountsDropsAndNeverDropsCriticalEvents) {
   EXPECT_EQ(critical.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
   fx.sinks[0]->Release();
   critical.get();
-  flusher.join();
+  fx.flusher.join();
   fx.rec->Flush();
   auto ops = fx.sinks[0]->Ops();
   EXPECT_EQ(std::count(ops.begin(), ops.end(), "Queued"), 16);
@@ -130,21 +141,12 @@ TEST(RecorderTest, DropPolicyCountsDropsAndNeverDropsCriticalEvents) {
 
 // kBlock: a full queue makes the submitter wait; nothing is lost.
 TEST(RecorderTest, BlockPolicyWaitsAndLosesNothing) {
-  RecorderOptions o;
-  o.queue_size = 16;
-  o.overflow = Overflow::kBlock;
-  o.write_interval = std::chrono::milliseconds(3600 * 1000);
-  Fixture fx(o);
-  fx.sinks[0]->Hold();
-  fx.rec->Submit(Named("First"));
-  std::thread flusher([&] { fx.rec->Flush(); });
-  fx.sinks[0]->AwaitWrite(1);
-  for (int i = 0; i < 16; ++i) fx.rec->Submit(Named("Queued"));
+  StuckWriter fx(Overflow::kBlock);
   auto blocked = std::async(std::launch::async, [&] { fx.rec->Submit(Named("Waited")); });
   EXPECT_EQ(blocked.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
   fx.sinks[0]->Release();
   blocked.get();
-  flusher.join();
+  fx.flusher.join();
   fx.rec->Flush();
   EXPECT_EQ(fx.sinks[0]->Ops().size(), 18u);
   EXPECT_EQ(fx.rec->stats().dropped, 0u);
