@@ -35,6 +35,8 @@ namespace {
 std::mutex g_init_mu;  // serialises C_Initialize / C_Finalize
 std::atomic<Provider*> g_provider{nullptr};
 std::atomic<pid_t> g_pid{0};
+// In a forked child: the parent's provider, abandoned (see Initialize).
+std::atomic<Provider*> g_abandoned_provider{nullptr};
 
 void Pad(CK_UTF8CHAR* dst, size_t n, std::string_view s) {
   std::memset(dst, ' ', n);
@@ -494,7 +496,13 @@ Status Initialize(CK_VOID_PTR init_args) {
   // In a forked child the parent's provider is abandoned, not destroyed (its locks, threads and
   // database connection belong to the parent): the child starts uninitialised.
   static std::once_flag atfork;
-  std::call_once(atfork, [] { pthread_atfork(nullptr, nullptr, [] { g_provider.store(nullptr); }); });
+  std::call_once(atfork, [] {
+    pthread_atfork(nullptr, nullptr, [] {
+      // Kept reachable (the parent owns it), not leaked: the child never frees it.
+      g_abandoned_provider.store(g_provider.load());
+      g_provider.store(nullptr);
+    });
+  });
   g_provider.store(p.value().release(), std::memory_order_release);
   return OkStatus();
 }
