@@ -23,4 +23,55 @@
  * key's objects inside the HSM token (16 random bytes), to find them with the HSM's tools. */
 #define CKA_VAULTP11_HSM_KEY_ID (0x80000000UL | VAULTP11_VENDOR_BASE | 0x02UL)
 
+/* ---- Life cycle of keys and secrets -------------------------------------------------------
+ * The four attributes below live on every key object (CKO_PRIVATE_KEY, CKO_PUBLIC_KEY,
+ * CKO_SECRET_KEY) and every secret (CKO_DATA). They may be given in the templates of
+ * C_GenerateKeyPair, C_GenerateKey, C_CreateObject and C_UnwrapKey and changed with
+ * C_SetAttributeValue (which needs the update permission, set on secrets, like every change:
+ * else CKR_ACTION_PROHIBITED). Each object of a key pair carries its own values: a template
+ * for one half applies to that half only, and an operation checks the object it uses (set
+ * them on both halves to treat the pair as one).
+ * On secrets they are informational: stored and returned, never enforced. */
+
+/* CKA_VAULTP11_ENABLED (CK_BBOOL, default CK_TRUE): a disabled key refuses every operation
+ * (sign, verify, encrypt, decrypt, wrap, unwrap) with CKR_KEY_FUNCTION_NOT_PERMITTED. */
+#define CKA_VAULTP11_ENABLED (0x80000000UL | VAULTP11_VENDOR_BASE | 0x03UL)
+
+/* CKA_VAULTP11_NOT_BEFORE and CKA_VAULTP11_EXPIRES (CK_ULONG, default 0): the key's validity
+ * window to the second, as Unix time (seconds since 1970-01-01T00:00:00Z, UTC, no leap
+ * seconds); 0 means not set. The value is the platform's CK_ULONG (64 bits on the LP64
+ * platforms vaultp11 supports); the largest value accepted is 253402300799
+ * (9999-12-31T23:59:59Z), a larger one is CKR_ATTRIBUTE_VALUE_INVALID. Outside the window
+ * (now < NOT_BEFORE, or now > EXPIRES: both ends are inside; checked when an operation starts,
+ * C_SignInit, C_EncryptInit, C_WrapKey) a key refuses sign, encrypt and wrap with
+ * CKR_KEY_FUNCTION_NOT_PERMITTED but still verifies, decrypts and unwraps (old data stays
+ * readable). NOT_BEFORE > EXPIRES (both set) is CKR_TEMPLATE_INCONSISTENT.
+ *
+ * On keys they stay consistent with the standard CKA_START_DATE / CKA_END_DATE (CK_DATE, day
+ * precision, UTC):
+ *   CKA_START_DATE = the UTC day of NOT_BEFORE;  a start date alone sets NOT_BEFORE to that
+ *                    day's 00:00:00Z;
+ *   CKA_END_DATE   = the UTC day of EXPIRES;     an end date alone sets EXPIRES to that day's
+ *                    23:59:59Z (the key is usable through its whole end day).
+ * Setting one form sets the other; an empty CK_DATE (length 0, or "00000000") and 0 clear
+ * both (a start date of 19700101 constrains nothing and reads back empty). A date written
+ * with C_SetAttributeValue that equals the day already stored keeps the exact second. Giving
+ * both forms in one template, they must agree (the date is the UTC day of the seconds, or
+ * both are cleared), else CKR_TEMPLATE_INCONSISTENT. Dates must be real calendar days from
+ * 1970 to 9999, else CKR_ATTRIBUTE_VALUE_INVALID. Secrets (CKO_DATA) have no CK_DATE
+ * attributes, only these two. */
+#define CKA_VAULTP11_NOT_BEFORE (0x80000000UL | VAULTP11_VENDOR_BASE | 0x04UL)
+#define CKA_VAULTP11_EXPIRES (0x80000000UL | VAULTP11_VENDOR_BASE | 0x05UL)
+
+/* CKA_VAULTP11_TAGS (byte array, default "{}") on keys and secrets: the object's tags, as a
+ * UTF-8 JSON object whose members are all strings: {"env":"prod","owner":"payments"}. At most
+ * 15 tags; a name has 1 to 256 characters, a value 0 to 256 (Unicode code points); names are
+ * unique. Anything else (not JSON, not an object, a non-string value, duplicate names, invalid
+ * UTF-8, too many or too long) is CKR_ATTRIBUTE_VALUE_INVALID. An empty value clears the tags.
+ * The tags are stored and returned in compact form with the names sorted (so a template for
+ * C_FindObjectsInit matches whatever spacing and order it uses). */
+#define CKA_VAULTP11_TAGS (0x80000000UL | VAULTP11_VENDOR_BASE | 0x06UL)
+#define VAULTP11_MAX_TAGS 15
+#define VAULTP11_MAX_TAG_CHARS 256
+
 #endif /* VAULTP11_VAULTP11_H_ */

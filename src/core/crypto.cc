@@ -51,7 +51,8 @@ size_t HsmSignatureLength(const model::Object& o) {
 }
 
 // Checks a key for one use: the mechanism offers it, the handle is a visible key, the caller
-// may use it, its usage attribute is true and CKA_ALLOWED_MECHANISMS (if set) lists the mechanism.
+// may use it, its usage attribute is true, the key is enabled and (for sign, encrypt and wrap)
+// inside its validity window, and CKA_ALLOWED_MECHANISMS (if set) lists the mechanism.
 Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const CK_MECHANISM& mech, const KeyUse& use) {
   AuditMechanism(mech.mechanism);
   const MechanismEntry* m = FindMechanism(mech.mechanism);
@@ -64,6 +65,9 @@ Result<PreparedKey> PrepareKey(const CallContext& c, CK_OBJECT_HANDLE h, const C
   if (!read_suffices) VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, use.perm, CKR_KEY_FUNCTION_NOT_PERMITTED));
   if (!o->attrs.GetBool(use.usage, false))
     return Err(CKR_KEY_FUNCTION_NOT_PERMITTED, "the key's {} is false", model::AttrName(use.usage));
+  // Life cycle: a disabled key does nothing; outside nbf/exp only verify, decrypt and unwrap.
+  const bool protecting = use.usage == CKA_SIGN || use.usage == CKA_ENCRYPT || use.usage == CKA_WRAP;
+  VAULTP11_RETURN_IF_ERROR(model::CheckKeyLifecycle(o->attrs, protecting, model::UnixNow()));
   if (const Bytes* allowed = o->attrs.Get(CKA_ALLOWED_MECHANISMS); allowed && !allowed->empty()) {
     bool found = false;
     for (size_t i = 0; i + sizeof(CK_MECHANISM_TYPE) <= allowed->size(); i += sizeof(CK_MECHANISM_TYPE)) {

@@ -6,6 +6,8 @@
 #include <set>
 #include <tuple>
 
+#include "model/lifecycle.h"
+
 namespace vaultp11::model {
 
 // ---- Material -------------------------------------------------------------------------------
@@ -142,6 +144,11 @@ constexpr Rule kKey[] = {
     {CKA_KEY_GEN_MECHANISM, 0}, {CKA_ALLOWED_MECHANISMS, kGiven},
     {CKA_VAULTP11_PROTECTION, kGiven}, {CKA_VAULTP11_HSM_KEY_ID, 0},
 };
+// Life cycle (lifecycle.h): keys and secrets. Keys' CK_DATEs above stay consistent with them.
+constexpr Rule kLifecycle[] = {
+    {CKA_VAULTP11_ENABLED, kGiven | kModify}, {CKA_VAULTP11_NOT_BEFORE, kGiven | kModify},
+    {CKA_VAULTP11_EXPIRES, kGiven | kModify}, {CKA_VAULTP11_TAGS, kGiven | kModify},
+};
 constexpr Rule kPublic[] = {
     {CKA_SUBJECT, kGiven | kModify}, {CKA_ENCRYPT, kGiven | kModify}, {CKA_VERIFY, kGiven | kModify},
     {CKA_VERIFY_RECOVER, kGiven | kModify}, {CKA_WRAP, kGiven | kModify}, {CKA_TRUSTED, 0},
@@ -181,6 +188,8 @@ std::optional<unsigned> RuleFor(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t) {
     return std::nullopt;
   };
   if (auto f = find(kCommon)) return f;
+  if (cls == CKO_PUBLIC_KEY || cls == CKO_PRIVATE_KEY || cls == CKO_SECRET_KEY || cls == CKO_DATA)
+    if (auto f = find(kLifecycle)) return f;
   switch (cls) {
     case CKO_PUBLIC_KEY:
       if (auto f = find(kKey)) return f;
@@ -208,7 +217,9 @@ Status CheckTemplate(CK_OBJECT_CLASS cls, const AttributeMap& tmpl, bool generat
     if (generate && (*f & kNeedsCreate))
       return Err(CKR_TEMPLATE_INCONSISTENT, "{} cannot be given when generating a key", AttrName(t));
   }
-  return OkStatus();
+  // The life-cycle values (window in both forms, tags) are checked before any key is made.
+  AttributeMap scratch;
+  return ApplyLifecycle(cls, tmpl, AttributeMap{}, scratch);
 }
 
 Status ExpectUlong(const AttributeMap& tmpl, CK_ATTRIBUTE_TYPE t, CK_ULONG want) {
@@ -219,8 +230,9 @@ Status ExpectUlong(const AttributeMap& tmpl, CK_ATTRIBUTE_TYPE t, CK_ULONG want)
   return OkStatus();
 }
 
-// Defaults shared by every object, then the template's own values on top.
-void Base(AttributeMap& a, CK_OBJECT_CLASS cls, const AttributeMap& tmpl) {
+// Defaults shared by every object, then the template's own values on top (the life-cycle ones
+// resolved: both forms of the window, canonical tags).
+Status Base(AttributeMap& a, CK_OBJECT_CLASS cls, const AttributeMap& tmpl) {
   a.SetUlong(CKA_CLASS, cls);
   a.SetBool(CKA_TOKEN, false);
   a.SetBool(CKA_PRIVATE, cls == CKO_PRIVATE_KEY || cls == CKO_SECRET_KEY);
@@ -273,6 +285,7 @@ void Base(AttributeMap& a, CK_OBJECT_CLASS cls, const AttributeMap& tmpl) {
     if (f && (*f & kSecret)) continue;
     a.Set(t, v);
   }
+  return ApplyLifecycle(cls, tmpl, AttributeMap{}, a);
 }
 
 // CKA_ALWAYS_AUTHENTICATE needs a context-specific login this module does not offer.
@@ -392,7 +405,11 @@ Result<SecureBytes> ReadAttribute(const Object& obj, CK_ATTRIBUTE_TYPE type, boo
     return ossl::RsaPrivateComponent(k.pkey.get(), type);
   }
   const Bytes* v = obj.attrs.Get(type);
-  if (v == nullptr) return Err(CKR_ATTRIBUTE_TYPE_INVALID, "{} is not an attribute of this object", AttrName(type));
+  if (v == nullptr) {
+    // Objects stored before the life-cycle attributes existed answer their defaults.
+    if (auto d = LifecycleDefault(cls, obj.attrs, type)) return SecureBytes(d->begin(), d->end());
+    return Err(CKR_ATTRIBUTE_TYPE_INVALID, "{} is not an attribute of this object", AttrName(type));
+  }
   return SecureBytes(v->begin(), v->end());
 }
 
@@ -405,7 +422,12 @@ CK_ULONG ObjectSize(const Object& obj) {
 bool Matches(const Object& obj, const AttributeMap& tmpl) {
   for (const auto& [t, v] : tmpl.values()) {
     const Bytes* have = obj.attrs.Get(t);
-    if (have == nullptr || *have != v) return false;
+    if (have == nullptr) return false;
+    if (*have == v) continue;
+    // Tags are stored in canonical form: a template's own spacing and order still match.
+    if (t != CKA_VAULTP11_TAGS) return false;
+    auto canonical = CanonicalTags(v);
+    if (!canonical.ok() || canonical.value() != *have) return false;
   }
   return true;
 }
@@ -464,11 +486,12 @@ Result<PairSpec> CheckPairTemplates(CK_MECHANISM_TYPE mech, const AttributeMap& 
   return spec;
 }
 
-// The attributes of both halves of a generated pair (before the key-specific ones).
-void PairAttributes(CK_MECHANISM_TYPE mech, const PairSpec& spec, const AttributeMap& pub_t, const AttributeMap& priv_t,
+// The attributes of both halves of a generated pair (before the key-specific ones). The
+// life-cycle attributes are per object: each half takes its own template's.
+Status PairAttributes(CK_MECHANISM_TYPE mech, const PairSpec& spec, const AttributeMap& pub_t, const AttributeMap& priv_t,
                     AttributeMap& pub, AttributeMap& priv) {
-  Base(pub, CKO_PUBLIC_KEY, pub_t);
-  Base(priv, CKO_PRIVATE_KEY, priv_t);
+  VAULTP11_RETURN_IF_ERROR(Base(pub, CKO_PUBLIC_KEY, pub_t));
+  VAULTP11_RETURN_IF_ERROR(Base(priv, CKO_PRIVATE_KEY, priv_t));
   // Both halves share CKA_ID, CKA_LABEL and the protection: a value given for one is used
   // for the other.
   for (auto t : {CKA_ID, CKA_LABEL, CKA_VAULTP11_PROTECTION}) {
@@ -483,6 +506,7 @@ void PairAttributes(CK_MECHANISM_TYPE mech, const PairSpec& spec, const Attribut
     a->SetUlong(CKA_KEY_GEN_MECHANISM, mech);
   }
   SetSensitivityHistory(priv, true);
+  return OkStatus();
 }
 
 }  // namespace
@@ -509,7 +533,7 @@ Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_
     VAULTP11_ASSIGN_OR_RETURN(pkey, ossl::GenerateEc(spec.ec_params));
   }
   AttributeMap pub, priv;
-  PairAttributes(mech, spec, pub_t, priv_t, pub, priv);
+  VAULTP11_RETURN_IF_ERROR(PairAttributes(mech, spec, pub_t, priv_t, pub, priv));
   pub.SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_SOFTWARE);
   priv.SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_SOFTWARE);
   VAULTP11_RETURN_IF_ERROR(CheckUnsupportedFlags(priv));
@@ -547,7 +571,7 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
   VAULTP11_ASSIGN_OR_RETURN(PairSpec spec, CheckPairTemplates(mech, pub_t, priv_t));
   if (!hsm.token && !hsm.pool) return Err(CKR_DEVICE_ERROR, "the vault's HSM is unavailable: {}", hsm.unavailable);
   AttributeMap pub, priv;
-  PairAttributes(mech, spec, pub_t, priv_t, pub, priv);
+  VAULTP11_RETURN_IF_ERROR(PairAttributes(mech, spec, pub_t, priv_t, pub, priv));
   // HSM keys never leave the HSM in the clear.
   if (priv.GetBool(CKA_EXTRACTABLE) || !priv.GetBool(CKA_SENSITIVE, true))
     return Err(CKR_TEMPLATE_INCONSISTENT, "HSM-protected private keys are sensitive and not extractable");
@@ -676,7 +700,7 @@ Result<std::shared_ptr<Object>> GenerateSecretKey(CK_MECHANISM_TYPE mech, const 
   SecureBytes value(*len);
   VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(value));
   AttributeMap a;
-  Base(a, CKO_SECRET_KEY, tmpl);
+  VAULTP11_RETURN_IF_ERROR(Base(a, CKO_SECRET_KEY, tmpl));
   a.SetUlong(CKA_KEY_TYPE, CKK_AES);
   a.SetBool(CKA_LOCAL, true);
   a.SetUlong(CKA_KEY_GEN_MECHANISM, mech);
@@ -695,7 +719,7 @@ Result<std::shared_ptr<Object>> GenerateHsmSecretKey(CK_MECHANISM_TYPE mech, con
   if (!len) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE_LEN missing");
   VAULTP11_RETURN_IF_ERROR(CheckAesLength(*len));
   AttributeMap a;
-  Base(a, CKO_SECRET_KEY, tmpl);
+  VAULTP11_RETURN_IF_ERROR(Base(a, CKO_SECRET_KEY, tmpl));
   a.SetUlong(CKA_KEY_TYPE, CKK_AES);
   a.SetUlong(CKA_VALUE_LEN, *len);
   a.SetBool(CKA_LOCAL, true);
@@ -741,7 +765,7 @@ Result<std::shared_ptr<Object>> CreateObject(const AttributeMap& tmpl) {
   VAULTP11_RETURN_IF_ERROR(CheckTemplate(*cls, tmpl, false));
   VAULTP11_RETURN_IF_ERROR(SoftwareOnly(tmpl));
   AttributeMap a;
-  Base(a, *cls, tmpl);
+  VAULTP11_RETURN_IF_ERROR(Base(a, *cls, tmpl));
   if (*cls == CKO_DATA) {
     const Bytes* v = tmpl.Get(CKA_VALUE);
     auto obj = std::make_shared<Object>();
@@ -819,7 +843,7 @@ Result<std::shared_ptr<Object>> UnwrappedKey(const AttributeMap& tmpl, SecureByt
   VAULTP11_RETURN_IF_ERROR(CheckTemplate(*cls, tmpl, true));
   VAULTP11_RETURN_IF_ERROR(SoftwareOnly(tmpl));
   AttributeMap a;
-  Base(a, *cls, tmpl);
+  VAULTP11_RETURN_IF_ERROR(Base(a, *cls, tmpl));
   SetSensitivityHistory(a, false);
   if (*cls == CKO_SECRET_KEY) {
     if (*type != CKK_AES) return Err(CKR_TEMPLATE_INCONSISTENT, "only AES secret keys are supported");
@@ -884,8 +908,13 @@ Result<std::shared_ptr<Object>> ModifyObject(const Object& src, const AttributeM
       return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_EXTRACTABLE cannot go back to true");
     if (t == CKA_COPYABLE && v[0] != CK_FALSE)
       return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_COPYABLE can only become false");
+    if (IsLifecycleAttribute(t)) continue;  // resolved together below
     obj->attrs.Set(t, v);
   }
+  // Setting one form of the window sets the other; tags are stored canonical.
+  bool lifecycle = false;
+  for (const auto& [t, v] : changes.values()) lifecycle |= IsLifecycleAttribute(t);
+  if (lifecycle) VAULTP11_RETURN_IF_ERROR(ApplyLifecycle(src.cls(), changes, src.attrs, obj->attrs));
   return obj;
 }
 

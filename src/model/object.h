@@ -17,6 +17,7 @@
 #include "backend/pool/pool.h"
 #include "vaultp11/vaultp11.h"
 #include "model/attributes.h"
+#include "model/lifecycle.h"
 #include "util/result.h"
 #include "util/secure_bytes.h"
 
