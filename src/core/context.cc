@@ -15,6 +15,13 @@ Result<CallContext> Begin(CK_SESSION_HANDLE h) {
   return CallContext{p, std::move(s), t};
 }
 
+Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op) {
+  AuditOperation(op);
+  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
+  AuditToken(*c.token);
+  return c;
+}
+
 bool Listable(const CallContext& c, const model::Object& o) {
   if (!o.is_private()) return true;
   auto g = c.token->grants();

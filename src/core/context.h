@@ -14,6 +14,9 @@ struct CallContext {
 };
 
 Result<CallContext> Begin(CK_SESSION_HANDLE h);
+// Begin() for a call that is audited operation `op` (core/audit_hooks.h) on the session's
+// vault: names the operation, then the vault and who is logged in there.
+Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op);
 
 // Whether C_FindObjects returns the object: public objects always, private ones when the
 // principal may list them.

@@ -105,14 +105,6 @@ auto WithHsmHandle(PreparedKey& k, Make make) -> decltype(make(CK_OBJECT_HANDLE{
   return r;
 }
 
-// Begin() for a call that starts an audited operation (an Init, C_WrapKey, C_UnwrapKey).
-Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op) {
-  AuditOperation(op);
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
-  AuditToken(*c.token);
-  return c;
-}
-
 // Begin() for a call that may end an operation (its event is submitted with this call's result).
 Result<CallContext> BeginContinuing(CK_SESSION_HANDLE h) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));

@@ -33,14 +33,6 @@ constexpr const char* kDeleteOps[3] = {"KeyDelete", "SecretDelete", "Certificate
 constexpr const char* kGetOps[3] = {"KeyGet", "SecretGet", "CertificateGet"};
 constexpr const char* kUpdateOps[3] = {"KeyUpdate", "SecretUpdate", "CertificateUpdate"};
 
-// Begin() for an audited call: the call is operation `op` on the session's vault.
-Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op) {
-  AuditOperation(op);
-  VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
-  AuditToken(*c.token);
-  return c;
-}
-
 Result<AttributeMap> Template(CK_ATTRIBUTE_PTR tmpl, CK_ULONG count) {
   if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "template is NULL");
   return model::ParseTemplate(tmpl, count);
