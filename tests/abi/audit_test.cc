@@ -343,6 +343,7 @@ TEST_F(AuditTest, SeveralSinksAndAFailingOneDoesNotBreakCrypto) {
     std::string m = syslog.Receive();
     ASSERT_FALSE(m.empty());
     EXPECT_THAT(m, HasSubstr("vp11test"));
+    EXPECT_THAT(m, Not(HasSubstr("correct horse")));  // the login's secret
     saw_sign = m.find("\"KeySign\"") != std::string::npos;
   }
   EXPECT_TRUE(saw_sign);

@@ -410,26 +410,26 @@ TEST_F(TamperTest, ADeletedOrDamagedHead) {
 
 // A writer that stopped between the batch and the head (or between a rotation and the head)
 // leaves records the head does not cover: a note, not a break.
-TEST_F(TamperTest, RecordsAfterTheHeadAreANote) {
+// Writes two more records through a sink with `o`, then puts the head from before them back,
+// as a writer stopped before signing would leave it.
+void WriteUnderAnOldHead(const std::string& path, FileSinkOptions o, Clock::time_point now) {
   const std::string saved = ReadAll(HeadPath(path));
   {
-    FileSinkOptions o = Options();
-    FileSink sink(o);
-    ASSERT_OK(sink.Write(Batch(500, 2, clock.now)));
+    FileSink sink(std::move(o));
+    ASSERT_OK(sink.Write(Batch(500, 2, now)));
   }
   std::ofstream(HeadPath(path), std::ios::trunc) << saved;
+}
+
+TEST_F(TamperTest, RecordsAfterTheHeadAreANote) {
+  WriteUnderAnOldHead(path, Options(), clock.now);
   ASSERT_OK_AND_ASSIGN(ChainVerdict v, Check());
   EXPECT_TRUE(v.intact) << v.problem;
   EXPECT_THAT(v.notes, ElementsAre(HasSubstr("were written after the head was signed")));
 }
 
 TEST_F(TamperTest, AHeadFromBeforeTheLastRotationIsANote) {
-  const std::string saved = ReadAll(HeadPath(path));
-  {
-    FileSink sink(Options(/*max_bytes=*/4096));
-    ASSERT_OK(sink.Write(Batch(500, 2, clock.now)));
-  }
-  std::ofstream(HeadPath(path), std::ios::trunc) << saved;
+  WriteUnderAnOldHead(path, Options(/*max_bytes=*/4096), clock.now);
   ASSERT_OK_AND_ASSIGN(ChainVerdict v, Check());
   EXPECT_TRUE(v.intact) << v.problem;
   EXPECT_THAT(v.notes, ElementsAre(HasSubstr("signed before the last rotation")));
