@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "audit/event.h"
 #include "backend/ossl/ossl_backend.h"
 
 namespace vaultp11::audit {
@@ -31,13 +32,8 @@ std::string LineHash(std::string_view line) {
   unsigned char md[32];
   unsigned int n = 0;
   EVP_Digest(line.data(), line.size(), md, &n, sha, nullptr);
-  static const char* kHex = "0123456789abcdef";
   std::string out;
-  out.reserve(2 * n);
-  for (unsigned int i = 0; i < n; ++i) {
-    out += kHex[md[i] >> 4];
-    out += kHex[md[i] & 15];
-  }
+  AppendHex(out, std::string_view(reinterpret_cast<const char*>(md), n));
   return out;
 }
 

@@ -139,12 +139,6 @@ std::string MechanismName(CK_MECHANISM_TYPE m) {
 
 namespace {
 
-void AppendRfc3339Micros(std::string& out, std::chrono::system_clock::time_point t) {
-  auto us = std::chrono::time_point_cast<std::chrono::microseconds>(t);
-  auto secs = std::chrono::floor<std::chrono::seconds>(us);
-  fmt::format_to(std::back_inserter(out), "{:%Y-%m-%dT%H:%M:%S}.{:06d}Z", secs, (us - secs).count());
-}
-
 // Length of the valid UTF-8 sequence at s[i], or 0 when it is not one.
 size_t Utf8Length(std::string_view s, size_t i) {
   auto at = [&](size_t k) { return k < s.size() ? static_cast<unsigned char>(s[k]) : 0u; };
@@ -160,14 +154,6 @@ size_t Utf8Length(std::string_view s, size_t i) {
   return 0;
 }
 
-void AppendHex(std::string& out, std::string_view bytes) {
-  static const char* kHex = "0123456789abcdef";
-  for (unsigned char c : bytes) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-}
-
 // `"key":` after a comma unless it is the first member.
 void Key(std::string& out, const char* key, bool& first) {
   if (!first) out += ',';
@@ -178,6 +164,27 @@ void Key(std::string& out, const char* key, bool& first) {
 }
 
 }  // namespace
+
+void AppendTime(std::string& out, std::chrono::system_clock::time_point t) {
+  auto us = std::chrono::time_point_cast<std::chrono::microseconds>(t);
+  auto secs = std::chrono::floor<std::chrono::seconds>(us);
+  fmt::format_to(std::back_inserter(out), "{:%Y-%m-%dT%H:%M:%S}.{:06d}Z", secs, (us - secs).count());
+}
+
+std::string FormatTime(std::chrono::system_clock::time_point t) {
+  std::string out;
+  AppendTime(out, t);
+  return out;
+}
+
+void AppendHex(std::string& out, std::string_view bytes) {
+  static const char* kHex = "0123456789abcdef";
+  out.reserve(out.size() + 2 * bytes.size());
+  for (unsigned char c : bytes) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+}
 
 void AppendJsonString(std::string& out, std::string_view s) {
   static const char* kHex = "0123456789abcdef";
@@ -226,7 +233,7 @@ std::string FormatEvent(const Event& e, std::string_view caller_json, std::strin
   std::string out;
   out.reserve(512);
   out += "{\"time\":\"";
-  AppendRfc3339Micros(out, e.time);
+  AppendTime(out, e.time);
   out += "\",\"correlationId\":";
   AppendJsonString(out, correlation_id);
   out += ",\"operationName\":";

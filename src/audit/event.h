@@ -68,5 +68,10 @@ std::string CallerJson(const Caller& caller);
 nlohmann::json ToJson(const Event& e, const Caller& caller, std::string correlation_id);
 // Appends `s` as a JSON string literal.
 void AppendJsonString(std::string& out, std::string_view s);
+// A time as the audit log writes it: RFC 3339, UTC, microseconds ("2026-11-29T21:30:00.123456Z").
+void AppendTime(std::string& out, std::chrono::system_clock::time_point t);
+std::string FormatTime(std::chrono::system_clock::time_point t);
+// Appends `bytes` as lowercase hex.
+void AppendHex(std::string& out, std::string_view bytes);
 
 }  // namespace vaultp11::audit

@@ -1,5 +1,7 @@
 #include "audit/file_sink.h"
 
+#include "audit/event.h"
+
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -54,16 +56,6 @@ int WriteAll(int fd, std::string_view data) {
   return 0;
 }
 
-std::string Hex(const unsigned char* p, size_t n) {
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * n);
-  for (size_t i = 0; i < n; ++i) {
-    out += kHex[p[i] >> 4];
-    out += kHex[p[i] & 15];
-  }
-  return out;
-}
 
 // "yyyymmddTHHMMSSZ".
 std::string Stamp(sys_seconds t) {
@@ -136,7 +128,9 @@ std::string HeadMac(const SecureBytes& key, const std::string& file, uint64_t se
   if (EVP_Q_mac(ossl::LibCtx(), "HMAC", nullptr, "SHA256", nullptr, key.data(), key.size(),
                 reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), mac, sizeof(mac), &n) == nullptr)
     return "";  // never equal to a stored MAC (those are 64 hex digits)
-  return Hex(mac, n);
+  std::string hex;
+  AppendHex(hex, std::string_view(reinterpret_cast<const char*>(mac), n));
+  return hex;
 }
 
 bool MacMatches(const SecureBytes& key, const Head& h) {
@@ -204,15 +198,6 @@ Result<std::vector<std::string>> DeleteBefore(const std::vector<RotatedFile>& ro
 
 }  // namespace
 
-std::string FormatTime(Clock::time_point t) {
-  auto us = std::chrono::floor<std::chrono::microseconds>(t);
-  sys_days day = std::chrono::floor<std::chrono::days>(us);
-  std::chrono::year_month_day ymd{day};
-  std::chrono::hh_mm_ss hms{us - day};
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z", static_cast<int>(ymd.year()),
-                     static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()), hms.hours().count(),
-                     hms.minutes().count(), hms.seconds().count(), hms.subseconds().count());
-}
 
 std::optional<sys_days> ParseDate(std::string_view s) {
   if (s.size() != 10 || s[4] != '-' || s[7] != '-' || !Digits(s.substr(0, 4)) || !Digits(s.substr(5, 2)) ||

@@ -61,6 +61,7 @@
 #include <string>
 #include <vector>
 
+#include "audit/event.h"
 #include "audit/sink.h"
 #include "util/result.h"
 #include "util/secure_bytes.h"
@@ -118,8 +119,7 @@ class FileSink : public Sink {
   std::optional<std::chrono::sys_days> first_day_;  // of the open file, once known
 };
 
-// RFC 3339 UTC with microseconds: "2026-11-29T21:30:00.123456Z".
-std::string FormatTime(std::chrono::system_clock::time_point t);
+// FormatTime (audit/event.h) writes the times of records and heads.
 // A calendar date "YYYY-MM-DD" (exactly that form, a real date), e.g. the start of a record's
 // "time" or `audit purge --before`.
 std::optional<std::chrono::sys_days> ParseDate(std::string_view text);

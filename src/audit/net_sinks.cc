@@ -1,5 +1,7 @@
 #include "audit/net_sinks.h"
 
+#include "audit/event.h"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -50,11 +52,6 @@ int ConnectUnix(const std::string& path, int type) {
   return fd;
 }
 
-std::string Rfc3339Now() {
-  auto us = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
-  auto secs = std::chrono::floor<std::chrono::seconds>(us);
-  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06d}Z", secs, (us - secs).count());
-}
 
 // The longest prefix of `s` of at most `n` bytes that does not split a UTF-8 sequence.
 size_t Utf8Prefix(const std::string& s, size_t n) {
@@ -343,7 +340,7 @@ bool SocketSink::Pump() {
                        {"resultSignature", "BufferFull"},
                        {"resultDescription", fmt::format("{} events were dropped: the buffer of {} bytes was full",
                                                          unreported_, opts_.buffer_bytes)},
-                       {"time", Rfc3339Now()},
+                       {"time", FormatTime(std::chrono::system_clock::now())},
                        {"properties", {{"dropped", unreported_}, {"sink", Describe()}}}};
         out_ = Dump(notice) + "\n";
         out_notice_ = unreported_;
