@@ -74,4 +74,50 @@
 #define VAULTP11_MAX_TAGS 15
 #define VAULTP11_MAX_TAG_CHARS 256
 
+/* ---- Names and versions --------------------------------------------------------------------
+ * A token object's CKA_LABEL is the name of an item of the vault (a key, a secret, a
+ * certificate); every item has versions. The objects of one version share the label, the
+ * version id and, on keys and certificates, the CKA_ID; a version holds at most one object of
+ * each class (a private key, its public key, its certificate). Objects with an empty label are
+ * not items (no version) and session objects are never versioned.
+ *
+ * C_FindObjectsInit: a template with CKA_LABEL (or none) finds only the current version of
+ * each item, so pkcs11:object=NAME gives one object per class. A template with CKA_ID or
+ * CKA_VAULTP11_VERSION finds older versions too. Handles of older versions stay valid, and
+ * older versions stay usable (verify, decrypt, unwrap; and sign, unless disabled or expired).
+ *
+ * Creating a token object (C_CreateObject, C_GenerateKey, C_GenerateKeyPair, C_UnwrapKey,
+ * C_CopyObject) with a label in use:
+ *   - with CKA_VAULTP11_NEW_VERSION = CK_TRUE in the template (either template of a pair), the
+ *     objects become the item's new current version;
+ *   - without it, they join the current version when it has their CKA_ID and none of their
+ *     classes (a certificate or a public key put beside its private key); otherwise
+ *     CKR_ATTRIBUTE_VALUE_INVALID, nothing created.
+ * The same rule holds across processes sharing the store. Relabelling with
+ * C_SetAttributeValue follows it too (without the new-version choice).
+ *
+ * CKA_ID scheme: a key or certificate created without CKA_ID (or with an empty one) gets the
+ * 16 bytes of its version id, so every version has its own short, stable id
+ * (pkcs11:id=%..., 16 bytes). A CKA_ID given in the template is kept; it must not be the
+ * CKA_ID of another version of the same item (CKR_ATTRIBUTE_VALUE_INVALID). */
+
+/* CKA_VAULTP11_VERSION (UTF-8 string, read-only) on every token object with a label: the
+ * version id, 32 lowercase hex digits; empty on other objects. */
+#define CKA_VAULTP11_VERSION (0x80000000UL | VAULTP11_VENDOR_BASE | 0x07UL)
+
+/* CKA_VAULTP11_NEW_VERSION (CK_BBOOL, creation templates only, never stored): CK_TRUE makes
+ * the new object(s) a new version of the item named by CKA_LABEL (or the first one). */
+#define CKA_VAULTP11_NEW_VERSION (0x80000000UL | VAULTP11_VENDOR_BASE | 0x08UL)
+
+/* ---- Secrets -------------------------------------------------------------------------------
+ * A secret is a CKO_DATA token object: CKA_LABEL its name, CKA_VALUE its value (at most
+ * VAULTP11_MAX_SECRET_BYTES bytes, else CKR_ATTRIBUTE_VALUE_INVALID), and its content type. */
+#define VAULTP11_MAX_SECRET_BYTES 25000
+
+/* CKA_VAULTP11_CONTENT_TYPE (UTF-8 string, default empty) on CKO_DATA: the secret's content
+ * type (e.g. "text/plain", "application/x-pem-file"), at most 255 characters of printable
+ * ASCII, else CKR_ATTRIBUTE_VALUE_INVALID. */
+#define CKA_VAULTP11_CONTENT_TYPE (0x80000000UL | VAULTP11_VENDOR_BASE | 0x09UL)
+#define VAULTP11_MAX_CONTENT_TYPE_CHARS 255
+
 #endif /* VAULTP11_VAULTP11_H_ */

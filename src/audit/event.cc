@@ -273,6 +273,10 @@ std::string FormatEvent(const Event& e, std::string_view caller_json, std::strin
     AppendHex(out, e.id);
     out += '"';
   }
+  if (e.has_version) {
+    Key(out, "version", first);
+    AppendJsonString(out, std::string_view(e.version.data(), e.version.size()));
+  }
   if (e.mechanism != CK_UNAVAILABLE_INFORMATION) {
     Key(out, "mechanism", first);
     AppendJsonString(out, MechanismName(e.mechanism));

@@ -5,6 +5,7 @@
 #include <p11-kit/pkcs11.h>
 #include <sys/types.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -30,6 +31,8 @@ struct Event {
   const char* kind = nullptr;  // "key", "secret", "certificate"
   std::string name;        // CKA_LABEL
   std::string id;          // CKA_ID bytes (written as hex)
+  std::array<char, 32> version{};  // the item version (32 hex digits) ...
+  bool has_version = false;        // ... when the object has one
   CK_MECHANISM_TYPE mechanism = CK_UNAVAILABLE_INFORMATION;
   std::string member;      // the HSM that served it (pools)
   int64_t count = -1;      // objects found (C_FindObjectsInit)

@@ -432,9 +432,9 @@ Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostr
     }
     for (const store::ObjectRecord& o : objects) {
       std::string id = Hex(o.ck_id);
-      text += fmt::format("  {:<11}  id {}  label {}\n", ClassName(o.object_class),
-                          id.empty() ? "-" : id, Printable(o.label));
-      jobjects.push_back({{"class", ClassName(o.object_class)}, {"label", o.label}, {"id", id}});
+      text += fmt::format("  {:<11}  id {}  label {}{}\n", ClassName(o.object_class), id.empty() ? "-" : id,
+                          Printable(o.label), o.version.empty() ? "" : "  version " + o.version);
+      jobjects.push_back({{"class", ClassName(o.object_class)}, {"label", o.label}, {"id", id}, {"version", o.version}});
     }
     doc["vaults"].push_back({{"name", v.name},
                              {"sku", v.sku},

@@ -92,6 +92,15 @@ void AuditObject(const model::Object& o, const char* const op_by_kind[3]) {
   const Bytes* id = o.attrs.Get(CKA_ID);
   if (id != nullptr) c->event.id.assign(id->begin(), id->end());
   else c->event.id.clear();
+  AuditVersionOf(o);
+}
+
+void AuditVersionOf(const model::Object& o) {
+  AuditCall* c = t_current;
+  if (c == nullptr) return;
+  const Bytes* v = o.attrs.Get(CKA_VAULTP11_VERSION);
+  c->event.has_version = v != nullptr && v->size() == c->event.version.size();
+  if (c->event.has_version) std::copy(v->begin(), v->end(), c->event.version.begin());
 }
 
 void AuditName(std::string name) {

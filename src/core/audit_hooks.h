@@ -66,6 +66,9 @@ void AuditPrincipal(std::string principal, std::string method);
 // call is the one it is about); `op_by_kind` (if set) picks the operation name for the
 // object's kind: {key, secret, certificate}.
 void AuditObject(const model::Object& o, const char* const op_by_kind[3] = nullptr);
+// The version of `o` (a stored, labelled object) in the call's event; for a new object, once
+// it is stored.
+void AuditVersionOf(const model::Object& o);
 void AuditName(std::string name);
 void AuditMechanism(CK_MECHANISM_TYPE m);
 void AuditMember(const std::string& member);

@@ -86,4 +86,13 @@ Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm)
   return OkStatus();
 }
 
+Result<bool> TakeNewVersion(model::AttributeMap& tmpl) {
+  const Bytes* v = tmpl.Get(CKA_VAULTP11_NEW_VERSION);
+  if (v == nullptr) return false;
+  if (v->size() != sizeof(CK_BBOOL)) return Err(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VAULTP11_NEW_VERSION must be a CK_BBOOL");
+  bool b = (*v)[0] != CK_FALSE;
+  tmpl.Erase(CKA_VAULTP11_NEW_VERSION);
+  return b;
+}
+
 }  // namespace vaultp11::core

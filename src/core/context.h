@@ -38,4 +38,9 @@ bool Permits(const CallContext& c, const model::Object& o, uint32_t perm);
 // For objects about to be created (they have no handle yet).
 Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm);
 
+// Takes CKA_VAULTP11_NEW_VERSION out of a creation template (it asks for a new version of the
+// item and is not stored): its value, false when absent; not a CK_BBOOL is
+// CKR_ATTRIBUTE_VALUE_INVALID.
+Result<bool> TakeNewVersion(model::AttributeMap& tmpl);
+
 }  // namespace vaultp11::core

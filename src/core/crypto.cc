@@ -441,6 +441,7 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
                c.token->name());
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey u, PrepareKey(c, unwrapping, *mech, kUnwrapUse));
   VAULTP11_ASSIGN_OR_RETURN(model::AttributeMap t, model::ParseTemplate(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(bool new_version, TakeNewVersion(t));
   SecureBytes raw;
   if (u.hsm) {
     // An HSM key unwraps by decrypting in the HSM (RSA mechanisms); the result is a software key
@@ -469,7 +470,7 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
   if (AuditCall* a = CurrentAudit()) a->event.extra = {{"newKey", obj->label()}};
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, obj->is_token() ? auth::kImport : auth::kUnwrapKey));
   obj->owner_session = h;
-  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(obj)));
+  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(obj, new_version));
   return OkStatus();
 }
 

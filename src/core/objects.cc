@@ -51,11 +51,6 @@ Status RefuseInPool(const CallContext& c, std::string_view what) {
              c.token->name(), what);
 }
 
-// A pool key that will not be handed out after all: its copies go from every member.
-void DiscardPoolKey(const model::Object& o) {
-  const model::HsmKey* hk = o.material ? o.material->hsm() : nullptr;
-  if (hk && hk->pool) hk->pool->DestroyEverywhere(hk->inner_id);
-}
 
 // Software protection asked for in a pool.
 Status RequireHsmInPool(const CallContext& c, const std::optional<CK_ULONG>& requested) {
@@ -71,11 +66,13 @@ Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, 
   if (out == nullptr || (tmpl == nullptr && count != 0)) return Err(CKR_ARGUMENTS_BAD, "C_CreateObject: NULL argument");
   VAULTP11_RETURN_IF_ERROR(RefuseInPool(c, "objects cannot be created or imported"));
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(bool new_version, TakeNewVersion(t));
   VAULTP11_ASSIGN_OR_RETURN(auto obj, model::CreateObject(t));
   AuditObject(*obj, kCreateOps);
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, CreatePermission(*obj)));
   obj->owner_session = h;
-  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(obj)));
+  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(obj, new_version));
+  AuditVersionOf(*obj);
   return OkStatus();
 }
 
@@ -90,11 +87,12 @@ Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE src, CK_ATTRIBUTE_PTR tm
   // Two outer objects on one HSM key would destroy it twice.
   if (o->material && o->material->hsm()) return Err(CKR_ACTION_PROHIBITED, "HSM-protected keys cannot be copied");
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(bool new_version, TakeNewVersion(t));
   VAULTP11_ASSIGN_OR_RETURN(auto copy, model::CopyObject(*o, t));
   if (AuditCall* a = CurrentAudit()) a->event.extra = {{"copy", copy->label()}};
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *copy, CreatePermission(*copy)));
   copy->owner_session = h;
-  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(copy)));
+  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(copy), new_version));
   return OkStatus();
 }
 
@@ -229,6 +227,7 @@ Status GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR 
   if (mech->pParameter != nullptr || mech->ulParameterLen != 0)
     return Err(CKR_MECHANISM_PARAM_INVALID, "CKM_AES_KEY_GEN takes no parameter");
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
+  VAULTP11_ASSIGN_OR_RETURN(bool new_version, TakeNewVersion(t));
   if (c.token->is_pool()) {
     VAULTP11_ASSIGN_OR_RETURN(auto requested, model::RequestedProtection(t, AttributeMap{}));
     VAULTP11_RETURN_IF_ERROR(RequireHsmInPool(c, requested));
@@ -241,18 +240,20 @@ Status GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR 
     VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, probe, auth::kCreate));
     VAULTP11_ASSIGN_OR_RETURN(auto key, model::GenerateHsmSecretKey(mech->mechanism, t, *c.token->hsm()));
     key->owner_session = h;
-    auto added = c.token->Add(key);
+    auto added = c.token->Add(key, new_version);
     if (!added.ok()) {
-      DiscardPoolKey(*key);
+      c.token->DiscardHsmKey(*key);
       return added.error();
     }
     *out = added.value();
+    AuditVersionOf(*key);
     return OkStatus();
   }
   VAULTP11_ASSIGN_OR_RETURN(auto key, model::GenerateSecretKey(mech->mechanism, t));
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *key, auth::kCreate));
   key->owner_session = h;
-  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(key)));
+  VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(key, new_version));
+  AuditVersionOf(*key);
   return OkStatus();
 }
 
@@ -271,6 +272,9 @@ Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
     return Err(CKR_MECHANISM_PARAM_INVALID, "key pair generation takes no mechanism parameter");
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap pt, Template(pub, pub_count));
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap vt, Template(priv, priv_count));
+  VAULTP11_ASSIGN_OR_RETURN(bool new_version_pub, TakeNewVersion(pt));
+  VAULTP11_ASSIGN_OR_RETURN(bool new_version_priv, TakeNewVersion(vt));
+  const bool new_version = new_version_pub || new_version_priv;
   // Check access before the (slow) generation, on the would-be objects' class and label.
   {
     model::Object probe;
@@ -291,16 +295,17 @@ Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
   Status allowed = AuthorizeNew(c, *kp.public_key, auth::kCreate);
   if (allowed.ok()) allowed = AuthorizeNew(c, *kp.private_key, auth::kCreate);
   if (!allowed.ok()) {
-    DiscardPoolKey(*kp.private_key);
+    c.token->DiscardHsmKey(*kp.private_key);
     return allowed;
   }
   kp.public_key->owner_session = h;
   kp.private_key->owner_session = h;
-  auto added = c.token->AddPair(kp.public_key, kp.private_key);
+  auto added = c.token->AddPair(kp.public_key, kp.private_key, new_version);
   if (!added.ok()) {
-    DiscardPoolKey(*kp.private_key);
+    c.token->DiscardHsmKey(*kp.private_key);
     return added.error();
   }
+  AuditVersionOf(*kp.private_key);
   auto handles = added.value();
   *pub_out = handles.first;
   *priv_out = handles.second;

@@ -15,6 +15,13 @@ std::string SerialFor(const std::string& name) {
   return fmt::format("{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", md[0], md[1], md[2], md[3], md[4],
                      md[5], md[6], md[7]);
 }
+// The 16 bytes a version id (32 lowercase hex digits) spells.
+Bytes VersionBytes(std::string_view hex) {
+  auto nibble = [](char c) { return static_cast<uint8_t>(c <= '9' ? c - '0' : c - 'a' + 10); };
+  Bytes out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<uint8_t>(nibble(hex[i]) << 4 | nibble(hex[i + 1])));
+  return out;
+}
 }  // namespace
 
 Token::Token(CK_SLOT_ID slot_id, const config::VaultConfig& vault, store::Store* store,
@@ -57,6 +64,7 @@ std::shared_ptr<model::Object> Token::FromRecord(const store::ObjectRecord& rec,
   }
   auto obj = std::make_shared<model::Object>();
   obj->attrs = std::move(attrs).value();
+  obj->attrs.SetString(CKA_VAULTP11_VERSION, rec.version);  // the row's column is the truth
   obj->store_id = rec.id;
   // HSM keys: the private half of a pair, or a pool's AES key.
   if (obj->attrs.GetUlong(CKA_VAULTP11_PROTECTION) == VAULTP11_PROTECTION_HSM &&
@@ -144,10 +152,39 @@ Result<model::ObjectPtr> Token::Get(CK_OBJECT_HANDLE h) const {
 }
 
 void Token::IndexLocked(CK_OBJECT_HANDLE h, const model::Object& o) {
-  by_label_.emplace(o.label(), h);
+  std::string label = o.label();
+  by_label_.emplace(label, h);
   const Bytes* id = o.attrs.Get(CKA_ID);
   by_id_.emplace(id ? *id : Bytes{}, h);
   by_class_.emplace(o.cls(), h);
+  const Bytes* v = o.attrs.Get(CKA_VAULTP11_VERSION);
+  if (o.store_id != 0 && v != nullptr && !v->empty() && !label.empty()) {
+    Current& c = current_[label];
+    if (o.store_id > c.store_id) c = Current{o.store_id, *v};
+  }
+}
+
+void Token::RecomputeCurrentLocked(const std::string& label) {
+  Current best;
+  auto [b, e] = by_label_.equal_range(label);
+  for (auto it = b; it != e; ++it) {
+    auto o = objects_.find(it->second);
+    if (o == objects_.end()) continue;
+    const Bytes* v = o->second->attrs.Get(CKA_VAULTP11_VERSION);
+    if (o->second->store_id > best.store_id && v != nullptr && !v->empty()) best = Current{o->second->store_id, *v};
+  }
+  if (best.store_id == 0)
+    current_.erase(label);
+  else
+    current_[label] = std::move(best);
+}
+
+bool Token::IsOlderVersionLocked(const model::Object& o) const {
+  if (o.store_id == 0) return false;
+  const Bytes* v = o.attrs.Get(CKA_VAULTP11_VERSION);
+  if (v == nullptr || v->empty()) return false;
+  auto it = current_.find(o.label());
+  return it != current_.end() && it->second.version != *v;
 }
 
 void Token::UnindexLocked(CK_OBJECT_HANDLE h, const model::Object& o) {
@@ -159,10 +196,13 @@ void Token::UnindexLocked(CK_OBJECT_HANDLE h, const model::Object& o) {
         return;
       }
   };
-  drop(by_label_, o.label());
+  std::string label = o.label();
+  drop(by_label_, label);
   const Bytes* id = o.attrs.Get(CKA_ID);
   drop(by_id_, id ? *id : Bytes{});
   drop(by_class_, o.cls());
+  auto c = current_.find(label);
+  if (c != current_.end() && c->second.store_id == o.store_id) RecomputeCurrentLocked(label);
 }
 
 CK_OBJECT_HANDLE Token::InsertLocked(std::shared_ptr<const model::Object> obj) {
@@ -172,18 +212,45 @@ CK_OBJECT_HANDLE Token::InsertLocked(std::shared_ptr<const model::Object> obj) {
   return h;
 }
 
-Status Token::Persist(model::Object& obj) {
-  store::ObjectRecord rec;
-  rec.vault = name_;
-  rec.object_class = obj.cls();
-  rec.label = obj.label();
-  const Bytes* id = obj.attrs.Get(CKA_ID);
-  if (id) rec.ck_id = *id;
-  rec.attributes = obj.attrs.Serialize();
-  VAULTP11_ASSIGN_OR_RETURN(SecureBytes secret, model::SecretForStore(obj));
-  rec.has_secret = !secret.empty();
-  VAULTP11_ASSIGN_OR_RETURN(store::ObjectRecord saved, store_->Insert(std::move(rec), secret));
-  obj.store_id = saved.id;
+Status Token::Persist(std::span<model::Object* const> objs, bool new_version) {
+  std::string label = objs.front()->label();
+  std::string version;
+  if (!label.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(version, store::NewVersionId());
+    // Keys (and certificates) without a CKA_ID get the version's 16 bytes: short, stable and
+    // different for every version. Both halves of a pair share one id.
+    Bytes ck_id;
+    for (model::Object* o : objs)
+      if (const Bytes* id = o->attrs.Get(CKA_ID); id != nullptr && !id->empty()) ck_id = *id;
+    if (ck_id.empty())
+      ck_id = VersionBytes(version);
+    for (model::Object* o : objs) {
+      if (o->cls() != CKO_DATA && (o->attrs.Get(CKA_ID) == nullptr || o->attrs.Get(CKA_ID)->empty()))
+        o->attrs.Set(CKA_ID, ck_id);
+      o->attrs.SetString(CKA_VAULTP11_VERSION, version);
+    }
+  }
+  std::vector<store::ObjectRecord> recs;
+  std::vector<SecureBytes> secrets;
+  for (model::Object* o : objs) {
+    store::ObjectRecord rec;
+    rec.vault = name_;
+    rec.object_class = o->cls();
+    rec.label = o->label();
+    const Bytes* id = o->attrs.Get(CKA_ID);
+    if (id) rec.ck_id = *id;
+    rec.attributes = o->attrs.Serialize();
+    rec.version = version;
+    VAULTP11_ASSIGN_OR_RETURN(SecureBytes secret, model::SecretForStore(*o));
+    rec.has_secret = !secret.empty();
+    recs.push_back(std::move(rec));
+    secrets.push_back(std::move(secret));
+  }
+  VAULTP11_ASSIGN_OR_RETURN(auto saved, store_->InsertVersion(std::move(recs), secrets, new_version));
+  for (size_t i = 0; i < objs.size(); ++i) {
+    objs[i]->store_id = saved[i].id;
+    objs[i]->attrs.SetString(CKA_VAULTP11_VERSION, saved[i].version);  // joined: the current one
+  }
   return OkStatus();
 }
 
@@ -207,20 +274,34 @@ CK_OBJECT_HANDLE Token::InsertPersistedLocked(std::shared_ptr<model::Object> obj
   return h;
 }
 
-Result<CK_OBJECT_HANDLE> Token::Add(std::shared_ptr<model::Object> obj) {
-  if (obj->is_token()) VAULTP11_RETURN_IF_ERROR(Persist(*obj));
+Result<CK_OBJECT_HANDLE> Token::Add(std::shared_ptr<model::Object> obj, bool new_version) {
+  if (obj->is_token()) {
+    model::Object* one[] = {obj.get()};
+    VAULTP11_RETURN_IF_ERROR(Persist(one, new_version));
+  }
   std::unique_lock<std::shared_mutex> l(mu_);
   return InsertPersistedLocked(std::move(obj));
 }
 
 Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> Token::AddPair(std::shared_ptr<model::Object> pub,
-                                                                      std::shared_ptr<model::Object> priv) {
-  if (pub->is_token()) VAULTP11_RETURN_IF_ERROR(Persist(*pub));
-  if (priv->is_token()) {
-    Status st = Persist(*priv);
-    if (!st.ok()) {
-      if (pub->store_id != 0) (void)store_->Delete(pub->store_id);  // no half pair left behind
-      return st.error();
+                                                                      std::shared_ptr<model::Object> priv,
+                                                                      bool new_version) {
+  if (pub->is_token() && priv->is_token() && pub->label() == priv->label()) {
+    model::Object* both[] = {priv.get(), pub.get()};
+    VAULTP11_RETURN_IF_ERROR(Persist(both, new_version));
+  } else {
+    // Halves with different labels or lifetimes are separate items.
+    if (pub->is_token()) {
+      model::Object* one[] = {pub.get()};
+      VAULTP11_RETURN_IF_ERROR(Persist(one, new_version));
+    }
+    if (priv->is_token()) {
+      model::Object* one[] = {priv.get()};
+      Status st = Persist(one, new_version);
+      if (!st.ok()) {
+        if (pub->store_id != 0) (void)store_->Delete(pub->store_id);  // no half pair left behind
+        return st.error();
+      }
     }
   }
   std::unique_lock<std::shared_mutex> l(mu_);
@@ -232,7 +313,9 @@ Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> Token::AddPair(std::shared
 Status Token::Replace(CK_OBJECT_HANDLE h, std::shared_ptr<model::Object> obj) {
   if (obj->is_token() && obj->store_id != 0) {
     const Bytes* id = obj->attrs.Get(CKA_ID);
-    VAULTP11_RETURN_IF_ERROR(store_->Update(obj->store_id, obj->label(), id ? *id : Bytes{}, obj->attrs.Serialize()));
+    VAULTP11_ASSIGN_OR_RETURN(std::string version,
+                              store_->Update(obj->store_id, obj->label(), id ? *id : Bytes{}, obj->attrs.Serialize()));
+    obj->attrs.SetString(CKA_VAULTP11_VERSION, version);
   }
   std::unique_lock<std::shared_mutex> l(mu_);
   auto it = objects_.find(h);
@@ -254,11 +337,22 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
   if (obj->store_id != 0) VAULTP11_RETURN_IF_ERROR(store_->Delete(obj->store_id));
   // An HSM key pair goes with its private object: both inner objects are destroyed (on every
   // member for a pool key).
-  const model::HsmKey* hk = obj->material ? obj->material->hsm() : nullptr;
+  DiscardHsmKey(*obj);
+  std::unique_lock<std::shared_mutex> l(mu_);
+  auto it = objects_.find(h);
+  if (it == objects_.end()) return OkStatus();
+  UnindexLocked(h, *it->second);
+  if (obj->store_id != 0) by_store_id_.erase(obj->store_id);
+  objects_.erase(it);
+  return OkStatus();
+}
+
+void Token::DiscardHsmKey(const model::Object& obj) const {
+  const model::HsmKey* hk = obj.material ? obj.material->hsm() : nullptr;
   if (hk && hk->pool) {
     hk->pool->DestroyEverywhere(hk->inner_id);
   } else if (hk && hk->token) {
-    for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+    for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY}) {
       p11::AttrTemplate t;
       t.Ulong(CKA_CLASS, cls).Data(CKA_ID, hk->inner_id);
       auto found = hk->token->FindObjects(t);
@@ -269,13 +363,6 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
       }
     }
   }
-  std::unique_lock<std::shared_mutex> l(mu_);
-  auto it = objects_.find(h);
-  if (it == objects_.end()) return OkStatus();
-  UnindexLocked(h, *it->second);
-  if (obj->store_id != 0) by_store_id_.erase(obj->store_id);
-  objects_.erase(it);
-  return OkStatus();
 }
 
 void Token::RemoveSessionObjects(CK_SESSION_HANDLE session) {
@@ -293,9 +380,13 @@ void Token::RemoveSessionObjects(CK_SESSION_HANDLE session) {
 std::vector<CK_OBJECT_HANDLE> Token::Find(const model::AttributeMap& tmpl) const {
   std::vector<CK_OBJECT_HANDLE> out;
   std::shared_lock<std::shared_mutex> l(mu_);
+  const bool all_versions = tmpl.Has(CKA_ID) || tmpl.Has(CKA_VAULTP11_VERSION);
+  auto wanted = [&](const model::Object& o) {
+    return (all_versions || !IsOlderVersionLocked(o)) && model::Matches(o, tmpl);
+  };
   auto check = [&](CK_OBJECT_HANDLE h) {
     auto it = objects_.find(h);
-    if (it != objects_.end() && model::Matches(*it->second, tmpl)) out.push_back(h);
+    if (it != objects_.end() && wanted(*it->second)) out.push_back(h);
   };
   if (const Bytes* label = tmpl.Get(CKA_LABEL)) {
     auto [b, e] = by_label_.equal_range(std::string(label->begin(), label->end()));
@@ -308,7 +399,7 @@ std::vector<CK_OBJECT_HANDLE> Token::Find(const model::AttributeMap& tmpl) const
     for (auto it = b; it != e; ++it) check(it->second);
   } else {
     for (const auto& [h, o] : objects_)
-      if (model::Matches(*o, tmpl)) out.push_back(h);
+      if (wanted(*o)) out.push_back(h);
   }
   std::sort(out.begin(), out.end());
   return out;

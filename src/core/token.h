@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -60,17 +61,26 @@ class Token {
   Status ApplyChanges();
 
   Result<model::ObjectPtr> Get(CK_OBJECT_HANDLE h) const;
-  // Adds an object: token objects are written to the store first (one transaction).
-  Result<CK_OBJECT_HANDLE> Add(std::shared_ptr<model::Object> obj);
-  // Adds both halves of a key pair, token halves in the store.
+  // Adds an object: token objects are written to the store first (one transaction), under the
+  // name and version rules of store::Store::InsertVersion (vaultp11.h "Names and versions"):
+  // a labelled token object gets a version id (CKA_VAULTP11_VERSION) and, on keys without a
+  // CKA_ID, that version's 16 bytes as CKA_ID.
+  Result<CK_OBJECT_HANDLE> Add(std::shared_ptr<model::Object> obj, bool new_version = false);
+  // Adds both halves of a key pair, token halves in the store (one transaction, one version).
   Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> AddPair(std::shared_ptr<model::Object> pub,
-                                                                 std::shared_ptr<model::Object> priv);
+                                                                 std::shared_ptr<model::Object> priv,
+                                                                 bool new_version = false);
+  // Destroys the HSM objects behind an HSM-protected key (on every member for a pool key):
+  // for a key being removed, or one made but never handed out.
+  void DiscardHsmKey(const model::Object& obj) const;
   Status Replace(CK_OBJECT_HANDLE h, std::shared_ptr<model::Object> obj);
   Status Remove(CK_OBJECT_HANDLE h);
   // Removes the session objects created by `session` (C_CloseSession).
   void RemoveSessionObjects(CK_SESSION_HANDLE session);
 
   // Handles of objects that match `tmpl`; uses the label / id / class index when present.
+  // Older versions of named items are left out unless the template has CKA_ID or
+  // CKA_VAULTP11_VERSION.
   std::vector<CK_OBJECT_HANDLE> Find(const model::AttributeMap& tmpl) const;
 
   // ---- login state (per application, per token: spec 5.6) ---------------------------------
@@ -95,7 +105,12 @@ class Token {
   CK_OBJECT_HANDLE InsertLocked(std::shared_ptr<const model::Object> obj);
   CK_OBJECT_HANDLE InsertPersistedLocked(std::shared_ptr<model::Object> obj);
   std::shared_ptr<model::Object> FromRecord(const store::ObjectRecord& rec, Status* st);
-  Status Persist(model::Object& obj);
+  // Writes the token objects of one version (one object, or both halves of a pair).
+  Status Persist(std::span<model::Object* const> objs, bool new_version);
+  // Whether `o` is a stored object of a named item whose current version is another one.
+  bool IsOlderVersionLocked(const model::Object& o) const;
+  // Re-reads the current version of `label` from the objects that still carry it.
+  void RecomputeCurrentLocked(const std::string& label);
 
   const CK_SLOT_ID slot_id_;
   const std::string name_;
@@ -109,6 +124,12 @@ class Token {
   std::multimap<Bytes, CK_OBJECT_HANDLE> by_id_;
   std::unordered_multimap<CK_OBJECT_CLASS, CK_OBJECT_HANDLE> by_class_;
   std::unordered_map<int64_t, CK_OBJECT_HANDLE> by_store_id_;
+  // The current version of each named item: the version of its newest stored row.
+  struct Current {
+    int64_t store_id = 0;
+    Bytes version;
+  };
+  std::unordered_map<std::string, Current> current_;
   int64_t revision_ = 0;
 
   std::optional<model::HsmKey> hsm_;  // set before Load, then read-only

@@ -136,7 +136,7 @@ struct Rule {
 constexpr Rule kCommon[] = {
     {CKA_CLASS, kGiven}, {CKA_TOKEN, kGiven}, {CKA_PRIVATE, kGiven},
     {CKA_MODIFIABLE, kGiven}, {CKA_LABEL, kGiven | kModify}, {CKA_COPYABLE, kGiven | kModify},
-    {CKA_DESTROYABLE, kGiven | kModify},
+    {CKA_DESTROYABLE, kGiven | kModify}, {CKA_VAULTP11_VERSION, 0},
 };
 constexpr Rule kKey[] = {
     {CKA_KEY_TYPE, kGiven}, {CKA_ID, kGiven | kModify}, {CKA_START_DATE, kGiven | kModify},
@@ -179,6 +179,7 @@ constexpr Rule kSecretKey[] = {
 constexpr Rule kData[] = {
     {CKA_APPLICATION, kGiven | kModify}, {CKA_OBJECT_ID, kGiven | kModify},
     {CKA_VALUE, kGiven | kSecret},  // a new value is a new object (secret versions)
+    {CKA_VAULTP11_CONTENT_TYPE, kGiven | kModify},
 };
 
 std::optional<unsigned> RuleFor(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t) {
@@ -207,9 +208,27 @@ std::optional<unsigned> RuleFor(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t) {
   }
 }
 
+// A secret's value and content type within their limits (vaultp11.h).
+Status CheckSecretValues(const AttributeMap& a) {
+  if (const Bytes* ct = a.Get(CKA_VAULTP11_CONTENT_TYPE)) {
+    if (ct->size() > VAULTP11_MAX_CONTENT_TYPE_CHARS)
+      return Err(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VAULTP11_CONTENT_TYPE has {} characters (at most {})", ct->size(),
+                 VAULTP11_MAX_CONTENT_TYPE_CHARS);
+    for (uint8_t c : *ct)
+      if (c < 0x20 || c > 0x7e)
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VAULTP11_CONTENT_TYPE must be printable ASCII");
+  }
+  if (a.GetUlong(CKA_CLASS) == CKO_DATA)
+    if (const Bytes* v = a.Get(CKA_VALUE); v && v->size() > VAULTP11_MAX_SECRET_BYTES)
+      return Err(CKR_ATTRIBUTE_VALUE_INVALID, "a secret's value has {} bytes (at most {})", v->size(),
+                 VAULTP11_MAX_SECRET_BYTES);
+  return OkStatus();
+}
+
 // Every attribute of `tmpl` must be known for the class and allowed in a template.
 // `generate` forbids the attributes the token computes itself (modulus, point, value).
 Status CheckTemplate(CK_OBJECT_CLASS cls, const AttributeMap& tmpl, bool generate) {
+  VAULTP11_RETURN_IF_ERROR(CheckSecretValues(tmpl));
   for (const auto& [t, v] : tmpl.values()) {
     auto f = RuleFor(cls, t);
     if (!f) return Err(CKR_ATTRIBUTE_TYPE_INVALID, "{} is not an attribute of this object class", AttrName(t));
@@ -240,6 +259,7 @@ Status Base(AttributeMap& a, CK_OBJECT_CLASS cls, const AttributeMap& tmpl) {
   a.SetBool(CKA_COPYABLE, true);
   a.SetBool(CKA_DESTROYABLE, true);
   a.Set(CKA_LABEL, Bytes{});
+  a.Set(CKA_VAULTP11_VERSION, Bytes{});  // set when stored (core/token.cc)
   if (cls != CKO_DATA) {
     a.Set(CKA_ID, Bytes{});
     a.Set(CKA_START_DATE, Bytes{});
@@ -276,6 +296,7 @@ Status Base(AttributeMap& a, CK_OBJECT_CLASS cls, const AttributeMap& tmpl) {
     case CKO_DATA:
       a.Set(CKA_APPLICATION, Bytes{});
       a.Set(CKA_OBJECT_ID, Bytes{});
+      a.Set(CKA_VAULTP11_CONTENT_TYPE, Bytes{});
       break;
     default:
       break;
@@ -408,6 +429,8 @@ Result<SecureBytes> ReadAttribute(const Object& obj, CK_ATTRIBUTE_TYPE type, boo
   if (v == nullptr) {
     // Objects stored before the life-cycle attributes existed answer their defaults.
     if (auto d = LifecycleDefault(cls, obj.attrs, type)) return SecureBytes(d->begin(), d->end());
+    // ... and before versions and content types.
+    if (type == CKA_VAULTP11_VERSION || (type == CKA_VAULTP11_CONTENT_TYPE && cls == CKO_DATA)) return SecureBytes{};
     return Err(CKR_ATTRIBUTE_TYPE_INVALID, "{} is not an attribute of this object", AttrName(type));
   }
   return SecureBytes(v->begin(), v->end());
@@ -872,6 +895,7 @@ Result<std::shared_ptr<Object>> CopyObject(const Object& src, const AttributeMap
   auto obj = std::make_shared<Object>(src);
   obj->store_id = 0;
   obj->owner_session = 0;
+  obj->attrs.Set(CKA_VAULTP11_VERSION, Bytes{});  // a stored copy gets its own (core/token.cc)
   for (const auto& [t, v] : tmpl.values()) {
     switch (t) {
       case CKA_TOKEN: case CKA_PRIVATE: case CKA_MODIFIABLE: case CKA_DESTROYABLE: case CKA_LABEL: case CKA_ID:
@@ -911,6 +935,7 @@ Result<std::shared_ptr<Object>> ModifyObject(const Object& src, const AttributeM
     if (IsLifecycleAttribute(t)) continue;  // resolved together below
     obj->attrs.Set(t, v);
   }
+  VAULTP11_RETURN_IF_ERROR(CheckSecretValues(changes));
   // Setting one form of the window sets the other; tags are stored canonical.
   bool lifecycle = false;
   for (const auto& [t, v] : changes.values()) lifecycle |= IsLifecycleAttribute(t);

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS objects(
   ck_id BLOB NOT NULL,
   attributes BLOB NOT NULL,
   secret BLOB NULL,
-  revision INTEGER NOT NULL);
+  revision INTEGER NOT NULL,
+  version TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS objects_vault_revision ON objects(vault, revision);
 CREATE INDEX IF NOT EXISTS objects_vault_label ON objects(vault, label);
 CREATE INDEX IF NOT EXISTS objects_vault_ck_id ON objects(vault, ck_id);
@@ -74,6 +75,21 @@ constexpr int64_t kAuthSchemaObjects = 3;
 
 constexpr size_t kDeploymentIdBytes = 16;
 
+// objects.version, added after version 1 shipped (ALTER TABLE on the first writable open).
+constexpr const char* kVersionColumnCheckSql =
+    "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'version'";
+
+std::string HexOf(std::span<const uint8_t> raw) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(raw.size() * 2);
+  for (uint8_t b : raw) {
+    out += kDigits[b >> 4];
+    out += kDigits[b & 15];
+  }
+  return out;
+}
+
 bool IsDeploymentId(std::string_view s) {
   if (s.size() != 2 * kDeploymentIdBytes) return false;
   for (char c : s)
@@ -103,8 +119,12 @@ LoginFailures NextLoginFailures(LoginFailures s, int64_t now, int64_t lock_after
   return s;
 }
 
+// The columns ReadObject reads; a read-only store made before objects.version existed reads
+// an empty version instead.
 constexpr const char* kObjectColumns =
-    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision";
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version";
+constexpr const char* kObjectColumnsNoVersion =
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, ''";
 
 std::span<const uint8_t> AsBytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
@@ -192,6 +212,7 @@ ObjectRecord ReadObject(Stmt& st) {
   r.attributes = st.Blob(5);
   r.has_secret = st.Int(6) != 0;
   r.revision = st.Int(7);
+  r.version = st.Text(8);
   return r;
 }
 
@@ -305,6 +326,42 @@ Result<SecureBytes> CreateOrReadMasterKey(const std::string& path) {
   return key;
 }
 
+// One row of an item, as the name rules see it.
+struct ItemRow {
+  int64_t id;
+  CK_OBJECT_CLASS cls;
+  Bytes ck_id;
+  std::string version;
+};
+
+bool HasClass(const std::vector<ItemRow>& rows, const std::string& version, CK_OBJECT_CLASS cls) {
+  for (const auto& r : rows)
+    if (r.version == version && r.cls == cls) return true;
+  return false;
+}
+
+bool HasCkId(const std::vector<ItemRow>& rows, const std::string& version, const Bytes& ck_id) {
+  for (const auto& r : rows)
+    if (r.version == version && r.ck_id == ck_id) return true;
+  return false;
+}
+
+// The version another version of the item already uses `ck_id` in, if any.
+const ItemRow* OtherVersionWithId(const std::vector<ItemRow>& rows,
+                                               const std::string& version, const Bytes& ck_id) {
+  if (ck_id.empty()) return nullptr;
+  for (const auto& r : rows)
+    if (r.version != version && r.ck_id == ck_id) return &r;
+  return nullptr;
+}
+
+Error NameExists(const std::string& vault, const std::string& label, const std::string& current, std::string_view why) {
+  return Err(CKR_ATTRIBUTE_VALUE_INVALID,
+             "an item named '{}' exists in vault {} (current version {}): {}; to add a version, give "
+             "CKA_VAULTP11_NEW_VERSION = CK_TRUE",
+             label, vault, current, why);
+}
+
 }  // namespace
 
 Result<SecureBytes> DeriveKey(const SecureBytes& master_key, std::string_view purpose) {
@@ -339,6 +396,7 @@ struct Store::Impl {
   std::map<std::string, sqlite3_stmt*, std::less<>> statements;
   std::map<std::string, SecureBytes, std::less<>> data_keys;  // unwrapped, per vault
   std::string deployment_id;                                  // cached once read (it never changes)
+  const char* object_columns = kObjectColumns;
 
   Error Fail(int rc, std::string_view what) const { return SqlError(db, rc, path, what); }
 
@@ -466,7 +524,66 @@ struct Store::Impl {
       VAULTP11_RETURN_IF_ERROR(Transaction("adding the authentication tables", [&]() -> Status {
         return Exec(kAuthSchemaSql, "adding the authentication tables");
       }));
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_version, QueryInt(kVersionColumnCheckSql, "looking for object versions"));
+    if (have_version == 0) VAULTP11_RETURN_IF_ERROR(AddVersions());
     return OkStatus();
+  }
+
+  // Upgrades a store made before versions: adds objects.version and gives each labelled
+  // (label, CKA_ID) group of a vault one version, so an existing key pair stays one version
+  // and labels used by several keys become several versions (the newest row's is current).
+  Status AddVersions() {
+    return Transaction("adding object versions", [&]() -> Status {
+      VAULTP11_ASSIGN_OR_RETURN(int64_t again, QueryInt(kVersionColumnCheckSql, "looking for object versions"));
+      if (again != 0) return OkStatus();  // another process upgraded it meanwhile
+      VAULTP11_RETURN_IF_ERROR(
+          Exec("ALTER TABLE objects ADD COLUMN version TEXT NOT NULL DEFAULT ''", "adding object versions"));
+      struct Group {
+        std::string vault, label;
+        Bytes ck_id;
+      };
+      std::vector<Group> groups;
+      {
+        VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT DISTINCT vault, label, ck_id FROM objects "
+                                                            "WHERE label != ''"));
+        Stmt st(s);
+        int rc;
+        while ((rc = st.Step()) == SQLITE_ROW) groups.push_back(Group{st.Text(0), st.Text(1), st.Blob(2)});
+        if (rc != SQLITE_DONE) return Fail(rc, "adding object versions");
+      }
+      if (groups.empty()) return OkStatus();
+      VAULTP11_ASSIGN_OR_RETURN(int64_t rev, BumpRevision());
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * u, Prepare("UPDATE objects SET version = ?, revision = ? "
+                                                          "WHERE vault = ? AND label = ? AND ck_id = ?"));
+      for (const Group& g : groups) {
+        VAULTP11_ASSIGN_OR_RETURN(std::string v, NewVersionId());
+        Stmt st(u);
+        st.Bind(1, v);
+        st.Bind(2, rev);
+        st.Bind(3, g.vault);
+        st.Bind(4, g.label);
+        st.BindBlob(5, g.ck_id);
+        int rc = st.Step();
+        if (rc != SQLITE_DONE) return Fail(rc, "adding object versions");
+      }
+      return OkStatus();
+    });
+  }
+
+  // Inside a transaction: the rows labelled `label` in `vault`, newest first (`except` left out).
+  Result<std::vector<ItemRow>> ItemRows(const std::string& vault, const std::string& label, int64_t except = 0) {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT id, class, ck_id, version FROM objects "
+                                                        "WHERE vault = ? AND label = ? AND id != ? ORDER BY id DESC"));
+    Stmt st(s);
+    st.Bind(1, vault);
+    st.Bind(2, label);
+    st.Bind(3, except);
+    std::vector<ItemRow> rows;
+    int rc;
+    while ((rc = st.Step()) == SQLITE_ROW)
+      rows.push_back(ItemRow{st.Int(0), static_cast<CK_OBJECT_CLASS>(st.Int(1)), st.Blob(2), st.Text(3)});
+    if (rc != SQLITE_DONE) return Fail(rc, "reading an item's versions");
+    return rows;
   }
 
   Result<bool> HasAuthSchema() {
@@ -590,6 +707,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& db_path,
     VAULTP11_ASSIGN_OR_RETURN(int64_t version,
                               impl.QueryInt("PRAGMA user_version", "reading the schema version"));
     VAULTP11_RETURN_IF_ERROR(impl.CheckVersion(version));
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_version, impl.QueryInt(kVersionColumnCheckSql, "looking for object versions"));
+    if (have_version == 0) impl.object_columns = kObjectColumnsNoVersion;
   } else {
     // Switching to WAL also reads the header, so a non-database file fails here.
     {
@@ -673,76 +792,185 @@ Status Store::EnsureVault(const std::string& vault) {
   });
 }
 
-Result<ObjectRecord> Store::Insert(ObjectRecord record, const SecureBytes& secret) {
+Result<std::string> NewVersionId() {
+  uint8_t raw[16];
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(raw));
+  return HexOf(raw);
+}
+
+Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord> records,
+                                                       const std::vector<SecureBytes>& secrets, bool new_version) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (records.empty() || secrets.size() != records.size())
+    return Err(CKR_GENERAL_ERROR, "InsertVersion: {} records, {} secrets", records.size(), secrets.size());
   if (read_only_)
-    return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot create an object: database {} is read-only",
-               path_);
-  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(record.vault, master_key_));
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot create an object: database {} is read-only", path_);
+  const std::string vault = records.front().vault;
+  const std::string label = records.front().label;
+  for (const auto& r : records)
+    if (r.vault != vault || r.label != label)
+      return Err(CKR_GENERAL_ERROR, "InsertVersion: the records of one version differ in vault or label");
+  for (size_t i = 0; i < records.size(); ++i)
+    for (size_t j = i + 1; j < records.size(); ++j)
+      if (records[i].object_class == records[j].object_class)
+        return Err(CKR_GENERAL_ERROR, "InsertVersion: two records of one class");
+  std::string version = label.empty() ? std::string() : records.front().version;
+  if (!label.empty() && version.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(version, NewVersionId());
+  }
+  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault, master_key_));
   Status s = impl_->Transaction("inserting an object", [&]() -> Status {
+    if (!label.empty()) {
+      VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
+      if (!rows.empty()) {
+        const std::string& current = rows.front().version;
+        if (new_version) {
+          for (const auto& r : rows)
+            if (r.version == version) return Err(CKR_GENERAL_ERROR, "version {} of '{}' exists already", version, label);
+          for (const auto& rec : records)
+            if (const auto* other = OtherVersionWithId(rows, version, rec.ck_id))
+              return Err(CKR_ATTRIBUTE_VALUE_INVALID,
+                         "CKA_ID is already the id of version {} of '{}' in vault {}: each version needs its own "
+                         "(leave CKA_ID out to get one)",
+                         other->version, label, vault);
+        } else {
+          for (const auto& rec : records) {
+            if (!HasCkId(rows, current, rec.ck_id))
+              return NameExists(vault, label, current, "the new object's CKA_ID is not the current version's");
+            if (HasClass(rows, current, rec.object_class))
+              return NameExists(vault, label, current, "the current version has an object of this class");
+          }
+          version = current;
+        }
+      }
+    }
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
-    VAULTP11_ASSIGN_OR_RETURN(
-        sqlite3_stmt * ins,
-        impl_->Prepare(
-            "INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision) "
-            "VALUES(?, ?, ?, ?, ?, NULL, ?)"));
-    {
-      Stmt st(ins);
-      st.Bind(1, record.vault);
-      st.Bind(2, static_cast<int64_t>(record.object_class));
-      st.Bind(3, record.label);
-      st.BindBlob(4, record.ck_id);
-      st.BindBlob(5, record.attributes);
-      st.Bind(6, rev);
-      int rc = st.Step();
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "inserting an object");
+    for (size_t i = 0; i < records.size(); ++i) {
+      ObjectRecord& record = records[i];
+      const SecureBytes& secret = secrets[i];
+      VAULTP11_ASSIGN_OR_RETURN(
+          sqlite3_stmt * ins,
+          impl_->Prepare("INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision, version) "
+                         "VALUES(?, ?, ?, ?, ?, NULL, ?, ?)"));
+      {
+        Stmt st(ins);
+        st.Bind(1, record.vault);
+        st.Bind(2, static_cast<int64_t>(record.object_class));
+        st.Bind(3, record.label);
+        st.BindBlob(4, record.ck_id);
+        st.BindBlob(5, record.attributes);
+        st.Bind(6, rev);
+        st.Bind(7, version);
+        int rc = st.Step();
+        if (rc != SQLITE_DONE) return impl_->Fail(rc, "inserting an object");
+      }
+      int64_t id = sqlite3_last_insert_rowid(db_);
+      if (!secret.empty()) {
+        // The id is part of the AAD, so a sealed secret cannot be moved to another row.
+        std::string aad = ObjectAad(record.vault, id);
+        VAULTP11_ASSIGN_OR_RETURN(Bytes sealed, ossl::SealAesGcm(*data_key, secret, AsBytes(aad)));
+        VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * upd, impl_->Prepare("UPDATE objects SET secret = ? WHERE id = ?"));
+        Stmt st(upd);
+        st.BindBlob(1, sealed);
+        st.Bind(2, id);
+        int rc = st.Step();
+        if (rc != SQLITE_DONE) return impl_->Fail(rc, "storing an object's secret");
+      }
+      record.id = id;
+      record.revision = rev;
+      record.has_secret = !secret.empty();
+      record.version = version;
     }
-    int64_t id = sqlite3_last_insert_rowid(db_);
-    if (!secret.empty()) {
-      // The id is part of the AAD, so a sealed secret cannot be moved to another row.
-      std::string aad = ObjectAad(record.vault, id);
-      VAULTP11_ASSIGN_OR_RETURN(Bytes sealed, ossl::SealAesGcm(*data_key, secret, AsBytes(aad)));
-      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * upd,
-                                impl_->Prepare("UPDATE objects SET secret = ? WHERE id = ?"));
-      Stmt st(upd);
-      st.BindBlob(1, sealed);
-      st.Bind(2, id);
-      int rc = st.Step();
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "storing an object's secret");
-    }
-    record.id = id;
-    record.revision = rev;
-    record.has_secret = !secret.empty();
     return OkStatus();
   });
   if (!s.ok()) return s.error();
-  return record;
+  return records;
 }
 
-Status Store::Update(int64_t id, const std::string& label, const Bytes& ck_id,
-                     const Bytes& attributes) {
+Result<ObjectRecord> Store::Insert(ObjectRecord record, const SecureBytes& secret, bool new_version) {
+  std::vector<ObjectRecord> one;
+  one.push_back(std::move(record));
+  std::vector<SecureBytes> secrets;
+  secrets.push_back(secret);
+  VAULTP11_ASSIGN_OR_RETURN(auto saved, InsertVersion(std::move(one), secrets, new_version));
+  return std::move(saved.front());
+}
+
+Result<std::string> Store::Update(int64_t id, const std::string& label, const Bytes& ck_id,
+                                  const Bytes& attributes) {
   std::lock_guard<std::mutex> lock(mu_);
   if (read_only_)
     return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot modify object {}: database {} is read-only", id,
                path_);
-  return impl_->Transaction("updating an object", [&]() -> Status {
+  std::string version;
+  Status s = impl_->Transaction("updating an object", [&]() -> Status {
+    std::string vault, old_label;
+    CK_OBJECT_CLASS cls;
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, impl_->Prepare("SELECT vault, label, class, version FROM objects WHERE id = ?"));
+      Stmt st(s);
+      st.Bind(1, id);
+      int rc = st.Step();
+      if (rc == SQLITE_DONE) return Err(CKR_OBJECT_HANDLE_INVALID, "no object with id {} in {}", id, path_);
+      if (rc != SQLITE_ROW) return impl_->Fail(rc, "updating an object");
+      vault = st.Text(0);
+      old_label = st.Text(1);
+      cls = static_cast<CK_OBJECT_CLASS>(st.Int(2));
+      version = st.Text(3);
+    }
+    if (label.empty()) {
+      version.clear();
+    } else {
+      VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label, id));
+      if (label != old_label && !rows.empty()) {
+        const std::string& current = rows.front().version;
+        if (!HasCkId(rows, current, ck_id))
+          return NameExists(vault, label, current, "the object's CKA_ID is not the current version's");
+        if (HasClass(rows, current, cls)) return NameExists(vault, label, current, "the current version has an object of this class");
+        version = current;
+      } else if (version.empty()) {
+        VAULTP11_ASSIGN_OR_RETURN(version, NewVersionId());
+      }
+      if (const auto* other = OtherVersionWithId(rows, version, ck_id))
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_ID is already the id of version {} of '{}' in vault {}",
+                   other->version, label, vault);
+    }
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
     VAULTP11_ASSIGN_OR_RETURN(
         sqlite3_stmt * s,
-        impl_->Prepare(
-            "UPDATE objects SET label = ?, ck_id = ?, attributes = ?, revision = ? WHERE id = ?"));
+        impl_->Prepare("UPDATE objects SET label = ?, ck_id = ?, attributes = ?, revision = ?, version = ? WHERE id = ?"));
     Stmt st(s);
     st.Bind(1, label);
     st.BindBlob(2, ck_id);
     st.BindBlob(3, attributes);
     st.Bind(4, rev);
-    st.Bind(5, id);
+    st.Bind(5, version);
+    st.Bind(6, id);
     int rc = st.Step();
     if (rc != SQLITE_DONE) return impl_->Fail(rc, "updating an object");
-    if (sqlite3_changes(db_) == 0)
-      return Err(CKR_OBJECT_HANDLE_INVALID, "no object with id {} in {}", id, path_);
     return OkStatus();
   });
+  if (!s.ok()) return s.error();
+  return version;
+}
+
+Result<std::vector<VersionInfo>> Store::VersionsOf(const std::string& vault, const std::string& label) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<VersionInfo> out;
+  if (label.empty()) return out;
+  VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
+  for (auto it = rows.rbegin(); it != rows.rend(); ++it) {  // oldest first
+    auto v = std::find_if(out.begin(), out.end(), [&](const VersionInfo& x) { return x.version == it->version; });
+    if (v == out.end()) {
+      out.push_back(VersionInfo{it->version, it->ck_id, {}, {}, false});
+      v = out.end() - 1;
+    }
+    v->classes.push_back(it->cls);
+    v->ids.push_back(it->id);
+  }
+  if (!rows.empty())
+    for (auto& v : out) v.current = v.version == rows.front().version;
+  return out;
 }
 
 Status Store::Delete(int64_t id) {
@@ -826,7 +1054,7 @@ Result<std::vector<ObjectRecord>> Store::ChangedSince(const std::string& vault, 
   std::lock_guard<std::mutex> lock(mu_);
   VAULTP11_ASSIGN_OR_RETURN(
       sqlite3_stmt * s,
-      impl_->Prepare(std::string("SELECT ") + kObjectColumns +
+      impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
                      " FROM objects WHERE vault = ? AND revision > ? ORDER BY id"));
   Stmt st(s);
   st.Bind(1, vault);

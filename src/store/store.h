@@ -29,6 +29,21 @@ struct ObjectRecord {
   Bytes attributes;      // serialized public attributes
   bool has_secret = false;  // whether sensitive material is stored (load with LoadSecret)
   int64_t revision = 0;  // store-wide change counter value of the last write to this row
+  // The version of the item (label) this object belongs to: 32 lowercase hex digits; empty for
+  // objects without a label (they are not named items and have no versions).
+  std::string version;
+};
+
+// A fresh version id: 16 random bytes as 32 lowercase hex digits.
+Result<std::string> NewVersionId();
+
+// One version of a named item, as VersionsOf lists them (oldest first).
+struct VersionInfo {
+  std::string version;
+  Bytes ck_id;
+  std::vector<CK_OBJECT_CLASS> classes;  // of its objects, in row order
+  std::vector<int64_t> ids;              // their rows
+  bool current = false;
 };
 
 // Failed-login state of one principal (unix seconds), shared by every process using the store.
@@ -72,14 +87,37 @@ class Store {
   // processes race). Needed before Insert for that vault.
   Status EnsureVault(const std::string& vault);
 
-  // Inserts a record and its secret in one transaction; returns the record with id and
-  // revision set. `secret` may be empty (public objects). A vault never created with
-  // EnsureVault is CKR_GENERAL_ERROR (no implicit creation: that is the caller's bug).
-  Result<ObjectRecord> Insert(ObjectRecord record, const SecureBytes& secret);
+  // Names and versions. A label names an item of the vault (a key, secret or certificate);
+  // the objects of one item version share the label, the version id and (keys, certificates)
+  // the CKA_ID, and hold at most one object per class. The current version is the one of the
+  // item's newest row. Objects with an empty label are not items: no version, no rule.
+
+  // Inserts the objects of one item version (all with the same label) and their secrets in one
+  // transaction (BEGIN IMMEDIATE, so the name rules hold across processes); returns the
+  // records with id, revision and version set. `secrets[i]` may be empty (public objects).
+  // A label not in use: a new item, version record.version (or a fresh one when empty).
+  // A label in use:
+  //  - new_version: a new version (record.version, or fresh); a non-empty CKA_ID that another
+  //    version of the item has is CKR_ATTRIBUTE_VALUE_INVALID (each version's id is its own);
+  //  - else the objects join the current version when it has their CKA_ID and none of their
+  //    classes (a certificate or public key added to its key); anything else is
+  //    CKR_ATTRIBUTE_VALUE_INVALID ("name exists"), nothing written.
+  // A vault never created with EnsureVault is CKR_GENERAL_ERROR (the caller's bug).
+  Result<std::vector<ObjectRecord>> InsertVersion(std::vector<ObjectRecord> records,
+                                                  const std::vector<SecureBytes>& secrets,
+                                                  bool new_version);
+  // One object: InsertVersion({record}, {secret}, new_version).
+  Result<ObjectRecord> Insert(ObjectRecord record, const SecureBytes& secret, bool new_version = false);
 
   // Replaces label, CKA_ID and attributes of an existing row (one transaction); bumps its
-  // revision. Unknown id: CKR_OBJECT_HANDLE_INVALID.
-  Status Update(int64_t id, const std::string& label, const Bytes& ck_id, const Bytes& attributes);
+  // revision; returns the row's version afterwards. A new label follows InsertVersion's rules
+  // without new_version (joins that name's current version, or starts a new item keeping the
+  // object's version; an empty label drops the version). A CKA_ID that another version of the
+  // item has is CKR_ATTRIBUTE_VALUE_INVALID. Unknown id: CKR_OBJECT_HANDLE_INVALID.
+  Result<std::string> Update(int64_t id, const std::string& label, const Bytes& ck_id, const Bytes& attributes);
+
+  // The versions of the vault's item `label`, oldest first (empty when no such item).
+  Result<std::vector<VersionInfo>> VersionsOf(const std::string& vault, const std::string& label);
 
   // Deletes the row and its secret; records a tombstone so other processes notice.
   // Unknown id: CKR_OBJECT_HANDLE_INVALID.

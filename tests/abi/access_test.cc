@@ -200,7 +200,7 @@ class AccessMatrixTest : public AbiTest {
       CK_OBJECT_CLASS cls = name == "import key" ? CKO_SECRET_KEY : CKO_DATA;
       CK_KEY_TYPE aes = CKK_AES;
       uint8_t value[16] = {7};
-      std::string label = "in-" + who;
+      std::string label = "in-" + who + (cls == CKO_DATA ? "-secret" : "-key");  // one namespace
       std::vector<CK_ATTRIBUTE> t = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1},
                                      {CKA_LABEL, label.data(), label.size()}, {CKA_VALUE, value, sizeof(value)}};
       if (cls == CKO_SECRET_KEY) t.push_back({CKA_KEY_TYPE, &aes, sizeof(aes)});
@@ -263,18 +263,19 @@ class AccessMatrixTest : public AbiTest {
     return false;
   }
 
-  // Fresh objects for the delete classes: named "k" and "s" like the originals (so the same
-  // grants apply) but made anew for each principal.
+  // Fresh objects for the delete classes: new versions of "k" and "s" (so the same grants
+  // apply) made anew for each principal.
   void MakeVictims(CK_SESSION_HANDLE s, const Fixture&) {
     EXPECT_EQ(LoginAs(s, "admin"), CKR_OK);
     CK_OBJECT_HANDLE pub;
-    GenEc(s, kP256, "k", &pub, &victim_key);
+    GenEc(s, kP256, "k", &pub, &victim_key, /*token=*/true, /*new_version=*/true);
     CK_OBJECT_CLASS data = CKO_DATA;
     CK_BBOOL yes = CK_TRUE;
     std::string label = "s", value = "v";
     CK_ATTRIBUTE d[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1},
-                        {CKA_LABEL, label.data(), label.size()}, {CKA_VALUE, value.data(), value.size()}};
-    EXPECT_EQ(f->C_CreateObject(s, d, 5, &victim_secret), CKR_OK);
+                        {CKA_LABEL, label.data(), label.size()}, {CKA_VALUE, value.data(), value.size()},
+                        {CKA_VAULTP11_NEW_VERSION, &yes, 1}};
+    EXPECT_EQ(f->C_CreateObject(s, d, 6, &victim_secret), CKR_OK);
   }
 
   // Runs every operation class as `who`, expecting `grants(kind, object)` to decide.

@@ -112,6 +112,9 @@ TEST_F(AuditTest, EveryOperationClassGivesExactlyItsEvent) {
   CK_BYTE label[32];
   CK_ATTRIBUTE get{CKA_LABEL, label, sizeof(label)};
   ASSERT_EQ(f->C_GetAttributeValue(s, priv, &get, 1), CKR_OK);
+  std::string version(32, '\0');  // one more KeyGet: the events record the version
+  CK_ATTRIBUTE get_version{CKA_VAULTP11_VERSION, version.data(), version.size()};
+  ASSERT_EQ(f->C_GetAttributeValue(s, priv, &get_version, 1), CKR_OK);
   CK_OBJECT_HANDLE aes = GenAes(s, 32, "data-key");
   CK_MECHANISM cbc{CKM_AES_CBC_PAD, nullptr, 0};
   std::vector<uint8_t> iv(16, 7);
@@ -140,10 +143,10 @@ TEST_F(AuditTest, EveryOperationClassGivesExactlyItsEvent) {
   auto events = Finish();
   EXPECT_THAT(Summary(events),
               ElementsAre("Authentication Unauthorized", "Authentication OK", "KeyCreate OK", "KeyList OK", "KeySign OK",
-                          "KeyVerify OK", "KeyVerify BadRequest", "KeyGet OK", "KeyCreate OK", "KeyEncrypt OK",
+                          "KeyVerify OK", "KeyVerify BadRequest", "KeyGet OK", "KeyGet OK", "KeyCreate OK", "KeyEncrypt OK",
                           "KeyDecrypt OK", "SecretSet OK", "SecretGet OK", "SecretUpdate OK", "SecretDelete OK",
                           "Logout OK"));
-  ASSERT_EQ(events.size(), 16u);
+  ASSERT_EQ(events.size(), 17u);
   // The fields of one event in full.
   const Json& sign = events[4];
   EXPECT_EQ(sign["category"], "AuditEvent");
@@ -159,6 +162,8 @@ TEST_F(AuditTest, EveryOperationClassGivesExactlyItsEvent) {
   EXPECT_EQ(sign["properties"]["name"], "signer");
   EXPECT_EQ(sign["properties"]["mechanism"], "CKM_ECDSA_SHA256");
   EXPECT_EQ(sign["properties"]["rv"], "CKR_OK");
+  EXPECT_EQ(sign["properties"]["version"], version);
+  EXPECT_EQ(events[2]["properties"]["version"], sign["properties"]["version"]);  // the KeyCreate
   EXPECT_TRUE(sign["durationMs"].is_number());
   EXPECT_GE(sign["durationMs"].get<double>(), 0.0);
   EXPECT_THAT(sign["time"].get<std::string>(), ::testing::MatchesRegex(
@@ -168,8 +173,8 @@ TEST_F(AuditTest, EveryOperationClassGivesExactlyItsEvent) {
   EXPECT_EQ(events[6]["properties"]["rv"], "CKR_SIGNATURE_INVALID");
   EXPECT_EQ(events[0]["identity"]["principal"], "app");  // the claimed name of a failed login
   EXPECT_EQ(events[0]["resultType"], "Failure");
-  EXPECT_EQ(events[11]["properties"]["kind"], "secret");
-  EXPECT_EQ(events[11]["properties"]["name"], "db-password");
+  EXPECT_EQ(events[12]["properties"]["kind"], "secret");
+  EXPECT_EQ(events[12]["properties"]["name"], "db-password");
   // Correlation ids are unique.
   std::set<std::string> ids;
   for (const Json& e : events) ids.insert(e["correlationId"].get<std::string>());

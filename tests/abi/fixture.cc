@@ -120,7 +120,7 @@ void AbiTest::GenRsa(CK_SESSION_HANDLE s, CK_ULONG bits, const std::string& labe
 }
 
 void AbiTest::GenEc(CK_SESSION_HANDLE s, const std::vector<uint8_t>& params, const std::string& label,
-                    CK_OBJECT_HANDLE* pub, CK_OBJECT_HANDLE* priv, bool token) {
+                    CK_OBJECT_HANDLE* pub, CK_OBJECT_HANDLE* priv, bool token, bool new_version) {
   CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
   CK_BBOOL t = CK_TRUE, tok = token ? CK_TRUE : CK_FALSE;
   CK_ATTRIBUTE pt[] = {
@@ -130,9 +130,10 @@ void AbiTest::GenEc(CK_SESSION_HANDLE s, const std::vector<uint8_t>& params, con
   };
   CK_ATTRIBUTE vt[] = {
       {CKA_TOKEN, &tok, 1}, {CKA_PRIVATE, &t, 1}, {CKA_SENSITIVE, &t, 1}, {CKA_SIGN, &t, 1},
-      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()}, {CKA_VAULTP11_NEW_VERSION, &t, 1},
   };
-  ASSERT_EQ(f->C_GenerateKeyPair(s, &mech, pt, std::size(pt), vt, std::size(vt), pub, priv), CKR_OK);
+  ASSERT_EQ(f->C_GenerateKeyPair(s, &mech, pt, std::size(pt), vt, std::size(vt) - (new_version ? 0 : 1), pub, priv),
+            CKR_OK);
 }
 
 CK_OBJECT_HANDLE AbiTest::GenAes(CK_SESSION_HANDLE s, CK_ULONG bytes, const std::string& label, bool token,

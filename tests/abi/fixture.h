@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "temp_dir.h"
+#include "vaultp11/vaultp11.h"
 
 namespace vaultp11::testing {
 
@@ -45,8 +46,9 @@ class AbiTest : public ::testing::Test {
   // Key generation with the templates pkcs11-tool sends.
   void GenRsa(CK_SESSION_HANDLE s, CK_ULONG bits, const std::string& label, CK_OBJECT_HANDLE* pub,
               CK_OBJECT_HANDLE* priv, bool token = true);
+  // new_version: CKA_VAULTP11_NEW_VERSION in the private template (a new version of `label`).
   void GenEc(CK_SESSION_HANDLE s, const std::vector<uint8_t>& params, const std::string& label,
-             CK_OBJECT_HANDLE* pub, CK_OBJECT_HANDLE* priv, bool token = true);
+             CK_OBJECT_HANDLE* pub, CK_OBJECT_HANDLE* priv, bool token = true, bool new_version = false);
   CK_OBJECT_HANDLE GenAes(CK_SESSION_HANDLE s, CK_ULONG bytes, const std::string& label, bool token = true,
                           bool extractable = false, bool sensitive = true);
 

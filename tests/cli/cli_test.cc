@@ -432,32 +432,38 @@ class ListCommandTest : public ::testing::Test {
     ASSERT_OK(InitCommand(cfg_, out));
   }
 
-  void Insert(const std::string& vault, CK_OBJECT_CLASS cls, const std::string& label, Bytes id) {
-    ASSERT_OK_AND_ASSIGN(auto st,
-                         store::Store::Open(cfg_.store.path, cfg_.store.master_key_file, false));
+  // Returns the object's version.
+  std::string Insert(const std::string& vault, CK_OBJECT_CLASS cls, const std::string& label, Bytes id) {
+    auto st = store::Store::Open(cfg_.store.path, cfg_.store.master_key_file, false);
+    EXPECT_OK(st.status());
+    if (!st.ok()) return "";
     store::ObjectRecord r;
     r.vault = vault;
     r.object_class = cls;
     r.label = label;
     r.ck_id = std::move(id);
-    ASSERT_OK(st->Insert(r, SecureBytes{}));
+    auto rec = (*st)->Insert(r, SecureBytes{});
+    EXPECT_OK(rec.status());
+    return rec.ok() ? rec->version : "";
   }
 
   TempDir dir_;
   config::Config cfg_;
 };
 
-TEST_F(ListCommandTest, ShowsClassIdAndLabelOfEachObject) {
-  Insert("payments", CKO_PRIVATE_KEY, "tls", {0x0a, 0xb1});
+TEST_F(ListCommandTest, ShowsClassIdLabelAndVersionOfEachObject) {
+  std::string tls = Insert("payments", CKO_PRIVATE_KEY, "tls", {0x0a, 0xb1});
   Insert("payments", CKO_PUBLIC_KEY, "tls", {0x0a, 0xb1});
-  Insert("payments", CKO_DATA, "db\x1b[2Jpass", {});
+  std::string db = Insert("payments", CKO_DATA, "db\x1b[2Jpass", {});
+  Insert("payments", CKO_SECRET_KEY, "", {0x01});
   std::ostringstream out;
   ASSERT_OK(ListCommand(cfg_, {}, out));
   EXPECT_EQ(out.str(),
-            "vault payments (premium): 3 objects\n"
-            "  private-key  id 0ab1  label \"tls\"\n"
-            "  public-key   id 0ab1  label \"tls\"\n"
-            "  data         id -  label \"db\\x1b[2Jpass\"\n"
+            "vault payments (premium): 4 objects\n"
+            "  private-key  id 0ab1  label \"tls\"  version " + tls + "\n"
+            "  public-key   id 0ab1  label \"tls\"  version " + tls + "\n"
+            "  data         id -  label \"db\\x1b[2Jpass\"  version " + db + "\n"
+            "  secret-key   id 01  label \"\"\n"
             "vault dev (standard): 0 objects\n");
 }
 

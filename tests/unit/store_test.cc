@@ -519,7 +519,7 @@ TEST_F(StoreTest, ManyStoresOpeningAFreshFileAtOnceAgreeOnOneMasterKey) {
   EXPECT_EQ(ReadFile(key_path()).size(), 32u);
   // Every store can read what any other wrote: one master key, one data key.
   for (int i = 0; i < kStores; ++i) {
-    ASSERT_OK_AND_ASSIGN(ObjectRecord rec, stores[i]->Insert(Record("v", "k"), Secret("s")));
+    ASSERT_OK_AND_ASSIGN(ObjectRecord rec, stores[i]->Insert(Record("v", "k" + std::to_string(i)), Secret("s")));
     ASSERT_OK_AND_ASSIGN(SecureBytes secret, stores[(i + 1) % kStores]->LoadSecret(rec.id));
     EXPECT_EQ(secret, Secret("s"));
   }
@@ -1028,6 +1028,117 @@ TEST_F(StoreTest, ReadOnlyStoreMadeBeforeTheAuthenticationTablesStillWorks) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed check " << WEXITSTATUS(status);
   chmod(dir_.path().c_str(), 0700);
+}
+
+}  // namespace
+}  // namespace vaultp11::store
+
+// ---- names and versions ----------------------------------------------------------------------
+
+namespace vaultp11::store {
+namespace {
+
+ObjectRecord Labelled(const std::string& label, CK_OBJECT_CLASS cls, const std::string& ck_id) {
+  ObjectRecord r = Record("v", label, cls);
+  r.ck_id = ToBytes(ck_id);
+  return r;
+}
+
+TEST_F(StoreTest, ALabelInUseTakesANewVersionOrJoinsTheCurrentOne) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  std::vector<ObjectRecord> pair = {Labelled("k", CKO_PRIVATE_KEY, "1"), Labelled("k", CKO_PUBLIC_KEY, "1")};
+  ASSERT_OK_AND_ASSIGN(auto v1, store->InsertVersion(pair, {Secret("s"), SecureBytes()}, false));
+  ASSERT_EQ(v1.size(), 2u);
+  EXPECT_EQ(v1[0].version.size(), 32u);
+  EXPECT_EQ(v1[0].version, v1[1].version);
+  // The same again: the current version has both classes already.
+  EXPECT_THAT(store->InsertVersion(pair, {Secret("s"), SecureBytes()}, false), RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
+  // A certificate with the key's id joins; with another id it is refused.
+  EXPECT_THAT(store->Insert(Labelled("k", CKO_CERTIFICATE, "2"), SecureBytes()), RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
+  ASSERT_OK_AND_ASSIGN(auto cert, store->Insert(Labelled("k", CKO_CERTIFICATE, "1"), SecureBytes()));
+  EXPECT_EQ(cert.version, v1[0].version);
+  // A new version must bring its own id.
+  EXPECT_THAT(store->InsertVersion(pair, {Secret("s"), SecureBytes()}, true), RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
+  std::vector<ObjectRecord> pair2 = {Labelled("k", CKO_PRIVATE_KEY, "2"), Labelled("k", CKO_PUBLIC_KEY, "2")};
+  ASSERT_OK_AND_ASSIGN(auto v2, store->InsertVersion(pair2, {Secret("s2"), SecureBytes()}, true));
+  EXPECT_NE(v2[0].version, v1[0].version);
+
+  ASSERT_OK_AND_ASSIGN(auto versions, store->VersionsOf("v", "k"));
+  ASSERT_EQ(versions.size(), 2u);
+  EXPECT_EQ(versions[0].version, v1[0].version);
+  EXPECT_THAT(versions[0].classes, ElementsAre(CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE));
+  EXPECT_FALSE(versions[0].current);
+  EXPECT_EQ(versions[1].version, v2[0].version);
+  EXPECT_TRUE(versions[1].current);
+  ASSERT_OK_AND_ASSIGN(auto none, store->VersionsOf("v", "nothing"));
+  EXPECT_THAT(none, IsEmpty());
+}
+
+TEST_F(StoreTest, RelabellingFollowsTheNameRules) {
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK(store->EnsureVault("v"));
+  ASSERT_OK_AND_ASSIGN(auto a, store->Insert(Labelled("a", CKO_PRIVATE_KEY, "1"), Secret("s")));
+  ASSERT_OK_AND_ASSIGN(auto unnamed, store->Insert(Labelled("", CKO_PUBLIC_KEY, "1"), SecureBytes()));
+  EXPECT_EQ(unnamed.version, "");
+  ASSERT_OK_AND_ASSIGN(auto other, store->Insert(Labelled("", CKO_PRIVATE_KEY, "9"), Secret("s")));
+  // Joining "a": the right id and a free class.
+  EXPECT_THAT(store->Update(other.id, "a", ToBytes("9"), ToBytes("x")), RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
+  ASSERT_OK_AND_ASSIGN(std::string joined, store->Update(unnamed.id, "a", ToBytes("1"), ToBytes("x")));
+  EXPECT_EQ(joined, a.version);
+  // A free name: a new item with a version of its own; back to no label: no version.
+  ASSERT_OK_AND_ASSIGN(std::string named, store->Update(other.id, "b", ToBytes("9"), ToBytes("x")));
+  EXPECT_EQ(named.size(), 32u);
+  ASSERT_OK_AND_ASSIGN(std::string dropped, store->Update(other.id, "", ToBytes("9"), ToBytes("x")));
+  EXPECT_EQ(dropped, "");
+}
+
+TEST_F(StoreTest, AStoreMadeBeforeVersionsGetsThemOnOpen) {
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+    ASSERT_OK(store->EnsureVault("v"));
+    ASSERT_OK(store->Insert(Labelled("k", CKO_PRIVATE_KEY, "1"), Secret("s")).status());
+    ASSERT_OK(store->Insert(Labelled("k", CKO_PUBLIC_KEY, "1"), SecureBytes()).status());
+    // Before versions, a label could name several keys.
+    ASSERT_OK(store->Insert(Labelled("k", CKO_PRIVATE_KEY, "2"), Secret("s"), /*new_version=*/true).status());
+    ASSERT_OK(store->Insert(Labelled("", CKO_SECRET_KEY, "3"), Secret("s")).status());
+  }
+  RawExec("ALTER TABLE objects DROP COLUMN version");
+  // Mounted read-only first (checked in an unprivileged child, as root could write): readable,
+  // no versions yet.
+  ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
+  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(20);
+    auto ro = OpenStore(/*create=*/false);
+    if (!ro.ok() || !(*ro)->read_only()) _exit(21);
+    auto recs = (*ro)->LoadVault("v");
+    if (!recs.ok() || recs->size() != 4) _exit(22);
+    for (const auto& r : *recs)
+      if (!r.version.empty()) _exit(23);
+    ro->reset();
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed check " << WEXITSTATUS(status);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0700), 0);
+  ASSERT_EQ(chmod(db_path().c_str(), 0600), 0);
+  ASSERT_EQ(chmod(key_path().c_str(), 0600), 0);
+  for (const char* side : {"-wal", "-shm"}) chmod((db_path() + side).c_str(), 0600);
+  ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
+  ASSERT_OK_AND_ASSIGN(auto versions, store->VersionsOf("v", "k"));
+  ASSERT_EQ(versions.size(), 2u);
+  EXPECT_THAT(versions[0].classes, ElementsAre(CKO_PRIVATE_KEY, CKO_PUBLIC_KEY));
+  EXPECT_EQ(versions[0].ck_id, ToBytes("1"));
+  EXPECT_THAT(versions[1].classes, ElementsAre(CKO_PRIVATE_KEY));
+  EXPECT_TRUE(versions[1].current);
+  ASSERT_OK_AND_ASSIGN(auto recs, store->LoadVault("v"));
+  for (const auto& r : recs) EXPECT_EQ(r.version.empty(), r.label.empty()) << r.id;
 }
 
 }  // namespace

@@ -1,0 +1,303 @@
+// Names and versions through the function list (vaultp11.h "Names and versions"): a label in
+// use is refused unless a new version is asked for; pkcs11:object=NAME finds the current
+// version only; older versions stay usable and are found by CKA_ID and CKA_VAULTP11_VERSION;
+// the CKA_ID scheme; another process's new version is seen without restart; secrets' limits.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fixture.h"
+#include "vaultp11/vaultp11.h"
+
+namespace vaultp11::testing {
+namespace {
+
+class VersionsTest : public AbiTest {
+ protected:
+  void SetUp() override {
+    AbiTest::SetUp();
+    s = LoggedInRw();
+  }
+
+  std::vector<CK_OBJECT_HANDLE> Find(std::vector<CK_ATTRIBUTE> t) {
+    EXPECT_EQ(f->C_FindObjectsInit(s, t.data(), t.size()), CKR_OK);
+    std::vector<CK_OBJECT_HANDLE> out(64);
+    CK_ULONG n = 0;
+    EXPECT_EQ(f->C_FindObjects(s, out.data(), out.size(), &n), CKR_OK);
+    EXPECT_EQ(f->C_FindObjectsFinal(s), CKR_OK);
+    out.resize(n);
+    return out;
+  }
+  std::vector<CK_OBJECT_HANDLE> FindPrivate(const std::string& label) {
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    return Find({{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, const_cast<char*>(label.data()), label.size()}});
+  }
+  std::string Version(CK_OBJECT_HANDLE o) {
+    auto v = GetAttr(s, o, CKA_VAULTP11_VERSION);
+    return std::string(v.begin(), v.end());
+  }
+  CK_RV CreateData(const std::string& label, const std::string& value, bool new_version, CK_OBJECT_HANDLE* h,
+                   const std::string& content_type = "") {
+    CK_OBJECT_CLASS data = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    std::vector<CK_ATTRIBUTE> t = {{CKA_CLASS, &data, sizeof(data)}, {CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1},
+                                   {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                                   {CKA_VALUE, const_cast<char*>(value.data()), value.size()}};
+    if (new_version) t.push_back({CKA_VAULTP11_NEW_VERSION, &yes, 1});
+    if (!content_type.empty())
+      t.push_back({CKA_VAULTP11_CONTENT_TYPE, const_cast<char*>(content_type.data()), content_type.size()});
+    return f->C_CreateObject(s, t.data(), t.size(), h);
+  }
+  CK_RV GenEcRv(const std::string& label, const std::vector<uint8_t>& id, bool new_version, CK_OBJECT_HANDLE* pub,
+                CK_OBJECT_HANDLE* priv) {
+    CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    CK_BBOOL t = CK_TRUE;
+    std::vector<CK_ATTRIBUTE> pt = {{CKA_TOKEN, &t, 1}, {CKA_VERIFY, &t, 1},
+                                    {CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()},
+                                    {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    std::vector<CK_ATTRIBUTE> vt = {{CKA_TOKEN, &t, 1}, {CKA_PRIVATE, &t, 1}, {CKA_SIGN, &t, 1},
+                                    {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    if (!id.empty()) {
+      pt.push_back({CKA_ID, const_cast<uint8_t*>(id.data()), id.size()});
+      vt.push_back({CKA_ID, const_cast<uint8_t*>(id.data()), id.size()});
+    }
+    if (new_version) pt.push_back({CKA_VAULTP11_NEW_VERSION, &t, 1});  // either template may ask
+    return f->C_GenerateKeyPair(s, &mech, pt.data(), pt.size(), vt.data(), vt.size(), pub, priv);
+  }
+  size_t CountAll() { return Find({}).size(); }
+
+  CK_SESSION_HANDLE s = 0;
+  const CK_MECHANISM ecdsa{CKM_ECDSA_SHA256, nullptr, 0};
+};
+
+bool IsVersionId(const std::string& v) {
+  if (v.size() != 32) return false;
+  for (char c : v)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+std::vector<uint8_t> BytesOfHex(const std::string& hex) {
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  return out;
+}
+
+TEST_F(VersionsTest, ALabelInUseIsRefusedUnlessANewVersionIsAskedFor) {
+  CK_OBJECT_HANDLE pub1, priv1, pub2, priv2;
+  ASSERT_EQ(GenEcRv("signer", {}, false, &pub1, &priv1), CKR_OK);
+  const size_t before = CountAll();
+  EXPECT_EQ(GenEcRv("signer", {}, false, &pub2, &priv2), CKR_ATTRIBUTE_VALUE_INVALID);
+  EXPECT_EQ(CountAll(), before) << "a refused pair left an object behind";
+  ASSERT_EQ(GenEcRv("signer", {}, true, &pub2, &priv2), CKR_OK);
+  EXPECT_EQ(CountAll(), before) << "the older version must not be listed by an empty template";
+
+  const std::string v1 = Version(priv1), v2 = Version(priv2);
+  EXPECT_TRUE(IsVersionId(v1)) << v1;
+  EXPECT_TRUE(IsVersionId(v2)) << v2;
+  EXPECT_NE(v1, v2);
+  EXPECT_EQ(Version(pub1), v1);
+  EXPECT_EQ(Version(pub2), v2);
+  // CKA_ID scheme: no CKA_ID given, so each version's id is its version's 16 bytes, on both halves.
+  EXPECT_EQ(GetAttr(s, priv1, CKA_ID), BytesOfHex(v1));
+  EXPECT_EQ(GetAttr(s, pub1, CKA_ID), BytesOfHex(v1));
+  EXPECT_EQ(GetAttr(s, priv2, CKA_ID), BytesOfHex(v2));
+  // The version attribute is the token's to set.
+  std::string forged(32, 'a');
+  CK_ATTRIBUTE set[] = {{CKA_VAULTP11_VERSION, forged.data(), forged.size()}};
+  EXPECT_EQ(f->C_SetAttributeValue(s, priv2, set, 1), CKR_ATTRIBUTE_READ_ONLY);
+}
+
+TEST_F(VersionsTest, TheLabelFindsTheCurrentVersionAndOlderOnesByIdOrVersion) {
+  CK_OBJECT_HANDLE pub1, priv1, pub2, priv2, pub3, priv3;
+  ASSERT_EQ(GenEcRv("rot", {}, false, &pub1, &priv1), CKR_OK);
+  ASSERT_EQ(GenEcRv("rot", {}, true, &pub2, &priv2), CKR_OK);
+  ASSERT_EQ(GenEcRv("rot", {}, true, &pub3, &priv3), CKR_OK);
+  EXPECT_EQ(FindPrivate("rot"), std::vector<CK_OBJECT_HANDLE>{priv3});
+  EXPECT_EQ(FindByLabel(s, "rot"), (std::vector<CK_OBJECT_HANDLE>{std::min(pub3, priv3), std::max(pub3, priv3)}));
+
+  auto id1 = GetAttr(s, priv1, CKA_ID);
+  CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+  EXPECT_EQ(Find({{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, id1.data(), id1.size()}}), std::vector<CK_OBJECT_HANDLE>{priv1});
+  std::string v2 = Version(priv2), label = "rot";
+  EXPECT_EQ(Find({{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, label.data(), label.size()},
+                  {CKA_VAULTP11_VERSION, v2.data(), v2.size()}}),
+            std::vector<CK_OBJECT_HANDLE>{priv2});
+
+  // Destroying the current version makes the one before it current.
+  ASSERT_EQ(f->C_DestroyObject(s, priv3), CKR_OK);
+  ASSERT_EQ(f->C_DestroyObject(s, pub3), CKR_OK);
+  EXPECT_EQ(FindPrivate("rot"), std::vector<CK_OBJECT_HANDLE>{priv2});
+}
+
+TEST_F(VersionsTest, OlderVersionsStayUsable) {
+  CK_OBJECT_HANDLE pub1, priv1, pub2, priv2;
+  ASSERT_EQ(GenEcRv("sig", {}, false, &pub1, &priv1), CKR_OK);
+  const auto msg = Bytes("signed before the rotation");
+  const auto old_sig = Sign(s, ecdsa, priv1, msg);
+  ASSERT_FALSE(old_sig.empty());
+  ASSERT_EQ(GenEcRv("sig", {}, true, &pub2, &priv2), CKR_OK);
+  // New signatures come from the current version; the old public key still verifies old ones.
+  auto current = FindPrivate("sig");
+  ASSERT_EQ(current.size(), 1u);
+  const auto new_sig = Sign(s, ecdsa, current[0], msg);
+  EXPECT_EQ(Verify(s, ecdsa, pub2, msg, new_sig), CKR_OK);
+  EXPECT_EQ(Verify(s, ecdsa, pub2, msg, old_sig), CKR_SIGNATURE_INVALID);
+  EXPECT_EQ(Verify(s, ecdsa, pub1, msg, old_sig), CKR_OK);
+
+  // AES: ciphertext of version 1 decrypts with version 1 after version 2 exists.
+  CK_OBJECT_HANDLE k1 = GenAes(s, 32, "data-key");
+  CK_BYTE iv[16] = {1, 2, 3};
+  CK_MECHANISM cbc{CKM_AES_CBC_PAD, iv, sizeof(iv)};
+  std::vector<uint8_t> plain = Bytes("encrypted under version 1"), ct(64);
+  CK_ULONG n = ct.size();
+  ASSERT_EQ(f->C_EncryptInit(s, &cbc, k1), CKR_OK);
+  ASSERT_EQ(f->C_Encrypt(s, plain.data(), plain.size(), ct.data(), &n), CKR_OK);
+  ct.resize(n);
+  CK_MECHANISM gen{CKM_AES_KEY_GEN, nullptr, 0};
+  CK_BBOOL yes = CK_TRUE;
+  CK_ULONG len = 32;
+  std::string label = "data-key";
+  CK_ATTRIBUTE t[] = {{CKA_TOKEN, &yes, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_ENCRYPT, &yes, 1},
+                      {CKA_DECRYPT, &yes, 1}, {CKA_LABEL, label.data(), label.size()}};
+  CK_OBJECT_HANDLE k2;
+  EXPECT_EQ(f->C_GenerateKey(s, &gen, t, 5, &k2), CKR_ATTRIBUTE_VALUE_INVALID);
+  CK_ATTRIBUTE tv[] = {{CKA_TOKEN, &yes, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_ENCRYPT, &yes, 1},
+                       {CKA_DECRYPT, &yes, 1}, {CKA_LABEL, label.data(), label.size()},
+                       {CKA_VAULTP11_NEW_VERSION, &yes, 1}};
+  ASSERT_EQ(f->C_GenerateKey(s, &gen, tv, 6, &k2), CKR_OK);
+  auto id1 = GetAttr(s, k1, CKA_ID);
+  CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
+  auto by_id = Find({{CKA_CLASS, &secret, sizeof(secret)}, {CKA_ID, id1.data(), id1.size()}});
+  ASSERT_EQ(by_id, std::vector<CK_OBJECT_HANDLE>{k1});
+  std::vector<uint8_t> out(64);
+  n = out.size();
+  ASSERT_EQ(f->C_DecryptInit(s, &cbc, by_id[0]), CKR_OK);
+  ASSERT_EQ(f->C_Decrypt(s, ct.data(), ct.size(), out.data(), &n), CKR_OK);
+  out.resize(n);
+  EXPECT_EQ(out, plain);
+}
+
+TEST_F(VersionsTest, AGivenCkaIdIsKeptAndMustDifferBetweenVersions) {
+  CK_OBJECT_HANDLE pub, priv, pub2, priv2;
+  const std::vector<uint8_t> id = {0x01}, id2 = {0x02};
+  ASSERT_EQ(GenEcRv("given", id, false, &pub, &priv), CKR_OK);
+  EXPECT_EQ(GetAttr(s, priv, CKA_ID), id);
+  EXPECT_EQ(GenEcRv("given", id, true, &pub2, &priv2), CKR_ATTRIBUTE_VALUE_INVALID);
+  ASSERT_EQ(GenEcRv("given", id2, true, &pub2, &priv2), CKR_OK);
+  EXPECT_EQ(GetAttr(s, priv2, CKA_ID), id2);
+  // Nor may a CKA_ID change make two versions share one.
+  CK_ATTRIBUTE set[] = {{CKA_ID, const_cast<uint8_t*>(id.data()), id.size()}};
+  EXPECT_EQ(f->C_SetAttributeValue(s, priv2, set, 1), CKR_ATTRIBUTE_VALUE_INVALID);
+}
+
+TEST_F(VersionsTest, AnObjectJoinsTheCurrentVersionOnlyWithItsIdAndAFreeClass) {
+  // A public key put beside its private key (as pkcs11-tool writes them) joins the version.
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(GenEcRv("pair", {0x07}, false, &pub, &priv), CKR_OK);
+  auto point = GetAttr(s, pub, CKA_EC_POINT);
+  ASSERT_EQ(f->C_DestroyObject(s, pub), CKR_OK);
+  CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+  CK_KEY_TYPE ec = CKK_EC;
+  CK_BBOOL yes = CK_TRUE;
+  std::string label = "pair";
+  std::vector<uint8_t> id = {0x07}, other = {0x08};
+  auto tmpl = [&](std::vector<uint8_t>& with_id) {
+    return std::vector<CK_ATTRIBUTE>{{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &ec, sizeof(ec)},
+                                     {CKA_TOKEN, &yes, 1}, {CKA_LABEL, label.data(), label.size()},
+                                     {CKA_ID, with_id.data(), with_id.size()},
+                                     {CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()},
+                                     {CKA_EC_POINT, point.data(), point.size()}};
+  };
+  CK_OBJECT_HANDLE h;
+  auto bad = tmpl(other);
+  EXPECT_EQ(f->C_CreateObject(s, bad.data(), bad.size(), &h), CKR_ATTRIBUTE_VALUE_INVALID);
+  auto good = tmpl(id);
+  ASSERT_EQ(f->C_CreateObject(s, good.data(), good.size(), &h), CKR_OK);
+  EXPECT_EQ(Version(h), Version(priv));
+  // A second public key of the same version is refused: one object per class.
+  CK_OBJECT_HANDLE h2;
+  EXPECT_EQ(f->C_CreateObject(s, good.data(), good.size(), &h2), CKR_ATTRIBUTE_VALUE_INVALID);
+  // Relabelling follows the same rule: an unnamed key cannot take a name in use...
+  CK_OBJECT_HANDLE upub, upriv;
+  ASSERT_EQ(GenEcRv("", {0x09}, false, &upub, &upriv), CKR_OK);
+  EXPECT_EQ(Version(upriv), "");
+  CK_ATTRIBUTE relabel[] = {{CKA_LABEL, label.data(), label.size()}};
+  EXPECT_EQ(f->C_SetAttributeValue(s, upriv, relabel, 1), CKR_ATTRIBUTE_VALUE_INVALID);
+  // ... but a free one makes it an item with a version.
+  std::string fresh = "named-later";
+  CK_ATTRIBUTE name_it[] = {{CKA_LABEL, fresh.data(), fresh.size()}};
+  ASSERT_EQ(f->C_SetAttributeValue(s, upriv, name_it, 1), CKR_OK);
+  EXPECT_TRUE(IsVersionId(Version(upriv)));
+  ASSERT_EQ(f->C_SetAttributeValue(s, upub, name_it, 1), CKR_OK);  // its public half joins
+  EXPECT_EQ(Version(upub), Version(upriv));
+}
+
+TEST_F(VersionsTest, SecretsHaveVersionsAndLimits) {
+  CK_OBJECT_HANDLE a, b, c;
+  ASSERT_EQ(CreateData("db-password", "first", false, &a, "text/plain"), CKR_OK);
+  EXPECT_EQ(CreateData("db-password", "second", false, &b), CKR_ATTRIBUTE_VALUE_INVALID);
+  ASSERT_EQ(CreateData("db-password", "second", true, &b, "text/plain"), CKR_OK);
+  CK_OBJECT_CLASS data = CKO_DATA;
+  std::string label = "db-password";
+  auto found = Find({{CKA_CLASS, &data, sizeof(data)}, {CKA_LABEL, label.data(), label.size()}});
+  ASSERT_EQ(found, std::vector<CK_OBJECT_HANDLE>{b});
+  EXPECT_EQ(GetAttr(s, b, CKA_VALUE), Bytes("second"));
+  EXPECT_EQ(GetAttr(s, b, CKA_VAULTP11_CONTENT_TYPE), Bytes("text/plain"));
+  std::string v1 = Version(a);
+  auto old = Find({{CKA_CLASS, &data, sizeof(data)}, {CKA_LABEL, label.data(), label.size()},
+                   {CKA_VAULTP11_VERSION, v1.data(), v1.size()}});
+  ASSERT_EQ(old, std::vector<CK_OBJECT_HANDLE>{a});
+  EXPECT_EQ(GetAttr(s, a, CKA_VALUE), Bytes("first"));
+  // One namespace per vault: a key cannot take a secret's name.
+  CK_OBJECT_HANDLE pub, priv;
+  EXPECT_EQ(GenEcRv("db-password", {}, false, &pub, &priv), CKR_ATTRIBUTE_VALUE_INVALID);
+
+  EXPECT_EQ(CreateData("big", std::string(VAULTP11_MAX_SECRET_BYTES, 'x'), false, &c), CKR_OK);
+  EXPECT_EQ(CreateData("too-big", std::string(VAULTP11_MAX_SECRET_BYTES + 1, 'x'), false, &c),
+            CKR_ATTRIBUTE_VALUE_INVALID);
+  EXPECT_EQ(CreateData("ct", "v", false, &c, std::string(VAULTP11_MAX_CONTENT_TYPE_CHARS + 1, 'a')),
+            CKR_ATTRIBUTE_VALUE_INVALID);
+  EXPECT_EQ(CreateData("ct", "v", false, &c, "text/plain\n"), CKR_ATTRIBUTE_VALUE_INVALID);
+  ASSERT_EQ(CreateData("ct", "v", false, &c, std::string(VAULTP11_MAX_CONTENT_TYPE_CHARS, 'a')), CKR_OK);
+  std::string big(VAULTP11_MAX_SECRET_BYTES + 1, 'y');
+  CK_ATTRIBUTE set[] = {{CKA_VAULTP11_CONTENT_TYPE, big.data(), big.size()}};
+  EXPECT_EQ(f->C_SetAttributeValue(s, c, set, 1), CKR_ATTRIBUTE_VALUE_INVALID);
+}
+
+TEST_F(VersionsTest, ARunningProcessSeesAnotherProcesssNewVersion) {
+  CK_OBJECT_HANDLE pub1, priv1;
+  ASSERT_EQ(GenEcRv("shared", {}, false, &pub1, &priv1), CKR_OK);
+  ASSERT_EQ(FindPrivate("shared"), std::vector<CK_OBJECT_HANDLE>{priv1});
+  const std::string v1 = Version(priv1);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // another application on the same store adds version 2
+    if (InitWith(config_path) != CKR_OK) _exit(2);
+    CK_SESSION_HANDLE cs = 0;
+    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
+    if (Login(cs) != CKR_OK) _exit(4);
+    s = cs;
+    CK_OBJECT_HANDLE p, v;
+    if (GenEcRv("shared", {}, true, &p, &v) != CKR_OK) _exit(5);
+    f->C_Finalize(nullptr);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  auto now = FindPrivate("shared");
+  ASSERT_EQ(now.size(), 1u);
+  EXPECT_NE(now[0], priv1);
+  EXPECT_NE(Version(now[0]), v1);
+  // The old handle still signs and its public key still verifies.
+  const auto msg = Bytes("m");
+  EXPECT_EQ(Verify(s, ecdsa, pub1, msg, Sign(s, ecdsa, priv1, msg)), CKR_OK);
+}
+
+}  // namespace
+}  // namespace vaultp11::testing
