@@ -202,28 +202,6 @@ std::string NowUtc() {
   return buf;
 }
 
-// Writes `text` to a new file, mode 0600 (never over an existing one).
-Status WriteNewFile(const std::string& path, const std::string& text) {
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return Err(CKR_FUNCTION_FAILED, "cannot create {}: {}", path, std::strerror(errno));
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      close(fd);
-      unlink(path.c_str());
-      return Err(CKR_FUNCTION_FAILED, "writing {} failed", path);
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (fsync(fd) != 0 || close(fd) != 0) {
-    unlink(path.c_str());
-    return Err(CKR_FUNCTION_FAILED, "writing {} failed", path);
-  }
-  return OkStatus();
-}
-
 Result<std::string> ReadBackupFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Err(CKR_ARGUMENTS_BAD, "cannot read {}", path);
@@ -435,6 +413,28 @@ std::string PlaceName(const config::Config& cfg, const std::string& where) {
 }
 
 }  // namespace
+
+Status WriteNewFile(const std::string& path, std::string_view text) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return Err(CKR_FUNCTION_FAILED, "cannot create {}: {}", path, std::strerror(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      close(fd);
+      unlink(path.c_str());
+      return Err(CKR_FUNCTION_FAILED, "writing {} failed", path);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (fsync(fd) != 0 || close(fd) != 0) {
+    unlink(path.c_str());
+    return Err(CKR_FUNCTION_FAILED, "writing {} failed", path);
+  }
+  return OkStatus();
+}
+
 
 Status BackupCommand(const config::Config& cfg, const std::string& where, const std::string& key,
                      const std::string& file, Io& io) {

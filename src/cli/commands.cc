@@ -1,5 +1,6 @@
 // The `vaultp11` subcommands and their command-line parsing (CLI11).
 #include "cli/commands.h"
+#include "cli/items.h"
 
 #include <fmt/format.h>
 #include <openssl/crypto.h>
@@ -144,15 +145,21 @@ Result<SecureString> ReadSecret(std::istream& in, bool one_line) {
   return secret;
 }
 
+Result<SecureString> PromptSecret(Io& io, std::string_view prompt) {
+  io.err << prompt << " (input hidden): " << std::flush;
+  Result<SecureString> secret = Err(CKR_GENERAL_ERROR, "unset");
+  {
+    EchoOff guard;
+    secret = ReadSecret(io.in, /*one_line=*/true);
+  }
+  io.err << "\n";
+  return secret;
+}
+
 Status HashSecretCommand(Io& io, int cost_log2n) {
   Result<SecureString> secret = Err(CKR_GENERAL_ERROR, "unset");
   if (io.interactive) {
-    io.err << "Secret (input hidden): " << std::flush;
-    {
-      EchoOff guard;
-      secret = ReadSecret(io.in, /*one_line=*/true);
-    }
-    io.err << "\n";
+    secret = PromptSecret(io, "Secret");
   } else {
     secret = ReadSecret(io.in, /*one_line=*/false);
   }
@@ -546,6 +553,35 @@ int Run(int argc, const char* const* argv, Io& io) {
     restore->add_option("pool|vault", where, "Managed HSM pool, or premium vault")->required();
     restore->add_option("file", backup_file, "Backup file")->required();
 
+    CLI::App* secret_cmd = app.add_subcommand("secret", "Work with a vault's secrets");
+    secret_cmd->require_subcommand(1);
+    SecretSetOptions set_opts;
+    CLI::App* secret_set = secret_cmd->add_subcommand(
+        "set", "Store a secret's value (stdin, or --file; never the command line) as its new current version");
+    secret_set->add_option("vault", set_opts.vault, "Vault")->required();
+    secret_set->add_option("name", set_opts.name, "Secret name (1-127 of 0-9 a-z A-Z -)")->required();
+    secret_set->add_option("--file", set_opts.file, "Read the value from this file (byte for byte)");
+    secret_set->add_option("--content-type", set_opts.content_type, "Content type, e.g. text/plain");
+    secret_set->add_option("--not-before", set_opts.not_before, "YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (informational)");
+    secret_set->add_option("--expires", set_opts.expires, "YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (informational)");
+    secret_set->add_flag("--disabled", set_opts.disabled, "Store the version disabled");
+    secret_set->add_option("--tag", set_opts.tags, "Tag NAME=VALUE (repeatable, at most 15)");
+    SecretGetOptions get_opts;
+    CLI::App* secret_get = secret_cmd->add_subcommand("get", "Write a secret's value to stdout (or a new file)");
+    secret_get->add_option("vault", get_opts.vault, "Vault")->required();
+    secret_get->add_option("name", get_opts.name, "Secret name")->required();
+    secret_get->add_option("--version", get_opts.version, "This version (default: the current one)");
+    secret_get->add_option("--out", get_opts.out, "Write the value to this new file (mode 0600)");
+    SecretListOptions slist_opts;
+    CLI::App* secret_list = secret_cmd->add_subcommand("list", "List a vault's secrets, or one secret's versions (no values)");
+    secret_list->add_option("vault", slist_opts.vault, "Vault")->required();
+    secret_list->add_option("name", slist_opts.name, "List this secret's versions");
+    secret_list->add_flag("--json", slist_opts.json, "Print JSON");
+    std::string del_vault, del_name;
+    CLI::App* secret_delete = secret_cmd->add_subcommand("delete", "Delete a secret with every version");
+    secret_delete->add_option("vault", del_vault, "Vault")->required();
+    secret_delete->add_option("name", del_name, "Secret name")->required();
+
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -558,7 +594,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -616,6 +652,14 @@ int Run(int argc, const char* const* argv, Io& io) {
       } else if (whoami->parsed()) {
         if (w_pin->count() > 0) whoami_opts.pin = whoami_pin;
         st = WhoamiCommand(cfg.value(), whoami_opts, io);
+      } else if (secret_set->parsed()) {
+        st = SecretSetCommand(cfg.value(), set_opts, io);
+      } else if (secret_get->parsed()) {
+        st = SecretGetCommand(cfg.value(), get_opts, io);
+      } else if (secret_list->parsed()) {
+        st = SecretListCommand(cfg.value(), slist_opts, io);
+      } else if (secret_delete->parsed()) {
+        st = SecretDeleteCommand(cfg.value(), del_vault, del_name, io);
       }
     }
     io.out << std::flush;

@@ -39,6 +39,10 @@ struct Io {
 // trailing newline ("\n" or "\r\n") removed. Empty input and input over 64 KiB are refused.
 Result<SecureString> ReadSecret(std::istream& in, bool one_line);
 
+// On a terminal (io.interactive): prints "<prompt> (input hidden): " on io.err and reads one
+// line with echo off (ReadSecret one_line).
+Result<SecureString> PromptSecret(Io& io, std::string_view prompt);
+
 // `hash-secret`: hashes the secret read from io.in and prints the hash line on io.out.
 Status HashSecretCommand(Io& io, int cost_log2n);
 
@@ -140,6 +144,10 @@ std::string FormatAuditEvent(const nlohmann::json& event);
 // without FILE.
 Status AuditTailCommand(const config::Config* cfg, const AuditTailOptions& opts, Io& io,
                         const std::function<bool()>& keep_going = {});
+
+// Writes `data` to a new file at `path`, mode 0600, synced; never over an existing file (a
+// partly written file is removed).
+Status WriteNewFile(const std::string& path, std::string_view data);
 
 // "private-key", "public-key", "secret-key", "certificate", "data", else "class-0x<hex>".
 std::string ClassName(CK_OBJECT_CLASS object_class);

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS objects(
   attributes BLOB NOT NULL,
   secret BLOB NULL,
   revision INTEGER NOT NULL,
-  version TEXT NOT NULL DEFAULT '');
+  version TEXT NOT NULL DEFAULT '',
+  created INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS objects_vault_revision ON objects(vault, revision);
 CREATE INDEX IF NOT EXISTS objects_vault_label ON objects(vault, label);
 CREATE INDEX IF NOT EXISTS objects_vault_ck_id ON objects(vault, ck_id);
@@ -75,9 +76,12 @@ constexpr int64_t kAuthSchemaObjects = 3;
 
 constexpr size_t kDeploymentIdBytes = 16;
 
-// objects.version, added after version 1 shipped (ALTER TABLE on the first writable open).
+// objects.version and objects.created, added after version 1 shipped (ALTER TABLE on the
+// first writable open).
 constexpr const char* kVersionColumnCheckSql =
     "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'version'";
+constexpr const char* kCreatedColumnCheckSql =
+    "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'created'";
 
 std::string HexOf(std::span<const uint8_t> raw) {
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -122,9 +126,11 @@ LoginFailures NextLoginFailures(LoginFailures s, int64_t now, int64_t lock_after
 // The columns ReadObject reads; a read-only store made before objects.version existed reads
 // an empty version instead.
 constexpr const char* kObjectColumns =
-    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version";
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version, created";
 constexpr const char* kObjectColumnsNoVersion =
-    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, ''";
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, '', 0";
+constexpr const char* kObjectColumnsNoCreated =
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version, 0";
 
 std::span<const uint8_t> AsBytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
@@ -213,6 +219,7 @@ ObjectRecord ReadObject(Stmt& st) {
   r.has_secret = st.Int(6) != 0;
   r.revision = st.Int(7);
   r.version = st.Text(8);
+  r.created = st.Int(9);
   return r;
 }
 
@@ -332,6 +339,7 @@ struct ItemRow {
   CK_OBJECT_CLASS cls;
   Bytes ck_id;
   std::string version;
+  int64_t created;
 };
 
 bool HasClass(const std::vector<ItemRow>& rows, const std::string& version, CK_OBJECT_CLASS cls) {
@@ -355,11 +363,20 @@ const ItemRow* OtherVersionWithId(const std::vector<ItemRow>& rows,
   return nullptr;
 }
 
-Error NameExists(const std::string& vault, const std::string& label, const std::string& current, std::string_view why) {
-  return Err(CKR_ATTRIBUTE_VALUE_INVALID,
-             "an item named '{}' exists in vault {} (current version {}): {}; to add a version, give "
-             "CKA_VAULTP11_NEW_VERSION = CK_TRUE",
-             label, vault, current, why);
+// What kind of item a set of classes makes: a certificate (with its key), a key, a secret.
+const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes) {
+  bool key = false;
+  for (CK_OBJECT_CLASS c : classes) {
+    if (c == CKO_CERTIFICATE) return "certificate";
+    key |= c == CKO_PRIVATE_KEY || c == CKO_PUBLIC_KEY || c == CKO_SECRET_KEY;
+  }
+  return key ? "key" : "secret";
+}
+
+Error NameExists(const std::string& vault, const std::string& label, const std::string& current, std::string_view why,
+                 bool hint = true) {
+  return Err(CKR_ATTRIBUTE_VALUE_INVALID, "an item named '{}' exists in vault {} (current version {}): {}{}", label,
+             vault, current, why, hint ? "; to add a version, give CKA_VAULTP11_NEW_VERSION = CK_TRUE" : "");
 }
 
 }  // namespace
@@ -526,7 +543,25 @@ struct Store::Impl {
       }));
     VAULTP11_ASSIGN_OR_RETURN(int64_t have_version, QueryInt(kVersionColumnCheckSql, "looking for object versions"));
     if (have_version == 0) VAULTP11_RETURN_IF_ERROR(AddVersions());
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_created, QueryInt(kCreatedColumnCheckSql, "looking for creation times"));
+    if (have_created == 0) VAULTP11_RETURN_IF_ERROR(AddCreated());
     return OkStatus();
+  }
+
+  // Upgrades a store made before creation times: existing rows count as created now.
+  Status AddCreated() {
+    return Transaction("adding creation times", [&]() -> Status {
+      VAULTP11_ASSIGN_OR_RETURN(int64_t again, QueryInt(kCreatedColumnCheckSql, "looking for creation times"));
+      if (again != 0) return OkStatus();
+      VAULTP11_RETURN_IF_ERROR(
+          Exec("ALTER TABLE objects ADD COLUMN created INTEGER NOT NULL DEFAULT 0", "adding creation times"));
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("UPDATE objects SET created = ?"));
+      Stmt st(s);
+      st.Bind(1, static_cast<int64_t>(time(nullptr)));
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return Fail(rc, "adding creation times");
+      return OkStatus();
+    });
   }
 
   // Upgrades a store made before versions: adds objects.version and gives each labelled
@@ -572,7 +607,7 @@ struct Store::Impl {
 
   // Inside a transaction: the rows labelled `label` in `vault`, newest first (`except` left out).
   Result<std::vector<ItemRow>> ItemRows(const std::string& vault, const std::string& label, int64_t except = 0) {
-    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT id, class, ck_id, version FROM objects "
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT id, class, ck_id, version, created FROM objects "
                                                         "WHERE vault = ? AND label = ? AND id != ? ORDER BY id DESC"));
     Stmt st(s);
     st.Bind(1, vault);
@@ -581,7 +616,7 @@ struct Store::Impl {
     std::vector<ItemRow> rows;
     int rc;
     while ((rc = st.Step()) == SQLITE_ROW)
-      rows.push_back(ItemRow{st.Int(0), static_cast<CK_OBJECT_CLASS>(st.Int(1)), st.Blob(2), st.Text(3)});
+      rows.push_back(ItemRow{st.Int(0), static_cast<CK_OBJECT_CLASS>(st.Int(1)), st.Blob(2), st.Text(3), st.Int(4)});
     if (rc != SQLITE_DONE) return Fail(rc, "reading an item's versions");
     return rows;
   }
@@ -708,7 +743,11 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& db_path,
                               impl.QueryInt("PRAGMA user_version", "reading the schema version"));
     VAULTP11_RETURN_IF_ERROR(impl.CheckVersion(version));
     VAULTP11_ASSIGN_OR_RETURN(int64_t have_version, impl.QueryInt(kVersionColumnCheckSql, "looking for object versions"));
-    if (have_version == 0) impl.object_columns = kObjectColumnsNoVersion;
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_created, impl.QueryInt(kCreatedColumnCheckSql, "looking for creation times"));
+    if (have_version == 0)
+      impl.object_columns = kObjectColumnsNoVersion;
+    else if (have_created == 0)
+      impl.object_columns = kObjectColumnsNoCreated;
   } else {
     // Switching to WAL also reads the header, so a non-database file fails here.
     {
@@ -819,6 +858,7 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
     VAULTP11_ASSIGN_OR_RETURN(version, NewVersionId());
   }
   VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault, master_key_));
+  const int64_t now = time(nullptr);
   Status s = impl_->Transaction("inserting an object", [&]() -> Status {
     if (!label.empty()) {
       VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
@@ -827,6 +867,13 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
         if (new_version) {
           for (const auto& r : rows)
             if (r.version == version) return Err(CKR_GENERAL_ERROR, "version {} of '{}' exists already", version, label);
+          std::vector<CK_OBJECT_CLASS> have, add;
+          for (const auto& r : rows)
+            if (r.version == current) have.push_back(r.cls);
+          for (const auto& rec : records) add.push_back(rec.object_class);
+          if (std::string_view(KindOf(have)) != KindOf(add))
+            return NameExists(vault, label, current,
+                              fmt::format("it is a {}, and a {} cannot be a version of it", KindOf(have), KindOf(add)), false);
           for (const auto& rec : records)
             if (const auto* other = OtherVersionWithId(rows, version, rec.ck_id))
               return Err(CKR_ATTRIBUTE_VALUE_INVALID,
@@ -850,8 +897,8 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
       const SecureBytes& secret = secrets[i];
       VAULTP11_ASSIGN_OR_RETURN(
           sqlite3_stmt * ins,
-          impl_->Prepare("INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision, version) "
-                         "VALUES(?, ?, ?, ?, ?, NULL, ?, ?)"));
+          impl_->Prepare("INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision, version, created) "
+                         "VALUES(?, ?, ?, ?, ?, NULL, ?, ?, ?)"));
       {
         Stmt st(ins);
         st.Bind(1, record.vault);
@@ -861,6 +908,7 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
         st.BindBlob(5, record.attributes);
         st.Bind(6, rev);
         st.Bind(7, version);
+        st.Bind(8, now);
         int rc = st.Step();
         if (rc != SQLITE_DONE) return impl_->Fail(rc, "inserting an object");
       }
@@ -880,6 +928,7 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
       record.revision = rev;
       record.has_secret = !secret.empty();
       record.version = version;
+      record.created = now;
     }
     return OkStatus();
   });
@@ -954,6 +1003,48 @@ Result<std::string> Store::Update(int64_t id, const std::string& label, const By
   return version;
 }
 
+Result<std::vector<ObjectRecord>> Store::DeleteItem(const std::string& vault, const std::string& label) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot delete '{}': database {} is read-only", label, path_);
+  std::vector<ObjectRecord> gone;
+  if (label.empty()) return gone;
+  Status s = impl_->Transaction("deleting an item", [&]() -> Status {
+    gone.clear();
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
+                                                                 " FROM objects WHERE vault = ? AND label = ? ORDER BY id"));
+      Stmt st(q);
+      st.Bind(1, vault);
+      st.Bind(2, label);
+      int rc;
+      while ((rc = st.Step()) == SQLITE_ROW) gone.push_back(ReadObject(st));
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
+    }
+    if (gone.empty()) return OkStatus();
+    VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * d, impl_->Prepare("DELETE FROM objects WHERE id = ?"));
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * t, impl_->Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
+    for (const ObjectRecord& r : gone) {
+      {
+        Stmt st(d);
+        st.Bind(1, r.id);
+        int rc = st.Step();
+        if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
+      }
+      Stmt st(t);
+      st.Bind(1, r.id);
+      st.Bind(2, vault);
+      st.Bind(3, rev);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
+    }
+    return OkStatus();
+  });
+  if (!s.ok()) return s.error();
+  return gone;
+}
+
 Result<std::vector<VersionInfo>> Store::VersionsOf(const std::string& vault, const std::string& label) {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<VersionInfo> out;
@@ -962,7 +1053,7 @@ Result<std::vector<VersionInfo>> Store::VersionsOf(const std::string& vault, con
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {  // oldest first
     auto v = std::find_if(out.begin(), out.end(), [&](const VersionInfo& x) { return x.version == it->version; });
     if (v == out.end()) {
-      out.push_back(VersionInfo{it->version, it->ck_id, {}, {}, false});
+      out.push_back(VersionInfo{it->version, it->ck_id, {}, {}, it->created, false});
       v = out.end() - 1;
     }
     v->classes.push_back(it->cls);

@@ -32,6 +32,7 @@ struct ObjectRecord {
   // The version of the item (label) this object belongs to: 32 lowercase hex digits; empty for
   // objects without a label (they are not named items and have no versions).
   std::string version;
+  int64_t created = 0;  // Unix time of the insert (rows from before it was kept: the upgrade's)
 };
 
 // A fresh version id: 16 random bytes as 32 lowercase hex digits.
@@ -43,6 +44,7 @@ struct VersionInfo {
   Bytes ck_id;
   std::vector<CK_OBJECT_CLASS> classes;  // of its objects, in row order
   std::vector<int64_t> ids;              // their rows
+  int64_t created = 0;                   // its first row's
   bool current = false;
 };
 
@@ -115,6 +117,10 @@ class Store {
   // object's version; an empty label drops the version). A CKA_ID that another version of the
   // item has is CKR_ATTRIBUTE_VALUE_INVALID. Unknown id: CKR_OBJECT_HANDLE_INVALID.
   Result<std::string> Update(int64_t id, const std::string& label, const Bytes& ck_id, const Bytes& attributes);
+
+  // Deletes every row of the vault's item `label` (all versions, all classes) in one
+  // transaction, with tombstones; returns the rows deleted (empty: no such item).
+  Result<std::vector<ObjectRecord>> DeleteItem(const std::string& vault, const std::string& label);
 
   // The versions of the vault's item `label`, oldest first (empty when no such item).
   Result<std::vector<VersionInfo>> VersionsOf(const std::string& vault, const std::string& label);

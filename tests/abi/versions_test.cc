@@ -255,6 +255,9 @@ TEST_F(VersionsTest, SecretsHaveVersionsAndLimits) {
   // One namespace per vault: a key cannot take a secret's name.
   CK_OBJECT_HANDLE pub, priv;
   EXPECT_EQ(GenEcRv("db-password", {}, false, &pub, &priv), CKR_ATTRIBUTE_VALUE_INVALID);
+  EXPECT_EQ(GenEcRv("db-password", {}, true, &pub, &priv), CKR_ATTRIBUTE_VALUE_INVALID);
+  ASSERT_EQ(GenEcRv("a-key", {}, false, &pub, &priv), CKR_OK);
+  EXPECT_EQ(CreateData("a-key", "v", true, &c), CKR_ATTRIBUTE_VALUE_INVALID);
 
   EXPECT_EQ(CreateData("big", std::string(VAULTP11_MAX_SECRET_BYTES, 'x'), false, &c), CKR_OK);
   EXPECT_EQ(CreateData("too-big", std::string(VAULTP11_MAX_SECRET_BYTES + 1, 'x'), false, &c),

@@ -23,6 +23,7 @@
 #include "config/config.h"
 #include "matchers.h"
 #include "store/store.h"
+#include "vaultp11/vaultp11.h"
 #include "temp_dir.h"
 
 namespace vaultp11::cli {
@@ -971,6 +972,163 @@ TEST_F(AuditCliTest, TailFollowsAcrossARotation) {
   EXPECT_EQ(step, 4);
   EXPECT_EQ(count("\n"), 13u);
   EXPECT_EQ(count("name=key-5 "), 1u);  // nothing printed twice across the rotation
+}
+
+}  // namespace
+}  // namespace vaultp11::cli
+// ---- secrets ---------------------------------------------------------------------------------
+
+namespace vaultp11::cli {
+namespace {
+
+class SecretCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    WriteFile(dir.file("vp.yaml"),
+              "store:\n  path: data/store.db\n"
+              "audit:\n  sinks:\n    - { type: file, path: audit.log }\n"
+              "vaults:\n  - name: dev\n"
+              "managed_hsm_pools: []\n");
+    Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
+    ASSERT_EQ(o.exit_code, kExitOk) << o.err;
+  }
+  Outcome Cli(std::vector<std::string> args, const std::string& input = "") {
+    args.insert(args.begin(), {"--config", "vp.yaml"});
+    return RunCli(dir, args, input);
+  }
+  // The version `secret set` printed.
+  static std::string PrintedVersion(const Outcome& o) {
+    auto at = o.out.rfind("version ");
+    return at == std::string::npos ? "" : o.out.substr(at + 8, 32);
+  }
+  TempDir dir;
+};
+
+TEST_F(SecretCliTest, SetGetListDeleteByteForByteWithVersions) {
+  const std::string v1("first\0value\n", 12), v2 = "second value, no newline";
+  Outcome s1 = Cli({"secret", "set", "dev", "db-password", "--content-type", "text/plain", "--tag", "env=prod"}, v1);
+  ASSERT_EQ(s1.exit_code, kExitOk) << s1.err;
+  Outcome s2 = Cli({"secret", "set", "dev", "db-password", "--expires", "2031-02-03"}, v2);
+  ASSERT_EQ(s2.exit_code, kExitOk) << s2.err;
+  const std::string ver1 = PrintedVersion(s1), ver2 = PrintedVersion(s2);
+  ASSERT_EQ(ver1.size(), 32u);
+  ASSERT_EQ(ver2.size(), 32u);
+  EXPECT_NE(ver1, ver2);
+
+  Outcome get = Cli({"secret", "get", "dev", "db-password"});
+  EXPECT_EQ(get.exit_code, kExitOk) << get.err;
+  EXPECT_EQ(get.out, v2);
+  Outcome old = Cli({"secret", "get", "dev", "db-password", "--version", ver1});
+  EXPECT_EQ(old.exit_code, kExitOk) << old.err;
+  EXPECT_EQ(old.out, v1);
+  Outcome to_file = Cli({"secret", "get", "dev", "db-password", "--out", "value.bin"});
+  EXPECT_EQ(to_file.exit_code, kExitOk) << to_file.err;
+  EXPECT_EQ(ReadAll(dir.file("value.bin")), v2);
+  EXPECT_EQ(ModeOf(dir.file("value.bin")), 0600u);
+  EXPECT_EQ(Cli({"secret", "get", "dev", "db-password", "--out", "value.bin"}).exit_code, kExitFailed)
+      << "an existing file must not be overwritten";
+
+  Outcome list = Cli({"secret", "list", "dev", "--json"});
+  ASSERT_EQ(list.exit_code, kExitOk) << list.err;
+  nlohmann::json all = nlohmann::json::parse(list.out);
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0]["name"], "db-password");
+  EXPECT_EQ(all[0]["version"], ver2);
+  EXPECT_EQ(all[0]["versions"], 2);
+  EXPECT_EQ(all[0]["expires"], "2031-02-03T23:59:59Z");
+  Outcome versions = Cli({"secret", "list", "dev", "db-password", "--json"});
+  nlohmann::json vs = nlohmann::json::parse(versions.out);
+  ASSERT_EQ(vs.size(), 2u);
+  EXPECT_EQ(vs[0]["version"], ver1);
+  EXPECT_EQ(vs[0]["contentType"], "text/plain");
+  EXPECT_EQ(vs[0]["tags"]["env"], "prod");
+  EXPECT_EQ(vs[0]["current"], false);
+  EXPECT_EQ(vs[1]["current"], true);
+  Outcome text = Cli({"secret", "list", "dev"});
+  EXPECT_THAT(text.out, HasSubstr("\"db-password\"  version " + ver2 + "  (2 versions)"));
+  EXPECT_THAT(text.out + list.out + versions.out, Not(HasSubstr("second value")));
+
+  Outcome del = Cli({"secret", "delete", "dev", "db-password"});
+  EXPECT_EQ(del.exit_code, kExitOk) << del.err;
+  EXPECT_THAT(del.out, HasSubstr("(2 versions)"));
+  EXPECT_EQ(Cli({"secret", "get", "dev", "db-password"}).exit_code, kExitFailed);
+
+  // Audited with their versions; no value in the log.
+  auto sets = RecordsOf(dir.file("audit.log"), "SecretSet");
+  ASSERT_EQ(sets.size(), 2u);
+  ExpectOperatorEvent(sets[0], "SecretSet", true);
+  EXPECT_EQ(sets[0]["properties"]["version"], ver1);
+  EXPECT_EQ(sets[0]["properties"]["name"], "db-password");
+  EXPECT_EQ(sets[0]["properties"]["vault"], "dev");
+  auto gets = RecordsOf(dir.file("audit.log"), "SecretGet");
+  ASSERT_EQ(gets.size(), 5u);  // the value three times, a refused --out, one after the delete
+  EXPECT_EQ(gets[1]["properties"]["version"], ver1);
+  ExpectOperatorEvent(gets[3], "SecretGet", false);
+  ExpectOperatorEvent(gets[4], "SecretGet", false);
+  auto dels = RecordsOf(dir.file("audit.log"), "SecretDelete");
+  ASSERT_EQ(dels.size(), 1u);
+  EXPECT_EQ(dels[0]["properties"]["versions"], 2);
+  const std::string log = ReadAll(dir.file("audit.log"));
+  EXPECT_THAT(log, Not(HasSubstr("second value")));
+  EXPECT_THAT(log, Not(HasSubstr("first")));
+}
+
+TEST_F(SecretCliTest, BadInputIsRefusedWithNothingStored) {
+  const std::string max(VAULTP11_MAX_SECRET_BYTES, 'm');
+  EXPECT_EQ(Cli({"secret", "set", "dev", "largest"}, max).exit_code, kExitOk);
+  struct Case {
+    std::vector<std::string> args;
+    std::string input, message;
+  };
+  const std::vector<Case> cases = {
+      {{"secret", "set", "dev", "too-big"}, max + "x", "over 25000 bytes"},
+      {{"secret", "set", "dev", "empty"}, "", "the value is empty"},
+      {{"secret", "set", "dev", "bad_name"}, "v", "invalid name"},
+      {{"secret", "set", "nowhere", "n"}, "v", "no vault named \"nowhere\""},
+      {{"secret", "set", "dev", "n", "--content-type", "text/\x01"}, "v", "CKA_VAULTP11_CONTENT_TYPE"},
+      {{"secret", "set", "dev", "n", "--expires", "2026-02-30"}, "v", "not a calendar day"},
+      {{"secret", "set", "dev", "n", "--expires", "tomorrow"}, "v", "not a UTC time"},
+      {{"secret", "set", "dev", "n", "--not-before", "2030-01-01", "--expires", "2029-01-01"}, "v", ""},
+      {{"secret", "set", "dev", "n", "--tag", "novalue"}, "v", "NAME=VALUE"},
+      {{"secret", "set", "dev", "n", "--file", "missing.bin"}, "", "cannot read missing.bin"},
+      {{"secret", "get", "dev", "largest", "--version", "0123"}, "", "has no version"},
+  };
+  for (const Case& c : cases) {
+    Outcome o = Cli(c.args, c.input);
+    EXPECT_EQ(o.exit_code, kExitFailed) << c.args[3] << ": " << o.err;
+    EXPECT_THAT(o.err, HasSubstr(c.message)) << c.args[3];
+    EXPECT_THAT(o.err, Not(HasSubstr("mmmm")));
+  }
+  Outcome list = Cli({"secret", "list", "dev", "--json"});
+  nlohmann::json all = nlohmann::json::parse(list.out);
+  ASSERT_EQ(all.size(), 1u) << list.out;
+  EXPECT_EQ(all[0]["name"], "largest");
+  // A secret's value never comes from argv: a stray argument is refused and not echoed.
+  Outcome argv = Cli({"secret", "set", "dev", "n", "hunter2-on-argv"}, "v");
+  EXPECT_EQ(argv.exit_code, kExitUsage);
+  EXPECT_THAT(argv.err, Not(HasSubstr("hunter2")));
+}
+
+TEST_F(SecretCliTest, ANameUsedByAKeyIsNotASecret) {
+  {
+    auto cfg = config::LoadFile(dir.file("vp.yaml"));
+    ASSERT_OK(cfg.status());
+    ASSERT_OK_AND_ASSIGN(auto st, store::Store::Open(dir.file("data/store.db"), dir.file("data/store.db.masterkey"), false));
+    store::ObjectRecord r;
+    r.vault = "dev";
+    r.object_class = CKO_SECRET_KEY;
+    r.label = "aes-key";
+    r.ck_id = {1};
+    ASSERT_OK(st->Insert(r, SecureBytes{}).status());
+  }
+  Outcome set = Cli({"secret", "set", "dev", "aes-key"}, "v");
+  EXPECT_EQ(set.exit_code, kExitFailed);
+  EXPECT_THAT(set.err, HasSubstr("an item named 'aes-key' exists"));
+  for (const char* cmd : {"get", "delete"}) {
+    Outcome o = Cli({"secret", cmd, "dev", "aes-key"});
+    EXPECT_EQ(o.exit_code, kExitFailed) << cmd;
+    EXPECT_THAT(o.err, HasSubstr("is a key or certificate, not a secret")) << cmd;
+  }
 }
 
 }  // namespace

@@ -26,6 +26,23 @@ if [[ -s $WORK/secret.nologin ]] && cmp -s "$WORK/secret.txt" "$WORK/secret.nolo
   fail "the private data object was read without login"
 fi
 
+step "a secret set by the CLI is read by pkcs11-tool; its new version replaces it by label"
+head -c 300 /dev/urandom >"$WORK/v1.bin"
+head -c 301 /dev/urandom >"$WORK/v2.bin"
+run "$VAULTP11_CLI" --config "$CONF" secret set payments api-key --file "$WORK/v1.bin" --content-type application/octet-stream
+p11_user --read-object --type data --label api-key -o "$WORK/api1.out"
+cmp "$WORK/v1.bin" "$WORK/api1.out" || fail "the CLI's secret read through the module differs"
+"$VAULTP11_CLI" --config "$CONF" secret set payments api-key <"$WORK/v2.bin" || fail "secret set from stdin failed"
+p11_user --read-object --type data --label api-key -o "$WORK/api2.out"
+cmp "$WORK/v2.bin" "$WORK/api2.out" || fail "the label does not find the new version"
+"$VAULTP11_CLI" --config "$CONF" secret get payments api-key >"$WORK/api2.get" || fail "secret get failed"
+cmp "$WORK/v2.bin" "$WORK/api2.get" || fail "secret get differs from the value set"
+[[ $("$VAULTP11_CLI" --config "$CONF" secret list payments api-key --json | grep -c '"version"') == 2 ]] ||
+  fail "secret list does not show two versions"
+step "a secret written by pkcs11-tool is read by the CLI"
+"$VAULTP11_CLI" --config "$CONF" secret get payments y >"$WORK/y.get" || fail "secret get y failed"
+cmp "$WORK/secret.txt" "$WORK/y.get" || fail "secret get y differs"
+
 step "-O lists both data objects"
 out=$(p11_user -O)
 echo "$out"

@@ -1058,10 +1058,16 @@ TEST_F(StoreTest, ALabelInUseTakesANewVersionOrJoinsTheCurrentOne) {
   EXPECT_THAT(store->Insert(Labelled("k", CKO_CERTIFICATE, "2"), SecureBytes()), RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
   ASSERT_OK_AND_ASSIGN(auto cert, store->Insert(Labelled("k", CKO_CERTIFICATE, "1"), SecureBytes()));
   EXPECT_EQ(cert.version, v1[0].version);
-  // A new version must bring its own id.
-  EXPECT_THAT(store->InsertVersion(pair, {Secret("s"), SecureBytes()}, true), RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
+  // A new version must bring its own id, and be of the item's kind: now a certificate.
+  std::vector<ObjectRecord> triple = {Labelled("k", CKO_PRIVATE_KEY, "1"), Labelled("k", CKO_PUBLIC_KEY, "1"),
+                                      Labelled("k", CKO_CERTIFICATE, "1")};
+  EXPECT_THAT(store->InsertVersion(triple, {Secret("s"), SecureBytes(), SecureBytes()}, true),
+              RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
   std::vector<ObjectRecord> pair2 = {Labelled("k", CKO_PRIVATE_KEY, "2"), Labelled("k", CKO_PUBLIC_KEY, "2")};
-  ASSERT_OK_AND_ASSIGN(auto v2, store->InsertVersion(pair2, {Secret("s2"), SecureBytes()}, true));
+  EXPECT_THAT(store->InsertVersion(pair2, {Secret("s2"), SecureBytes()}, true), RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
+  EXPECT_THAT(store->Insert(Labelled("k", CKO_DATA, "2"), Secret("d"), true), RvIs(CKR_ATTRIBUTE_VALUE_INVALID));
+  pair2.push_back(Labelled("k", CKO_CERTIFICATE, "2"));
+  ASSERT_OK_AND_ASSIGN(auto v2, store->InsertVersion(pair2, {Secret("s2"), SecureBytes(), SecureBytes()}, true));
   EXPECT_NE(v2[0].version, v1[0].version);
 
   ASSERT_OK_AND_ASSIGN(auto versions, store->VersionsOf("v", "k"));

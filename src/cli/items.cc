@@ -1,0 +1,324 @@
+// `vaultp11 secret ...`: secrets (CKO_DATA items) written and read straight in the store.
+#include "cli/items.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <istream>
+#include <map>
+#include <set>
+#include <nlohmann/json.hpp>
+
+#include "cli/audit_trail.h"
+#include "model/attributes.h"
+#include "model/object.h"
+#include "store/store.h"
+#include "util/strings.h"
+#include "vaultp11/vaultp11.h"
+
+namespace vaultp11::cli {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// The configured vault `name` (pools hold HSM keys only), present in the store.
+Status CheckVault(const config::Config& cfg, const std::string& name) {
+  if (cfg.FindVault(name) == nullptr) {
+    if (cfg.FindPool(name) != nullptr)
+      return Err(CKR_ARGUMENTS_BAD, "{} is a managed HSM pool: pools hold HSM keys only, no secrets",
+                 QuotePrintable(name));
+    return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {}", QuotePrintable(name), cfg.source);
+  }
+  return OkStatus();
+}
+
+Status CheckName(const std::string& name) {
+  if (!config::IsValidName(name))
+    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+  return OkStatus();
+}
+
+Result<std::unique_ptr<store::Store>> OpenVaultStore(const config::Config& cfg, const std::string& vault) {
+  auto st = store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/false);
+  if (!st.ok() && st.rv() == CKR_TOKEN_NOT_PRESENT)
+    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", cfg.store.path);
+  if (!st.ok()) return st.status();
+  VAULTP11_ASSIGN_OR_RETURN(auto vaults, (*st)->Vaults());
+  if (std::find(vaults.begin(), vaults.end(), vault) == vaults.end())
+    return Err(CKR_ARGUMENTS_BAD, "vault {} is not in the store yet (run `vaultp11 init`)", QuotePrintable(vault));
+  return st;
+}
+
+// The value: --file (byte for byte), a hidden line on a terminal, else stdin to its end.
+Result<SecureBytes> ReadValue(const SecretSetOptions& o, Io& io) {
+  SecureBytes value;
+  if (!o.file.empty()) {
+    int fd = open(o.file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", o.file, std::strerror(errno));
+    value.resize(VAULTP11_MAX_SECRET_BYTES + 1);
+    size_t got = 0;
+    while (got < value.size()) {
+      ssize_t n = read(fd, value.data() + got, value.size() - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int e = errno;
+        close(fd);
+        return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", o.file, std::strerror(e));
+      }
+      if (n == 0) break;
+      got += static_cast<size_t>(n);
+    }
+    close(fd);
+    value.resize(got);
+  } else if (io.interactive) {
+    VAULTP11_ASSIGN_OR_RETURN(SecureString line, PromptSecret(io, "Secret value"));
+    value.assign(line.begin(), line.end());
+  } else {
+    value.resize(VAULTP11_MAX_SECRET_BYTES + 1);
+    io.in.read(reinterpret_cast<char*>(value.data()), static_cast<std::streamsize>(value.size()));
+    value.resize(static_cast<size_t>(io.in.gcount()));
+  }
+  if (value.size() > VAULTP11_MAX_SECRET_BYTES)
+    return Err(CKR_ARGUMENTS_BAD, "the value is over {} bytes; nothing stored", VAULTP11_MAX_SECRET_BYTES);
+  if (value.empty()) return Err(CKR_ARGUMENTS_BAD, "the value is empty; nothing stored");
+  return value;
+}
+
+std::string Iso(int64_t t) {
+  if (t == 0) return "";
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// One version of a secret as listed: its row and the attributes stored with it.
+struct SecretVersion {
+  store::ObjectRecord rec;
+  model::AttributeMap attrs;
+};
+
+Json Describe(const std::string& name, const SecretVersion& v) {
+  const model::AttributeMap& a = v.attrs;
+  Json j = {{"name", name},
+            {"version", v.rec.version},
+            {"created", Iso(v.rec.created)},
+            {"contentType", a.GetString(CKA_VAULTP11_CONTENT_TYPE)},
+            {"enabled", a.GetBool(CKA_VAULTP11_ENABLED, true)}};
+  if (auto nb = a.GetUlong(CKA_VAULTP11_NOT_BEFORE); nb && *nb != 0) j["notBefore"] = Iso(static_cast<int64_t>(*nb));
+  if (auto ex = a.GetUlong(CKA_VAULTP11_EXPIRES); ex && *ex != 0) j["expires"] = Iso(static_cast<int64_t>(*ex));
+  std::string tags = a.GetString(CKA_VAULTP11_TAGS);
+  if (!tags.empty() && tags != "{}") j["tags"] = Json::parse(tags, nullptr, false);
+  return j;
+}
+
+std::string Line(const Json& j) {
+  std::string out = QuotePrintable(j["name"].get<std::string>()) + "  version " + j["version"].get<std::string>();
+  if (j.contains("versions")) out += fmt::format("  ({} versions)", j["versions"].get<int>());
+  out += "  created " + j["created"].get<std::string>();
+  if (!j["contentType"].get<std::string>().empty()) out += "  type " + QuotePrintable(j["contentType"].get<std::string>());
+  if (!j["enabled"].get<bool>()) out += "  disabled";
+  if (j.contains("notBefore")) out += "  not-before " + j["notBefore"].get<std::string>();
+  if (j.contains("expires")) out += "  expires " + j["expires"].get<std::string>();
+  if (j.contains("tags")) out += "  tags " + j["tags"].dump();
+  return out + "\n";
+}
+
+// The secret `name` of `vault`: its versions, oldest first; a name of another kind is refused.
+Result<std::vector<SecretVersion>> SecretVersions(store::Store& st, const std::string& vault, const std::string& name) {
+  VAULTP11_ASSIGN_OR_RETURN(auto records, st.LoadVault(vault));
+  std::vector<SecretVersion> out;
+  bool other_kind = false;
+  for (auto& r : records) {
+    if (r.label != name) continue;
+    if (r.object_class != CKO_DATA) {
+      other_kind = true;
+      continue;
+    }
+    VAULTP11_ASSIGN_OR_RETURN(auto attrs, model::AttributeMap::Deserialize(r.attributes));
+    out.push_back(SecretVersion{std::move(r), std::move(attrs)});
+  }
+  if (other_kind)
+    return Err(CKR_ARGUMENTS_BAD, "{} in vault {} is a key or certificate, not a secret", QuotePrintable(name),
+               QuotePrintable(vault));
+  if (out.empty()) return Err(CKR_ARGUMENTS_BAD, "vault {} has no secret {}", QuotePrintable(vault), QuotePrintable(name));
+  return out;
+}
+
+Status SecretSet(const config::Config& cfg, const SecretSetOptions& o, Io& io, std::string* version) {
+  VAULTP11_RETURN_IF_ERROR(CheckVault(cfg, o.vault));
+  VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
+  model::AttributeMap t;
+  t.SetUlong(CKA_CLASS, CKO_DATA);
+  t.SetBool(CKA_TOKEN, true);
+  t.SetBool(CKA_PRIVATE, true);
+  t.SetString(CKA_LABEL, o.name);
+  if (!o.content_type.empty()) t.SetString(CKA_VAULTP11_CONTENT_TYPE, o.content_type);
+  if (o.disabled) t.SetBool(CKA_VAULTP11_ENABLED, false);
+  if (!o.not_before.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(int64_t nb, ParseUtcTime(o.not_before, false));
+    t.SetUlong(CKA_VAULTP11_NOT_BEFORE, static_cast<CK_ULONG>(nb));
+  }
+  if (!o.expires.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(int64_t ex, ParseUtcTime(o.expires, true));
+    t.SetUlong(CKA_VAULTP11_EXPIRES, static_cast<CK_ULONG>(ex));
+  }
+  if (!o.tags.empty()) {
+    nlohmann::json tags = nlohmann::json::object();
+    for (const std::string& kv : o.tags) {
+      size_t eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) return Err(CKR_ARGUMENTS_BAD, "--tag wants NAME=VALUE, got {}", QuotePrintable(kv, 80));
+      if (tags.contains(kv.substr(0, eq))) return Err(CKR_ARGUMENTS_BAD, "tag {} given twice", QuotePrintable(kv.substr(0, eq), 80));
+      tags[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    t.SetString(CKA_VAULTP11_TAGS, tags.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
+  // Everything but the value is checked before the value is read.
+  VAULTP11_ASSIGN_OR_RETURN(auto probe, model::CreateObject(t));
+  (void)probe;
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes value, ReadValue(o, io));
+  t.Set(CKA_VALUE, std::span<const uint8_t>(value.data(), value.size()));
+  auto obj = model::CreateObject(t);
+  t.Set(CKA_VALUE, Bytes(value.size(), 0));  // the map's copy of the value goes before any error return
+  if (!obj.ok()) return obj.status();
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.vault));
+  store::ObjectRecord rec;
+  rec.vault = o.vault;
+  rec.object_class = CKO_DATA;
+  rec.label = o.name;
+  rec.attributes = (*obj)->attrs.Serialize();
+  VAULTP11_ASSIGN_OR_RETURN(auto saved, st->Insert(std::move(rec), value, /*new_version=*/true));
+  *version = saved.version;
+  io.out << fmt::format("secret {} in vault {}: version {}\n", QuotePrintable(o.name), QuotePrintable(o.vault),
+                        saved.version);
+  return OkStatus();
+}
+
+Status SecretGet(const config::Config& cfg, const SecretGetOptions& o, Io& io, std::string* version) {
+  VAULTP11_RETURN_IF_ERROR(CheckVault(cfg, o.vault));
+  VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.vault));
+  VAULTP11_ASSIGN_OR_RETURN(auto versions, SecretVersions(*st, o.vault, o.name));
+  const SecretVersion* pick = &versions.back();  // the current version is the newest
+  if (!o.version.empty()) {
+    auto it = std::find_if(versions.begin(), versions.end(), [&](const SecretVersion& v) { return v.rec.version == o.version; });
+    if (it == versions.end())
+      return Err(CKR_ARGUMENTS_BAD, "secret {} has no version {}", QuotePrintable(o.name), QuotePrintable(o.version, 40));
+    pick = &*it;
+  }
+  *version = pick->rec.version;
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes value, st->LoadSecret(pick->rec.id));
+  std::string_view bytes(reinterpret_cast<const char*>(value.data()), value.size());
+  if (!o.out.empty()) return WriteNewFile(o.out, bytes);
+  io.out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  io.out.flush();
+  if (!io.out) return Err(CKR_FUNCTION_FAILED, "writing the value to stdout failed");
+  return OkStatus();
+}
+
+Status SecretDelete(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io,
+                    size_t* versions) {
+  VAULTP11_RETURN_IF_ERROR(CheckVault(cfg, vault));
+  VAULTP11_RETURN_IF_ERROR(CheckName(name));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, vault));
+  VAULTP11_ASSIGN_OR_RETURN(auto found, SecretVersions(*st, vault, name));
+  VAULTP11_ASSIGN_OR_RETURN(auto gone, st->DeleteItem(vault, name));
+  *versions = gone.size();
+  (void)found;
+  io.out << fmt::format("secret {} deleted from vault {} ({} version{})\n", QuotePrintable(name), QuotePrintable(vault),
+                        gone.size(), gone.size() == 1 ? "" : "s");
+  return OkStatus();
+}
+
+}  // namespace
+
+Result<int64_t> ParseUtcTime(const std::string& text, bool end_of_day) {
+  std::tm tm{};
+  const char* end = nullptr;
+  bool date_only = text.size() == 10;
+  if (date_only) {
+    end = strptime(text.c_str(), "%Y-%m-%d", &tm);
+  } else {
+    end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  }
+  if (end == nullptr || *end != '\0' || tm.tm_year + 1900 < 1970 || tm.tm_year + 1900 > 9999)
+    return Err(CKR_ARGUMENTS_BAD, "{} is not a UTC time: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ", QuotePrintable(text, 40));
+  const int mday = tm.tm_mday, mon = tm.tm_mon;
+  int64_t t = timegm(&tm);
+  if (tm.tm_mday != mday || tm.tm_mon != mon)  // 2026-02-30 and the like
+    return Err(CKR_ARGUMENTS_BAD, "{} is not a calendar day", QuotePrintable(text, 40));
+  if (date_only && end_of_day) t += 86399;
+  return t;
+}
+
+Status SecretSetCommand(const config::Config& cfg, const SecretSetOptions& opts, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string version;
+  Status st = SecretSet(cfg, opts, io, &version);
+  audit.Record("SecretSet", st, version.empty() ? Json::object() : Json{{"version", version}}, opts.name, opts.vault);
+  return st;
+}
+
+Status SecretGetCommand(const config::Config& cfg, const SecretGetOptions& opts, Io& io) {
+  // The event is written before the value is handed out; a required sink that fails stops it.
+  std::string version;
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg, "the value was not read"));
+  Status st = SecretGet(cfg, opts, io, &version);
+  audit.Record("SecretGet", st, version.empty() ? Json::object() : Json{{"version", version}}, opts.name, opts.vault);
+  return st;
+}
+
+Status SecretListCommand(const config::Config& cfg, const SecretListOptions& opts, Io& io) {
+  VAULTP11_RETURN_IF_ERROR(CheckVault(cfg, opts.vault));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, opts.vault));
+  Json out = Json::array();
+  if (!opts.name.empty()) {
+    VAULTP11_RETURN_IF_ERROR(CheckName(opts.name));
+    VAULTP11_ASSIGN_OR_RETURN(auto versions, SecretVersions(*st, opts.vault, opts.name));
+    for (size_t i = 0; i < versions.size(); ++i) {
+      Json j = Describe(opts.name, versions[i]);
+      j["current"] = i + 1 == versions.size();
+      out.push_back(std::move(j));
+    }
+  } else {
+    VAULTP11_ASSIGN_OR_RETURN(auto records, st->LoadVault(opts.vault));
+    std::map<std::string, std::pair<SecretVersion, int>> newest;  // by name: newest row, versions
+    std::map<std::string, std::set<std::string>> seen;
+    for (auto& r : records) {
+      if (r.object_class != CKO_DATA || r.label.empty()) continue;
+      VAULTP11_ASSIGN_OR_RETURN(auto attrs, model::AttributeMap::Deserialize(r.attributes));
+      seen[r.label].insert(r.version);
+      std::string label = r.label;
+      auto& slot = newest[label];
+      if (slot.first.rec.id < r.id) slot.first = SecretVersion{std::move(r), std::move(attrs)};
+    }
+    for (auto& [name, v] : newest) {
+      Json j = Describe(name, v.first);
+      j["versions"] = static_cast<int>(seen[name].size());
+      out.push_back(std::move(j));
+    }
+  }
+  if (opts.json) {
+    io.out << out.dump(2, ' ', false, Json::error_handler_t::replace) << "\n";
+  } else {
+    for (const Json& j : out) io.out << Line(j);
+  }
+  return OkStatus();
+}
+
+Status SecretDeleteCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  size_t versions = 0;
+  Status st = SecretDelete(cfg, vault, name, io, &versions);
+  audit.Record("SecretDelete", st, st.ok() ? Json{{"versions", versions}} : Json::object(), name, vault);
+  return st;
+}
+
+}  // namespace vaultp11::cli

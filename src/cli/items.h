@@ -1,0 +1,58 @@
+// The `vaultp11` commands on a vault's items (secrets now; keys and certificates next): they act
+// as the operator directly on the store the config names, and every change is audited
+// (cli/audit_trail.h). Running modules see the changes at their next search.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "config/config.h"
+#include "util/result.h"
+
+namespace vaultp11::cli {
+
+struct SecretSetOptions {
+  std::string vault, name;
+  std::string file;          // read the value from this file; empty: stdin
+  std::string content_type;  // CKA_VAULTP11_CONTENT_TYPE
+  std::string not_before, expires;  // YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC); empty: not set
+  bool disabled = false;
+  std::vector<std::string> tags;  // NAME=VALUE
+};
+// `secret set <vault> <name>`: stores the value (stdin, read to its end, byte for byte; or
+// --file) as the secret's new current version (the first one for a new name). At most
+// VAULTP11_MAX_SECRET_BYTES bytes; an empty value, a name of 1-127 characters of 0-9 a-z A-Z -
+// not followed, a name used by a key or certificate, a bad content type, date or tag: refused,
+// nothing stored. On a terminal the value is read as one line with echo off. Prints the name
+// and the new version. Audited as "SecretSet" (name, vault, version).
+Status SecretSetCommand(const config::Config& cfg, const SecretSetOptions& opts, Io& io);
+
+struct SecretGetOptions {
+  std::string vault, name;
+  std::string version;  // empty: the current one
+  std::string out;      // write the value to this new file (mode 0600); empty: stdout
+};
+// `secret get <vault> <name> [--version V] [--out FILE]`: writes the value, byte for byte (no
+// newline added). Audited as "SecretGet" (an operator reading a secret is recorded).
+Status SecretGetCommand(const config::Config& cfg, const SecretGetOptions& opts, Io& io);
+
+struct SecretListOptions {
+  std::string vault;
+  std::string name;  // list this secret's versions; empty: every secret (current version)
+  bool json = false;
+};
+// `secret list <vault> [<name>] [--json]`: metadata only, never values. Without a name, one
+// line per secret: name, current version, number of versions, content type, enabled, window,
+// creation time. With a name, one line per version, oldest first.
+Status SecretListCommand(const config::Config& cfg, const SecretListOptions& opts, Io& io);
+
+// `secret delete <vault> <name>`: deletes the secret, every version. Audited as "SecretDelete".
+Status SecretDeleteCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io);
+
+// A time for --not-before / --expires: YYYY-MM-DD (that day's 00:00:00Z) or
+// YYYY-MM-DDTHH:MM:SSZ, as Unix seconds; `end_of_day` makes a bare date its 23:59:59Z.
+Result<int64_t> ParseUtcTime(const std::string& text, bool end_of_day);
+
+}  // namespace vaultp11::cli
