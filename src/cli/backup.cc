@@ -19,6 +19,7 @@
 #include "backend/pool/pool.h"
 #include "cli/audit_trail.h"
 #include "cli/commands.h"
+#include "cli/items.h"
 #include "core/provider.h"
 #include "model/attributes.h"
 #include "store/store.h"
@@ -82,20 +83,13 @@ struct Place {
 };
 
 Result<Place> Resolve(const config::Config& cfg, const std::string& name) {
-  if (const config::ManagedHsmPoolConfig* pc = cfg.FindPool(name)) return Place{pc->name, core::MakePool(cfg, *pc)};
-  const config::VaultConfig* vc = cfg.FindVault(name);
-  if (vc == nullptr)
-    return Err(CKR_ARGUMENTS_BAD, "no managed HSM pool or vault named {} in {}", QuotePrintable(name), cfg.source);
-  if (vc->hsms.empty())
+  VAULTP11_ASSIGN_OR_RETURN(auto hsms, HsmPoolFor(cfg, name));
+  if (!hsms)
     return Err(CKR_ARGUMENTS_BAD,
                "vault {} has no HSM: backup and restore cover HSM keys (a vault's software keys live in the store: "
                "back up the store and its master key file)",
-               vc->name);
-  config::ManagedHsmPoolConfig one;
-  one.name = vc->name;
-  one.hsms = {vc->hsms.front()};
-  one.quorum = 1;
-  return Place{vc->name, core::MakePool(cfg, one)};
+               name);
+  return Place{name, std::move(hsms)};
 }
 
 // The pool's domain check value, as every member in service reports it (they must agree).

@@ -577,6 +577,20 @@ int Run(int argc, const char* const* argv, Io& io) {
     secret_list->add_option("vault", slist_opts.vault, "Vault")->required();
     secret_list->add_option("name", slist_opts.name, "List this secret's versions");
     secret_list->add_flag("--json", slist_opts.json, "Print JSON");
+    DeletedOptions deleted_opts;
+    CLI::App* deleted_cmd = app.add_subcommand("deleted", "Work with a vault's or pool's soft-deleted items");
+    deleted_cmd->require_subcommand(1);
+    CLI::App* deleted_list = deleted_cmd->add_subcommand("list", "List the deleted items");
+    deleted_list->add_option("vault|pool", deleted_opts.where, "Vault or managed HSM pool")->required();
+    deleted_list->add_option("name", deleted_opts.name, "Only this item");
+    deleted_list->add_flag("--json", deleted_opts.json, "Print JSON");
+    CLI::App* deleted_recover = deleted_cmd->add_subcommand("recover", "Bring a deleted item back, every version");
+    deleted_recover->add_option("vault|pool", deleted_opts.where, "Vault or managed HSM pool")->required();
+    deleted_recover->add_option("name", deleted_opts.name, "Item name")->required();
+    CLI::App* deleted_purge = deleted_cmd->add_subcommand(
+        "purge", "Delete a deleted item for good, with its HSM keys (after retention under purge protection)");
+    deleted_purge->add_option("vault|pool", deleted_opts.where, "Vault or managed HSM pool")->required();
+    deleted_purge->add_option("name", deleted_opts.name, "Item name")->required();
     std::string del_vault, del_name;
     CLI::App* secret_delete = secret_cmd->add_subcommand("delete", "Delete a secret with every version");
     secret_delete->add_option("vault", del_vault, "Vault")->required();
@@ -594,7 +608,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd, deleted_cmd}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -660,6 +674,12 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = SecretListCommand(cfg.value(), slist_opts, io);
       } else if (secret_delete->parsed()) {
         st = SecretDeleteCommand(cfg.value(), del_vault, del_name, io);
+      } else if (deleted_list->parsed()) {
+        st = DeletedListCommand(cfg.value(), deleted_opts, io);
+      } else if (deleted_recover->parsed()) {
+        st = DeletedRecoverCommand(cfg.value(), deleted_opts, io);
+      } else if (deleted_purge->parsed()) {
+        st = DeletedPurgeCommand(cfg.value(), deleted_opts, io);
       }
     }
     io.out << std::flush;

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/audit_trail.h"
+#include "core/provider.h"
 #include "model/attributes.h"
 #include "model/object.h"
 #include "store/store.h"
@@ -229,15 +230,157 @@ Status SecretDelete(const config::Config& cfg, const std::string& vault, const s
   VAULTP11_RETURN_IF_ERROR(CheckName(name));
   VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, vault));
   VAULTP11_ASSIGN_OR_RETURN(auto found, SecretVersions(*st, vault, name));
+  *versions = found.size();
+  const config::SoftDeleteConfig sd = cfg.SoftDeleteOf(vault);
+  if (sd.enabled) {
+    const int64_t now = time(nullptr), purge_after = now + int64_t{sd.retention_days} * 86400;
+    VAULTP11_RETURN_IF_ERROR(st->SoftDeleteItem(vault, name, now, purge_after).status());
+    io.out << fmt::format("secret {} of vault {} deleted ({} version{}); recoverable until {}\n", QuotePrintable(name),
+                          QuotePrintable(vault), found.size(), found.size() == 1 ? "" : "s", Iso(purge_after));
+    return OkStatus();
+  }
   VAULTP11_ASSIGN_OR_RETURN(auto gone, st->DeleteItem(vault, name));
-  *versions = gone.size();
-  (void)found;
   io.out << fmt::format("secret {} deleted from vault {} ({} version{})\n", QuotePrintable(name), QuotePrintable(vault),
-                        gone.size(), gone.size() == 1 ? "" : "s");
+                        found.size(), found.size() == 1 ? "" : "s");
+  return OkStatus();
+}
+
+// What an item's rows make it (store::KindOf's rule).
+const char* KindOfRows(const std::vector<store::ObjectRecord>& rows) {
+  bool key = false;
+  for (const auto& r : rows) {
+    if (r.object_class == CKO_CERTIFICATE) return "Certificate";
+    key |= r.object_class != CKO_DATA;
+  }
+  return key ? "Key" : "Secret";
+}
+
+Status CheckWhere(const config::Config& cfg, const std::string& where) {
+  if (cfg.FindVault(where) == nullptr && cfg.FindPool(where) == nullptr)
+    return Err(CKR_ARGUMENTS_BAD, "no vault or managed HSM pool named {} in {}", QuotePrintable(where), cfg.source);
+  return OkStatus();
+}
+
+// The deleted item `name`; else an error, with `kind` set from a live item of that name (for
+// the audit event's name) when there is one.
+Result<store::DeletedItem> FindDeleted(store::Store& st, const std::string& where, const std::string& name,
+                                       std::string* kind) {
+  VAULTP11_ASSIGN_OR_RETURN(auto items, st.DeletedItems(where));
+  for (auto& d : items)
+    if (d.name == name) return std::move(d);
+  VAULTP11_ASSIGN_OR_RETURN(auto live, st.LoadVault(where));
+  std::vector<store::ObjectRecord> mine;
+  for (auto& r : live)
+    if (r.label == name) mine.push_back(std::move(r));
+  if (!mine.empty()) {
+    *kind = KindOfRows(mine);
+    return Err(CKR_ARGUMENTS_BAD, "{} of {} is not deleted", QuotePrintable(name), QuotePrintable(where));
+  }
+  return Err(CKR_ARGUMENTS_BAD, "{} has no deleted item {}", QuotePrintable(where), QuotePrintable(name));
+}
+
+Status Recover(const config::Config& cfg, const DeletedOptions& o, Io& io, std::string* kind) {
+  VAULTP11_RETURN_IF_ERROR(CheckWhere(cfg, o.where));
+  VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.where));
+  VAULTP11_ASSIGN_OR_RETURN(auto item, FindDeleted(*st, o.where, o.name, kind));
+  *kind = KindOfRows(item.objects);
+  VAULTP11_RETURN_IF_ERROR(st->RecoverItem(o.where, o.name));
+  io.out << fmt::format("{} {} of {} recovered\n", *kind, QuotePrintable(o.name), QuotePrintable(o.where));
+  return OkStatus();
+}
+
+Status Purge(const config::Config& cfg, const DeletedOptions& o, Io& io, std::string* kind) {
+  VAULTP11_RETURN_IF_ERROR(CheckWhere(cfg, o.where));
+  VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.where));
+  VAULTP11_ASSIGN_OR_RETURN(auto item, FindDeleted(*st, o.where, o.name, kind));
+  *kind = KindOfRows(item.objects);
+  const config::SoftDeleteConfig sd = cfg.SoftDeleteOf(o.where);
+  if (sd.purge_protection) VAULTP11_RETURN_IF_ERROR(st->EnablePurgeProtection(o.where));
+  VAULTP11_ASSIGN_OR_RETURN(bool protection, st->PurgeProtection(o.where));
+  // The HSM keys go after the store's rows (the purge is decided, protection checked, there).
+  std::vector<Bytes> inner;
+  for (const auto& r : item.objects) {
+    if (r.object_class != CKO_PRIVATE_KEY && r.object_class != CKO_SECRET_KEY) continue;
+    VAULTP11_ASSIGN_OR_RETURN(auto attrs, model::AttributeMap::Deserialize(r.attributes));
+    if (attrs.GetUlong(CKA_VAULTP11_PROTECTION) != VAULTP11_PROTECTION_HSM) continue;
+    if (const Bytes* id = attrs.Get(CKA_VAULTP11_HSM_KEY_ID); id != nullptr && !id->empty()) inner.push_back(*id);
+  }
+  std::shared_ptr<pool::HsmPool> hsms;
+  if (!inner.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(hsms, HsmPoolFor(cfg, o.where));
+  }
+  VAULTP11_ASSIGN_OR_RETURN(auto gone, st->PurgeItem(o.where, o.name, time(nullptr), protection || sd.purge_protection));
+  if (hsms)
+    for (const Bytes& id : inner) hsms->DestroyEverywhere(id);
+  io.out << fmt::format("{} {} of {} purged ({} object{}{})\n", *kind, QuotePrintable(o.name), QuotePrintable(o.where),
+                        gone.size(), gone.size() == 1 ? "" : "s",
+                        inner.empty() ? "" : fmt::format(", {} HSM key{}", inner.size(), inner.size() == 1 ? "" : "s"));
   return OkStatus();
 }
 
 }  // namespace
+
+Result<std::shared_ptr<pool::HsmPool>> HsmPoolFor(const config::Config& cfg, const std::string& name) {
+  if (const config::ManagedHsmPoolConfig* pc = cfg.FindPool(name)) return core::MakePool(cfg, *pc);
+  const config::VaultConfig* vc = cfg.FindVault(name);
+  if (vc == nullptr) return Err(CKR_ARGUMENTS_BAD, "no managed HSM pool or vault named {} in {}", QuotePrintable(name), cfg.source);
+  if (vc->hsms.empty()) return std::shared_ptr<pool::HsmPool>();
+  config::ManagedHsmPoolConfig one;
+  one.name = vc->name;
+  one.hsms = {vc->hsms.front()};
+  one.quorum = 1;
+  return core::MakePool(cfg, one);
+}
+
+Status DeletedListCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io) {
+  VAULTP11_RETURN_IF_ERROR(CheckWhere(cfg, opts.where));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, opts.where));
+  VAULTP11_ASSIGN_OR_RETURN(auto items, st->DeletedItems(opts.where));
+  VAULTP11_ASSIGN_OR_RETURN(bool protection, st->PurgeProtection(opts.where));
+  protection = protection || cfg.SoftDeleteOf(opts.where).purge_protection;
+  Json out = Json::array();
+  for (const auto& d : items) {
+    if (!opts.name.empty() && d.name != opts.name) continue;
+    std::set<std::string> versions;
+    for (const auto& r : d.objects) versions.insert(r.version);
+    out.push_back({{"name", d.name},
+                   {"kind", KindOfRows(d.objects)},
+                   {"versions", versions.size()},
+                   {"deleted", Iso(d.deleted)},
+                   {"purgeAfter", Iso(d.purge_after)},
+                   {"purgeProtected", protection && time(nullptr) < d.purge_after}});
+  }
+  if (opts.json) {
+    io.out << out.dump(2, ' ', false, Json::error_handler_t::replace) << "\n";
+    return OkStatus();
+  }
+  for (const Json& j : out)
+    io.out << fmt::format("{}  {}  {} version{}  deleted {}  purge after {}{}\n", QuotePrintable(j["name"].get<std::string>()),
+                          j["kind"].get<std::string>(), j["versions"].get<size_t>(), j["versions"].get<size_t>() == 1 ? "" : "s",
+                          j["deleted"].get<std::string>(), j["purgeAfter"].get<std::string>(),
+                          j["purgeProtected"].get<bool>() ? "  (purge protected)" : "");
+  return OkStatus();
+}
+
+Status DeletedRecoverCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string kind;
+  Status st = Recover(cfg, opts, io, &kind);
+  audit.Record(kind == "Certificate" ? "CertificateRecover" : kind == "Secret" ? "SecretRecover" : "KeyRecover", st,
+               Json::object(), opts.name, opts.where);
+  return st;
+}
+
+Status DeletedPurgeCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string kind;
+  Status st = Purge(cfg, opts, io, &kind);
+  audit.Record(kind == "Certificate" ? "CertificatePurge" : kind == "Secret" ? "SecretPurge" : "KeyPurge", st,
+               Json::object(), opts.name, opts.where);
+  return st;
+}
 
 Result<int64_t> ParseUtcTime(const std::string& text, bool end_of_day) {
   std::tm tm{};

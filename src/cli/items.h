@@ -3,11 +3,13 @@
 // (cli/audit_trail.h). Running modules see the changes at their next search.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "backend/pool/pool.h"
 #include "config/config.h"
 #include "util/result.h"
 
@@ -48,8 +50,30 @@ struct SecretListOptions {
 // creation time. With a name, one line per version, oldest first.
 Status SecretListCommand(const config::Config& cfg, const SecretListOptions& opts, Io& io);
 
-// `secret delete <vault> <name>`: deletes the secret, every version. Audited as "SecretDelete".
+// `secret delete <vault> <name>`: deletes the secret, every version; where the vault has
+// soft_delete, moves it to the deleted state instead (`deleted recover|purge`). Audited as
+// "SecretDelete".
 Status SecretDeleteCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io);
+
+struct DeletedOptions {
+  std::string where;  // vault or pool
+  std::string name;   // recover, purge: required; list: only this item
+  bool json = false;
+};
+// `deleted list <vault|pool> [<name>] [--json]`: the deleted items: name, kind, versions, when
+// deleted, from when they may be purged, whether purge protection holds them.
+Status DeletedListCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io);
+// `deleted recover <vault|pool> <name>`: brings the item back, every version, as it was.
+// Audited as "<Kind>Recover" (KeyRecover, SecretRecover, CertificateRecover).
+Status DeletedRecoverCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io);
+// `deleted purge <vault|pool> <name>`: deletes the item for good, and its keys in the HSMs.
+// With purge protection (soft_delete.purge_protection now, or ever: the store remembers),
+// refused until the item's retention has ended. Audited as "<Kind>Purge".
+Status DeletedPurgeCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io);
+
+// The HSMs behind a pool, or behind a premium vault with an HSM (as a one-member pool); null
+// for other vaults. Unknown name: CKR_ARGUMENTS_BAD.
+Result<std::shared_ptr<pool::HsmPool>> HsmPoolFor(const config::Config& cfg, const std::string& name);
 
 // A time for --not-before / --expires: YYYY-MM-DD (that day's 00:00:00Z) or
 // YYYY-MM-DDTHH:MM:SSZ, as Unix seconds; `end_of_day` makes a bare date its 23:59:59Z.

@@ -172,6 +172,7 @@ class Loader {
   Status LoadAudit(const Entry& e, Config& cfg);
   Result<long long> Number(const Entry& e, std::string_view path, long long lo, long long hi);
   Result<bool> Bool(const Entry& e, std::string_view path);
+  Status LoadSoftDelete(const Entry& e, const std::string& path, int line, SoftDeleteConfig& sd);
   Status LoadManagedIdentity(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
   Status LoadClientCertificate(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
   Status LoadOAuth2(std::map<std::string, Entry>& f, const std::string& path, PrincipalConfig& pc);
@@ -291,6 +292,21 @@ Result<bool> Loader::Bool(const Entry& e, std::string_view path) {
   if (v == "true") return true;
   if (v == "false") return false;
   return Fail(LineOf(e, 0), path, "must be true or false, got {}", Quote(v));
+}
+
+Status Loader::LoadSoftDelete(const Entry& e, const std::string& path, int line, SoftDeleteConfig& sd) {
+  sd.enabled = true;
+  if (e.value.IsNull()) return OkStatus();
+  int sline = LineOf(e, line);
+  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e.value, path, sline, {"retention_days", "purge_protection"}));
+  if (auto it = f.find("retention_days"); it != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(long long days, Number(it->second, Child(path, "retention_days"), 7, 90));
+    sd.retention_days = static_cast<int>(days);
+  }
+  if (auto it = f.find("purge_protection"); it != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(sd.purge_protection, Bool(it->second, Child(path, "purge_protection")));
+  }
+  return OkStatus();
 }
 
 Status Loader::LoadAudit(const Entry& e, Config& cfg) {
@@ -498,7 +514,9 @@ Status Loader::LoadVaults(const Entry* e, int root_line, Config& cfg) {
     VaultConfig v;
     v.line = LineOf(item, line);
     VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, v.line, {"name", "sku", "hsms", "default_protection",
-                                                                  "authorization", "access_policies"}));
+                                                                  "authorization", "access_policies", "soft_delete"}));
+    if (auto sd = f.find("soft_delete"); sd != f.end())
+      VAULTP11_RETURN_IF_ERROR(LoadSoftDelete(sd->second, Child(path, "soft_delete"), v.line, v.soft_delete));
     VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, v.line, "vault", seen));
     v.name = std::move(name.first);
     if (auto sku = f.find("sku"); sku != f.end()) {
@@ -585,7 +603,9 @@ Status Loader::LoadPools(const Entry& e, Config& cfg) {
     std::string path = Index("managed_hsm_pools", i);
     ManagedHsmPoolConfig pc;
     pc.line = LineOf(item, line);
-    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "hsms", "quorum", "health_check_ms"}));
+    VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(item, path, pc.line, {"name", "hsms", "quorum", "health_check_ms", "soft_delete"}));
+    if (auto sd = f.find("soft_delete"); sd != f.end())
+      VAULTP11_RETURN_IF_ERROR(LoadSoftDelete(sd->second, Child(path, "soft_delete"), pc.line, pc.soft_delete));
     for (const char* required : {"name", "hsms"})
       if (f.find(required) == f.end()) return Fail(pc.line, Child(path, required), "is required");
     VAULTP11_ASSIGN_OR_RETURN(auto name, UniqueName(f, path, pc.line, "pool", seen));
@@ -953,6 +973,12 @@ const ManagedHsmPoolConfig* Config::FindPool(std::string_view name) const {
   for (const ManagedHsmPoolConfig& p : managed_hsm_pools)
     if (p.name == name) return &p;
   return nullptr;
+}
+
+SoftDeleteConfig Config::SoftDeleteOf(std::string_view name) const {
+  if (const VaultConfig* v = FindVault(name)) return v->soft_delete;
+  if (const ManagedHsmPoolConfig* p = FindPool(name)) return p->soft_delete;
+  return SoftDeleteConfig{};
 }
 
 const VaultConfig* Config::FindVault(std::string_view name) const {

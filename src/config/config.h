@@ -79,6 +79,14 @@ struct AccessPolicyConfig {
   int line = 0;
 };
 
+// Soft-delete of a vault's or pool's items (`soft_delete:`). Off when the section is absent:
+// deleting then destroys at once.
+struct SoftDeleteConfig {
+  bool enabled = false;
+  int retention_days = 90;        // 7..90: how long a deleted item can be recovered
+  bool purge_protection = false;  // no purge before retention ends; once on, stays on (store)
+};
+
 struct VaultConfig {
   std::string name;               // 1-127 chars of 0-9 a-z A-Z -
   std::string sku = "standard";   // standard | premium
@@ -86,6 +94,7 @@ struct VaultConfig {
   std::string default_protection = "software";  // software | hsm (hsm: premium with hsms)
   std::string authorization = "rbac";            // rbac | access_policy
   std::vector<AccessPolicyConfig> access_policies;  // access_policy vaults only
+  SoftDeleteConfig soft_delete;
   int line = 0;                   // 1-based line in the file, for messages
 };
 
@@ -95,6 +104,7 @@ struct ManagedHsmPoolConfig {
   std::vector<std::string> hsms;  // members: names from hsms[], each once
   int quorum = 0;                 // copies needed before a new key is handed out; 0: default
   int health_check_ms = 5000;     // how often members out of service are probed (10..3600000)
+  SoftDeleteConfig soft_delete;
   int line = 0;
 
   // The quorum for `healthy` members now: the configured one, else all healthy members but
@@ -152,6 +162,8 @@ struct Config {
   const VaultConfig* FindVault(std::string_view name) const;
   const HsmConfig* FindHsm(std::string_view name) const;
   const ManagedHsmPoolConfig* FindPool(std::string_view name) const;
+  // The soft-delete settings of the vault or pool `name` (disabled when there is none).
+  SoftDeleteConfig SoftDeleteOf(std::string_view name) const;
   const PrincipalConfig* FindPrincipal(std::string_view name) const;
 };
 

@@ -104,6 +104,13 @@ Status DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj) {
     return Err(CKR_SESSION_READ_ONLY, "destroying a token object needs a read/write session");
   if (!o->attrs.GetBool(CKA_DESTROYABLE, true)) return Err(CKR_ACTION_PROHIBITED, "object is not destroyable");
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kDelete, CKR_ACTION_PROHIBITED));
+  // Soft-delete: a stored item goes to the deleted state, every version at once (recover or
+  // purge with `vaultp11 deleted`).
+  if (c.token->soft_delete().enabled && o->is_token() && o->store_id != 0 && !o->label().empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(size_t n, c.token->SoftDelete(obj));
+    if (AuditCall* a = CurrentAudit()) a->event.extra = {{"softDelete", true}, {"objects", n}};
+    return OkStatus();
+  }
   return c.token->Remove(obj);
 }
 

@@ -338,6 +338,9 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
     if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(v.name));
     auto t = std::make_unique<Token>(slot++, v, p->store_.get(), &p->next_object_);
     if (!v.hsms.empty()) t->SetHsm(hsms[v.hsms.front()], v.default_protection == "hsm");
+    t->SetSoftDelete(v.soft_delete);
+    if (v.soft_delete.purge_protection && !p->store_->read_only())
+      VAULTP11_RETURN_IF_ERROR(p->store_->EnablePurgeProtection(v.name));
     VAULTP11_RETURN_IF_ERROR(t->Load());
     p->tokens_.push_back(std::move(t));
   }
@@ -349,6 +352,9 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
       log::Warning("pool {}: {} of {} members available", pc.name, hp->healthy(), hp->size());
     if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(pc.name));
     auto t = std::make_unique<Token>(slot++, std::move(hp), p->store_.get(), &p->next_object_);
+    t->SetSoftDelete(pc.soft_delete);
+    if (pc.soft_delete.purge_protection && !p->store_->read_only())
+      VAULTP11_RETURN_IF_ERROR(p->store_->EnablePurgeProtection(pc.name));
     VAULTP11_RETURN_IF_ERROR(t->Load());
     p->tokens_.push_back(std::move(t));
   }

@@ -347,6 +347,30 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
   return OkStatus();
 }
 
+Result<size_t> Token::SoftDelete(CK_OBJECT_HANDLE h) {
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr obj, Get(h));
+  const std::string label = obj->label();
+  if (!obj->is_token() || obj->store_id == 0 || label.empty())
+    return Err(CKR_GENERAL_ERROR, "soft-delete of an object that is not a stored item");
+  const int64_t now = model::UnixNow();
+  VAULTP11_ASSIGN_OR_RETURN(auto hidden, store_->SoftDeleteItem(name_, label, now,
+                                                                now + int64_t{soft_delete_.retention_days} * 86400));
+  std::unique_lock<std::shared_mutex> l(mu_);
+  size_t n = 0;
+  for (const store::ObjectRecord& r : hidden) {
+    auto it = by_store_id_.find(r.id);
+    if (it == by_store_id_.end()) continue;
+    auto o = objects_.find(it->second);
+    if (o != objects_.end()) {
+      UnindexLocked(it->second, *o->second);
+      objects_.erase(o);
+      ++n;
+    }
+    by_store_id_.erase(it);
+  }
+  return n;
+}
+
 void Token::DiscardHsmKey(const model::Object& obj) const {
   const model::HsmKey* hk = obj.material ? obj.material->hsm() : nullptr;
   if (hk && hk->pool) {

@@ -75,6 +75,12 @@ class Token {
   void DiscardHsmKey(const model::Object& obj) const;
   Status Replace(CK_OBJECT_HANDLE h, std::shared_ptr<model::Object> obj);
   Status Remove(CK_OBJECT_HANDLE h);
+  // Soft-delete (config soft_delete): the item named by h's label, every version and class,
+  // goes to the deleted state in the store and out of this token; its HSM keys stay until
+  // the item is purged. Returns how many objects went.
+  Result<size_t> SoftDelete(CK_OBJECT_HANDLE h);
+  void SetSoftDelete(config::SoftDeleteConfig sd) { soft_delete_ = sd; }
+  const config::SoftDeleteConfig& soft_delete() const { return soft_delete_; }
   // Removes the session objects created by `session` (C_CloseSession).
   void RemoveSessionObjects(CK_SESSION_HANDLE session);
 
@@ -133,6 +139,7 @@ class Token {
   int64_t revision_ = 0;
 
   std::optional<model::HsmKey> hsm_;  // set before Load, then read-only
+  config::SoftDeleteConfig soft_delete_;  // set before Load, then read-only
   bool default_hsm_ = false;
   std::shared_ptr<pool::HsmPool> pool_;  // set at construction for pool tokens
 

@@ -10,8 +10,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <limits>
 #include <map>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <thread>
@@ -75,6 +77,21 @@ constexpr const char* kAuthSchemaCheckSql =
 constexpr int64_t kAuthSchemaObjects = 3;
 
 constexpr size_t kDeploymentIdBytes = 16;
+
+// Soft-deleted items (all their versions): their rows stay in objects, hidden from LoadVault
+// and ChangedSince, until recovered or purged. Created IF NOT EXISTS on writable opens.
+constexpr const char* kDeletedItemsSql = R"sql(
+CREATE TABLE IF NOT EXISTS deleted_items(
+  vault TEXT NOT NULL,
+  name TEXT NOT NULL,
+  deleted INTEGER NOT NULL,
+  purge_after INTEGER NOT NULL,
+  PRIMARY KEY(vault, name));
+)sql";
+constexpr const char* kDeletedItemsCheckSql = "SELECT count(*) FROM sqlite_master WHERE name = 'deleted_items'";
+// What keeps a deleted item's rows out of LoadVault and ChangedSince.
+constexpr const char* kLiveFilter =
+    " AND NOT EXISTS (SELECT 1 FROM deleted_items d WHERE d.vault = objects.vault AND d.name = objects.label)";
 
 // objects.version and objects.created, added after version 1 shipped (ALTER TABLE on the
 // first writable open).
@@ -363,6 +380,16 @@ const ItemRow* OtherVersionWithId(const std::vector<ItemRow>& rows,
   return nullptr;
 }
 
+// Unix time t as YYYY-MM-DDTHH:MM:SSZ, for messages.
+std::string IsoUtc(int64_t t) {
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
 // What kind of item a set of classes makes: a certificate (with its key), a key, a secret.
 const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes) {
   bool key = false;
@@ -414,6 +441,7 @@ struct Store::Impl {
   std::map<std::string, SecureBytes, std::less<>> data_keys;  // unwrapped, per vault
   std::string deployment_id;                                  // cached once read (it never changes)
   const char* object_columns = kObjectColumns;
+  const char* live_filter = kLiveFilter;  // "" on a read-only store made before soft-delete
 
   Error Fail(int rc, std::string_view what) const { return SqlError(db, rc, path, what); }
 
@@ -545,6 +573,35 @@ struct Store::Impl {
     if (have_version == 0) VAULTP11_RETURN_IF_ERROR(AddVersions());
     VAULTP11_ASSIGN_OR_RETURN(int64_t have_created, QueryInt(kCreatedColumnCheckSql, "looking for creation times"));
     if (have_created == 0) VAULTP11_RETURN_IF_ERROR(AddCreated());
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_deleted, QueryInt(kDeletedItemsCheckSql, "looking for deleted items"));
+    if (have_deleted == 0)
+      VAULTP11_RETURN_IF_ERROR(Transaction("adding deleted items", [&]() -> Status {
+        return Exec(kDeletedItemsSql, "adding deleted items");
+      }));
+    return OkStatus();
+  }
+
+  // Inside a transaction: when `label` of `vault` is a deleted item, its purge time.
+  Result<std::optional<int64_t>> DeletedPurgeAfter(const std::string& vault, const std::string& label) {
+    if (*live_filter == '\0') return std::optional<int64_t>();
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT purge_after FROM deleted_items WHERE vault = ? AND name = ?"));
+    Stmt st(s);
+    st.Bind(1, vault);
+    st.Bind(2, label);
+    int rc = st.Step();
+    if (rc == SQLITE_DONE) return std::optional<int64_t>();
+    if (rc != SQLITE_ROW) return Fail(rc, "looking up a deleted item");
+    return std::optional<int64_t>(st.Int(0));
+  }
+
+  // A deleted item's name cannot be used until the item is recovered or purged.
+  Status RefuseDeletedName(const std::string& vault, const std::string& label) {
+    VAULTP11_ASSIGN_OR_RETURN(auto purge_after, DeletedPurgeAfter(vault, label));
+    if (purge_after)
+      return Err(CKR_ATTRIBUTE_VALUE_INVALID,
+                 "'{}' in vault {} is a deleted item (recoverable until {}): recover or purge it before "
+                 "using its name",
+                 label, vault, IsoUtc(*purge_after));
     return OkStatus();
   }
 
@@ -748,6 +805,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& db_path,
       impl.object_columns = kObjectColumnsNoVersion;
     else if (have_created == 0)
       impl.object_columns = kObjectColumnsNoCreated;
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_deleted, impl.QueryInt(kDeletedItemsCheckSql, "looking for deleted items"));
+    if (have_deleted == 0) impl.live_filter = "";
   } else {
     // Switching to WAL also reads the header, so a non-database file fails here.
     {
@@ -861,6 +920,7 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
   const int64_t now = time(nullptr);
   Status s = impl_->Transaction("inserting an object", [&]() -> Status {
     if (!label.empty()) {
+      VAULTP11_RETURN_IF_ERROR(impl_->RefuseDeletedName(vault, label));
       VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
       if (!rows.empty()) {
         const std::string& current = rows.front().version;
@@ -970,6 +1030,7 @@ Result<std::string> Store::Update(int64_t id, const std::string& label, const By
     if (label.empty()) {
       version.clear();
     } else {
+      if (label != old_label) VAULTP11_RETURN_IF_ERROR(impl_->RefuseDeletedName(vault, label));
       VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label, id));
       if (label != old_label && !rows.empty()) {
         const std::string& current = rows.front().version;
@@ -1021,6 +1082,8 @@ Result<std::vector<ObjectRecord>> Store::DeleteItem(const std::string& vault, co
       if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
     }
     if (gone.empty()) return OkStatus();
+    VAULTP11_ASSIGN_OR_RETURN(auto deleted, impl_->DeletedPurgeAfter(vault, label));
+    if (deleted) return Err(CKR_ARGUMENTS_BAD, "'{}' in vault {} is a deleted item: purge it instead", label, vault);
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
     VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * d, impl_->Prepare("DELETE FROM objects WHERE id = ?"));
     VAULTP11_ASSIGN_OR_RETURN(
@@ -1043,6 +1106,178 @@ Result<std::vector<ObjectRecord>> Store::DeleteItem(const std::string& vault, co
   });
   if (!s.ok()) return s.error();
   return gone;
+}
+
+namespace {
+// Rows of `label` in `vault` selected with `columns` (all, deleted or not).
+constexpr const char* kItemRowsSql = " FROM objects WHERE vault = ? AND label = ? ORDER BY id";
+}  // namespace
+
+Result<std::vector<ObjectRecord>> Store::SoftDeleteItem(const std::string& vault, const std::string& label, int64_t now,
+                                                        int64_t purge_after) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot delete '{}': database {} is read-only", label, path_);
+  std::vector<ObjectRecord> hidden;
+  if (label.empty()) return hidden;
+  Status s = impl_->Transaction("deleting an item", [&]() -> Status {
+    hidden.clear();
+    VAULTP11_ASSIGN_OR_RETURN(auto already, impl_->DeletedPurgeAfter(vault, label));
+    if (already) return OkStatus();
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q,
+                                impl_->Prepare(std::string("SELECT ") + impl_->object_columns + kItemRowsSql));
+      Stmt st(q);
+      st.Bind(1, vault);
+      st.Bind(2, label);
+      int rc;
+      while ((rc = st.Step()) == SQLITE_ROW) hidden.push_back(ReadObject(st));
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
+    }
+    if (hidden.empty()) return OkStatus();
+    VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * ins, impl_->Prepare("INSERT INTO deleted_items(vault, name, deleted, purge_after) "
+                                                                   "VALUES(?, ?, ?, ?)"));
+      Stmt st(ins);
+      st.Bind(1, vault);
+      st.Bind(2, label);
+      st.Bind(3, now);
+      st.Bind(4, purge_after);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
+    }
+    // To other processes the rows are gone: tombstones (taken back on recovery).
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * t, impl_->Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
+    for (const ObjectRecord& r : hidden) {
+      Stmt st(t);
+      st.Bind(1, r.id);
+      st.Bind(2, vault);
+      st.Bind(3, rev);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
+    }
+    return OkStatus();
+  });
+  if (!s.ok()) return s.error();
+  return hidden;
+}
+
+Result<std::vector<DeletedItem>> Store::DeletedItems(const std::string& vault) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<DeletedItem> out;
+  if (*impl_->live_filter == '\0') return out;
+  {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare("SELECT name, deleted, purge_after FROM deleted_items "
+                                                               "WHERE vault = ? ORDER BY name"));
+    Stmt st(q);
+    st.Bind(1, vault);
+    int rc;
+    while ((rc = st.Step()) == SQLITE_ROW) out.push_back(DeletedItem{st.Text(0), st.Int(1), st.Int(2), {}});
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "listing deleted items");
+  }
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare(std::string("SELECT ") + impl_->object_columns + kItemRowsSql));
+  for (DeletedItem& d : out) {
+    Stmt st(q);
+    st.Bind(1, vault);
+    st.Bind(2, d.name);
+    int rc;
+    while ((rc = st.Step()) == SQLITE_ROW) d.objects.push_back(ReadObject(st));
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "listing deleted items");
+  }
+  return out;
+}
+
+Status Store::RecoverItem(const std::string& vault, const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot recover '{}': database {} is read-only", name, path_);
+  return impl_->Transaction("recovering an item", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(auto purge_after, impl_->DeletedPurgeAfter(vault, name));
+    if (!purge_after) return Err(CKR_ARGUMENTS_BAD, "vault {} has no deleted item '{}'", vault, name);
+    VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
+    const char* steps[] = {
+        "DELETE FROM deleted_items WHERE vault = ?1 AND name = ?2",
+        "DELETE FROM tombstones WHERE id IN (SELECT id FROM objects WHERE vault = ?1 AND label = ?2)",
+        "UPDATE objects SET revision = ?3 WHERE vault = ?1 AND label = ?2",
+    };
+    for (const char* sql : steps) {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare(sql));
+      Stmt st(q);
+      st.Bind(1, vault);
+      st.Bind(2, name);
+      if (sqlite3_bind_parameter_count(q) >= 3) st.Bind(3, rev);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "recovering an item");
+    }
+    return OkStatus();
+  });
+}
+
+Result<std::vector<ObjectRecord>> Store::PurgeItem(const std::string& vault, const std::string& name, int64_t now,
+                                                   bool protection) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot purge '{}': database {} is read-only", name, path_);
+  std::vector<ObjectRecord> gone;
+  Status s = impl_->Transaction("purging an item", [&]() -> Status {
+    gone.clear();
+    VAULTP11_ASSIGN_OR_RETURN(auto purge_after, impl_->DeletedPurgeAfter(vault, name));
+    if (!purge_after) return Err(CKR_ARGUMENTS_BAD, "vault {} has no deleted item '{}'", vault, name);
+    if (protection && now < *purge_after)
+      return Err(CKR_ACTION_PROHIBITED,
+                 "vault {} has purge protection: '{}' can be purged from {} (when its retention ends), not before",
+                 vault, name, IsoUtc(*purge_after));
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q,
+                                impl_->Prepare(std::string("SELECT ") + impl_->object_columns + kItemRowsSql));
+      Stmt st(q);
+      st.Bind(1, vault);
+      st.Bind(2, name);
+      int rc;
+      while ((rc = st.Step()) == SQLITE_ROW) gone.push_back(ReadObject(st));
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "purging an item");
+    }
+    VAULTP11_RETURN_IF_ERROR(impl_->BumpRevision().status());
+    const char* steps[] = {
+        "DELETE FROM objects WHERE vault = ?1 AND label = ?2",
+        "DELETE FROM deleted_items WHERE vault = ?1 AND name = ?2",
+    };
+    for (const char* sql : steps) {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare(sql));
+      Stmt st(q);
+      st.Bind(1, vault);
+      st.Bind(2, name);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "purging an item");
+    }
+    return OkStatus();  // the tombstones written at deletion stay
+  });
+  if (!s.ok()) return s.error();
+  return gone;
+}
+
+Status Store::EnablePurgeProtection(const std::string& vault) {
+  VAULTP11_ASSIGN_OR_RETURN(bool on, PurgeProtection(vault));  // no write when already on
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_ || on) return OkStatus();
+  return impl_->Transaction("turning purge protection on", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare("INSERT OR IGNORE INTO meta(key, value) VALUES(?, 1)"));
+    Stmt st(q);
+    st.Bind(1, "purge_protection:" + vault);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "turning purge protection on");
+    return OkStatus();
+  });
+}
+
+Result<bool> Store::PurgeProtection(const std::string& vault) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare("SELECT 1 FROM meta WHERE key = ?"));
+  Stmt st(q);
+  st.Bind(1, "purge_protection:" + vault);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  return impl_->Fail(rc, "reading purge protection");
 }
 
 Result<std::vector<VersionInfo>> Store::VersionsOf(const std::string& vault, const std::string& label) {
@@ -1146,7 +1381,7 @@ Result<std::vector<ObjectRecord>> Store::ChangedSince(const std::string& vault, 
   VAULTP11_ASSIGN_OR_RETURN(
       sqlite3_stmt * s,
       impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
-                     " FROM objects WHERE vault = ? AND revision > ? ORDER BY id"));
+                     " FROM objects WHERE vault = ? AND revision > ?" + impl_->live_filter + " ORDER BY id"));
   Stmt st(s);
   st.Bind(1, vault);
   st.Bind(2, since);

@@ -38,6 +38,13 @@ struct ObjectRecord {
 // A fresh version id: 16 random bytes as 32 lowercase hex digits.
 Result<std::string> NewVersionId();
 
+// A soft-deleted item: when it was deleted, from when it may be purged, and its rows.
+struct DeletedItem {
+  std::string name;
+  int64_t deleted = 0, purge_after = 0;  // Unix times
+  std::vector<ObjectRecord> objects;
+};
+
 // One version of a named item, as VersionsOf lists them (oldest first).
 struct VersionInfo {
   std::string version;
@@ -121,6 +128,26 @@ class Store {
   // Deletes every row of the vault's item `label` (all versions, all classes) in one
   // transaction, with tombstones; returns the rows deleted (empty: no such item).
   Result<std::vector<ObjectRecord>> DeleteItem(const std::string& vault, const std::string& label);
+
+  // ---- Soft-delete ----------------------------------------------------------------------
+  // Moves the vault's item `label` (every version) to the deleted state in one transaction:
+  // its rows stay, hidden from LoadVault and ChangedSince (other processes see them go, as
+  // deletions); its name cannot be used until it is recovered or purged. Returns the rows
+  // hidden (empty: no such item).
+  Result<std::vector<ObjectRecord>> SoftDeleteItem(const std::string& vault, const std::string& label,
+                                                   int64_t now, int64_t purge_after);
+  // The vault's deleted items, by name.
+  Result<std::vector<DeletedItem>> DeletedItems(const std::string& vault);
+  // Brings a deleted item back as it was (every version). Not deleted: CKR_ARGUMENTS_BAD.
+  Status RecoverItem(const std::string& vault, const std::string& name);
+  // Deletes a deleted item for good; returns its rows (their HSM keys are the caller's to
+  // destroy). Not deleted: CKR_ARGUMENTS_BAD; with `protection` before its purge time:
+  // CKR_ACTION_PROHIBITED, nothing changed.
+  Result<std::vector<ObjectRecord>> PurgeItem(const std::string& vault, const std::string& name, int64_t now,
+                                              bool protection);
+  // Purge protection of a vault, once turned on, stays on (whatever the config later says).
+  Status EnablePurgeProtection(const std::string& vault);
+  Result<bool> PurgeProtection(const std::string& vault);
 
   // The versions of the vault's item `label`, oldest first (empty when no such item).
   Result<std::vector<VersionInfo>> VersionsOf(const std::string& vault, const std::string& label);

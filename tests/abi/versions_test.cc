@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "fixture.h"
+#include "store/store.h"
 #include "vaultp11/vaultp11.h"
 
 namespace vaultp11::testing {
@@ -300,6 +301,92 @@ TEST_F(VersionsTest, ARunningProcessSeesAnotherProcesssNewVersion) {
   // The old handle still signs and its public key still verifies.
   const auto msg = Bytes("m");
   EXPECT_EQ(Verify(s, ecdsa, pub1, msg, Sign(s, ecdsa, priv1, msg)), CKR_OK);
+}
+
+// Soft-delete (vault "archive", slot 1): C_DestroyObject moves the item, every version, to the
+// deleted state; the name stays taken; recovery (by another program on the store) brings all
+// versions back to running applications; purge protection holds purges until retention ends.
+class SoftDeleteTest : public VersionsTest {
+ protected:
+  void SetUp() override {
+    LoadModule();
+    config_path = WriteConfig("  - { principal: app, role: Key Vault Administrator, scope: /vaults/archive }\n", "",
+                              "{ name: archive, soft_delete: { retention_days: 7, purge_protection: true } }");
+    ASSERT_EQ(InitWith(config_path), CKR_OK);
+    s = LoggedInRw(1);
+  }
+  std::unique_ptr<store::Store> OpenStore() {
+    auto st = store::Store::Open(dir.file("store.db"), dir.file("store.db.masterkey"), false);
+    EXPECT_TRUE(st.ok()) << st.error().message;
+    return st.ok() ? std::move(st).value() : nullptr;
+  }
+};
+
+TEST_F(SoftDeleteTest, DestroyMovesEveryVersionToDeletedAndRecoverBringsThemBack) {
+  CK_OBJECT_HANDLE pub1, priv1, pub2, priv2;
+  ASSERT_EQ(GenEcRv("gone", {}, false, &pub1, &priv1), CKR_OK);
+  const auto msg = Bytes("signed by version 1");
+  const auto sig = Sign(s, ecdsa, priv1, msg);
+  ASSERT_EQ(GenEcRv("gone", {}, true, &pub2, &priv2), CKR_OK);
+  const auto id1 = GetAttr(s, priv1, CKA_ID);
+  const std::string v2 = Version(priv2);
+
+  ASSERT_EQ(f->C_DestroyObject(s, priv2), CKR_OK);
+  EXPECT_TRUE(FindByLabel(s, "gone").empty());
+  CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+  auto by_id = [&](const std::vector<uint8_t>& id) {
+    return Find({{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, const_cast<uint8_t*>(id.data()), id.size()}});
+  };
+  EXPECT_TRUE(by_id(id1).empty()) << "an older version outlived the delete";
+  CK_ATTRIBUTE label{CKA_LABEL, nullptr, 0};
+  EXPECT_EQ(f->C_GetAttributeValue(s, pub1, &label, 1), CKR_OBJECT_HANDLE_INVALID);
+  // The name stays taken while the item is deleted.
+  CK_OBJECT_HANDLE p, v;
+  EXPECT_EQ(GenEcRv("gone", {}, false, &p, &v), CKR_ATTRIBUTE_VALUE_INVALID);
+  EXPECT_EQ(GenEcRv("gone", {}, true, &p, &v), CKR_ATTRIBUTE_VALUE_INVALID);
+
+  auto st = OpenStore();
+  ASSERT_NE(st, nullptr);
+  auto deleted = st->DeletedItems("archive");
+  ASSERT_TRUE(deleted.ok());
+  ASSERT_EQ(deleted->size(), 1u);
+  EXPECT_EQ((*deleted)[0].name, "gone");
+  EXPECT_EQ((*deleted)[0].objects.size(), 4u);
+  EXPECT_GE((*deleted)[0].purge_after - (*deleted)[0].deleted, 7 * 86400);
+  // Purge protection: not before retention ends, and nothing changed.
+  EXPECT_EQ(st->PurgeItem("archive", "gone", (*deleted)[0].deleted + 3600, true).rv(), CKR_ACTION_PROHIBITED);
+
+  ASSERT_TRUE(st->RecoverItem("archive", "gone").ok());
+  auto current = FindPrivate("gone");
+  ASSERT_EQ(current.size(), 1u);
+  EXPECT_EQ(Version(current[0]), v2);
+  auto old_pub = by_id(id1);
+  ASSERT_EQ(old_pub.size(), 1u);
+  EXPECT_EQ(Verify(s, ecdsa, old_pub[0], msg, sig), CKR_OK);
+
+  // Deleted again and purged once retention is over: the name is free.
+  ASSERT_EQ(f->C_DestroyObject(s, current[0]), CKR_OK);
+  deleted = st->DeletedItems("archive");
+  ASSERT_TRUE(deleted.ok() && deleted->size() == 1);
+  auto purged = st->PurgeItem("archive", "gone", (*deleted)[0].purge_after, true);
+  ASSERT_TRUE(purged.ok()) << purged.error().message;
+  EXPECT_EQ(purged->size(), 4u);
+  EXPECT_EQ(GenEcRv("gone", {}, false, &p, &v), CKR_OK);
+}
+
+TEST_F(SoftDeleteTest, WithoutSoftDeleteDestroyIsImmediate) {
+  CK_SESSION_HANDLE s0 = LoggedInRw(0);  // payments: no soft_delete
+  std::swap(s, s0);
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(GenEcRv("now", {}, false, &pub, &priv), CKR_OK);
+  ASSERT_EQ(f->C_DestroyObject(s, priv), CKR_OK);
+  EXPECT_EQ(FindByLabel(s, "now"), std::vector<CK_OBJECT_HANDLE>{pub}) << "only the object destroyed goes";
+  auto st = OpenStore();
+  ASSERT_NE(st, nullptr);
+  auto deleted = st->DeletedItems("payments");
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_TRUE(deleted->empty());
+  std::swap(s, s0);
 }
 
 }  // namespace

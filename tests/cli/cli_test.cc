@@ -1131,5 +1131,83 @@ TEST_F(SecretCliTest, ANameUsedByAKeyIsNotASecret) {
   }
 }
 
+class DeletedCliTest : public SecretCliTest {
+ protected:
+  void SetUp() override {
+    WriteFile(dir.file("vp.yaml"),
+              "store:\n  path: data/store.db\n"
+              "audit:\n  sinks:\n    - { type: file, path: audit.log }\n"
+              "vaults:\n"
+              "  - { name: dev, soft_delete: { retention_days: 7 } }\n"
+              "  - { name: prod, soft_delete: { retention_days: 90, purge_protection: true } }\n");
+    Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
+    ASSERT_EQ(o.exit_code, kExitOk) << o.err;
+  }
+};
+
+TEST_F(DeletedCliTest, DeleteListRecoverPurge) {
+  ASSERT_EQ(Cli({"secret", "set", "dev", "token"}, "v1").exit_code, kExitOk);
+  ASSERT_EQ(Cli({"secret", "set", "dev", "token"}, "v2").exit_code, kExitOk);
+  Outcome del = Cli({"secret", "delete", "dev", "token"});
+  ASSERT_EQ(del.exit_code, kExitOk) << del.err;
+  EXPECT_THAT(del.out, HasSubstr("recoverable until"));
+  EXPECT_EQ(Cli({"secret", "get", "dev", "token"}).exit_code, kExitFailed);
+  Outcome reuse = Cli({"secret", "set", "dev", "token"}, "v3");
+  EXPECT_EQ(reuse.exit_code, kExitFailed);
+  EXPECT_THAT(reuse.err, HasSubstr("is a deleted item"));
+
+  Outcome list = Cli({"deleted", "list", "dev", "--json"});
+  ASSERT_EQ(list.exit_code, kExitOk) << list.err;
+  nlohmann::json items = nlohmann::json::parse(list.out);
+  ASSERT_EQ(items.size(), 1u);
+  EXPECT_EQ(items[0]["name"], "token");
+  EXPECT_EQ(items[0]["kind"], "Secret");
+  EXPECT_EQ(items[0]["versions"], 2);
+  EXPECT_EQ(items[0]["purgeProtected"], false);
+
+  Outcome rec = Cli({"deleted", "recover", "dev", "token"});
+  ASSERT_EQ(rec.exit_code, kExitOk) << rec.err;
+  EXPECT_EQ(Cli({"secret", "get", "dev", "token"}).out, "v2");
+  EXPECT_EQ(nlohmann::json::parse(Cli({"secret", "list", "dev", "token", "--json"}).out).size(), 2u);
+  EXPECT_EQ(Cli({"deleted", "recover", "dev", "token"}).exit_code, kExitFailed) << "not deleted any more";
+
+  ASSERT_EQ(Cli({"secret", "delete", "dev", "token"}).exit_code, kExitOk);
+  Outcome purge = Cli({"deleted", "purge", "dev", "token"});
+  ASSERT_EQ(purge.exit_code, kExitOk) << purge.err;
+  EXPECT_THAT(Cli({"deleted", "list", "dev"}).out, IsEmpty());
+  EXPECT_EQ(Cli({"secret", "set", "dev", "token"}, "fresh").exit_code, kExitOk);
+
+  auto recovers = RecordsOf(dir.file("audit.log"), "SecretRecover");
+  ASSERT_EQ(recovers.size(), 2u);
+  ExpectOperatorEvent(recovers[0], "SecretRecover", true);
+  ExpectOperatorEvent(recovers[1], "SecretRecover", false);
+  auto purges = RecordsOf(dir.file("audit.log"), "SecretPurge");
+  ASSERT_EQ(purges.size(), 1u);
+  ExpectOperatorEvent(purges[0], "SecretPurge", true);
+}
+
+TEST_F(DeletedCliTest, PurgeProtectionHoldsUntilRetentionEndsAndStaysOn) {
+  ASSERT_EQ(Cli({"secret", "set", "prod", "db"}, "v").exit_code, kExitOk);
+  ASSERT_EQ(Cli({"secret", "delete", "prod", "db"}).exit_code, kExitOk);
+  Outcome purge = Cli({"deleted", "purge", "prod", "db"});
+  EXPECT_EQ(purge.exit_code, kExitFailed);
+  EXPECT_THAT(purge.err, HasSubstr("has purge protection"));
+  EXPECT_THAT(Cli({"deleted", "list", "prod"}).out, HasSubstr("(purge protected)"));
+  // Turning the setting off later does not lift it: the store remembers.
+  WriteFile(dir.file("vp.yaml"),
+            "store:\n  path: data/store.db\n"
+            "audit:\n  sinks:\n    - { type: file, path: audit.log }\n"
+            "vaults:\n  - { name: dev }\n  - { name: prod, soft_delete: { retention_days: 7 } }\n");
+  EXPECT_EQ(Cli({"deleted", "purge", "prod", "db"}).exit_code, kExitFailed);
+  EXPECT_THAT(Cli({"deleted", "list", "prod"}).out, HasSubstr("(purge protected)"));
+  // Without soft_delete, a delete is immediate.
+  ASSERT_EQ(Cli({"secret", "set", "dev", "now"}, "v").exit_code, kExitOk);
+  Outcome del = Cli({"secret", "delete", "dev", "now"});
+  EXPECT_EQ(del.exit_code, kExitOk);
+  EXPECT_THAT(del.out, HasSubstr("deleted from vault"));
+  EXPECT_THAT(Cli({"deleted", "list", "dev"}).out, IsEmpty());
+  EXPECT_EQ(Cli({"secret", "set", "dev", "now"}, "again").exit_code, kExitOk);
+}
+
 }  // namespace
 }  // namespace vaultp11::cli

@@ -150,7 +150,7 @@ make_hsm_deployment() {
   run softhsm2-util --init-token --free --label vault-hsm --pin "$HSM_PIN" --so-pin "$(openssl rand -hex 8)" >/dev/null
   (umask 077 && printf '%s\n' "$HSM_PIN" >"$WORK/hsm.pin")
   HSMS_YAML="hsms: [ { name: hsm-a, module: $SOFTHSM_MODULE, token: vault-hsm, pin_file: $WORK/hsm.pin, quirks: [no-deinit] } ]"
-  VAULT_YAML="{ name: payments, sku: premium, hsms: [hsm-a], default_protection: hsm }"
+  VAULT_YAML="{ name: payments, sku: premium, hsms: [hsm-a], default_protection: hsm${VAULT_EXTRA_YAML:-} }"
   make_deployment
 }
 

@@ -354,8 +354,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "vp.yaml:5: vaults[1].sku: must be standard or premium"},
         BadCase{"VaultSkuNull", B("  - name: v2\n    sku:\n"),
                 "vp.yaml:5: vaults[1].sku: needs a value"},
-        BadCase{"VaultUnknownKey", B("    soft_delete: {retention_days: 7}\n"),
-                "vp.yaml:4: vaults[0].soft_delete: unknown key"},
+        BadCase{"VaultUnknownKey", B("    recovery: {retention_days: 7}\n"),
+                "vp.yaml:4: vaults[0].recovery: unknown key"},
         BadCase{"VaultDuplicateKey", B("    name: again\n"),
                 "vp.yaml:4: vaults[0].name: duplicate key"},
         // principals
@@ -842,6 +842,35 @@ TEST(ConfigAuditTest, DefaultsSettingsAndMistakes) {
   EXPECT_THAT(error("  overflow: spill\n"), HasSubstr("audit.overflow: must be block or drop"));
   EXPECT_THAT(error("  queue_size: 1\n"), HasSubstr("audit.queue_size: must be a whole number from 16"));
   EXPECT_THAT(error("  colour: red\n"), HasSubstr("audit.colour: unknown key"));
+}
+
+TEST(ConfigSoftDeleteTest, SectionOnVaultsAndPools) {
+  const std::string yaml =
+      "store: {path: store.db}\n"
+      "hsms: [ { name: h1, module: m.so, token: t, pin_env: X } ]\n"
+      "vaults:\n"
+      "  - { name: plain }\n"
+      "  - { name: kept, soft_delete: {} }\n"
+      "  - { name: locked, soft_delete: { retention_days: 7, purge_protection: true } }\n"
+      "managed_hsm_pools:\n"
+      "  - { name: pool, hsms: [h1], soft_delete: { retention_days: 30 } }\n";
+  ASSERT_OK_AND_ASSIGN(Config c, Load(yaml));
+  EXPECT_FALSE(c.SoftDeleteOf("plain").enabled);
+  EXPECT_TRUE(c.SoftDeleteOf("kept").enabled);
+  EXPECT_EQ(c.SoftDeleteOf("kept").retention_days, 90);
+  EXPECT_FALSE(c.SoftDeleteOf("kept").purge_protection);
+  EXPECT_EQ(c.SoftDeleteOf("locked").retention_days, 7);
+  EXPECT_TRUE(c.SoftDeleteOf("locked").purge_protection);
+  EXPECT_EQ(c.SoftDeleteOf("pool").retention_days, 30);
+  EXPECT_FALSE(c.SoftDeleteOf("nowhere").enabled);
+
+  auto error = [](const std::string& sd) {
+    return ErrorOf("store: {path: s.db}\nvaults:\n  - { name: v, soft_delete: " + sd + " }\n");
+  };
+  EXPECT_THAT(error("{ retention_days: 6 }"), HasSubstr("soft_delete.retention_days: must be a whole number from 7 to 90"));
+  EXPECT_THAT(error("{ retention_days: 91 }"), HasSubstr("from 7 to 90"));
+  EXPECT_THAT(error("{ purge_protection: maybe }"), HasSubstr("must be true or false"));
+  EXPECT_THAT(error("{ retention: 10 }"), HasSubstr("soft_delete.retention: unknown key"));
 }
 
 }  // namespace
