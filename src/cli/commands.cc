@@ -577,6 +577,31 @@ int Run(int argc, const char* const* argv, Io& io) {
     secret_list->add_option("vault", slist_opts.vault, "Vault")->required();
     secret_list->add_option("name", slist_opts.name, "List this secret's versions");
     secret_list->add_flag("--json", slist_opts.json, "Print JSON");
+    std::string rot_where, rot_name;
+    CLI::App* key_cmd = app.add_subcommand("key", "Work with a vault's or pool's keys");
+    key_cmd->require_subcommand(1);
+    CLI::App* key_rotate = key_cmd->add_subcommand("rotate", "Make a new current version of a key (older ones stay usable)");
+    key_rotate->add_option("vault|pool", rot_where, "Vault or managed HSM pool")->required();
+    key_rotate->add_option("name", rot_name, "Key name")->required();
+    KeyPolicyOptions policy_opts;
+    std::string rotate_after, rotate_before, notify_before, expiry_after;
+    CLI::App* key_policy = key_cmd->add_subcommand("policy", "Set or show a key's rotation policy");
+    key_policy->add_option("vault|pool", policy_opts.where, "Vault or managed HSM pool")->required();
+    key_policy->add_option("name", policy_opts.name, "Key name")->required();
+    auto* o_after = key_policy->add_option("--rotate-after", rotate_after, "Rotate this long after creation (e.g. 90d)");
+    auto* o_before = key_policy->add_option("--rotate-before-expiry", rotate_before, "Rotate this long before expiry");
+    auto* o_notify = key_policy->add_option("--notify-before-expiry", notify_before, "Notify this long before expiry");
+    auto* o_expiry = key_policy->add_option("--expiry", expiry_after, "New versions expire this long after creation");
+    bool policy_clear = false;
+    auto* o_clear = key_policy->add_flag("--clear", policy_clear, "Remove the policy");
+    o_clear->excludes(o_after)->excludes(o_before)->excludes(o_notify)->excludes(o_expiry);
+    LifecycleOptions life_opts;
+    std::string life_at;
+    CLI::App* lifecycle_cmd = app.add_subcommand("lifecycle", "Apply due rotations, notices and purges");
+    lifecycle_cmd->require_subcommand(1);
+    CLI::App* lifecycle_run = lifecycle_cmd->add_subcommand(
+        "run", "Apply every due rotation, near-expiry notice and purge once (cron / systemd timer; safe on several hosts)");
+    lifecycle_run->add_option("--at", life_at, "Judge what is due at this UTC time (YYYY-MM-DD[THH:MM:SSZ]) instead of now");
     DeletedOptions deleted_opts;
     CLI::App* deleted_cmd = app.add_subcommand("deleted", "Work with a vault's or pool's soft-deleted items");
     deleted_cmd->require_subcommand(1);
@@ -608,7 +633,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd, deleted_cmd}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd, deleted_cmd, key_cmd, lifecycle_cmd}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -674,6 +699,27 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = SecretListCommand(cfg.value(), slist_opts, io);
       } else if (secret_delete->parsed()) {
         st = SecretDeleteCommand(cfg.value(), del_vault, del_name, io);
+      } else if (key_rotate->parsed()) {
+        st = KeyRotateCommand(cfg.value(), rot_where, rot_name, io);
+      } else if (key_policy->parsed()) {
+        policy_opts.set = o_clear->count() > 0 || o_after->count() > 0 || o_before->count() > 0 || o_notify->count() > 0 ||
+                          o_expiry->count() > 0;
+        auto days = [&](CLI::Option* o, const std::string& text, int& out) -> Status {
+          if (o->count() == 0) return OkStatus();
+          VAULTP11_ASSIGN_OR_RETURN(out, ParseDays(text));
+          return OkStatus();
+        };
+        st = days(o_after, rotate_after, policy_opts.policy.rotate_after_days);
+        if (st.ok()) st = days(o_before, rotate_before, policy_opts.policy.rotate_before_expiry_days);
+        if (st.ok()) st = days(o_notify, notify_before, policy_opts.policy.notify_before_expiry_days);
+        if (st.ok()) st = days(o_expiry, expiry_after, policy_opts.policy.expiry_days);
+        if (st.ok()) st = KeyPolicyCommand(cfg.value(), policy_opts, io);
+      } else if (lifecycle_run->parsed()) {
+        if (!life_at.empty()) {
+          auto at = ParseUtcTime(life_at, false);
+          if (at.ok()) life_opts.at = *at; else st = at.status();
+        }
+        if (st.ok()) st = LifecycleRunCommand(cfg.value(), life_opts, io);
       } else if (deleted_list->parsed()) {
         st = DeletedListCommand(cfg.value(), deleted_opts, io);
       } else if (deleted_recover->parsed()) {

@@ -71,6 +71,43 @@ Status DeletedRecoverCommand(const config::Config& cfg, const DeletedOptions& op
 // refused until the item's retention has ended. Audited as "<Kind>Purge".
 Status DeletedPurgeCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io);
 
+// A key's rotation policy (reference: at most one rotate action, one notify action, intervals
+// of at least 7 days); 0 means not set.
+struct RotationPolicy {
+  int rotate_after_days = 0;          // rotate this long after the current version was made
+  int rotate_before_expiry_days = 0;  // ... or this long before it expires
+  int notify_before_expiry_days = 0;  // notify (audit event, stdout) this long before expiry
+  int expiry_days = 0;                // new versions expire this long after they are made
+};
+// "90d", "P90D" or "90" as days.
+Result<int> ParseDays(const std::string& text);
+// Impossible combinations are CKR_ARGUMENTS_BAD with the reason.
+Status CheckPolicy(const RotationPolicy& p);
+
+// `key rotate <vault|pool> <name>`: a new current version of the key with the current one's
+// type, size or curve, protection (software, vault HSM, pool) and usage; its expiry from the
+// key's policy when it sets one. Older versions stay usable. Audited as "KeyRotate".
+Status KeyRotateCommand(const config::Config& cfg, const std::string& where, const std::string& name, Io& io);
+
+struct KeyPolicyOptions {
+  std::string where, name;
+  bool set = false;  // false: print the policy
+  RotationPolicy policy;
+};
+// `key policy <vault|pool> <name> [--rotate-after D | --rotate-before-expiry D]
+// [--notify-before-expiry D] [--expiry D] [--clear]`: sets (replaces) or, without options,
+// prints the key's rotation policy. Audited as "KeyRotationPolicyUpdate".
+Status KeyPolicyCommand(const config::Config& cfg, const KeyPolicyOptions& opts, Io& io);
+
+struct LifecycleOptions {
+  int64_t at = 0;  // judge what is due at this Unix time instead of now (0: now)
+};
+// `lifecycle run [--at TIME]`: applies every due rotation (policy), gives each near-expiry
+// notice once (audit "KeyNearExpiry" and a line on stdout), and purges deleted items whose
+// retention is over. Idempotent, and safe to run on several hosts at once: each rotation and
+// notice happens once (the store decides), the others print that another run did it.
+Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& opts, Io& io);
+
 // The HSMs behind a pool, or behind a premium vault with an HSM (as a one-member pool); null
 // for other vaults. Unknown name: CKR_ARGUMENTS_BAD.
 Result<std::shared_ptr<pool::HsmPool>> HsmPoolFor(const config::Config& cfg, const std::string& name);

@@ -212,7 +212,7 @@ CK_OBJECT_HANDLE Token::InsertLocked(std::shared_ptr<const model::Object> obj) {
   return h;
 }
 
-Status Token::Persist(std::span<model::Object* const> objs, bool new_version) {
+Status Token::Persist(std::span<model::Object* const> objs, bool new_version, std::string_view expect_current) {
   std::string label = objs.front()->label();
   std::string version;
   if (!label.empty()) {
@@ -246,7 +246,7 @@ Status Token::Persist(std::span<model::Object* const> objs, bool new_version) {
     recs.push_back(std::move(rec));
     secrets.push_back(std::move(secret));
   }
-  VAULTP11_ASSIGN_OR_RETURN(auto saved, store_->InsertVersion(std::move(recs), secrets, new_version));
+  VAULTP11_ASSIGN_OR_RETURN(auto saved, store_->InsertVersion(std::move(recs), secrets, new_version, expect_current));
   for (size_t i = 0; i < objs.size(); ++i) {
     objs[i]->store_id = saved[i].id;
     objs[i]->attrs.SetString(CKA_VAULTP11_VERSION, saved[i].version);  // joined: the current one
@@ -274,10 +274,10 @@ CK_OBJECT_HANDLE Token::InsertPersistedLocked(std::shared_ptr<model::Object> obj
   return h;
 }
 
-Result<CK_OBJECT_HANDLE> Token::Add(std::shared_ptr<model::Object> obj, bool new_version) {
+Result<CK_OBJECT_HANDLE> Token::Add(std::shared_ptr<model::Object> obj, bool new_version, std::string_view expect_current) {
   if (obj->is_token()) {
     model::Object* one[] = {obj.get()};
-    VAULTP11_RETURN_IF_ERROR(Persist(one, new_version));
+    VAULTP11_RETURN_IF_ERROR(Persist(one, new_version, expect_current));
   }
   std::unique_lock<std::shared_mutex> l(mu_);
   return InsertPersistedLocked(std::move(obj));
@@ -285,10 +285,10 @@ Result<CK_OBJECT_HANDLE> Token::Add(std::shared_ptr<model::Object> obj, bool new
 
 Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> Token::AddPair(std::shared_ptr<model::Object> pub,
                                                                       std::shared_ptr<model::Object> priv,
-                                                                      bool new_version) {
+                                                                      bool new_version, std::string_view expect_current) {
   if (pub->is_token() && priv->is_token() && pub->label() == priv->label()) {
     model::Object* both[] = {priv.get(), pub.get()};
-    VAULTP11_RETURN_IF_ERROR(Persist(both, new_version));
+    VAULTP11_RETURN_IF_ERROR(Persist(both, new_version, expect_current));
   } else {
     // Halves with different labels or lifetimes are separate items.
     if (pub->is_token()) {

@@ -65,11 +65,14 @@ class Token {
   // name and version rules of store::Store::InsertVersion (vaultp11.h "Names and versions"):
   // a labelled token object gets a version id (CKA_VAULTP11_VERSION) and, on keys without a
   // CKA_ID, that version's 16 bytes as CKA_ID.
-  Result<CK_OBJECT_HANDLE> Add(std::shared_ptr<model::Object> obj, bool new_version = false);
+  // `expect_current`: see store::Store::InsertVersion (a rotation that must not race another).
+  Result<CK_OBJECT_HANDLE> Add(std::shared_ptr<model::Object> obj, bool new_version = false,
+                               std::string_view expect_current = {});
   // Adds both halves of a key pair, token halves in the store (one transaction, one version).
   Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> AddPair(std::shared_ptr<model::Object> pub,
                                                                  std::shared_ptr<model::Object> priv,
-                                                                 bool new_version = false);
+                                                                 bool new_version = false,
+                                                                 std::string_view expect_current = {});
   // Destroys the HSM objects behind an HSM-protected key (on every member for a pool key):
   // for a key being removed, or one made but never handed out.
   void DiscardHsmKey(const model::Object& obj) const;
@@ -112,7 +115,7 @@ class Token {
   CK_OBJECT_HANDLE InsertPersistedLocked(std::shared_ptr<model::Object> obj);
   std::shared_ptr<model::Object> FromRecord(const store::ObjectRecord& rec, Status* st);
   // Writes the token objects of one version (one object, or both halves of a pair).
-  Status Persist(std::span<model::Object* const> objs, bool new_version);
+  Status Persist(std::span<model::Object* const> objs, bool new_version, std::string_view expect_current = {});
   // Whether `o` is a stored object of a named item whose current version is another one.
   bool IsOlderVersionLocked(const model::Object& o) const;
   // Re-reads the current version of `label` from the objects that still carry it.

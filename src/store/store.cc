@@ -89,6 +89,16 @@ CREATE TABLE IF NOT EXISTS deleted_items(
   PRIMARY KEY(vault, name));
 )sql";
 constexpr const char* kDeletedItemsCheckSql = "SELECT count(*) FROM sqlite_master WHERE name = 'deleted_items'";
+// Item policies (rotation) and notices given (near-expiry), created IF NOT EXISTS on writable opens.
+constexpr const char* kPoliciesSql = R"sql(
+CREATE TABLE IF NOT EXISTS item_policies(
+  vault TEXT NOT NULL, name TEXT NOT NULL, policy TEXT NOT NULL, PRIMARY KEY(vault, name));
+CREATE TABLE IF NOT EXISTS notices(
+  vault TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, what TEXT NOT NULL,
+  PRIMARY KEY(vault, name, version, what));
+)sql";
+constexpr const char* kPoliciesCheckSql =
+    "SELECT count(*) FROM sqlite_master WHERE name IN ('item_policies', 'notices')";
 // What keeps a deleted item's rows out of LoadVault and ChangedSince.
 constexpr const char* kLiveFilter =
     " AND NOT EXISTS (SELECT 1 FROM deleted_items d WHERE d.vault = objects.vault AND d.name = objects.label)";
@@ -578,6 +588,11 @@ struct Store::Impl {
       VAULTP11_RETURN_IF_ERROR(Transaction("adding deleted items", [&]() -> Status {
         return Exec(kDeletedItemsSql, "adding deleted items");
       }));
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_policies, QueryInt(kPoliciesCheckSql, "looking for item policies"));
+    if (have_policies != 2)
+      VAULTP11_RETURN_IF_ERROR(Transaction("adding item policies", [&]() -> Status {
+        return Exec(kPoliciesSql, "adding item policies");
+      }));
     return OkStatus();
   }
 
@@ -897,7 +912,8 @@ Result<std::string> NewVersionId() {
 }
 
 Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord> records,
-                                                       const std::vector<SecureBytes>& secrets, bool new_version) {
+                                                       const std::vector<SecureBytes>& secrets, bool new_version,
+                                                       std::string_view expect_current) {
   std::lock_guard<std::mutex> lock(mu_);
   if (records.empty() || secrets.size() != records.size())
     return Err(CKR_GENERAL_ERROR, "InsertVersion: {} records, {} secrets", records.size(), secrets.size());
@@ -924,6 +940,9 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
       VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
       if (!rows.empty()) {
         const std::string& current = rows.front().version;
+        if (new_version && !expect_current.empty() && current != expect_current)
+          return Err(CKR_FUNCTION_REJECTED, "'{}' in vault {} has a newer version ({}) than {}: changed meanwhile", label,
+                     vault, current, expect_current);
         if (new_version) {
           for (const auto& r : rows)
             if (r.version == version) return Err(CKR_GENERAL_ERROR, "version {} of '{}' exists already", version, label);
@@ -1278,6 +1297,71 @@ Result<bool> Store::PurgeProtection(const std::string& vault) {
   if (rc == SQLITE_ROW) return true;
   if (rc == SQLITE_DONE) return false;
   return impl_->Fail(rc, "reading purge protection");
+}
+
+Status Store::SetPolicy(const std::string& vault, const std::string& name, const std::string& policy) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot set a policy: database {} is read-only", path_);
+  return impl_->Transaction("setting a policy", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * q,
+        impl_->Prepare(policy.empty() ? "DELETE FROM item_policies WHERE vault = ?1 AND name = ?2"
+                                      : "INSERT INTO item_policies(vault, name, policy) VALUES(?1, ?2, ?3) "
+                                        "ON CONFLICT(vault, name) DO UPDATE SET policy = ?3"));
+    Stmt st(q);
+    st.Bind(1, vault);
+    st.Bind(2, name);
+    if (!policy.empty()) st.Bind(3, policy);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "setting a policy");
+    return OkStatus();
+  });
+}
+
+Result<std::string> Store::Policy(const std::string& vault, const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare("SELECT policy FROM item_policies WHERE vault = ? AND name = ?"));
+  Stmt st(q);
+  st.Bind(1, vault);
+  st.Bind(2, name);
+  int rc = st.Step();
+  if (rc == SQLITE_DONE) return std::string();
+  if (rc != SQLITE_ROW) return impl_->Fail(rc, "reading a policy");
+  return st.Text(0);
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> Store::Policies(const std::string& vault) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q,
+                            impl_->Prepare("SELECT name, policy FROM item_policies WHERE vault = ? ORDER BY name"));
+  Stmt st(q);
+  st.Bind(1, vault);
+  std::vector<std::pair<std::string, std::string>> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.emplace_back(st.Text(0), st.Text(1));
+  if (rc != SQLITE_DONE) return impl_->Fail(rc, "reading policies");
+  return out;
+}
+
+Result<bool> Store::ClaimNotice(const std::string& vault, const std::string& name, const std::string& version,
+                                const std::string& what) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot record a notice: database {} is read-only", path_);
+  bool first = false;
+  VAULTP11_RETURN_IF_ERROR(impl_->Transaction("recording a notice", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare("INSERT OR IGNORE INTO notices(vault, name, version, what) "
+                                                               "VALUES(?, ?, ?, ?)"));
+    Stmt st(q);
+    st.Bind(1, vault);
+    st.Bind(2, name);
+    st.Bind(3, version);
+    st.Bind(4, what);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a notice");
+    first = sqlite3_changes(db_) == 1;
+    return OkStatus();
+  }));
+  return first;
 }
 
 Result<std::vector<VersionInfo>> Store::VersionsOf(const std::string& vault, const std::string& label) {

@@ -112,9 +112,12 @@ class Store {
   //    classes (a certificate or public key added to its key); anything else is
   //    CKR_ATTRIBUTE_VALUE_INVALID ("name exists"), nothing written.
   // A vault never created with EnsureVault is CKR_GENERAL_ERROR (the caller's bug).
+  // `expect_current` (new_version only): the version the caller saw as current; when another
+  // one is current by then (a rotation by another process won), CKR_FUNCTION_REJECTED and
+  // nothing is written.
   Result<std::vector<ObjectRecord>> InsertVersion(std::vector<ObjectRecord> records,
                                                   const std::vector<SecureBytes>& secrets,
-                                                  bool new_version);
+                                                  bool new_version, std::string_view expect_current = {});
   // One object: InsertVersion({record}, {secret}, new_version).
   Result<ObjectRecord> Insert(ObjectRecord record, const SecureBytes& secret, bool new_version = false);
 
@@ -148,6 +151,17 @@ class Store {
   // Purge protection of a vault, once turned on, stays on (whatever the config later says).
   Status EnablePurgeProtection(const std::string& vault);
   Result<bool> PurgeProtection(const std::string& vault);
+
+  // ---- Item policies and notices ------------------------------------------------------------
+  // A policy (opaque JSON text, the CLI owns the format) per item; empty text: none.
+  Status SetPolicy(const std::string& vault, const std::string& name, const std::string& policy);
+  Result<std::string> Policy(const std::string& vault, const std::string& name);
+  // Every item of the vault with a policy: name -> policy.
+  Result<std::vector<std::pair<std::string, std::string>>> Policies(const std::string& vault);
+  // Records that notice `what` about version `version` of an item was given; true for the
+  // first caller only (so several hosts running the same job notify once).
+  Result<bool> ClaimNotice(const std::string& vault, const std::string& name, const std::string& version,
+                           const std::string& what);
 
   // The versions of the vault's item `label`, oldest first (empty when no such item).
   Result<std::vector<VersionInfo>> VersionsOf(const std::string& vault, const std::string& label);

@@ -6,7 +6,8 @@
 // through $VAULTP11_CONF), opens a session on the first slot and logs in with the PIN in
 // $VAULTP11_PIN. It then prints "ready" and, for every line read from stdin, searches the
 // token for objects whose CKA_LABEL is that line and prints the number found, one line per
-// request. It exits 0 at end of input, non-zero (with a message on stderr) when a PKCS#11 call
+// request; a line "version LABEL" prints instead the CKA_VAULTP11_VERSION of the private key
+// the label finds ("-" when none), as a signer resolving pkcs11:object=LABEL would pick it. It exits 0 at end of input, non-zero (with a message on stderr) when a PKCS#11 call
 // fails.
 #include <dlfcn.h>
 #include <p11-kit/pkcs11.h>
@@ -76,18 +77,35 @@ int main(int argc, char** argv) {
   std::cout << "ready" << std::endl;
   std::string label;
   while (std::getline(std::cin, label)) {
-    CK_ATTRIBUTE tmpl[] = {{CKA_LABEL, label.data(), static_cast<CK_ULONG>(label.size())}};
-    if (!Check("C_FindObjectsInit", f->C_FindObjectsInit(session, tmpl, 1))) return 1;
+    const bool want_version = label.rfind("version ", 0) == 0;
+    if (want_version) label.erase(0, 8);
+    CK_OBJECT_CLASS priv = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE tmpl[] = {{CKA_LABEL, label.data(), static_cast<CK_ULONG>(label.size())},
+                           {CKA_CLASS, &priv, sizeof(priv)}};
+    if (!Check("C_FindObjectsInit", f->C_FindObjectsInit(session, tmpl, want_version ? 2 : 1))) return 1;
     CK_ULONG total = 0;
+    CK_OBJECT_HANDLE first = CK_INVALID_HANDLE;
     for (;;) {
       CK_OBJECT_HANDLE found[16];
       CK_ULONG n = 0;
       if (!Check("C_FindObjects", f->C_FindObjects(session, found, 16, &n))) return 1;
       if (n == 0) break;
+      if (total == 0) first = found[0];
       total += n;
     }
     if (!Check("C_FindObjectsFinal", f->C_FindObjectsFinal(session))) return 1;
-    std::cout << total << std::endl;
+    if (!want_version) {
+      std::cout << total << std::endl;
+      continue;
+    }
+    char version[64] = {0};
+    CK_ATTRIBUTE get = {0x80000000UL | 0x56500000UL | 0x07UL /* CKA_VAULTP11_VERSION */, version, sizeof(version) - 1};
+    if (total == 0) {
+      std::cout << "-" << std::endl;
+    } else {
+      if (!Check("C_GetAttributeValue", f->C_GetAttributeValue(session, first, &get, 1))) return 1;
+      std::cout << std::string(version, get.ulValueLen) << std::endl;
+    }
   }
 
   if (!Check("C_Logout", f->C_Logout(session))) return 1;

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Key versions and rotation with real clients: `vaultp11 key rotate` makes a new version that
+# pkcs11-tool (by label) and a long-running process (without restart) use at once, while old
+# signatures still verify with the old version's public key (found by its CKA_ID); rotation
+# policies are checked; `vaultp11 lifecycle run` rotates what is due, once, even when two runs
+# race (as on two hosts), notifies near expiry once, and purges deleted items after retention.
+source "$(dirname "$0")/lib.sh"
+need pkcs11-tool
+: "${FIND_LATER:?FIND_LATER must name the find_later helper}"
+VAULT_YAML="{ name: payments, sku: standard, soft_delete: { retention_days: 7 } }"
+make_deployment
+cli() { run "$VAULTP11_CLI" --config "$CONF" "$@"; }
+head -c 500 /dev/urandom >"$WORK/data.bin"
+
+step "an EC key made by pkcs11-tool (no --id: its CKA_ID is its version's 16 bytes)"
+p11_user --keypairgen --key-type EC:prime256v1 --label signer
+export_pubkey signer "$WORK/v1.pem"
+p11_user --sign --label signer -m ECDSA-SHA256 --signature-format openssl -i "$WORK/data.bin" -o "$WORK/v1.sig"
+v1_id=$(p11_user -O --type pubkey --label signer | sed -n 's/^ *ID: *//p')
+[[ ${#v1_id} == 32 ]] || fail "the generated CKA_ID is not 16 bytes: '$v1_id'"
+
+mkfifo "$WORK/requests" "$WORK/answers"
+VAULTP11_PIN="$PIN" "$FIND_LATER" "$VAULTP11_MODULE" <"$WORK/requests" >"$WORK/answers" &
+BG_PIDS+=($!)
+exec 3>"$WORK/requests" 4<"$WORK/answers"
+ask() {
+  local answer
+  echo "$1" >&3
+  read -r -t 120 answer <&4 || fail "the long-running process gave no answer for $1"
+  echo "$answer"
+}
+read -r -t 120 ready <&4 || fail "the long-running process did not start"
+[[ $ready == ready ]] || fail "the long-running process said '$ready'"
+before=$(ask "version signer")
+[[ ${#before} == 32 ]] || fail "no version for signer: '$before'"
+
+step "vaultp11 key rotate: a new current version"
+out=$(cli key rotate payments signer)
+echo "$out"
+grep -q "version [0-9a-f]\{32\} is current (was $before)" <<<"$out" || fail "key rotate said: $out"
+after=$(ask "version signer")
+[[ $after != "$before" && ${#after} == 32 ]] || fail "the running process still sees version $after"
+[[ $(p11_user -O --type privkey --label signer | grep -c '^Private Key Object') == 1 ]] ||
+  fail "the label must find one private key (the current version)"
+
+step "new signatures come from the new version; the old one still verifies"
+export_pubkey signer "$WORK/v2.pem"
+cmp -s "$WORK/v1.pem" "$WORK/v2.pem" && fail "the rotated key has the old public key"
+p11_user --sign --label signer -m ECDSA-SHA256 --signature-format openssl -i "$WORK/data.bin" -o "$WORK/v2.sig"
+run openssl dgst -sha256 -verify "$WORK/v2.pem" -signature "$WORK/v2.sig" "$WORK/data.bin"
+run_fails openssl dgst -sha256 -verify "$WORK/v1.pem" -signature "$WORK/v2.sig" "$WORK/data.bin"
+p11 --read-object --type pubkey --id "$v1_id" -o "$WORK/v1-again.der"
+run openssl pkey -pubin -inform DER -in "$WORK/v1-again.der" -out "$WORK/v1-again.pem"
+cmp "$WORK/v1.pem" "$WORK/v1-again.pem" || fail "CKA_ID of version 1 does not find its public key"
+run openssl dgst -sha256 -verify "$WORK/v1-again.pem" -signature "$WORK/v1.sig" "$WORK/data.bin"
+
+step "rotation policies: impossible ones are refused"
+for bad in "--rotate-after 3d" "--rotate-after 30d --rotate-before-expiry 10d" "--rotate-after 400d --expiry 365d" \
+  "--notify-before-expiry 30d --expiry 20d" "--rotate-after soon"; do
+  # shellcheck disable=SC2086  # the options split on purpose
+  run_fails "$VAULTP11_CLI" --config "$CONF" key policy payments signer $bad
+done
+cli key policy payments signer --rotate-after 30d --notify-before-expiry 30d --expiry 365d
+cli key policy payments signer | grep -q "rotate 30 days after creation, notify 30 days before expiry, new versions expire after 365 days" ||
+  fail "key policy does not show the policy"
+
+step "lifecycle run now: nothing is due"
+cli lifecycle run | grep -q "0 rotated, 0 notified, 0 purged" || fail "lifecycle run did something"
+
+step "two lifecycle runs at once, 31 days on: one rotation"
+at=$(date -u -d '+31 days' +%Y-%m-%d)
+"$VAULTP11_CLI" --config "$CONF" lifecycle run --at "$at" >"$WORK/run1.out" 2>&1 &
+r1=$!
+"$VAULTP11_CLI" --config "$CONF" lifecycle run --at "$at" >"$WORK/run2.out" 2>&1 &
+r2=$!
+wait "$r1" || fail "lifecycle run 1 failed: $(cat "$WORK/run1.out")"
+wait "$r2" || fail "lifecycle run 2 failed: $(cat "$WORK/run2.out")"
+cat "$WORK/run1.out" "$WORK/run2.out"
+[[ $(cat "$WORK/run1.out" "$WORK/run2.out" | grep -c '^rotated: ') == 1 ]] || fail "expected exactly one rotation"
+versions=$("$VAULTP11_CLI" --config "$CONF" list --json | grep -c '"label": "signer"')
+[[ $versions == 6 ]] || fail "expected 3 versions (6 objects) of signer, got $versions objects"
+third=$(ask "version signer")
+[[ $third != "$after" ]] || fail "the running process did not pick up the policy's rotation"
+
+step "near expiry (340 days on): notified once, by one of two runs"
+at=$(date -u -d '+340 days' +%Y-%m-%d)
+"$VAULTP11_CLI" --config "$CONF" lifecycle run --at "$at" >"$WORK/run3.out" 2>&1 &
+r3=$!
+"$VAULTP11_CLI" --config "$CONF" lifecycle run --at "$at" >"$WORK/run4.out" 2>&1 &
+r4=$!
+wait "$r3" || fail "lifecycle run 3 failed: $(cat "$WORK/run3.out")"
+wait "$r4" || fail "lifecycle run 4 failed: $(cat "$WORK/run4.out")"
+cat "$WORK/run3.out" "$WORK/run4.out"
+[[ $(cat "$WORK/run3.out" "$WORK/run4.out" | grep -c '^notify: ') == 1 ]] || fail "expected exactly one notice"
+grep -q '"operationName":"KeyNearExpiry"' "$WORK/audit.log" || fail "no KeyNearExpiry event in the audit log"
+[[ $(grep -c '"operationName":"KeyRotate"' "$WORK/audit.log") -ge 3 ]] || fail "KeyRotate events missing"
+
+step "a deleted item is purged by lifecycle run once its retention is over"
+printf 'v' | "$VAULTP11_CLI" --config "$CONF" secret set payments old-secret >/dev/null
+cli secret delete payments old-secret
+cli lifecycle run | grep -q "0 purged" || fail "purged before the retention ended"
+cli lifecycle run --at "$(date -u -d '+8 days' +%Y-%m-%d)" | grep -q "1 purged" || fail "not purged after retention"
+[[ -z $(cli deleted list payments) ]] || fail "the deleted list is not empty after the purge"
+pass
