@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 #include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
 
 #include "cli/audit_trail.h"
 #include "core/provider.h"
@@ -153,6 +154,19 @@ Result<std::vector<SecretVersion>> SecretVersions(store::Store& st, const std::s
   return out;
 }
 
+// The soft-delete settings in force: the config's, and on in any case (default retention) once
+// purge protection was recorded for the vault, so removing soft_delete from the file cannot
+// turn deletes back into immediate ones.
+Result<config::SoftDeleteConfig> EffectiveSoftDelete(const config::Config& cfg, store::Store& st, const std::string& where) {
+  config::SoftDeleteConfig sd = cfg.SoftDeleteOf(where);
+  VAULTP11_ASSIGN_OR_RETURN(bool protection, st.PurgeProtection(where));
+  if (protection) {
+    sd.enabled = true;
+    sd.purge_protection = true;
+  }
+  return sd;
+}
+
 Status SecretSet(const config::Config& cfg, const SecretSetOptions& o, Io& io, std::string* version) {
   VAULTP11_RETURN_IF_ERROR(CheckVault(cfg, o.vault));
   VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
@@ -187,7 +201,8 @@ Status SecretSet(const config::Config& cfg, const SecretSetOptions& o, Io& io, s
   VAULTP11_ASSIGN_OR_RETURN(SecureBytes value, ReadValue(o, io));
   t.Set(CKA_VALUE, std::span<const uint8_t>(value.data(), value.size()));
   auto obj = model::CreateObject(t);
-  t.Set(CKA_VALUE, Bytes(value.size(), 0));  // the map's copy of the value goes before any error return
+  if (const Bytes* copy = t.Get(CKA_VALUE))  // the map's copy of the value is wiped before any return
+    OPENSSL_cleanse(const_cast<uint8_t*>(copy->data()), copy->size());
   if (!obj.ok()) return obj.status();
   VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.vault));
   store::ObjectRecord rec;
@@ -202,7 +217,8 @@ Status SecretSet(const config::Config& cfg, const SecretSetOptions& o, Io& io, s
   return OkStatus();
 }
 
-Status SecretGet(const config::Config& cfg, const SecretGetOptions& o, Io& io, std::string* version) {
+// Loads the value of the version asked for (written out by the caller once audited).
+Status SecretGet(const config::Config& cfg, const SecretGetOptions& o, std::string* version, SecureBytes* value) {
   VAULTP11_RETURN_IF_ERROR(CheckVault(cfg, o.vault));
   VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
   VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.vault));
@@ -215,7 +231,13 @@ Status SecretGet(const config::Config& cfg, const SecretGetOptions& o, Io& io, s
     pick = &*it;
   }
   *version = pick->rec.version;
-  VAULTP11_ASSIGN_OR_RETURN(SecureBytes value, st->LoadSecret(pick->rec.id));
+  if (!o.out.empty() && access(o.out.c_str(), F_OK) == 0)
+    return Err(CKR_ARGUMENTS_BAD, "{} exists: the value is written to a new file only", o.out);
+  VAULTP11_ASSIGN_OR_RETURN(*value, st->LoadSecret(pick->rec.id));
+  return OkStatus();
+}
+
+Status WriteValue(const SecretGetOptions& o, const SecureBytes& value, Io& io) {
   std::string_view bytes(reinterpret_cast<const char*>(value.data()), value.size());
   if (!o.out.empty()) return WriteNewFile(o.out, bytes);
   io.out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -231,7 +253,7 @@ Status SecretDelete(const config::Config& cfg, const std::string& vault, const s
   VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, vault));
   VAULTP11_ASSIGN_OR_RETURN(auto found, SecretVersions(*st, vault, name));
   *versions = found.size();
-  const config::SoftDeleteConfig sd = cfg.SoftDeleteOf(vault);
+  VAULTP11_ASSIGN_OR_RETURN(const config::SoftDeleteConfig sd, EffectiveSoftDelete(cfg, *st, vault));
   if (sd.enabled) {
     const int64_t now = time(nullptr), purge_after = now + int64_t{sd.retention_days} * 86400;
     VAULTP11_RETURN_IF_ERROR(st->SoftDeleteItem(vault, name, now, purge_after).status());
@@ -246,6 +268,7 @@ Status SecretDelete(const config::Config& cfg, const std::string& vault, const s
 }
 
 // What an item's rows make it (store::KindOf's rule).
+const char* KindOfRows(const std::vector<store::ObjectRecord>& rows);
 const char* KindOfRows(const std::vector<store::ObjectRecord>& rows) {
   bool key = false;
   for (const auto& r : rows) {
@@ -299,19 +322,25 @@ Status Purge(const config::Config& cfg, const DeletedOptions& o, Io& io, std::st
   const config::SoftDeleteConfig sd = cfg.SoftDeleteOf(o.where);
   if (sd.purge_protection) VAULTP11_RETURN_IF_ERROR(st->EnablePurgeProtection(o.where));
   VAULTP11_ASSIGN_OR_RETURN(bool protection, st->PurgeProtection(o.where));
-  // The HSM keys go after the store's rows (the purge is decided, protection checked, there).
-  std::vector<Bytes> inner;
+  // The HSM keys go after the store's rows (the purge is decided, protection checked, there):
+  // those of the rows the purge removed.
+  bool any_hsm = false;
   for (const auto& r : item.objects) {
-    if (r.object_class != CKO_PRIVATE_KEY && r.object_class != CKO_SECRET_KEY) continue;
-    VAULTP11_ASSIGN_OR_RETURN(auto attrs, model::AttributeMap::Deserialize(r.attributes));
-    if (attrs.GetUlong(CKA_VAULTP11_PROTECTION) != VAULTP11_PROTECTION_HSM) continue;
-    if (const Bytes* id = attrs.Get(CKA_VAULTP11_HSM_KEY_ID); id != nullptr && !id->empty()) inner.push_back(*id);
+    auto attrs = model::AttributeMap::Deserialize(r.attributes);
+    any_hsm |= attrs.ok() && attrs->GetUlong(CKA_VAULTP11_PROTECTION) == VAULTP11_PROTECTION_HSM;
   }
   std::shared_ptr<pool::HsmPool> hsms;
-  if (!inner.empty()) {
+  if (any_hsm) {
     VAULTP11_ASSIGN_OR_RETURN(hsms, HsmPoolFor(cfg, o.where));
   }
   VAULTP11_ASSIGN_OR_RETURN(auto gone, st->PurgeItem(o.where, o.name, time(nullptr), protection || sd.purge_protection));
+  std::vector<Bytes> inner;
+  for (const auto& r : gone) {
+    if (r.object_class != CKO_PRIVATE_KEY && r.object_class != CKO_SECRET_KEY) continue;
+    auto attrs = model::AttributeMap::Deserialize(r.attributes);
+    if (!attrs.ok() || attrs->GetUlong(CKA_VAULTP11_PROTECTION) != VAULTP11_PROTECTION_HSM) continue;
+    if (const Bytes* id = attrs->Get(CKA_VAULTP11_HSM_KEY_ID); id != nullptr && !id->empty()) inner.push_back(*id);
+  }
   if (hsms)
     for (const Bytes& id : inner) hsms->DestroyEverywhere(id);
   io.out << fmt::format("{} {} of {} purged ({} object{}{})\n", *kind, QuotePrintable(o.name), QuotePrintable(o.where),
@@ -410,12 +439,15 @@ Status SecretSetCommand(const config::Config& cfg, const SecretSetOptions& opts,
 }
 
 Status SecretGetCommand(const config::Config& cfg, const SecretGetOptions& opts, Io& io) {
-  // The event is written before the value is handed out; a required sink that fails stops it.
+  // The event is written before the value is handed out (a required sink that cannot be opened
+  // stops the command before the value is read).
   std::string version;
+  SecureBytes value;
   VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg, "the value was not read"));
-  Status st = SecretGet(cfg, opts, io, &version);
+  Status st = SecretGet(cfg, opts, &version, &value);
   audit.Record("SecretGet", st, version.empty() ? Json::object() : Json{{"version", version}}, opts.name, opts.vault);
-  return st;
+  if (!st.ok()) return st;
+  return WriteValue(opts, value, io);
 }
 
 Status SecretListCommand(const config::Config& cfg, const SecretListOptions& opts, Io& io) {

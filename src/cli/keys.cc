@@ -322,8 +322,14 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
     }
     // Deleted items whose retention is over are purged.
     VAULTP11_ASSIGN_OR_RETURN(auto deleted, st->DeletedItems(where));
+    VAULTP11_ASSIGN_OR_RETURN(bool protection, st->PurgeProtection(where));
+    protection = protection || cfg.SoftDeleteOf(where).purge_protection;
     for (const auto& d : deleted) {
       if (now < d.purge_after) continue;
+      if (protection && time(nullptr) < d.purge_after) {  // judged at the real time, whatever --at says
+        io.out << fmt::format("{} of {}: under purge protection until {}\n", QuotePrintable(d.name), where, Iso(d.purge_after));
+        continue;
+      }
       DeletedOptions o{where, d.name, false};
       std::ostringstream quiet;
       Io sub{io.in, quiet, io.err, false};
@@ -331,7 +337,7 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
       if (s.ok()) {
         ++purged;
         io.out << quiet.str();
-      } else if (s.rv() != CKR_ARGUMENTS_BAD) {  // purged by another run meanwhile: fine
+      } else if (s.rv() != CKR_ARGUMENTS_BAD) {  // CKR_ARGUMENTS_BAD: purged by another run meanwhile
         last = s;
       }
     }

@@ -107,6 +107,12 @@ Status DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj) {
   // Soft-delete: a stored item goes to the deleted state, every version at once (recover or
   // purge with `vaultp11 deleted`).
   if (c.token->soft_delete().enabled && o->is_token() && o->store_id != 0 && !o->label().empty()) {
+    // The whole item goes: the caller must be allowed to delete every object of it.
+    for (const model::ObjectPtr& other : c.token->ItemObjects(o->label())) {
+      if (!other->attrs.GetBool(CKA_DESTROYABLE, true))
+        return Err(CKR_ACTION_PROHIBITED, "object {} of the same item is not destroyable", o->label());
+      VAULTP11_RETURN_IF_ERROR(Authorize(c, *other, auth::kDelete, CKR_ACTION_PROHIBITED));
+    }
     VAULTP11_ASSIGN_OR_RETURN(size_t n, c.token->SoftDelete(obj));
     if (AuditCall* a = CurrentAudit()) a->event.extra = {{"softDelete", true}, {"objects", n}};
     return OkStatus();

@@ -317,6 +317,23 @@ Provider::~Provider() {
   }
 }
 
+namespace {
+// The token's soft-delete settings: the config's; purge protection, once on, is recorded in the
+// store and keeps soft-delete on even when the config no longer asks for it.
+Status ApplySoftDelete(store::Store& st, Token& t, const std::string& name, config::SoftDeleteConfig sd) {
+  if (sd.purge_protection && !st.read_only()) VAULTP11_RETURN_IF_ERROR(st.EnablePurgeProtection(name));
+  VAULTP11_ASSIGN_OR_RETURN(bool recorded, st.PurgeProtection(name));
+  if (recorded && !sd.purge_protection) {
+    log::Warning("{}: purge protection was turned on before and stays on (soft_delete{})", name,
+                 sd.enabled ? ".purge_protection is ignored" : " is kept on with the default retention");
+    sd.enabled = true;
+    sd.purge_protection = true;
+  }
+  t.SetSoftDelete(sd);
+  return OkStatus();
+}
+}  // namespace
+
 Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_path, bool threads) {
   VAULTP11_ASSIGN_OR_RETURN(config::Config cfg, config::LoadFile(config_path));
   log::Configure(ParseLevel(cfg.log.level), cfg.log.sink);
@@ -338,9 +355,7 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
     if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(v.name));
     auto t = std::make_unique<Token>(slot++, v, p->store_.get(), &p->next_object_);
     if (!v.hsms.empty()) t->SetHsm(hsms[v.hsms.front()], v.default_protection == "hsm");
-    t->SetSoftDelete(v.soft_delete);
-    if (v.soft_delete.purge_protection && !p->store_->read_only())
-      VAULTP11_RETURN_IF_ERROR(p->store_->EnablePurgeProtection(v.name));
+    VAULTP11_RETURN_IF_ERROR(ApplySoftDelete(*p->store_, *t, v.name, v.soft_delete));
     VAULTP11_RETURN_IF_ERROR(t->Load());
     p->tokens_.push_back(std::move(t));
   }
@@ -352,9 +367,7 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
       log::Warning("pool {}: {} of {} members available", pc.name, hp->healthy(), hp->size());
     if (!p->store_->read_only()) VAULTP11_RETURN_IF_ERROR(p->store_->EnsureVault(pc.name));
     auto t = std::make_unique<Token>(slot++, std::move(hp), p->store_.get(), &p->next_object_);
-    t->SetSoftDelete(pc.soft_delete);
-    if (pc.soft_delete.purge_protection && !p->store_->read_only())
-      VAULTP11_RETURN_IF_ERROR(p->store_->EnablePurgeProtection(pc.name));
+    VAULTP11_RETURN_IF_ERROR(ApplySoftDelete(*p->store_, *t, pc.name, pc.soft_delete));
     VAULTP11_RETURN_IF_ERROR(t->Load());
     p->tokens_.push_back(std::move(t));
   }

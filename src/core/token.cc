@@ -347,6 +347,17 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
   return OkStatus();
 }
 
+std::vector<model::ObjectPtr> Token::ItemObjects(const std::string& label) const {
+  std::vector<model::ObjectPtr> out;
+  std::shared_lock<std::shared_mutex> l(mu_);
+  auto [b, e] = by_label_.equal_range(label);
+  for (auto it = b; it != e; ++it) {
+    auto o = objects_.find(it->second);
+    if (o != objects_.end() && o->second->store_id != 0) out.push_back(o->second);
+  }
+  return out;
+}
+
 Result<size_t> Token::SoftDelete(CK_OBJECT_HANDLE h) {
   VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr obj, Get(h));
   const std::string label = obj->label();

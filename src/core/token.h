@@ -83,6 +83,8 @@ class Token {
   // the item is purged. Returns how many objects went.
   Result<size_t> SoftDelete(CK_OBJECT_HANDLE h);
   void SetSoftDelete(config::SoftDeleteConfig sd) { soft_delete_ = sd; }
+  // Every stored object of the item `label` here: all versions, all classes.
+  std::vector<model::ObjectPtr> ItemObjects(const std::string& label) const;
   const config::SoftDeleteConfig& soft_delete() const { return soft_delete_; }
   // Removes the session objects created by `session` (C_CloseSession).
   void RemoveSessionObjects(CK_SESSION_HANDLE session);

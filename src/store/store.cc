@@ -609,6 +609,22 @@ struct Store::Impl {
     return std::optional<int64_t>(st.Int(0));
   }
 
+  // Inside a transaction: an item gone for good takes its policy and notices along (a new item
+  // of that name starts without them).
+  Status ForgetItem(const std::string& vault, const std::string& name) {
+    if (*live_filter == '\0') return OkStatus();
+    for (const char* sql : {"DELETE FROM item_policies WHERE vault = ?1 AND name = ?2",
+                            "DELETE FROM notices WHERE vault = ?1 AND name = ?2"}) {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, Prepare(sql));
+      Stmt st(q);
+      st.Bind(1, vault);
+      st.Bind(2, name);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return Fail(rc, "forgetting an item's policy");
+    }
+    return OkStatus();
+  }
+
   // A deleted item's name cannot be used until the item is recovered or purged.
   Status RefuseDeletedName(const std::string& vault, const std::string& label) {
     VAULTP11_ASSIGN_OR_RETURN(auto purge_after, DeletedPurgeAfter(vault, label));
@@ -938,6 +954,8 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
     if (!label.empty()) {
       VAULTP11_RETURN_IF_ERROR(impl_->RefuseDeletedName(vault, label));
       VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
+      if (rows.empty() && new_version && !expect_current.empty())
+        return Err(CKR_FUNCTION_REJECTED, "'{}' in vault {} was deleted meanwhile", label, vault);
       if (!rows.empty()) {
         const std::string& current = rows.front().version;
         if (new_version && !expect_current.empty() && current != expect_current)
@@ -1046,6 +1064,8 @@ Result<std::string> Store::Update(int64_t id, const std::string& label, const By
       cls = static_cast<CK_OBJECT_CLASS>(st.Int(2));
       version = st.Text(3);
     }
+    VAULTP11_ASSIGN_OR_RETURN(auto hidden, impl_->DeletedPurgeAfter(vault, old_label));
+    if (hidden) return Err(CKR_OBJECT_HANDLE_INVALID, "object {} belongs to a deleted item", id);
     if (label.empty()) {
       version.clear();
     } else {
@@ -1121,7 +1141,7 @@ Result<std::vector<ObjectRecord>> Store::DeleteItem(const std::string& vault, co
       int rc = st.Step();
       if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
     }
-    return OkStatus();
+    return impl_->ForgetItem(vault, label);
   });
   if (!s.ok()) return s.error();
   return gone;
@@ -1268,7 +1288,7 @@ Result<std::vector<ObjectRecord>> Store::PurgeItem(const std::string& vault, con
       int rc = st.Step();
       if (rc != SQLITE_DONE) return impl_->Fail(rc, "purging an item");
     }
-    return OkStatus();  // the tombstones written at deletion stay
+    return impl_->ForgetItem(vault, name);  // the tombstones written at deletion stay
   });
   if (!s.ok()) return s.error();
   return gone;
@@ -1389,10 +1409,10 @@ Status Store::Delete(int64_t id) {
     return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot delete object {}: database {} is read-only", id,
                path_);
   return impl_->Transaction("deleting an object", [&]() -> Status {
-    std::string vault;
+    std::string vault, label;
     {
       VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
-                                impl_->Prepare("SELECT vault FROM objects WHERE id = ?"));
+                                impl_->Prepare("SELECT vault, label FROM objects WHERE id = ?"));
       Stmt st(s);
       st.Bind(1, id);
       int rc = st.Step();
@@ -1400,7 +1420,10 @@ Status Store::Delete(int64_t id) {
         return Err(CKR_OBJECT_HANDLE_INVALID, "no object with id {} in {}", id, path_);
       if (rc != SQLITE_ROW) return impl_->Fail(rc, "deleting an object");
       vault = st.Text(0);
+      label = st.Text(1);
     }
+    VAULTP11_ASSIGN_OR_RETURN(auto hidden, impl_->DeletedPurgeAfter(vault, label));
+    if (hidden) return Err(CKR_OBJECT_HANDLE_INVALID, "object {} belongs to a deleted item", id);
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
     {
       VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
@@ -1419,7 +1442,9 @@ Status Store::Delete(int64_t id) {
     st.Bind(3, rev);
     int rc = st.Step();
     if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
-    return OkStatus();
+    if (label.empty()) return OkStatus();
+    VAULTP11_ASSIGN_OR_RETURN(auto left, impl_->ItemRows(vault, label));
+    return left.empty() ? impl_->ForgetItem(vault, label) : OkStatus();
   });
 }
 
@@ -1434,7 +1459,8 @@ Result<SecureBytes> Store::LoadSecret(int64_t id) {
   bool has_secret = false;
   {
     VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
-                              impl_->Prepare("SELECT vault, secret FROM objects WHERE id = ?"));
+                              impl_->Prepare(std::string("SELECT vault, secret FROM objects WHERE id = ?") +
+                                             impl_->live_filter));
     Stmt st(s);
     st.Bind(1, id);
     int rc = st.Step();

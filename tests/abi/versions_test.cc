@@ -374,6 +374,22 @@ TEST_F(SoftDeleteTest, DestroyMovesEveryVersionToDeletedAndRecoverBringsThemBack
   EXPECT_EQ(GenEcRv("gone", {}, false, &p, &v), CKR_OK);
 }
 
+TEST_F(SoftDeleteTest, AnItemWithAnUndestroyableObjectIsNotDeleted) {
+  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  std::string label = "keep";
+  CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &yes, 1}, {CKA_DESTROYABLE, &no, 1},
+                       {CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()},
+                       {CKA_LABEL, label.data(), label.size()}};
+  CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_SIGN, &yes, 1},
+                       {CKA_LABEL, label.data(), label.size()}};
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(f->C_GenerateKeyPair(s, &mech, pt, 4, vt, 4, &pub, &priv), CKR_OK);
+  // The private key is destroyable, but deleting it would take the public key along.
+  EXPECT_EQ(f->C_DestroyObject(s, priv), CKR_ACTION_PROHIBITED);
+  EXPECT_EQ(FindByLabel(s, "keep").size(), 2u);
+}
+
 TEST_F(SoftDeleteTest, WithoutSoftDeleteDestroyIsImmediate) {
   CK_SESSION_HANDLE s0 = LoggedInRw(0);  // payments: no soft_delete
   std::swap(s, s0);

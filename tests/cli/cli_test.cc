@@ -1197,9 +1197,13 @@ TEST_F(DeletedCliTest, PurgeProtectionHoldsUntilRetentionEndsAndStaysOn) {
   WriteFile(dir.file("vp.yaml"),
             "store:\n  path: data/store.db\n"
             "audit:\n  sinks:\n    - { type: file, path: audit.log }\n"
-            "vaults:\n  - { name: dev }\n  - { name: prod, soft_delete: { retention_days: 7 } }\n");
+            "vaults:\n  - { name: dev }\n  - { name: prod }\n");
   EXPECT_EQ(Cli({"deleted", "purge", "prod", "db"}).exit_code, kExitFailed);
   EXPECT_THAT(Cli({"deleted", "list", "prod"}).out, HasSubstr("(purge protected)"));
+  // ... nor does removing soft_delete: deletes still go to the deleted state.
+  ASSERT_EQ(Cli({"secret", "set", "prod", "other"}, "v").exit_code, kExitOk);
+  EXPECT_THAT(Cli({"secret", "delete", "prod", "other"}).out, HasSubstr("recoverable until"));
+  EXPECT_THAT(Cli({"deleted", "list", "prod"}).out, HasSubstr("\"other\""));
   // Without soft_delete, a delete is immediate.
   ASSERT_EQ(Cli({"secret", "set", "dev", "now"}, "v").exit_code, kExitOk);
   Outcome del = Cli({"secret", "delete", "dev", "now"});
