@@ -43,5 +43,5 @@ VAULTP11_BUILD_PACKAGES=(
 # shellcheck disable=SC2034
 # PKCS#11 consumers driven by the consumer tests and the demo.
 VAULTP11_CONSUMER_PACKAGES=(
-  opensc libengine-pkcs11-openssl softhsm2 openssl sqlite3 gnutls-bin
+  opensc libengine-pkcs11-openssl softhsm2 openssl sqlite3 gnutls-bin openjdk-17-jdk-headless
 )

@@ -176,6 +176,16 @@ constexpr Rule kSecretKey[] = {
     {CKA_NEVER_EXTRACTABLE, 0}, {CKA_WRAP_WITH_TRUSTED, kGiven | kModify}, {CKA_TRUSTED, 0},
     {CKA_VALUE, kGiven | kSecret | kNeedsCreate}, {CKA_VALUE_LEN, kGiven}, {CKA_CHECK_VALUE, 0},
 };
+// X.509 certificates (spec 4.6): public; CKA_VALUE is the DER. CKA_SUBJECT, CKA_ISSUER and
+// CKA_SERIAL_NUMBER are taken from the certificate when the template does not give them.
+constexpr Rule kCertificate[] = {
+    {CKA_CERTIFICATE_TYPE, kGiven}, {CKA_TRUSTED, kGiven}, {CKA_CERTIFICATE_CATEGORY, kGiven},
+    {CKA_CHECK_VALUE, 0}, {CKA_START_DATE, kGiven}, {CKA_END_DATE, kGiven}, {CKA_PUBLIC_KEY_INFO, 0},
+    {CKA_SUBJECT, kGiven}, {CKA_ID, kGiven | kModify}, {CKA_ISSUER, kGiven | kModify},
+    {CKA_SERIAL_NUMBER, kGiven | kModify}, {CKA_VALUE, kGiven}, {CKA_URL, kGiven},
+    {CKA_HASH_OF_SUBJECT_PUBLIC_KEY, kGiven}, {CKA_HASH_OF_ISSUER_PUBLIC_KEY, kGiven},
+    {CKA_JAVA_MIDP_SECURITY_DOMAIN, kGiven}, {CKA_NAME_HASH_ALGORITHM, kGiven},
+};
 constexpr Rule kData[] = {
     {CKA_APPLICATION, kGiven | kModify}, {CKA_OBJECT_ID, kGiven | kModify},
     {CKA_VALUE, kGiven | kSecret},  // a new value is a new object (secret versions)
@@ -203,6 +213,8 @@ std::optional<unsigned> RuleFor(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t) {
       return find(kSecretKey);
     case CKO_DATA:
       return find(kData);
+    case CKO_CERTIFICATE:
+      return find(kCertificate);
     default:
       return std::nullopt;
   }
@@ -260,7 +272,15 @@ Status Base(AttributeMap& a, CK_OBJECT_CLASS cls, const AttributeMap& tmpl) {
   a.SetBool(CKA_DESTROYABLE, true);
   a.Set(CKA_LABEL, Bytes{});
   a.Set(CKA_VAULTP11_VERSION, Bytes{});  // set when stored (core/token.cc)
-  if (cls != CKO_DATA) {
+  if (cls == CKO_CERTIFICATE) {
+    a.SetUlong(CKA_CERTIFICATE_TYPE, CKC_X_509);
+    a.SetBool(CKA_TRUSTED, false);
+    a.SetUlong(CKA_CERTIFICATE_CATEGORY, 0);  // unspecified
+    for (auto t : {CKA_ID, CKA_START_DATE, CKA_END_DATE, CKA_SUBJECT, CKA_ISSUER, CKA_SERIAL_NUMBER, CKA_URL,
+                   CKA_HASH_OF_SUBJECT_PUBLIC_KEY, CKA_HASH_OF_ISSUER_PUBLIC_KEY})
+      a.Set(t, Bytes{});
+    a.SetUlong(CKA_JAVA_MIDP_SECURITY_DOMAIN, 0);
+  } else if (cls != CKO_DATA) {
     a.Set(CKA_ID, Bytes{});
     a.Set(CKA_START_DATE, Bytes{});
     a.Set(CKA_END_DATE, Bytes{});
@@ -456,7 +476,8 @@ bool Matches(const Object& obj, const AttributeMap& tmpl) {
 }
 
 Result<SecureBytes> SecretForStore(const Object& obj) {
-  if (obj.cls() == CKO_PUBLIC_KEY || (obj.material && obj.material->hsm())) return SecureBytes{};
+  if (obj.cls() == CKO_PUBLIC_KEY || obj.cls() == CKO_CERTIFICATE || (obj.material && obj.material->hsm()))
+    return SecureBytes{};
   if (obj.cls() == CKO_DATA && !obj.material) return SecureBytes{};
   VAULTP11_ASSIGN_OR_RETURN(auto s, obj.material->Secret());
   return SecureBytes(*s);
@@ -780,12 +801,35 @@ Result<std::shared_ptr<Object>> GenerateHsmSecretKey(CK_MECHANISM_TYPE mech, con
   return obj;
 }
 
+static Result<std::shared_ptr<Object>> CertificateObject(const AttributeMap& tmpl) {
+  auto type = tmpl.GetUlong(CKA_CERTIFICATE_TYPE);
+  if (!type) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_CERTIFICATE_TYPE missing");
+  if (*type != CKC_X_509) return Err(CKR_ATTRIBUTE_VALUE_INVALID, "only X.509 certificates (CKC_X_509) are supported");
+  if (tmpl.GetBool(CKA_TRUSTED)) return Err(CKR_ATTRIBUTE_READ_ONLY, "only the security officer may set CKA_TRUSTED");
+  const Bytes* der = tmpl.Get(CKA_VALUE);
+  if (der == nullptr || der->empty()) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE (the certificate's DER) missing");
+  VAULTP11_ASSIGN_OR_RETURN(ossl::CertFields fields, ossl::ParseCertificate(*der));
+  AttributeMap a;
+  VAULTP11_RETURN_IF_ERROR(Base(a, CKO_CERTIFICATE, tmpl));
+  if (a.Get(CKA_SUBJECT)->empty()) a.Set(CKA_SUBJECT, fields.subject);
+  if (a.Get(CKA_ISSUER)->empty()) a.Set(CKA_ISSUER, fields.issuer);
+  if (a.Get(CKA_SERIAL_NUMBER)->empty()) a.Set(CKA_SERIAL_NUMBER, fields.serial);
+  a.Set(CKA_CHECK_VALUE, fields.check_value);
+  a.Set(CKA_PUBLIC_KEY_INFO, fields.public_key_info);
+  auto obj = std::make_shared<Object>();
+  obj->attrs = std::move(a);
+  obj->material = std::make_shared<Material>();
+  return obj;
+}
+
 Result<std::shared_ptr<Object>> CreateObject(const AttributeMap& tmpl) {
   auto cls = tmpl.GetUlong(CKA_CLASS);
   if (!cls) return Err(CKR_TEMPLATE_INCOMPLETE, "CKA_CLASS missing");
-  if (*cls != CKO_DATA && *cls != CKO_PUBLIC_KEY && *cls != CKO_PRIVATE_KEY && *cls != CKO_SECRET_KEY)
+  if (*cls != CKO_DATA && *cls != CKO_PUBLIC_KEY && *cls != CKO_PRIVATE_KEY && *cls != CKO_SECRET_KEY &&
+      *cls != CKO_CERTIFICATE)
     return Err(CKR_ATTRIBUTE_VALUE_INVALID, "objects of class 0x{:x} cannot be created here", *cls);
   VAULTP11_RETURN_IF_ERROR(CheckTemplate(*cls, tmpl, false));
+  if (*cls == CKO_CERTIFICATE) return CertificateObject(tmpl);
   VAULTP11_RETURN_IF_ERROR(SoftwareOnly(tmpl));
   AttributeMap a;
   VAULTP11_RETURN_IF_ERROR(Base(a, *cls, tmpl));

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include "fixture.h"
 #include "store/store.h"
 #include "vaultp11/vaultp11.h"
@@ -301,6 +304,78 @@ TEST_F(VersionsTest, ARunningProcessSeesAnotherProcesssNewVersion) {
   // The old handle still signs and its public key still verifies.
   const auto msg = Bytes("m");
   EXPECT_EQ(Verify(s, ecdsa, pub1, msg, Sign(s, ecdsa, priv1, msg)), CKR_OK);
+}
+
+// A self-signed X.509 certificate (DER) for CN=`cn` with a fresh P-256 key, serial 4242.
+std::vector<uint8_t> SelfSignedDer(const std::string& cn) {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  X509* x = X509_new();
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 4242);
+  X509_gmtime_adj(X509_getm_notBefore(x), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+  X509_set_pubkey(x, key);
+  X509_NAME* name = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_set_issuer_name(x, name);
+  X509_sign(x, key, EVP_sha256());
+  int n = i2d_X509(x, nullptr);
+  std::vector<uint8_t> der(n > 0 ? n : 0);
+  unsigned char* p = der.data();
+  i2d_X509(x, &p);
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return der;
+}
+
+TEST_F(VersionsTest, CertificatesJoinTheirKeysVersionAndCarryTheirFields) {
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(GenEcRv("tls", {0x0c}, false, &pub, &priv), CKR_OK);
+  auto der = SelfSignedDer("tls.example");
+  CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+  CK_CERTIFICATE_TYPE x509 = CKC_X_509;
+  CK_BBOOL yes = CK_TRUE;
+  std::string label = "tls";
+  std::vector<uint8_t> id = {0x0c};
+  auto tmpl = [&](std::vector<uint8_t>& value) {
+    return std::vector<CK_ATTRIBUTE>{{CKA_CLASS, &cls, sizeof(cls)}, {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+                                     {CKA_TOKEN, &yes, 1}, {CKA_LABEL, label.data(), label.size()},
+                                     {CKA_ID, id.data(), id.size()}, {CKA_VALUE, value.data(), value.size()}};
+  };
+  CK_OBJECT_HANDLE cert;
+  auto t = tmpl(der);
+  ASSERT_EQ(f->C_CreateObject(s, t.data(), t.size(), &cert), CKR_OK);
+  EXPECT_EQ(Version(cert), Version(priv));
+  EXPECT_EQ(GetAttr(s, cert, CKA_VALUE), der);
+  // Subject, issuer and serial number come from the certificate (DER Name, DER INTEGER 4242).
+  const auto subject = GetAttr(s, cert, CKA_SUBJECT);
+  EXPECT_EQ(subject, GetAttr(s, cert, CKA_ISSUER));
+  ASSERT_GT(subject.size(), 11u);
+  EXPECT_EQ(std::string(subject.end() - 11, subject.end()), "tls.example");
+  EXPECT_EQ(GetAttr(s, cert, CKA_SERIAL_NUMBER), (std::vector<uint8_t>{0x02, 0x02, 0x10, 0x92}));
+  EXPECT_EQ(GetAttr(s, cert, CKA_CHECK_VALUE).size(), 3u);
+  EXPECT_FALSE(GetBool(s, cert, CKA_PRIVATE));
+  CK_OBJECT_CLASS want = CKO_CERTIFICATE;
+  EXPECT_EQ(Find({{CKA_CLASS, &want, sizeof(want)}, {CKA_LABEL, label.data(), label.size()}}),
+            std::vector<CK_OBJECT_HANDLE>{cert});
+  // Not one DER certificate, another type, CKA_TRUSTED: refused.
+  std::vector<uint8_t> junk = der;
+  junk.push_back(0);
+  std::string other = "other";
+  label = other;
+  auto bad = tmpl(junk);
+  EXPECT_EQ(f->C_CreateObject(s, bad.data(), bad.size(), &cert), CKR_ATTRIBUTE_VALUE_INVALID);
+  CK_CERTIFICATE_TYPE wtls = CKC_WTLS;
+  auto wrong_type = tmpl(der);
+  wrong_type[1] = {CKA_CERTIFICATE_TYPE, &wtls, sizeof(wtls)};
+  EXPECT_EQ(f->C_CreateObject(s, wrong_type.data(), wrong_type.size(), &cert), CKR_ATTRIBUTE_VALUE_INVALID);
+  auto trusted = tmpl(der);
+  trusted.push_back({CKA_TRUSTED, &yes, 1});
+  EXPECT_EQ(f->C_CreateObject(s, trusted.data(), trusted.size(), &cert), CKR_ATTRIBUTE_READ_ONLY);
+  // The certificate's value cannot change: a new certificate is a new version.
+  CK_ATTRIBUTE set[] = {{CKA_VALUE, der.data(), der.size()}};
+  auto found = Find({{CKA_CLASS, &want, sizeof(want)}, {CKA_ID, id.data(), id.size()}});
+  ASSERT_EQ(found.size(), 1u);
+  EXPECT_EQ(f->C_SetAttributeValue(s, found[0], set, 1), CKR_ATTRIBUTE_READ_ONLY);
 }
 
 // Soft-delete (vault "archive", slot 1): C_DestroyObject moves the item, every version, to the

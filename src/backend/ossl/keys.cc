@@ -8,6 +8,7 @@
 #include <openssl/err.h>
 #include <openssl/obj_mac.h>
 #include <openssl/rsa.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include <algorithm>
@@ -624,6 +625,32 @@ size_t EcFieldBytes(EVP_PKEY* pkey) {
   if (pkey == nullptr || !EVP_PKEY_is_a(pkey, "EC")) return 0;
   int bits = EVP_PKEY_get_bits(pkey);
   return bits > 0 ? (static_cast<size_t>(bits) + 7) / 8 : 0;
+}
+
+Result<CertFields> ParseCertificate(std::span<const uint8_t> der) {
+  if (der.size() > static_cast<size_t>(std::numeric_limits<long>::max()))
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "certificate too large");
+  const unsigned char* p = der.data();
+  std::unique_ptr<X509, decltype(&X509_free)> cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())), X509_free);
+  if (!cert || p != der.data() + der.size())
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VALUE is not one DER X.509 certificate");
+  auto encode = [](auto* thing, auto i2d) -> Result<Bytes> {
+    int n = i2d(thing, nullptr);
+    if (n <= 0) return Err(CKR_ATTRIBUTE_VALUE_INVALID, "certificate field cannot be encoded");
+    Bytes out(static_cast<size_t>(n));
+    unsigned char* q = out.data();
+    if (i2d(thing, &q) != n) return Err(CKR_ATTRIBUTE_VALUE_INVALID, "certificate field cannot be encoded");
+    return out;
+  };
+  CertFields f;
+  VAULTP11_ASSIGN_OR_RETURN(f.subject, encode(X509_get_subject_name(cert.get()), i2d_X509_NAME));
+  VAULTP11_ASSIGN_OR_RETURN(f.issuer, encode(X509_get_issuer_name(cert.get()), i2d_X509_NAME));
+  VAULTP11_ASSIGN_OR_RETURN(f.serial, encode(X509_get0_serialNumber(cert.get()), i2d_ASN1_INTEGER));
+  VAULTP11_ASSIGN_OR_RETURN(f.public_key_info, encode(X509_get0_pubkey(cert.get()), i2d_PUBKEY));
+  unsigned char md[SHA_DIGEST_LENGTH];
+  SHA1(der.data(), der.size(), md);
+  f.check_value.assign(md, md + 3);
+  return f;
 }
 
 }  // namespace vaultp11::ossl

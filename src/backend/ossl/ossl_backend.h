@@ -156,4 +156,13 @@ Result<Bytes> SealAesGcm(std::span<const uint8_t> key32, std::span<const uint8_t
 Result<SecureBytes> OpenAesGcm(std::span<const uint8_t> key32, std::span<const uint8_t> sealed,
                                std::span<const uint8_t> aad);
 
+// The fields of an X.509 certificate a token keeps beside its DER (spec 4.6.3): subject,
+// issuer and serial number (DER of the Name and of the INTEGER), CKA_CHECK_VALUE (the first 3
+// bytes of SHA-1 of the DER) and the subjectPublicKeyInfo.
+struct CertFields {
+  Bytes subject, issuer, serial, check_value, public_key_info;
+};
+// Parses one DER certificate (nothing may follow it); else CKR_ATTRIBUTE_VALUE_INVALID.
+Result<CertFields> ParseCertificate(std::span<const uint8_t> der);
+
 }  // namespace vaultp11::ossl
