@@ -91,16 +91,6 @@ Result<SecureBytes> ReadValue(const SecretSetOptions& o, Io& io) {
   return value;
 }
 
-std::string Iso(int64_t t) {
-  if (t == 0) return "";
-  std::time_t tt = static_cast<std::time_t>(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // One version of a secret as listed: its row and the attributes stored with it.
 struct SecretVersion {
   store::ObjectRecord rec;
@@ -111,11 +101,11 @@ Json Describe(const std::string& name, const SecretVersion& v) {
   const model::AttributeMap& a = v.attrs;
   Json j = {{"name", name},
             {"version", v.rec.version},
-            {"created", Iso(v.rec.created)},
+            {"created", v.rec.created != 0 ? UtcTimeString(v.rec.created) : std::string()},
             {"contentType", a.GetString(CKA_VAULTP11_CONTENT_TYPE)},
             {"enabled", a.GetBool(CKA_VAULTP11_ENABLED, true)}};
-  if (auto nb = a.GetUlong(CKA_VAULTP11_NOT_BEFORE); nb && *nb != 0) j["notBefore"] = Iso(static_cast<int64_t>(*nb));
-  if (auto ex = a.GetUlong(CKA_VAULTP11_EXPIRES); ex && *ex != 0) j["expires"] = Iso(static_cast<int64_t>(*ex));
+  if (auto nb = a.GetUlong(CKA_VAULTP11_NOT_BEFORE); nb && *nb != 0) j["notBefore"] = UtcTimeString(static_cast<int64_t>(*nb));
+  if (auto ex = a.GetUlong(CKA_VAULTP11_EXPIRES); ex && *ex != 0) j["expires"] = UtcTimeString(static_cast<int64_t>(*ex));
   std::string tags = a.GetString(CKA_VAULTP11_TAGS);
   if (!tags.empty() && tags != "{}") j["tags"] = Json::parse(tags, nullptr, false);
   return j;
@@ -258,7 +248,7 @@ Status SecretDelete(const config::Config& cfg, const std::string& vault, const s
     const int64_t now = time(nullptr), purge_after = now + int64_t{sd.retention_days} * 86400;
     VAULTP11_RETURN_IF_ERROR(st->SoftDeleteItem(vault, name, now, purge_after).status());
     io.out << fmt::format("secret {} of vault {} deleted ({} version{}); recoverable until {}\n", QuotePrintable(name),
-                          QuotePrintable(vault), found.size(), found.size() == 1 ? "" : "s", Iso(purge_after));
+                          QuotePrintable(vault), found.size(), found.size() == 1 ? "" : "s", UtcTimeString(purge_after));
     return OkStatus();
   }
   VAULTP11_ASSIGN_OR_RETURN(auto gone, st->DeleteItem(vault, name));
@@ -377,8 +367,8 @@ Status DeletedListCommand(const config::Config& cfg, const DeletedOptions& opts,
     out.push_back({{"name", d.name},
                    {"kind", KindOfRows(d.objects)},
                    {"versions", versions.size()},
-                   {"deleted", Iso(d.deleted)},
-                   {"purgeAfter", Iso(d.purge_after)},
+                   {"deleted", UtcTimeString(d.deleted)},
+                   {"purgeAfter", UtcTimeString(d.purge_after)},
                    {"purgeProtected", protection && time(nullptr) < d.purge_after}});
   }
   if (opts.json) {

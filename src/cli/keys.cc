@@ -22,15 +22,6 @@ using model::AttributeMap;
 constexpr int64_t kDay = 86400;
 constexpr int kMinDays = 7, kMaxDays = 36500;
 
-std::string Iso(int64_t t) {
-  std::time_t tt = static_cast<std::time_t>(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 Json PolicyJson(const RotationPolicy& p) {
   Json j = Json::object();
   if (p.rotate_after_days) j["rotateAfterDays"] = p.rotate_after_days;
@@ -295,8 +286,8 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
         if (first) {
           ++notified;
           io.out << fmt::format("notify: key {} of {} version {} expires {}\n", QuotePrintable(name), where,
-                                current->version, Iso(expires));
-          audit.Record("KeyNearExpiry", OkStatus(), {{"version", current->version}, {"expires", Iso(expires)}}, name, where);
+                                current->version, UtcTimeString(expires));
+          audit.Record("KeyNearExpiry", OkStatus(), {{"version", current->version}, {"expires", UtcTimeString(expires)}}, name, where);
         }
       }
       if (!due) continue;
@@ -327,7 +318,7 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
     for (const auto& d : deleted) {
       if (now < d.purge_after) continue;
       if (protection && time(nullptr) < d.purge_after) {  // judged at the real time, whatever --at says
-        io.out << fmt::format("{} of {}: under purge protection until {}\n", QuotePrintable(d.name), where, Iso(d.purge_after));
+        io.out << fmt::format("{} of {}: under purge protection until {}\n", QuotePrintable(d.name), where, UtcTimeString(d.purge_after));
         continue;
       }
       DeletedOptions o{where, d.name, false};
@@ -342,7 +333,7 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
       }
     }
   }
-  io.out << fmt::format("lifecycle run at {}: {} rotated, {} notified, {} purged\n", Iso(now), rotated, notified, purged);
+  io.out << fmt::format("lifecycle run at {}: {} rotated, {} notified, {} purged\n", UtcTimeString(now), rotated, notified, purged);
   return last;
 }
 

@@ -24,6 +24,7 @@
 
 #include "backend/ossl/ossl_backend.h"
 #include "util/log.h"
+#include "util/strings.h"
 
 namespace vaultp11::store {
 
@@ -390,16 +391,6 @@ const ItemRow* OtherVersionWithId(const std::vector<ItemRow>& rows,
   return nullptr;
 }
 
-// Unix time t as YYYY-MM-DDTHH:MM:SSZ, for messages.
-std::string IsoUtc(int64_t t) {
-  std::time_t tt = static_cast<std::time_t>(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // What kind of item a set of classes makes: a certificate (with its key), a key, a secret.
 const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes) {
   bool key = false;
@@ -625,6 +616,20 @@ struct Store::Impl {
     return OkStatus();
   }
 
+  // Inside or outside a transaction: every row of `label` in `vault` (deleted or not), oldest first.
+  Result<std::vector<ObjectRecord>> ItemObjects(const std::string& vault, const std::string& label) {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, Prepare(std::string("SELECT ") + object_columns +
+                                                        " FROM objects WHERE vault = ? AND label = ? ORDER BY id"));
+    Stmt st(q);
+    st.Bind(1, vault);
+    st.Bind(2, label);
+    std::vector<ObjectRecord> out;
+    int rc;
+    while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
+    if (rc != SQLITE_DONE) return Fail(rc, "reading an item");
+    return out;
+  }
+
   // A deleted item's name cannot be used until the item is recovered or purged.
   Status RefuseDeletedName(const std::string& vault, const std::string& label) {
     VAULTP11_ASSIGN_OR_RETURN(auto purge_after, DeletedPurgeAfter(vault, label));
@@ -632,7 +637,7 @@ struct Store::Impl {
       return Err(CKR_ATTRIBUTE_VALUE_INVALID,
                  "'{}' in vault {} is a deleted item (recoverable until {}): recover or purge it before "
                  "using its name",
-                 label, vault, IsoUtc(*purge_after));
+                 label, vault, UtcTimeString(*purge_after));
     return OkStatus();
   }
 
@@ -1109,17 +1114,7 @@ Result<std::vector<ObjectRecord>> Store::DeleteItem(const std::string& vault, co
   std::vector<ObjectRecord> gone;
   if (label.empty()) return gone;
   Status s = impl_->Transaction("deleting an item", [&]() -> Status {
-    gone.clear();
-    {
-      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
-                                                                 " FROM objects WHERE vault = ? AND label = ? ORDER BY id"));
-      Stmt st(q);
-      st.Bind(1, vault);
-      st.Bind(2, label);
-      int rc;
-      while ((rc = st.Step()) == SQLITE_ROW) gone.push_back(ReadObject(st));
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
-    }
+    VAULTP11_ASSIGN_OR_RETURN(gone, impl_->ItemObjects(vault, label));
     if (gone.empty()) return OkStatus();
     VAULTP11_ASSIGN_OR_RETURN(auto deleted, impl_->DeletedPurgeAfter(vault, label));
     if (deleted) return Err(CKR_ARGUMENTS_BAD, "'{}' in vault {} is a deleted item: purge it instead", label, vault);
@@ -1147,11 +1142,6 @@ Result<std::vector<ObjectRecord>> Store::DeleteItem(const std::string& vault, co
   return gone;
 }
 
-namespace {
-// Rows of `label` in `vault` selected with `columns` (all, deleted or not).
-constexpr const char* kItemRowsSql = " FROM objects WHERE vault = ? AND label = ? ORDER BY id";
-}  // namespace
-
 Result<std::vector<ObjectRecord>> Store::SoftDeleteItem(const std::string& vault, const std::string& label, int64_t now,
                                                         int64_t purge_after) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -1162,16 +1152,7 @@ Result<std::vector<ObjectRecord>> Store::SoftDeleteItem(const std::string& vault
     hidden.clear();
     VAULTP11_ASSIGN_OR_RETURN(auto already, impl_->DeletedPurgeAfter(vault, label));
     if (already) return OkStatus();
-    {
-      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q,
-                                impl_->Prepare(std::string("SELECT ") + impl_->object_columns + kItemRowsSql));
-      Stmt st(q);
-      st.Bind(1, vault);
-      st.Bind(2, label);
-      int rc;
-      while ((rc = st.Step()) == SQLITE_ROW) hidden.push_back(ReadObject(st));
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
-    }
+    VAULTP11_ASSIGN_OR_RETURN(hidden, impl_->ItemObjects(vault, label));
     if (hidden.empty()) return OkStatus();
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
     {
@@ -1215,14 +1196,8 @@ Result<std::vector<DeletedItem>> Store::DeletedItems(const std::string& vault) {
     while ((rc = st.Step()) == SQLITE_ROW) out.push_back(DeletedItem{st.Text(0), st.Int(1), st.Int(2), {}});
     if (rc != SQLITE_DONE) return impl_->Fail(rc, "listing deleted items");
   }
-  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare(std::string("SELECT ") + impl_->object_columns + kItemRowsSql));
   for (DeletedItem& d : out) {
-    Stmt st(q);
-    st.Bind(1, vault);
-    st.Bind(2, d.name);
-    int rc;
-    while ((rc = st.Step()) == SQLITE_ROW) d.objects.push_back(ReadObject(st));
-    if (rc != SQLITE_DONE) return impl_->Fail(rc, "listing deleted items");
+    VAULTP11_ASSIGN_OR_RETURN(d.objects, impl_->ItemObjects(vault, d.name));
   }
   return out;
 }
@@ -1264,17 +1239,8 @@ Result<std::vector<ObjectRecord>> Store::PurgeItem(const std::string& vault, con
     if (protection && now < *purge_after)
       return Err(CKR_ACTION_PROHIBITED,
                  "vault {} has purge protection: '{}' can be purged from {} (when its retention ends), not before",
-                 vault, name, IsoUtc(*purge_after));
-    {
-      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q,
-                                impl_->Prepare(std::string("SELECT ") + impl_->object_columns + kItemRowsSql));
-      Stmt st(q);
-      st.Bind(1, vault);
-      st.Bind(2, name);
-      int rc;
-      while ((rc = st.Step()) == SQLITE_ROW) gone.push_back(ReadObject(st));
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "purging an item");
-    }
+                 vault, name, UtcTimeString(*purge_after));
+    VAULTP11_ASSIGN_OR_RETURN(gone, impl_->ItemObjects(vault, name));
     VAULTP11_RETURN_IF_ERROR(impl_->BumpRevision().status());
     const char* steps[] = {
         "DELETE FROM objects WHERE vault = ?1 AND label = ?2",

@@ -1,6 +1,8 @@
 // Text helpers for messages.
 #pragma once
 
+#include <cstdint>
+#include <ctime>
 #include <string>
 #include <string_view>
 
@@ -26,6 +28,16 @@ inline std::string QuotePrintable(std::string_view s, size_t max = std::string_v
   if (s.size() > max) out += "...";
   out += '"';
   return out;
+}
+
+// Unix time `t` as YYYY-MM-DDTHH:MM:SSZ (UTC), for messages and listings.
+inline std::string UtcTimeString(int64_t t) {
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
 }
 
 }  // namespace vaultp11

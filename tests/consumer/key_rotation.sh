@@ -6,7 +6,6 @@
 # race (as on two hosts), notifies near expiry once, and purges deleted items after retention.
 source "$(dirname "$0")/lib.sh"
 need pkcs11-tool
-: "${FIND_LATER:?FIND_LATER must name the find_later helper}"
 VAULT_YAML="{ name: payments, sku: standard, soft_delete: { retention_days: 7 } }"
 make_deployment
 cli() { run "$VAULTP11_CLI" --config "$CONF" "$@"; }
@@ -19,18 +18,7 @@ p11_user --sign --label signer -m ECDSA-SHA256 --signature-format openssl -i "$W
 v1_id=$(p11_user -O --type pubkey --label signer | sed -n 's/^ *ID: *//p')
 [[ ${#v1_id} == 32 ]] || fail "the generated CKA_ID is not 16 bytes: '$v1_id'"
 
-mkfifo "$WORK/requests" "$WORK/answers"
-VAULTP11_PIN="$PIN" "$FIND_LATER" "$VAULTP11_MODULE" <"$WORK/requests" >"$WORK/answers" &
-BG_PIDS+=($!)
-exec 3>"$WORK/requests" 4<"$WORK/answers"
-ask() {
-  local answer
-  echo "$1" >&3
-  read -r -t 120 answer <&4 || fail "the long-running process gave no answer for $1"
-  echo "$answer"
-}
-read -r -t 120 ready <&4 || fail "the long-running process did not start"
-[[ $ready == ready ]] || fail "the long-running process said '$ready'"
+start_find_later
 before=$(ask "version signer")
 [[ ${#before} == 32 ]] || fail "no version for signer: '$before'"
 

@@ -97,6 +97,26 @@ run_fails() {
 p11() { run pkcs11-tool --module "$VAULTP11_MODULE" "$@"; }
 p11_user() { p11 --login --pin "$PIN" "$@"; }
 
+# start_find_later: starts find_later (a long-running client logged in as app) in the
+# background with its requests on fd 3 and answers on fd 4; waits until it is ready.
+# ask REQUEST prints its answer (a label: how many objects; "version LABEL": the version).
+start_find_later() {
+  : "${FIND_LATER:?FIND_LATER must name the find_later helper}"
+  mkfifo "$WORK/requests" "$WORK/answers"
+  VAULTP11_PIN="$PIN" "$FIND_LATER" "$VAULTP11_MODULE" <"$WORK/requests" >"$WORK/answers" &
+  BG_PIDS+=($!)
+  exec 3>"$WORK/requests" 4<"$WORK/answers"
+  local ready
+  read -r -t 120 ready <&4 || fail "find_later did not start"
+  [[ $ready == ready ]] || fail "find_later said '$ready' instead of ready"
+}
+ask() {
+  local answer
+  echo "$1" >&3
+  read -r -t 120 answer <&4 || fail "find_later gave no answer for $1"
+  echo "$answer"
+}
+
 # make_deployment: config with one vault "payments" and one principal "app" (Key Vault
 # Administrator on it) whose client secret is random; store created by `vaultp11 init`.
 # Sets CONF, SECRET, PIN and exports VAULTP11_CONF.

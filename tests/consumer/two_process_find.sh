@@ -3,25 +3,10 @@
 # had the module loaded, a session open and was logged in before the key existed.
 source "$(dirname "$0")/lib.sh"
 need pkcs11-tool
-: "${FIND_LATER:?FIND_LATER must name the find_later helper}"
 make_deployment
 
-mkfifo "$WORK/requests" "$WORK/answers"
 step "start process B (find_later): initialise, open a session, log in"
-VAULTP11_PIN="$PIN" "$FIND_LATER" "$VAULTP11_MODULE" <"$WORK/requests" >"$WORK/answers" &
-BG_PIDS+=($!)
-exec 3>"$WORK/requests" 4<"$WORK/answers"
-
-# ask LABEL: prints the number of objects process B finds with that label.
-ask() {
-  local answer
-  echo "$1" >&3
-  read -r -t 120 answer <&4 || fail "process B gave no answer for label $1"
-  echo "$answer"
-}
-
-read -r -t 120 ready <&4 || fail "process B did not start"
-[[ $ready == ready ]] || fail "process B said '$ready' instead of ready"
+start_find_later
 
 step "B: label later-key does not exist yet"
 n=$(ask later-key)
