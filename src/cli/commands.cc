@@ -602,6 +602,15 @@ int Run(int argc, const char* const* argv, Io& io) {
     CLI::App* lifecycle_run = lifecycle_cmd->add_subcommand(
         "run", "Apply every due rotation, near-expiry notice and purge once (cron / systemd timer; safe on several hosts)");
     lifecycle_run->add_option("--at", life_at, "Judge what is due at this UTC time (YYYY-MM-DD[THH:MM:SSZ]) instead of now");
+    CertImportOptions import_opts;
+    CLI::App* cert_cmd = app.add_subcommand("cert", "Work with a vault's certificates");
+    cert_cmd->require_subcommand(1);
+    CLI::App* cert_import = cert_cmd->add_subcommand(
+        "import", "Import a certificate with its private key (PEM or PKCS#12) and its issuers");
+    cert_import->add_option("vault", import_opts.vault, "Vault")->required();
+    cert_import->add_option("name", import_opts.name, "Certificate name (1-127 of 0-9 a-z A-Z -)")->required();
+    cert_import->add_option("--file", import_opts.file, "PEM or PKCS#12 file")->required();
+    cert_import->add_option("--password-file", import_opts.password_file, "File whose first line is the password");
     DeletedOptions deleted_opts;
     CLI::App* deleted_cmd = app.add_subcommand("deleted", "Work with a vault's or pool's soft-deleted items");
     deleted_cmd->require_subcommand(1);
@@ -633,7 +642,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd, deleted_cmd, key_cmd, lifecycle_cmd}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd, deleted_cmd, key_cmd, lifecycle_cmd, cert_cmd}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -699,6 +708,8 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = SecretListCommand(cfg.value(), slist_opts, io);
       } else if (secret_delete->parsed()) {
         st = SecretDeleteCommand(cfg.value(), del_vault, del_name, io);
+      } else if (cert_import->parsed()) {
+        st = CertImportCommand(cfg.value(), import_opts, io);
       } else if (key_rotate->parsed()) {
         st = KeyRotateCommand(cfg.value(), rot_where, rot_name, io);
       } else if (key_policy->parsed()) {

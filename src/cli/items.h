@@ -108,6 +108,20 @@ struct LifecycleOptions {
 // notice happens once (the store decides), the others print that another run did it.
 Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& opts, Io& io);
 
+struct CertImportOptions {
+  std::string vault, name;
+  std::string file;           // PEM (certificates and the private key) or PKCS#12
+  std::string password_file;  // the key's (or PKCS#12's) password, first line; empty: none or a prompt
+};
+// `cert import <vault> <name> --file F [--password-file P]`: the certificate that matches the
+// file's private key, with that key (a software key, sensitive, not extractable), becomes the
+// new current version of the certificate item `name` (key pair and certificate sharing label,
+// version and CKA_ID); the other certificates of the file (its issuers) are stored beside it as
+// items <name>-chain-<n> unless the vault holds them already. A file without a key, with no
+// certificate matching the key, or a wrong password: refused, nothing stored. Audited as
+// "CertificateImport".
+Status CertImportCommand(const config::Config& cfg, const CertImportOptions& opts, Io& io);
+
 // The HSMs behind a pool, or behind a premium vault with an HSM (as a one-member pool); null
 // for other vaults. Unknown name: CKR_ARGUMENTS_BAD.
 Result<std::shared_ptr<pool::HsmPool>> HsmPoolFor(const config::Config& cfg, const std::string& name);

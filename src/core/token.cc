@@ -310,6 +310,22 @@ Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> Token::AddPair(std::shared
   return std::make_pair(hp, hv);
 }
 
+Result<std::vector<CK_OBJECT_HANDLE>> Token::AddVersion(const std::vector<std::shared_ptr<model::Object>>& objs,
+                                                        bool new_version) {
+  std::vector<model::Object*> raw;
+  for (const auto& o : objs) {
+    if (!o->is_token() || o->label() != objs.front()->label())
+      return Err(CKR_GENERAL_ERROR, "AddVersion: the objects of one version are token objects of one label");
+    raw.push_back(o.get());
+  }
+  if (raw.empty()) return std::vector<CK_OBJECT_HANDLE>{};
+  VAULTP11_RETURN_IF_ERROR(Persist(raw, new_version));
+  std::unique_lock<std::shared_mutex> l(mu_);
+  std::vector<CK_OBJECT_HANDLE> out;
+  for (const auto& o : objs) out.push_back(InsertPersistedLocked(o));
+  return out;
+}
+
 Status Token::Replace(CK_OBJECT_HANDLE h, std::shared_ptr<model::Object> obj) {
   if (obj->is_token() && obj->store_id != 0) {
     const Bytes* id = obj->attrs.Get(CKA_ID);

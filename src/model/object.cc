@@ -610,6 +610,30 @@ auto OnPoolMember(const pool::HsmPool& pool, Fn fn)
 
 }  // namespace
 
+Result<KeyPair> ImportKeyPair(const AttributeMap& pub_t, const AttributeMap& priv_t, const SecureBytes& pkcs8) {
+  auto pk = ossl::PrivateKeyFromDer(pkcs8);
+  if (!pk.ok()) return Err(CKR_ATTRIBUTE_VALUE_INVALID, "the private key is not an RSA or EC key in PKCS#8");
+  ossl::PkeyRef pkey = pk.value();
+  PairSpec spec;
+  if (EVP_PKEY_is_a(pkey.get(), "RSA")) spec.type = CKK_RSA;
+  else if (EVP_PKEY_is_a(pkey.get(), "EC")) spec.type = CKK_EC;
+  else return Err(CKR_ATTRIBUTE_VALUE_INVALID, "only RSA and EC keys can be imported");
+  VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_PUBLIC_KEY, pub_t, true));
+  VAULTP11_RETURN_IF_ERROR(CheckTemplate(CKO_PRIVATE_KEY, priv_t, true));
+  AttributeMap pub, priv;
+  VAULTP11_RETURN_IF_ERROR(PairAttributes(CK_UNAVAILABLE_INFORMATION, spec, pub_t, priv_t, pub, priv));
+  for (AttributeMap* a : {&pub, &priv}) {
+    a->SetBool(CKA_LOCAL, false);  // made elsewhere
+    a->SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_SOFTWARE);
+  }
+  SetSensitivityHistory(priv, false);
+  VAULTP11_RETURN_IF_ERROR(CheckUnsupportedFlags(priv));
+  KeyPair kp;
+  VAULTP11_ASSIGN_OR_RETURN(kp.public_key, PublicKeyObject(std::move(pub), pkey.get(), spec.type));
+  VAULTP11_ASSIGN_OR_RETURN(kp.private_key, PrivateKeyObject(std::move(priv), pkey, spec.type));
+  return kp;
+}
+
 Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_t, const AttributeMap& priv_t,
                                    const HsmKey& hsm) {
   VAULTP11_ASSIGN_OR_RETURN(PairSpec spec, CheckPairTemplates(mech, pub_t, priv_t));

@@ -129,6 +129,11 @@ struct KeyPair {
 
 Result<KeyPair> GenerateKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_template,
                                 const AttributeMap& priv_template);
+// A software key pair from an existing private key (PKCS#8 DER, RSA or EC), e.g. the key of an
+// imported certificate: the templates as for generation, CKA_LOCAL false, never "always
+// sensitive" or "never extractable" (the key existed outside).
+Result<KeyPair> ImportKeyPair(const AttributeMap& pub_template, const AttributeMap& priv_template,
+                              const SecureBytes& pkcs8);
 // An HSM-protected key pair: generated inside `hsm` (sensitive, never extractable), public
 // attributes mirrored on both outer objects; the outer private object holds only the reference.
 // With `hsm.pool` set, the pair is generated on one member with CKA_EXTRACTABLE and
