@@ -6,7 +6,9 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
+#include <openssl/bn.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,6 +21,7 @@
 #include "core/provider.h"
 #include "model/attributes.h"
 #include "model/object.h"
+#include "backend/ossl/ossl_backend.h"
 #include "util/strings.h"
 #include "vaultp11/vaultp11.h"
 
@@ -234,6 +237,285 @@ Status CertImportCommand(const config::Config& cfg, const CertImportOptions& opt
     props["issuersAdded"] = chain;
   }
   audit.Record("CertificateImport", st, props, opts.name, opts.vault);
+  return st;
+}
+
+}  // namespace vaultp11::cli
+
+// ---- cert create / cert renew ---------------------------------------------------------------
+
+namespace vaultp11::cli {
+
+namespace {
+
+// DER OID of a named curve for CKA_EC_PARAMS.
+Result<Bytes> CurveParams(const std::string& curve) {
+  int nid = curve == "P-256" ? NID_X9_62_prime256v1
+            : curve == "P-384" ? NID_secp384r1
+            : curve == "P-521" ? NID_secp521r1
+            : curve == "secp256k1" ? NID_secp256k1 : NID_undef;
+  if (nid == NID_undef) return Err(CKR_ARGUMENTS_BAD, "curve {} is not one of P-256, P-384, P-521, secp256k1", QuotePrintable(curve));
+  ASN1_OBJECT* obj = OBJ_nid2obj(nid);
+  int n = i2d_ASN1_OBJECT(obj, nullptr);
+  Bytes out(static_cast<size_t>(n));
+  unsigned char* p = out.data();
+  i2d_ASN1_OBJECT(obj, &p);
+  return out;
+}
+
+// "CN=a,O=b" or "/CN=a/O=b" as an X509_NAME.
+Result<X509_NAME*> ParseSubject(const std::string& dn) {
+  std::vector<std::string> parts;
+  std::string cur;
+  const char sep = !dn.empty() && dn[0] == '/' ? '/' : ',';
+  for (char c : (sep == '/' ? dn.substr(1) : dn)) {
+    if (c == sep) {
+      parts.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  parts.push_back(cur);
+  X509_NAME* name = X509_NAME_new();
+  for (std::string p : parts) {
+    while (!p.empty() && p.front() == ' ') p.erase(0, 1);
+    size_t eq = p.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == p.size() ||
+        X509_NAME_add_entry_by_txt(name, p.substr(0, eq).c_str(), MBSTRING_UTF8,
+                                   reinterpret_cast<const unsigned char*>(p.c_str() + eq + 1), -1, -1, 0) != 1) {
+      X509_NAME_free(name);
+      ERR_clear_error();
+      return Err(CKR_ARGUMENTS_BAD, "subject {}: each part must be ATTRIBUTE=value (CN, O, OU, C, L, ST, ...)", QuotePrintable(dn, 200));
+    }
+  }
+  return name;
+}
+
+Json PolicyJsonOf(const CertCreateOptions& o) {
+  return {{"kind", "certificate"}, {"subject", o.subject}, {"sans", o.sans},     {"ekus", o.ekus},
+          {"keyUsage", o.key_usage}, {"validityMonths", o.validity_months},    {"issuer", o.issuer},
+          {"key", o.key},           {"ca", o.ca},         {"reuseKey", o.reuse_key}};
+}
+
+CertCreateOptions OptionsFromPolicy(const std::string& vault, const std::string& name, const Json& j) {
+  CertCreateOptions o;
+  o.vault = vault;
+  o.name = name;
+  o.subject = j.value("subject", "");
+  o.sans = j.value("sans", std::vector<std::string>{});
+  o.ekus = j.value("ekus", std::vector<std::string>{});
+  o.key_usage = j.value("keyUsage", std::vector<std::string>{});
+  o.validity_months = j.value("validityMonths", 12);
+  o.issuer = j.value("issuer", "Self");
+  o.key = j.value("key", "ec:P-256");
+  o.ca = j.value("ca", false);
+  o.reuse_key = j.value("reuseKey", false);
+  return o;
+}
+
+Status AddExt(X509* x, X509V3_CTX* ctx, int nid, const std::string& value) {
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, ctx, nid, value.c_str());
+  if (ext == nullptr) {
+    ERR_clear_error();
+    return Err(CKR_ARGUMENTS_BAD, "{} {} is not valid", OBJ_nid2sn(nid), QuotePrintable(value, 200));
+  }
+  int ok = X509_add_ext(x, ext, -1);
+  X509_EXTENSION_free(ext);
+  if (ok != 1) return Err(CKR_FUNCTION_FAILED, "adding {} failed", OBJ_nid2sn(nid));
+  return OkStatus();
+}
+
+std::string Join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+  return out;
+}
+
+// The certificate for `subject_key` under `o`'s policy, signed by `issuer_key` (its own key for
+// Self) with `issuer_cert` as issuer (null for Self).
+Result<Bytes> MakeCertificate(const CertCreateOptions& o, EVP_PKEY* subject_key, EVP_PKEY* issuer_key, X509* issuer_cert) {
+  std::unique_ptr<X509, X509Free> x(X509_new_ex(ossl::LibCtx(), nullptr));
+  if (!x) return Err(CKR_HOST_MEMORY, "out of memory");
+  X509_set_version(x.get(), X509_VERSION_3);
+  uint8_t serial[16];
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(serial));
+  serial[0] &= 0x7f;  // positive
+  serial[0] |= 0x01;  // and 16 bytes long
+  BIGNUM* bn = BN_bin2bn(serial, sizeof(serial), nullptr);
+  BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x.get()));
+  BN_free(bn);
+  VAULTP11_ASSIGN_OR_RETURN(X509_NAME * subject, ParseSubject(o.subject));
+  X509_set_subject_name(x.get(), subject);
+  X509_set_issuer_name(x.get(), issuer_cert ? X509_get_subject_name(issuer_cert) : subject);
+  X509_NAME_free(subject);
+  const time_t now = time(nullptr);
+  std::tm end{};
+  gmtime_r(&now, &end);
+  end.tm_mon += o.validity_months;
+  const time_t not_after = timegm(&end);
+  if (issuer_cert != nullptr && ASN1_TIME_cmp_time_t(X509_get0_notAfter(issuer_cert), not_after) < 0)
+    return Err(CKR_ARGUMENTS_BAD, "the issuer's certificate expires before {} months from now", o.validity_months);
+  ASN1_TIME_set(X509_getm_notBefore(x.get()), now - 300);  // 5 minutes of clock skew
+  ASN1_TIME_set(X509_getm_notAfter(x.get()), not_after);
+  X509_set_pubkey(x.get(), subject_key);
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, issuer_cert ? issuer_cert : x.get(), x.get(), nullptr, nullptr, 0);
+  VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_basic_constraints, o.ca ? "critical,CA:TRUE" : "critical,CA:FALSE"));
+  std::vector<std::string> usage = o.key_usage;
+  if (usage.empty()) usage = o.ca ? std::vector<std::string>{"keyCertSign", "cRLSign"} : std::vector<std::string>{"digitalSignature"};
+  VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_key_usage, "critical," + Join(usage)));
+  if (!o.ekus.empty()) VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_ext_key_usage, Join(o.ekus)));
+  if (!o.sans.empty()) VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_subject_alt_name, Join(o.sans)));
+  VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_subject_key_identifier, "hash"));
+  if (issuer_cert != nullptr) VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
+  if (X509_sign(x.get(), issuer_key, EVP_sha256()) <= 0) {
+    ERR_clear_error();
+    return Err(CKR_FUNCTION_FAILED, "signing the certificate failed");
+  }
+  return Der(x.get());
+}
+
+// The current version's objects of certificate item `name` on `token`.
+struct CurrentCert {
+  model::ObjectPtr priv, pub, cert;
+  std::string version;
+};
+Result<CurrentCert> FindCurrentCert(core::Token& token, const std::string& name) {
+  AttributeMap t;
+  t.SetString(CKA_LABEL, name);
+  CurrentCert c;
+  for (CK_OBJECT_HANDLE h : token.Find(t)) {
+    VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, token.Get(h));
+    if (o->cls() == CKO_PRIVATE_KEY) c.priv = o;
+    if (o->cls() == CKO_PUBLIC_KEY) c.pub = o;
+    if (o->cls() == CKO_CERTIFICATE) c.cert = o;
+  }
+  if (!c.cert || !c.priv) return Err(CKR_ARGUMENTS_BAD, "vault {} has no certificate {} with its key", token.name(), QuotePrintable(name));
+  c.version = c.cert->attrs.GetString(CKA_VAULTP11_VERSION);
+  return c;
+}
+
+Result<X509Ptr> ParseDer(const Bytes& der) {
+  const unsigned char* p = der.data();
+  X509Ptr x(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
+  if (!x) return Err(CKR_FUNCTION_FAILED, "a stored certificate cannot be read");
+  return x;
+}
+
+// Creates (expect empty) or renews (expect = the current version) certificate `o.name`.
+Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, const std::string& expect, Io& io,
+                     std::string* version) {
+  if (cfg.FindVault(o.vault) == nullptr)
+    return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {} (pools hold HSM keys only, no certificates)",
+               QuotePrintable(o.vault), cfg.source);
+  if (!config::IsValidName(o.name))
+    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(o.name, 140));
+  if (o.validity_months < 1 || o.validity_months > 1200)
+    return Err(CKR_ARGUMENTS_BAD, "--validity-months must be from 1 to 1200, got {}", o.validity_months);
+  if (o.hsm) return Err(CKR_ARGUMENTS_BAD, "certificates with HSM keys are not issued by this version (software keys only)");
+  for (const std::string& san : o.sans)
+    if (!(san.rfind("DNS:", 0) == 0 || san.rfind("email:", 0) == 0 || san.rfind("URI:", 0) == 0) || san.find(',') != std::string::npos)
+      return Err(CKR_ARGUMENTS_BAD, "--san {} must be DNS:name, email:address or URI:uri", QuotePrintable(san, 200));
+  VAULTP11_ASSIGN_OR_RETURN(X509_NAME * probe, ParseSubject(o.subject));
+  X509_NAME_free(probe);
+  VAULTP11_ASSIGN_OR_RETURN(auto provider, core::Provider::Create(cfg.source, /*threads=*/true));
+  core::Token* token = nullptr;
+  for (const auto& t : provider->tokens())
+    if (t->name() == o.vault) token = t.get();
+  if (token == nullptr) return Err(CKR_ARGUMENTS_BAD, "vault {} is not loaded", QuotePrintable(o.vault));
+
+  // The key: a fresh pair (or the current one's for a renewal with reuse).
+  AttributeMap pt, vt;
+  for (AttributeMap* t : {&pt, &vt}) {
+    t->SetBool(CKA_TOKEN, true);
+    t->SetString(CKA_LABEL, o.name);
+  }
+  vt.SetBool(CKA_PRIVATE, true);
+  vt.SetBool(CKA_SENSITIVE, true);
+  vt.SetBool(CKA_EXTRACTABLE, false);
+  model::KeyPair kp;
+  if (!expect.empty() && o.reuse_key) {
+    VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentCert(*token, o.name));
+    VAULTP11_ASSIGN_OR_RETURN(auto secret, cur.priv->material->Secret());
+    VAULTP11_ASSIGN_OR_RETURN(kp, model::ImportKeyPair(pt, vt, *secret));
+  } else if (o.key.rfind("rsa:", 0) == 0) {
+    const std::string bits = o.key.substr(4);
+    if (bits != "2048" && bits != "3072" && bits != "4096")
+      return Err(CKR_ARGUMENTS_BAD, "--key rsa:{} : RSA keys are 2048, 3072 or 4096 bits", bits);
+    pt.SetUlong(CKA_MODULUS_BITS, std::stoul(bits));
+    VAULTP11_ASSIGN_OR_RETURN(kp, model::GenerateKeyPair(CKM_RSA_PKCS_KEY_PAIR_GEN, pt, vt));
+  } else if (o.key.rfind("ec:", 0) == 0) {
+    VAULTP11_ASSIGN_OR_RETURN(Bytes params, CurveParams(o.key.substr(3)));
+    pt.Set(CKA_EC_PARAMS, params);
+    VAULTP11_ASSIGN_OR_RETURN(kp, model::GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, pt, vt));
+  } else {
+    return Err(CKR_ARGUMENTS_BAD, "--key {} must be rsa:BITS or ec:CURVE", QuotePrintable(o.key, 40));
+  }
+  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef subject_key, kp.private_key->Key());
+
+  // The issuer: the key itself, or a CA certificate item of the vault with a software key.
+  ossl::KeyRef issuer_key = subject_key;
+  X509Ptr issuer_cert;
+  if (o.issuer != "Self") {
+    if (o.issuer == o.name) return Err(CKR_ARGUMENTS_BAD, "a certificate cannot be its own named issuer (use Self)");
+    VAULTP11_ASSIGN_OR_RETURN(CurrentCert issuer, FindCurrentCert(*token, o.issuer));
+    const Bytes* der = issuer.cert->attrs.Get(CKA_VALUE);
+    VAULTP11_ASSIGN_OR_RETURN(issuer_cert, ParseDer(*der));
+    if (X509_check_ca(issuer_cert.get()) == 0)
+      return Err(CKR_ARGUMENTS_BAD, "issuer {} is not a CA certificate (create it with --ca)", QuotePrintable(o.issuer));
+    if (issuer.priv->material->hsm() != nullptr)
+      return Err(CKR_ARGUMENTS_BAD, "issuer {} has an HSM key: issuers with software keys only in this version", QuotePrintable(o.issuer));
+    VAULTP11_ASSIGN_OR_RETURN(issuer_key, issuer.priv->Key());
+  }
+  VAULTP11_ASSIGN_OR_RETURN(Bytes der, MakeCertificate(o, subject_key.pkey.get(), issuer_key.pkey.get(), issuer_cert.get()));
+  VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, der));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+  if (expect.empty()) {
+    // A new item: the name must be free (not a key, secret or deleted item).
+    VAULTP11_RETURN_IF_ERROR(token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/false).status());
+  } else {
+    VAULTP11_RETURN_IF_ERROR(token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/true, expect).status());
+  }
+  *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
+  VAULTP11_RETURN_IF_ERROR(st->SetPolicy(o.vault, o.name, PolicyJsonOf(o).dump()));
+  io.out << fmt::format("certificate {} of vault {}: version {} ({}, issuer {}, {} months)\n", QuotePrintable(o.name),
+                        QuotePrintable(o.vault), *version, o.key, o.issuer, o.validity_months);
+  return OkStatus();
+}
+
+}  // namespace
+
+Status CertCreateCommand(const config::Config& cfg, const CertCreateOptions& opts, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string version;
+  Status st = CreateOrRenew(cfg, opts, "", io, &version);
+  Json props = {{"issuer", opts.issuer}};
+  if (!version.empty()) props["version"] = version;
+  audit.Record("CertificateCreate", st, props, opts.name, opts.vault);
+  return st;
+}
+
+Status CertRenewCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string version, previous;
+  Status st = [&]() -> Status {
+    if (!config::IsValidName(name))
+      return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+    VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+    VAULTP11_ASSIGN_OR_RETURN(std::string text, st->Policy(vault, name));
+    Json j = Json::parse(text, nullptr, false);
+    if (!j.is_object() || j.value("kind", "") != "certificate")
+      return Err(CKR_ARGUMENTS_BAD, "{} of {} has no certificate policy (made by `cert create`)", QuotePrintable(name),
+                 QuotePrintable(vault));
+    VAULTP11_ASSIGN_OR_RETURN(auto versions, st->VersionsOf(vault, name));
+    for (const auto& v : versions)
+      if (v.current) previous = v.version;
+    return CreateOrRenew(cfg, OptionsFromPolicy(vault, name, j), previous, io, &version);
+  }();
+  Json props = Json::object();
+  if (!version.empty()) props = {{"version", version}, {"previousVersion", previous}};
+  audit.Record("CertificateRenew", st, props, name, vault);
   return st;
 }
 

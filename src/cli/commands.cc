@@ -611,6 +611,24 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_import->add_option("name", import_opts.name, "Certificate name (1-127 of 0-9 a-z A-Z -)")->required();
     cert_import->add_option("--file", import_opts.file, "PEM or PKCS#12 file")->required();
     cert_import->add_option("--password-file", import_opts.password_file, "File whose first line is the password");
+    CertCreateOptions create_opts;
+    CLI::App* cert_create = cert_cmd->add_subcommand("create", "Issue a certificate with a new key (Self-signed or by a vault CA)");
+    cert_create->add_option("vault", create_opts.vault, "Vault")->required();
+    cert_create->add_option("name", create_opts.name, "Certificate name (1-127 of 0-9 a-z A-Z -)")->required();
+    cert_create->add_option("--subject", create_opts.subject, "Subject, e.g. CN=web.example,O=Example")->required();
+    cert_create->add_option("--san", create_opts.sans, "Subject alternative name DNS:x, email:x or URI:x (repeatable)");
+    cert_create->add_option("--eku", create_opts.ekus, "Extended key usage: serverAuth, clientAuth, codeSigning, ... (repeatable)");
+    cert_create->add_option("--key-usage", create_opts.key_usage, "Key usage: digitalSignature, keyEncipherment, ... (repeatable)");
+    cert_create->add_option("--validity-months", create_opts.validity_months, "Validity in months")->capture_default_str();
+    cert_create->add_option("--issuer", create_opts.issuer, "Self, or a CA certificate of the vault")->capture_default_str();
+    cert_create->add_option("--key", create_opts.key, "rsa:2048|3072|4096 or ec:P-256|P-384|P-521|secp256k1")->capture_default_str();
+    cert_create->add_flag("--hsm", create_opts.hsm, "Key in the vault's HSM (not in this version)");
+    cert_create->add_flag("--ca", create_opts.ca, "A CA certificate, to issue others");
+    cert_create->add_flag("--reuse-key", create_opts.reuse_key, "Renewals keep the key");
+    std::string renew_vault, renew_name;
+    CLI::App* cert_renew = cert_cmd->add_subcommand("renew", "Make a new version of a certificate under its policy");
+    cert_renew->add_option("vault", renew_vault, "Vault")->required();
+    cert_renew->add_option("name", renew_name, "Certificate name")->required();
     DeletedOptions deleted_opts;
     CLI::App* deleted_cmd = app.add_subcommand("deleted", "Work with a vault's or pool's soft-deleted items");
     deleted_cmd->require_subcommand(1);
@@ -708,6 +726,10 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = SecretListCommand(cfg.value(), slist_opts, io);
       } else if (secret_delete->parsed()) {
         st = SecretDeleteCommand(cfg.value(), del_vault, del_name, io);
+      } else if (cert_create->parsed()) {
+        st = CertCreateCommand(cfg.value(), create_opts, io);
+      } else if (cert_renew->parsed()) {
+        st = CertRenewCommand(cfg.value(), renew_vault, renew_name, io);
       } else if (cert_import->parsed()) {
         st = CertImportCommand(cfg.value(), import_opts, io);
       } else if (key_rotate->parsed()) {

@@ -122,6 +122,29 @@ struct CertImportOptions {
 // "CertificateImport".
 Status CertImportCommand(const config::Config& cfg, const CertImportOptions& opts, Io& io);
 
+struct CertCreateOptions {
+  std::string vault, name;
+  std::string subject;                 // "CN=a,O=b" or "/CN=a/O=b"
+  std::vector<std::string> sans;       // DNS:x, email:x, URI:x
+  std::vector<std::string> ekus;       // serverAuth, clientAuth, codeSigning, emailProtection, ... or OIDs
+  std::vector<std::string> key_usage;  // digitalSignature, keyEncipherment, ... (default: by --ca)
+  int validity_months = 12;
+  std::string issuer = "Self";         // Self, or a CA certificate item of the same vault
+  std::string key = "ec:P-256";        // rsa:2048|3072|4096, ec:P-256|P-384|P-521|secp256k1
+  bool hsm = false;                    // refused for now: software keys only
+  bool ca = false;                     // a CA certificate (basicConstraints CA:TRUE)
+  bool reuse_key = false;              // renewals keep the key
+};
+// `cert create <vault> <name> --subject DN [--san ...] [--eku ...] [--key-usage ...]
+// [--validity-months N] [--issuer Self|NAME] [--key rsa:2048|ec:P-256|...] [--ca] [--reuse-key]`:
+// a new key pair and its X.509 certificate (serial 16 random bytes, SKID, AKID under a named
+// issuer) as one version of the new certificate item; the policy is kept for renewals.
+// Audited as "CertificateCreate".
+Status CertCreateCommand(const config::Config& cfg, const CertCreateOptions& opts, Io& io);
+// `cert renew <vault> <name>`: a new version under the stored policy: a fresh key (the same key
+// with --reuse-key) and a new certificate; older versions stay. Audited as "CertificateRenew".
+Status CertRenewCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io);
+
 // The HSMs behind a pool, or behind a premium vault with an HSM (as a one-member pool); null
 // for other vaults. Unknown name: CKR_ARGUMENTS_BAD.
 Result<std::shared_ptr<pool::HsmPool>> HsmPoolFor(const config::Config& cfg, const std::string& name);

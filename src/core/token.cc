@@ -311,7 +311,7 @@ Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> Token::AddPair(std::shared
 }
 
 Result<std::vector<CK_OBJECT_HANDLE>> Token::AddVersion(const std::vector<std::shared_ptr<model::Object>>& objs,
-                                                        bool new_version) {
+                                                        bool new_version, std::string_view expect_current) {
   std::vector<model::Object*> raw;
   for (const auto& o : objs) {
     if (!o->is_token() || o->label() != objs.front()->label())
@@ -319,7 +319,7 @@ Result<std::vector<CK_OBJECT_HANDLE>> Token::AddVersion(const std::vector<std::s
     raw.push_back(o.get());
   }
   if (raw.empty()) return std::vector<CK_OBJECT_HANDLE>{};
-  VAULTP11_RETURN_IF_ERROR(Persist(raw, new_version));
+  VAULTP11_RETURN_IF_ERROR(Persist(raw, new_version, expect_current));
   std::unique_lock<std::shared_mutex> l(mu_);
   std::vector<CK_OBJECT_HANDLE> out;
   for (const auto& o : objs) out.push_back(InsertPersistedLocked(o));

@@ -76,7 +76,7 @@ class Token {
   // Adds the token objects of one item version (a key pair and its certificate, ...) in one
   // store transaction; returns their handles in order.
   Result<std::vector<CK_OBJECT_HANDLE>> AddVersion(const std::vector<std::shared_ptr<model::Object>>& objs,
-                                                   bool new_version);
+                                                   bool new_version, std::string_view expect_current = {});
   // Destroys the HSM objects behind an HSM-protected key (on every member for a pool key):
   // for a key being removed, or one made but never handed out.
   void DiscardHsmKey(const model::Object& obj) const;

@@ -34,7 +34,7 @@ p11_user -O --type cert --label web-chain-1 | grep -q '^Certificate Object' || f
 
 step "the imported key signs; openssl verifies with the certificate"
 head -c 300 /dev/urandom >"$WORK/data.bin"
-p11_user --sign --label web -m ECDSA-SHA256 --signature-format openssl -i "$WORK/data.bin" -o "$WORK/web.sig"
+p11_user --sign --id "$ids" -m ECDSA-SHA256 --signature-format openssl -i "$WORK/data.bin" -o "$WORK/web.sig"
 run openssl x509 -in "$WORK/web.pem" -pubkey -noout -out "$WORK/web.pub"
 run openssl dgst -sha256 -verify "$WORK/web.pub" -signature "$WORK/web.sig" "$WORK/data.bin"
 

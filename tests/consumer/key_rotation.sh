@@ -31,7 +31,7 @@ after=$(ask "version signer")
 [[ $(p11_user -O --type privkey --label signer | grep -c '^Private Key Object') == 1 ]] ||
   fail "the label must find one private key (the current version)"
 
-step "new signatures come from the new version; the old one still verifies"
+step "new signatures come from the new version (pkcs11-tool signs with the first private key a search finds: only current versions are found); the old one still verifies"
 export_pubkey signer "$WORK/v2.pem"
 cmp -s "$WORK/v1.pem" "$WORK/v2.pem" && fail "the rotated key has the old public key"
 p11_user --sign --label signer -m ECDSA-SHA256 --signature-format openssl -i "$WORK/data.bin" -o "$WORK/v2.sig"

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# `vaultp11 cert create` and `cert renew`: a vault CA (Self) issues a server certificate;
+# openssl checks the chain, SANs, key usage, EKU and validity; pkcs11-tool reads both from the
+# token and signs with the server key; Java sees the chain; a renewal is a new version with a
+# fresh key (the old one stays, by its CKA_ID) or, with --reuse-key, the same key; bad input is
+# refused with nothing stored.
+source "$(dirname "$0")/lib.sh"
+need pkcs11-tool keytool
+make_deployment
+cli() { run "$VAULTP11_CLI" --config "$CONF" "$@"; }
+cert_of() { p11 --read-object --type cert --label "$1" -o "$WORK/$1.der" && run openssl x509 -inform DER -in "$WORK/$1.der" -out "$WORK/$1.pem"; }
+
+step "a CA (Self) and a server certificate it issues"
+cli cert create payments vault-ca --subject "CN=Vault CA,O=vaultp11 tests" --ca --key ec:P-384 --validity-months 24
+cli cert create payments site --subject "CN=site.example,O=vaultp11 tests" --san DNS:site.example \
+  --san DNS:www.site.example --san email:ops@site.example --eku serverAuth --eku clientAuth \
+  --key-usage digitalSignature --key-usage keyEncipherment --issuer vault-ca --key rsa:2048 --validity-months 3
+cert_of vault-ca
+cert_of site
+
+step "openssl: chain, names, usages, validity"
+run openssl verify -CAfile "$WORK/vault-ca.pem" "$WORK/site.pem"
+text=$(run openssl x509 -in "$WORK/site.pem" -noout -text)
+for want in 'DNS:site.example, DNS:www.site.example, email:ops@site.example' 'TLS Web Server Authentication, TLS Web Client Authentication' \
+  'Digital Signature, Key Encipherment' 'CA:FALSE' 'Issuer: CN = Vault CA, O = vaultp11 tests' 'Subject: CN = site.example'; do
+  grep -qF "$want" <<<"$text" || fail "the server certificate lacks: $want"
+done
+grep -qF 'CA:TRUE' <<<"$(run openssl x509 -in "$WORK/vault-ca.pem" -noout -text)" || fail "the CA certificate is not a CA"
+end=$(run openssl x509 -in "$WORK/site.pem" -noout -enddate | cut -d= -f2)
+days=$(( ($(date -d "$end" +%s) - $(date +%s)) / 86400 ))
+((days >= 88 && days <= 93)) || fail "3 months of validity expected, got $days days"
+
+step "the server key signs; the certificate's key verifies"
+head -c 200 /dev/urandom >"$WORK/data.bin"
+# (pkcs11-tool picks a signing key by --id only: the label's current version's id)
+site_id=$(p11_user -O --type privkey | awk '/^ *label:/{l=$2} /^ *ID:/{if (l == "site") print $2}')
+p11_user --sign --id "$site_id" -m SHA256-RSA-PKCS -i "$WORK/data.bin" -o "$WORK/site.sig"
+run openssl x509 -in "$WORK/site.pem" -pubkey -noout -out "$WORK/site.pub"
+run openssl dgst -sha256 -verify "$WORK/site.pub" -signature "$WORK/site.sig" "$WORK/data.bin"
+
+step "Java sees the server key with its chain"
+printf 'name = vaultp11\nlibrary = %s\nslotListIndex = 0\n' "$VAULTP11_MODULE" >"$WORK/sunpkcs11.cfg"
+out=$(run keytool -list -v -keystore NONE -storetype PKCS11 -providerClass sun.security.pkcs11.SunPKCS11 \
+  -providerArg "$WORK/sunpkcs11.cfg" -storepass "$PIN" -alias site)
+grep -q 'Certificate chain length: 2' <<<"$out" || fail "keytool does not show site's chain of 2"
+
+step "renewal: a new version with a fresh key; the old version stays"
+old_id=$(p11_user -O --type cert | awk '/^ *label:/{l=$2} /^ *ID:/{if (l == "site") print $2}')
+cli cert renew payments site
+cert_of site
+mv "$WORK/site.pem" "$WORK/site2.pem"
+run openssl x509 -in "$WORK/site2.pem" -pubkey -noout -out "$WORK/site2.pub"
+cmp -s "$WORK/site.pub" "$WORK/site2.pub" && fail "the renewed certificate has the old key"
+run openssl verify -CAfile "$WORK/vault-ca.pem" "$WORK/site2.pem"
+p11 --read-object --type cert --id "$old_id" -o "$WORK/old.der" || fail "the old version is not found by its CKA_ID"
+run openssl x509 -inform DER -in "$WORK/old.der" -pubkey -noout -out "$WORK/old.pub"
+cmp "$WORK/site.pub" "$WORK/old.pub" || fail "the old version's certificate changed"
+
+step "--reuse-key: the renewal keeps the key"
+cli cert create payments api --subject "CN=api.example" --san DNS:api.example --reuse-key
+cert_of api && run openssl x509 -in "$WORK/api.pem" -pubkey -noout -out "$WORK/api1.pub"
+cli cert renew payments api
+cert_of api && run openssl x509 -in "$WORK/api.pem" -pubkey -noout -out "$WORK/api2.pub"
+cmp "$WORK/api1.pub" "$WORK/api2.pub" || fail "--reuse-key renewal changed the key"
+
+step "bad input: refused, nothing stored"
+before=$(p11_user -O | grep -c 'Object')
+for bad in "x1 --subject CN" "x2 --subject CN=x --san site.example" "x3 --subject CN=x --validity-months 0" \
+  "x4 --subject CN=x --issuer nowhere" "x5 --subject CN=x --issuer site" "x6 --subject CN=x --hsm" \
+  "x7 --subject CN=x --key rsa:1024" "site --subject CN=again" "x8 --subject CN=x --eku notAnEku"; do
+  # shellcheck disable=SC2086  # the options split on purpose
+  run_fails "$VAULTP11_CLI" --config "$CONF" cert create payments $bad
+done
+run_fails "$VAULTP11_CLI" --config "$CONF" cert renew payments nothing
+[[ $(p11_user -O | grep -c 'Object') == "$before" ]] || fail "a refused command stored objects"
+[[ $(grep -c '"operationName":"CertificateCreate"' "$WORK/audit.log") -ge 12 ]] || fail "CertificateCreate events missing"
+grep -q '"operationName":"CertificateRenew"' "$WORK/audit.log" || fail "no CertificateRenew event"
+pass
