@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "cli/audit_trail.h"
@@ -295,7 +296,9 @@ Result<X509_NAME*> ParseSubject(const std::string& dn) {
 Json PolicyJsonOf(const CertCreateOptions& o) {
   return {{"kind", "certificate"}, {"subject", o.subject}, {"sans", o.sans},     {"ekus", o.ekus},
           {"keyUsage", o.key_usage}, {"validityMonths", o.validity_months},    {"issuer", o.issuer},
-          {"key", o.key},           {"ca", o.ca},         {"reuseKey", o.reuse_key}};
+          {"key", o.key},           {"ca", o.ca},         {"reuseKey", o.reuse_key},
+          {"lifetimeAction", o.lifetime_action}, {"lifetimePercentage", o.lifetime_percentage},
+          {"daysBeforeExpiry", o.days_before_expiry}};
 }
 
 CertCreateOptions OptionsFromPolicy(const std::string& vault, const std::string& name, const Json& j) {
@@ -311,6 +314,9 @@ CertCreateOptions OptionsFromPolicy(const std::string& vault, const std::string&
   o.key = j.value("key", "ec:P-256");
   o.ca = j.value("ca", false);
   o.reuse_key = j.value("reuseKey", false);
+  o.lifetime_action = j.value("lifetimeAction", "auto-renew");
+  o.lifetime_percentage = j.value("lifetimePercentage", 0);
+  o.days_before_expiry = j.value("daysBeforeExpiry", 0);
   return o;
 }
 
@@ -414,6 +420,17 @@ Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, cons
   if (o.validity_months < 1 || o.validity_months > 1200)
     return Err(CKR_ARGUMENTS_BAD, "--validity-months must be from 1 to 1200, got {}", o.validity_months);
   if (o.hsm) return Err(CKR_ARGUMENTS_BAD, "certificates with HSM keys are not issued by this version (software keys only)");
+  if (o.lifetime_action != "auto-renew" && o.lifetime_action != "notify")
+    return Err(CKR_ARGUMENTS_BAD, "--lifetime-action must be auto-renew or notify");
+  if (o.lifetime_percentage != 0 && o.days_before_expiry != 0)
+    return Err(CKR_ARGUMENTS_BAD, "give --lifetime-percentage or --days-before-expiry, not both");
+  if (o.lifetime_percentage < 0 || o.lifetime_percentage > 99)
+    return Err(CKR_ARGUMENTS_BAD, "--lifetime-percentage must be from 1 to 99");
+  if (o.days_before_expiry < 0 || o.days_before_expiry > 36500)
+    return Err(CKR_ARGUMENTS_BAD, "--days-before-expiry must be from 1 to 36500");
+  if (o.days_before_expiry >= o.validity_months * 28)
+    return Err(CKR_ARGUMENTS_BAD, "--days-before-expiry ({}) is not shorter than the validity ({} months)",
+               o.days_before_expiry, o.validity_months);
   for (const std::string& san : o.sans)
     if (!(san.rfind("DNS:", 0) == 0 || san.rfind("email:", 0) == 0 || san.rfind("URI:", 0) == 0) || san.find(',') != std::string::npos)
       return Err(CKR_ARGUMENTS_BAD, "--san {} must be DNS:name, email:address or URI:uri", QuotePrintable(san, 200));
@@ -517,6 +534,75 @@ Status CertRenewCommand(const config::Config& cfg, const std::string& vault, con
   if (!version.empty()) props = {{"version", version}, {"previousVersion", previous}};
   audit.Record("CertificateRenew", st, props, name, vault);
   return st;
+}
+
+bool LifetimeActionDue(const CertCreateOptions& p, int64_t not_before, int64_t not_after, int64_t now) {
+  if (not_after <= not_before) return false;
+  if (p.days_before_expiry > 0) return now >= not_after - int64_t{p.days_before_expiry} * 86400;
+  const int pct = p.lifetime_percentage > 0 ? p.lifetime_percentage : 80;
+  return now >= not_before + (not_after - not_before) * pct / 100;
+}
+
+Status RunCertificateLifetimeActions(const config::Config& cfg, const std::string& vault, int64_t now, Io& io,
+                                     size_t* renewed, size_t* notified) {
+  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+  VAULTP11_ASSIGN_OR_RETURN(auto policies, st->Policies(vault));
+  VAULTP11_ASSIGN_OR_RETURN(auto records, st->LoadVault(vault));
+  Status last = OkStatus();
+  for (const auto& [name, text] : policies) {
+    Json j = Json::parse(text, nullptr, false);
+    if (!j.is_object() || j.value("kind", "") != "certificate") continue;
+    const CertCreateOptions p = OptionsFromPolicy(vault, name, j);
+    // The current version's certificate: the newest row of the item.
+    const store::ObjectRecord* cur = nullptr;
+    for (const auto& r : records)
+      if (r.label == name && r.object_class == CKO_CERTIFICATE && (cur == nullptr || r.id > cur->id)) cur = &r;
+    if (cur == nullptr) continue;
+    auto attrs = model::AttributeMap::Deserialize(cur->attributes);
+    if (!attrs.ok() || attrs->Get(CKA_VALUE) == nullptr) continue;
+    auto x = ParseDer(*attrs->Get(CKA_VALUE));
+    if (!x.ok()) continue;
+    int64_t nb = 0, na = 0;
+    {
+      std::tm t{};
+      if (ASN1_TIME_to_tm(X509_get0_notBefore(x->get()), &t) == 1) nb = timegm(&t);
+      if (ASN1_TIME_to_tm(X509_get0_notAfter(x->get()), &t) == 1) na = timegm(&t);
+    }
+    if (!LifetimeActionDue(p, nb, na, now)) continue;
+    if (p.lifetime_action == "notify") {
+      VAULTP11_ASSIGN_OR_RETURN(bool first, st->ClaimNotice(vault, name, cur->version, "lifetime"));
+      if (!first) continue;
+      ++*notified;
+      io.out << fmt::format("notify: certificate {} of {} version {} expires {}\n", QuotePrintable(name), vault,
+                            cur->version, UtcTimeString(na));
+      VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+      audit.Record("CertificateNearExpiry", OkStatus(), {{"version", cur->version}, {"expires", UtcTimeString(na)}}, name, vault);
+      continue;
+    }
+    VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+    std::string version;
+    std::ostringstream quiet;
+    Io sub{io.in, quiet, io.err, false};
+    Status s = CreateOrRenew(cfg, p, cur->version, sub, &version);
+    if (!s.ok() && s.rv() == CKR_FUNCTION_REJECTED) {
+      io.out << fmt::format("certificate {} of {}: renewed by another run meanwhile\n", QuotePrintable(name), vault);
+      continue;
+    }
+    audit.Record("CertificateRenew", s,
+                 s.ok() ? Json{{"version", version}, {"previousVersion", cur->version}, {"trigger", "lifetime"}}
+                        : Json{{"trigger", "lifetime"}},
+                 name, vault);
+    if (!s.ok()) {
+      io.err << fmt::format("vaultp11: renewing certificate {} of {} failed: {}\n", QuotePrintable(name), vault,
+                            s.error().message);
+      last = s;
+      continue;
+    }
+    ++*renewed;
+    io.out << fmt::format("renewed: certificate {} of {}: version {} is current (was {})\n", QuotePrintable(name), vault,
+                          version, cur->version);
+  }
+  return last;
 }
 
 }  // namespace vaultp11::cli

@@ -625,6 +625,10 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_create->add_flag("--hsm", create_opts.hsm, "Key in the vault's HSM (not in this version)");
     cert_create->add_flag("--ca", create_opts.ca, "A CA certificate, to issue others");
     cert_create->add_flag("--reuse-key", create_opts.reuse_key, "Renewals keep the key");
+    cert_create->add_option("--lifetime-action", create_opts.lifetime_action, "auto-renew or notify (by lifecycle run)")
+        ->capture_default_str();
+    cert_create->add_option("--lifetime-percentage", create_opts.lifetime_percentage, "Act at this percentage of the lifetime (default 80)");
+    cert_create->add_option("--days-before-expiry", create_opts.days_before_expiry, "Act this many days before expiry");
     std::string renew_vault, renew_name;
     CLI::App* cert_renew = cert_cmd->add_subcommand("renew", "Make a new version of a certificate under its policy");
     cert_renew->add_option("vault", renew_vault, "Vault")->required();

@@ -134,7 +134,19 @@ struct CertCreateOptions {
   bool hsm = false;                    // refused for now: software keys only
   bool ca = false;                     // a CA certificate (basicConstraints CA:TRUE)
   bool reuse_key = false;              // renewals keep the key
+  // Lifetime action, applied by `lifecycle run`: "auto-renew" (default) or "notify", at a
+  // percentage of the lifetime (default 80) or a number of days before expiry.
+  std::string lifetime_action = "auto-renew";
+  int lifetime_percentage = 0;  // 1..99; 0 with days_before_expiry 0: 80
+  int days_before_expiry = 0;   // 1..36500
 };
+// Whether a certificate valid from `not_before` to `not_after` is due for its lifetime action
+// at `now` (percentage of the lifetime passed, or within the days before expiry).
+bool LifetimeActionDue(const CertCreateOptions& policy, int64_t not_before, int64_t not_after, int64_t now);
+// `lifecycle run`'s part for certificates: renews (auto-renew) or notifies (notify, once per
+// version) each due certificate item of `vault`; returns how many of each.
+Status RunCertificateLifetimeActions(const config::Config& cfg, const std::string& vault, int64_t now, Io& io,
+                                     size_t* renewed, size_t* notified);
 // `cert create <vault> <name> --subject DN [--san ...] [--eku ...] [--key-usage ...]
 // [--validity-months N] [--issuer Self|NAME] [--key rsa:2048|ec:P-256|...] [--ca] [--reuse-key]`:
 // a new key pair and its X.509 certificate (serial 16 random bytes, SKID, AKID under a named

@@ -265,9 +265,13 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
   VAULTP11_ASSIGN_OR_RETURN(auto provider, OpenProvider(cfg));
   VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
   Status last = OkStatus();
-  size_t rotated = 0, notified = 0, purged = 0;
+  size_t rotated = 0, notified = 0, purged = 0, renewed = 0;
   for (const auto& token : provider->tokens()) {
     const std::string where = token->name();
+    if (!token->is_pool()) {
+      Status s = RunCertificateLifetimeActions(cfg, where, now, io, &renewed, &notified);
+      if (!s.ok()) last = s;
+    }
     VAULTP11_ASSIGN_OR_RETURN(auto policies, st->Policies(where));
     for (const auto& [name, text] : policies) {
       const RotationPolicy p = PolicyFrom(text);
@@ -333,7 +337,8 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
       }
     }
   }
-  io.out << fmt::format("lifecycle run at {}: {} rotated, {} notified, {} purged\n", UtcTimeString(now), rotated, notified, purged);
+  io.out << fmt::format("lifecycle run at {}: {} rotated, {} renewed, {} notified, {} purged\n", UtcTimeString(now), rotated,
+                        renewed, notified, purged);
   return last;
 }
 

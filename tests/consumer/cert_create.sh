@@ -63,16 +63,40 @@ cli cert renew payments api
 cert_of api && run openssl x509 -in "$WORK/api.pem" -pubkey -noout -out "$WORK/api2.pub"
 cmp "$WORK/api1.pub" "$WORK/api2.pub" || fail "--reuse-key renewal changed the key"
 
+step "lifecycle run renews a certificate at 80% of its lifetime (auto-renew, the default)"
+cli cert create payments short --subject "CN=short.example" --issuer vault-ca --validity-months 1
+cli lifecycle run | grep -q "0 renewed" || fail "renewed before 80% of the lifetime"
+out=$(cli lifecycle run --at "$(date -u -d '+26 days' +%Y-%m-%d)")
+echo "$out"
+grep -q '^renewed: certificate "short"' <<<"$out" || fail "short was not renewed at 80% of its lifetime"
+cert_of short
+run openssl verify -CAfile "$WORK/vault-ca.pem" "$WORK/short.pem"
+
+step "notify instead of renew: two runs at once give one notice, and no new version"
+cli cert create payments watch --subject "CN=watch.example" --validity-months 2 --lifetime-action notify --days-before-expiry 20
+at=$(date -u -d '+45 days' +%Y-%m-%d)
+"$VAULTP11_CLI" --config "$CONF" lifecycle run --at "$at" >"$WORK/w1.out" 2>&1 &
+w1=$!
+"$VAULTP11_CLI" --config "$CONF" lifecycle run --at "$at" >"$WORK/w2.out" 2>&1 &
+w2=$!
+wait "$w1" || fail "lifecycle run failed: $(cat "$WORK/w1.out")"
+wait "$w2" || fail "lifecycle run failed: $(cat "$WORK/w2.out")"
+[[ $(cat "$WORK/w1.out" "$WORK/w2.out" | grep -c '^notify: certificate "watch"') == 1 ]] || fail "expected one notice for watch"
+grep -q '"operationName":"CertificateNearExpiry"' "$WORK/audit.log" || fail "no CertificateNearExpiry event"
+[[ $("$VAULTP11_CLI" --config "$CONF" list --json | grep -c '"label": "watch"') == 3 ]] || fail "notify made a new version"
+
 step "bad input: refused, nothing stored"
 before=$(p11_user -O | grep -c 'Object')
 for bad in "x1 --subject CN" "x2 --subject CN=x --san site.example" "x3 --subject CN=x --validity-months 0" \
   "x4 --subject CN=x --issuer nowhere" "x5 --subject CN=x --issuer site" "x6 --subject CN=x --hsm" \
-  "x7 --subject CN=x --key rsa:1024" "site --subject CN=again" "x8 --subject CN=x --eku notAnEku"; do
+  "x7 --subject CN=x --key rsa:1024" "site --subject CN=again" "x8 --subject CN=x --eku notAnEku" \
+  "x9 --subject CN=x --lifetime-action wait" "x10 --subject CN=x --lifetime-percentage 80 --days-before-expiry 5" \
+  "x11 --subject CN=x --validity-months 1 --days-before-expiry 40"; do
   # shellcheck disable=SC2086  # the options split on purpose
   run_fails "$VAULTP11_CLI" --config "$CONF" cert create payments $bad
 done
 run_fails "$VAULTP11_CLI" --config "$CONF" cert renew payments nothing
 [[ $(p11_user -O | grep -c 'Object') == "$before" ]] || fail "a refused command stored objects"
-[[ $(grep -c '"operationName":"CertificateCreate"' "$WORK/audit.log") -ge 12 ]] || fail "CertificateCreate events missing"
+[[ $(grep -c '"operationName":"CertificateCreate"' "$WORK/audit.log") -ge 17 ]] || fail "CertificateCreate events missing"
 grep -q '"operationName":"CertificateRenew"' "$WORK/audit.log" || fail "no CertificateRenew event"
 pass

@@ -53,7 +53,7 @@ cli key policy payments signer | grep -q "rotate 30 days after creation, notify 
   fail "key policy does not show the policy"
 
 step "lifecycle run now: nothing is due"
-cli lifecycle run | grep -q "0 rotated, 0 notified, 0 purged" || fail "lifecycle run did something"
+cli lifecycle run | grep -q "0 rotated, 0 renewed, 0 notified, 0 purged" || fail "lifecycle run did something"
 
 # race2 NAME [ARGS...]: two `lifecycle run`s at once; their outputs in $WORK/NAME-1.out, -2.out.
 race2() {
@@ -77,14 +77,14 @@ versions=$("$VAULTP11_CLI" --config "$CONF" list --json | grep -c '"label": "sig
 [[ $versions == 6 ]] || fail "expected 3 versions (6 objects) of signer, got $versions objects"
 third=$(ask "version signer")
 [[ $third != "$after" ]] || fail "the running process did not pick up the policy's rotation"
-cli lifecycle run | grep -q "0 rotated, 0 notified" || fail "a later run rotated again"
+cli lifecycle run | grep -q "0 rotated, 0 renewed, 0 notified" || fail "a later run rotated again"
 
 step "near expiry (340 days on, notice only): two runs at once notify once; a later run does not"
 cli key policy payments signer --notify-before-expiry 30d --expiry 365d
 at=$(date -u -d '+340 days' +%Y-%m-%d)
 race2 notify --at "$at"
 [[ $(cat "$WORK/notify-1.out" "$WORK/notify-2.out" | grep -c '^notify: ') == 1 ]] || fail "expected exactly one notice"
-cli lifecycle run --at "$at" | grep -q "0 rotated, 0 notified" || fail "a later run notified again"
+cli lifecycle run --at "$at" | grep -q "0 rotated, 0 renewed, 0 notified" || fail "a later run notified again"
 grep -q '"operationName":"KeyNearExpiry"' "$WORK/audit.log" || fail "no KeyNearExpiry event in the audit log"
 [[ $(grep -c '"operationName":"KeyRotate"' "$WORK/audit.log") -ge 2 ]] || fail "KeyRotate events missing"
 
