@@ -11,6 +11,7 @@
 #include <openssl/x509v3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -86,30 +87,23 @@ Result<Bundle> ParseBundle(const SecureBytes& data, const SecureString& password
   Bundle b;
   std::unique_ptr<BIO, BioFree> bio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
   if (!bio) return Err(CKR_HOST_MEMORY, "out of memory");
-  const std::string_view head(reinterpret_cast<const char*>(data.data()), std::min<size_t>(data.size(), 64));
-  if (head.find("-----BEGIN") != std::string_view::npos) {
-    // PEM: every certificate and the (one) private key, in any order.
+  const std::string_view all(reinterpret_cast<const char*>(data.data()), data.size());
+  if (all.find("-----BEGIN ") != std::string_view::npos) {
+    // PEM: every certificate, and the private key (OpenSSL skips the other blocks, reads legacy
+    // encrypted keys, and keeps key bytes in its secure heap).
     for (;;) {
-      char* name = nullptr;
-      char* header = nullptr;
-      unsigned char* body = nullptr;
-      long len = 0;
-      if (PEM_read_bio(bio.get(), &name, &header, &body, &len) != 1) break;
-      std::string type = name;
-      OPENSSL_free(name);
-      OPENSSL_free(header);
-      std::unique_ptr<BIO, BioFree> one(BIO_new(BIO_s_mem()));
-      bool ok = one && PEM_write_bio(one.get(), type.c_str(), "", body, len) == 1;
-      OPENSSL_clear_free(body, static_cast<size_t>(len));
-      if (!ok) return Err(CKR_HOST_MEMORY, "out of memory");
-      if (type == "CERTIFICATE") {
-        X509Ptr c(PEM_read_bio_X509(one.get(), nullptr, nullptr, nullptr));
-        if (!c) return Err(CKR_ARGUMENTS_BAD, "{}: a certificate that cannot be read", file);
-        b.certs.push_back(std::move(c));
-      } else if (type.find("PRIVATE KEY") != std::string::npos) {
-        if (b.key) return Err(CKR_ARGUMENTS_BAD, "{} holds more than one private key", file);
-        b.key.reset(PEM_read_bio_PrivateKey(one.get(), nullptr, PasswordCallback, const_cast<SecureString*>(&password)));
-        if (!b.key) return Err(CKR_ARGUMENTS_BAD, "{}: the private key cannot be read (wrong password?)", file);
+      X509Ptr c(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+      if (!c) break;
+      b.certs.push_back(std::move(c));
+    }
+    ERR_clear_error();
+    std::unique_ptr<BIO, BioFree> again(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
+    if (!again) return Err(CKR_HOST_MEMORY, "out of memory");
+    if (all.find("PRIVATE KEY-----") != std::string_view::npos) {
+      b.key.reset(PEM_read_bio_PrivateKey(again.get(), nullptr, PasswordCallback, const_cast<SecureString*>(&password)));
+      if (!b.key) {
+        ERR_clear_error();
+        return Err(CKR_ARGUMENTS_BAD, "{}: the private key cannot be read (wrong password?)", file);
       }
     }
     ERR_clear_error();
@@ -164,8 +158,8 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
   SecureString password;
   if (!o.password_file.empty()) {
     VAULTP11_ASSIGN_OR_RETURN(SecureBytes pw, ReadFileLimited(o.password_file, 4096));
-    password.assign(pw.begin(), pw.end());
-    while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) password.pop_back();
+    auto eol = std::find_if(pw.begin(), pw.end(), [](uint8_t c) { return c == '\n' || c == '\r'; });
+    password.assign(pw.begin(), eol);  // the first line
   } else if (io.interactive) {
     VAULTP11_ASSIGN_OR_RETURN(password, PromptSecret(io, "Password of " + o.file));
   }
@@ -205,6 +199,10 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
   // A new version when the name is a certificate already; refused when it is a key or secret.
   VAULTP11_RETURN_IF_ERROR(token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/true).status());
   *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
+  {  // An imported certificate is managed from outside: a `cert create` policy no longer applies.
+    VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+    VAULTP11_RETURN_IF_ERROR(st->SetPolicy(o.vault, o.name, ""));
+  }
   // The issuers, each an item of its own (named <name>-chain-<n>) unless the vault has it.
   for (size_t i = 0; i < b.certs.size(); ++i) {
     if (i == leaf) continue;
@@ -213,11 +211,18 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
     find.SetUlong(CKA_CLASS, CKO_CERTIFICATE);
     find.Set(CKA_VALUE, der);
     if (!token->Find(find).empty()) continue;
-    const std::string label = fmt::format("{}-chain-{}", o.name.substr(0, 110), ++*chain);
-    VAULTP11_ASSIGN_OR_RETURN(auto ca, CertObject(label, der));
-    auto added = token->AddVersion({ca}, /*new_version=*/true);
-    if (!added.ok())
-      io.err << fmt::format("vaultp11: issuer certificate {} not stored: {}\n", label, added.error().message);
+    // The first free name <name>-chain-N (an issuer never becomes a version of another item).
+    Status stored = Err(CKR_FUNCTION_FAILED, "no free name for an issuer certificate of {}", o.name);
+    for (int n = 1; n <= 100 && !stored.ok(); ++n) {
+      const std::string label = fmt::format("{}-chain-{}", o.name.substr(0, 110), n);
+      VAULTP11_ASSIGN_OR_RETURN(auto ca, CertObject(label, der));
+      stored = token->AddVersion({ca}, /*new_version=*/false).status();
+      if (!stored.ok() && stored.rv() != CKR_ATTRIBUTE_VALUE_INVALID) break;  // not a name clash
+    }
+    if (!stored.ok())
+      return Err(stored.rv(), "the certificate was imported (version {}) but an issuer certificate was not: {}", *version,
+                 stored.error().message);
+    ++*chain;
   }
   io.out << fmt::format("certificate {} imported into vault {}: version {} (key {}), {} issuer certificate{} added\n",
                         QuotePrintable(o.name), QuotePrintable(o.vault), *version,
@@ -374,8 +379,13 @@ Result<Bytes> MakeCertificate(const CertCreateOptions& o, EVP_PKEY* subject_key,
   if (!o.ekus.empty()) VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_ext_key_usage, Join(o.ekus)));
   if (!o.sans.empty()) VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_subject_alt_name, Join(o.sans)));
   VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_subject_key_identifier, "hash"));
-  if (issuer_cert != nullptr) VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
-  if (X509_sign(x.get(), issuer_key, EVP_sha256()) <= 0) {
+  if (issuer_cert != nullptr)
+    VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_authority_key_identifier,
+                                    X509_get0_subject_key_id(issuer_cert) != nullptr ? "keyid:always" : "issuer:always"));
+  // The digest matches the issuer's key: SHA-384 for P-384, SHA-512 for P-521, else SHA-256.
+  const int bits = EVP_PKEY_get_bits(issuer_key);
+  const EVP_MD* md = !EVP_PKEY_is_a(issuer_key, "EC") || bits <= 256 ? EVP_sha256() : bits <= 384 ? EVP_sha384() : EVP_sha512();
+  if (X509_sign(x.get(), issuer_key, md) <= 0) {
     ERR_clear_error();
     return Err(CKR_FUNCTION_FAILED, "signing the certificate failed");
   }
@@ -456,6 +466,12 @@ Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, cons
     VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentCert(*token, o.name));
     VAULTP11_ASSIGN_OR_RETURN(auto secret, cur.priv->material->Secret());
     VAULTP11_ASSIGN_OR_RETURN(kp, model::ImportKeyPair(pt, vt, *secret));
+    // The same key: its history (made here, never extractable) carries over.
+    for (CK_ATTRIBUTE_TYPE t : {CKA_LOCAL, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, CKA_KEY_GEN_MECHANISM})
+      if (const Bytes* v = cur.priv->attrs.Get(t)) {
+        kp.private_key->attrs.Set(t, *v);
+        if (t == CKA_LOCAL || t == CKA_KEY_GEN_MECHANISM) kp.public_key->attrs.Set(t, *v);
+      }
   } else if (o.key.rfind("rsa:", 0) == 0) {
     const std::string bits = o.key.substr(4);
     if (bits != "2048" && bits != "3072" && bits != "4096")
@@ -489,13 +505,20 @@ Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, cons
   VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, der));
   VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
   if (expect.empty()) {
-    // A new item: the name must be free (not a key, secret or deleted item).
-    VAULTP11_RETURN_IF_ERROR(token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/false).status());
+    // A new item: the name must be free (not a key, secret or deleted item). Its policy is
+    // written first, and taken back when the item cannot be made.
+    VAULTP11_ASSIGN_OR_RETURN(std::string existing, st->Policy(o.vault, o.name));
+    if (!existing.empty()) return Err(CKR_ARGUMENTS_BAD, "{} has a policy already: renew it instead", QuotePrintable(o.name));
+    VAULTP11_RETURN_IF_ERROR(st->SetPolicy(o.vault, o.name, PolicyJsonOf(o).dump()));
+    auto added = token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/false);
+    if (!added.ok()) {
+      (void)st->SetPolicy(o.vault, o.name, "");
+      return added.status();
+    }
   } else {
     VAULTP11_RETURN_IF_ERROR(token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/true, expect).status());
   }
   *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
-  VAULTP11_RETURN_IF_ERROR(st->SetPolicy(o.vault, o.name, PolicyJsonOf(o).dump()));
   io.out << fmt::format("certificate {} of vault {}: version {} ({}, issuer {}, {} months)\n", QuotePrintable(o.name),
                         QuotePrintable(o.vault), *version, o.key, o.issuer, o.validity_months);
   return OkStatus();
@@ -548,6 +571,7 @@ Status RunCertificateLifetimeActions(const config::Config& cfg, const std::strin
   VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
   VAULTP11_ASSIGN_OR_RETURN(auto policies, st->Policies(vault));
   VAULTP11_ASSIGN_OR_RETURN(auto records, st->LoadVault(vault));
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
   Status last = OkStatus();
   for (const auto& [name, text] : policies) {
     Json j = Json::parse(text, nullptr, false);
@@ -575,11 +599,9 @@ Status RunCertificateLifetimeActions(const config::Config& cfg, const std::strin
       ++*notified;
       io.out << fmt::format("notify: certificate {} of {} version {} expires {}\n", QuotePrintable(name), vault,
                             cur->version, UtcTimeString(na));
-      VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
       audit.Record("CertificateNearExpiry", OkStatus(), {{"version", cur->version}, {"expires", UtcTimeString(na)}}, name, vault);
       continue;
     }
-    VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
     std::string version;
     std::ostringstream quiet;
     Io sub{io.in, quiet, io.err, false};

@@ -49,6 +49,16 @@ out=$(cli cert import payments web --file "$WORK/web.p12" --password-file "$WORK
 grep -q '0 issuer certificates added' <<<"$out" || fail "the CA was stored again: $out"
 [[ $(p11_user -O --type cert | grep -c 'label: *web$') == 1 ]] || fail "the label must find one version of web"
 
+step "PEM forms: openssl pkcs12 -nodes output (bag attributes first), and a legacy encrypted key"
+run openssl pkcs12 -in "$WORK/web.p12" -passin "file:$WORK/p12.pw" -nodes -out "$WORK/bags.pem"
+head -c 10 "$WORK/bags.pem" | grep -q 'Bag' || fail "expected bag attributes before the first PEM block"
+cli cert import payments web-bags --file "$WORK/bags.pem" | grep -q '0 issuer certificates added' || fail "bags.pem import"
+printf 'legacy-pw\n' >"$WORK/legacy.pw"
+run openssl pkey -in "$WORK/web.key" -aes256 -traditional -passout "file:$WORK/legacy.pw" -out "$WORK/legacy.key"
+grep -q 'DEK-Info' "$WORK/legacy.key" || fail "expected a legacy encrypted PEM key"
+cat "$WORK/web.pem" "$WORK/legacy.key" >"$WORK/legacy.pem"
+cli cert import payments web-legacy --file "$WORK/legacy.pem" --password-file "$WORK/legacy.pw"
+
 step "bad files are refused, nothing stored"
 run openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/other.key"
 cat "$WORK/web.pem" "$WORK/other.key" >"$WORK/mismatch.pem"
@@ -60,6 +70,6 @@ p11_user --keypairgen --key-type EC:prime256v1 --label taken
 run_fails "$VAULTP11_CLI" --config "$CONF" cert import payments taken --file "$WORK/web.p12" --password-file "$WORK/p12.pw"
 objs=$(p11_user -O)
 grep -q 'label: *\(mismatch\|wrongpw\|nokey\)$' <<<"$objs" && fail "a refused import left objects behind"
-[[ $(grep -c '^Certificate Object' <<<"$objs") == 2 ]] || fail "a refused import stored a certificate"
+[[ $(grep -c '^Certificate Object' <<<"$objs") == 4 ]] || fail "a refused import stored a certificate"
 grep -q '"operationName":"CertificateImport"' "$WORK/audit.log" || fail "no CertificateImport event"
 pass

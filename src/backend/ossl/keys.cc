@@ -646,7 +646,7 @@ Result<CertFields> ParseCertificate(std::span<const uint8_t> der) {
   VAULTP11_ASSIGN_OR_RETURN(f.subject, encode(X509_get_subject_name(cert.get()), i2d_X509_NAME));
   VAULTP11_ASSIGN_OR_RETURN(f.issuer, encode(X509_get_issuer_name(cert.get()), i2d_X509_NAME));
   VAULTP11_ASSIGN_OR_RETURN(f.serial, encode(X509_get0_serialNumber(cert.get()), i2d_ASN1_INTEGER));
-  VAULTP11_ASSIGN_OR_RETURN(f.public_key_info, encode(X509_get0_pubkey(cert.get()), i2d_PUBKEY));
+  VAULTP11_ASSIGN_OR_RETURN(f.public_key_info, encode(X509_get_X509_PUBKEY(cert.get()), i2d_X509_PUBKEY));
   unsigned char md[SHA_DIGEST_LENGTH];
   SHA1(der.data(), der.size(), md);
   f.check_value.assign(md, md + 3);
