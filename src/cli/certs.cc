@@ -129,6 +129,18 @@ Result<Bundle> ParseBundle(const SecureBytes& data, const SecureString& password
   return b;
 }
 
+// The templates of a certificate's key pair: token objects named like the certificate; the
+// private key sensitive and not extractable.
+void CertKeyTemplates(const std::string& name, AttributeMap& pt, AttributeMap& vt) {
+  for (AttributeMap* t : {&pt, &vt}) {
+    t->SetBool(CKA_TOKEN, true);
+    t->SetString(CKA_LABEL, name);
+  }
+  vt.SetBool(CKA_PRIVATE, true);
+  vt.SetBool(CKA_SENSITIVE, true);
+  vt.SetBool(CKA_EXTRACTABLE, false);
+}
+
 Result<Bytes> Der(X509* x) {
   int n = i2d_X509(x, nullptr);
   if (n <= 0) return Err(CKR_ARGUMENTS_BAD, "a certificate cannot be encoded");
@@ -180,13 +192,7 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
   SecureBytes pkcs8(reinterpret_cast<const uint8_t*>(buf->data), reinterpret_cast<const uint8_t*>(buf->data) + buf->length);
 
   AttributeMap pt, vt;
-  for (AttributeMap* t : {&pt, &vt}) {
-    t->SetBool(CKA_TOKEN, true);
-    t->SetString(CKA_LABEL, o.name);
-  }
-  vt.SetBool(CKA_PRIVATE, true);
-  vt.SetBool(CKA_SENSITIVE, true);
-  vt.SetBool(CKA_EXTRACTABLE, false);
+  CertKeyTemplates(o.name, pt, vt);
   VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, model::ImportKeyPair(pt, vt, pkcs8));
   VAULTP11_ASSIGN_OR_RETURN(Bytes leaf_der, Der(b.certs[leaf].get()));
   VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, leaf_der));
@@ -454,13 +460,7 @@ Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, cons
 
   // The key: a fresh pair (or the current one's for a renewal with reuse).
   AttributeMap pt, vt;
-  for (AttributeMap* t : {&pt, &vt}) {
-    t->SetBool(CKA_TOKEN, true);
-    t->SetString(CKA_LABEL, o.name);
-  }
-  vt.SetBool(CKA_PRIVATE, true);
-  vt.SetBool(CKA_SENSITIVE, true);
-  vt.SetBool(CKA_EXTRACTABLE, false);
+  CertKeyTemplates(o.name, pt, vt);
   model::KeyPair kp;
   if (!expect.empty() && o.reuse_key) {
     VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentCert(*token, o.name));

@@ -33,19 +33,17 @@ days=$(( ($(date -d "$end" +%s) - $(date +%s)) / 86400 ))
 step "the server key signs; the certificate's key verifies"
 head -c 200 /dev/urandom >"$WORK/data.bin"
 # (pkcs11-tool picks a signing key by --id only: the label's current version's id)
-site_id=$(p11_user -O --type privkey | awk '/^ *label:/{l=$2} /^ *ID:/{if (l == "site") print $2}')
+site_id=$(id_of privkey site)
 p11_user --sign --id "$site_id" -m SHA256-RSA-PKCS -i "$WORK/data.bin" -o "$WORK/site.sig"
 run openssl x509 -in "$WORK/site.pem" -pubkey -noout -out "$WORK/site.pub"
 run openssl dgst -sha256 -verify "$WORK/site.pub" -signature "$WORK/site.sig" "$WORK/data.bin"
 
 step "Java sees the server key with its chain"
-printf 'name = vaultp11\nlibrary = %s\nslotListIndex = 0\n' "$VAULTP11_MODULE" >"$WORK/sunpkcs11.cfg"
-out=$(run keytool -list -v -keystore NONE -storetype PKCS11 -providerClass sun.security.pkcs11.SunPKCS11 \
-  -providerArg "$WORK/sunpkcs11.cfg" -storepass "$PIN" -alias site)
+out=$(keytool_pkcs11 -list -v -alias site)
 grep -q 'Certificate chain length: 2' <<<"$out" || fail "keytool does not show site's chain of 2"
 
 step "renewal: a new version with a fresh key; the old version stays"
-old_id=$(p11_user -O --type cert | awk '/^ *label:/{l=$2} /^ *ID:/{if (l == "site") print $2}')
+old_id=$(id_of cert site)
 cli cert renew payments site
 cert_of site
 mv "$WORK/site.pem" "$WORK/site2.pem"

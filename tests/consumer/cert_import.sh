@@ -39,9 +39,7 @@ run openssl x509 -in "$WORK/web.pem" -pubkey -noout -out "$WORK/web.pub"
 run openssl dgst -sha256 -verify "$WORK/web.pub" -signature "$WORK/web.sig" "$WORK/data.bin"
 
 step "Java sees the key with its chain"
-printf 'name = vaultp11\nlibrary = %s\nslotListIndex = 0\n' "$VAULTP11_MODULE" >"$WORK/sunpkcs11.cfg"
-out=$(run keytool -list -v -keystore NONE -storetype PKCS11 -providerClass sun.security.pkcs11.SunPKCS11 \
-  -providerArg "$WORK/sunpkcs11.cfg" -storepass "$PIN" -alias web)
+out=$(keytool_pkcs11 -list -v -alias web)
 grep -q 'Certificate chain length: 2' <<<"$out" || fail "keytool does not show web's chain of 2"
 
 step "a second import is a new version; the CA is not stored twice"

@@ -117,6 +117,19 @@ ask() {
   echo "$answer"
 }
 
+# id_of TYPE LABEL: the CKA_ID (hex) pkcs11-tool lists for the TYPE object labelled LABEL (the
+# current version; pkcs11-tool selects signing keys by --id only).
+id_of() {
+  p11_user -O --type "$1" | awk -v want="$2" '/^ *label:/{l=$2} /^ *ID:/{if (l == want) print $2}'
+}
+
+# keytool_pkcs11 ARGS...: keytool on the module's first slot through SunPKCS11, logged in as app.
+keytool_pkcs11() {
+  printf 'name = vaultp11\nlibrary = %s\nslotListIndex = 0\n' "$VAULTP11_MODULE" >"$WORK/sunpkcs11.cfg"
+  run keytool -keystore NONE -storetype PKCS11 -providerClass sun.security.pkcs11.SunPKCS11 \
+    -providerArg "$WORK/sunpkcs11.cfg" -storepass "$PIN" "$@"
+}
+
 # make_deployment: config with one vault "payments" and one principal "app" (Key Vault
 # Administrator on it) whose client secret is random; store created by `vaultp11 init`.
 # Sets CONF, SECRET, PIN and exports VAULTP11_CONF.
