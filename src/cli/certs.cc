@@ -129,12 +129,15 @@ Result<Bundle> ParseBundle(const SecureBytes& data, const SecureString& password
   return b;
 }
 
-// The templates of a certificate's key pair: token objects named like the certificate; the
-// private key sensitive and not extractable.
+// The templates of a certificate's key pair: token objects named like the certificate, managed
+// by it (neither modifiable nor destroyable on their own); the private key sensitive and not
+// extractable.
 void CertKeyTemplates(const std::string& name, AttributeMap& pt, AttributeMap& vt) {
   for (AttributeMap* t : {&pt, &vt}) {
     t->SetBool(CKA_TOKEN, true);
     t->SetString(CKA_LABEL, name);
+    t->SetBool(CKA_MODIFIABLE, false);
+    t->SetBool(CKA_DESTROYABLE, false);
   }
   vt.SetBool(CKA_PRIVATE, true);
   vt.SetBool(CKA_SENSITIVE, true);

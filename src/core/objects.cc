@@ -104,17 +104,34 @@ Status DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj) {
     return Err(CKR_SESSION_READ_ONLY, "destroying a token object needs a read/write session");
   if (!o->attrs.GetBool(CKA_DESTROYABLE, true)) return Err(CKR_ACTION_PROHIBITED, "object is not destroyable");
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kDelete, CKR_ACTION_PROHIBITED));
+  const bool stored_item = o->is_token() && o->store_id != 0 && !o->label().empty();
+  // A certificate made or imported by `vaultp11 cert` manages its key (not destroyable on its
+  // own): deleting the certificate deletes the item, key included, on the certificate's
+  // permission alone.
+  bool managed_item = false;
+  std::vector<model::ObjectPtr> item;
+  if (stored_item) item = c.token->ItemObjects(o->label());
+  if (stored_item && o->cls() == CKO_CERTIFICATE)
+    for (const model::ObjectPtr& other : item)
+      managed_item |= other->cls() == CKO_PRIVATE_KEY && !other->attrs.GetBool(CKA_DESTROYABLE, true);
   // Soft-delete: a stored item goes to the deleted state, every version at once (recover or
   // purge with `vaultp11 deleted`).
-  if (c.token->soft_delete().enabled && o->is_token() && o->store_id != 0 && !o->label().empty()) {
-    // The whole item goes: the caller must be allowed to delete every object of it.
-    for (const model::ObjectPtr& other : c.token->ItemObjects(o->label())) {
-      if (!other->attrs.GetBool(CKA_DESTROYABLE, true))
-        return Err(CKR_ACTION_PROHIBITED, "object {} of the same item is not destroyable", o->label());
-      VAULTP11_RETURN_IF_ERROR(Authorize(c, *other, auth::kDelete, CKR_ACTION_PROHIBITED));
+  if (stored_item && (c.token->soft_delete().enabled || managed_item)) {
+    // The whole item goes: the caller must be allowed to delete every object of it (but a
+    // certificate's managed key goes with the certificate).
+    if (!managed_item)
+      for (const model::ObjectPtr& other : item) {
+        if (!other->attrs.GetBool(CKA_DESTROYABLE, true))
+          return Err(CKR_ACTION_PROHIBITED, "object {} of the same item is not destroyable", o->label());
+        VAULTP11_RETURN_IF_ERROR(Authorize(c, *other, auth::kDelete, CKR_ACTION_PROHIBITED));
+      }
+    if (c.token->soft_delete().enabled) {
+      VAULTP11_ASSIGN_OR_RETURN(size_t n, c.token->SoftDelete(obj));
+      if (AuditCall* a = CurrentAudit()) a->event.extra = {{"softDelete", true}, {"objects", n}};
+      return OkStatus();
     }
-    VAULTP11_ASSIGN_OR_RETURN(size_t n, c.token->SoftDelete(obj));
-    if (AuditCall* a = CurrentAudit()) a->event.extra = {{"softDelete", true}, {"objects", n}};
+    VAULTP11_ASSIGN_OR_RETURN(size_t n, c.token->RemoveItem(obj));
+    if (AuditCall* a = CurrentAudit()) a->event.extra = {{"objects", n}};
     return OkStatus();
   }
   return c.token->Remove(obj);

@@ -363,6 +363,30 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
   return OkStatus();
 }
 
+Result<size_t> Token::RemoveItem(CK_OBJECT_HANDLE h) {
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr obj, Get(h));
+  const std::string label = obj->label();
+  if (!obj->is_token() || obj->store_id == 0 || label.empty())
+    return Err(CKR_GENERAL_ERROR, "item removal of an object that is not a stored item");
+  const auto objects = ItemObjects(label);
+  VAULTP11_ASSIGN_OR_RETURN(auto gone, store_->DeleteItem(name_, label));
+  for (const model::ObjectPtr& o : objects) DiscardHsmKey(*o);
+  std::unique_lock<std::shared_mutex> l(mu_);
+  size_t n = 0;
+  for (const store::ObjectRecord& r : gone) {
+    auto it = by_store_id_.find(r.id);
+    if (it == by_store_id_.end()) continue;
+    auto o = objects_.find(it->second);
+    if (o != objects_.end()) {
+      UnindexLocked(it->second, *o->second);
+      objects_.erase(o);
+      ++n;
+    }
+    by_store_id_.erase(it);
+  }
+  return n;
+}
+
 std::vector<model::ObjectPtr> Token::ItemObjects(const std::string& label) const {
   std::vector<model::ObjectPtr> out;
   std::shared_lock<std::shared_mutex> l(mu_);

@@ -86,6 +86,9 @@ class Token {
   // goes to the deleted state in the store and out of this token; its HSM keys stay until
   // the item is purged. Returns how many objects went.
   Result<size_t> SoftDelete(CK_OBJECT_HANDLE h);
+  // Destroys the item named by h's label at once: every version and class, their HSM keys too.
+  // Returns how many objects went.
+  Result<size_t> RemoveItem(CK_OBJECT_HANDLE h);
   void SetSoftDelete(config::SoftDeleteConfig sd) { soft_delete_ = sd; }
   // Every stored object of the item `label` here: all versions, all classes.
   std::vector<model::ObjectPtr> ItemObjects(const std::string& label) const;

@@ -61,6 +61,14 @@ cli cert renew payments api
 cert_of api && run openssl x509 -in "$WORK/api.pem" -pubkey -noout -out "$WORK/api2.pub"
 cmp "$WORK/api1.pub" "$WORK/api2.pub" || fail "--reuse-key renewal changed the key"
 
+step "the certificate manages its key: the key alone can be neither changed nor deleted; deleting the certificate deletes the item"
+api_key=$(id_of privkey api)
+run_fails pkcs11-tool --module "$VAULTP11_MODULE" --login --pin "$PIN" --delete-object --type privkey --id "$api_key"
+run_fails pkcs11-tool --module "$VAULTP11_MODULE" --login --pin "$PIN" --set-id 0102 --type privkey --id "$api_key"
+p11_user --delete-object --type cert --id "$(id_of cert api)"
+[[ $(p11_user -O | grep -c 'label: *api$') == 0 ]] || fail "objects of api outlived its certificate"
+run_fails pkcs11-tool --module "$VAULTP11_MODULE" --read-object --type pubkey --id "$api_key" -o "$WORK/api-gone.der"
+
 step "lifecycle run renews a certificate at 80% of its lifetime (auto-renew, the default)"
 cli cert create payments short --subject "CN=short.example" --issuer vault-ca --validity-months 1
 cli lifecycle run | grep -q "0 renewed" || fail "renewed before 80% of the lifetime"
