@@ -363,17 +363,9 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
   return OkStatus();
 }
 
-Result<size_t> Token::RemoveItem(CK_OBJECT_HANDLE h) {
-  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr obj, Get(h));
-  const std::string label = obj->label();
-  if (!obj->is_token() || obj->store_id == 0 || label.empty())
-    return Err(CKR_GENERAL_ERROR, "item removal of an object that is not a stored item");
-  const auto objects = ItemObjects(label);
-  VAULTP11_ASSIGN_OR_RETURN(auto gone, store_->DeleteItem(name_, label));
-  for (const model::ObjectPtr& o : objects) DiscardHsmKey(*o);
-  std::unique_lock<std::shared_mutex> l(mu_);
+size_t Token::DropRowsLocked(const std::vector<store::ObjectRecord>& rows) {
   size_t n = 0;
-  for (const store::ObjectRecord& r : gone) {
+  for (const store::ObjectRecord& r : rows) {
     auto it = by_store_id_.find(r.id);
     if (it == by_store_id_.end()) continue;
     auto o = objects_.find(it->second);
@@ -385,6 +377,18 @@ Result<size_t> Token::RemoveItem(CK_OBJECT_HANDLE h) {
     by_store_id_.erase(it);
   }
   return n;
+}
+
+Result<size_t> Token::RemoveItem(CK_OBJECT_HANDLE h) {
+  VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr obj, Get(h));
+  const std::string label = obj->label();
+  if (!obj->is_token() || obj->store_id == 0 || label.empty())
+    return Err(CKR_GENERAL_ERROR, "item removal of an object that is not a stored item");
+  const auto objects = ItemObjects(label);
+  VAULTP11_ASSIGN_OR_RETURN(auto gone, store_->DeleteItem(name_, label));
+  for (const model::ObjectPtr& o : objects) DiscardHsmKey(*o);
+  std::unique_lock<std::shared_mutex> l(mu_);
+  return DropRowsLocked(gone);
 }
 
 std::vector<model::ObjectPtr> Token::ItemObjects(const std::string& label) const {
@@ -407,19 +411,7 @@ Result<size_t> Token::SoftDelete(CK_OBJECT_HANDLE h) {
   VAULTP11_ASSIGN_OR_RETURN(auto hidden, store_->SoftDeleteItem(name_, label, now,
                                                                 now + int64_t{soft_delete_.retention_days} * 86400));
   std::unique_lock<std::shared_mutex> l(mu_);
-  size_t n = 0;
-  for (const store::ObjectRecord& r : hidden) {
-    auto it = by_store_id_.find(r.id);
-    if (it == by_store_id_.end()) continue;
-    auto o = objects_.find(it->second);
-    if (o != objects_.end()) {
-      UnindexLocked(it->second, *o->second);
-      objects_.erase(o);
-      ++n;
-    }
-    by_store_id_.erase(it);
-  }
-  return n;
+  return DropRowsLocked(hidden);
 }
 
 void Token::DiscardHsmKey(const model::Object& obj) const {

@@ -127,6 +127,8 @@ class Token {
   Status Persist(std::span<model::Object* const> objs, bool new_version, std::string_view expect_current = {});
   // Whether `o` is a stored object of a named item whose current version is another one.
   bool IsOlderVersionLocked(const model::Object& o) const;
+  // Takes the objects of these store rows out of the token; returns how many there were.
+  size_t DropRowsLocked(const std::vector<store::ObjectRecord>& rows);
   // Re-reads the current version of `label` from the objects that still carry it.
   void RecomputeCurrentLocked(const std::string& label);
 
