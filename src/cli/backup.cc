@@ -1,26 +1,33 @@
-// `vaultp11 backup` and `vaultp11 restore`: an HSM key of a managed HSM pool (or of a premium
-// vault whose HSM holds a security domain), wrapped under the security domain, with the metadata the store keeps for it, in one JSON file authenticated by
-// an HMAC-SHA256 whose key is itself wrapped under the domain. Only HSMs holding that domain
-// can unwrap the key or check the MAC, so a backup is restored only into a pool that shares
-// the domain; a modified file is refused before anything changes.
+// `vaultp11 backup` and `vaultp11 restore`: one item of a vault or pool (key, secret or
+// certificate) with all its versions, in one file: a clear header (format, kind, name, where it
+// came from, the deployment and, for HSM keys, the security domain) and the content sealed with
+// AES-256-GCM under a key derived from the store's master key, the header as associated data.
+// The content holds every row of the item as the store keeps it, the secrets of software
+// objects, and each HSM key wrapped under the security domain of the HSMs holding it. So a
+// backup is restored only into the deployment that made it (same store master key), HSM keys
+// only into HSMs that share the domain, and a file changed in any byte is refused before
+// anything changes.
 #include <fmt/format.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
+#include "backend/ossl/ossl_backend.h"
 #include "backend/p11/inner_ops.h"
 #include "backend/pool/pool.h"
 #include "cli/audit_trail.h"
 #include "cli/commands.h"
 #include "cli/items.h"
-#include "core/provider.h"
 #include "model/attributes.h"
 #include "store/store.h"
 #include "util/strings.h"
@@ -29,36 +36,11 @@
 namespace vaultp11::cli {
 namespace {
 
-using Json = nlohmann::json;  // std::map keys: dump() is canonical for the MAC
+using Json = nlohmann::json;  // std::map keys: dump() is canonical, so the header is the same bytes when read back
 
-constexpr char kFormat[] = "vaultp11-key-backup";
-constexpr int kFormatVersion = 1;
-constexpr size_t kMaxBackupBytes = 4 << 20;
-constexpr size_t kMacKeyBytes = 32;
-
-std::string Hex(std::span<const uint8_t> b) {
-  std::string out;
-  for (uint8_t c : b) out += fmt::format("{:02x}", c);
-  return out;
-}
-
-Result<Bytes> Unhex(const Json& j, const char* what) {
-  if (!j.is_string()) return Err(CKR_DATA_INVALID, "backup: {} is not a hex string", what);
-  const std::string& s = j.get_ref<const std::string&>();
-  if (s.size() % 2 != 0) return Err(CKR_DATA_INVALID, "backup: {} is not a hex string", what);
-  Bytes out(s.size() / 2);
-  for (size_t i = 0; i < out.size(); ++i) {
-    auto nib = [](char c) -> int {
-      if (c >= '0' && c <= '9') return c - '0';
-      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-      return -1;
-    };
-    int hi = nib(s[2 * i]), lo = nib(s[2 * i + 1]);
-    if (hi < 0 || lo < 0) return Err(CKR_DATA_INVALID, "backup: {} is not a hex string", what);
-    out[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return out;
-}
+constexpr char kFormat[] = "vaultp11-backup";
+constexpr int kFormatVersion = 2;
+constexpr size_t kMaxBackupBytes = 16 << 20;
 
 // obj[key], or null when obj is not an object or lacks it (never throws).
 const Json& Field(const Json& obj, const char* key) {
@@ -75,21 +57,10 @@ Result<CK_ULONG> Ulong(const Json& j, const char* what) {
   return j.get<CK_ULONG>();
 }
 
-// Where keys are backed up from or restored to: a pool, or a premium vault's HSM seen as a
-// pool of one member (its keys carry the vault's name in the store).
-struct Place {
-  std::string name;
-  std::shared_ptr<pool::HsmPool> pool;
-};
-
-Result<Place> Resolve(const config::Config& cfg, const std::string& name) {
-  VAULTP11_ASSIGN_OR_RETURN(auto hsms, HsmPoolFor(cfg, name));
-  if (!hsms)
-    return Err(CKR_ARGUMENTS_BAD,
-               "vault {} has no HSM: backup and restore cover HSM keys (a vault's software keys live in the store: "
-               "back up the store and its master key file)",
-               name);
-  return Place{name, std::move(hsms)};
+Result<Bytes> Unhex(const Json& j, const char* what) {
+  auto b = j.is_string() ? ParseHex(j.get_ref<const std::string&>()) : std::nullopt;
+  if (!b) return Err(CKR_DATA_INVALID, "backup: {} is not a hex string", what);
+  return std::move(*b);
 }
 
 // The pool's domain check value, as every member in service reports it (they must agree).
@@ -115,56 +86,16 @@ Result<Bytes> DomainCheckValue(const pool::HsmPool& p) {
   return kcv;
 }
 
-// A member in service, and its security-domain key: where the MAC key is made or unwrapped.
-struct DomainMember {
-  std::shared_ptr<p11::InnerToken> token;
-  CK_OBJECT_HANDLE domain = CK_INVALID_HANDLE;
-};
-Result<DomainMember> AnyMember(const pool::HsmPool& p) {
-  for (size_t i = 0; i < p.size(); ++i) {
-    auto t = p.Token(i);
-    if (!t) continue;
-    VAULTP11_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE sd, pool::FindDomainKey(*t));
-    return DomainMember{std::move(t), sd};
-  }
-  return Err(CKR_DEVICE_ERROR, "{}: no member is available", p.name());
-}
-
-// HMAC-SHA256 of `data` in the HSM with the MAC key `k`.
-Result<Bytes> Mac(const std::shared_ptr<p11::InnerToken>& t, CK_OBJECT_HANDLE k, const std::string& data) {
-  CK_MECHANISM m{CKM_SHA256_HMAC, nullptr, 0};
-  VAULTP11_ASSIGN_OR_RETURN(auto op, p11::NewInnerSignOp(t, k, m, 32));
-  return op->Sign(std::span(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
-}
-
-// The MAC key as a session object of the member's login session; destroyed with the guard.
-struct MacKey {
-  std::shared_ptr<p11::InnerToken> token;
-  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  explicit MacKey(std::shared_ptr<p11::InnerToken> t) : token(std::move(t)) {}
-  MacKey(const MacKey&) = delete;
-  MacKey& operator=(const MacKey&) = delete;
-  ~MacKey() {
-    if (token && handle != CK_INVALID_HANDLE) (void)token->DestroyObject(handle);
-  }
-};
-
-void MacKeyTemplate(p11::AttrTemplate& t) {
-  t.Ulong(CKA_CLASS, CKO_SECRET_KEY).Ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET).Bool(CKA_TOKEN, false)
-      .Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, true).Bool(CKA_WRAP_WITH_TRUSTED, true)
-      .Bool(CKA_SIGN, true).Bool(CKA_VERIFY, true);
-}
-
 Json WrappedKeyJson(const pool::WrappedKey& wk) {
   Json usage = Json::array(), pub = Json::array();
   for (const auto& [type, on] : wk.usage) usage.push_back({type, on});
-  for (const auto& [type, value] : wk.public_values) pub.push_back({type, Hex(value)});
-  return {{"class", wk.object_class}, {"key_type", wk.key_type}, {"inner_id", Hex(wk.inner_id)},
-          {"usage", usage},           {"public", pub},            {"wrapped", Hex(wk.wrapped)}};
+  for (const auto& [type, value] : wk.public_values) pub.push_back({type, HexOf(value)});
+  return {{"class", wk.object_class}, {"key_type", wk.key_type}, {"inner_id", HexOf(wk.inner_id)},
+          {"usage", usage},           {"public", pub},            {"wrapped", HexOf(wk.wrapped)}};
 }
 
 Result<pool::WrappedKey> WrappedKeyFromJson(const Json& j) {
-  if (!j.is_object()) return Err(CKR_DATA_INVALID, "backup: a version's key is not an object");
+  if (!j.is_object()) return Err(CKR_DATA_INVALID, "backup: an HSM key is not an object");
   pool::WrappedKey wk;
   VAULTP11_ASSIGN_OR_RETURN(wk.object_class, Ulong(Field(j, "class"), "key class"));
   VAULTP11_ASSIGN_OR_RETURN(wk.key_type, Ulong(Field(j, "key_type"), "key type"));
@@ -187,15 +118,6 @@ Result<pool::WrappedKey> WrappedKeyFromJson(const Json& j) {
   return wk;
 }
 
-std::string NowUtc() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 Result<std::string> ReadBackupFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Err(CKR_ARGUMENTS_BAD, "cannot read {}", path);
@@ -203,200 +125,18 @@ Result<std::string> ReadBackupFile(const std::string& path) {
   text.resize(kMaxBackupBytes + 1);
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<size_t>(in.gcount()));
-  if (text.size() > kMaxBackupBytes) return Err(CKR_DATA_LEN_RANGE, "{} is larger than a key backup can be", path);
+  if (text.size() > kMaxBackupBytes) return Err(CKR_DATA_LEN_RANGE, "{} is larger than a backup can be", path);
   return text;
 }
 
-Status Backup(const config::Config& cfg, const std::string& where, const std::string& key, const std::string& file,
-              Io& io) {
-  VAULTP11_ASSIGN_OR_RETURN(Place place, Resolve(cfg, where));
-  const Place* pc = &place;
-  // 1. The key's records in the store: one secret key, or a private key and its public key.
-  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
-  VAULTP11_ASSIGN_OR_RETURN(auto records, st->LoadVault(pc->name));
-  std::vector<store::ObjectRecord> mine;
-  const store::ObjectRecord* keyrec = nullptr;
-  for (const auto& r : records)
-    if (r.label == key && (r.object_class == CKO_PRIVATE_KEY || r.object_class == CKO_SECRET_KEY ||
-                           r.object_class == CKO_PUBLIC_KEY))
-      mine.push_back(r);
-  for (const auto& r : mine) {
-    if (r.object_class == CKO_PUBLIC_KEY) continue;
-    if (keyrec != nullptr)
-      return Err(CKR_FUNCTION_FAILED, "{}: two keys are named {}", pc->name, QuotePrintable(key));
-    keyrec = &r;
-  }
-  if (keyrec == nullptr) return Err(CKR_ARGUMENTS_BAD, "{} has no key named {}", pc->name, QuotePrintable(key));
-  VAULTP11_ASSIGN_OR_RETURN(auto attrs, model::AttributeMap::Deserialize(keyrec->attributes));
-  const Bytes* inner_id = attrs.Get(CKA_VAULTP11_HSM_KEY_ID);
-  if (inner_id == nullptr || inner_id->empty())
-    return Err(CKR_FUNCTION_FAILED, "{}: key {} has no HSM reference", pc->name, QuotePrintable(key));
-  Json objects = Json::array();
-  for (const auto& r : mine) {
-    if (r.object_class == CKO_PUBLIC_KEY && r.ck_id != keyrec->ck_id) continue;
-    objects.push_back({{"class", r.object_class}, {"label", Hex(std::span(reinterpret_cast<const uint8_t*>(r.label.data()), r.label.size()))},
-                       {"id", Hex(r.ck_id)}, {"attributes", Hex(r.attributes)}});
-  }
-  // 2. The key wrapped under the domain, and a MAC key made and wrapped there too.
-  const auto& pool = place.pool;
-  VAULTP11_ASSIGN_OR_RETURN(Bytes kcv, DomainCheckValue(*pool));
-  pool::WrappedKey wk;
-  {
-    Status last = Err(CKR_DEVICE_ERROR, "no member is available");
-    bool done = false;
-    for (size_t i = 0; i < pool->size() && !done; ++i) {
-      if (!pool->Token(i)) continue;
-      auto r = pool->Export(i, keyrec->object_class, *inner_id);
-      if (r.ok()) {
-        wk = std::move(r).value();
-        done = true;
-      } else {
-        last = r.status();
-      }
-    }
-    if (!done && last.rv() == CKR_KEY_UNEXTRACTABLE)
-      return Err(CKR_KEY_UNEXTRACTABLE,
-                 "{}: key {} was made before its HSM held a security domain, so it cannot be wrapped under one",
-                 pc->name, QuotePrintable(key));
-    if (!done) return Err(last.rv(), "{}: exporting key {} failed: {}", pc->name, QuotePrintable(key), last.error().message);
-  }
-  VAULTP11_ASSIGN_OR_RETURN(DomainMember member, AnyMember(*pool));
-  const auto& mt = member.token;
-  const CK_OBJECT_HANDLE sd = member.domain;
-  MacKey mac_key(mt);
-  {
-    p11::AttrTemplate t;
-    MacKeyTemplate(t);
-    t.Ulong(CKA_VALUE_LEN, kMacKeyBytes);
-    CK_MECHANISM gen{CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
-    VAULTP11_ASSIGN_OR_RETURN(mac_key.handle, mt->GenerateKey(gen, t));
-  }
-  CK_MECHANISM kwp{pool::kReplicationMechanism, nullptr, 0};
-  VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped_mac, mt->WrapKey(kwp, sd, mac_key.handle));
-  Json doc = {{"format", kFormat},
-              {"format_version", kFormatVersion},
-              {"source", pc->name},
-              {"name", key},
-              {"created", NowUtc()},
-              {"security_domain", Hex(kcv)},
-              {"mac_key", Hex(wrapped_mac)},
-              {"versions", Json::array({{{"key", WrappedKeyJson(wk)}, {"objects", objects}}})}};
-  VAULTP11_ASSIGN_OR_RETURN(Bytes mac, Mac(mt, mac_key.handle, doc.dump()));
-  doc["mac"] = Hex(mac);
-  VAULTP11_RETURN_IF_ERROR(WriteNewFile(file, doc.dump(1) + "\n"));
-  io.out << fmt::format("{}: key {} backed up to {} (1 version, security domain {})\n", pc->name,
-                        QuotePrintable(key), file, Hex(kcv));
-  return OkStatus();
-}
-
-// `name_out`: the key's name, once the file is known to be authentic.
-Status Restore(const config::Config& cfg, const std::string& where, const std::string& file, Io& io,
-               std::string& name_out) {
-  VAULTP11_ASSIGN_OR_RETURN(Place place, Resolve(cfg, where));
-  const Place* pc = &place;
-  // 1. Parse and check the shape; nothing is trusted until the MAC is.
-  VAULTP11_ASSIGN_OR_RETURN(std::string text, ReadBackupFile(file));
-  Json doc = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded() || !doc.is_object() || Text(Field(doc, "format")) != kFormat)
-    return Err(CKR_DATA_INVALID, "{} is not a vaultp11 key backup", file);
-  if (Field(doc, "format_version") != kFormatVersion)
-    return Err(CKR_DATA_INVALID, "{}: backup format version {} is not supported", file, Field(doc, "format_version").dump());
-  VAULTP11_ASSIGN_OR_RETURN(Bytes mac, Unhex(Field(doc, "mac"), "mac"));
-  VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped_mac, Unhex(Field(doc, "mac_key"), "mac key"));
-  VAULTP11_ASSIGN_OR_RETURN(Bytes blob_kcv, Unhex(Field(doc, "security_domain"), "security domain"));
-  doc.erase("mac");
-  const std::string signed_text = doc.dump();
-  // 2. The target must hold the backup's security domain.
-  const auto& pool = place.pool;
-  VAULTP11_ASSIGN_OR_RETURN(Bytes kcv, DomainCheckValue(*pool));
-  if (kcv != blob_kcv)
-    return Err(CKR_WRAPPED_KEY_INVALID,
-               "{} was made under another security domain (check value {}) than pool {}'s ({}); nothing changed", file,
-               Hex(blob_kcv), pc->name, Hex(kcv));
-  // 3. The MAC, checked in the HSM with the MAC key unwrapped under the domain.
-  VAULTP11_ASSIGN_OR_RETURN(DomainMember member, AnyMember(*pool));
-  const auto& mt = member.token;
-  const CK_OBJECT_HANDLE sd = member.domain;
-  MacKey mac_key(mt);
-  {
-    p11::AttrTemplate t;
-    MacKeyTemplate(t);
-    CK_MECHANISM kwp{pool::kReplicationMechanism, nullptr, 0};
-    auto h = mt->UnwrapKey(kwp, sd, wrapped_mac, t);
-    if (!h.ok())
-      return Err(CKR_WRAPPED_KEY_INVALID, "{}: its MAC key does not unwrap under pool {}'s security domain ({}); nothing "
-                 "changed", file, pc->name, p11::RvName(h.rv()));
-    mac_key.handle = h.value();
-  }
-  VAULTP11_ASSIGN_OR_RETURN(Bytes expect, Mac(mt, mac_key.handle, signed_text));
-  if (expect.size() != mac.size() || !ConstantTimeEqual(expect, mac))
-    return Err(CKR_SIGNATURE_INVALID, "{} was modified after it was written (its MAC does not match); nothing changed",
-               file);
-  // 4. Authentic: read the content.
-  const std::string name = Text(Field(doc, "name"));
-  name_out = name;
-  const Json& versions = Field(doc, "versions");
-  if (!versions.is_array() || versions.size() != 1) return Err(CKR_DATA_INVALID, "{}: expected one key version", file);
-  VAULTP11_ASSIGN_OR_RETURN(pool::WrappedKey wk, WrappedKeyFromJson(Field(versions[0], "key")));
-  std::vector<store::ObjectRecord> records;
-  const Json& objects = Field(versions[0], "objects");
-  if (!objects.is_array()) return Err(CKR_DATA_INVALID, "{}: no objects", file);
-  for (const Json& o : objects) {
-    store::ObjectRecord r;
-    r.vault = pc->name;
-    VAULTP11_ASSIGN_OR_RETURN(r.object_class, Ulong(Field(o, "class"), "object class"));
-    VAULTP11_ASSIGN_OR_RETURN(Bytes label, Unhex(Field(o, "label"), "label"));
-    r.label.assign(label.begin(), label.end());
-    VAULTP11_ASSIGN_OR_RETURN(r.ck_id, Unhex(Field(o, "id"), "id"));
-    VAULTP11_ASSIGN_OR_RETURN(r.attributes, Unhex(Field(o, "attributes"), "attributes"));
-    VAULTP11_RETURN_IF_ERROR(model::AttributeMap::Deserialize(r.attributes).status());
-    records.push_back(std::move(r));
-  }
-  if (records.empty()) return Err(CKR_DATA_INVALID, "{}: no objects", file);
-  // 5. Nothing may clash: the name in the pool, the key's copies on its members.
-  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, true));
-  VAULTP11_RETURN_IF_ERROR(st->EnsureVault(pc->name));
-  VAULTP11_ASSIGN_OR_RETURN(auto existing, st->LoadVault(pc->name));
-  for (const auto& r : existing)
-    if (r.label == name && r.object_class == wk.object_class)
-      return Err(CKR_FUNCTION_FAILED, "{} already has a key named {}; nothing changed", pc->name, QuotePrintable(name));
-  for (size_t i = 0; i < pool->size(); ++i) {
-    if (!pool->Token(i)) continue;
-    VAULTP11_ASSIGN_OR_RETURN(bool has, pool->Holds(i, wk.object_class, wk.inner_id));
-    if (has)
-      return Err(CKR_FUNCTION_FAILED, "{}: hsm {} already holds this key; nothing changed", pc->name,
-                 pool->member_name(i));
-  }
-  // 6. The key onto every member in service (at least the quorum), then the store.
-  size_t copies = 0;
-  std::string failures;
-  for (size_t i = 0; i < pool->size(); ++i) {
-    if (!pool->Token(i)) continue;
-    Status s = pool->Import(i, wk);
-    if (s.ok()) {
-      ++copies;
-    } else {
-      failures += fmt::format("; hsm {}: {}", pool->member_name(i), s.error().message);
-    }
-  }
-  if (copies < pool->Quorum()) {
-    pool->DestroyEverywhere(wk.inner_id);
-    return Err(CKR_DEVICE_ERROR, "{}: the key reached {} members, the quorum is {}{}; nothing changed", pc->name,
-               copies, pool->Quorum(), failures);
-  }
-  std::vector<int64_t> inserted;
-  for (auto& r : records) {
-    auto ins = st->Insert(r, SecureBytes());
-    if (!ins.ok()) {
-      for (int64_t id : inserted) (void)st->Delete(id);
-      pool->DestroyEverywhere(wk.inner_id);
-      return Err(ins.rv(), "{}: writing the store failed: {}; nothing changed", pc->name, ins.error().message);
-    }
-    inserted.push_back(ins->id);
-  }
-  io.out << fmt::format("{}: key {} restored from {} onto {} HSM{}\n", pc->name, QuotePrintable(name), file,
-                        copies, copies == 1 ? "" : "s");
-  return OkStatus();
+// The row's HSM key reference, when it is a private or secret key kept in an HSM.
+std::optional<Bytes> HsmKeyOf(const store::ObjectRecord& r) {
+  if (r.object_class != CKO_PRIVATE_KEY && r.object_class != CKO_SECRET_KEY) return std::nullopt;
+  auto attrs = model::AttributeMap::Deserialize(r.attributes);
+  if (!attrs.ok() || attrs->GetUlong(CKA_VAULTP11_PROTECTION) != VAULTP11_PROTECTION_HSM) return std::nullopt;
+  const Bytes* id = attrs->Get(CKA_VAULTP11_HSM_KEY_ID);
+  if (id == nullptr || id->empty()) return std::nullopt;
+  return *id;
 }
 
 // The pool or vault `where` names, as the config spells it (else as given).
@@ -404,6 +144,293 @@ std::string PlaceName(const config::Config& cfg, const std::string& where) {
   if (const config::ManagedHsmPoolConfig* pc = cfg.FindPool(where)) return pc->name;
   if (const config::VaultConfig* vc = cfg.FindVault(where)) return vc->name;
   return where;
+}
+
+Status CheckPlace(const config::Config& cfg, const std::string& where) {
+  if (cfg.FindVault(where) == nullptr && cfg.FindPool(where) == nullptr)
+    return Err(CKR_ARGUMENTS_BAD, "no vault or managed HSM pool named {} in {}", QuotePrintable(where), cfg.source);
+  return OkStatus();
+}
+
+// The HSMs of `where`: a pool, or a premium vault's HSM seen as a pool of one member.
+Result<std::shared_ptr<pool::HsmPool>> HsmsOf(const config::Config& cfg, const std::string& where, const std::string& why) {
+  VAULTP11_ASSIGN_OR_RETURN(auto hsms, HsmPoolFor(cfg, where));
+  if (!hsms) return Err(CKR_ARGUMENTS_BAD, "vault {} has no HSM: {}", where, why);
+  return hsms;
+}
+
+std::span<const uint8_t> AsBytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+std::string ToLower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+void PutU32(SecureBytes& out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(v >> shift));
+}
+
+// What a backup's header says, and the item's kind as the audit names it.
+struct Header {
+  Json json;
+  std::string kind = "Key", name;
+};
+
+// The file's item: its rows (vault unset), their secrets, its policy.
+struct Content {
+  std::vector<store::ObjectRecord> rows;
+  std::vector<SecureBytes> secrets;
+  std::vector<pool::WrappedKey> hsm_keys;
+  std::string policy;
+};
+
+Status Backup(const config::Config& cfg, const std::string& where_in, const std::string& name, const std::string& file,
+              Io& io, Header& h) {
+  VAULTP11_RETURN_IF_ERROR(CheckPlace(cfg, where_in));
+  const std::string where = PlaceName(cfg, where_in);
+  if (!config::IsValidName(name))
+    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+  h.name = name;
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, where));
+  // 1. The item's rows, oldest first, with their secrets.
+  VAULTP11_ASSIGN_OR_RETURN(auto all, st->LoadVault(where));
+  std::vector<store::ObjectRecord> rows;
+  for (auto& r : all)
+    if (r.label == name) rows.push_back(std::move(r));
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  if (rows.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(auto deleted, st->DeletedItems(where));
+    for (const auto& d : deleted)
+      if (d.name == name)
+        return Err(CKR_ARGUMENTS_BAD, "{} of {} is deleted: recover it before a backup", QuotePrintable(name),
+                   QuotePrintable(where));
+    return Err(CKR_ARGUMENTS_BAD, "{} has no item named {}", QuotePrintable(where), QuotePrintable(name));
+  }
+  h.kind = KindOfRows(rows);
+  std::vector<SecureBytes> secrets;
+  for (const auto& r : rows) {
+    if (!r.has_secret) {
+      secrets.emplace_back();
+      continue;
+    }
+    VAULTP11_ASSIGN_OR_RETURN(SecureBytes s, st->LoadSecret(r.id));
+    secrets.push_back(std::move(s));
+  }
+  VAULTP11_ASSIGN_OR_RETURN(std::string policy, st->Policy(where, name));
+  // 2. Its HSM keys, wrapped under the security domain by a member that holds them.
+  std::shared_ptr<pool::HsmPool> hsms;
+  Bytes kcv;
+  Json objects = Json::array();
+  std::set<std::string> versions;
+  for (const auto& r : rows) {
+    versions.insert(r.version);
+    Json o = {{"class", r.object_class}, {"id", HexOf(r.ck_id)},           {"attributes", HexOf(r.attributes)},
+              {"version", r.version},    {"created", r.created},           {"secret_bytes", 0}};
+    const size_t i = &r - rows.data();
+    o["secret_bytes"] = secrets[i].size();
+    if (auto inner = HsmKeyOf(r)) {
+      if (!hsms) {
+        VAULTP11_ASSIGN_OR_RETURN(hsms, HsmsOf(cfg, where, "its HSM keys cannot be backed up"));
+        VAULTP11_ASSIGN_OR_RETURN(kcv, DomainCheckValue(*hsms));
+      }
+      Status last = Err(CKR_DEVICE_ERROR, "no member is available");
+      bool done = false;
+      for (size_t m = 0; m < hsms->size() && !done; ++m) {
+        if (!hsms->Token(m)) continue;
+        auto wk = hsms->Export(m, r.object_class, *inner);
+        if (wk.ok()) {
+          o["hsm_key"] = WrappedKeyJson(*wk);
+          done = true;
+        } else {
+          last = wk.status();
+        }
+      }
+      if (!done && last.rv() == CKR_KEY_UNEXTRACTABLE)
+        return Err(CKR_KEY_UNEXTRACTABLE,
+                   "{}: key {} (version {}) was made before its HSM held a security domain, so it cannot be wrapped "
+                   "under one",
+                   where, QuotePrintable(name), r.version);
+      if (!done)
+        return Err(last.rv(), "{}: exporting key {} (version {}) failed: {}", where, QuotePrintable(name), r.version,
+                   last.error().message);
+    }
+    objects.push_back(std::move(o));
+  }
+  // 3. The content, sealed under the deployment's backup key with the header as AAD.
+  VAULTP11_ASSIGN_OR_RETURN(std::string deployment, st->DeploymentId());
+  h.json = {{"format", kFormat},     {"format_version", kFormatVersion}, {"kind", h.kind},
+            {"name", name},          {"source", where},                  {"created", UtcTimeString(time(nullptr))},
+            {"deployment", deployment}, {"versions", versions.size()}};
+  if (hsms) h.json["security_domain"] = HexOf(kcv);
+  const std::string index = Json{{"objects", objects}, {"policy", policy}}.dump();
+  SecureBytes plain;
+  PutU32(plain, static_cast<uint32_t>(index.size()));
+  plain.insert(plain.end(), index.begin(), index.end());
+  for (const auto& s : secrets) plain.insert(plain.end(), s.begin(), s.end());
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, st->DeriveKey("backup"));
+  const std::string aad = h.json.dump();
+  VAULTP11_ASSIGN_OR_RETURN(Bytes sealed, ossl::SealAesGcm(key, plain, AsBytes(aad)));
+  Json doc = h.json;
+  doc["content"] = HexOf(sealed);
+  VAULTP11_RETURN_IF_ERROR(WriteNewFile(file, doc.dump(1) + "\n"));
+  io.out << fmt::format("{}: {} {} backed up to {} ({} version{}{})\n", where, h.kind, QuotePrintable(name), file,
+                        versions.size(), versions.size() == 1 ? "" : "s",
+                        hsms ? ", HSM keys under security domain " + HexOf(kcv) : std::string());
+  return OkStatus();
+}
+
+// The content of a sealed backup, checked for shape.
+Result<Content> ReadContent(const SecureBytes& plain, const std::string& file) {
+  auto bad = [&]() { return Err(CKR_DATA_INVALID, "{}: its content is malformed", file); };
+  if (plain.size() < 4) return bad();
+  const size_t n = size_t{plain[0]} << 24 | size_t{plain[1]} << 16 | size_t{plain[2]} << 8 | plain[3];
+  if (n > plain.size() - 4) return bad();
+  Json index = Json::parse(plain.begin() + 4, plain.begin() + 4 + static_cast<std::ptrdiff_t>(n), nullptr, false);
+  const Json& objects = Field(index, "objects");
+  if (index.is_discarded() || !objects.is_array() || objects.empty() || !Field(index, "policy").is_string()) return bad();
+  Content c;
+  c.policy = Text(Field(index, "policy"));
+  size_t at = 4 + n;
+  for (const Json& o : objects) {
+    store::ObjectRecord r;
+    VAULTP11_ASSIGN_OR_RETURN(r.object_class, Ulong(Field(o, "class"), "object class"));
+    VAULTP11_ASSIGN_OR_RETURN(r.ck_id, Unhex(Field(o, "id"), "id"));
+    VAULTP11_ASSIGN_OR_RETURN(r.attributes, Unhex(Field(o, "attributes"), "attributes"));
+    VAULTP11_RETURN_IF_ERROR(model::AttributeMap::Deserialize(r.attributes).status());
+    r.version = Text(Field(o, "version"));
+    if (r.version.size() != 32 || !ParseHex(r.version)) return bad();
+    if (!Field(o, "created").is_number_integer()) return bad();
+    r.created = Field(o, "created").get<int64_t>();
+    VAULTP11_ASSIGN_OR_RETURN(CK_ULONG secret_bytes, Ulong(Field(o, "secret_bytes"), "secret length"));
+    if (secret_bytes > plain.size() - at) return bad();
+    c.secrets.emplace_back(plain.begin() + static_cast<std::ptrdiff_t>(at),
+                           plain.begin() + static_cast<std::ptrdiff_t>(at + secret_bytes));
+    at += secret_bytes;
+    if (!Field(o, "hsm_key").is_null()) {
+      VAULTP11_ASSIGN_OR_RETURN(pool::WrappedKey wk, WrappedKeyFromJson(Field(o, "hsm_key")));
+      if (!HsmKeyOf(r) || *HsmKeyOf(r) != wk.inner_id || wk.object_class != r.object_class) return bad();
+      c.hsm_keys.push_back(std::move(wk));
+    } else if (HsmKeyOf(r)) {
+      return bad();
+    }
+    c.rows.push_back(std::move(r));
+  }
+  if (at != plain.size()) return bad();
+  return c;
+}
+
+Status Restore(const config::Config& cfg, const std::string& where_in, const std::string& file, Io& io, Header& h) {
+  VAULTP11_RETURN_IF_ERROR(CheckPlace(cfg, where_in));
+  const std::string where = PlaceName(cfg, where_in);
+  // 1. The header; nothing in it is trusted until the content authenticates under it.
+  VAULTP11_ASSIGN_OR_RETURN(std::string text, ReadBackupFile(file));
+  Json doc = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.is_object() || Text(Field(doc, "format")) != kFormat)
+    return Err(CKR_DATA_INVALID, "{} is not a vaultp11 backup", file);
+  if (Field(doc, "format_version") != kFormatVersion)
+    return Err(CKR_DATA_INVALID, "{}: backup format version {} is not supported", file, Field(doc, "format_version").dump());
+  VAULTP11_ASSIGN_OR_RETURN(Bytes sealed, Unhex(Field(doc, "content"), "content"));
+  doc.erase("content");
+  // What it claims to be: in messages, and in the audit once it authenticates.
+  const std::string claimed_kind = Text(Field(doc, "kind"));
+  const std::string kind = claimed_kind == "Secret" || claimed_kind == "Certificate" ? claimed_kind : "Key";
+  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, where));
+  VAULTP11_ASSIGN_OR_RETURN(std::string deployment, st->DeploymentId());
+  if (Text(Field(doc, "deployment")) != deployment)
+    return Err(CKR_WRAPPED_KEY_INVALID, "{} was made by another deployment ({}), not this one ({}); nothing changed", file,
+               QuotePrintable(Text(Field(doc, "deployment")), 40), deployment);
+  // 2. HSM keys go only into HSMs holding the backup's security domain; pools hold nothing else.
+  std::shared_ptr<pool::HsmPool> hsms;
+  const bool has_hsm = !Field(doc, "security_domain").is_null();
+  if (has_hsm) {
+    VAULTP11_ASSIGN_OR_RETURN(Bytes blob_kcv, Unhex(Field(doc, "security_domain"), "security domain"));
+    VAULTP11_ASSIGN_OR_RETURN(hsms, HsmsOf(cfg, where, "the backup holds HSM keys"));
+    VAULTP11_ASSIGN_OR_RETURN(Bytes kcv, DomainCheckValue(*hsms));
+    if (kcv != blob_kcv)
+      return Err(CKR_WRAPPED_KEY_INVALID,
+                 "{} was made under another security domain (check value {}) than {}'s ({}); nothing changed", file,
+                 HexOf(blob_kcv), where, HexOf(kcv));
+  } else if (cfg.FindPool(where) != nullptr) {
+    return Err(CKR_ARGUMENTS_BAD, "{} holds a {} without HSM keys: pools hold HSM keys only; nothing changed", file,
+               ToLower(kind));
+  }
+  // 3. The content, authenticated with the header.
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, st->DeriveKey("backup"));
+  const std::string aad = doc.dump();
+  auto plain = ossl::OpenAesGcm(key, sealed, AsBytes(aad));
+  if (!plain.ok())
+    return Err(CKR_SIGNATURE_INVALID, "{} was modified after it was written (it does not authenticate); nothing changed",
+               file);
+  h.json = doc;
+  h.name = Text(Field(doc, "name"));
+  h.kind = kind;
+  VAULTP11_ASSIGN_OR_RETURN(Content c, ReadContent(*plain, file));
+  if (!config::IsValidName(h.name)) return Err(CKR_DATA_INVALID, "{}: bad item name", file);
+  if (has_hsm == c.hsm_keys.empty()) return Err(CKR_DATA_INVALID, "{}: its content is malformed", file);
+  for (auto& r : c.rows) {
+    r.vault = where;
+    r.label = h.name;
+  }
+  // 4. The name must be free (live or deleted), and no HSM may hold the keys already.
+  VAULTP11_ASSIGN_OR_RETURN(auto live, st->LoadVault(where));
+  std::vector<store::ObjectRecord> same;
+  for (auto& r : live)
+    if (r.label == h.name) same.push_back(std::move(r));
+  if (!same.empty())
+    return Err(CKR_FUNCTION_FAILED, "{} already has a {} named {}; nothing changed", where, ToLower(KindOfRows(same)),
+               QuotePrintable(h.name));
+  VAULTP11_ASSIGN_OR_RETURN(auto deleted, st->DeletedItems(where));
+  for (const auto& d : deleted)
+    if (d.name == h.name)
+      return Err(CKR_FUNCTION_FAILED, "{} has a deleted item named {} (purge or recover it first); nothing changed",
+                 where, QuotePrintable(h.name));
+  for (const auto& wk : c.hsm_keys)
+    for (size_t i = 0; i < hsms->size(); ++i) {
+      if (!hsms->Token(i)) continue;
+      VAULTP11_ASSIGN_OR_RETURN(bool has, hsms->Holds(i, wk.object_class, wk.inner_id));
+      if (has)
+        return Err(CKR_FUNCTION_FAILED, "{}: hsm {} already holds a key of this backup; nothing changed", where,
+                   hsms->member_name(i));
+    }
+  // 5. Every HSM key onto every member in service (at least the quorum), then the store in one
+  // transaction; a failure takes the copies back.
+  auto undo = [&]() {
+    for (const auto& wk : c.hsm_keys) hsms->DestroyEverywhere(wk.inner_id);
+  };
+  size_t copies = hsms ? hsms->size() : 0;
+  for (const auto& wk : c.hsm_keys) {
+    size_t made = 0;
+    std::string failures;
+    for (size_t i = 0; i < hsms->size(); ++i) {
+      if (!hsms->Token(i)) continue;
+      Status s = hsms->Import(i, wk);
+      if (s.ok()) {
+        ++made;
+      } else {
+        failures += fmt::format("; hsm {}: {}", hsms->member_name(i), s.error().message);
+      }
+    }
+    if (made < hsms->Quorum()) {
+      undo();
+      return Err(CKR_DEVICE_ERROR, "{}: a key reached {} members, the quorum is {}{}; nothing changed", where, made,
+                 hsms->Quorum(), failures);
+    }
+    copies = std::min(copies, made);
+  }
+  VAULTP11_RETURN_IF_ERROR(st->EnsureVault(where));
+  auto inserted = st->InsertItem(c.rows, c.secrets, c.policy);
+  if (!inserted.ok()) {
+    if (hsms) undo();
+    return Err(inserted.rv(), "{}: writing the store failed: {}; nothing changed", where, inserted.error().message);
+  }
+  std::set<std::string> versions;
+  for (const auto& r : c.rows) versions.insert(r.version);
+  io.out << fmt::format("{}: {} {} restored from {} ({} version{}{})\n", where, h.kind, QuotePrintable(h.name), file,
+                        versions.size(), versions.size() == 1 ? "" : "s",
+                        hsms ? fmt::format(", HSM keys on {} HSM{}", copies, copies == 1 ? "" : "s") : std::string());
+  return OkStatus();
 }
 
 }  // namespace
@@ -430,19 +457,24 @@ Status WriteNewFile(const std::string& path, std::string_view text) {
 }
 
 
-Status BackupCommand(const config::Config& cfg, const std::string& where, const std::string& key,
+Status BackupCommand(const config::Config& cfg, const std::string& where, const std::string& name,
                      const std::string& file, Io& io) {
   VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
-  Status st = Backup(cfg, where, key, file, io);
-  audit.Record("KeyBackup", st, {{"file", AbsolutePath(file)}}, key, PlaceName(cfg, where));
+  Header h;
+  Status st = Backup(cfg, where, name, file, io, h);
+  Json props = {{"file", AbsolutePath(file)}};
+  if (st.ok()) props["versions"] = h.json["versions"];
+  audit.Record((h.kind + "Backup").c_str(), st, props, name, PlaceName(cfg, where));
   return st;
 }
 
 Status RestoreCommand(const config::Config& cfg, const std::string& where, const std::string& file, Io& io) {
   VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
-  std::string name;
-  Status st = Restore(cfg, where, file, io, name);
-  audit.Record("KeyRestore", st, {{"file", AbsolutePath(file)}}, name, PlaceName(cfg, where));
+  Header h;
+  Status st = Restore(cfg, where, file, io, h);
+  Json props = {{"file", AbsolutePath(file)}};
+  if (st.ok()) props["versions"] = h.json["versions"];
+  audit.Record((h.kind + "Restore").c_str(), st, props, h.name, PlaceName(cfg, where));
   return st;
 }
 

@@ -57,12 +57,6 @@ class EchoOff {
   bool active_ = false;
 };
 
-std::string Hex(std::span<const uint8_t> b) {
-  std::string out;
-  out.reserve(b.size() * 2);
-  for (uint8_t c : b) out += fmt::format("{:02x}", c);
-  return out;
-}
 
 // A label as shown on a terminal: quoted, control characters escaped (labels come from
 // whoever created the object and must not drive the terminal).
@@ -230,12 +224,12 @@ Status PoolInit(const config::Config& cfg, const std::vector<std::string>& pools
       return Err(CKR_FUNCTION_FAILED,
                  "pool {}: hsm {} holds a different security domain (check value {}) than hsm {} ({}); nothing "
                  "changed",
-                 name, m->hsm->name, Hex(m->domain.kcv), with.front()->hsm->name, Hex(with.front()->domain.kcv));
+                 name, m->hsm->name, HexOf(m->domain.kcv), with.front()->hsm->name, HexOf(with.front()->domain.kcv));
   }
   if (without.empty()) {
     io.out << fmt::format("pool {}: security domain already on all {} members (check value {})\n", name,
-                          members.size(), Hex(with.front()->domain.kcv));
-    done_out.check_value = Hex(with.front()->domain.kcv);
+                          members.size(), HexOf(with.front()->domain.kcv));
+    done_out.check_value = HexOf(with.front()->domain.kcv);
     return OkStatus();
   }
   if (!with.empty()) {
@@ -245,7 +239,7 @@ Status PoolInit(const config::Config& cfg, const std::vector<std::string>& pools
     return Err(CKR_FUNCTION_FAILED,
                "pool {}: hsm {} already hold{} a security domain (check value {}) but {} do{} not; a new domain "
                "would not match it (restore the domain onto the missing members from a backup); nothing changed",
-               name, have, with.size() == 1 ? "s" : "", Hex(with.front()->domain.kcv), lack,
+               name, have, with.size() == 1 ? "s" : "", HexOf(with.front()->domain.kcv), lack,
                without.size() == 1 ? "es" : "");
   }
   // 2. Every SO PIN before anything is written.
@@ -283,7 +277,7 @@ Status PoolInit(const config::Config& cfg, const std::vector<std::string>& pools
     done.push_back(&m);
     if (kcv.value() != expect) {
       failed = Err(CKR_DEVICE_ERROR, "hsm {}: the installed key's check value {} is not the domain's {}", m.hsm->name,
-                   Hex(kcv.value()), Hex(expect));
+                   HexOf(kcv.value()), HexOf(expect));
       break;
     }
   }
@@ -299,9 +293,9 @@ Status PoolInit(const config::Config& cfg, const std::vector<std::string>& pools
     io.out << fmt::format("pool {}: security domain installed on hsm {} (token {})\n", name, m.hsm->name,
                           m.hsm->token);
   io.out << fmt::format("pool {}: security domain ready on {} members (check value {})\n", name, members.size(),
-                        Hex(expect));
+                        HexOf(expect));
   done_out.changed = true;
-  done_out.check_value = Hex(expect);
+  done_out.check_value = HexOf(expect);
   return OkStatus();
 }
 
@@ -438,7 +432,7 @@ Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostr
       text += fmt::format("vault {} ({}): not in the store (run `vaultp11 init`)\n", v.name, v.sku);
     }
     for (const store::ObjectRecord& o : objects) {
-      std::string id = Hex(o.ck_id);
+      std::string id = HexOf(o.ck_id);
       text += fmt::format("  {:<11}  id {}  label {}{}\n", ClassName(o.object_class), id.empty() ? "-" : id,
                           Printable(o.label), o.version.empty() ? "" : "  version " + o.version);
       jobjects.push_back({{"class", ClassName(o.object_class)}, {"label", o.label}, {"id", id}, {"version", o.version}});

@@ -69,17 +69,18 @@ Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostr
 // "SecurityDomainInit" per name given (none when every member held the domain already).
 Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>& pools, Io& io);
 
-// `backup <pool|vault> <key> <file>`: writes the HSM key named <key> (CKA_LABEL) to a new file
-// (mode 0600, never overwritten): the key wrapped under the security domain, the metadata the
-// store keeps for it, and an HMAC-SHA256 over everything made in the HSM with a key wrapped
-// under the domain too. A premium vault's key qualifies when its HSM held a security domain
-// when the key was made (keys are then wrappable under trusted keys only).
-Status BackupCommand(const config::Config& cfg, const std::string& where, const std::string& key,
+// `backup <vault|pool> <name> <file>`: writes the item <name> (a key, secret or certificate,
+// every version) to a new file (mode 0600, never overwritten): a clear header and the item's
+// rows, secrets and policy sealed with AES-256-GCM under a key derived from the store's master
+// key (the header authenticated with them); HSM keys inside wrapped under the security domain
+// (a premium vault's HSM key qualifies when its HSM held a domain when the key was made). A
+// deleted item is refused. Audited as "<Kind>Backup".
+Status BackupCommand(const config::Config& cfg, const std::string& where, const std::string& name,
                      const std::string& file, Io& io);
-// `restore <pool|vault> <file>`: puts a backed-up key into a pool, or a premium vault's HSM,
-// holding the same security domain.
-// Another domain, a modified file, a key of that name already in the pool: refused, nothing
-// changed. Both are audited ("KeyBackup", "KeyRestore").
+// `restore <vault|pool> <file>`: puts a backed-up item, every version as it was, into a vault
+// or pool of the same deployment (HSM keys: into HSMs holding the same security domain;
+// software items: into a vault). Another deployment or domain, a modified file, a name in use
+// (or deleted): refused, nothing changed. Audited as "<Kind>Restore".
 Status RestoreCommand(const config::Config& cfg, const std::string& where, const std::string& file, Io& io);
 
 struct AssertionOptions {

@@ -24,6 +24,24 @@
 
 namespace vaultp11::cli {
 
+Result<std::unique_ptr<store::Store>> OpenVaultStore(const config::Config& cfg, const std::string& vault) {
+  auto st = store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/false);
+  if (!st.ok() && st.rv() == CKR_TOKEN_NOT_PRESENT)
+    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", cfg.store.path);
+  if (!st.ok()) return st.status();
+  VAULTP11_ASSIGN_OR_RETURN(auto vaults, (*st)->Vaults());
+  if (std::find(vaults.begin(), vaults.end(), vault) == vaults.end())
+    return Err(CKR_ARGUMENTS_BAD, "vault {} is not in the store yet (run `vaultp11 init`)", QuotePrintable(vault));
+  return st;
+}
+
+const char* KindOfRows(const std::vector<store::ObjectRecord>& rows) {
+  std::vector<CK_OBJECT_CLASS> classes;
+  for (const auto& r : rows) classes.push_back(r.object_class);
+  const std::string_view kind = store::KindOf(classes);
+  return kind == "certificate" ? "Certificate" : kind == "key" ? "Key" : "Secret";
+}
+
 namespace {
 
 using Json = nlohmann::ordered_json;
@@ -45,16 +63,6 @@ Status CheckName(const std::string& name) {
   return OkStatus();
 }
 
-Result<std::unique_ptr<store::Store>> OpenVaultStore(const config::Config& cfg, const std::string& vault) {
-  auto st = store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/false);
-  if (!st.ok() && st.rv() == CKR_TOKEN_NOT_PRESENT)
-    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", cfg.store.path);
-  if (!st.ok()) return st.status();
-  VAULTP11_ASSIGN_OR_RETURN(auto vaults, (*st)->Vaults());
-  if (std::find(vaults.begin(), vaults.end(), vault) == vaults.end())
-    return Err(CKR_ARGUMENTS_BAD, "vault {} is not in the store yet (run `vaultp11 init`)", QuotePrintable(vault));
-  return st;
-}
 
 // The value: --file (byte for byte), a hidden line on a terminal, else stdin to its end.
 Result<SecureBytes> ReadValue(const SecretSetOptions& o, Io& io) {
@@ -257,16 +265,6 @@ Status SecretDelete(const config::Config& cfg, const std::string& vault, const s
   return OkStatus();
 }
 
-// What an item's rows make it (store::KindOf's rule).
-const char* KindOfRows(const std::vector<store::ObjectRecord>& rows);
-const char* KindOfRows(const std::vector<store::ObjectRecord>& rows) {
-  bool key = false;
-  for (const auto& r : rows) {
-    if (r.object_class == CKO_CERTIFICATE) return "Certificate";
-    key |= r.object_class != CKO_DATA;
-  }
-  return key ? "Key" : "Secret";
-}
 
 Status CheckWhere(const config::Config& cfg, const std::string& where) {
   if (cfg.FindVault(where) == nullptr && cfg.FindPool(where) == nullptr)

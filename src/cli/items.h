@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "backend/pool/pool.h"
 #include "config/config.h"
+#include "store/store.h"
 #include "util/result.h"
 
 namespace vaultp11::cli {
@@ -156,6 +157,13 @@ Status CertCreateCommand(const config::Config& cfg, const CertCreateOptions& opt
 // `cert renew <vault> <name>`: a new version under the stored policy: a fresh key (the same key
 // with --reuse-key) and a new certificate; older versions stay. Audited as "CertificateRenew".
 Status CertRenewCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io);
+
+// The store, once `vault` (a vault or pool) is in it; clear errors for a store or vault not
+// made yet (`vaultp11 init`).
+Result<std::unique_ptr<store::Store>> OpenVaultStore(const config::Config& cfg, const std::string& vault);
+// What an item's rows make it, as audit operation names spell it: "Key", "Secret" or
+// "Certificate" (store::KindOf).
+const char* KindOfRows(const std::vector<store::ObjectRecord>& rows);
 
 // The HSMs behind a pool, or behind a premium vault with an HSM (as a one-member pool); null
 // for other vaults. Unknown name: CKR_ARGUMENTS_BAD.

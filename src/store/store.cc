@@ -111,16 +111,6 @@ constexpr const char* kVersionColumnCheckSql =
 constexpr const char* kCreatedColumnCheckSql =
     "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'created'";
 
-std::string HexOf(std::span<const uint8_t> raw) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(raw.size() * 2);
-  for (uint8_t b : raw) {
-    out += kDigits[b >> 4];
-    out += kDigits[b & 15];
-  }
-  return out;
-}
 
 bool IsDeploymentId(std::string_view s) {
   if (s.size() != 2 * kDeploymentIdBytes) return false;
@@ -391,7 +381,8 @@ const ItemRow* OtherVersionWithId(const std::vector<ItemRow>& rows,
   return nullptr;
 }
 
-// What kind of item a set of classes makes: a certificate (with its key), a key, a secret.
+}  // namespace
+
 const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes) {
   bool key = false;
   for (CK_OBJECT_CLASS c : classes) {
@@ -400,6 +391,8 @@ const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes) {
   }
   return key ? "key" : "secret";
 }
+
+namespace {
 
 Error NameExists(const std::string& vault, const std::string& label, const std::string& current, std::string_view why,
                  bool hint = true) {
@@ -628,6 +621,44 @@ struct Store::Impl {
     while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
     if (rc != SQLITE_DONE) return Fail(rc, "reading an item");
     return out;
+  }
+
+  // Inside a transaction: inserts `record` (its version and created as given) with its secret
+  // sealed under the vault's data key; sets id, revision and has_secret.
+  Status InsertRow(ObjectRecord& record, const SecureBytes& secret, int64_t rev, const SecureBytes& data_key) {
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * ins,
+        Prepare("INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision, version, created) "
+                "VALUES(?, ?, ?, ?, ?, NULL, ?, ?, ?)"));
+    {
+      Stmt st(ins);
+      st.Bind(1, record.vault);
+      st.Bind(2, static_cast<int64_t>(record.object_class));
+      st.Bind(3, record.label);
+      st.BindBlob(4, record.ck_id);
+      st.BindBlob(5, record.attributes);
+      st.Bind(6, rev);
+      st.Bind(7, record.version);
+      st.Bind(8, record.created);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return Fail(rc, "inserting an object");
+    }
+    int64_t id = sqlite3_last_insert_rowid(db);
+    if (!secret.empty()) {
+      // The id is part of the AAD, so a sealed secret cannot be moved to another row.
+      std::string aad = ObjectAad(record.vault, id);
+      VAULTP11_ASSIGN_OR_RETURN(Bytes sealed, ossl::SealAesGcm(data_key, secret, AsBytes(aad)));
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * upd, Prepare("UPDATE objects SET secret = ? WHERE id = ?"));
+      Stmt st(upd);
+      st.BindBlob(1, sealed);
+      st.Bind(2, id);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return Fail(rc, "storing an object's secret");
+    }
+    record.id = id;
+    record.revision = rev;
+    record.has_secret = !secret.empty();
+    return OkStatus();
   }
 
   // A deleted item's name cannot be used until the item is recovered or purged.
@@ -995,42 +1026,9 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
     }
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
     for (size_t i = 0; i < records.size(); ++i) {
-      ObjectRecord& record = records[i];
-      const SecureBytes& secret = secrets[i];
-      VAULTP11_ASSIGN_OR_RETURN(
-          sqlite3_stmt * ins,
-          impl_->Prepare("INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision, version, created) "
-                         "VALUES(?, ?, ?, ?, ?, NULL, ?, ?, ?)"));
-      {
-        Stmt st(ins);
-        st.Bind(1, record.vault);
-        st.Bind(2, static_cast<int64_t>(record.object_class));
-        st.Bind(3, record.label);
-        st.BindBlob(4, record.ck_id);
-        st.BindBlob(5, record.attributes);
-        st.Bind(6, rev);
-        st.Bind(7, version);
-        st.Bind(8, now);
-        int rc = st.Step();
-        if (rc != SQLITE_DONE) return impl_->Fail(rc, "inserting an object");
-      }
-      int64_t id = sqlite3_last_insert_rowid(db_);
-      if (!secret.empty()) {
-        // The id is part of the AAD, so a sealed secret cannot be moved to another row.
-        std::string aad = ObjectAad(record.vault, id);
-        VAULTP11_ASSIGN_OR_RETURN(Bytes sealed, ossl::SealAesGcm(*data_key, secret, AsBytes(aad)));
-        VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * upd, impl_->Prepare("UPDATE objects SET secret = ? WHERE id = ?"));
-        Stmt st(upd);
-        st.BindBlob(1, sealed);
-        st.Bind(2, id);
-        int rc = st.Step();
-        if (rc != SQLITE_DONE) return impl_->Fail(rc, "storing an object's secret");
-      }
-      record.id = id;
-      record.revision = rev;
-      record.has_secret = !secret.empty();
-      record.version = version;
-      record.created = now;
+      records[i].version = version;
+      records[i].created = now;
+      VAULTP11_RETURN_IF_ERROR(impl_->InsertRow(records[i], secrets[i], rev, *data_key));
     }
     return OkStatus();
   });
@@ -1045,6 +1043,41 @@ Result<ObjectRecord> Store::Insert(ObjectRecord record, const SecureBytes& secre
   secrets.push_back(secret);
   VAULTP11_ASSIGN_OR_RETURN(auto saved, InsertVersion(std::move(one), secrets, new_version));
   return std::move(saved.front());
+}
+
+Result<std::vector<ObjectRecord>> Store::InsertItem(std::vector<ObjectRecord> records,
+                                                    const std::vector<SecureBytes>& secrets, const std::string& policy) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (records.empty() || secrets.size() != records.size())
+    return Err(CKR_GENERAL_ERROR, "InsertItem: {} records, {} secrets", records.size(), secrets.size());
+  if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot create an item: database {} is read-only", path_);
+  const std::string vault = records.front().vault;
+  const std::string label = records.front().label;
+  for (const auto& r : records)
+    if (r.vault != vault || r.label != label || r.label.empty() || r.version.empty())
+      return Err(CKR_GENERAL_ERROR, "InsertItem: records of one named item, each with its version");
+  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault, master_key_));
+  Status s = impl_->Transaction("inserting an item", [&]() -> Status {
+    VAULTP11_RETURN_IF_ERROR(impl_->RefuseDeletedName(vault, label));
+    VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
+    if (!rows.empty())
+      return NameExists(vault, label, rows.front().version, "a restored item needs a free name", false);
+    VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
+    for (size_t i = 0; i < records.size(); ++i)
+      VAULTP11_RETURN_IF_ERROR(impl_->InsertRow(records[i], secrets[i], rev, *data_key));
+    if (policy.empty()) return OkStatus();
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare("INSERT OR REPLACE INTO item_policies(vault, name, policy) "
+                                                               "VALUES(?1, ?2, ?3)"));
+    Stmt st(q);
+    st.Bind(1, vault);
+    st.Bind(2, label);
+    st.Bind(3, policy);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "setting a policy");
+    return OkStatus();
+  });
+  if (!s.ok()) return s.error();
+  return records;
 }
 
 Result<std::string> Store::Update(int64_t id, const std::string& label, const Bytes& ck_id,

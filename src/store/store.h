@@ -35,6 +35,9 @@ struct ObjectRecord {
   int64_t created = 0;  // Unix time of the insert (rows from before it was kept: the upgrade's)
 };
 
+// What kind of item a version's classes make: "certificate" (with its key), "key", "secret".
+const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes);
+
 // A fresh version id: 16 random bytes as 32 lowercase hex digits.
 Result<std::string> NewVersionId();
 
@@ -120,6 +123,13 @@ class Store {
                                                   bool new_version, std::string_view expect_current = {});
   // One object: InsertVersion({record}, {secret}, new_version).
   Result<ObjectRecord> Insert(ObjectRecord record, const SecureBytes& secret, bool new_version = false);
+
+  // A whole item at once (a restore): every record with the same vault and label, its version
+  // and created time set, oldest version first (the last record's version becomes current);
+  // its policy (may be empty). One transaction; a name in use (live or deleted) is
+  // CKR_ATTRIBUTE_VALUE_INVALID and nothing is written.
+  Result<std::vector<ObjectRecord>> InsertItem(std::vector<ObjectRecord> records, const std::vector<SecureBytes>& secrets,
+                                               const std::string& policy);
 
   // Replaces label, CKA_ID and attributes of an existing row (one transaction); bumps its
   // revision; returns the row's version afterwards. A new label follows InsertVersion's rules

@@ -663,6 +663,7 @@ TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
   ASSERT_EQ(GenPoolAes(s, 32, "traveller-aes", &aes), CKR_OK);
   auto id = InnerId(s, priv), aes_id = InnerId(s, aes);
   auto point = GetAttr(s, pub, CKA_EC_POINT);
+  auto traveller_id = GetAttr(s, priv, CKA_ID);
   uint8_t iv[16] = {9};
   CK_MECHANISM cbc{CKM_AES_CBC_PAD, iv, sizeof(iv)};
   auto plain = Bytes("encrypted in bk1, decrypted in bk2");
@@ -697,7 +698,7 @@ TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
   EXPECT_EQ(Cli({"backup", "bk1", "nothing", dir.file("x")}, config_path).status, 1);
   CliRun vault = Cli({"backup", "payments", "traveller", dir.file("y")}, config_path);
   EXPECT_EQ(vault.status, 1);
-  EXPECT_NE(vault.output.find("has no HSM"), std::string::npos) << vault.output;
+  EXPECT_NE(vault.output.find("has no item named"), std::string::npos) << vault.output;
 
   // Another domain: refused, nothing on its members.
   CliRun other = Cli({"restore", "hsmpool", file}, config_path);
@@ -832,7 +833,7 @@ TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
   EXPECT_NE(backups[2]["resultDescription"].get<std::string>().find(file), std::string::npos);  // exists already
   EXPECT_EQ(props(backups[4], "name"), "nothing");
   EXPECT_EQ(props(backups[5], "vault"), "payments");
-  EXPECT_NE(backups[5]["resultDescription"].get<std::string>().find("has no HSM"), std::string::npos);
+  EXPECT_NE(backups[5]["resultDescription"].get<std::string>().find("has no item named"), std::string::npos);
 
   ASSERT_EQ(restores.size(), 7u);
   const char* const restore_results[] = {"Success", "Failure", "Failure", "Failure", "Success", "Success", "Failure"};
@@ -852,6 +853,46 @@ TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
   auto chain = audit::VerifyFile(dir.file("audit.log"));
   ASSERT_TRUE(chain.ok());
   EXPECT_TRUE(chain->intact) << chain->problem;
+
+  // Every version of an HSM key: rotated in bk2, backed up, restored into the premium vault
+  // (same domain) with both versions, the old one found by its CKA_ID and signing there.
+  if (initialized) ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  CliRun rot = Cli({"key", "rotate", "bk2", "traveller"}, config_path);
+  ASSERT_EQ(rot.status, 0) << rot.output;
+  std::string two = dir.file("traveller-2.backup");
+  CliRun b2 = Cli({"backup", "bk2", "traveller", two}, config_path);
+  ASSERT_EQ(b2.status, 0) << b2.output;
+  EXPECT_NE(b2.output.find("(2 versions, HSM keys under security domain"), std::string::npos) << b2.output;
+  CliRun r2 = Cli({"restore", "archive", two}, config_path);
+  ASSERT_EQ(r2.status, 0) << r2.output;
+  EXPECT_NE(r2.output.find("(2 versions, HSM keys on 1 HSM)"), std::string::npos) << r2.output;
+  Start();
+  CK_SESSION_HANDLE a = LoggedInRw(kArchiveSlot);
+  auto find_one = [&](CK_OBJECT_CLASS cls) {
+    CK_ATTRIBUTE by_id[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, traveller_id.data(), traveller_id.size()}};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG count = 0;
+    if (f->C_FindObjectsInit(a, by_id, 2) != CKR_OK) return h;
+    if (f->C_FindObjects(a, &h, 1, &count) != CKR_OK || count != 1) h = CK_INVALID_HANDLE;
+    f->C_FindObjectsFinal(a);
+    return h;
+  };
+  CK_OBJECT_HANDLE old_priv = find_one(CKO_PRIVATE_KEY), old_pub = find_one(CKO_PUBLIC_KEY);
+  ASSERT_NE(old_priv, CK_INVALID_HANDLE) << "the first version is not in the vault";
+  ASSERT_NE(old_pub, CK_INVALID_HANDLE);
+  EXPECT_EQ(GetAttr(a, old_pub, CKA_EC_POINT), point) << "not the same key";
+  auto old_sig = Sign(a, em, old_priv, data);
+  EXPECT_EQ(Verify(a, em, old_pub, data, old_sig), CKR_OK);
+  // A software item never goes into a pool.
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  std::ofstream(dir.file("note.txt")) << "a note";
+  ASSERT_EQ(Cli({"secret", "set", "payments", "note", "--file", dir.file("note.txt")}, config_path).status, 0);
+  ASSERT_EQ(Cli({"backup", "payments", "note", dir.file("note.backup")}, config_path).status, 0);
+  CliRun into_pool = Cli({"restore", "bk2", dir.file("note.backup")}, config_path);
+  EXPECT_EQ(into_pool.status, 1);
+  EXPECT_NE(into_pool.output.find("pools hold HSM keys only"), std::string::npos) << into_pool.output;
 }
 
 

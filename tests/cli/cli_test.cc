@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -700,7 +701,7 @@ TEST(ManagementAuditTest, FailedChangesAreRecordedWithTheirError) {
   ASSERT_EQ(events.size(), 1u);
   ExpectOperatorEvent(events[0], "KeyBackup", false);
   EXPECT_EQ(events[0]["resultDescription"], ErrorMessage(backup));
-  EXPECT_THAT(events[0]["resultDescription"].get<std::string>(), HasSubstr("has no HSM"));
+  EXPECT_THAT(events[0]["resultDescription"].get<std::string>(), HasSubstr("has no item named"));
   EXPECT_EQ(events[0]["properties"]["vault"], "dev");
   EXPECT_EQ(events[0]["properties"]["name"], "k1");
   EXPECT_EQ(events[0]["properties"]["file"], dir.file("k1.backup"));
@@ -1211,6 +1212,136 @@ TEST_F(DeletedCliTest, PurgeProtectionHoldsUntilRetentionEndsAndStaysOn) {
   EXPECT_THAT(del.out, HasSubstr("deleted from vault"));
   EXPECT_THAT(Cli({"deleted", "list", "dev"}).out, IsEmpty());
   EXPECT_EQ(Cli({"secret", "set", "dev", "now"}, "again").exit_code, kExitOk);
+}
+
+// Backup and restore of software items: every version, sealed under the deployment's key.
+class BackupCliTest : public SecretCliTest {
+ protected:
+  void SetUp() override {
+    WriteFile(dir.file("vp.yaml"),
+              "store:\n  path: data/store.db\n"
+              "audit:\n  sinks:\n    - { type: file, path: audit.log }\n"
+              "vaults:\n"
+              "  - { name: dev }\n"
+              "  - { name: other, soft_delete: { retention_days: 7 } }\n");
+    Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
+    ASSERT_EQ(o.exit_code, kExitOk) << o.err;
+  }
+  // The file with the character at `at` changed (a hex digit to another).
+  std::string Altered(const std::string& file, size_t at, const std::string& name) {
+    std::string text = ReadAll(dir.file(file));
+    text[at] = text[at] == '0' ? '1' : '0';
+    WriteFile(dir.file(name), text);
+    return name;
+  }
+  std::vector<nlohmann::json> AuditEvents(const std::string& operation) {
+    std::vector<nlohmann::json> out;
+    std::istringstream lines(ReadAll(dir.file("audit.log")));
+    for (std::string line; std::getline(lines, line);) {
+      auto e = nlohmann::json::parse(line, nullptr, false);
+      if (e.is_object() && e.value("operationName", "") == operation) out.push_back(e);
+    }
+    return out;
+  }
+};
+
+TEST_F(BackupCliTest, SecretWithEveryVersionRoundTripsIntoTheSameDeploymentOnly) {
+  const std::string v1 = "first plain value", v2("second\0value", 12);
+  Outcome s1 = Cli({"secret", "set", "dev", "db-password", "--content-type", "text/plain"}, v1);
+  ASSERT_EQ(s1.exit_code, kExitOk) << s1.err;
+  Outcome s2 = Cli({"secret", "set", "dev", "db-password"}, v2);
+  ASSERT_EQ(s2.exit_code, kExitOk) << s2.err;
+  const std::string ver1 = PrintedVersion(s1), ver2 = PrintedVersion(s2);
+
+  Outcome b = Cli({"backup", "dev", "db-password", "s.backup"});
+  ASSERT_EQ(b.exit_code, kExitOk) << b.err;
+  EXPECT_THAT(b.out, HasSubstr("Secret \"db-password\" backed up to s.backup (2 versions)"));
+  EXPECT_EQ(ModeOf(dir.file("s.backup")), 0600u);
+  const std::string text = ReadAll(dir.file("s.backup"));
+  EXPECT_EQ(text.find("first plain value"), std::string::npos) << "the value is in the clear";
+  EXPECT_EQ(text.find("text/plain"), std::string::npos) << "the attributes are in the clear";
+  EXPECT_EQ(text.find(ver1), std::string::npos) << "versions are sealed too";
+  EXPECT_EQ(Cli({"backup", "dev", "db-password", "s.backup"}).exit_code, kExitFailed) << "never overwritten";
+  Outcome none = Cli({"backup", "dev", "nothing", "n.backup"});
+  EXPECT_EQ(none.exit_code, kExitFailed);
+  EXPECT_THAT(none.err, HasSubstr("has no item named \"nothing\""));
+
+  // The name is in use where it came from.
+  Outcome taken = Cli({"restore", "dev", "s.backup"});
+  EXPECT_EQ(taken.exit_code, kExitFailed);
+  EXPECT_THAT(taken.err, HasSubstr("already has a secret named \"db-password\"; nothing changed"));
+  // Any changed byte, in the sealed content or the clear header, is refused.
+  const size_t content = text.find("\"content\": \"") + 40, header = text.find("\"source\": \"dev\"") + 11;
+  for (const std::string& bad : {Altered("s.backup", content, "c.backup"), Altered("s.backup", header, "h.backup")}) {
+    Outcome r = Cli({"restore", "other", bad});
+    EXPECT_EQ(r.exit_code, kExitFailed) << bad;
+    EXPECT_THAT(r.err, HasSubstr("was modified after it was written")) << bad;
+  }
+  WriteFile(dir.file("junk.backup"), "{\"format\": \"vaultp11-backup\", \"format_version\": 2}");
+  EXPECT_THAT(Cli({"restore", "other", "junk.backup"}).err, HasSubstr("not a hex string"));
+  // Another deployment (its own store and master key) cannot read it.
+  WriteFile(dir.file("vp2.yaml"), "store:\n  path: data2/store.db\nvaults:\n  - { name: other }\n");
+  ASSERT_EQ(RunCli(dir, {"--config", "vp2.yaml", "init"}).exit_code, kExitOk);
+  Outcome foreign = RunCli(dir, {"--config", "vp2.yaml", "restore", "other", "s.backup"});
+  EXPECT_EQ(foreign.exit_code, kExitFailed);
+  EXPECT_THAT(foreign.err, HasSubstr("was made by another deployment"));
+  EXPECT_THAT(Cli({"secret", "list", "other"}).out, IsEmpty()) << "a refused restore stored something";
+
+  // Into another vault of the deployment: both versions as they were, the newest current.
+  Outcome r = Cli({"restore", "other", "s.backup"});
+  ASSERT_EQ(r.exit_code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("other: Secret \"db-password\" restored from s.backup (2 versions)"));
+  EXPECT_EQ(Cli({"secret", "get", "other", "db-password"}).out, v2);
+  EXPECT_EQ(Cli({"secret", "get", "other", "db-password", "--version", ver1}).out, v1);
+  nlohmann::json vs = nlohmann::json::parse(Cli({"secret", "list", "other", "db-password", "--json"}).out);
+  ASSERT_EQ(vs.size(), 2u);
+  EXPECT_EQ(vs[0]["version"], ver1);
+  EXPECT_EQ(vs[0]["contentType"], "text/plain");
+  EXPECT_EQ(vs[1]["version"], ver2);
+  // A deleted item is not backed up, and its name is not restored over.
+  ASSERT_EQ(Cli({"secret", "delete", "other", "db-password"}).exit_code, kExitOk);
+  EXPECT_THAT(Cli({"backup", "other", "db-password", "d.backup"}).err, HasSubstr("is deleted: recover it before a backup"));
+  EXPECT_THAT(Cli({"restore", "other", "s.backup"}).err, HasSubstr("has a deleted item named \"db-password\""));
+  // Gone for good from dev, it comes back there.
+  ASSERT_EQ(Cli({"secret", "delete", "dev", "db-password"}).exit_code, kExitOk);
+  ASSERT_EQ(Cli({"restore", "dev", "s.backup"}).exit_code, kExitOk);
+  EXPECT_EQ(Cli({"secret", "get", "dev", "db-password"}).out, v2);
+
+  auto backups = AuditEvents("SecretBackup"), restores = AuditEvents("SecretRestore");
+  ASSERT_EQ(backups.size(), 2u);  // the success and the refused deleted item (the others were not found)
+  EXPECT_EQ(backups[0]["resultType"], "Success");
+  EXPECT_EQ(backups[0]["properties"]["versions"], 2);
+  size_t ok = 0;
+  for (const auto& e : restores) ok += e["resultType"] == "Success";
+  EXPECT_EQ(ok, 2u);
+  for (const auto& e : AuditEvents("KeyRestore")) EXPECT_EQ(e["properties"].value("name", "-"), "-") << e.dump();
+}
+
+TEST_F(BackupCliTest, CertificateComesBackWithItsKeysVersionsAndPolicy) {
+  ASSERT_EQ(Cli({"cert", "create", "dev", "web", "--subject", "CN=web.example", "--san", "DNS:web.example"}).exit_code,
+            kExitOk);
+  ASSERT_EQ(Cli({"cert", "renew", "dev", "web"}).exit_code, kExitOk);
+  Outcome b = Cli({"backup", "dev", "web", "w.backup"});
+  ASSERT_EQ(b.exit_code, kExitOk) << b.err;
+  EXPECT_THAT(b.out, HasSubstr("Certificate \"web\" backed up to w.backup (2 versions)"));
+  EXPECT_EQ(ReadAll(dir.file("w.backup")).find("PRIVATE"), std::string::npos);
+  Outcome r = Cli({"restore", "other", "w.backup"});
+  ASSERT_EQ(r.exit_code, kExitOk) << r.err;
+  // The same objects (6: two versions of key pair and certificate) with the same versions and ids.
+  auto objects = [&](const std::string& vault) {
+    std::multiset<std::string> out;
+    const nlohmann::json doc = nlohmann::json::parse(Cli({"list", "--vault", vault, "--json"}).out);
+    for (const auto& o : doc["vaults"][0]["objects"])
+      if (o["label"] == "web") out.insert(o["class"].get<std::string>() + o["id"].get<std::string>() + o["version"].get<std::string>());
+    return out;
+  };
+  EXPECT_EQ(objects("other").size(), 6u);
+  EXPECT_EQ(objects("other"), objects("dev"));
+  // The policy came along: the restored certificate renews.
+  Outcome renew = Cli({"cert", "renew", "other", "web"});
+  EXPECT_EQ(renew.exit_code, kExitOk) << renew.err;
+  EXPECT_EQ(objects("other").size(), 9u);
+  EXPECT_EQ(AuditEvents("CertificateRestore").size(), 1u);
 }
 
 }  // namespace

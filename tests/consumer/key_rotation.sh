@@ -88,6 +88,24 @@ cli lifecycle run --at "$at" | grep -q "0 rotated, 0 renewed, 0 notified" || fai
 grep -q '"operationName":"KeyNearExpiry"' "$WORK/audit.log" || fail "no KeyNearExpiry event in the audit log"
 [[ $(grep -c '"operationName":"KeyRotate"' "$WORK/audit.log") -ge 2 ]] || fail "KeyRotate events missing"
 
+step "backup and restore: the key, deleted and purged, comes back with every version"
+export_pubkey signer "$WORK/current.pem"
+cli backup payments signer "$WORK/signer.backup" | grep -q "Key \"signer\" backed up to .* (3 versions)" ||
+  fail "backup did not cover 3 versions"
+run_fails "$VAULTP11_CLI" --config "$CONF" restore payments "$WORK/signer.backup"
+p11_user --delete-object --type privkey --label signer
+cli deleted purge payments signer
+[[ $(p11_user -O --type pubkey --label signer | grep -c '^Public Key Object') == 0 ]] || fail "signer is still there"
+cli restore payments "$WORK/signer.backup" | grep -q "restored from .* (3 versions)" || fail "restore did not say 3 versions"
+export_pubkey signer "$WORK/restored.pem"
+cmp "$WORK/current.pem" "$WORK/restored.pem" || fail "the restored current version is another key"
+p11 --read-object --type pubkey --id "$v1_id" -o "$WORK/v1-restored.der"
+run openssl pkey -pubin -inform DER -in "$WORK/v1-restored.der" -out "$WORK/v1-restored.pem"
+run openssl dgst -sha256 -verify "$WORK/v1-restored.pem" -signature "$WORK/v1.sig" "$WORK/data.bin"
+p11_user --sign --label signer -m ECDSA-SHA256 --signature-format openssl -i "$WORK/data.bin" -o "$WORK/v3.sig"
+run openssl dgst -sha256 -verify "$WORK/restored.pem" -signature "$WORK/v3.sig" "$WORK/data.bin"
+grep -q '"operationName":"KeyRestore"' "$WORK/audit.log" || fail "no KeyRestore event in the audit log"
+
 step "a deleted item is purged by lifecycle run once its retention is over"
 printf 'v' | "$VAULTP11_CLI" --config "$CONF" secret set payments old-secret >/dev/null
 cli secret delete payments old-secret
