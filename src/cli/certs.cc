@@ -163,6 +163,34 @@ Result<std::shared_ptr<model::Object>> CertObject(const std::string& label, cons
   return model::CreateObject(t);
 }
 
+// Issuer certificates of `certs` (all but `leaf`), each stored as an item of its own (named
+// <name>-chain-<n>, the first free n) unless the vault has it; returns how many were added.
+Result<size_t> StoreIssuers(core::Token& token, const std::string& name, const std::vector<X509Ptr>& certs, size_t leaf,
+                            const std::string& version) {
+  size_t added = 0;
+  for (size_t i = 0; i < certs.size(); ++i) {
+    if (i == leaf) continue;
+    VAULTP11_ASSIGN_OR_RETURN(Bytes der, Der(certs[i].get()));
+    AttributeMap find;
+    find.SetUlong(CKA_CLASS, CKO_CERTIFICATE);
+    find.Set(CKA_VALUE, der);
+    if (!token.Find(find).empty()) continue;
+    // The first free name <name>-chain-N (an issuer never becomes a version of another item).
+    Status stored = Err(CKR_FUNCTION_FAILED, "no free name for an issuer certificate of {}", name);
+    for (int n = 1; n <= 100 && !stored.ok(); ++n) {
+      const std::string label = fmt::format("{}-chain-{}", name.substr(0, 110), n);
+      VAULTP11_ASSIGN_OR_RETURN(auto ca, CertObject(label, der));
+      stored = token.AddVersion({ca}, /*new_version=*/false).status();
+      if (!stored.ok() && stored.rv() != CKR_ATTRIBUTE_VALUE_INVALID) break;  // not a name clash
+    }
+    if (!stored.ok())
+      return Err(stored.rv(), "the certificate was stored (version {}) but an issuer certificate was not: {}", version,
+                 stored.error().message);
+    ++added;
+  }
+  return added;
+}
+
 Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std::string* version, size_t* chain) {
   if (cfg.FindVault(o.vault) == nullptr)
     return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {} (pools hold HSM keys only, no certificates)",
@@ -212,27 +240,8 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
     VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
     VAULTP11_RETURN_IF_ERROR(st->SetPolicy(o.vault, o.name, ""));
   }
-  // The issuers, each an item of its own (named <name>-chain-<n>) unless the vault has it.
-  for (size_t i = 0; i < b.certs.size(); ++i) {
-    if (i == leaf) continue;
-    VAULTP11_ASSIGN_OR_RETURN(Bytes der, Der(b.certs[i].get()));
-    AttributeMap find;
-    find.SetUlong(CKA_CLASS, CKO_CERTIFICATE);
-    find.Set(CKA_VALUE, der);
-    if (!token->Find(find).empty()) continue;
-    // The first free name <name>-chain-N (an issuer never becomes a version of another item).
-    Status stored = Err(CKR_FUNCTION_FAILED, "no free name for an issuer certificate of {}", o.name);
-    for (int n = 1; n <= 100 && !stored.ok(); ++n) {
-      const std::string label = fmt::format("{}-chain-{}", o.name.substr(0, 110), n);
-      VAULTP11_ASSIGN_OR_RETURN(auto ca, CertObject(label, der));
-      stored = token->AddVersion({ca}, /*new_version=*/false).status();
-      if (!stored.ok() && stored.rv() != CKR_ATTRIBUTE_VALUE_INVALID) break;  // not a name clash
-    }
-    if (!stored.ok())
-      return Err(stored.rv(), "the certificate was imported (version {}) but an issuer certificate was not: {}", *version,
-                 stored.error().message);
-    ++*chain;
-  }
+  // The issuers, each an item of its own unless the vault has it.
+  VAULTP11_ASSIGN_OR_RETURN(*chain, StoreIssuers(*token, o.name, b.certs, leaf, *version));
   io.out << fmt::format("certificate {} imported into vault {}: version {} (key {}), {} issuer certificate{} added\n",
                         QuotePrintable(o.name), QuotePrintable(o.vault), *version,
                         kp.private_key->key_type() == CKK_RSA ? "RSA" : "EC", *chain, *chain == 1 ? "" : "s");
@@ -401,12 +410,13 @@ Result<Bytes> MakeCertificate(const CertCreateOptions& o, EVP_PKEY* subject_key,
   return Der(x.get());
 }
 
-// The current version's objects of certificate item `name` on `token`.
+// The current version's objects of certificate item `name` on `token` (a pending request's
+// version has its key pair and its CSR, no certificate yet).
 struct CurrentCert {
-  model::ObjectPtr priv, pub, cert;
+  model::ObjectPtr priv, pub, cert, csr;
   std::string version;
 };
-Result<CurrentCert> FindCurrentCert(core::Token& token, const std::string& name) {
+Result<CurrentCert> FindCurrentVersion(core::Token& token, const std::string& name) {
   AttributeMap t;
   t.SetString(CKA_LABEL, name);
   CurrentCert c;
@@ -415,9 +425,14 @@ Result<CurrentCert> FindCurrentCert(core::Token& token, const std::string& name)
     if (o->cls() == CKO_PRIVATE_KEY) c.priv = o;
     if (o->cls() == CKO_PUBLIC_KEY) c.pub = o;
     if (o->cls() == CKO_CERTIFICATE) c.cert = o;
+    if (o->cls() == CKO_DATA) c.csr = o;
   }
+  if (c.priv) c.version = c.priv->attrs.GetString(CKA_VAULTP11_VERSION);
+  return c;
+}
+Result<CurrentCert> FindCurrentCert(core::Token& token, const std::string& name) {
+  VAULTP11_ASSIGN_OR_RETURN(CurrentCert c, FindCurrentVersion(token, name));
   if (!c.cert || !c.priv) return Err(CKR_ARGUMENTS_BAD, "vault {} has no certificate {} with its key", token.name(), QuotePrintable(name));
-  c.version = c.cert->attrs.GetString(CKA_VAULTP11_VERSION);
   return c;
 }
 
@@ -428,9 +443,8 @@ Result<X509Ptr> ParseDer(const Bytes& der) {
   return x;
 }
 
-// Creates (expect empty) or renews (expect = the current version) certificate `o.name`.
-Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, const std::string& expect, Io& io,
-                     std::string* version) {
+// The policy's checks that need no store: names, months, lifetime action, SANs, subject.
+Status CheckCertPolicy(const config::Config& cfg, const CertCreateOptions& o) {
   if (cfg.FindVault(o.vault) == nullptr)
     return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {} (pools hold HSM keys only, no certificates)",
                QuotePrintable(o.vault), cfg.source);
@@ -455,18 +469,17 @@ Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, cons
       return Err(CKR_ARGUMENTS_BAD, "--san {} must be DNS:name, email:address or URI:uri", QuotePrintable(san, 200));
   VAULTP11_ASSIGN_OR_RETURN(X509_NAME * probe, ParseSubject(o.subject));
   X509_NAME_free(probe);
-  VAULTP11_ASSIGN_OR_RETURN(auto provider, core::Provider::Create(cfg.source, /*threads=*/true));
-  core::Token* token = nullptr;
-  for (const auto& t : provider->tokens())
-    if (t->name() == o.vault) token = t.get();
-  if (token == nullptr) return Err(CKR_ARGUMENTS_BAD, "vault {} is not loaded", QuotePrintable(o.vault));
+  return OkStatus();
+}
 
-  // The key: a fresh pair (or the current one's for a renewal with reuse).
+// The key pair of a new version: a fresh one, or (a renewal with reuse) the current one's.
+Result<model::KeyPair> NewKeyPair(core::Token& token, const CertCreateOptions& o, bool renewal) {
   AttributeMap pt, vt;
   CertKeyTemplates(o.name, pt, vt);
   model::KeyPair kp;
-  if (!expect.empty() && o.reuse_key) {
-    VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentCert(*token, o.name));
+  if (renewal && o.reuse_key) {
+    VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentVersion(token, o.name));
+    if (!cur.priv) return Err(CKR_ARGUMENTS_BAD, "vault {} has no key {} to reuse", token.name(), QuotePrintable(o.name));
     VAULTP11_ASSIGN_OR_RETURN(auto secret, cur.priv->material->Secret());
     VAULTP11_ASSIGN_OR_RETURN(kp, model::ImportKeyPair(pt, vt, *secret));
     // The same key: its history (made here, never extractable) carries over.
@@ -475,29 +488,54 @@ Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, cons
         kp.private_key->attrs.Set(t, *v);
         if (t == CKA_LOCAL || t == CKA_KEY_GEN_MECHANISM) kp.public_key->attrs.Set(t, *v);
       }
-  } else if (o.key.rfind("rsa:", 0) == 0) {
+    return kp;
+  }
+  if (o.key.rfind("rsa:", 0) == 0) {
     const std::string bits = o.key.substr(4);
     if (bits != "2048" && bits != "3072" && bits != "4096")
       return Err(CKR_ARGUMENTS_BAD, "--key rsa:{} : RSA keys are 2048, 3072 or 4096 bits", bits);
     pt.SetUlong(CKA_MODULUS_BITS, std::stoul(bits));
-    VAULTP11_ASSIGN_OR_RETURN(kp, model::GenerateKeyPair(CKM_RSA_PKCS_KEY_PAIR_GEN, pt, vt));
-  } else if (o.key.rfind("ec:", 0) == 0) {
+    return model::GenerateKeyPair(CKM_RSA_PKCS_KEY_PAIR_GEN, pt, vt);
+  }
+  if (o.key.rfind("ec:", 0) == 0) {
     VAULTP11_ASSIGN_OR_RETURN(Bytes params, CurveParams(o.key.substr(3)));
     pt.Set(CKA_EC_PARAMS, params);
-    VAULTP11_ASSIGN_OR_RETURN(kp, model::GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, pt, vt));
-  } else {
-    return Err(CKR_ARGUMENTS_BAD, "--key {} must be rsa:BITS or ec:CURVE", QuotePrintable(o.key, 40));
+    return model::GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, pt, vt);
   }
-  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef subject_key, kp.private_key->Key());
+  return Err(CKR_ARGUMENTS_BAD, "--key {} must be rsa:BITS or ec:CURVE", QuotePrintable(o.key, 40));
+}
 
+// A new item's policy is written first and taken back when the item cannot be made; a new
+// version commits only over `expect`, the version it replaces.
+Result<std::vector<CK_OBJECT_HANDLE>> AddCertVersion(core::Token& token, store::Store& st, const CertCreateOptions& o,
+                                                     const std::string& expect,
+                                                     const std::vector<std::shared_ptr<model::Object>>& objs) {
+  if (!expect.empty()) return token.AddVersion(objs, /*new_version=*/true, expect);
+  // A new item: the name must be free (not a key, secret or deleted item).
+  VAULTP11_ASSIGN_OR_RETURN(std::string existing, st.Policy(o.vault, o.name));
+  if (!existing.empty()) return Err(CKR_ARGUMENTS_BAD, "{} has a policy already: renew it instead", QuotePrintable(o.name));
+  VAULTP11_RETURN_IF_ERROR(st.SetPolicy(o.vault, o.name, PolicyJsonOf(o).dump()));
+  auto added = token.AddVersion(objs, /*new_version=*/false);
+  if (!added.ok()) (void)st.SetPolicy(o.vault, o.name, "");
+  return added;
+}
+
+// Creates (expect empty) or renews (expect = the current version) certificate `o.name`.
+Status CreateOrRenew(core::Token& token, store::Store& st, const CertCreateOptions& o, const std::string& expect, Io& io,
+                     std::string* version) {
+  if (o.issuer == "Unknown")
+    return Err(CKR_ARGUMENTS_BAD,
+               "certificate {} is issued by an external CA: make a new request with `vaultp11 cert csr`, then `cert merge`",
+               QuotePrintable(o.name));
+  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, NewKeyPair(token, o, !expect.empty()));
+  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef subject_key, kp.private_key->Key());
   // The issuer: the key itself, or a CA certificate item of the vault with a software key.
   ossl::KeyRef issuer_key = subject_key;
   X509Ptr issuer_cert;
   if (o.issuer != "Self") {
     if (o.issuer == o.name) return Err(CKR_ARGUMENTS_BAD, "a certificate cannot be its own named issuer (use Self)");
-    VAULTP11_ASSIGN_OR_RETURN(CurrentCert issuer, FindCurrentCert(*token, o.issuer));
-    const Bytes* der = issuer.cert->attrs.Get(CKA_VALUE);
-    VAULTP11_ASSIGN_OR_RETURN(issuer_cert, ParseDer(*der));
+    VAULTP11_ASSIGN_OR_RETURN(CurrentCert issuer, FindCurrentCert(token, o.issuer));
+    VAULTP11_ASSIGN_OR_RETURN(issuer_cert, ParseDer(*issuer.cert->attrs.Get(CKA_VALUE)));
     if (X509_check_ca(issuer_cert.get()) == 0)
       return Err(CKR_ARGUMENTS_BAD, "issuer {} is not a CA certificate (create it with --ca)", QuotePrintable(o.issuer));
     if (issuer.priv->material->hsm() != nullptr)
@@ -506,24 +544,175 @@ Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, cons
   }
   VAULTP11_ASSIGN_OR_RETURN(Bytes der, MakeCertificate(o, subject_key.pkey.get(), issuer_key.pkey.get(), issuer_cert.get()));
   VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, der));
-  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
-  if (expect.empty()) {
-    // A new item: the name must be free (not a key, secret or deleted item). Its policy is
-    // written first, and taken back when the item cannot be made.
-    VAULTP11_ASSIGN_OR_RETURN(std::string existing, st->Policy(o.vault, o.name));
-    if (!existing.empty()) return Err(CKR_ARGUMENTS_BAD, "{} has a policy already: renew it instead", QuotePrintable(o.name));
-    VAULTP11_RETURN_IF_ERROR(st->SetPolicy(o.vault, o.name, PolicyJsonOf(o).dump()));
-    auto added = token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/false);
-    if (!added.ok()) {
-      (void)st->SetPolicy(o.vault, o.name, "");
-      return added.status();
-    }
-  } else {
-    VAULTP11_RETURN_IF_ERROR(token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/true, expect).status());
-  }
+  VAULTP11_RETURN_IF_ERROR(AddCertVersion(token, st, o, expect, {kp.private_key, kp.public_key, cert}).status());
   *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
   io.out << fmt::format("certificate {} of vault {}: version {} ({}, issuer {}, {} months)\n", QuotePrintable(o.name),
                         QuotePrintable(o.vault), *version, o.key, o.issuer, o.validity_months);
+  return OkStatus();
+}
+
+// What `cert` commands work on: the vault's token in a provider of their own, and the store.
+struct CertPlace {
+  std::unique_ptr<core::Provider> provider;
+  core::Token* token = nullptr;
+  std::unique_ptr<store::Store> st;
+};
+Result<CertPlace> OpenCertPlace(const config::Config& cfg, const std::string& vault) {
+  CertPlace p;
+  VAULTP11_ASSIGN_OR_RETURN(p.provider, core::Provider::Create(cfg.source, /*threads=*/true));
+  for (const auto& t : p.provider->tokens())
+    if (t->name() == vault) p.token = t.get();
+  if (p.token == nullptr) return Err(CKR_ARGUMENTS_BAD, "vault {} is not loaded", QuotePrintable(vault));
+  VAULTP11_ASSIGN_OR_RETURN(p.st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+  return p;
+}
+
+// The certificate request of `o`'s policy for `key`, signed by it (PEM).
+Result<std::string> MakeRequest(const CertCreateOptions& o, EVP_PKEY* key) {
+  std::unique_ptr<X509_REQ, decltype(&X509_REQ_free)> req(X509_REQ_new_ex(ossl::LibCtx(), nullptr), X509_REQ_free);
+  if (!req) return Err(CKR_HOST_MEMORY, "out of memory");
+  X509_REQ_set_version(req.get(), X509_REQ_VERSION_1);
+  VAULTP11_ASSIGN_OR_RETURN(X509_NAME * subject, ParseSubject(o.subject));
+  X509_REQ_set_subject_name(req.get(), subject);
+  X509_NAME_free(subject);
+  X509_REQ_set_pubkey(req.get(), key);
+  STACK_OF(X509_EXTENSION)* exts = sk_X509_EXTENSION_new_null();
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, nullptr, nullptr, req.get(), nullptr, 0);
+  std::vector<std::string> usage = o.key_usage.empty() ? std::vector<std::string>{"digitalSignature"} : o.key_usage;
+  std::vector<std::pair<int, std::string>> wanted = {{NID_basic_constraints, "critical,CA:FALSE"},
+                                                     {NID_key_usage, "critical," + Join(usage)}};
+  if (!o.ekus.empty()) wanted.emplace_back(NID_ext_key_usage, Join(o.ekus));
+  if (!o.sans.empty()) wanted.emplace_back(NID_subject_alt_name, Join(o.sans));
+  Status st = OkStatus();
+  for (const auto& [nid, value] : wanted) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+    if (ext == nullptr) {
+      ERR_clear_error();
+      st = Err(CKR_ARGUMENTS_BAD, "{} {} is not valid", OBJ_nid2sn(nid), QuotePrintable(value, 200));
+      break;
+    }
+    sk_X509_EXTENSION_push(exts, ext);
+  }
+  if (st.ok() && X509_REQ_add_extensions(req.get(), exts) != 1) st = Err(CKR_FUNCTION_FAILED, "adding the request's extensions failed");
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+  VAULTP11_RETURN_IF_ERROR(st);
+  const int bits = EVP_PKEY_get_bits(key);
+  const EVP_MD* md = !EVP_PKEY_is_a(key, "EC") || bits <= 256 ? EVP_sha256() : bits <= 384 ? EVP_sha384() : EVP_sha512();
+  if (X509_REQ_sign(req.get(), key, md) <= 0) {
+    ERR_clear_error();
+    return Err(CKR_FUNCTION_FAILED, "signing the request failed");
+  }
+  std::unique_ptr<BIO, BioFree> mem(BIO_new(BIO_s_mem()));
+  if (!mem || PEM_write_bio_X509_REQ(mem.get(), req.get()) != 1) return Err(CKR_FUNCTION_FAILED, "encoding the request failed");
+  BUF_MEM* buf = nullptr;
+  BIO_get_mem_ptr(mem.get(), &buf);
+  return std::string(buf->data, buf->length);
+}
+
+
+// `cert csr`: a pending version (key pair and CSR as a data object); the CSR's PEM.
+Status Request(const config::Config& cfg, const CertCsrOptions& o, Io& io, std::string* version) {
+  VAULTP11_RETURN_IF_ERROR(CheckCertPolicy(cfg, o));
+  if (!o.out.empty() && access(o.out.c_str(), F_OK) == 0)
+    return Err(CKR_ARGUMENTS_BAD, "{} exists: the request is written to a new file only", o.out);
+  VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, o.vault));
+  // An existing certificate item gets a new pending version (its policy becomes this one).
+  std::string expect;
+  VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentVersion(*place.token, o.name));
+  if (cur.priv && (cur.cert || cur.csr)) expect = cur.version;
+  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, NewKeyPair(*place.token, o, !expect.empty()));
+  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef key, kp.private_key->Key());
+  VAULTP11_ASSIGN_OR_RETURN(std::string pem, MakeRequest(o, key.pkey.get()));
+  AttributeMap t;
+  t.SetUlong(CKA_CLASS, CKO_DATA);
+  t.SetBool(CKA_TOKEN, true);
+  t.SetString(CKA_LABEL, o.name);
+  t.SetString(CKA_VAULTP11_CONTENT_TYPE, "application/pkcs10");
+  t.Set(CKA_VALUE, std::span(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()));
+  VAULTP11_ASSIGN_OR_RETURN(auto csr, model::CreateObject(t));
+  VAULTP11_RETURN_IF_ERROR(AddCertVersion(*place.token, *place.st, o, expect, {kp.private_key, kp.public_key, csr}).status());
+  if (!expect.empty()) VAULTP11_RETURN_IF_ERROR(place.st->SetPolicy(o.vault, o.name, PolicyJsonOf(o).dump()));
+  *version = kp.private_key->attrs.GetString(CKA_VAULTP11_VERSION);
+  if (!o.out.empty()) {
+    VAULTP11_RETURN_IF_ERROR(WriteNewFile(o.out, pem));
+  } else {
+    io.out << pem;
+  }
+  io.err << fmt::format("certificate {} of vault {}: version {} is pending; have the request signed, then `vaultp11 cert "
+                        "merge {} {} --file CERT`\n",
+                        QuotePrintable(o.name), QuotePrintable(o.vault), *version, o.vault, o.name);
+  return OkStatus();
+}
+
+// Every certificate of a PEM (or one DER) file.
+Result<std::vector<X509Ptr>> ReadCertificates(const std::string& file) {
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes data, ReadFileLimited(file, kMaxImportBytes));
+  std::vector<X509Ptr> certs;
+  const std::string_view all(reinterpret_cast<const char*>(data.data()), data.size());
+  if (all.find("-----BEGIN ") != std::string_view::npos) {
+    std::unique_ptr<BIO, BioFree> bio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
+    if (!bio) return Err(CKR_HOST_MEMORY, "out of memory");
+    for (;;) {
+      X509Ptr c(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+      if (!c) break;
+      certs.push_back(std::move(c));
+    }
+  } else {
+    const unsigned char* p = data.data();
+    X509Ptr c(d2i_X509(nullptr, &p, static_cast<long>(data.size())));
+    if (c) certs.push_back(std::move(c));
+  }
+  ERR_clear_error();
+  if (certs.empty()) return Err(CKR_ARGUMENTS_BAD, "{} holds no certificate (PEM or DER)", file);
+  return certs;
+}
+
+// `cert merge`: the signed certificate joins the pending version; its issuers go beside it.
+Status Merge(const config::Config& cfg, const std::string& vault, const std::string& name, const std::string& file,
+             Io& io, std::string* version, size_t* chain) {
+  if (cfg.FindVault(vault) == nullptr)
+    return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {}", QuotePrintable(vault), cfg.source);
+  if (!config::IsValidName(name))
+    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+  VAULTP11_ASSIGN_OR_RETURN(std::vector<X509Ptr> certs, ReadCertificates(file));
+  VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, vault));
+  VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentVersion(*place.token, name));
+  if (!cur.priv || !cur.pub || !cur.csr || cur.cert)
+    return Err(CKR_ARGUMENTS_BAD, "{} of vault {} has no pending request (make one with `vaultp11 cert csr`)",
+               QuotePrintable(name), QuotePrintable(vault));
+  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef key, cur.priv->Key());
+  size_t leaf = certs.size();
+  for (size_t i = 0; i < certs.size() && leaf == certs.size(); ++i)
+    if (EVP_PKEY_eq(X509_get0_pubkey(certs[i].get()), key.pkey.get()) == 1) leaf = i;
+  ERR_clear_error();
+  if (leaf == certs.size())
+    return Err(CKR_ARGUMENTS_BAD, "{}: no certificate in it is for the key of {}'s pending request (version {}); nothing merged",
+               file, QuotePrintable(name), cur.version);
+  VAULTP11_ASSIGN_OR_RETURN(Bytes der, Der(certs[leaf].get()));
+  AttributeMap t;
+  t.SetUlong(CKA_CLASS, CKO_CERTIFICATE);
+  t.SetUlong(CKA_CERTIFICATE_TYPE, CKC_X_509);
+  t.SetBool(CKA_TOKEN, true);
+  t.SetString(CKA_LABEL, name);
+  t.Set(CKA_ID, *cur.priv->attrs.Get(CKA_ID));
+  t.Set(CKA_VALUE, der);
+  VAULTP11_ASSIGN_OR_RETURN(auto cert, model::CreateObject(t));
+  // It joins the pending version (its CKA_ID, no certificate yet): one store transaction.
+  VAULTP11_RETURN_IF_ERROR(place.token->AddVersion({cert}, /*new_version=*/false).status());
+  *version = cur.version;
+  // The request has served: it goes (a failure leaves it beside the certificate, harmless).
+  for (CK_OBJECT_HANDLE h : place.token->Find([&] {
+         AttributeMap f;
+         f.SetUlong(CKA_CLASS, CKO_DATA);
+         f.SetString(CKA_LABEL, name);
+         f.SetString(CKA_VAULTP11_VERSION, cur.version);
+         return f;
+       }()))
+    (void)place.token->Remove(h);
+  VAULTP11_ASSIGN_OR_RETURN(*chain, StoreIssuers(*place.token, name, certs, leaf, *version));
+  io.out << fmt::format("certificate {} of vault {}: version {} merged ({} issuer certificate{} added)\n",
+                        QuotePrintable(name), QuotePrintable(vault), *version, *chain, *chain == 1 ? "" : "s");
   return OkStatus();
 }
 
@@ -532,10 +721,41 @@ Status CreateOrRenew(const config::Config& cfg, const CertCreateOptions& o, cons
 Status CertCreateCommand(const config::Config& cfg, const CertCreateOptions& opts, Io& io) {
   VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
   std::string version;
-  Status st = CreateOrRenew(cfg, opts, "", io, &version);
+  Status st = [&]() -> Status {
+    VAULTP11_RETURN_IF_ERROR(CheckCertPolicy(cfg, opts));
+    if (opts.issuer == "Unknown")
+      return Err(CKR_ARGUMENTS_BAD, "--issuer Unknown: an external CA signs a request made by `vaultp11 cert csr`");
+    VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, opts.vault));
+    return CreateOrRenew(*place.token, *place.st, opts, "", io, &version);
+  }();
   Json props = {{"issuer", opts.issuer}};
   if (!version.empty()) props["version"] = version;
   audit.Record("CertificateCreate", st, props, opts.name, opts.vault);
+  return st;
+}
+
+Status CertCsrCommand(const config::Config& cfg, const CertCsrOptions& opts, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string version;
+  Status st = Request(cfg, opts, io, &version);
+  Json props = {{"issuer", "Unknown"}, {"pending", true}};
+  if (!version.empty()) props["version"] = version;
+  audit.Record("CertificateCreate", st, props, opts.name, opts.vault);
+  return st;
+}
+
+Status CertMergeCommand(const config::Config& cfg, const std::string& vault, const std::string& name,
+                        const std::string& file, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string version;
+  size_t chain = 0;
+  Status st = Merge(cfg, vault, name, file, io, &version, &chain);
+  Json props = {{"file", AbsolutePath(file)}};
+  if (!version.empty()) {
+    props["version"] = version;
+    props["issuersAdded"] = chain;
+  }
+  audit.Record("CertificatePendingMerge", st, props, name, vault);
   return st;
 }
 
@@ -545,16 +765,18 @@ Status CertRenewCommand(const config::Config& cfg, const std::string& vault, con
   Status st = [&]() -> Status {
     if (!config::IsValidName(name))
       return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
-    VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
-    VAULTP11_ASSIGN_OR_RETURN(std::string text, st->Policy(vault, name));
+    if (cfg.FindVault(vault) == nullptr)
+      return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {}", QuotePrintable(vault), cfg.source);
+    VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, vault));
+    VAULTP11_ASSIGN_OR_RETURN(std::string text, place.st->Policy(vault, name));
     Json j = Json::parse(text, nullptr, false);
     if (!j.is_object() || j.value("kind", "") != "certificate")
       return Err(CKR_ARGUMENTS_BAD, "{} of {} has no certificate policy (made by `cert create`)", QuotePrintable(name),
                  QuotePrintable(vault));
-    VAULTP11_ASSIGN_OR_RETURN(auto versions, st->VersionsOf(vault, name));
+    VAULTP11_ASSIGN_OR_RETURN(auto versions, place.st->VersionsOf(vault, name));
     for (const auto& v : versions)
       if (v.current) previous = v.version;
-    return CreateOrRenew(cfg, OptionsFromPolicy(vault, name, j), previous, io, &version);
+    return CreateOrRenew(*place.token, *place.st, OptionsFromPolicy(vault, name, j), previous, io, &version);
   }();
   Json props = Json::object();
   if (!version.empty()) props = {{"version", version}, {"previousVersion", previous}};
@@ -569,25 +791,21 @@ bool LifetimeActionDue(const CertCreateOptions& p, int64_t not_before, int64_t n
   return now >= not_before + (not_after - not_before) * pct / 100;
 }
 
-Status RunCertificateLifetimeActions(const config::Config& cfg, const std::string& vault, int64_t now, Io& io,
+Status RunCertificateLifetimeActions(core::Token& token, store::Store& st, OperatorAudit& audit, int64_t now, Io& io,
                                      size_t* renewed, size_t* notified) {
-  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
-  VAULTP11_ASSIGN_OR_RETURN(auto policies, st->Policies(vault));
-  VAULTP11_ASSIGN_OR_RETURN(auto records, st->LoadVault(vault));
-  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  const std::string vault = token.name();
+  VAULTP11_ASSIGN_OR_RETURN(auto policies, st.Policies(vault));
   Status last = OkStatus();
   for (const auto& [name, text] : policies) {
     Json j = Json::parse(text, nullptr, false);
     if (!j.is_object() || j.value("kind", "") != "certificate") continue;
     const CertCreateOptions p = OptionsFromPolicy(vault, name, j);
-    // The current version's certificate: the newest row of the item.
-    const store::ObjectRecord* cur = nullptr;
-    for (const auto& r : records)
-      if (r.label == name && r.object_class == CKO_CERTIFICATE && (cur == nullptr || r.id > cur->id)) cur = &r;
-    if (cur == nullptr) continue;
-    auto attrs = model::AttributeMap::Deserialize(cur->attributes);
-    if (!attrs.ok() || attrs->Get(CKA_VALUE) == nullptr) continue;
-    auto x = ParseDer(*attrs->Get(CKA_VALUE));
+    // The current version's certificate (a pending request has none: nothing to act on).
+    auto cur = FindCurrentVersion(token, name);
+    if (!cur.ok() || !cur->cert) continue;
+    const Bytes* der = cur->cert->attrs.Get(CKA_VALUE);
+    if (der == nullptr) continue;
+    auto x = ParseDer(*der);
     if (!x.ok()) continue;
     int64_t nb = 0, na = 0;
     {
@@ -596,8 +814,9 @@ Status RunCertificateLifetimeActions(const config::Config& cfg, const std::strin
       if (ASN1_TIME_to_tm(X509_get0_notAfter(x->get()), &t) == 1) na = timegm(&t);
     }
     if (!LifetimeActionDue(p, nb, na, now)) continue;
-    if (p.lifetime_action == "notify") {
-      VAULTP11_ASSIGN_OR_RETURN(bool first, st->ClaimNotice(vault, name, cur->version, "lifetime"));
+    // An external CA's certificate cannot be renewed here: its owner is told.
+    if (p.lifetime_action == "notify" || p.issuer == "Unknown") {
+      VAULTP11_ASSIGN_OR_RETURN(bool first, st.ClaimNotice(vault, name, cur->version, "lifetime"));
       if (!first) continue;
       ++*notified;
       io.out << fmt::format("notify: certificate {} of {} version {} expires {}\n", QuotePrintable(name), vault,
@@ -608,7 +827,7 @@ Status RunCertificateLifetimeActions(const config::Config& cfg, const std::strin
     std::string version;
     std::ostringstream quiet;
     Io sub{io.in, quiet, io.err, false};
-    Status s = CreateOrRenew(cfg, p, cur->version, sub, &version);
+    Status s = CreateOrRenew(token, st, p, cur->version, sub, &version);
     if (!s.ok() && s.rv() == CKR_FUNCTION_REJECTED) {
       io.out << fmt::format("certificate {} of {}: renewed by another run meanwhile\n", QuotePrintable(name), vault);
       continue;

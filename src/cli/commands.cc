@@ -623,6 +623,28 @@ int Run(int argc, const char* const* argv, Io& io) {
         ->capture_default_str();
     cert_create->add_option("--lifetime-percentage", create_opts.lifetime_percentage, "Act at this percentage of the lifetime (default 80)");
     cert_create->add_option("--days-before-expiry", create_opts.days_before_expiry, "Act this many days before expiry");
+    CertCsrOptions csr_opts;
+    csr_opts.issuer = "Unknown";
+    csr_opts.lifetime_action = "notify";  // an external CA's certificate is renewed by a new request
+    CLI::App* cert_csr = cert_cmd->add_subcommand("csr", "Make a key and a certificate signing request for an external CA");
+    cert_csr->add_option("vault", csr_opts.vault, "Vault")->required();
+    cert_csr->add_option("name", csr_opts.name, "Certificate name (1-127 of 0-9 a-z A-Z -)")->required();
+    cert_csr->add_option("--subject", csr_opts.subject, "Subject, e.g. CN=web.example,O=Example")->required();
+    cert_csr->add_option("--san", csr_opts.sans, "Subject alternative name DNS:x, email:x or URI:x (repeatable)");
+    cert_csr->add_option("--eku", csr_opts.ekus, "Extended key usage (repeatable)");
+    cert_csr->add_option("--key-usage", csr_opts.key_usage, "Key usage (repeatable; default digitalSignature)");
+    cert_csr->add_option("--validity-months", csr_opts.validity_months, "Validity asked for, in months (for lifetime notices)")
+        ->capture_default_str();
+    cert_csr->add_option("--key", csr_opts.key, "rsa:2048|3072|4096 or ec:P-256|P-384|P-521|secp256k1")->capture_default_str();
+    cert_csr->add_flag("--reuse-key", csr_opts.reuse_key, "A new request for an existing certificate keeps its key");
+    cert_csr->add_option("--lifetime-percentage", csr_opts.lifetime_percentage, "Notify at this percentage of the lifetime (default 80)");
+    cert_csr->add_option("--days-before-expiry", csr_opts.days_before_expiry, "Notify this many days before expiry");
+    cert_csr->add_option("--out", csr_opts.out, "Write the request to this new file (0600) instead of stdout");
+    std::string merge_vault, merge_name, merge_file;
+    CLI::App* cert_merge = cert_cmd->add_subcommand("merge", "Add the certificate an external CA issued for a pending request");
+    cert_merge->add_option("vault", merge_vault, "Vault")->required();
+    cert_merge->add_option("name", merge_name, "Certificate name")->required();
+    cert_merge->add_option("--file", merge_file, "The certificate (PEM, with its issuers, or DER)")->required();
     std::string renew_vault, renew_name;
     CLI::App* cert_renew = cert_cmd->add_subcommand("renew", "Make a new version of a certificate under its policy");
     cert_renew->add_option("vault", renew_vault, "Vault")->required();
@@ -726,6 +748,10 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = SecretDeleteCommand(cfg.value(), del_vault, del_name, io);
       } else if (cert_create->parsed()) {
         st = CertCreateCommand(cfg.value(), create_opts, io);
+      } else if (cert_csr->parsed()) {
+        st = CertCsrCommand(cfg.value(), csr_opts, io);
+      } else if (cert_merge->parsed()) {
+        st = CertMergeCommand(cfg.value(), merge_vault, merge_name, merge_file, io);
       } else if (cert_renew->parsed()) {
         st = CertRenewCommand(cfg.value(), renew_vault, renew_name, io);
       } else if (cert_import->parsed()) {

@@ -301,10 +301,14 @@ Status Recover(const config::Config& cfg, const DeletedOptions& o, Io& io, std::
   return OkStatus();
 }
 
-Status Purge(const config::Config& cfg, const DeletedOptions& o, Io& io, std::string* kind) {
+Status Purge(const config::Config& cfg, store::Store* st, const DeletedOptions& o, Io& io, std::string* kind) {
   VAULTP11_RETURN_IF_ERROR(CheckWhere(cfg, o.where));
   VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
-  VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.where));
+  std::unique_ptr<store::Store> own;
+  if (st == nullptr) {
+    VAULTP11_ASSIGN_OR_RETURN(own, OpenVaultStore(cfg, o.where));
+    st = own.get();
+  }
   VAULTP11_ASSIGN_OR_RETURN(auto item, FindDeleted(*st, o.where, o.name, kind));
   *kind = KindOfRows(item.objects);
   const config::SoftDeleteConfig sd = cfg.SoftDeleteOf(o.where);
@@ -390,13 +394,17 @@ Status DeletedRecoverCommand(const config::Config& cfg, const DeletedOptions& op
   return st;
 }
 
+Status PurgeDeleted(const config::Config& cfg, store::Store* st, OperatorAudit& audit, const DeletedOptions& opts,
+                    Io& io) {
+  std::string kind = "Key";
+  Status s = Purge(cfg, st, opts, io, &kind);
+  audit.Record((kind + "Purge").c_str(), s, Json::object(), opts.name, opts.where);
+  return s;
+}
+
 Status DeletedPurgeCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io) {
   VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
-  std::string kind;
-  Status st = Purge(cfg, opts, io, &kind);
-  audit.Record(kind == "Certificate" ? "CertificatePurge" : kind == "Secret" ? "SecretPurge" : "KeyPurge", st,
-               Json::object(), opts.name, opts.where);
-  return st;
+  return PurgeDeleted(cfg, nullptr, audit, opts, io);
 }
 
 Result<int64_t> ParseUtcTime(const std::string& text, bool end_of_day) {

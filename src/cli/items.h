@@ -14,7 +14,13 @@
 #include "store/store.h"
 #include "util/result.h"
 
+namespace vaultp11::core {
+class Token;
+}
+
 namespace vaultp11::cli {
+
+class OperatorAudit;
 
 struct SecretSetOptions {
   std::string vault, name;
@@ -71,6 +77,9 @@ Status DeletedRecoverCommand(const config::Config& cfg, const DeletedOptions& op
 // With purge protection (soft_delete.purge_protection now, or ever: the store remembers),
 // refused until the item's retention has ended. Audited as "<Kind>Purge".
 Status DeletedPurgeCommand(const config::Config& cfg, const DeletedOptions& opts, Io& io);
+// The same on an open store (null: opened here), audited to `audit`.
+Status PurgeDeleted(const config::Config& cfg, store::Store* st, OperatorAudit& audit, const DeletedOptions& opts,
+                    Io& io);
 
 // A key's rotation policy (reference: at most one rotate action, one notify action, intervals
 // of at least 7 days); 0 means not set.
@@ -144,9 +153,10 @@ struct CertCreateOptions {
 // Whether a certificate valid from `not_before` to `not_after` is due for its lifetime action
 // at `now` (percentage of the lifetime passed, or within the days before expiry).
 bool LifetimeActionDue(const CertCreateOptions& policy, int64_t not_before, int64_t not_after, int64_t now);
-// `lifecycle run`'s part for certificates: renews (auto-renew) or notifies (notify, once per
-// version) each due certificate item of `vault`; returns how many of each.
-Status RunCertificateLifetimeActions(const config::Config& cfg, const std::string& vault, int64_t now, Io& io,
+// `lifecycle run`'s part for certificates: renews (auto-renew) or notifies (notify, or an
+// external CA's certificate; once per version) each due certificate item of the vault `token`
+// serves; returns how many of each.
+Status RunCertificateLifetimeActions(core::Token& token, store::Store& st, OperatorAudit& audit, int64_t now, Io& io,
                                      size_t* renewed, size_t* notified);
 // `cert create <vault> <name> --subject DN [--san ...] [--eku ...] [--key-usage ...]
 // [--validity-months N] [--issuer Self|NAME] [--key rsa:2048|ec:P-256|...] [--ca] [--reuse-key]`:
@@ -157,6 +167,23 @@ Status CertCreateCommand(const config::Config& cfg, const CertCreateOptions& opt
 // `cert renew <vault> <name>`: a new version under the stored policy: a fresh key (the same key
 // with --reuse-key) and a new certificate; older versions stay. Audited as "CertificateRenew".
 Status CertRenewCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io);
+
+struct CertCsrOptions : CertCreateOptions {
+  std::string out;  // a new file (0600) for the request; empty: stdout
+};
+// `cert csr <vault> <name> --subject DN [--san ...] [--eku ...] [--key-usage ...] [--key ...]
+// [--validity-months N] [--reuse-key] [--out FILE]`: a certificate signing request for an
+// external CA (issuer "Unknown"): a new key pair (managed like `cert create`'s) and the request
+// (PEM, as a data object with content type application/pkcs10) become a pending version of the
+// certificate item (its first, or a new one of an existing certificate); the policy is kept.
+// Prints the request. Audited as "CertificateCreate" (pending).
+Status CertCsrCommand(const config::Config& cfg, const CertCsrOptions& opts, Io& io);
+// `cert merge <vault> <name> --file CERT`: the certificate the CA issued for the pending
+// request (PEM, with its issuers, or DER) joins the pending version (same CKA_ID); the request
+// is dropped and the issuers are stored as with `cert import`. A certificate for another key:
+// refused, nothing changed. Audited as "CertificatePendingMerge".
+Status CertMergeCommand(const config::Config& cfg, const std::string& vault, const std::string& name,
+                        const std::string& file, Io& io);
 
 // The store, once `vault` (a vault or pool) is in it; clear errors for a store or vault not
 // made yet (`vaultp11 init`).

@@ -269,7 +269,7 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
   for (const auto& token : provider->tokens()) {
     const std::string where = token->name();
     if (!token->is_pool()) {
-      Status s = RunCertificateLifetimeActions(cfg, where, now, io, &renewed, &notified);
+      Status s = RunCertificateLifetimeActions(*token, *st, audit, now, io, &renewed, &notified);
       if (!s.ok()) last = s;
     }
     VAULTP11_ASSIGN_OR_RETURN(auto policies, st->Policies(where));
@@ -328,7 +328,7 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
       DeletedOptions o{where, d.name, false};
       std::ostringstream quiet;
       Io sub{io.in, quiet, io.err, false};
-      Status s = DeletedPurgeCommand(cfg, o, sub);
+      Status s = PurgeDeleted(cfg, st.get(), audit, o, sub);
       if (s.ok()) {
         ++purged;
         io.out << quiet.str();

@@ -384,12 +384,14 @@ const ItemRow* OtherVersionWithId(const std::vector<ItemRow>& rows,
 }  // namespace
 
 const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes) {
-  bool key = false;
+  bool key = false, data = false;
   for (CK_OBJECT_CLASS c : classes) {
     if (c == CKO_CERTIFICATE) return "certificate";
     key |= c == CKO_PRIVATE_KEY || c == CKO_PUBLIC_KEY || c == CKO_SECRET_KEY;
+    data |= c == CKO_DATA;
   }
-  return key ? "key" : "secret";
+  // A key beside a data object is a certificate's pending version (its key pair and request).
+  return key && data ? "certificate" : key ? "key" : "secret";
 }
 
 namespace {

@@ -35,7 +35,8 @@ struct ObjectRecord {
   int64_t created = 0;  // Unix time of the insert (rows from before it was kept: the upgrade's)
 };
 
-// What kind of item a version's classes make: "certificate" (with its key), "key", "secret".
+// What kind of item a version's classes make: "certificate" (with its key, or a pending
+// request's key pair and CSR data object), "key", "secret".
 const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes);
 
 // A fresh version id: 16 random bytes as 32 lowercase hex digits.
