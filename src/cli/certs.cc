@@ -7,6 +7,8 @@
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
 #include <openssl/bn.h>
+#include <openssl/ecdsa.h>
+#include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <unistd.h>
@@ -15,6 +17,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <sstream>
 #include <nlohmann/json.hpp>
 
@@ -24,6 +27,7 @@
 #include "model/attributes.h"
 #include "model/object.h"
 #include "backend/ossl/ossl_backend.h"
+#include "backend/p11/inner_ops.h"
 #include "util/strings.h"
 #include "vaultp11/vaultp11.h"
 
@@ -163,6 +167,22 @@ Result<std::shared_ptr<model::Object>> CertObject(const std::string& label, cons
   return model::CreateObject(t);
 }
 
+// What `cert` commands work on: the vault's token in a provider of their own, and the store.
+struct CertPlace {
+  std::unique_ptr<core::Provider> provider;
+  core::Token* token = nullptr;
+  std::unique_ptr<store::Store> st;
+};
+Result<CertPlace> OpenCertPlace(const config::Config& cfg, const std::string& vault) {
+  CertPlace p;
+  VAULTP11_ASSIGN_OR_RETURN(p.provider, core::Provider::Create(cfg.source, /*threads=*/true));
+  for (const auto& t : p.provider->tokens())
+    if (t->name() == vault) p.token = t.get();
+  if (p.token == nullptr) return Err(CKR_ARGUMENTS_BAD, "vault {} is not loaded", QuotePrintable(vault));
+  VAULTP11_ASSIGN_OR_RETURN(p.st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+  return p;
+}
+
 // Issuer certificates of `certs` (all but `leaf`), each stored as an item of its own (named
 // <name>-chain-<n>, the first free n) unless the vault has it; returns how many were added.
 Result<size_t> StoreIssuers(core::Token& token, const std::string& name, const std::vector<X509Ptr>& certs, size_t leaf,
@@ -222,28 +242,32 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
   BIO_get_mem_ptr(mem.get(), &buf);
   SecureBytes pkcs8(reinterpret_cast<const uint8_t*>(buf->data), reinterpret_cast<const uint8_t*>(buf->data) + buf->length);
 
+  b.key.reset();
+
+  VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, o.vault));
+  core::Token* token = place.token;
+  if (o.hsm && (token->hsm() == nullptr || token->is_pool()))
+    return Err(CKR_ARGUMENTS_BAD, "vault {} has no HSM: --hsm needs a vault with `hsms` (sku premium)", o.vault);
   AttributeMap pt, vt;
   CertKeyTemplates(o.name, pt, vt);
-  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, model::ImportKeyPair(pt, vt, pkcs8));
+  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, o.hsm ? model::ImportHsmKeyPair(pt, vt, pkcs8, *token->hsm())
+                                                     : model::ImportKeyPair(pt, vt, pkcs8));
   VAULTP11_ASSIGN_OR_RETURN(Bytes leaf_der, Der(b.certs[leaf].get()));
   VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, leaf_der));
-
-  VAULTP11_ASSIGN_OR_RETURN(auto provider, core::Provider::Create(cfg.source, /*threads=*/true));
-  core::Token* token = nullptr;
-  for (const auto& t : provider->tokens())
-    if (t->name() == o.vault) token = t.get();
-  if (token == nullptr) return Err(CKR_ARGUMENTS_BAD, "vault {} is not loaded", QuotePrintable(o.vault));
-  // A new version when the name is a certificate already; refused when it is a key or secret.
-  VAULTP11_RETURN_IF_ERROR(token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/true).status());
-  *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
-  {  // An imported certificate is managed from outside: a `cert create` policy no longer applies.
-    VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
-    VAULTP11_RETURN_IF_ERROR(st->SetPolicy(o.vault, o.name, ""));
+  // A new version when the name is a certificate already; refused when it is a key or secret
+  // (an HSM key made for it is then destroyed).
+  auto added = token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/true);
+  if (!added.ok()) {
+    token->DiscardHsmKey(*kp.private_key);
+    return added.status();
   }
+  *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
+  // An imported certificate is managed from outside: a `cert create` policy no longer applies.
+  VAULTP11_RETURN_IF_ERROR(place.st->SetPolicy(o.vault, o.name, ""));
   // The issuers, each an item of its own unless the vault has it.
   VAULTP11_ASSIGN_OR_RETURN(*chain, StoreIssuers(*token, o.name, b.certs, leaf, *version));
-  io.out << fmt::format("certificate {} imported into vault {}: version {} (key {}), {} issuer certificate{} added\n",
-                        QuotePrintable(o.name), QuotePrintable(o.vault), *version,
+  io.out << fmt::format("certificate {} imported into vault {}: version {} ({} key {}), {} issuer certificate{} added\n",
+                        QuotePrintable(o.name), QuotePrintable(o.vault), *version, o.hsm ? "HSM" : "software",
                         kp.private_key->key_type() == CKK_RSA ? "RSA" : "EC", *chain, *chain == 1 ? "" : "s");
   return OkStatus();
 }
@@ -319,7 +343,7 @@ Result<X509_NAME*> ParseSubject(const std::string& dn) {
 Json PolicyJsonOf(const CertCreateOptions& o) {
   return {{"kind", "certificate"}, {"subject", o.subject}, {"sans", o.sans},     {"ekus", o.ekus},
           {"keyUsage", o.key_usage}, {"validityMonths", o.validity_months},    {"issuer", o.issuer},
-          {"key", o.key},           {"ca", o.ca},         {"reuseKey", o.reuse_key},
+          {"key", o.key},           {"hsm", o.hsm},       {"ca", o.ca},         {"reuseKey", o.reuse_key},
           {"lifetimeAction", o.lifetime_action}, {"lifetimePercentage", o.lifetime_percentage},
           {"daysBeforeExpiry", o.days_before_expiry}};
 }
@@ -335,6 +359,7 @@ CertCreateOptions OptionsFromPolicy(const std::string& vault, const std::string&
   o.validity_months = j.value("validityMonths", 12);
   o.issuer = j.value("issuer", "Self");
   o.key = j.value("key", "ec:P-256");
+  o.hsm = j.value("hsm", false);
   o.ca = j.value("ca", false);
   o.reuse_key = j.value("reuseKey", false);
   o.lifetime_action = j.value("lifetimeAction", "auto-renew");
@@ -361,9 +386,125 @@ std::string Join(const std::vector<std::string>& v) {
   return out;
 }
 
-// The certificate for `subject_key` under `o`'s policy, signed by `issuer_key` (its own key for
-// Self) with `issuer_cert` as issuer (null for Self).
-Result<Bytes> MakeCertificate(const CertCreateOptions& o, EVP_PKEY* subject_key, EVP_PKEY* issuer_key, X509* issuer_cert) {
+// Who signs a certificate or a request: a private key object (software, or in the vault's HSM)
+// and its public key (the HSM's signature is checked with it before it is used).
+struct Signer {
+  model::ObjectPtr priv;
+  EVP_PKEY* pub = nullptr;
+};
+
+// The digest follows the signer's key: SHA-384 for P-384, SHA-512 for P-521, else SHA-256.
+const EVP_MD* DigestFor(EVP_PKEY* key) {
+  const int bits = EVP_PKEY_get_bits(key);
+  return !EVP_PKEY_is_a(key, "EC") || bits <= 256 ? EVP_sha256() : bits <= 384 ? EVP_sha384() : EVP_sha512();
+}
+
+Status SetAlgorithm(X509_ALGOR* a, EVP_PKEY* pub, const EVP_MD* md) {
+  const bool rsa = EVP_PKEY_is_a(pub, "RSA");
+  int nid = NID_undef;
+  if (OBJ_find_sigid_by_algs(&nid, EVP_MD_get_type(md), rsa ? NID_rsaEncryption : NID_X9_62_id_ecPublicKey) != 1)
+    return Err(CKR_FUNCTION_FAILED, "no signature algorithm for this key and digest");
+  if (X509_ALGOR_set0(a, OBJ_nid2obj(nid), rsa ? V_ASN1_NULL : V_ASN1_UNDEF, nullptr) != 1)
+    return Err(CKR_HOST_MEMORY, "out of memory");
+  return OkStatus();
+}
+
+// The signature of `tbs` by an HSM key: the digest made here, signed in the HSM (CKM_RSA_PKCS
+// over the DigestInfo, or CKM_ECDSA), as X.509 carries it (ECDSA as a DER ECDSA-Sig-Value).
+Result<Bytes> HsmSign(const model::Object& priv, EVP_PKEY* pub, const EVP_MD* md, std::span<const uint8_t> tbs) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_len = 0;
+  if (EVP_Digest(tbs.data(), tbs.size(), digest, &digest_len, md, nullptr) != 1)
+    return Err(CKR_FUNCTION_FAILED, "hashing failed");
+  VAULTP11_ASSIGN_OR_RETURN(model::InnerKeyRef ik, priv.material->HsmTarget());
+  const bool rsa = EVP_PKEY_is_a(pub, "RSA");
+  Bytes in;
+  if (rsa) {
+    // DigestInfo prefixes (RFC 8017 section 9.2, note 1).
+    static const Bytes k256 = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+    static const Bytes k384 = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30};
+    static const Bytes k512 = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40};
+    const int nid = EVP_MD_get_type(md);
+    in = nid == NID_sha512 ? k512 : nid == NID_sha384 ? k384 : k256;
+  }
+  in.insert(in.end(), digest, digest + digest_len);
+  const size_t half = static_cast<size_t>(EVP_PKEY_get_bits(pub) + 7) / 8;
+  CK_MECHANISM m{rsa ? CKM_RSA_PKCS : CKM_ECDSA, nullptr, 0};
+  VAULTP11_ASSIGN_OR_RETURN(auto op, p11::NewInnerSignOp(ik.token, ik.handle, m, rsa ? half : 2 * half));
+  VAULTP11_ASSIGN_OR_RETURN(Bytes sig, op->Sign(in));
+  if (rsa) return sig;
+  if (sig.size() != 2 * half) return Err(CKR_DEVICE_ERROR, "the HSM's ECDSA signature has {} bytes", sig.size());
+  ECDSA_SIG* es = ECDSA_SIG_new();
+  BIGNUM* r = BN_bin2bn(sig.data(), static_cast<int>(half), nullptr);
+  BIGNUM* sv = BN_bin2bn(sig.data() + half, static_cast<int>(half), nullptr);
+  if (es == nullptr || r == nullptr || sv == nullptr || ECDSA_SIG_set0(es, r, sv) != 1) {
+    ECDSA_SIG_free(es);
+    BN_free(r);
+    BN_free(sv);
+    return Err(CKR_HOST_MEMORY, "out of memory");
+  }
+  unsigned char* der = nullptr;
+  const int n = i2d_ECDSA_SIG(es, &der);
+  ECDSA_SIG_free(es);
+  if (n <= 0) return Err(CKR_FUNCTION_FAILED, "encoding the signature failed");
+  Bytes out(der, der + n);
+  OPENSSL_free(der);
+  return out;
+}
+
+void SetSignature(const ASN1_BIT_STRING* sig, const Bytes& value) {
+  auto* bs = const_cast<ASN1_BIT_STRING*>(sig);  // OpenSSL hands it out const, for signers like this one
+  ASN1_BIT_STRING_set(bs, const_cast<uint8_t*>(value.data()), static_cast<int>(value.size()));
+  bs->flags &= ~(ASN1_STRING_FLAG_BITS_LEFT | 0x07);
+  bs->flags |= ASN1_STRING_FLAG_BITS_LEFT;
+}
+
+// Signs certificate `x` (X509) or request `x` (X509_REQ) with `s`.
+template <typename T>
+Status SignAsn1(T* x, const Signer& s) {
+  constexpr bool kCert = std::is_same_v<T, X509>;
+  const EVP_MD* md = DigestFor(s.pub);
+  if (s.priv->material->hsm() == nullptr) {
+    VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef k, s.priv->Key());
+    int ok = 0;
+    if constexpr (kCert) ok = X509_sign(x, k.pkey.get(), md);
+    else ok = X509_REQ_sign(x, k.pkey.get(), md);
+    if (ok <= 0) {
+      ERR_clear_error();
+      return Err(CKR_FUNCTION_FAILED, "signing failed");
+    }
+    return OkStatus();
+  }
+  const ASN1_BIT_STRING* sig = nullptr;
+  const X509_ALGOR* alg = nullptr;
+  unsigned char* tbs = nullptr;
+  int n = 0;
+  if constexpr (kCert) {
+    X509_get0_signature(&sig, &alg, x);
+    VAULTP11_RETURN_IF_ERROR(SetAlgorithm(const_cast<X509_ALGOR*>(X509_get0_tbs_sigalg(x)), s.pub, md));
+    VAULTP11_RETURN_IF_ERROR(SetAlgorithm(const_cast<X509_ALGOR*>(alg), s.pub, md));
+    n = i2d_re_X509_tbs(x, &tbs);
+  } else {
+    X509_REQ_get0_signature(x, &sig, &alg);
+    VAULTP11_RETURN_IF_ERROR(SetAlgorithm(const_cast<X509_ALGOR*>(alg), s.pub, md));
+    n = i2d_re_X509_REQ_tbs(x, &tbs);
+  }
+  if (n <= 0) return Err(CKR_FUNCTION_FAILED, "encoding what is signed failed");
+  auto signature = HsmSign(*s.priv, s.pub, md, std::span<const uint8_t>(tbs, static_cast<size_t>(n)));
+  OPENSSL_free(tbs);
+  VAULTP11_RETURN_IF_ERROR(signature.status());
+  SetSignature(sig, *signature);
+  int verified = 0;
+  if constexpr (kCert) verified = X509_verify(x, s.pub);
+  else verified = X509_REQ_verify(x, s.pub);
+  ERR_clear_error();
+  if (verified != 1) return Err(CKR_DEVICE_ERROR, "the HSM's signature does not verify with the key's public key");
+  return OkStatus();
+}
+
+// The certificate for public key `subject_key` under `o`'s policy, signed by `issuer` (the
+// subject's own key for Self) with `issuer_cert` as issuer (null for Self).
+Result<Bytes> MakeCertificate(const CertCreateOptions& o, EVP_PKEY* subject_key, const Signer& issuer, X509* issuer_cert) {
   std::unique_ptr<X509, X509Free> x(X509_new_ex(ossl::LibCtx(), nullptr));
   if (!x) return Err(CKR_HOST_MEMORY, "out of memory");
   X509_set_version(x.get(), X509_VERSION_3);
@@ -400,13 +541,7 @@ Result<Bytes> MakeCertificate(const CertCreateOptions& o, EVP_PKEY* subject_key,
   if (issuer_cert != nullptr)
     VAULTP11_RETURN_IF_ERROR(AddExt(x.get(), &ctx, NID_authority_key_identifier,
                                     X509_get0_subject_key_id(issuer_cert) != nullptr ? "keyid:always" : "issuer:always"));
-  // The digest matches the issuer's key: SHA-384 for P-384, SHA-512 for P-521, else SHA-256.
-  const int bits = EVP_PKEY_get_bits(issuer_key);
-  const EVP_MD* md = !EVP_PKEY_is_a(issuer_key, "EC") || bits <= 256 ? EVP_sha256() : bits <= 384 ? EVP_sha384() : EVP_sha512();
-  if (X509_sign(x.get(), issuer_key, md) <= 0) {
-    ERR_clear_error();
-    return Err(CKR_FUNCTION_FAILED, "signing the certificate failed");
-  }
+  VAULTP11_RETURN_IF_ERROR(SignAsn1(x.get(), issuer));
   return Der(x.get());
 }
 
@@ -452,7 +587,6 @@ Status CheckCertPolicy(const config::Config& cfg, const CertCreateOptions& o) {
     return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(o.name, 140));
   if (o.validity_months < 1 || o.validity_months > 1200)
     return Err(CKR_ARGUMENTS_BAD, "--validity-months must be from 1 to 1200, got {}", o.validity_months);
-  if (o.hsm) return Err(CKR_ARGUMENTS_BAD, "certificates with HSM keys are not issued by this version (software keys only)");
   if (o.lifetime_action != "auto-renew" && o.lifetime_action != "notify")
     return Err(CKR_ARGUMENTS_BAD, "--lifetime-action must be auto-renew or notify");
   if (o.lifetime_percentage != 0 && o.days_before_expiry != 0)
@@ -472,14 +606,31 @@ Status CheckCertPolicy(const config::Config& cfg, const CertCreateOptions& o) {
   return OkStatus();
 }
 
-// The key pair of a new version: a fresh one, or (a renewal with reuse) the current one's.
-Result<model::KeyPair> NewKeyPair(core::Token& token, const CertCreateOptions& o, bool renewal) {
+// The key pair of a new version: a fresh one (in the vault's HSM with --hsm), or (a renewal
+// with reuse) the current one's: the same software key, or the same HSM key referenced again
+// (`*reused` then says so: a failure must not destroy it).
+Result<model::KeyPair> NewKeyPair(core::Token& token, const CertCreateOptions& o, bool renewal, bool* reused) {
   AttributeMap pt, vt;
   CertKeyTemplates(o.name, pt, vt);
   model::KeyPair kp;
+  *reused = false;
+  if (o.hsm && (token.hsm() == nullptr || token.is_pool()))
+    return Err(CKR_ARGUMENTS_BAD, "vault {} has no HSM: --hsm needs a vault with `hsms` (sku premium)", token.name());
   if (renewal && o.reuse_key) {
     VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentVersion(token, o.name));
-    if (!cur.priv) return Err(CKR_ARGUMENTS_BAD, "vault {} has no key {} to reuse", token.name(), QuotePrintable(o.name));
+    if (!cur.priv || !cur.pub) return Err(CKR_ARGUMENTS_BAD, "vault {} has no key {} to reuse", token.name(), QuotePrintable(o.name));
+    if (cur.priv->material->hsm() != nullptr) {
+      // New outer objects for the same inner key (the version's own CKA_ID is given on insert).
+      kp.private_key = std::make_shared<model::Object>(*cur.priv);
+      kp.public_key = std::make_shared<model::Object>(*cur.pub);
+      for (model::Object* k : {kp.private_key.get(), kp.public_key.get()}) {
+        k->store_id = 0;
+        k->attrs.Erase(CKA_VAULTP11_VERSION);
+        k->attrs.Erase(CKA_ID);
+      }
+      *reused = true;
+      return kp;
+    }
     VAULTP11_ASSIGN_OR_RETURN(auto secret, cur.priv->material->Secret());
     VAULTP11_ASSIGN_OR_RETURN(kp, model::ImportKeyPair(pt, vt, *secret));
     // The same key: its history (made here, never extractable) carries over.
@@ -495,11 +646,13 @@ Result<model::KeyPair> NewKeyPair(core::Token& token, const CertCreateOptions& o
     if (bits != "2048" && bits != "3072" && bits != "4096")
       return Err(CKR_ARGUMENTS_BAD, "--key rsa:{} : RSA keys are 2048, 3072 or 4096 bits", bits);
     pt.SetUlong(CKA_MODULUS_BITS, std::stoul(bits));
+    if (o.hsm) return model::GenerateHsmKeyPair(CKM_RSA_PKCS_KEY_PAIR_GEN, pt, vt, *token.hsm());
     return model::GenerateKeyPair(CKM_RSA_PKCS_KEY_PAIR_GEN, pt, vt);
   }
   if (o.key.rfind("ec:", 0) == 0) {
     VAULTP11_ASSIGN_OR_RETURN(Bytes params, CurveParams(o.key.substr(3)));
     pt.Set(CKA_EC_PARAMS, params);
+    if (o.hsm) return model::GenerateHsmKeyPair(CKM_EC_KEY_PAIR_GEN, pt, vt, *token.hsm());
     return model::GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, pt, vt);
   }
   return Err(CKR_ARGUMENTS_BAD, "--key {} must be rsa:BITS or ec:CURVE", QuotePrintable(o.key, 40));
@@ -527,10 +680,21 @@ Status CreateOrRenew(core::Token& token, store::Store& st, const CertCreateOptio
     return Err(CKR_ARGUMENTS_BAD,
                "certificate {} is issued by an external CA: make a new request with `vaultp11 cert csr`, then `cert merge`",
                QuotePrintable(o.name));
-  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, NewKeyPair(token, o, !expect.empty()));
-  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef subject_key, kp.private_key->Key());
-  // The issuer: the key itself, or a CA certificate item of the vault with a software key.
-  ossl::KeyRef issuer_key = subject_key;
+  bool reused = false;
+  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, NewKeyPair(token, o, !expect.empty(), &reused));
+  // A key made here and not kept (any failure below) leaves nothing in the HSM.
+  bool kept = false;
+  struct Discard {
+    core::Token& token;
+    const model::Object& key;
+    const bool& keep;
+    ~Discard() {
+      if (!keep) token.DiscardHsmKey(key);
+    }
+  } discard{token, *kp.private_key, reused ? reused : kept};
+  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef subject_pub, kp.public_key->Key());
+  // The issuer: the key itself, or a CA certificate item of the vault (software or HSM key).
+  Signer signer{kp.private_key, subject_pub.pkey.get()};
   X509Ptr issuer_cert;
   if (o.issuer != "Self") {
     if (o.issuer == o.name) return Err(CKR_ARGUMENTS_BAD, "a certificate cannot be its own named issuer (use Self)");
@@ -538,44 +702,29 @@ Status CreateOrRenew(core::Token& token, store::Store& st, const CertCreateOptio
     VAULTP11_ASSIGN_OR_RETURN(issuer_cert, ParseDer(*issuer.cert->attrs.Get(CKA_VALUE)));
     if (X509_check_ca(issuer_cert.get()) == 0)
       return Err(CKR_ARGUMENTS_BAD, "issuer {} is not a CA certificate (create it with --ca)", QuotePrintable(o.issuer));
-    if (issuer.priv->material->hsm() != nullptr)
-      return Err(CKR_ARGUMENTS_BAD, "issuer {} has an HSM key: issuers with software keys only in this version", QuotePrintable(o.issuer));
-    VAULTP11_ASSIGN_OR_RETURN(issuer_key, issuer.priv->Key());
+    signer = Signer{issuer.priv, X509_get0_pubkey(issuer_cert.get())};
+    if (signer.pub == nullptr) return Err(CKR_FUNCTION_FAILED, "issuer {}'s public key cannot be read", QuotePrintable(o.issuer));
   }
-  VAULTP11_ASSIGN_OR_RETURN(Bytes der, MakeCertificate(o, subject_key.pkey.get(), issuer_key.pkey.get(), issuer_cert.get()));
+  VAULTP11_ASSIGN_OR_RETURN(Bytes der, MakeCertificate(o, subject_pub.pkey.get(), signer, issuer_cert.get()));
   VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, der));
   VAULTP11_RETURN_IF_ERROR(AddCertVersion(token, st, o, expect, {kp.private_key, kp.public_key, cert}).status());
+  kept = true;
   *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
   io.out << fmt::format("certificate {} of vault {}: version {} ({}, issuer {}, {} months)\n", QuotePrintable(o.name),
                         QuotePrintable(o.vault), *version, o.key, o.issuer, o.validity_months);
   return OkStatus();
 }
 
-// What `cert` commands work on: the vault's token in a provider of their own, and the store.
-struct CertPlace {
-  std::unique_ptr<core::Provider> provider;
-  core::Token* token = nullptr;
-  std::unique_ptr<store::Store> st;
-};
-Result<CertPlace> OpenCertPlace(const config::Config& cfg, const std::string& vault) {
-  CertPlace p;
-  VAULTP11_ASSIGN_OR_RETURN(p.provider, core::Provider::Create(cfg.source, /*threads=*/true));
-  for (const auto& t : p.provider->tokens())
-    if (t->name() == vault) p.token = t.get();
-  if (p.token == nullptr) return Err(CKR_ARGUMENTS_BAD, "vault {} is not loaded", QuotePrintable(vault));
-  VAULTP11_ASSIGN_OR_RETURN(p.st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
-  return p;
-}
 
 // The certificate request of `o`'s policy for `key`, signed by it (PEM).
-Result<std::string> MakeRequest(const CertCreateOptions& o, EVP_PKEY* key) {
+Result<std::string> MakeRequest(const CertCreateOptions& o, const Signer& key) {
   std::unique_ptr<X509_REQ, decltype(&X509_REQ_free)> req(X509_REQ_new_ex(ossl::LibCtx(), nullptr), X509_REQ_free);
   if (!req) return Err(CKR_HOST_MEMORY, "out of memory");
   X509_REQ_set_version(req.get(), X509_REQ_VERSION_1);
   VAULTP11_ASSIGN_OR_RETURN(X509_NAME * subject, ParseSubject(o.subject));
   X509_REQ_set_subject_name(req.get(), subject);
   X509_NAME_free(subject);
-  X509_REQ_set_pubkey(req.get(), key);
+  X509_REQ_set_pubkey(req.get(), key.pub);
   STACK_OF(X509_EXTENSION)* exts = sk_X509_EXTENSION_new_null();
   X509V3_CTX ctx;
   X509V3_set_ctx(&ctx, nullptr, nullptr, req.get(), nullptr, 0);
@@ -597,12 +746,7 @@ Result<std::string> MakeRequest(const CertCreateOptions& o, EVP_PKEY* key) {
   if (st.ok() && X509_REQ_add_extensions(req.get(), exts) != 1) st = Err(CKR_FUNCTION_FAILED, "adding the request's extensions failed");
   sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
   VAULTP11_RETURN_IF_ERROR(st);
-  const int bits = EVP_PKEY_get_bits(key);
-  const EVP_MD* md = !EVP_PKEY_is_a(key, "EC") || bits <= 256 ? EVP_sha256() : bits <= 384 ? EVP_sha384() : EVP_sha512();
-  if (X509_REQ_sign(req.get(), key, md) <= 0) {
-    ERR_clear_error();
-    return Err(CKR_FUNCTION_FAILED, "signing the request failed");
-  }
+  VAULTP11_RETURN_IF_ERROR(SignAsn1(req.get(), key));
   std::unique_ptr<BIO, BioFree> mem(BIO_new(BIO_s_mem()));
   if (!mem || PEM_write_bio_X509_REQ(mem.get(), req.get()) != 1) return Err(CKR_FUNCTION_FAILED, "encoding the request failed");
   BUF_MEM* buf = nullptr;
@@ -621,9 +765,19 @@ Status Request(const config::Config& cfg, const CertCsrOptions& o, Io& io, std::
   std::string expect;
   VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentVersion(*place.token, o.name));
   if (cur.priv && (cur.cert || cur.csr)) expect = cur.version;
-  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, NewKeyPair(*place.token, o, !expect.empty()));
-  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef key, kp.private_key->Key());
-  VAULTP11_ASSIGN_OR_RETURN(std::string pem, MakeRequest(o, key.pkey.get()));
+  bool reused = false;
+  VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, NewKeyPair(*place.token, o, !expect.empty(), &reused));
+  bool kept = false;
+  struct Discard {
+    core::Token& token;
+    const model::Object& key;
+    const bool& keep;
+    ~Discard() {
+      if (!keep) token.DiscardHsmKey(key);
+    }
+  } discard{*place.token, *kp.private_key, reused ? reused : kept};
+  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef pub, kp.public_key->Key());
+  VAULTP11_ASSIGN_OR_RETURN(std::string pem, MakeRequest(o, Signer{kp.private_key, pub.pkey.get()}));
   AttributeMap t;
   t.SetUlong(CKA_CLASS, CKO_DATA);
   t.SetBool(CKA_TOKEN, true);
@@ -632,6 +786,7 @@ Status Request(const config::Config& cfg, const CertCsrOptions& o, Io& io, std::
   t.Set(CKA_VALUE, std::span(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()));
   VAULTP11_ASSIGN_OR_RETURN(auto csr, model::CreateObject(t));
   VAULTP11_RETURN_IF_ERROR(AddCertVersion(*place.token, *place.st, o, expect, {kp.private_key, kp.public_key, csr}).status());
+  kept = true;
   if (!expect.empty()) VAULTP11_RETURN_IF_ERROR(place.st->SetPolicy(o.vault, o.name, PolicyJsonOf(o).dump()));
   *version = kp.private_key->attrs.GetString(CKA_VAULTP11_VERSION);
   if (!o.out.empty()) {
@@ -681,7 +836,7 @@ Status Merge(const config::Config& cfg, const std::string& vault, const std::str
   if (!cur.priv || !cur.pub || !cur.csr || cur.cert)
     return Err(CKR_ARGUMENTS_BAD, "{} of vault {} has no pending request (make one with `vaultp11 cert csr`)",
                QuotePrintable(name), QuotePrintable(vault));
-  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef key, cur.priv->Key());
+  VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef key, cur.pub->Key());
   size_t leaf = certs.size();
   for (size_t i = 0; i < certs.size() && leaf == certs.size(); ++i)
     if (EVP_PKEY_eq(X509_get0_pubkey(certs[i].get()), key.pkey.get()) == 1) leaf = i;

@@ -605,6 +605,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_import->add_option("name", import_opts.name, "Certificate name (1-127 of 0-9 a-z A-Z -)")->required();
     cert_import->add_option("--file", import_opts.file, "PEM or PKCS#12 file")->required();
     cert_import->add_option("--password-file", import_opts.password_file, "File whose first line is the password");
+    cert_import->add_flag("--hsm", import_opts.hsm, "Put the key into the vault's HSM");
     CertCreateOptions create_opts;
     CLI::App* cert_create = cert_cmd->add_subcommand("create", "Issue a certificate with a new key (Self-signed or by a vault CA)");
     cert_create->add_option("vault", create_opts.vault, "Vault")->required();
@@ -616,7 +617,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_create->add_option("--validity-months", create_opts.validity_months, "Validity in months")->capture_default_str();
     cert_create->add_option("--issuer", create_opts.issuer, "Self, or a CA certificate of the vault")->capture_default_str();
     cert_create->add_option("--key", create_opts.key, "rsa:2048|3072|4096 or ec:P-256|P-384|P-521|secp256k1")->capture_default_str();
-    cert_create->add_flag("--hsm", create_opts.hsm, "Key in the vault's HSM (not in this version)");
+    cert_create->add_flag("--hsm", create_opts.hsm, "Make the key in the vault's HSM");
     cert_create->add_flag("--ca", create_opts.ca, "A CA certificate, to issue others");
     cert_create->add_flag("--reuse-key", create_opts.reuse_key, "Renewals keep the key");
     cert_create->add_option("--lifetime-action", create_opts.lifetime_action, "auto-renew or notify (by lifecycle run)")
@@ -636,6 +637,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_csr->add_option("--validity-months", csr_opts.validity_months, "Validity asked for, in months (for lifetime notices)")
         ->capture_default_str();
     cert_csr->add_option("--key", csr_opts.key, "rsa:2048|3072|4096 or ec:P-256|P-384|P-521|secp256k1")->capture_default_str();
+    cert_csr->add_flag("--hsm", csr_opts.hsm, "Make the key in the vault's HSM");
     cert_csr->add_flag("--reuse-key", csr_opts.reuse_key, "A new request for an existing certificate keeps its key");
     cert_csr->add_option("--lifetime-percentage", csr_opts.lifetime_percentage, "Notify at this percentage of the lifetime (default 80)");
     cert_csr->add_option("--days-before-expiry", csr_opts.days_before_expiry, "Notify this many days before expiry");

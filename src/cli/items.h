@@ -122,6 +122,7 @@ struct CertImportOptions {
   std::string vault, name;
   std::string file;           // PEM (certificates and the private key) or PKCS#12
   std::string password_file;  // the key's (or PKCS#12's) password, first line; empty: none or a prompt
+  bool hsm = false;           // the key into the vault's HSM (unwrapped there, never extractable)
 };
 // `cert import <vault> <name> --file F [--password-file P]`: the certificate that matches the
 // file's private key, with that key (a software key, sensitive, not extractable), becomes the
@@ -141,7 +142,7 @@ struct CertCreateOptions {
   int validity_months = 12;
   std::string issuer = "Self";         // Self, or a CA certificate item of the same vault
   std::string key = "ec:P-256";        // rsa:2048|3072|4096, ec:P-256|P-384|P-521|secp256k1
-  bool hsm = false;                    // refused for now: software keys only
+  bool hsm = false;                    // the key in the vault's HSM (a vault with `hsms`)
   bool ca = false;                     // a CA certificate (basicConstraints CA:TRUE)
   bool reuse_key = false;              // renewals keep the key
   // Lifetime action, applied by `lifecycle run`: "auto-renew" (default) or "notify", at a

@@ -756,6 +756,67 @@ Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& p
   return kp;
 }
 
+Result<KeyPair> ImportHsmKeyPair(const AttributeMap& pub_t, const AttributeMap& priv_t, const SecureBytes& pkcs8,
+                                 const HsmKey& hsm) {
+  if (hsm.pool) return Err(CKR_FUNCTION_NOT_SUPPORTED, "keys are imported into a vault's HSM, not a pool's");
+  if (!hsm.token) return Err(CKR_DEVICE_ERROR, "the vault's HSM is unavailable: {}", hsm.unavailable);
+  // The outer objects as for a software import (checks, public attributes), then the key
+  // itself into the HSM.
+  VAULTP11_ASSIGN_OR_RETURN(KeyPair kp, ImportKeyPair(pub_t, priv_t, pkcs8));
+  AttributeMap& priv = kp.private_key->attrs;
+  if (priv.GetBool(CKA_EXTRACTABLE) || !priv.GetBool(CKA_SENSITIVE, true))
+    return Err(CKR_TEMPLATE_INCONSISTENT, "HSM-protected private keys are sensitive and not extractable");
+  const CK_KEY_TYPE type = kp.private_key->key_type();
+  HsmKey ref = hsm;
+  ref.object_class = CKO_PRIVATE_KEY;
+  ref.inner_id.resize(16);
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(ref.inner_id));
+  const auto& t = hsm.token;
+  auto dk = pool::FindDomainKey(*t);
+  const bool under_domain = dk.ok() && dk.value() != CK_INVALID_HANDLE;
+  // The key travels to the HSM wrapped (CKM_AES_KEY_WRAP_PAD) under a one-time AES key that
+  // is made here, handed to the HSM as a session object, and destroyed on both sides after.
+  auto one_time = std::make_shared<SecureBytes>(32);
+  VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(*one_time));
+  CK_MECHANISM kwp{CKM_AES_KEY_WRAP_PAD, nullptr, 0};
+  VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped, ossl::Wrap(ossl::KeyRef{CKK_AES, CKO_SECRET_KEY, {}, one_time}, kwp, pkcs8));
+  p11::AttrTemplate kt;
+  kt.Ulong(CKA_CLASS, CKO_SECRET_KEY).Ulong(CKA_KEY_TYPE, CKK_AES).Bool(CKA_TOKEN, false).Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, false).Bool(CKA_UNWRAP, true).Data(CKA_VALUE, *one_time);
+  auto kh = t->CreateObject(kt);
+  one_time.reset();
+  if (!kh.ok()) return Err(kh.rv(), "the HSM did not take the transport key: {}", kh.error().message);
+  p11::AttrTemplate it_priv;
+  it_priv.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Ulong(CKA_KEY_TYPE, type).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true).Bool(CKA_EXTRACTABLE, under_domain).Bool(CKA_SIGN, priv.GetBool(CKA_SIGN))
+      .Data(CKA_ID, ref.inner_id);
+  if (under_domain) it_priv.Bool(CKA_WRAP_WITH_TRUSTED, true);
+  if (type == CKK_RSA) it_priv.Bool(CKA_DECRYPT, priv.GetBool(CKA_DECRYPT) || priv.GetBool(CKA_UNWRAP));
+  auto h = t->UnwrapKey(kwp, *kh, wrapped, it_priv);
+  (void)t->DestroyObject(*kh);
+  if (!h.ok()) return Err(h.rv(), "the HSM did not take the key: {}", h.error().message);
+  // Its public half beside it, as generation leaves it (backups read the public values there).
+  const AttributeMap& pub = kp.public_key->attrs;
+  p11::AttrTemplate it_pub;
+  it_pub.Ulong(CKA_CLASS, CKO_PUBLIC_KEY).Ulong(CKA_KEY_TYPE, type).Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, false)
+      .Bool(CKA_VERIFY, true).Data(CKA_ID, ref.inner_id);
+  for (CK_ATTRIBUTE_TYPE a : type == CKK_RSA ? std::vector<CK_ATTRIBUTE_TYPE>{CKA_MODULUS, CKA_PUBLIC_EXPONENT}
+                                             : std::vector<CK_ATTRIBUTE_TYPE>{CKA_EC_PARAMS, CKA_EC_POINT})
+    if (const Bytes* v = pub.Get(a)) it_pub.Data(a, *v);
+  if (type == CKK_RSA) it_pub.Bool(CKA_ENCRYPT, true);
+  auto ph = t->CreateObject(it_pub);
+  if (!ph.ok()) {
+    (void)t->DestroyObject(*h);
+    return Err(ph.rv(), "the HSM did not take the public key: {}", ph.error().message);
+  }
+  for (AttributeMap* a : {&kp.public_key->attrs, &priv}) {
+    a->SetUlong(CKA_VAULTP11_PROTECTION, VAULTP11_PROTECTION_HSM);
+    a->Set(CKA_VAULTP11_HSM_KEY_ID, ref.inner_id);
+  }
+  kp.private_key->material = std::make_shared<Material>(std::move(ref));
+  return kp;
+}
+
 Result<std::shared_ptr<Object>> GenerateSecretKey(CK_MECHANISM_TYPE mech, const AttributeMap& tmpl) {
   if (mech != CKM_AES_KEY_GEN) return Err(CKR_MECHANISM_INVALID, "mechanism 0x{:x} does not generate secret keys", mech);
   VAULTP11_RETURN_IF_ERROR(ExpectUlong(tmpl, CKA_CLASS, CKO_SECRET_KEY));

@@ -142,6 +142,13 @@ Result<KeyPair> ImportKeyPair(const AttributeMap& pub_template, const AttributeM
 // left behind).
 Result<KeyPair> GenerateHsmKeyPair(CK_MECHANISM_TYPE mech, const AttributeMap& pub_template,
                                    const AttributeMap& priv_template, const HsmKey& hsm);
+// A key pair from an existing private key (as ImportKeyPair) whose private key goes into the
+// vault's HSM `hsm` (not a pool): unwrapped there under a one-time transport key, sensitive and
+// never extractable (but wrappable under the security domain when the HSM holds one, like a
+// generated key), with its public key beside it; the outer private object holds only the
+// reference. The caller drops `pkcs8` as soon as this returns.
+Result<KeyPair> ImportHsmKeyPair(const AttributeMap& pub_template, const AttributeMap& priv_template,
+                                 const SecureBytes& pkcs8, const HsmKey& hsm);
 // A pool's AES key (C_GenerateKey, 128/192/256 bits): generated on one member, copied to the
 // others under the security domain (HsmPool::Replicate); `hsm.pool` must be set.
 Result<std::shared_ptr<Object>> GenerateHsmSecretKey(CK_MECHANISM_TYPE mech, const AttributeMap& tmpl,

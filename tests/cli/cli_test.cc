@@ -1214,6 +1214,20 @@ TEST_F(DeletedCliTest, PurgeProtectionHoldsUntilRetentionEndsAndStaysOn) {
   EXPECT_EQ(Cli({"secret", "set", "dev", "now"}, "again").exit_code, kExitOk);
 }
 
+TEST_F(SecretCliTest, HsmCertificateKeysNeedAVaultWithAnHsm) {
+  for (const char* cmd : {"create", "csr"}) {
+    Outcome o = Cli({"cert", cmd, "dev", "web", "--subject", "CN=web.example", "--hsm"});
+    EXPECT_EQ(o.exit_code, kExitFailed) << cmd;
+    EXPECT_THAT(o.err, HasSubstr("vault dev has no HSM: --hsm needs a vault with `hsms`")) << cmd;
+  }
+  EXPECT_THAT(Cli({"list", "--vault", "dev"}).out, Not(HasSubstr("\"web\""))) << "a refused request stored something";
+  // Nothing pending: merge refuses; a stored certificate is not an external CA's to merge into.
+  ASSERT_EQ(Cli({"cert", "create", "dev", "web", "--subject", "CN=web.example"}).exit_code, kExitOk);
+  Outcome merge = Cli({"cert", "merge", "dev", "web", "--file", "vp.yaml"});
+  EXPECT_EQ(merge.exit_code, kExitFailed);
+  EXPECT_THAT(merge.err, HasSubstr("holds no certificate"));
+}
+
 // Backup and restore of software items: every version, sealed under the deployment's key.
 class BackupCliTest : public SecretCliTest {
  protected:
