@@ -356,6 +356,8 @@ Status Restore(const config::Config& cfg, const std::string& where_in, const std
     return Err(CKR_ARGUMENTS_BAD, "{} holds a {} without HSM keys: pools hold HSM keys only; nothing changed", file,
                ToLower(kind));
   }
+  if (cfg.FindPool(where) != nullptr && kind != "Key")
+    return Err(CKR_ARGUMENTS_BAD, "{} holds a {}: pools hold keys only; nothing changed", file, ToLower(kind));
   // 3. The content, authenticated with the header.
   VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, st->DeriveKey("backup"));
   const std::string aad = doc.dump();
@@ -369,6 +371,9 @@ Status Restore(const config::Config& cfg, const std::string& where_in, const std
   VAULTP11_ASSIGN_OR_RETURN(Content c, ReadContent(*plain, file));
   if (!config::IsValidName(h.name)) return Err(CKR_DATA_INVALID, "{}: bad item name", file);
   if (has_hsm == c.hsm_keys.empty()) return Err(CKR_DATA_INVALID, "{}: its content is malformed", file);
+  // Versions may share an HSM key (a certificate renewed with --reuse-key): one copy of each.
+  std::set<Bytes> seen;
+  std::erase_if(c.hsm_keys, [&](const pool::WrappedKey& wk) { return !seen.insert(wk.inner_id).second; });
   for (auto& r : c.rows) {
     r.vault = where;
     r.label = h.name;

@@ -167,6 +167,45 @@ Result<std::shared_ptr<model::Object>> CertObject(const std::string& label, cons
   return model::CreateObject(t);
 }
 
+// An exportable certificate's bundle: a data object of the version holding the certificate,
+// its issuers and the private key, as PEM (PKCS#8 key, then the certificates) or PKCS#12 (empty
+// password); private, and neither modifiable nor destroyable on its own. Its value is read with
+// the secrets get permission, like any secret.
+Result<std::shared_ptr<model::Object>> BundleObject(const std::string& name, const std::string& format, EVP_PKEY* key,
+                                                    X509* leaf, const std::vector<X509*>& issuers) {
+  std::unique_ptr<BIO, BioFree> mem(BIO_new(BIO_s_secmem()));
+  if (!mem) return Err(CKR_HOST_MEMORY, "out of memory");
+  bool ok = true;
+  if (format == "pkcs12") {
+    STACK_OF(X509)* ca = sk_X509_new_null();
+    for (X509* c : issuers) ok = ok && ca != nullptr && sk_X509_push(ca, c) > 0;
+    PKCS12* p12 = ok ? PKCS12_create_ex("", name.c_str(), key, leaf, ca, 0, 0, 0, 0, 0, ossl::LibCtx(), nullptr) : nullptr;
+    sk_X509_free(ca);  // the certificates stay the caller's
+    ok = p12 != nullptr && i2d_PKCS12_bio(mem.get(), p12) == 1;
+    PKCS12_free(p12);
+  } else {
+    ok = PEM_write_bio_PrivateKey(mem.get(), key, nullptr, nullptr, 0, nullptr, nullptr) == 1 &&
+         PEM_write_bio_X509(mem.get(), leaf) == 1;
+    for (X509* c : issuers) ok = ok && PEM_write_bio_X509(mem.get(), c) == 1;
+  }
+  ERR_clear_error();
+  if (!ok) return Err(CKR_FUNCTION_FAILED, "the certificate's {} bundle cannot be made", format);
+  BUF_MEM* buf = nullptr;
+  BIO_get_mem_ptr(mem.get(), &buf);
+  AttributeMap t;
+  t.SetUlong(CKA_CLASS, CKO_DATA);
+  t.SetBool(CKA_TOKEN, true);
+  t.SetBool(CKA_PRIVATE, true);
+  t.SetString(CKA_LABEL, name);
+  t.SetBool(CKA_MODIFIABLE, false);
+  t.SetBool(CKA_DESTROYABLE, false);
+  t.SetString(CKA_VAULTP11_CONTENT_TYPE, format == "pkcs12" ? kPkcs12BundleType : kPemBundleType);
+  t.Set(CKA_VALUE, std::span(reinterpret_cast<const uint8_t*>(buf->data), buf->length));
+  auto obj = model::CreateObject(t);
+  if (const Bytes* v = t.Get(CKA_VALUE)) OPENSSL_cleanse(const_cast<uint8_t*>(v->data()), v->size());
+  return obj;
+}
+
 // What `cert` commands work on: the vault's token in a provider of their own, and the store.
 struct CertPlace {
   std::unique_ptr<core::Provider> provider;
@@ -242,6 +281,16 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
   BIO_get_mem_ptr(mem.get(), &buf);
   SecureBytes pkcs8(reinterpret_cast<const uint8_t*>(buf->data), reinterpret_cast<const uint8_t*>(buf->data) + buf->length);
 
+  if (o.exportable && o.hsm) return Err(CKR_ARGUMENTS_BAD, "--exportable: an HSM key never leaves the HSM");
+  if (o.export_format != "pem" && o.export_format != "pkcs12")
+    return Err(CKR_ARGUMENTS_BAD, "--export-format must be pem or pkcs12");
+  std::shared_ptr<model::Object> bundle;
+  if (o.exportable) {
+    std::vector<X509*> issuers;
+    for (size_t i = 0; i < b.certs.size(); ++i)
+      if (i != leaf) issuers.push_back(b.certs[i].get());
+    VAULTP11_ASSIGN_OR_RETURN(bundle, BundleObject(o.name, o.export_format, b.key.get(), b.certs[leaf].get(), issuers));
+  }
   b.key.reset();
 
   VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, o.vault));
@@ -256,7 +305,9 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
   VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, leaf_der));
   // A new version when the name is a certificate already; refused when it is a key or secret
   // (an HSM key made for it is then destroyed).
-  auto added = token->AddVersion({kp.private_key, kp.public_key, cert}, /*new_version=*/true);
+  std::vector<std::shared_ptr<model::Object>> objs = {kp.private_key, kp.public_key, cert};
+  if (bundle) objs.push_back(bundle);
+  auto added = token->AddVersion(objs, /*new_version=*/true);
   if (!added.ok()) {
     token->DiscardHsmKey(*kp.private_key);
     return added.status();
@@ -343,7 +394,7 @@ Result<X509_NAME*> ParseSubject(const std::string& dn) {
 Json PolicyJsonOf(const CertCreateOptions& o) {
   return {{"kind", "certificate"}, {"subject", o.subject}, {"sans", o.sans},     {"ekus", o.ekus},
           {"keyUsage", o.key_usage}, {"validityMonths", o.validity_months},    {"issuer", o.issuer},
-          {"key", o.key},           {"hsm", o.hsm},       {"ca", o.ca},         {"reuseKey", o.reuse_key},
+          {"key", o.key},           {"hsm", o.hsm},       {"exportable", o.exportable}, {"exportFormat", o.export_format}, {"ca", o.ca},         {"reuseKey", o.reuse_key},
           {"lifetimeAction", o.lifetime_action}, {"lifetimePercentage", o.lifetime_percentage},
           {"daysBeforeExpiry", o.days_before_expiry}};
 }
@@ -360,6 +411,8 @@ CertCreateOptions OptionsFromPolicy(const std::string& vault, const std::string&
   o.issuer = j.value("issuer", "Self");
   o.key = j.value("key", "ec:P-256");
   o.hsm = j.value("hsm", false);
+  o.exportable = j.value("exportable", false);
+  o.export_format = j.value("exportFormat", "pem");
   o.ca = j.value("ca", false);
   o.reuse_key = j.value("reuseKey", false);
   o.lifetime_action = j.value("lifetimeAction", "auto-renew");
@@ -587,6 +640,9 @@ Status CheckCertPolicy(const config::Config& cfg, const CertCreateOptions& o) {
     return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(o.name, 140));
   if (o.validity_months < 1 || o.validity_months > 1200)
     return Err(CKR_ARGUMENTS_BAD, "--validity-months must be from 1 to 1200, got {}", o.validity_months);
+  if (o.exportable && o.hsm) return Err(CKR_ARGUMENTS_BAD, "--exportable: an HSM key never leaves the HSM");
+  if (o.export_format != "pem" && o.export_format != "pkcs12")
+    return Err(CKR_ARGUMENTS_BAD, "--export-format must be pem or pkcs12");
   if (o.lifetime_action != "auto-renew" && o.lifetime_action != "notify")
     return Err(CKR_ARGUMENTS_BAD, "--lifetime-action must be auto-renew or notify");
   if (o.lifetime_percentage != 0 && o.days_before_expiry != 0)
@@ -707,7 +763,16 @@ Status CreateOrRenew(core::Token& token, store::Store& st, const CertCreateOptio
   }
   VAULTP11_ASSIGN_OR_RETURN(Bytes der, MakeCertificate(o, subject_pub.pkey.get(), signer, issuer_cert.get()));
   VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, der));
-  VAULTP11_RETURN_IF_ERROR(AddCertVersion(token, st, o, expect, {kp.private_key, kp.public_key, cert}).status());
+  std::vector<std::shared_ptr<model::Object>> objs = {kp.private_key, kp.public_key, cert};
+  if (o.exportable) {
+    VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef key, kp.private_key->Key());
+    VAULTP11_ASSIGN_OR_RETURN(X509Ptr leaf, ParseDer(der));
+    std::vector<X509*> issuers;
+    if (issuer_cert) issuers.push_back(issuer_cert.get());
+    VAULTP11_ASSIGN_OR_RETURN(auto bundle, BundleObject(o.name, o.export_format, key.pkey.get(), leaf.get(), issuers));
+    objs.push_back(bundle);
+  }
+  VAULTP11_RETURN_IF_ERROR(AddCertVersion(token, st, o, expect, objs).status());
   kept = true;
   *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
   io.out << fmt::format("certificate {} of vault {}: version {} ({}, issuer {}, {} months)\n", QuotePrintable(o.name),

@@ -606,6 +606,8 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_import->add_option("--file", import_opts.file, "PEM or PKCS#12 file")->required();
     cert_import->add_option("--password-file", import_opts.password_file, "File whose first line is the password");
     cert_import->add_flag("--hsm", import_opts.hsm, "Put the key into the vault's HSM");
+    cert_import->add_flag("--exportable", import_opts.exportable, "Keep a bundle (certificate, issuers, key) as the certificate's secret");
+    cert_import->add_option("--export-format", import_opts.export_format, "pem or pkcs12 (the bundle's format)")->capture_default_str();
     CertCreateOptions create_opts;
     CLI::App* cert_create = cert_cmd->add_subcommand("create", "Issue a certificate with a new key (Self-signed or by a vault CA)");
     cert_create->add_option("vault", create_opts.vault, "Vault")->required();
@@ -618,6 +620,8 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_create->add_option("--issuer", create_opts.issuer, "Self, or a CA certificate of the vault")->capture_default_str();
     cert_create->add_option("--key", create_opts.key, "rsa:2048|3072|4096 or ec:P-256|P-384|P-521|secp256k1")->capture_default_str();
     cert_create->add_flag("--hsm", create_opts.hsm, "Make the key in the vault's HSM");
+    cert_create->add_flag("--exportable", create_opts.exportable, "Keep a bundle (certificate, issuers, key) as the certificate's secret");
+    cert_create->add_option("--export-format", create_opts.export_format, "pem or pkcs12 (the bundle's format)")->capture_default_str();
     cert_create->add_flag("--ca", create_opts.ca, "A CA certificate, to issue others");
     cert_create->add_flag("--reuse-key", create_opts.reuse_key, "Renewals keep the key");
     cert_create->add_option("--lifetime-action", create_opts.lifetime_action, "auto-renew or notify (by lifecycle run)")

@@ -131,8 +131,10 @@ std::string Line(const Json& j) {
   return out + "\n";
 }
 
-// The secret `name` of `vault`: its versions, oldest first; a name of another kind is refused.
-Result<std::vector<SecretVersion>> SecretVersions(store::Store& st, const std::string& vault, const std::string& name) {
+// The secret `name` of `vault`: its versions, oldest first; a name of another kind is refused,
+// but with `bundles`, an exportable certificate gives the versions of its bundle.
+Result<std::vector<SecretVersion>> SecretVersions(store::Store& st, const std::string& vault, const std::string& name,
+                                                  bool bundles = false) {
   VAULTP11_ASSIGN_OR_RETURN(auto records, st.LoadVault(vault));
   std::vector<SecretVersion> out;
   bool other_kind = false;
@@ -144,6 +146,10 @@ Result<std::vector<SecretVersion>> SecretVersions(store::Store& st, const std::s
     }
     VAULTP11_ASSIGN_OR_RETURN(auto attrs, model::AttributeMap::Deserialize(r.attributes));
     out.push_back(SecretVersion{std::move(r), std::move(attrs)});
+  }
+  if (other_kind && bundles) {
+    std::erase_if(out, [](const SecretVersion& v) { return !IsCertificateBundle(v.attrs.GetString(CKA_VAULTP11_CONTENT_TYPE)); });
+    if (!out.empty()) return out;
   }
   if (other_kind)
     return Err(CKR_ARGUMENTS_BAD, "{} in vault {} is a key or certificate, not a secret", QuotePrintable(name),
@@ -220,7 +226,7 @@ Status SecretGet(const config::Config& cfg, const SecretGetOptions& o, std::stri
   VAULTP11_RETURN_IF_ERROR(CheckVault(cfg, o.vault));
   VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
   VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.vault));
-  VAULTP11_ASSIGN_OR_RETURN(auto versions, SecretVersions(*st, o.vault, o.name));
+  VAULTP11_ASSIGN_OR_RETURN(auto versions, SecretVersions(*st, o.vault, o.name, /*bundles=*/true));
   const SecretVersion* pick = &versions.back();  // the current version is the newest
   if (!o.version.empty()) {
     auto it = std::find_if(versions.begin(), versions.end(), [&](const SecretVersion& v) { return v.rec.version == o.version; });

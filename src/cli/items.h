@@ -123,6 +123,8 @@ struct CertImportOptions {
   std::string file;           // PEM (certificates and the private key) or PKCS#12
   std::string password_file;  // the key's (or PKCS#12's) password, first line; empty: none or a prompt
   bool hsm = false;           // the key into the vault's HSM (unwrapped there, never extractable)
+  bool exportable = false;    // with the bundle data object, as cert create --exportable
+  std::string export_format = "pem";
 };
 // `cert import <vault> <name> --file F [--password-file P]`: the certificate that matches the
 // file's private key, with that key (a software key, sensitive, not extractable), becomes the
@@ -143,6 +145,10 @@ struct CertCreateOptions {
   std::string issuer = "Self";         // Self, or a CA certificate item of the same vault
   std::string key = "ec:P-256";        // rsa:2048|3072|4096, ec:P-256|P-384|P-521|secp256k1
   bool hsm = false;                    // the key in the vault's HSM (a vault with `hsms`)
+  // Exportable: each version also has a data object (the "secret") with the certificate, its
+  // issuers and the private key, as PEM or as PKCS#12 (empty password). Software keys only.
+  bool exportable = false;
+  std::string export_format = "pem";  // pem | pkcs12
   bool ca = false;                     // a CA certificate (basicConstraints CA:TRUE)
   bool reuse_key = false;              // renewals keep the key
   // Lifetime action, applied by `lifecycle run`: "auto-renew" (default) or "notify", at a
@@ -185,6 +191,13 @@ Status CertCsrCommand(const config::Config& cfg, const CertCsrOptions& opts, Io&
 // refused, nothing changed. Audited as "CertificatePendingMerge".
 Status CertMergeCommand(const config::Config& cfg, const std::string& vault, const std::string& name,
                         const std::string& file, Io& io);
+
+// Content types of an exportable certificate's bundle (its certificate, issuers and private key).
+inline constexpr char kPemBundleType[] = "application/x-pem-file";
+inline constexpr char kPkcs12BundleType[] = "application/x-pkcs12";
+inline bool IsCertificateBundle(const std::string& content_type) {
+  return content_type == kPemBundleType || content_type == kPkcs12BundleType;
+}
 
 // The store, once `vault` (a vault or pool) is in it; clear errors for a store or vault not
 // made yet (`vaultp11 init`).

@@ -884,6 +884,48 @@ TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
   EXPECT_EQ(GetAttr(a, old_pub, CKA_EC_POINT), point) << "not the same key";
   auto old_sig = Sign(a, em, old_priv, data);
   EXPECT_EQ(Verify(a, em, old_pub, data, old_sig), CKR_OK);
+  // A certificate whose versions share one HSM key (--reuse-key): deleted, then restored with
+  // one copy of the key, which signs again.
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  ASSERT_EQ(Cli({"cert", "create", "archive", "webcert", "--subject", "CN=webcert", "--hsm", "--reuse-key"}, config_path).status, 0);
+  ASSERT_EQ(Cli({"cert", "renew", "archive", "webcert"}, config_path).status, 0);
+  std::string cfile = dir.file("webcert.backup");
+  CliRun cb = Cli({"backup", "archive", "webcert", cfile}, config_path);
+  ASSERT_EQ(cb.status, 0) << cb.output;
+  CliRun into = Cli({"restore", "bk2", cfile}, config_path);
+  EXPECT_EQ(into.status, 1);
+  EXPECT_NE(into.output.find("pools hold keys only"), std::string::npos) << into.output;
+  Start();
+  a = LoggedInRw(kArchiveSlot);
+  auto webcert = FindByLabel(a, "webcert");
+  ASSERT_EQ(webcert.size(), 3u);
+  int destroyed = 0;
+  for (CK_OBJECT_HANDLE o : webcert) {
+    CK_OBJECT_CLASS cls;
+    auto c = GetAttr(a, o, CKA_CLASS);
+    std::memcpy(&cls, c.data(), sizeof(cls));
+    if (cls == CKO_CERTIFICATE) destroyed += f->C_DestroyObject(a, o) == CKR_OK;
+  }
+  ASSERT_EQ(destroyed, 1) << "deleting the certificate deletes the item";
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  CliRun cr = Cli({"restore", "archive", cfile}, config_path);
+  ASSERT_EQ(cr.status, 0) << cr.output;
+  EXPECT_NE(cr.output.find("(2 versions, HSM keys on 1 HSM)"), std::string::npos) << cr.output;
+  Start();
+  a = LoggedInRw(kArchiveSlot);
+  CK_OBJECT_HANDLE wpriv = CK_INVALID_HANDLE, wpub = CK_INVALID_HANDLE;
+  for (CK_OBJECT_HANDLE o : FindByLabel(a, "webcert")) {
+    CK_OBJECT_CLASS cls;
+    auto c = GetAttr(a, o, CKA_CLASS);
+    std::memcpy(&cls, c.data(), sizeof(cls));
+    if (cls == CKO_PRIVATE_KEY) wpriv = o;
+    if (cls == CKO_PUBLIC_KEY) wpub = o;
+  }
+  ASSERT_NE(wpriv, CK_INVALID_HANDLE);
+  auto wsig = Sign(a, em, wpriv, data);
+  EXPECT_EQ(Verify(a, em, wpub, data, wsig), CKR_OK);
   // A software item never goes into a pool.
   ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
   initialized = false;

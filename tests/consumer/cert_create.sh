@@ -91,18 +91,43 @@ wait "$w2" || fail "lifecycle run failed: $(cat "$WORK/w2.out")"
 grep -q '"operationName":"CertificateNearExpiry"' "$WORK/audit.log" || fail "no CertificateNearExpiry event"
 [[ $("$VAULTP11_CLI" --config "$CONF" list --json | grep -c '"label": "watch"') == 3 ]] || fail "notify made a new version"
 
+step "exportable (PEM): the certificate's secret holds key, certificate and issuer; it goes with its certificate only"
+cli cert create payments shipped --subject "CN=shipped.example" --san DNS:shipped.example --issuer vault-ca --exportable
+p11_user --read-object --type data --label shipped -o "$WORK/shipped.bundle"
+"$VAULTP11_CLI" --config "$CONF" secret get payments shipped >"$WORK/shipped.get" || fail "secret get of the bundle failed"
+cmp "$WORK/shipped.bundle" "$WORK/shipped.get" || fail "pkcs11-tool and secret get read different bundles"
+[[ $(grep -c 'BEGIN CERTIFICATE' "$WORK/shipped.bundle") == 2 ]] || fail "the bundle lacks the certificate or its issuer"
+run openssl x509 -in "$WORK/shipped.bundle" -out "$WORK/shipped.pem"
+run openssl verify -CAfile "$WORK/vault-ca.pem" "$WORK/shipped.pem"
+cmp <(openssl pkey -in "$WORK/shipped.bundle" -pubout) <(openssl x509 -in "$WORK/shipped.pem" -pubkey -noout) ||
+  fail "the bundle's key is not the certificate's"
+[[ $(id_of cert shipped) == $(id_of privkey shipped) ]] || fail "the bundle's certificate is not the key's"
+run_fails pkcs11-tool --module "$VAULTP11_MODULE" --read-object --type data --label shipped -o "$WORK/nologin.bundle"
+run_fails pkcs11-tool --module "$VAULTP11_MODULE" --login --pin "$PIN" --delete-object --type data --label shipped
+cli cert renew payments shipped
+p11_user --read-object --type data --label shipped -o "$WORK/shipped2.bundle"
+cmp -s <(openssl pkey -in "$WORK/shipped.bundle" -pubout) <(openssl pkey -in "$WORK/shipped2.bundle" -pubout) &&
+  fail "the renewed bundle has the old key"
+
+step "exportable (PKCS#12, empty password): opened by openssl"
+cli cert create payments shipped-p12 --subject "CN=p12.example" --exportable --export-format pkcs12 --key rsa:2048
+"$VAULTP11_CLI" --config "$CONF" secret get payments shipped-p12 >"$WORK/shipped.p12" || fail "secret get failed"
+run openssl pkcs12 -in "$WORK/shipped.p12" -passin pass: -nodes -out "$WORK/p12.pem"
+grep -q 'PRIVATE KEY' "$WORK/p12.pem" && grep -q 'BEGIN CERTIFICATE' "$WORK/p12.pem" || fail "the PKCS#12 bundle lacks key or certificate"
+
 step "bad input: refused, nothing stored"
 before=$(p11_user -O | grep -c 'Object')
 for bad in "x1 --subject CN" "x2 --subject CN=x --san site.example" "x3 --subject CN=x --validity-months 0" \
   "x4 --subject CN=x --issuer nowhere" "x5 --subject CN=x --issuer site" "x6 --subject CN=x --hsm" \
   "x7 --subject CN=x --key rsa:1024" "site --subject CN=again" "x8 --subject CN=x --eku notAnEku" \
   "x9 --subject CN=x --lifetime-action wait" "x10 --subject CN=x --lifetime-percentage 80 --days-before-expiry 5" \
-  "x11 --subject CN=x --validity-months 1 --days-before-expiry 40"; do
+  "x11 --subject CN=x --validity-months 1 --days-before-expiry 40" "x12 --subject CN=x --exportable --export-format der" \
+  "x13 --subject CN=x --exportable --hsm"; do
   # shellcheck disable=SC2086  # the options split on purpose
   run_fails "$VAULTP11_CLI" --config "$CONF" cert create payments $bad
 done
 run_fails "$VAULTP11_CLI" --config "$CONF" cert renew payments nothing
 [[ $(p11_user -O | grep -c 'Object') == "$before" ]] || fail "a refused command stored objects"
-[[ $(grep -c '"operationName":"CertificateCreate"' "$WORK/audit.log") -ge 17 ]] || fail "CertificateCreate events missing"
+[[ $(grep -c '"operationName":"CertificateCreate"' "$WORK/audit.log") -ge 21 ]] || fail "CertificateCreate events missing"
 grep -q '"operationName":"CertificateRenew"' "$WORK/audit.log" || fail "no CertificateRenew event"
 pass

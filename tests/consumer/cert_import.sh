@@ -57,6 +57,13 @@ grep -q 'DEK-Info' "$WORK/legacy.key" || fail "expected a legacy encrypted PEM k
 cat "$WORK/web.pem" "$WORK/legacy.key" >"$WORK/legacy.pem"
 cli cert import payments web-legacy --file "$WORK/legacy.pem" --password-file "$WORK/legacy.pw"
 
+step "--exportable: the import keeps a PKCS#12 bundle (empty password) with the key and the chain"
+cli cert import payments web-export --file "$WORK/web.p12" --password-file "$WORK/p12.pw" --exportable --export-format pkcs12
+"$VAULTP11_CLI" --config "$CONF" secret get payments web-export >"$WORK/export.p12" || fail "secret get failed"
+run openssl pkcs12 -in "$WORK/export.p12" -passin pass: -nodes -out "$WORK/export.pem"
+[[ $(grep -c 'BEGIN CERTIFICATE' "$WORK/export.pem") == 2 ]] || fail "the bundle lacks the chain"
+cmp <(openssl pkey -in "$WORK/export.pem" -pubout) <(openssl pkey -in "$WORK/web.key" -pubout) || fail "the bundle's key differs"
+
 step "bad files are refused, nothing stored"
 run openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/other.key"
 cat "$WORK/web.pem" "$WORK/other.key" >"$WORK/mismatch.pem"
@@ -68,6 +75,6 @@ p11_user --keypairgen --key-type EC:prime256v1 --label taken
 run_fails "$VAULTP11_CLI" --config "$CONF" cert import payments taken --file "$WORK/web.p12" --password-file "$WORK/p12.pw"
 objs=$(p11_user -O)
 grep -q 'label: *\(mismatch\|wrongpw\|nokey\)$' <<<"$objs" && fail "a refused import left objects behind"
-[[ $(grep -c '^Certificate Object' <<<"$objs") == 4 ]] || fail "a refused import stored a certificate"
+[[ $(grep -c '^Certificate Object' <<<"$objs") == 5 ]] || fail "a refused import stored a certificate"
 grep -q '"operationName":"CertificateImport"' "$WORK/audit.log" || fail "no CertificateImport event"
 pass
