@@ -203,9 +203,11 @@ Status Backup(const config::Config& cfg, const std::string& where_in, const std:
   if (rows.empty()) {
     VAULTP11_ASSIGN_OR_RETURN(auto deleted, st->DeletedItems(where));
     for (const auto& d : deleted)
-      if (d.name == name)
+      if (d.name == name) {
+        h.kind = KindOfRows(d.objects);
         return Err(CKR_ARGUMENTS_BAD, "{} of {} is deleted: recover it before a backup", QuotePrintable(name),
                    QuotePrintable(where));
+      }
     return Err(CKR_ARGUMENTS_BAD, "{} has no item named {}", QuotePrintable(where), QuotePrintable(name));
   }
   h.kind = KindOfRows(rows);
@@ -377,6 +379,9 @@ Status Restore(const config::Config& cfg, const std::string& where_in, const std
   for (auto& r : c.rows) {
     r.vault = where;
     r.label = h.name;
+    if (cfg.FindPool(where) != nullptr && (r.object_class == CKO_PRIVATE_KEY || r.object_class == CKO_SECRET_KEY) &&
+        !HsmKeyOf(r))
+      return Err(CKR_ARGUMENTS_BAD, "{} holds a software key version: pools hold HSM keys only; nothing changed", file);
   }
   // 4. The name must be free (live or deleted), and no HSM may hold the keys already.
   VAULTP11_ASSIGN_OR_RETURN(auto live, st->LoadVault(where));
@@ -391,44 +396,48 @@ Status Restore(const config::Config& cfg, const std::string& where_in, const std
     if (d.name == h.name)
       return Err(CKR_FUNCTION_FAILED, "{} has a deleted item named {} (purge or recover it first); nothing changed",
                  where, QuotePrintable(h.name));
-  for (const auto& wk : c.hsm_keys)
-    for (size_t i = 0; i < hsms->size(); ++i) {
-      if (!hsms->Token(i)) continue;
-      VAULTP11_ASSIGN_OR_RETURN(bool has, hsms->Holds(i, wk.object_class, wk.inner_id));
-      if (has)
-        return Err(CKR_FUNCTION_FAILED, "{}: hsm {} already holds a key of this backup; nothing changed", where,
-                   hsms->member_name(i));
-    }
-  // 5. Every HSM key onto every member in service (at least the quorum), then the store in one
-  // transaction; a failure takes the copies back.
-  auto undo = [&]() {
-    for (const auto& wk : c.hsm_keys) hsms->DestroyEverywhere(wk.inner_id);
-  };
+  // 5. In one store transaction, holding its write lock (so two restores cannot race): no HSM
+  // may hold the keys already; every HSM key onto every member in service (at least the
+  // quorum); then the item. A failure takes this restore's copies back.
+  bool imported = false;
   size_t copies = hsms ? hsms->size() : 0;
-  for (const auto& wk : c.hsm_keys) {
-    size_t made = 0;
-    std::string failures;
-    for (size_t i = 0; i < hsms->size(); ++i) {
-      if (!hsms->Token(i)) continue;
-      Status s = hsms->Import(i, wk);
-      if (s.ok()) {
-        ++made;
-      } else {
-        failures += fmt::format("; hsm {}: {}", hsms->member_name(i), s.error().message);
+  auto place_keys = [&]() -> Status {
+    for (const auto& wk : c.hsm_keys)
+      for (size_t i = 0; i < hsms->size(); ++i) {
+        if (!hsms->Token(i)) continue;
+        VAULTP11_ASSIGN_OR_RETURN(bool has, hsms->Holds(i, wk.object_class, wk.inner_id));
+        if (has)
+          return Err(CKR_FUNCTION_FAILED, "{}: hsm {} already holds a key of this backup; nothing changed", where,
+                     hsms->member_name(i));
       }
+    imported = !c.hsm_keys.empty();
+    for (const auto& wk : c.hsm_keys) {
+      size_t made = 0;
+      std::string failures;
+      for (size_t i = 0; i < hsms->size(); ++i) {
+        if (!hsms->Token(i)) continue;
+        Status s = hsms->Import(i, wk);
+        if (s.ok()) {
+          ++made;
+        } else {
+          failures += fmt::format("; hsm {}: {}", hsms->member_name(i), s.error().message);
+        }
+      }
+      if (made < hsms->Quorum())
+        return Err(CKR_DEVICE_ERROR, "{}: a key reached {} members, the quorum is {}{}; nothing changed", where, made,
+                   hsms->Quorum(), failures);
+      copies = std::min(copies, made);
     }
-    if (made < hsms->Quorum()) {
-      undo();
-      return Err(CKR_DEVICE_ERROR, "{}: a key reached {} members, the quorum is {}{}; nothing changed", where, made,
-                 hsms->Quorum(), failures);
-    }
-    copies = std::min(copies, made);
-  }
+    return OkStatus();
+  };
   VAULTP11_RETURN_IF_ERROR(st->EnsureVault(where));
-  auto inserted = st->InsertItem(c.rows, c.secrets, c.policy);
+  auto inserted = st->InsertItem(c.rows, c.secrets, c.policy, place_keys);
   if (!inserted.ok()) {
-    if (hsms) undo();
-    return Err(inserted.rv(), "{}: writing the store failed: {}; nothing changed", where, inserted.error().message);
+    if (imported)
+      for (const auto& wk : c.hsm_keys) hsms->DestroyEverywhere(wk.inner_id);
+    if (inserted.rv() == CKR_ATTRIBUTE_VALUE_INVALID)
+      return Err(CKR_FUNCTION_FAILED, "{}: {}; nothing changed", where, inserted.error().message);
+    return Err(inserted.rv(), "{}; nothing changed", inserted.error().message);
   }
   std::set<std::string> versions;
   for (const auto& r : c.rows) versions.insert(r.version);

@@ -136,8 +136,9 @@ Result<Bundle> ParseBundle(const SecureBytes& data, const SecureString& password
 // The templates of a certificate's key pair: token objects named like the certificate, managed
 // by it (neither modifiable nor destroyable on their own); the private key sensitive and not
 // extractable.
-void CertKeyTemplates(const std::string& name, AttributeMap& pt, AttributeMap& vt) {
+void CertKeyTemplates(const std::string& name, const std::string& tags, AttributeMap& pt, AttributeMap& vt) {
   for (AttributeMap* t : {&pt, &vt}) {
+    if (!tags.empty()) t->SetString(CKA_VAULTP11_TAGS, tags);
     t->SetBool(CKA_TOKEN, true);
     t->SetString(CKA_LABEL, name);
     t->SetBool(CKA_MODIFIABLE, false);
@@ -157,8 +158,9 @@ Result<Bytes> Der(X509* x) {
   return out;
 }
 
-Result<std::shared_ptr<model::Object>> CertObject(const std::string& label, const Bytes& der) {
+Result<std::shared_ptr<model::Object>> CertObject(const std::string& label, const Bytes& der, const std::string& tags = "") {
   AttributeMap t;
+  if (!tags.empty()) t.SetString(CKA_VAULTP11_TAGS, tags);
   t.SetUlong(CKA_CLASS, CKO_CERTIFICATE);
   t.SetUlong(CKA_CERTIFICATE_TYPE, CKC_X_509);
   t.SetBool(CKA_TOKEN, true);
@@ -297,12 +299,16 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
   core::Token* token = place.token;
   if (o.hsm && (token->hsm() == nullptr || token->is_pool()))
     return Err(CKR_ARGUMENTS_BAD, "vault {} has no HSM: --hsm needs a vault with `hsms` (sku premium)", o.vault);
+  std::string tags;
+  if (!o.tags.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(tags, TagsJson(o.tags));
+  }
+  VAULTP11_ASSIGN_OR_RETURN(Bytes leaf_der, Der(b.certs[leaf].get()));
+  VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, leaf_der, tags));
   AttributeMap pt, vt;
-  CertKeyTemplates(o.name, pt, vt);
+  CertKeyTemplates(o.name, tags, pt, vt);
   VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, o.hsm ? model::ImportHsmKeyPair(pt, vt, pkcs8, *token->hsm())
                                                      : model::ImportKeyPair(pt, vt, pkcs8));
-  VAULTP11_ASSIGN_OR_RETURN(Bytes leaf_der, Der(b.certs[leaf].get()));
-  VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, leaf_der));
   // A new version when the name is a certificate already; refused when it is a key or secret
   // (an HSM key made for it is then destroyed).
   std::vector<std::shared_ptr<model::Object>> objs = {kp.private_key, kp.public_key, cert};
@@ -394,7 +400,7 @@ Result<X509_NAME*> ParseSubject(const std::string& dn) {
 Json PolicyJsonOf(const CertCreateOptions& o) {
   return {{"kind", "certificate"}, {"subject", o.subject}, {"sans", o.sans},     {"ekus", o.ekus},
           {"keyUsage", o.key_usage}, {"validityMonths", o.validity_months},    {"issuer", o.issuer},
-          {"key", o.key},           {"hsm", o.hsm},       {"exportable", o.exportable}, {"exportFormat", o.export_format}, {"ca", o.ca},         {"reuseKey", o.reuse_key},
+          {"key", o.key},           {"hsm", o.hsm},       {"exportable", o.exportable}, {"exportFormat", o.export_format}, {"tags", o.tags}, {"ca", o.ca},         {"reuseKey", o.reuse_key},
           {"lifetimeAction", o.lifetime_action}, {"lifetimePercentage", o.lifetime_percentage},
           {"daysBeforeExpiry", o.days_before_expiry}};
 }
@@ -412,6 +418,7 @@ CertCreateOptions OptionsFromPolicy(const std::string& vault, const std::string&
   o.key = j.value("key", "ec:P-256");
   o.hsm = j.value("hsm", false);
   o.exportable = j.value("exportable", false);
+  o.tags = j.value("tags", std::vector<std::string>{});
   o.export_format = j.value("exportFormat", "pem");
   o.ca = j.value("ca", false);
   o.reuse_key = j.value("reuseKey", false);
@@ -666,8 +673,12 @@ Status CheckCertPolicy(const config::Config& cfg, const CertCreateOptions& o) {
 // with reuse) the current one's: the same software key, or the same HSM key referenced again
 // (`*reused` then says so: a failure must not destroy it).
 Result<model::KeyPair> NewKeyPair(core::Token& token, const CertCreateOptions& o, bool renewal, bool* reused) {
+  std::string tags;
+  if (!o.tags.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(tags, TagsJson(o.tags));
+  }
   AttributeMap pt, vt;
-  CertKeyTemplates(o.name, pt, vt);
+  CertKeyTemplates(o.name, tags, pt, vt);
   model::KeyPair kp;
   *reused = false;
   if (o.hsm && (token.hsm() == nullptr || token.is_pool()))
@@ -762,7 +773,11 @@ Status CreateOrRenew(core::Token& token, store::Store& st, const CertCreateOptio
     if (signer.pub == nullptr) return Err(CKR_FUNCTION_FAILED, "issuer {}'s public key cannot be read", QuotePrintable(o.issuer));
   }
   VAULTP11_ASSIGN_OR_RETURN(Bytes der, MakeCertificate(o, subject_pub.pkey.get(), signer, issuer_cert.get()));
-  VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, der));
+  std::string tags;
+  if (!o.tags.empty()) {
+    VAULTP11_ASSIGN_OR_RETURN(tags, TagsJson(o.tags));
+  }
+  VAULTP11_ASSIGN_OR_RETURN(auto cert, CertObject(o.name, der, tags));
   std::vector<std::shared_ptr<model::Object>> objs = {kp.private_key, kp.public_key, cert};
   if (o.exportable) {
     VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef key, kp.private_key->Key());
@@ -848,17 +863,28 @@ Status Request(const config::Config& cfg, const CertCsrOptions& o, Io& io, std::
   t.SetBool(CKA_TOKEN, true);
   t.SetString(CKA_LABEL, o.name);
   t.SetString(CKA_VAULTP11_CONTENT_TYPE, "application/pkcs10");
+  t.SetBool(CKA_MODIFIABLE, false);
+  t.SetBool(CKA_DESTROYABLE, false);  // `cert cancel` takes a pending version back
   t.Set(CKA_VALUE, std::span(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()));
   VAULTP11_ASSIGN_OR_RETURN(auto csr, model::CreateObject(t));
-  VAULTP11_RETURN_IF_ERROR(AddCertVersion(*place.token, *place.st, o, expect, {kp.private_key, kp.public_key, csr}).status());
-  kept = true;
-  if (!expect.empty()) VAULTP11_RETURN_IF_ERROR(place.st->SetPolicy(o.vault, o.name, PolicyJsonOf(o).dump()));
-  *version = kp.private_key->attrs.GetString(CKA_VAULTP11_VERSION);
-  if (!o.out.empty()) {
-    VAULTP11_RETURN_IF_ERROR(WriteNewFile(o.out, pem));
-  } else {
-    io.out << pem;
+  // The request file first (a request is public): a file that cannot be written leaves no
+  // pending version behind.
+  if (!o.out.empty()) VAULTP11_RETURN_IF_ERROR(WriteNewFile(o.out, pem));
+  auto added = AddCertVersion(*place.token, *place.st, o, expect, {kp.private_key, kp.public_key, csr});
+  if (!added.ok()) {
+    if (!o.out.empty()) unlink(o.out.c_str());
+    return added.status();
   }
+  kept = true;
+  if (!expect.empty()) {
+    // The new request's policy; the one it replaces is kept inside it for `cert cancel`.
+    VAULTP11_ASSIGN_OR_RETURN(std::string previous, place.st->Policy(o.vault, o.name));
+    Json policy = PolicyJsonOf(o);
+    policy["previous"] = previous;
+    VAULTP11_RETURN_IF_ERROR(place.st->SetPolicy(o.vault, o.name, policy.dump()));
+  }
+  *version = kp.private_key->attrs.GetString(CKA_VAULTP11_VERSION);
+  if (o.out.empty()) io.out << pem;
   io.err << fmt::format("certificate {} of vault {}: version {} is pending; have the request signed, then `vaultp11 cert "
                         "merge {} {} --file CERT`\n",
                         QuotePrintable(o.name), QuotePrintable(o.vault), *version, o.vault, o.name);
@@ -917,6 +943,7 @@ Status Merge(const config::Config& cfg, const std::string& vault, const std::str
   t.SetString(CKA_LABEL, name);
   t.Set(CKA_ID, *cur.priv->attrs.Get(CKA_ID));
   t.Set(CKA_VALUE, der);
+  if (const Bytes* tags = cur.priv->attrs.Get(CKA_VAULTP11_TAGS)) t.Set(CKA_VAULTP11_TAGS, *tags);  // the request's
   VAULTP11_ASSIGN_OR_RETURN(auto cert, model::CreateObject(t));
   // It joins the pending version (its CKA_ID, no certificate yet): one store transaction.
   VAULTP11_RETURN_IF_ERROR(place.token->AddVersion({cert}, /*new_version=*/false).status());
@@ -933,6 +960,32 @@ Status Merge(const config::Config& cfg, const std::string& vault, const std::str
   VAULTP11_ASSIGN_OR_RETURN(*chain, StoreIssuers(*place.token, name, certs, leaf, *version));
   io.out << fmt::format("certificate {} of vault {}: version {} merged ({} issuer certificate{} added)\n",
                         QuotePrintable(name), QuotePrintable(vault), *version, *chain, *chain == 1 ? "" : "s");
+  return OkStatus();
+}
+
+// `cert cancel`: the pending version goes (its request and key pair; an HSM key only when no
+// other version uses it); the policy it replaced comes back.
+Status Cancel(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io, std::string* version) {
+  if (cfg.FindVault(vault) == nullptr)
+    return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {}", QuotePrintable(vault), cfg.source);
+  if (!config::IsValidName(name))
+    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+  VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, vault));
+  VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentVersion(*place.token, name));
+  if (!cur.csr || cur.cert || !cur.priv)
+    return Err(CKR_ARGUMENTS_BAD, "{} of vault {} has no pending request", QuotePrintable(name), QuotePrintable(vault));
+  *version = cur.version;
+  VAULTP11_ASSIGN_OR_RETURN(std::string text, place.st->Policy(vault, name));
+  AttributeMap f;
+  f.SetString(CKA_LABEL, name);
+  f.SetString(CKA_VAULTP11_VERSION, cur.version);
+  for (CK_OBJECT_HANDLE h : place.token->Find(f)) VAULTP11_RETURN_IF_ERROR(place.token->Remove(h));
+  VAULTP11_ASSIGN_OR_RETURN(auto left, place.st->VersionsOf(vault, name));
+  Json j = Json::parse(text, nullptr, false);
+  const std::string previous = j.is_object() ? j.value("previous", "") : "";
+  VAULTP11_RETURN_IF_ERROR(place.st->SetPolicy(vault, name, left.empty() ? "" : previous));
+  io.out << fmt::format("certificate {} of vault {}: pending version {} cancelled{}\n", QuotePrintable(name),
+                        QuotePrintable(vault), cur.version, left.empty() ? " (the item is gone)" : "");
   return OkStatus();
 }
 
@@ -976,6 +1029,16 @@ Status CertMergeCommand(const config::Config& cfg, const std::string& vault, con
     props["issuersAdded"] = chain;
   }
   audit.Record("CertificatePendingMerge", st, props, name, vault);
+  return st;
+}
+
+Status CertCancelCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io) {
+  VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
+  std::string version;
+  Status st = Cancel(cfg, vault, name, io, &version);
+  Json props = Json::object();
+  if (!version.empty()) props["version"] = version;
+  audit.Record("CertificatePendingDelete", st, props, name, vault);
   return st;
 }
 

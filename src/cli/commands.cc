@@ -606,6 +606,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_import->add_option("--file", import_opts.file, "PEM or PKCS#12 file")->required();
     cert_import->add_option("--password-file", import_opts.password_file, "File whose first line is the password");
     cert_import->add_flag("--hsm", import_opts.hsm, "Put the key into the vault's HSM");
+    cert_import->add_option("--tag", import_opts.tags, "Tag NAME=VALUE (repeatable)");
     cert_import->add_flag("--exportable", import_opts.exportable, "Keep a bundle (certificate, issuers, key) as the certificate's secret");
     cert_import->add_option("--export-format", import_opts.export_format, "pem or pkcs12 (the bundle's format)")->capture_default_str();
     CertCreateOptions create_opts;
@@ -623,6 +624,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_create->add_flag("--exportable", create_opts.exportable, "Keep a bundle (certificate, issuers, key) as the certificate's secret");
     cert_create->add_option("--export-format", create_opts.export_format, "pem or pkcs12 (the bundle's format)")->capture_default_str();
     cert_create->add_flag("--ca", create_opts.ca, "A CA certificate, to issue others");
+    cert_create->add_option("--tag", create_opts.tags, "Tag NAME=VALUE on the certificate and its key, every version (repeatable)");
     cert_create->add_flag("--reuse-key", create_opts.reuse_key, "Renewals keep the key");
     cert_create->add_option("--lifetime-action", create_opts.lifetime_action, "auto-renew or notify (by lifecycle run)")
         ->capture_default_str();
@@ -642,6 +644,7 @@ int Run(int argc, const char* const* argv, Io& io) {
         ->capture_default_str();
     cert_csr->add_option("--key", csr_opts.key, "rsa:2048|3072|4096 or ec:P-256|P-384|P-521|secp256k1")->capture_default_str();
     cert_csr->add_flag("--hsm", csr_opts.hsm, "Make the key in the vault's HSM");
+    cert_csr->add_option("--tag", csr_opts.tags, "Tag NAME=VALUE (repeatable)");
     cert_csr->add_flag("--reuse-key", csr_opts.reuse_key, "A new request for an existing certificate keeps its key");
     cert_csr->add_option("--lifetime-percentage", csr_opts.lifetime_percentage, "Notify at this percentage of the lifetime (default 80)");
     cert_csr->add_option("--days-before-expiry", csr_opts.days_before_expiry, "Notify this many days before expiry");
@@ -651,6 +654,10 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_merge->add_option("vault", merge_vault, "Vault")->required();
     cert_merge->add_option("name", merge_name, "Certificate name")->required();
     cert_merge->add_option("--file", merge_file, "The certificate (PEM, with its issuers, or DER)")->required();
+    std::string cancel_vault, cancel_name;
+    CLI::App* cert_cancel = cert_cmd->add_subcommand("cancel", "Take back a pending request (its key pair and CSR)");
+    cert_cancel->add_option("vault", cancel_vault, "Vault")->required();
+    cert_cancel->add_option("name", cancel_name, "Certificate name")->required();
     std::string renew_vault, renew_name;
     CLI::App* cert_renew = cert_cmd->add_subcommand("renew", "Make a new version of a certificate under its policy");
     cert_renew->add_option("vault", renew_vault, "Vault")->required();
@@ -756,6 +763,8 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = CertCreateCommand(cfg.value(), create_opts, io);
       } else if (cert_csr->parsed()) {
         st = CertCsrCommand(cfg.value(), csr_opts, io);
+      } else if (cert_cancel->parsed()) {
+        st = CertCancelCommand(cfg.value(), cancel_vault, cancel_name, io);
       } else if (cert_merge->parsed()) {
         st = CertMergeCommand(cfg.value(), merge_vault, merge_name, merge_file, io);
       } else if (cert_renew->parsed()) {

@@ -35,6 +35,17 @@ Result<std::unique_ptr<store::Store>> OpenVaultStore(const config::Config& cfg, 
   return st;
 }
 
+Result<std::string> TagsJson(const std::vector<std::string>& name_values) {
+  nlohmann::json tags = nlohmann::json::object();
+  for (const std::string& kv : name_values) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) return Err(CKR_ARGUMENTS_BAD, "--tag wants NAME=VALUE, got {}", QuotePrintable(kv, 80));
+    if (tags.contains(kv.substr(0, eq))) return Err(CKR_ARGUMENTS_BAD, "tag {} given twice", QuotePrintable(kv.substr(0, eq), 80));
+    tags[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return tags.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 const char* KindOfRows(const std::vector<store::ObjectRecord>& rows) {
   std::vector<CK_OBJECT_CLASS> classes;
   for (const auto& r : rows) classes.push_back(r.object_class);
@@ -190,14 +201,8 @@ Status SecretSet(const config::Config& cfg, const SecretSetOptions& o, Io& io, s
     t.SetUlong(CKA_VAULTP11_EXPIRES, static_cast<CK_ULONG>(ex));
   }
   if (!o.tags.empty()) {
-    nlohmann::json tags = nlohmann::json::object();
-    for (const std::string& kv : o.tags) {
-      size_t eq = kv.find('=');
-      if (eq == std::string::npos || eq == 0) return Err(CKR_ARGUMENTS_BAD, "--tag wants NAME=VALUE, got {}", QuotePrintable(kv, 80));
-      if (tags.contains(kv.substr(0, eq))) return Err(CKR_ARGUMENTS_BAD, "tag {} given twice", QuotePrintable(kv.substr(0, eq), 80));
-      tags[kv.substr(0, eq)] = kv.substr(eq + 1);
-    }
-    t.SetString(CKA_VAULTP11_TAGS, tags.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    VAULTP11_ASSIGN_OR_RETURN(std::string tags, TagsJson(o.tags));
+    t.SetString(CKA_VAULTP11_TAGS, tags);
   }
   // Everything but the value is checked before the value is read.
   VAULTP11_ASSIGN_OR_RETURN(auto probe, model::CreateObject(t));
@@ -228,6 +233,14 @@ Status SecretGet(const config::Config& cfg, const SecretGetOptions& o, std::stri
   VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, o.vault));
   VAULTP11_ASSIGN_OR_RETURN(auto versions, SecretVersions(*st, o.vault, o.name, /*bundles=*/true));
   const SecretVersion* pick = &versions.back();  // the current version is the newest
+  if (o.version.empty() && IsCertificateBundle(pick->attrs.GetString(CKA_VAULTP11_CONTENT_TYPE))) {
+    // A certificate's bundle: only the current version's (an older one's key is not current).
+    VAULTP11_ASSIGN_OR_RETURN(auto all, st->VersionsOf(o.vault, o.name));
+    for (const auto& v : all)
+      if (v.current && v.version != pick->rec.version)
+        return Err(CKR_ARGUMENTS_BAD, "the current version ({}) of certificate {} has no bundle (it is not exportable)",
+                   v.version, QuotePrintable(o.name));
+  }
   if (!o.version.empty()) {
     auto it = std::find_if(versions.begin(), versions.end(), [&](const SecretVersion& v) { return v.rec.version == o.version; });
     if (it == versions.end())

@@ -125,6 +125,7 @@ struct CertImportOptions {
   bool hsm = false;           // the key into the vault's HSM (unwrapped there, never extractable)
   bool exportable = false;    // with the bundle data object, as cert create --exportable
   std::string export_format = "pem";
+  std::vector<std::string> tags;  // NAME=VALUE
 };
 // `cert import <vault> <name> --file F [--password-file P]`: the certificate that matches the
 // file's private key, with that key (a software key, sensitive, not extractable), becomes the
@@ -149,6 +150,7 @@ struct CertCreateOptions {
   // issuers and the private key, as PEM or as PKCS#12 (empty password). Software keys only.
   bool exportable = false;
   std::string export_format = "pem";  // pem | pkcs12
+  std::vector<std::string> tags;      // NAME=VALUE, on every object of each version
   bool ca = false;                     // a CA certificate (basicConstraints CA:TRUE)
   bool reuse_key = false;              // renewals keep the key
   // Lifetime action, applied by `lifecycle run`: "auto-renew" (default) or "notify", at a
@@ -191,6 +193,10 @@ Status CertCsrCommand(const config::Config& cfg, const CertCsrOptions& opts, Io&
 // refused, nothing changed. Audited as "CertificatePendingMerge".
 Status CertMergeCommand(const config::Config& cfg, const std::string& vault, const std::string& name,
                         const std::string& file, Io& io);
+// `cert cancel <vault> <name>`: takes the pending version back (its request and key pair; the
+// whole item when it had no other version) and restores the policy it replaced. Audited as
+// "CertificatePendingDelete".
+Status CertCancelCommand(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io);
 
 // Content types of an exportable certificate's bundle (its certificate, issuers and private key).
 inline constexpr char kPemBundleType[] = "application/x-pem-file";
@@ -202,6 +208,9 @@ inline bool IsCertificateBundle(const std::string& content_type) {
 // The store, once `vault` (a vault or pool) is in it; clear errors for a store or vault not
 // made yet (`vaultp11 init`).
 Result<std::unique_ptr<store::Store>> OpenVaultStore(const config::Config& cfg, const std::string& vault);
+// --tag NAME=VALUE options as CKA_VAULTP11_TAGS JSON (the model checks counts and lengths); a
+// malformed or repeated one is CKR_ARGUMENTS_BAD.
+Result<std::string> TagsJson(const std::vector<std::string>& name_values);
 // What an item's rows make it, as audit operation names spell it: "Key", "Secret" or
 // "Certificate" (store::KindOf).
 const char* KindOfRows(const std::vector<store::ObjectRecord>& rows);

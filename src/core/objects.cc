@@ -106,12 +106,12 @@ Status DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj) {
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, auth::kDelete, CKR_ACTION_PROHIBITED));
   const bool stored_item = o->is_token() && o->store_id != 0 && !o->label().empty();
   // A certificate made or imported by `vaultp11 cert` manages its key (not destroyable on its
-  // own): deleting the certificate (or a pending request's CSR) deletes the item, key
-  // included, on that object's permission alone.
+  // own): deleting the certificate deletes the item, key included, on the certificate's
+  // permission alone.
   bool managed_item = false;
   std::vector<model::ObjectPtr> item;
   if (stored_item) item = c.token->ItemObjects(o->label());
-  if (stored_item && (o->cls() == CKO_CERTIFICATE || o->cls() == CKO_DATA))
+  if (stored_item && o->cls() == CKO_CERTIFICATE)
     for (const model::ObjectPtr& other : item)
       managed_item |= other->cls() == CKO_PRIVATE_KEY && !other->attrs.GetBool(CKA_DESTROYABLE, true);
   // Soft-delete: a stored item goes to the deleted state, every version at once (recover or

@@ -352,8 +352,9 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
   }
   if (obj->store_id != 0) VAULTP11_RETURN_IF_ERROR(store_->Delete(obj->store_id));
   // An HSM key pair goes with its private object: both inner objects are destroyed (on every
-  // member for a pool key).
-  DiscardHsmKey(*obj);
+  // member for a pool key), unless another version still uses the same HSM key (a certificate
+  // renewed with --reuse-key).
+  if (!SharesHsmKey(*obj)) DiscardHsmKey(*obj);
   std::unique_lock<std::shared_mutex> l(mu_);
   auto it = objects_.find(h);
   if (it == objects_.end()) return OkStatus();
@@ -412,6 +413,17 @@ Result<size_t> Token::SoftDelete(CK_OBJECT_HANDLE h) {
                                                                 now + int64_t{soft_delete_.retention_days} * 86400));
   std::unique_lock<std::shared_mutex> l(mu_);
   return DropRowsLocked(hidden);
+}
+
+bool Token::SharesHsmKey(const model::Object& obj) const {
+  const Bytes* id = obj.attrs.Get(CKA_VAULTP11_HSM_KEY_ID);
+  if (id == nullptr || id->empty() || obj.cls() == CKO_PUBLIC_KEY) return false;
+  std::shared_lock<std::shared_mutex> l(mu_);
+  for (const auto& [h, o] : objects_)
+    if (o.get() != &obj && o->cls() == obj.cls() && o->attrs.Get(CKA_VAULTP11_HSM_KEY_ID) != nullptr &&
+        *o->attrs.Get(CKA_VAULTP11_HSM_KEY_ID) == *id)
+      return true;
+  return false;
 }
 
 void Token::DiscardHsmKey(const model::Object& obj) const {

@@ -80,6 +80,8 @@ class Token {
   // Destroys the HSM objects behind an HSM-protected key (on every member for a pool key):
   // for a key being removed, or one made but never handed out.
   void DiscardHsmKey(const model::Object& obj) const;
+  // Whether another object of the token (another version) refers to the same HSM key as `obj`.
+  bool SharesHsmKey(const model::Object& obj) const;
   Status Replace(CK_OBJECT_HANDLE h, std::shared_ptr<model::Object> obj);
   Status Remove(CK_OBJECT_HANDLE h);
   // Soft-delete (config soft_delete): the item named by h's label, every version and class,

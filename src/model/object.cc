@@ -177,7 +177,8 @@ constexpr Rule kSecretKey[] = {
     {CKA_VALUE, kGiven | kSecret | kNeedsCreate}, {CKA_VALUE_LEN, kGiven}, {CKA_CHECK_VALUE, 0},
 };
 // X.509 certificates (spec 4.6): public; CKA_VALUE is the DER. CKA_SUBJECT, CKA_ISSUER and
-// CKA_SERIAL_NUMBER are taken from the certificate when the template does not give them.
+// CKA_SERIAL_NUMBER are taken from the certificate when the template does not give them. Tags
+// as on keys and secrets.
 constexpr Rule kCertificate[] = {
     {CKA_CERTIFICATE_TYPE, kGiven}, {CKA_TRUSTED, kGiven}, {CKA_CERTIFICATE_CATEGORY, kGiven},
     {CKA_CHECK_VALUE, 0}, {CKA_START_DATE, kGiven}, {CKA_END_DATE, kGiven}, {CKA_PUBLIC_KEY_INFO, 0},
@@ -185,6 +186,7 @@ constexpr Rule kCertificate[] = {
     {CKA_SERIAL_NUMBER, kGiven | kModify}, {CKA_VALUE, kGiven}, {CKA_URL, kGiven},
     {CKA_HASH_OF_SUBJECT_PUBLIC_KEY, kGiven}, {CKA_HASH_OF_ISSUER_PUBLIC_KEY, kGiven},
     {CKA_JAVA_MIDP_SECURITY_DOMAIN, kGiven}, {CKA_NAME_HASH_ALGORITHM, kGiven},
+    {CKA_VAULTP11_TAGS, kGiven | kModify},
 };
 constexpr Rule kData[] = {
     {CKA_APPLICATION, kGiven | kModify}, {CKA_OBJECT_ID, kGiven | kModify},

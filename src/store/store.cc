@@ -1048,7 +1048,8 @@ Result<ObjectRecord> Store::Insert(ObjectRecord record, const SecureBytes& secre
 }
 
 Result<std::vector<ObjectRecord>> Store::InsertItem(std::vector<ObjectRecord> records,
-                                                    const std::vector<SecureBytes>& secrets, const std::string& policy) {
+                                                    const std::vector<SecureBytes>& secrets, const std::string& policy,
+                                                    const std::function<Status()>& within) {
   std::lock_guard<std::mutex> lock(mu_);
   if (records.empty() || secrets.size() != records.size())
     return Err(CKR_GENERAL_ERROR, "InsertItem: {} records, {} secrets", records.size(), secrets.size());
@@ -1064,6 +1065,7 @@ Result<std::vector<ObjectRecord>> Store::InsertItem(std::vector<ObjectRecord> re
     VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
     if (!rows.empty())
       return NameExists(vault, label, rows.front().version, "a restored item needs a free name", false);
+    if (within) VAULTP11_RETURN_IF_ERROR(within());
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
     for (size_t i = 0; i < records.size(); ++i)
       VAULTP11_RETURN_IF_ERROR(impl_->InsertRow(records[i], secrets[i], rev, *data_key));

@@ -4,6 +4,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -129,8 +130,11 @@ class Store {
   // and created time set, oldest version first (the last record's version becomes current);
   // its policy (may be empty). One transaction; a name in use (live or deleted) is
   // CKR_ATTRIBUTE_VALUE_INVALID and nothing is written.
+  // `within` (when set) runs inside that transaction once the name is known to be free, before
+  // anything is written: its failure writes nothing; while it runs, the store's write lock is
+  // held, so no other process can take the name (a restore puts the HSM keys in place there).
   Result<std::vector<ObjectRecord>> InsertItem(std::vector<ObjectRecord> records, const std::vector<SecureBytes>& secrets,
-                                               const std::string& policy);
+                                               const std::string& policy, const std::function<Status()>& within = {});
 
   // Replaces label, CKA_ID and attributes of an existing row (one transaction); bumps its
   // revision; returns the row's version afterwards. A new label follows InsertVersion's rules

@@ -23,6 +23,7 @@
 #include "cli/commands.h"
 #include "config/config.h"
 #include "matchers.h"
+#include "model/attributes.h"
 #include "store/store.h"
 #include "vaultp11/vaultp11.h"
 #include "temp_dir.h"
@@ -1221,11 +1222,51 @@ TEST_F(SecretCliTest, HsmCertificateKeysNeedAVaultWithAnHsm) {
     EXPECT_THAT(o.err, HasSubstr("vault dev has no HSM: --hsm needs a vault with `hsms`")) << cmd;
   }
   EXPECT_THAT(Cli({"list", "--vault", "dev"}).out, Not(HasSubstr("\"web\""))) << "a refused request stored something";
-  // Nothing pending: merge refuses; a stored certificate is not an external CA's to merge into.
-  ASSERT_EQ(Cli({"cert", "create", "dev", "web", "--subject", "CN=web.example"}).exit_code, kExitOk);
-  Outcome merge = Cli({"cert", "merge", "dev", "web", "--file", "vp.yaml"});
+  // Merge: a file without a certificate; a certificate item with nothing pending.
+  ASSERT_EQ(Cli({"cert", "create", "dev", "web", "--subject", "CN=web.example", "--exportable"}).exit_code, kExitOk);
+  ASSERT_EQ(Cli({"secret", "get", "dev", "web", "--out", "web.pem"}).exit_code, kExitOk);
+  Outcome junk = Cli({"cert", "merge", "dev", "web", "--file", "vp.yaml"});
+  EXPECT_EQ(junk.exit_code, kExitFailed);
+  EXPECT_THAT(junk.err, HasSubstr("holds no certificate"));
+  Outcome merge = Cli({"cert", "merge", "dev", "web", "--file", "web.pem"});
   EXPECT_EQ(merge.exit_code, kExitFailed);
-  EXPECT_THAT(merge.err, HasSubstr("holds no certificate"));
+  EXPECT_THAT(merge.err, HasSubstr("has no pending request"));
+  Outcome cancel = Cli({"cert", "cancel", "dev", "web"});
+  EXPECT_EQ(cancel.exit_code, kExitFailed);
+  EXPECT_THAT(cancel.err, HasSubstr("has no pending request"));
+  // A request file that cannot be written leaves no pending version behind.
+  Outcome csr = Cli({"cert", "csr", "dev", "web", "--subject", "CN=web.example", "--out", "missing/dir/web.csr"});
+  EXPECT_EQ(csr.exit_code, kExitFailed);
+  EXPECT_EQ(Cli({"cert", "cancel", "dev", "web"}).exit_code, kExitFailed) << "a pending version was left";
+  // The bundle is the current version's only: after an import without --exportable, none.
+  ASSERT_EQ(Cli({"cert", "import", "dev", "web", "--file", "web.pem"}).exit_code, kExitOk);
+  Outcome stale = Cli({"secret", "get", "dev", "web"});
+  EXPECT_EQ(stale.exit_code, kExitFailed);
+  EXPECT_THAT(stale.err, HasSubstr("has no bundle"));
+}
+
+TEST_F(SecretCliTest, CertificateTagsAreOnEveryObjectOfEveryVersion) {
+  ASSERT_EQ(Cli({"cert", "create", "dev", "web", "--subject", "CN=web.example", "--tag", "env=prod", "--tag", "team=edge"})
+                .exit_code,
+            kExitOk);
+  ASSERT_EQ(Cli({"cert", "renew", "dev", "web"}).exit_code, kExitOk);
+  EXPECT_EQ(Cli({"cert", "create", "dev", "bad", "--subject", "CN=x", "--tag", "novalue"}).exit_code, kExitFailed);
+  auto st = store::Store::Open(dir.file("data/store.db"), dir.file("data/store.db.masterkey"), false);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  auto rows = (*st)->LoadVault("dev");
+  ASSERT_TRUE(rows.ok());
+  size_t tagged = 0;
+  std::set<std::string> versions;
+  for (const auto& r : *rows) {
+    ASSERT_EQ(r.label, "web");
+    auto attrs = model::AttributeMap::Deserialize(r.attributes);
+    ASSERT_TRUE(attrs.ok());
+    EXPECT_EQ(attrs->GetString(CKA_VAULTP11_TAGS), R"({"env":"prod","team":"edge"})") << r.object_class;
+    tagged += attrs->GetString(CKA_VAULTP11_TAGS).find("prod") != std::string::npos;
+    versions.insert(r.version);
+  }
+  EXPECT_EQ(tagged, 6u);
+  EXPECT_EQ(versions.size(), 2u);
 }
 
 // Backup and restore of software items: every version, sealed under the deployment's key.
@@ -1299,7 +1340,8 @@ TEST_F(BackupCliTest, SecretWithEveryVersionRoundTripsIntoTheSameDeploymentOnly)
   Outcome foreign = RunCli(dir, {"--config", "vp2.yaml", "restore", "other", "s.backup"});
   EXPECT_EQ(foreign.exit_code, kExitFailed);
   EXPECT_THAT(foreign.err, HasSubstr("was made by another deployment"));
-  EXPECT_THAT(Cli({"secret", "list", "other"}).out, IsEmpty()) << "a refused restore stored something";
+  EXPECT_THAT(RunCli(dir, {"--config", "vp2.yaml", "secret", "list", "other"}).out, IsEmpty())
+      << "a refused restore stored something";
 
   // Into another vault of the deployment: both versions as they were, the newest current.
   Outcome r = Cli({"restore", "other", "s.backup"});
@@ -1321,10 +1363,13 @@ TEST_F(BackupCliTest, SecretWithEveryVersionRoundTripsIntoTheSameDeploymentOnly)
   ASSERT_EQ(Cli({"restore", "dev", "s.backup"}).exit_code, kExitOk);
   EXPECT_EQ(Cli({"secret", "get", "dev", "db-password"}).out, v2);
 
+  // The success, the file that exists, the deleted item (an unknown name is no secret).
   auto backups = AuditEvents("SecretBackup"), restores = AuditEvents("SecretRestore");
-  ASSERT_EQ(backups.size(), 2u);  // the success and the refused deleted item (the others were not found)
+  ASSERT_EQ(backups.size(), 3u);
   EXPECT_EQ(backups[0]["resultType"], "Success");
   EXPECT_EQ(backups[0]["properties"]["versions"], 2);
+  EXPECT_THAT(backups[1]["resultDescription"].get<std::string>(), HasSubstr("s.backup"));
+  EXPECT_THAT(backups[2]["resultDescription"].get<std::string>(), HasSubstr("is deleted"));
   size_t ok = 0;
   for (const auto& e : restores) ok += e["resultType"] == "Success";
   EXPECT_EQ(ok, 2u);

@@ -4,8 +4,8 @@
 # issued certificate joins the pending version (same CKA_ID), its issuer is stored beside it,
 # pkcs11-tool signs with the key and openssl verifies with the certificate; a certificate for
 # another key is refused; a new request for the same name is a new pending version; a pending
-# request is cancelled by deleting its CSR object; lifecycle run only notifies for an external
-# CA's certificate.
+# request is taken back by `cert cancel`; lifecycle run only notifies for an external CA's
+# certificate.
 source "$(dirname "$0")/lib.sh"
 need pkcs11-tool
 make_deployment
@@ -75,17 +75,33 @@ out=$(cli lifecycle run --at "$at")
 grep -q '0 rotated, 0 renewed, 1 notified' <<<"$out" || fail "lifecycle run said: $out"
 cli lifecycle run --at "$at" | grep -q '0 renewed, 0 notified' || fail "notified twice"
 
-step "a pending request is cancelled by deleting its CSR object"
+step "cert cancel: a pending request goes (its CSR object is not destroyable on its own)"
 cli cert csr payments dropped --subject "CN=dropped" --out "$WORK/dropped.csr"
-p11_user --delete-object --type data --label dropped
+run_fails pkcs11-tool --module "$VAULTP11_MODULE" --login --pin "$PIN" --delete-object --type data --label dropped
+cli cert cancel payments dropped
 cli list | grep -q 'label "dropped"' && fail "the pending item is still there"
 cli cert csr payments dropped --subject "CN=dropped" --out "$WORK/dropped2.csr"
+run_fails "$VAULTP11_CLI" --config "$CONF" cert csr payments dropped --subject "CN=dropped" --out "$WORK/dropped2.csr"
+
+step "cert cancel on a certificate made here: its issued version is current again, with its policy"
+cli cert create payments rolling --subject "CN=rolling.example" --key ec:P-256
+rolling_id=$(id_of privkey rolling)
+cli cert csr payments rolling --subject "CN=rolling.example" --out "$WORK/rolling.csr"
+[[ $(id_of privkey rolling) != "$rolling_id" ]] || fail "the request is not the current version"
+run_fails "$VAULTP11_CLI" --config "$CONF" cert renew payments rolling
+cli cert cancel payments rolling
+[[ $(id_of privkey rolling) == "$rolling_id" ]] || fail "the issued version is not current after the cancel"
+p11_user --sign --id "$rolling_id" -m ECDSA-SHA256 -i "$WORK/data.bin" -o "$WORK/rolling.sig"
+cli cert renew payments rolling
+run_fails "$VAULTP11_CLI" --config "$CONF" cert cancel payments rolling
 
 step "bad input: no pending request, a non-certificate file, an invalid name"
 printf 'not a certificate' >"$WORK/junk.pem"
 run_fails "$VAULTP11_CLI" --config "$CONF" cert merge payments nothing --file "$WORK/edge.pem"
 run_fails "$VAULTP11_CLI" --config "$CONF" cert merge payments dropped --file "$WORK/junk.pem"
+run_fails "$VAULTP11_CLI" --config "$CONF" cert merge payments dropped --file "$WORK/stranger.pem"
 run_fails "$VAULTP11_CLI" --config "$CONF" cert csr payments 'bad name' --subject CN=x
 run_fails "$VAULTP11_CLI" --config "$CONF" cert create payments other --subject CN=x --issuer Unknown
 grep -q '"operationName":"CertificatePendingMerge"' "$WORK/audit.log" || fail "no CertificatePendingMerge event"
+grep -q '"operationName":"CertificatePendingDelete"' "$WORK/audit.log" || fail "no CertificatePendingDelete event"
 pass

@@ -46,6 +46,13 @@ cmp "$WORK/api1.pub" "$WORK/api2.pub" || fail "--reuse-key made a new key"
 p11_user --sign --id "$(id_of privkey api)" -m ECDSA-SHA256 --signature-format openssl -i "$WORK/data.bin" -o "$WORK/api.sig"
 run openssl dgst -sha256 -verify "$WORK/api2.pub" -signature "$WORK/api.sig" "$WORK/data.bin"
 
+step "a request for api reusing its HSM key, cancelled: the shared key stays and signs"
+cli cert csr payments api --subject "CN=api.example" --hsm --reuse-key --out "$WORK/api.csr"
+cli cert cancel payments api
+[[ $(hsm_keys) == 4 ]] || fail "the cancel destroyed or copied an HSM key"
+p11_user --sign --id "$(id_of privkey api)" -m ECDSA-SHA256 --signature-format openssl -i "$WORK/data.bin" -o "$WORK/api3.sig"
+run openssl dgst -sha256 -verify "$WORK/api2.pub" -signature "$WORK/api3.sig" "$WORK/data.bin"
+
 step "cert import --hsm: a PKCS#12 key goes into the HSM"
 run openssl req -new -x509 -newkey rsa:2048 -nodes -keyout "$WORK/imp.key" -out "$WORK/imp.pem" -subj "/CN=imported" -days 30
 run openssl pkcs12 -export -inkey "$WORK/imp.key" -in "$WORK/imp.pem" -out "$WORK/imp.p12" -passout pass:s3cret
@@ -64,6 +71,12 @@ run openssl x509 -req -in "$WORK/ext.csr" -CA "$WORK/imp.pem" -CAkey "$WORK/imp.
   -out "$WORK/ext.pem"
 cli cert merge payments ext --file "$WORK/ext.pem"
 [[ $(hsm_keys) == 6 ]] || fail "the request's key is not in the HSM"
+
+step "an HSM key is never exported: --exportable with --hsm is refused"
+run_fails "$VAULTP11_CLI" --config "$CONF" cert create payments x --subject CN=x --hsm --exportable
+run_fails "$VAULTP11_CLI" --config "$CONF" cert import payments x --file "$WORK/imp.p12" --password-file "$WORK/p12.pass" \
+  --hsm --exportable
+[[ $(hsm_keys) == 6 ]] || fail "a refused command left a key in the HSM"
 
 step "the store holds no secret of any certificate key"
 [[ $(sqlite3 "$WORK/store.db" "SELECT count(*) FROM objects WHERE class = 3 AND secret IS NOT NULL") == 0 ]] ||
