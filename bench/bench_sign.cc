@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "auth/secret_hash.h"
+#include "latency.h"
 
 namespace {
 
@@ -106,41 +107,47 @@ void ModuleEcdsaP256Sign(benchmark::State& state, bool audit) {
   CK_MECHANISM m{CKM_ECDSA, nullptr, 0};
   CK_BYTE hash[32] = {1, 2, 3};
   CK_BYTE sig[64];
-  for (auto _ : state) {
-    CK_ULONG len = sizeof(sig);
-    if (d.f->C_SignInit(s, &m, key) != CKR_OK || d.f->C_Sign(s, hash, sizeof(hash), sig, &len) != CKR_OK) {
-      state.SkipWithError("C_Sign failed");
-      break;
-    }
-  }
+  vaultp11::bench::MeasureLatency(
+      state,
+      [&] {
+        CK_ULONG len = sizeof(sig);
+        return d.f->C_SignInit(s, &m, key) == CKR_OK && d.f->C_Sign(s, hash, sizeof(hash), sig, &len) == CKR_OK;
+      },
+      "C_Sign failed");
   d.f->C_CloseSession(s);
 }
-// The module with its audit log off, and on (one event per signature to a file sink).
-void BM_ModuleEcdsaP256Sign(benchmark::State& state) { ModuleEcdsaP256Sign(state, false); }
-BENCHMARK(BM_ModuleEcdsaP256Sign)->Threads(1)->Threads(2)->UseRealTime();
-void BM_ModuleEcdsaP256SignAudited(benchmark::State& state) { ModuleEcdsaP256Sign(state, true); }
-BENCHMARK(BM_ModuleEcdsaP256SignAudited)->Threads(1)->Threads(2)->UseRealTime();
-
-void BM_EvpEcdsaP256Sign(benchmark::State& state) {
+void EvpEcdsaP256Sign(benchmark::State& state) {
   static EVP_PKEY* key = EVP_EC_gen("P-256");
   unsigned char hash[32] = {1, 2, 3};
   unsigned char sig[80];
-  for (auto _ : state) {
-    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr);
-    size_t len = sizeof(sig);
-    if (!ctx || EVP_PKEY_sign_init(ctx) != 1 || EVP_PKEY_sign(ctx, sig, &len, hash, sizeof(hash)) != 1) {
-      state.SkipWithError("EVP_PKEY_sign failed");
-      EVP_PKEY_CTX_free(ctx);
-      break;
-    }
-    EVP_PKEY_CTX_free(ctx);
-  }
+  vaultp11::bench::MeasureLatency(
+      state,
+      [&] {
+        EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr);
+        size_t len = sizeof(sig);
+        const bool ok = ctx && EVP_PKEY_sign_init(ctx) == 1 && EVP_PKEY_sign(ctx, sig, &len, hash, sizeof(hash)) == 1;
+        EVP_PKEY_CTX_free(ctx);
+        return ok;
+      },
+      "EVP_PKEY_sign failed");
 }
-BENCHMARK(BM_EvpEcdsaP256Sign)->Threads(1)->Threads(2)->UseRealTime();
+
+// Names are <group>/<operation>/<case>/<arm>: bench/report.cc pairs each arm with its baseline
+// (module with evp; audit on with audit off, the module's own figure measured again).
+void Register() {
+  auto reg = [](const char* name, void (*fn)(benchmark::State&)) {
+    benchmark::RegisterBenchmark(name, fn)->Threads(1)->Threads(2)->UseRealTime();
+  };
+  reg("software/sign/P256_ECDSA/module", [](benchmark::State& st) { ModuleEcdsaP256Sign(st, false); });
+  reg("software/sign/P256_ECDSA/evp", EvpEcdsaP256Sign);
+  reg("audit/sign/P256_ECDSA/off", [](benchmark::State& st) { ModuleEcdsaP256Sign(st, false); });
+  reg("audit/sign/P256_ECDSA/on", [](benchmark::State& st) { ModuleEcdsaP256Sign(st, true); });
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  Register();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

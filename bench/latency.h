@@ -1,0 +1,35 @@
+// Per-call latency for the benchmarks: times each call of the loop and reports the p50 and
+// p99 (µs) as counters (averaged over the threads of a multi-threaded run).
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+namespace vaultp11::bench {
+
+// Runs `call` once per iteration; a call returning false stops the run with `error`.
+template <typename Call>
+void MeasureLatency(benchmark::State& state, Call call, const char* error) {
+  std::vector<double> us;
+  us.reserve(1 << 16);
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool ok = call();
+    const auto t1 = std::chrono::steady_clock::now();
+    if (!ok) {
+      state.SkipWithError(error);
+      return;
+    }
+    if (us.size() < us.capacity()) us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+  }
+  if (us.empty()) return;
+  std::sort(us.begin(), us.end());
+  state.counters["p50_us"] = benchmark::Counter(us[us.size() / 2], benchmark::Counter::kAvgThreads);
+  state.counters["p99_us"] =
+      benchmark::Counter(us[std::min(us.size() - 1, us.size() * 99 / 100)], benchmark::Counter::kAvgThreads);
+}
+
+}  // namespace vaultp11::bench

@@ -1,0 +1,117 @@
+// bench_report: reads Google Benchmark JSON files (run with --benchmark_repetitions and
+// --benchmark_report_aggregates_only) and prints a Markdown table that pairs each measured arm
+// with its baseline from the same run: the module with SoftHSMv2 directly (`softhsm`) or raw
+// OpenSSL (`evp`), audit `on` with audit `off`. Names are <group>/<operation>/<case>/<arm>.
+//
+//   bench_report FILE.json...
+//
+// The ratio is throughput: baseline median time / arm median time (1.00x = as fast).
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace {
+
+struct Figure {
+  double median_ns = 0, p50_us = 0, p99_us = 0;
+  bool have = false;
+};
+
+// Case (name without arm, plus threads) -> arm -> figure.
+using Table = std::map<std::string, std::map<std::string, Figure>>;
+
+double Ns(const nlohmann::json& b) {
+  const std::string unit = b.value("time_unit", "ns");
+  const double t = b.value("real_time", 0.0);
+  return unit == "ms" ? t * 1e6 : unit == "us" ? t * 1e3 : unit == "s" ? t * 1e9 : t;
+}
+
+void Read(const std::string& path, Table& table) {
+  std::ifstream in(path);
+  nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+  if (doc.is_discarded() || !doc.contains("benchmarks")) {
+    std::cerr << "bench_report: " << path << " is not Google Benchmark JSON\n";
+    return;
+  }
+  for (const auto& b : doc["benchmarks"]) {
+    if (b.value("aggregate_name", "") != "median") continue;
+    // run_name: group/op/case/arm[/threads:N][/real_time]
+    std::string name = b.value("run_name", b.value("name", ""));
+    std::vector<std::string> parts;
+    size_t start = 0;
+    for (size_t i = 0; i <= name.size(); ++i)
+      if (i == name.size() || name[i] == '/') {
+        std::string p = name.substr(start, i - start);
+        if (!p.empty() && p.find(':') == std::string::npos && p != "real_time") parts.push_back(p);
+        start = i + 1;
+      }
+    if (parts.size() < 2) continue;
+    const std::string arm = parts.back();
+    parts.pop_back();
+    std::string key;
+    for (const auto& p : parts) key += (key.empty() ? "" : "/") + p;
+    key += fmt::format(" ({} thread{})", b.value("threads", 1), b.value("threads", 1) == 1 ? "" : "s");
+    Figure f;
+    f.median_ns = Ns(b);
+    f.p50_us = b.value("p50_us", 0.0);
+    f.p99_us = b.value("p99_us", 0.0);
+    f.have = true;
+    table[key][arm] = f;
+  }
+}
+
+std::string Time(double ns) {
+  return ns >= 1e6 ? fmt::format("{:.2f} ms", ns / 1e6) : fmt::format("{:.2f} µs", ns / 1e3);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: bench_report FILE.json...\n";
+    return 2;
+  }
+  Table table;
+  for (int i = 1; i < argc; ++i) Read(argv[i], table);
+  // arm -> (baseline arm, target ratio)
+  const std::map<std::string, std::pair<std::string, double>> pairs = {
+      {"module", {"softhsm", 0.97}}, {"on", {"off", 0.95}}};
+  std::cout << "| case | arm | arm median | baseline | baseline median | throughput ratio | target | arm p50 / p99 | baseline p50 / p99 |\n"
+            << "|---|---|---|---|---|---|---|---|---|\n";
+  int rows = 0;
+  for (const auto& [key, arms] : table)
+    for (const auto& [arm, fig] : arms) {
+      std::string base_arm;
+      double target = 0;
+      if (arm == "module") {
+        base_arm = arms.count("softhsm") ? "softhsm" : "evp";
+        target = base_arm == "softhsm" ? 0.97 : 0.95;
+      } else if (pairs.count(arm)) {
+        base_arm = pairs.at(arm).first;
+        target = pairs.at(arm).second;
+      } else {
+        continue;
+      }
+      auto it = arms.find(base_arm);
+      if (it == arms.end()) continue;
+      const Figure& base = it->second;
+      const double ratio = base.median_ns / fig.median_ns;
+      std::cout << fmt::format("| {} | {} | {} | {} | {} | **{:.3f}x** | >= {:.2f}x {} | {:.1f} / {:.1f} µs | {:.1f} / {:.1f} µs |\n",
+                               key, arm, Time(fig.median_ns), base_arm, Time(base.median_ns), ratio, target,
+                               ratio >= target ? "(met)" : "(not met)", fig.p50_us, fig.p99_us, base.p50_us,
+                               base.p99_us);
+      ++rows;
+    }
+  if (rows == 0) {
+    std::cerr << "bench_report: no pairs found\n";
+    return 1;
+  }
+  return 0;
+}
