@@ -26,12 +26,12 @@ fi
 ninja -C "$dir" >/dev/null
 
 export VAULTP11_MODULE=$root/$dir/src/abi/libvaultp11.so
-for b in bench_sign bench_hsm; do
+for b in bench_sign bench_hsm bench_scale; do
   echo "--- $b" >&2
   "$dir/bench/$b" --benchmark_repetitions="$REPS" --benchmark_report_aggregates_only=true \
     --benchmark_min_time="$MIN_TIME" --benchmark_out="$dir/$b.json" --benchmark_out_format=json >&2
 done
-table=$("$dir/bench/bench_report" "$dir/bench_sign.json" "$dir/bench_hsm.json")
+table=$("$dir/bench/bench_report" "$dir/bench_sign.json" "$dir/bench_hsm.json" "$dir/bench_scale.json")
 echo "$table"
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)

@@ -1,0 +1,277 @@
+// Scale: a vault with 1k, 10k and 100k objects in its store. Measured: C_Initialize with the
+// first C_FindObjects after it (counters init_ms and first_find_ms), C_FindObjects by label and
+// by CKA_ID on a running module, and the resident memory the objects cost (rss_mb, and bytes
+// per object). The objects are EC public keys, each its own item (label obj-<n>, an 8-byte
+// CKA_ID), written into the store in one transaction from a key the module made.
+#include <dlfcn.h>
+#include <p11-kit/pkcs11.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "auth/secret_hash.h"
+#include "latency.h"
+#include "model/attributes.h"
+
+namespace {
+
+const std::vector<CK_BYTE> kP256 = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+bool g_failed = false;
+
+double RssMb() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;
+  return 0;
+}
+
+CK_FUNCTION_LIST* Module() {
+  static CK_FUNCTION_LIST* f = [] {
+    const char* path = std::getenv("VAULTP11_MODULE");
+    void* h = path ? dlopen(path, RTLD_NOW) : nullptr;
+    CK_FUNCTION_LIST* fl = nullptr;
+    auto gfl = h ? reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList")) : nullptr;
+    if (!gfl || gfl(&fl) != CKR_OK) return static_cast<CK_FUNCTION_LIST*>(nullptr);
+    return fl;
+  }();
+  return f;
+}
+
+std::vector<CK_BYTE> IdOf(uint64_t n) {
+  std::vector<CK_BYTE> id(8);
+  for (int i = 7; i >= 0; --i, n >>= 8) id[i] = static_cast<CK_BYTE>(n);
+  return id;
+}
+
+// A deployment whose vault holds `n` objects; the module is not running between benchmarks.
+struct Store {
+  size_t n = 0;
+  std::string dir, conf, error;
+
+  explicit Store(size_t count) : n(count) {
+    CK_FUNCTION_LIST* f = Module();
+    if (!f) {
+      error = "module not loaded (set VAULTP11_MODULE)";
+      return;
+    }
+    char tmpl[] = "/tmp/vaultp11-bench-scale-XXXXXX";
+    dir = mkdtemp(tmpl);
+    std::string secret = "bench-secret";
+    auto hash = vaultp11::auth::HashSecret(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()), {10, 8, 1});
+    conf = dir + "/c.yaml";
+    std::ofstream(conf) << "log: { level: error }\nstore: { path: " << dir << "/store.db }\naudit: { sinks: [] }\n"
+                        << "vaults: [ { name: bench } ]\nprincipals:\n  - name: b\n    auth: client_secret\n"
+                        << "    secrets: [ { hash: \"" << hash.value() << "\" } ]\n"
+                        << "role_assignments: [ { principal: b, role: Key Vault Administrator, scope: /vaults/bench } ]\n";
+    // The first object, made by the module: the template of the others.
+    CK_SESSION_HANDLE s = 0;
+    if (!Start(s)) return;
+    CK_MECHANISM m{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    CK_BBOOL yes = CK_TRUE;
+    std::vector<CK_BYTE> id = IdOf(0);
+    std::string label = "obj-0";
+    CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256.data()), kP256.size()}, {CKA_TOKEN, &yes, 1},
+                         {CKA_LABEL, label.data(), label.size()}, {CKA_ID, id.data(), id.size()}};
+    CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &yes, 1}, {CKA_LABEL, label.data(), label.size()}, {CKA_ID, id.data(), id.size()}};
+    CK_OBJECT_HANDLE pub = 0, priv = 0;
+    CK_RV rv = f->C_GenerateKeyPair(s, &m, pt, 4, vt, 3, &pub, &priv);
+    f->C_Finalize(nullptr);
+    if (rv != CKR_OK) {
+      error = "C_GenerateKeyPair failed";
+      return;
+    }
+    // Its public key's row, copied n-1 times with their own label, CKA_ID and version.
+    sqlite3* db = nullptr;
+    if (sqlite3_open((dir + "/store.db").c_str(), &db) != SQLITE_OK) {
+      error = "cannot open the store";
+      return;
+    }
+    sqlite3_stmt* q = nullptr;
+    sqlite3_prepare_v2(db, "SELECT vault, class, attributes, revision FROM objects WHERE class = 2", -1, &q, nullptr);
+    if (sqlite3_step(q) != SQLITE_ROW) {
+      error = "the public key row is missing";
+      sqlite3_finalize(q);
+      sqlite3_close(db);
+      return;
+    }
+    const std::string vault = reinterpret_cast<const char*>(sqlite3_column_text(q, 0));
+    const int64_t cls = sqlite3_column_int64(q, 1);
+    const auto* blob = static_cast<const uint8_t*>(sqlite3_column_blob(q, 2));
+    auto base = vaultp11::model::AttributeMap::Deserialize(
+        vaultp11::Bytes(blob, blob + sqlite3_column_bytes(q, 2)));
+    const int64_t revision = sqlite3_column_int64(q, 3);
+    sqlite3_finalize(q);
+    if (!base.ok()) {
+      error = "the public key's attributes do not parse";
+      sqlite3_close(db);
+      return;
+    }
+    sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr);
+    sqlite3_prepare_v2(db,
+                       "INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision, version, created) "
+                       "VALUES(?, ?, ?, ?, ?, NULL, ?, ?, strftime('%s','now'))",
+                       -1, &q, nullptr);
+    for (size_t i = 1; i < n; ++i) {
+      vaultp11::model::AttributeMap a = *base;
+      const std::string l = "obj-" + std::to_string(i);
+      const std::vector<CK_BYTE> cid = IdOf(i);
+      a.SetString(CKA_LABEL, l);
+      a.Set(CKA_ID, vaultp11::Bytes(cid.begin(), cid.end()));
+      const vaultp11::Bytes attrs = a.Serialize();
+      char version[33];
+      std::snprintf(version, sizeof(version), "%032zx", i);
+      sqlite3_bind_text(q, 1, vault.c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_int64(q, 2, cls);
+      sqlite3_bind_text(q, 3, l.c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_blob(q, 4, cid.data(), static_cast<int>(cid.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(q, 5, attrs.data(), static_cast<int>(attrs.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_int64(q, 6, revision);
+      sqlite3_bind_text(q, 7, version, -1, SQLITE_TRANSIENT);
+      if (sqlite3_step(q) != SQLITE_DONE) error = "insert failed";
+      sqlite3_reset(q);
+    }
+    sqlite3_finalize(q);
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+  }
+  ~Store() {
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+  }
+  // C_Initialize, a session, the login.
+  bool Start(CK_SESSION_HANDLE& s) {
+    CK_FUNCTION_LIST* f = Module();
+    CK_C_INITIALIZE_ARGS args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    args.pReserved = conf.data();
+    std::string pin = "b:bench-secret";
+    if (f->C_Initialize(&args) != CKR_OK || f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &s) != CKR_OK ||
+        f->C_Login(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size()) != CKR_OK) {
+      error = "the module did not start";
+      f->C_Finalize(nullptr);
+      return false;
+    }
+    return true;
+  }
+};
+
+Store& StoreOf(size_t n) {
+  static std::map<size_t, std::unique_ptr<Store>> stores;
+  auto& s = stores[n];
+  if (!s) s = std::make_unique<Store>(n);
+  return *s;
+}
+
+// One C_FindObjectsInit / C_FindObjects / C_FindObjectsFinal; true when exactly `want` found.
+bool FindOne(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE s, CK_ATTRIBUTE* t, CK_ULONG count, size_t want) {
+  CK_OBJECT_HANDLE found[4];
+  CK_ULONG n = 0;
+  if (f->C_FindObjectsInit(s, t, count) != CKR_OK) return false;
+  const bool ok = f->C_FindObjects(s, found, 4, &n) == CKR_OK;
+  return f->C_FindObjectsFinal(s) == CKR_OK && ok && n == want;
+}
+
+void Fail(benchmark::State& state, const std::string& why) {
+  state.SkipWithError(why.c_str());
+  g_failed = true;
+}
+
+// C_Initialize (with the session and login) and the first C_FindObjects after it.
+void InitializeAndFirstFind(benchmark::State& state, size_t n) {
+  Store& st = StoreOf(n);
+  if (!st.error.empty()) return Fail(state, st.error);
+  CK_FUNCTION_LIST* f = Module();
+  double init_ms = 0, find_ms = 0, rss = 0;
+  size_t runs = 0;
+  for (auto _ : state) {
+    const double rss0 = RssMb();
+    const auto t0 = std::chrono::steady_clock::now();
+    CK_SESSION_HANDLE s = 0;
+    if (!st.Start(s)) return Fail(state, st.error);
+    const auto t1 = std::chrono::steady_clock::now();
+    std::string label = "obj-" + std::to_string(n / 2);
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, label.data(), label.size()}};
+    const bool ok = FindOne(f, s, t, 2, 1);
+    const auto t2 = std::chrono::steady_clock::now();
+    if (runs == 0) rss = RssMb() - rss0;  // the first start (later ones reuse freed memory)
+    f->C_Finalize(nullptr);
+    if (!ok) return Fail(state, "the object was not found");
+    state.SetIterationTime(std::chrono::duration<double>(t2 - t0).count());
+    init_ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
+    find_ms += std::chrono::duration<double, std::milli>(t2 - t1).count();
+    ++runs;
+  }
+  if (runs == 0) return;
+  state.counters["init_ms"] = init_ms / runs;
+  state.counters["first_find_ms"] = find_ms / runs;
+  state.counters["rss_mb"] = rss;
+  state.counters["bytes_per_object"] = rss * 1024 * 1024 / static_cast<double>(n);
+}
+
+// C_FindObjects on a running module, by label or by CKA_ID, of random objects.
+void Find(benchmark::State& state, size_t n, bool by_label) {
+  Store& st = StoreOf(n);
+  if (!st.error.empty()) return Fail(state, st.error);
+  CK_FUNCTION_LIST* f = Module();
+  CK_SESSION_HANDLE s = 0;
+  if (!st.Start(s)) return Fail(state, st.error);
+  std::mt19937_64 rng(42);
+  CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+  vaultp11::bench::MeasureLatency(
+      state,
+      [&] {
+        const size_t i = rng() % n;
+        std::string label = "obj-" + std::to_string(i);
+        std::vector<CK_BYTE> id = IdOf(i);
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            by_label ? CK_ATTRIBUTE{CKA_LABEL, label.data(), label.size()}
+                                     : CK_ATTRIBUTE{CKA_ID, id.data(), id.size()}};
+        return FindOne(f, s, t, 2, 1);
+      },
+      "C_FindObjects did not find the object");
+  f->C_Finalize(nullptr);
+}
+
+void Register() {
+  for (size_t n : {size_t{1000}, size_t{10000}, size_t{100000}}) {
+    const std::string sn = std::to_string(n);
+    benchmark::RegisterBenchmark(("scale/initialize_and_first_find/objects/" + sn).c_str(),
+                                 [n](benchmark::State& st) { InitializeAndFirstFind(st, n); })
+        ->UseManualTime()
+        ->Iterations(3)
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("scale/find_by_label/objects/" + sn).c_str(),
+                                 [n](benchmark::State& st) { Find(st, n, true); })
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("scale/find_by_id/objects/" + sn).c_str(),
+                                 [n](benchmark::State& st) { Find(st, n, false); })
+        ->UseRealTime();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Register();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return g_failed ? 1 : 0;
+}
