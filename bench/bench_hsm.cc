@@ -241,16 +241,29 @@ void Measure(benchmark::State& state, const std::function<CK_RV()>& call) {
 
 enum class Arm { kModule, kSoftHsm };
 
-void Sign(benchmark::State& state, Arm arm, CK_MECHANISM_TYPE type, bool ec) {
+// The function list, session and keys of an arm; null (the run stopped) when setup failed.
+struct ArmOf {
+  CK_FUNCTION_LIST* f;
+  CK_SESSION_HANDLE session;
+  const Keys& keys;
+};
+const ArmOf* Arms(benchmark::State& state, Arm arm) {
   Setup& s = TheSetup();
   if (!s.error.empty()) {
     state.SkipWithError(s.error.c_str());
     g_failed = true;
-    return;
+    return nullptr;
   }
-  CK_FUNCTION_LIST* f = arm == Arm::kModule ? s.module : s.direct;
-  CK_SESSION_HANDLE h = arm == Arm::kModule ? s.module_s : s.direct_s;
-  const Keys& k = arm == Arm::kModule ? s.mk : s.dk;
+  static const ArmOf module{s.module, s.module_s, s.mk}, direct{s.direct, s.direct_s, s.dk};
+  return arm == Arm::kModule ? &module : &direct;
+}
+
+void Sign(benchmark::State& state, Arm arm, CK_MECHANISM_TYPE type, bool ec) {
+  const ArmOf* a = Arms(state, arm);
+  if (a == nullptr) return;
+  CK_FUNCTION_LIST* f = a->f;
+  CK_SESSION_HANDLE h = a->session;
+  const Keys& k = a->keys;
   CK_MECHANISM m{type, nullptr, 0};
   if (type == CKM_SHA256_RSA_PKCS_PSS) m = {type, &g_pss, sizeof(g_pss)};
   std::vector<CK_BYTE> data(256, 0x5a), sig(512);
@@ -274,15 +287,11 @@ void Sign(benchmark::State& state, Arm arm, CK_MECHANISM_TYPE type, bool ec) {
 }
 
 void Unwrap(benchmark::State& state, Arm arm, bool oaep) {
-  Setup& s = TheSetup();
-  if (!s.error.empty()) {
-    state.SkipWithError(s.error.c_str());
-    g_failed = true;
-    return;
-  }
-  CK_FUNCTION_LIST* f = arm == Arm::kModule ? s.module : s.direct;
-  CK_SESSION_HANDLE h = arm == Arm::kModule ? s.module_s : s.direct_s;
-  const Keys& k = arm == Arm::kModule ? s.mk : s.dk;
+  const ArmOf* a = Arms(state, arm);
+  if (a == nullptr) return;
+  CK_FUNCTION_LIST* f = a->f;
+  CK_SESSION_HANDLE h = a->session;
+  const Keys& k = a->keys;
   CK_MECHANISM m = oaep ? CK_MECHANISM{CKM_RSA_PKCS_OAEP, &g_oaep, sizeof(g_oaep)} : CK_MECHANISM{CKM_AES_KEY_WRAP_PAD, nullptr, 0};
   std::vector<CK_BYTE> blob = oaep ? k.oaep_blob : k.kwp_blob;
   const CK_OBJECT_HANDLE with = oaep ? k.rsa_priv : k.aes;
@@ -328,10 +337,5 @@ void Register() {
 
 int main(int argc, char** argv) {
   Register();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  // A setup or call that failed is a failure, not a skipped measurement.
-  return g_failed ? 1 : 0;
+  return vaultp11::bench::RunBenchmarks(argc, argv, [] { return g_failed; });
 }

@@ -148,11 +148,9 @@ void Register() {
 
 int main(int argc, char** argv) {
   Register();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
   // A module that did not load is a failure, not a skipped measurement.
-  g_dep.reset();
-  return g_module_ok ? 0 : 1;
+  return vaultp11::bench::RunBenchmarks(argc, argv, [] {
+    g_dep.reset();
+    return !g_module_ok;
+  });
 }

@@ -1,4 +1,4 @@
-// Per-call latency for the benchmarks: times each call of the loop and reports the p50 and
+// Shared by the benchmark programs. Per-call latency: times each call of the loop and reports the p50 and
 // p99 (µs) as counters (averaged over the threads of a multi-threaded run).
 #pragma once
 
@@ -30,6 +30,17 @@ void MeasureLatency(benchmark::State& state, Call call, const char* error) {
   state.counters["p50_us"] = benchmark::Counter(us[us.size() / 2], benchmark::Counter::kAvgThreads);
   state.counters["p99_us"] =
       benchmark::Counter(us[std::min(us.size() - 1, us.size() * 99 / 100)], benchmark::Counter::kAvgThreads);
+}
+
+// main() of a benchmark program: runs the benchmarks asked for; exit status 1 when
+// `failed()` says a setup or call failed (a failure, not a skipped measurement).
+template <typename Failed>
+int RunBenchmarks(int argc, char** argv, Failed failed) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return failed() ? 1 : 0;
 }
 
 }  // namespace vaultp11::bench

@@ -725,6 +725,17 @@ Result<model::KeyPair> NewKeyPair(core::Token& token, const CertCreateOptions& o
   return Err(CKR_ARGUMENTS_BAD, "--key {} must be rsa:BITS or ec:CURVE", QuotePrintable(o.key, 40));
 }
 
+// A key made for a new version and not kept (any failure before the version is stored) leaves
+// nothing in the HSM; a reused key is never discarded.
+struct NewKeyGuard {
+  core::Token& token;
+  const model::Object& key;
+  bool keep = false;
+  ~NewKeyGuard() {
+    if (!keep) token.DiscardHsmKey(key);
+  }
+};
+
 // A new item's policy is written first and taken back when the item cannot be made; a new
 // version commits only over `expect`, the version it replaces.
 Result<std::vector<CK_OBJECT_HANDLE>> AddCertVersion(core::Token& token, store::Store& st, const CertCreateOptions& o,
@@ -749,16 +760,7 @@ Status CreateOrRenew(core::Token& token, store::Store& st, const CertCreateOptio
                QuotePrintable(o.name));
   bool reused = false;
   VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, NewKeyPair(token, o, !expect.empty(), &reused));
-  // A key made here and not kept (any failure below) leaves nothing in the HSM.
-  bool kept = false;
-  struct Discard {
-    core::Token& token;
-    const model::Object& key;
-    const bool& keep;
-    ~Discard() {
-      if (!keep) token.DiscardHsmKey(key);
-    }
-  } discard{token, *kp.private_key, reused ? reused : kept};
+  NewKeyGuard guard{token, *kp.private_key, reused};
   VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef subject_pub, kp.public_key->Key());
   // The issuer: the key itself, or a CA certificate item of the vault (software or HSM key).
   Signer signer{kp.private_key, subject_pub.pkey.get()};
@@ -788,7 +790,7 @@ Status CreateOrRenew(core::Token& token, store::Store& st, const CertCreateOptio
     objs.push_back(bundle);
   }
   VAULTP11_RETURN_IF_ERROR(AddCertVersion(token, st, o, expect, objs).status());
-  kept = true;
+  guard.keep = true;
   *version = cert->attrs.GetString(CKA_VAULTP11_VERSION);
   io.out << fmt::format("certificate {} of vault {}: version {} ({}, issuer {}, {} months)\n", QuotePrintable(o.name),
                         QuotePrintable(o.vault), *version, o.key, o.issuer, o.validity_months);
@@ -847,15 +849,7 @@ Status Request(const config::Config& cfg, const CertCsrOptions& o, Io& io, std::
   if (cur.priv && (cur.cert || cur.csr)) expect = cur.version;
   bool reused = false;
   VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, NewKeyPair(*place.token, o, !expect.empty(), &reused));
-  bool kept = false;
-  struct Discard {
-    core::Token& token;
-    const model::Object& key;
-    const bool& keep;
-    ~Discard() {
-      if (!keep) token.DiscardHsmKey(key);
-    }
-  } discard{*place.token, *kp.private_key, reused ? reused : kept};
+  NewKeyGuard guard{*place.token, *kp.private_key, reused};
   VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef pub, kp.public_key->Key());
   VAULTP11_ASSIGN_OR_RETURN(std::string pem, MakeRequest(o, Signer{kp.private_key, pub.pkey.get()}));
   AttributeMap t;
@@ -875,7 +869,7 @@ Status Request(const config::Config& cfg, const CertCsrOptions& o, Io& io, std::
     if (!o.out.empty()) unlink(o.out.c_str());
     return added.status();
   }
-  kept = true;
+  guard.keep = true;
   if (!expect.empty()) {
     // The new request's policy; the one it replaces is kept inside it for `cert cancel`.
     VAULTP11_ASSIGN_OR_RETURN(std::string previous, place.st->Policy(o.vault, o.name));
