@@ -148,7 +148,10 @@ struct Setup {
     // 1. The token, through a copy of the library (an instance of its own).
     std::filesystem::copy_file(softhsm, dir + "/libsofthsm2-direct.so");
     direct = Load(dir + "/libsofthsm2-direct.so");
-    if (!direct || direct->C_Initialize(nullptr) != CKR_OK) return Fail("SoftHSM (direct) did not initialise");
+    // With OS locking, as the module's inner driver starts its own SoftHSM instance.
+    CK_C_INITIALIZE_ARGS direct_args{};
+    direct_args.flags = CKF_OS_LOCKING_OK;
+    if (!direct || direct->C_Initialize(&direct_args) != CKR_OK) return Fail("SoftHSM (direct) did not initialise");
     CK_SLOT_ID slot = 0;
     if (!FindSlot(false, slot)) return Fail("SoftHSM has no free slot");
     CK_UTF8CHAR label[32];

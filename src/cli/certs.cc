@@ -970,16 +970,15 @@ Status Cancel(const config::Config& cfg, const std::string& vault, const std::st
     return Err(CKR_ARGUMENTS_BAD, "{} of vault {} has no pending request", QuotePrintable(name), QuotePrintable(vault));
   *version = cur.version;
   VAULTP11_ASSIGN_OR_RETURN(std::string text, place.st->Policy(vault, name));
-  AttributeMap f;
-  f.SetString(CKA_LABEL, name);
-  f.SetString(CKA_VAULTP11_VERSION, cur.version);
-  for (CK_OBJECT_HANDLE h : place.token->Find(f)) VAULTP11_RETURN_IF_ERROR(place.token->Remove(h));
-  VAULTP11_ASSIGN_OR_RETURN(auto left, place.st->VersionsOf(vault, name));
   Json j = Json::parse(text, nullptr, false);
   const std::string previous = j.is_object() ? j.value("previous", "") : "";
-  VAULTP11_RETURN_IF_ERROR(place.st->SetPolicy(vault, name, left.empty() ? "" : previous));
-  io.out << fmt::format("certificate {} of vault {}: pending version {} cancelled{}\n", QuotePrintable(name),
-                        QuotePrintable(vault), cur.version, left.empty() ? " (the item is gone)" : "");
+  // The version's rows and the policy change in one store transaction; its HSM key goes once
+  // that has committed, unless another version uses it.
+  VAULTP11_ASSIGN_OR_RETURN(auto gone, place.st->DeleteVersion(vault, name, cur.version, previous));
+  if (!place.token->SharesHsmKey(*cur.priv)) place.token->DiscardHsmKey(*cur.priv);
+  VAULTP11_ASSIGN_OR_RETURN(auto left, place.st->VersionsOf(vault, name));
+  io.out << fmt::format("certificate {} of vault {}: pending version {} cancelled ({} objects){}\n", QuotePrintable(name),
+                        QuotePrintable(vault), cur.version, gone.size(), left.empty() ? "; the item is gone" : "");
   return OkStatus();
 }
 

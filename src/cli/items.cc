@@ -235,11 +235,16 @@ Status SecretGet(const config::Config& cfg, const SecretGetOptions& o, std::stri
   const SecretVersion* pick = &versions.back();  // the current version is the newest
   if (o.version.empty() && IsCertificateBundle(pick->attrs.GetString(CKA_VAULTP11_CONTENT_TYPE))) {
     // A certificate's bundle: only the current version's (an older one's key is not current).
+    // The certificate in service: the newest version with a certificate (a pending request's
+    // version has none yet).
     VAULTP11_ASSIGN_OR_RETURN(auto all, st->VersionsOf(o.vault, o.name));
-    for (const auto& v : all)
-      if (v.current && v.version != pick->rec.version)
+    for (auto v = all.rbegin(); v != all.rend(); ++v) {
+      if (std::find(v->classes.begin(), v->classes.end(), CKO_CERTIFICATE) == v->classes.end()) continue;
+      if (v->version != pick->rec.version)
         return Err(CKR_ARGUMENTS_BAD, "the current version ({}) of certificate {} has no bundle (it is not exportable)",
-                   v.version, QuotePrintable(o.name));
+                   v->version, QuotePrintable(o.name));
+      break;
+    }
   }
   if (!o.version.empty()) {
     auto it = std::find_if(versions.begin(), versions.end(), [&](const SecretVersion& v) { return v.rec.version == o.version; });

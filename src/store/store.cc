@@ -1179,6 +1179,56 @@ Result<std::vector<ObjectRecord>> Store::DeleteItem(const std::string& vault, co
   return gone;
 }
 
+Result<std::vector<ObjectRecord>> Store::DeleteVersion(const std::string& vault, const std::string& label,
+                                                       const std::string& version, const std::string& policy) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot delete '{}': database {} is read-only", label, path_);
+  std::vector<ObjectRecord> gone;
+  if (label.empty() || version.empty()) return gone;
+  Status s = impl_->Transaction("deleting a version", [&]() -> Status {
+    VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemObjects(vault, label));
+    bool others = false;
+    for (auto& r : rows) {
+      if (r.version == version) gone.push_back(std::move(r));
+      else others = true;
+    }
+    if (gone.empty()) return OkStatus();
+    VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * d, impl_->Prepare("DELETE FROM objects WHERE id = ?"));
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * t, impl_->Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
+    for (const ObjectRecord& r : gone) {
+      {
+        Stmt st(d);
+        st.Bind(1, r.id);
+        int rc = st.Step();
+        if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting a version");
+      }
+      Stmt st(t);
+      st.Bind(1, r.id);
+      st.Bind(2, vault);
+      st.Bind(3, rev);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
+    }
+    if (!others) return impl_->ForgetItem(vault, label);
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * q,
+        impl_->Prepare(policy.empty() ? "DELETE FROM item_policies WHERE vault = ?1 AND name = ?2"
+                                      : "INSERT INTO item_policies(vault, name, policy) VALUES(?1, ?2, ?3) "
+                                        "ON CONFLICT(vault, name) DO UPDATE SET policy = ?3"));
+    Stmt st(q);
+    st.Bind(1, vault);
+    st.Bind(2, label);
+    if (!policy.empty()) st.Bind(3, policy);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "setting a policy");
+    return OkStatus();
+  });
+  if (!s.ok()) return s.error();
+  return gone;
+}
+
 Result<std::vector<ObjectRecord>> Store::SoftDeleteItem(const std::string& vault, const std::string& label, int64_t now,
                                                         int64_t purge_after) {
   std::lock_guard<std::mutex> lock(mu_);

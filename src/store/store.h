@@ -147,6 +147,13 @@ class Store {
   // transaction, with tombstones; returns the rows deleted (empty: no such item).
   Result<std::vector<ObjectRecord>> DeleteItem(const std::string& vault, const std::string& label);
 
+  // Deletes the rows of one version of the vault's item `label` in one transaction, with
+  // tombstones, and sets the item's policy to `policy` (empty: none); when no other version is
+  // left, the item goes with its policy and notices. Returns the rows deleted (empty: no such
+  // version).
+  Result<std::vector<ObjectRecord>> DeleteVersion(const std::string& vault, const std::string& label,
+                                                  const std::string& version, const std::string& policy);
+
   // ---- Soft-delete ----------------------------------------------------------------------
   // Moves the vault's item `label` (every version) to the deleted state in one transaction:
   // its rows stay, hidden from LoadVault and ChangedSince (other processes see them go, as

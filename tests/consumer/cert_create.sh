@@ -109,6 +109,12 @@ p11_user --read-object --type data --label shipped -o "$WORK/shipped2.bundle"
 cmp -s <(openssl pkey -in "$WORK/shipped.bundle" -pubout) <(openssl pkey -in "$WORK/shipped2.bundle" -pubout) &&
   fail "the renewed bundle has the old key"
 
+step "while a new request for it is pending, the certificate in service keeps giving its bundle"
+cli cert csr payments shipped --subject "CN=shipped.example" --out "$WORK/shipped.csr"
+"$VAULTP11_CLI" --config "$CONF" secret get payments shipped >"$WORK/shipped3.bundle" || fail "secret get failed while pending"
+cmp "$WORK/shipped2.bundle" "$WORK/shipped3.bundle" || fail "the pending request changed the bundle"
+cli cert cancel payments shipped
+
 step "exportable (PKCS#12, empty password): opened by openssl"
 cli cert create payments shipped-p12 --subject "CN=p12.example" --exportable --export-format pkcs12 --key rsa:2048
 "$VAULTP11_CLI" --config "$CONF" secret get payments shipped-p12 >"$WORK/shipped.p12" || fail "secret get failed"

@@ -81,7 +81,9 @@ run_fails pkcs11-tool --module "$VAULTP11_MODULE" --login --pin "$PIN" --delete-
 cli cert cancel payments dropped
 cli list | grep -q 'label "dropped"' && fail "the pending item is still there"
 cli cert csr payments dropped --subject "CN=dropped" --out "$WORK/dropped2.csr"
+dropped_id=$(id_of privkey dropped)
 run_fails "$VAULTP11_CLI" --config "$CONF" cert csr payments dropped --subject "CN=dropped" --out "$WORK/dropped2.csr"
+[[ $(id_of privkey dropped) == "$dropped_id" ]] || fail "a request whose file could not be written left a version"
 
 step "cert cancel on a certificate made here: its issued version is current again, with its policy"
 cli cert create payments rolling --subject "CN=rolling.example" --key ec:P-256
