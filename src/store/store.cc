@@ -396,6 +396,12 @@ const char* KindOf(const std::vector<CK_OBJECT_CLASS>& classes) {
 
 namespace {
 
+std::vector<int64_t> IdsOf(const std::vector<ObjectRecord>& rows) {
+  std::vector<int64_t> ids;
+  for (const ObjectRecord& r : rows) ids.push_back(r.id);
+  return ids;
+}
+
 Error NameExists(const std::string& vault, const std::string& label, const std::string& current, std::string_view why,
                  bool hint = true) {
   return Err(CKR_ATTRIBUTE_VALUE_INVALID, "an item named '{}' exists in vault {} (current version {}): {}{}", label,
@@ -660,6 +666,30 @@ struct Store::Impl {
     record.id = id;
     record.revision = rev;
     record.has_secret = !secret.empty();
+    return OkStatus();
+  }
+
+  // Inside a transaction: records tombstones at revision `rev` for the rows `ids` of `vault`
+  // (other processes see them go), deleting the rows first unless `keep_rows` (soft-delete
+  // hides them instead).
+  Status Tombstone(const std::string& vault, const std::vector<int64_t>& ids, int64_t rev, bool keep_rows) {
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * d, Prepare("DELETE FROM objects WHERE id = ?"));
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * t,
+                              Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
+    for (int64_t id : ids) {
+      if (!keep_rows) {
+        Stmt st(d);
+        st.Bind(1, id);
+        int rc = st.Step();
+        if (rc != SQLITE_DONE) return Fail(rc, "deleting an object");
+      }
+      Stmt st(t);
+      st.Bind(1, id);
+      st.Bind(2, vault);
+      st.Bind(3, rev);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return Fail(rc, "recording a deletion");
+    }
     return OkStatus();
   }
 
@@ -1156,23 +1186,7 @@ Result<std::vector<ObjectRecord>> Store::DeleteItem(const std::string& vault, co
     VAULTP11_ASSIGN_OR_RETURN(auto deleted, impl_->DeletedPurgeAfter(vault, label));
     if (deleted) return Err(CKR_ARGUMENTS_BAD, "'{}' in vault {} is a deleted item: purge it instead", label, vault);
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
-    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * d, impl_->Prepare("DELETE FROM objects WHERE id = ?"));
-    VAULTP11_ASSIGN_OR_RETURN(
-        sqlite3_stmt * t, impl_->Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
-    for (const ObjectRecord& r : gone) {
-      {
-        Stmt st(d);
-        st.Bind(1, r.id);
-        int rc = st.Step();
-        if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
-      }
-      Stmt st(t);
-      st.Bind(1, r.id);
-      st.Bind(2, vault);
-      st.Bind(3, rev);
-      int rc = st.Step();
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
-    }
+    VAULTP11_RETURN_IF_ERROR(impl_->Tombstone(vault, IdsOf(gone), rev, /*keep_rows=*/false));
     return impl_->ForgetItem(vault, label);
   });
   if (!s.ok()) return s.error();
@@ -1194,23 +1208,7 @@ Result<std::vector<ObjectRecord>> Store::DeleteVersion(const std::string& vault,
     }
     if (gone.empty()) return OkStatus();
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
-    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * d, impl_->Prepare("DELETE FROM objects WHERE id = ?"));
-    VAULTP11_ASSIGN_OR_RETURN(
-        sqlite3_stmt * t, impl_->Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
-    for (const ObjectRecord& r : gone) {
-      {
-        Stmt st(d);
-        st.Bind(1, r.id);
-        int rc = st.Step();
-        if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting a version");
-      }
-      Stmt st(t);
-      st.Bind(1, r.id);
-      st.Bind(2, vault);
-      st.Bind(3, rev);
-      int rc = st.Step();
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
-    }
+    VAULTP11_RETURN_IF_ERROR(impl_->Tombstone(vault, IdsOf(gone), rev, /*keep_rows=*/false));
     if (!others) return impl_->ForgetItem(vault, label);
     VAULTP11_ASSIGN_OR_RETURN(
         sqlite3_stmt * q,
@@ -1254,17 +1252,7 @@ Result<std::vector<ObjectRecord>> Store::SoftDeleteItem(const std::string& vault
       if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an item");
     }
     // To other processes the rows are gone: tombstones (taken back on recovery).
-    VAULTP11_ASSIGN_OR_RETURN(
-        sqlite3_stmt * t, impl_->Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
-    for (const ObjectRecord& r : hidden) {
-      Stmt st(t);
-      st.Bind(1, r.id);
-      st.Bind(2, vault);
-      st.Bind(3, rev);
-      int rc = st.Step();
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
-    }
-    return OkStatus();
+    return impl_->Tombstone(vault, IdsOf(hidden), rev, /*keep_rows=*/true);
   });
   if (!s.ok()) return s.error();
   return hidden;
@@ -1478,23 +1466,7 @@ Status Store::Delete(int64_t id) {
     VAULTP11_ASSIGN_OR_RETURN(auto hidden, impl_->DeletedPurgeAfter(vault, label));
     if (hidden) return Err(CKR_OBJECT_HANDLE_INVALID, "object {} belongs to a deleted item", id);
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
-    {
-      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
-                                impl_->Prepare("DELETE FROM objects WHERE id = ?"));
-      Stmt st(s);
-      st.Bind(1, id);
-      int rc = st.Step();
-      if (rc != SQLITE_DONE) return impl_->Fail(rc, "deleting an object");
-    }
-    VAULTP11_ASSIGN_OR_RETURN(
-        sqlite3_stmt * s,
-        impl_->Prepare("INSERT OR REPLACE INTO tombstones(id, vault, revision) VALUES(?, ?, ?)"));
-    Stmt st(s);
-    st.Bind(1, id);
-    st.Bind(2, vault);
-    st.Bind(3, rev);
-    int rc = st.Step();
-    if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording a deletion");
+    VAULTP11_RETURN_IF_ERROR(impl_->Tombstone(vault, {id}, rev, /*keep_rows=*/false));
     if (label.empty()) return OkStatus();
     VAULTP11_ASSIGN_OR_RETURN(auto left, impl_->ItemRows(vault, label));
     return left.empty() ? impl_->ForgetItem(vault, label) : OkStatus();

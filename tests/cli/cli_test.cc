@@ -985,12 +985,13 @@ namespace {
 
 class SecretCliTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Deploy("  - name: dev\n"); }
+  // vp.yaml with a store, a file audit sink and these vaults (YAML list items), initialised.
+  void Deploy(const std::string& vaults) {
     WriteFile(dir.file("vp.yaml"),
               "store:\n  path: data/store.db\n"
               "audit:\n  sinks:\n    - { type: file, path: audit.log }\n"
-              "vaults:\n  - name: dev\n"
-              "managed_hsm_pools: []\n");
+              "vaults:\n" + vaults);
     Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
     ASSERT_EQ(o.exit_code, kExitOk) << o.err;
   }
@@ -1136,14 +1137,8 @@ TEST_F(SecretCliTest, ANameUsedByAKeyIsNotASecret) {
 class DeletedCliTest : public SecretCliTest {
  protected:
   void SetUp() override {
-    WriteFile(dir.file("vp.yaml"),
-              "store:\n  path: data/store.db\n"
-              "audit:\n  sinks:\n    - { type: file, path: audit.log }\n"
-              "vaults:\n"
-              "  - { name: dev, soft_delete: { retention_days: 7 } }\n"
-              "  - { name: prod, soft_delete: { retention_days: 90, purge_protection: true } }\n");
-    Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
-    ASSERT_EQ(o.exit_code, kExitOk) << o.err;
+    Deploy("  - { name: dev, soft_delete: { retention_days: 7 } }\n"
+           "  - { name: prod, soft_delete: { retention_days: 90, purge_protection: true } }\n");
   }
 };
 
@@ -1272,16 +1267,7 @@ TEST_F(SecretCliTest, CertificateTagsAreOnEveryObjectOfEveryVersion) {
 // Backup and restore of software items: every version, sealed under the deployment's key.
 class BackupCliTest : public SecretCliTest {
  protected:
-  void SetUp() override {
-    WriteFile(dir.file("vp.yaml"),
-              "store:\n  path: data/store.db\n"
-              "audit:\n  sinks:\n    - { type: file, path: audit.log }\n"
-              "vaults:\n"
-              "  - { name: dev }\n"
-              "  - { name: other, soft_delete: { retention_days: 7 } }\n");
-    Outcome o = RunCli(dir, {"--config", "vp.yaml", "init"});
-    ASSERT_EQ(o.exit_code, kExitOk) << o.err;
-  }
+  void SetUp() override { Deploy("  - { name: dev }\n  - { name: other, soft_delete: { retention_days: 7 } }\n"); }
   // The file with the character at `at` changed (a hex digit to another).
   std::string Altered(const std::string& file, size_t at, const std::string& name) {
     std::string text = ReadAll(dir.file(file));
