@@ -693,6 +693,22 @@ struct Store::Impl {
     return OkStatus();
   }
 
+  // Inside a transaction: sets (empty: removes) the item's policy.
+  Status WritePolicy(const std::string& vault, const std::string& name, const std::string& policy) {
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * q,
+        Prepare(policy.empty() ? "DELETE FROM item_policies WHERE vault = ?1 AND name = ?2"
+                               : "INSERT INTO item_policies(vault, name, policy) VALUES(?1, ?2, ?3) "
+                                 "ON CONFLICT(vault, name) DO UPDATE SET policy = ?3"));
+    Stmt st(q);
+    st.Bind(1, vault);
+    st.Bind(2, name);
+    if (!policy.empty()) st.Bind(3, policy);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return Fail(rc, "setting a policy");
+    return OkStatus();
+  }
+
   // A deleted item's name cannot be used until the item is recovered or purged.
   Status RefuseDeletedName(const std::string& vault, const std::string& label) {
     VAULTP11_ASSIGN_OR_RETURN(auto purge_after, DeletedPurgeAfter(vault, label));
@@ -1099,16 +1115,7 @@ Result<std::vector<ObjectRecord>> Store::InsertItem(std::vector<ObjectRecord> re
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
     for (size_t i = 0; i < records.size(); ++i)
       VAULTP11_RETURN_IF_ERROR(impl_->InsertRow(records[i], secrets[i], rev, *data_key));
-    if (policy.empty()) return OkStatus();
-    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, impl_->Prepare("INSERT OR REPLACE INTO item_policies(vault, name, policy) "
-                                                               "VALUES(?1, ?2, ?3)"));
-    Stmt st(q);
-    st.Bind(1, vault);
-    st.Bind(2, label);
-    st.Bind(3, policy);
-    int rc = st.Step();
-    if (rc != SQLITE_DONE) return impl_->Fail(rc, "setting a policy");
-    return OkStatus();
+    return policy.empty() ? OkStatus() : impl_->WritePolicy(vault, label, policy);
   });
   if (!s.ok()) return s.error();
   return records;
@@ -1210,18 +1217,7 @@ Result<std::vector<ObjectRecord>> Store::DeleteVersion(const std::string& vault,
     VAULTP11_ASSIGN_OR_RETURN(int64_t rev, impl_->BumpRevision());
     VAULTP11_RETURN_IF_ERROR(impl_->Tombstone(vault, IdsOf(gone), rev, /*keep_rows=*/false));
     if (!others) return impl_->ForgetItem(vault, label);
-    VAULTP11_ASSIGN_OR_RETURN(
-        sqlite3_stmt * q,
-        impl_->Prepare(policy.empty() ? "DELETE FROM item_policies WHERE vault = ?1 AND name = ?2"
-                                      : "INSERT INTO item_policies(vault, name, policy) VALUES(?1, ?2, ?3) "
-                                        "ON CONFLICT(vault, name) DO UPDATE SET policy = ?3"));
-    Stmt st(q);
-    st.Bind(1, vault);
-    st.Bind(2, label);
-    if (!policy.empty()) st.Bind(3, policy);
-    int rc = st.Step();
-    if (rc != SQLITE_DONE) return impl_->Fail(rc, "setting a policy");
-    return OkStatus();
+    return impl_->WritePolicy(vault, label, policy);
   });
   if (!s.ok()) return s.error();
   return gone;
@@ -1364,18 +1360,7 @@ Status Store::SetPolicy(const std::string& vault, const std::string& name, const
   std::lock_guard<std::mutex> lock(mu_);
   if (read_only_) return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot set a policy: database {} is read-only", path_);
   return impl_->Transaction("setting a policy", [&]() -> Status {
-    VAULTP11_ASSIGN_OR_RETURN(
-        sqlite3_stmt * q,
-        impl_->Prepare(policy.empty() ? "DELETE FROM item_policies WHERE vault = ?1 AND name = ?2"
-                                      : "INSERT INTO item_policies(vault, name, policy) VALUES(?1, ?2, ?3) "
-                                        "ON CONFLICT(vault, name) DO UPDATE SET policy = ?3"));
-    Stmt st(q);
-    st.Bind(1, vault);
-    st.Bind(2, name);
-    if (!policy.empty()) st.Bind(3, policy);
-    int rc = st.Step();
-    if (rc != SQLITE_DONE) return impl_->Fail(rc, "setting a policy");
-    return OkStatus();
+    return impl_->WritePolicy(vault, name, policy);
   });
 }
 
