@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -122,6 +123,35 @@ int main(int argc, char** argv) {
                                fig.p50_us, fig.p99_us, base.p50_us, base.p99_us);
       ++rows;
     }
+  // Threads: each arm's throughput with 2 threads against its own with 1 (target 1.8x where
+  // the baseline itself scales that well).
+  bool theader = false;
+  for (const auto& [key, arms] : table) {
+    const size_t at = key.find(" (2 threads)");
+    if (at == std::string::npos) continue;
+    auto one = table.find(key.substr(0, at) + " (1 thread)");
+    if (one == table.end()) continue;
+    std::map<std::string, double> scaling;
+    for (const auto& [arm, fig] : arms)
+      if (auto it = one->second.find(arm); it != one->second.end()) scaling[arm] = it->second.median_ns / fig.median_ns;
+    if (scaling.empty()) continue;
+    if (!theader) {
+      std::cout << "\n| case | arm | 2 threads / 1 thread throughput | target |\n|---|---|---|---|\n";
+      theader = true;
+    }
+    for (const auto& [arm, x] : scaling) {
+      std::string base;
+      for (const auto& [other, y] : scaling)
+        if (other == "softhsm" || other == "evp" || other == "off") base = other;
+      std::string goal = "-";
+      if (!base.empty() && arm != base) {
+        const double want = std::min(1.8, scaling.at(base));
+        goal = fmt::format(">= {:.2f}x (1.8x, or {}'s own {:.2f}x) {}", want, base, scaling.at(base),
+                           x >= want * 0.999 ? "(met)" : "(not met)");
+      }
+      std::cout << fmt::format("| {} | {} | **{:.2f}x** | {} |\n", key.substr(0, at), arm, x, goal);
+    }
+  }
   // Scale: start-up and memory per store size.
   bool header = false;
   for (const auto& [key, arms] : table)
