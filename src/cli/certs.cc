@@ -53,24 +53,8 @@ struct BioFree {
 };
 
 Result<SecureBytes> ReadFileLimited(const std::string& path, size_t max) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", path, std::strerror(errno));
-  SecureBytes data(max + 1);
-  size_t got = 0;
-  while (got < data.size()) {
-    ssize_t n = read(fd, data.data() + got, data.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      close(fd);
-      return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", path, std::strerror(e));
-    }
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
-  close(fd);
-  if (got > max) return Err(CKR_ARGUMENTS_BAD, "{} is over {} bytes", path, max);
-  data.resize(got);
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes data, ReadFileBounded(path, max + 1));
+  if (data.size() > max) return Err(CKR_ARGUMENTS_BAD, "{} is over {} bytes", path, max);
   return data;
 }
 

@@ -75,27 +75,36 @@ Status CheckName(const std::string& name) {
 }
 
 
+}  // namespace
+
+Result<SecureBytes> ReadFileBounded(const std::string& path, size_t limit) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", path, std::strerror(errno));
+  SecureBytes data(limit);
+  size_t got = 0;
+  while (got < data.size()) {
+    ssize_t n = read(fd, data.data() + got, data.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", path, std::strerror(e));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  close(fd);
+  data.resize(got);
+  return data;
+}
+
+namespace {
+
 // The value: --file (byte for byte), a hidden line on a terminal, else stdin to its end.
 Result<SecureBytes> ReadValue(const SecretSetOptions& o, Io& io) {
   SecureBytes value;
   if (!o.file.empty()) {
-    int fd = open(o.file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", o.file, std::strerror(errno));
-    value.resize(VAULTP11_MAX_SECRET_BYTES + 1);
-    size_t got = 0;
-    while (got < value.size()) {
-      ssize_t n = read(fd, value.data() + got, value.size() - got);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        int e = errno;
-        close(fd);
-        return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", o.file, std::strerror(e));
-      }
-      if (n == 0) break;
-      got += static_cast<size_t>(n);
-    }
-    close(fd);
-    value.resize(got);
+    VAULTP11_ASSIGN_OR_RETURN(value, ReadFileBounded(o.file, VAULTP11_MAX_SECRET_BYTES + 1));
   } else if (io.interactive) {
     VAULTP11_ASSIGN_OR_RETURN(SecureString line, PromptSecret(io, "Secret value"));
     value.assign(line.begin(), line.end());

@@ -208,6 +208,10 @@ inline bool IsCertificateBundle(const std::string& content_type) {
 // The store, once `vault` (a vault or pool) is in it; clear errors for a store or vault not
 // made yet (`vaultp11 init`).
 Result<std::unique_ptr<store::Store>> OpenVaultStore(const config::Config& cfg, const std::string& vault);
+// The first `limit` bytes of the file at `path` (all of it when shorter), in wiped memory; a
+// file that cannot be opened or read is CKR_ARGUMENTS_BAD naming it. Callers give one byte
+// more than they accept to see that a file is too long.
+Result<SecureBytes> ReadFileBounded(const std::string& path, size_t limit);
 // --tag NAME=VALUE options as CKA_VAULTP11_TAGS JSON (the model checks counts and lengths); a
 // malformed or repeated one is CKR_ARGUMENTS_BAD.
 Result<std::string> TagsJson(const std::vector<std::string>& name_values);
