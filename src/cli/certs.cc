@@ -219,7 +219,8 @@ Result<size_t> StoreIssuers(core::Token& token, const std::string& name, const s
     AttributeMap find;
     find.SetUlong(CKA_CLASS, CKO_CERTIFICATE);
     find.Set(CKA_VALUE, der);
-    if (!token.Find(find).empty()) continue;
+    VAULTP11_ASSIGN_OR_RETURN(const auto same, token.Find(find));
+    if (!same.empty()) continue;
     // The first free name <name>-chain-N (an issuer never becomes a version of another item).
     Status stored = Err(CKR_FUNCTION_FAILED, "no free name for an issuer certificate of {}", name);
     for (int n = 1; n <= 100 && !stored.ok(); ++n) {
@@ -599,7 +600,8 @@ Result<CurrentCert> FindCurrentVersion(core::Token& token, const std::string& na
   AttributeMap t;
   t.SetString(CKA_LABEL, name);
   CurrentCert c;
-  for (CK_OBJECT_HANDLE h : token.Find(t)) {
+  VAULTP11_ASSIGN_OR_RETURN(const auto found, token.Find(t));
+  for (CK_OBJECT_HANDLE h : found) {
     VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, token.Get(h));
     if (o->cls() == CKO_PRIVATE_KEY) c.priv = o;
     if (o->cls() == CKO_PUBLIC_KEY) c.pub = o;
@@ -927,14 +929,12 @@ Status Merge(const config::Config& cfg, const std::string& vault, const std::str
   VAULTP11_RETURN_IF_ERROR(place.token->AddVersion({cert}, /*new_version=*/false).status());
   *version = cur.version;
   // The request has served: it goes (a failure leaves it beside the certificate, harmless).
-  for (CK_OBJECT_HANDLE h : place.token->Find([&] {
-         AttributeMap f;
-         f.SetUlong(CKA_CLASS, CKO_DATA);
-         f.SetString(CKA_LABEL, name);
-         f.SetString(CKA_VAULTP11_VERSION, cur.version);
-         return f;
-       }()))
-    (void)place.token->Remove(h);
+  AttributeMap request;
+  request.SetUlong(CKA_CLASS, CKO_DATA);
+  request.SetString(CKA_LABEL, name);
+  request.SetString(CKA_VAULTP11_VERSION, cur.version);
+  if (auto requests = place.token->Find(request); requests.ok())
+    for (CK_OBJECT_HANDLE h : *requests) (void)place.token->Remove(h);
   VAULTP11_ASSIGN_OR_RETURN(*chain, StoreIssuers(*place.token, name, certs, leaf, *version));
   io.out << fmt::format("certificate {} of vault {}: version {} merged ({} issuer certificate{} added)\n",
                         QuotePrintable(name), QuotePrintable(vault), *version, *chain, *chain == 1 ? "" : "s");

@@ -62,7 +62,8 @@ Result<CurrentKey> FindCurrentKey(core::Token& token, const std::string& name) {
   AttributeMap t;
   t.SetString(CKA_LABEL, name);
   CurrentKey k;
-  for (CK_OBJECT_HANDLE h : token.Find(t)) {
+  VAULTP11_ASSIGN_OR_RETURN(const auto found, token.Find(t));
+  for (CK_OBJECT_HANDLE h : found) {
     VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, token.Get(h));
     if (!o->is_token()) continue;
     switch (o->cls()) {

@@ -110,7 +110,9 @@ Status DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj) {
   // permission alone.
   bool managed_item = false;
   std::vector<model::ObjectPtr> item;
-  if (stored_item) item = c.token->ItemObjects(o->label());
+  if (stored_item) {
+    VAULTP11_ASSIGN_OR_RETURN(item, c.token->ItemObjects(o->label()));
+  }
   if (stored_item && o->cls() == CKO_CERTIFICATE)
     for (const model::ObjectPtr& other : item)
       managed_item |= other->cls() == CKO_PRIVATE_KEY && !other->attrs.GetBool(CKA_DESTROYABLE, true);
@@ -213,7 +215,8 @@ Status FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG coun
   if (const Bytes* label = t.Get(CKA_LABEL)) AuditName(std::string(label->begin(), label->end()));
   c.provider->SyncFromStore();
   FindState st;
-  for (CK_OBJECT_HANDLE oh : c.token->Find(t)) {
+  VAULTP11_ASSIGN_OR_RETURN(const std::vector<CK_OBJECT_HANDLE> found, c.token->Find(t));
+  for (CK_OBJECT_HANDLE oh : found) {
     auto o = c.token->Get(oh);
     if (!o.ok()) continue;
     if (!Listable(c, *o.value())) continue;

@@ -46,8 +46,11 @@ Token::~Token() {
   if (pool_) pool_->StopHealthCheck();
 }
 
-std::vector<pool::CatalogEntry> Token::PoolCatalog() const {
+std::vector<pool::CatalogEntry> Token::PoolCatalog() {
   std::vector<pool::CatalogEntry> out;
+  // Every key: a failed read leaves the catalog short this round (the next one retries).
+  if (Status st = EnsureLoaded(nullptr, nullptr); !st.ok())
+    log::Warning("pool {}: reading its keys failed: {}", name_, st.error().message);
   std::shared_lock<std::shared_mutex> l(mu_);
   for (const auto& [h, o] : objects_) {
     const model::HsmKey* k = o->material ? o->material->hsm() : nullptr;
@@ -85,10 +88,37 @@ std::shared_ptr<model::Object> Token::FromRecord(const store::ObjectRecord& rec,
 }
 
 Status Token::Load() {
+  // Rows read later are at least this new; ApplyChanges brings every change after it.
   VAULTP11_ASSIGN_OR_RETURN(int64_t rev, store_->Revision());
-  VAULTP11_ASSIGN_OR_RETURN(auto records, store_->LoadVault(name_));
   std::unique_lock<std::shared_mutex> l(mu_);
-  for (const auto& rec : records) {
+  revision_ = rev;
+  return OkStatus();
+}
+
+bool Token::LoadedLocked(const std::string* label, const Bytes* id) const {
+  if (complete_) return true;
+  if (label != nullptr) return loaded_labels_.count(*label) != 0;
+  if (id != nullptr) return loaded_ids_.count(std::string(id->begin(), id->end())) != 0;
+  return false;
+}
+
+Status Token::EnsureLoaded(const std::string* label, const Bytes* id) {
+  {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    if (LoadedLocked(label, id)) return OkStatus();
+  }
+  std::lock_guard<std::mutex> g(load_mu_);
+  {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    if (LoadedLocked(label, id)) return OkStatus();
+  }
+  VAULTP11_ASSIGN_OR_RETURN(auto rows, label != nullptr ? store_->LoadByLabel(name_, *label)
+                                       : id != nullptr  ? store_->LoadById(name_, *id)
+                                                        : store_->LoadVault(name_));
+  std::unique_lock<std::shared_mutex> l(mu_);
+  for (const auto& rec : rows) {
+    // Rows already here are as new as the store's, or ApplyChanges brings them up to date.
+    if (by_store_id_.count(rec.id) != 0) continue;
     Status st;
     auto obj = FromRecord(rec, &st);
     if (!obj) {
@@ -97,11 +127,20 @@ Status Token::Load() {
     }
     by_store_id_[rec.id] = InsertLocked(std::move(obj));
   }
-  revision_ = rev;
+  if (label != nullptr) {
+    loaded_labels_.insert(*label);
+  } else if (id != nullptr) {
+    loaded_ids_.insert(std::string(id->begin(), id->end()));
+  } else {
+    complete_ = true;
+    loaded_labels_ = {};
+    loaded_ids_ = {};
+  }
   return OkStatus();
 }
 
 Status Token::ApplyChanges() {
+  std::lock_guard<std::mutex> g(load_mu_);
   int64_t since;
   {
     std::shared_lock<std::shared_mutex> l(mu_);
@@ -113,10 +152,14 @@ Status Token::ApplyChanges() {
   VAULTP11_ASSIGN_OR_RETURN(auto deleted, store_->DeletedSince(name_, since));
   std::unique_lock<std::shared_mutex> l(mu_);
   for (const auto& rec : changed) {
+    auto it = by_store_id_.find(rec.id);
+    // Rows of labels and CKA_IDs not read yet are read when first searched for.
+    if (it == by_store_id_.end() && !complete_ && loaded_labels_.count(rec.label) == 0 &&
+        loaded_ids_.count(std::string(rec.ck_id.begin(), rec.ck_id.end())) == 0)
+      continue;
     Status st;
     auto obj = FromRecord(rec, &st);
     if (!obj) continue;
-    auto it = by_store_id_.find(rec.id);
     if (it != by_store_id_.end()) {
       // Same object, new attributes: keep its handle (and its loaded material).
       auto old = objects_.find(it->second);
@@ -350,17 +393,22 @@ Status Token::Remove(CK_OBJECT_HANDLE h) {
     if (it == objects_.end()) return Err(CKR_OBJECT_HANDLE_INVALID, "object handle {} is not valid", h);
     obj = it->second;
   }
-  if (obj->store_id != 0) VAULTP11_RETURN_IF_ERROR(store_->Delete(obj->store_id));
   // An HSM key pair goes with its private object: both inner objects are destroyed (on every
   // member for a pool key), unless another version still uses the same HSM key (a certificate
   // renewed with --reuse-key).
-  if (!SharesHsmKey(*obj)) DiscardHsmKey(*obj);
-  std::unique_lock<std::shared_mutex> l(mu_);
-  auto it = objects_.find(h);
-  if (it == objects_.end()) return OkStatus();
-  UnindexLocked(h, *it->second);
-  if (obj->store_id != 0) by_store_id_.erase(obj->store_id);
-  objects_.erase(it);
+  const bool shared = SharesHsmKey(*obj);
+  {
+    std::lock_guard<std::mutex> g(load_mu_);
+    if (obj->store_id != 0) VAULTP11_RETURN_IF_ERROR(store_->Delete(obj->store_id));
+    std::unique_lock<std::shared_mutex> l(mu_);
+    auto it = objects_.find(h);
+    if (it != objects_.end()) {
+      UnindexLocked(h, *it->second);
+      if (obj->store_id != 0) by_store_id_.erase(obj->store_id);
+      objects_.erase(it);
+    }
+  }
+  if (!shared) DiscardHsmKey(*obj);
   return OkStatus();
 }
 
@@ -385,14 +433,20 @@ Result<size_t> Token::RemoveItem(CK_OBJECT_HANDLE h) {
   const std::string label = obj->label();
   if (!obj->is_token() || obj->store_id == 0 || label.empty())
     return Err(CKR_GENERAL_ERROR, "item removal of an object that is not a stored item");
-  const auto objects = ItemObjects(label);
-  VAULTP11_ASSIGN_OR_RETURN(auto gone, store_->DeleteItem(name_, label));
+  VAULTP11_ASSIGN_OR_RETURN(const auto objects, ItemObjects(label));
+  size_t n = 0;
+  {
+    std::lock_guard<std::mutex> g(load_mu_);
+    VAULTP11_ASSIGN_OR_RETURN(auto gone, store_->DeleteItem(name_, label));
+    std::unique_lock<std::shared_mutex> l(mu_);
+    n = DropRowsLocked(gone);
+  }
   for (const model::ObjectPtr& o : objects) DiscardHsmKey(*o);
-  std::unique_lock<std::shared_mutex> l(mu_);
-  return DropRowsLocked(gone);
+  return n;
 }
 
-std::vector<model::ObjectPtr> Token::ItemObjects(const std::string& label) const {
+Result<std::vector<model::ObjectPtr>> Token::ItemObjects(const std::string& label) {
+  VAULTP11_RETURN_IF_ERROR(EnsureLoaded(label.empty() ? nullptr : &label, nullptr));
   std::vector<model::ObjectPtr> out;
   std::shared_lock<std::shared_mutex> l(mu_);
   auto [b, e] = by_label_.equal_range(label);
@@ -409,15 +463,20 @@ Result<size_t> Token::SoftDelete(CK_OBJECT_HANDLE h) {
   if (!obj->is_token() || obj->store_id == 0 || label.empty())
     return Err(CKR_GENERAL_ERROR, "soft-delete of an object that is not a stored item");
   const int64_t now = model::UnixNow();
+  std::lock_guard<std::mutex> g(load_mu_);
   VAULTP11_ASSIGN_OR_RETURN(auto hidden, store_->SoftDeleteItem(name_, label, now,
                                                                 now + int64_t{soft_delete_.retention_days} * 86400));
   std::unique_lock<std::shared_mutex> l(mu_);
   return DropRowsLocked(hidden);
 }
 
-bool Token::SharesHsmKey(const model::Object& obj) const {
+bool Token::SharesHsmKey(const model::Object& obj) {
   const Bytes* id = obj.attrs.Get(CKA_VAULTP11_HSM_KEY_ID);
   if (id == nullptr || id->empty() || obj.cls() == CKO_PUBLIC_KEY) return false;
+  if (Status st = EnsureLoaded(nullptr, nullptr); !st.ok()) {
+    log::Warning("vault {}: the HSM key is kept: reading the vault's objects failed: {}", name_, st.error().message);
+    return true;
+  }
   std::shared_lock<std::shared_mutex> l(mu_);
   for (const auto& [h, o] : objects_)
     if (o.get() != &obj && o->cls() == obj.cls() && o->attrs.Get(CKA_VAULTP11_HSM_KEY_ID) != nullptr &&
@@ -456,7 +515,19 @@ void Token::RemoveSessionObjects(CK_SESSION_HANDLE session) {
   }
 }
 
-std::vector<CK_OBJECT_HANDLE> Token::Find(const model::AttributeMap& tmpl) const {
+Result<std::vector<CK_OBJECT_HANDLE>> Token::Find(const model::AttributeMap& tmpl) {
+  // What to read first: the label's rows, else the CKA_ID's, else all (an empty label or
+  // CKA_ID is rare and matches many objects: all are read).
+  const Bytes* label_attr = tmpl.Get(CKA_LABEL);
+  const Bytes* id_attr = label_attr ? nullptr : tmpl.Get(CKA_ID);
+  if (label_attr != nullptr && !label_attr->empty()) {
+    const std::string label(label_attr->begin(), label_attr->end());
+    VAULTP11_RETURN_IF_ERROR(EnsureLoaded(&label, nullptr));
+  } else if (id_attr != nullptr && !id_attr->empty()) {
+    VAULTP11_RETURN_IF_ERROR(EnsureLoaded(nullptr, id_attr));
+  } else {
+    VAULTP11_RETURN_IF_ERROR(EnsureLoaded(nullptr, nullptr));
+  }
   std::vector<CK_OBJECT_HANDLE> out;
   std::shared_lock<std::shared_mutex> l(mu_);
   const bool all_versions = tmpl.Has(CKA_ID) || tmpl.Has(CKA_VAULTP11_VERSION);

@@ -14,6 +14,7 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "auth/access.h"
@@ -53,11 +54,15 @@ class Token {
   const std::shared_ptr<pool::HsmPool>& pool() const { return pool_; }
   bool is_pool() const { return pool_ != nullptr; }
   // A pool token's keys as the pool's health check copies them (class and inner CKA_ID).
-  std::vector<pool::CatalogEntry> PoolCatalog() const;
+  std::vector<pool::CatalogEntry> PoolCatalog();
 
-  // Reads every object of the vault from the store (at C_Initialize).
+  // At C_Initialize: notes the store's revision and reads no object. Objects are read from
+  // the store on demand, from its indexes: an item's rows (every version) when a search names
+  // its label, the rows with a CKA_ID when a search names one, and every row of the vault when
+  // a search names neither or a caller needs them all (then they stay).
   Status Load();
-  // Applies changes committed by other processes since the last sync (revision > seen).
+  // Applies changes committed by other processes since the last sync (revision > seen) to the
+  // objects read so far (and to those of labels and CKA_IDs read so far).
   Status ApplyChanges();
 
   Result<model::ObjectPtr> Get(CK_OBJECT_HANDLE h) const;
@@ -81,7 +86,9 @@ class Token {
   // for a key being removed, or one made but never handed out.
   void DiscardHsmKey(const model::Object& obj) const;
   // Whether another object of the token (another version) refers to the same HSM key as `obj`.
-  bool SharesHsmKey(const model::Object& obj) const;
+  // Reads every object first (so a key another item refers to is never missed); when that
+  // fails, answers true (the HSM key is kept).
+  bool SharesHsmKey(const model::Object& obj);
   Status Replace(CK_OBJECT_HANDLE h, std::shared_ptr<model::Object> obj);
   Status Remove(CK_OBJECT_HANDLE h);
   // Soft-delete (config soft_delete): the item named by h's label, every version and class,
@@ -93,15 +100,16 @@ class Token {
   Result<size_t> RemoveItem(CK_OBJECT_HANDLE h);
   void SetSoftDelete(config::SoftDeleteConfig sd) { soft_delete_ = sd; }
   // Every stored object of the item `label` here: all versions, all classes.
-  std::vector<model::ObjectPtr> ItemObjects(const std::string& label) const;
+  Result<std::vector<model::ObjectPtr>> ItemObjects(const std::string& label);
   const config::SoftDeleteConfig& soft_delete() const { return soft_delete_; }
   // Removes the session objects created by `session` (C_CloseSession).
   void RemoveSessionObjects(CK_SESSION_HANDLE session);
 
-  // Handles of objects that match `tmpl`; uses the label / id / class index when present.
-  // Older versions of named items are left out unless the template has CKA_ID or
-  // CKA_VAULTP11_VERSION.
-  std::vector<CK_OBJECT_HANDLE> Find(const model::AttributeMap& tmpl) const;
+  // Handles of objects that match `tmpl`; uses the label / id / class index when present
+  // (reading the objects of that label or CKA_ID from the store the first time). Older
+  // versions of named items are left out unless the template has CKA_ID or
+  // CKA_VAULTP11_VERSION. A store that cannot be read: its error.
+  Result<std::vector<CK_OBJECT_HANDLE>> Find(const model::AttributeMap& tmpl);
 
   // ---- login state (per application, per token: spec 5.6) ---------------------------------
   bool logged_in() const;
@@ -133,6 +141,10 @@ class Token {
   size_t DropRowsLocked(const std::vector<store::ObjectRecord>& rows);
   // Re-reads the current version of `label` from the objects that still carry it.
   void RecomputeCurrentLocked(const std::string& label);
+  // On-demand reading: makes sure the rows of `label` (or, when null, of `id`; when both are
+  // null, of the whole vault) are here, reading them from the store the first time.
+  Status EnsureLoaded(const std::string* label, const Bytes* id);
+  bool LoadedLocked(const std::string* label, const Bytes* id) const;
 
   const CK_SLOT_ID slot_id_;
   const std::string name_;
@@ -153,6 +165,15 @@ class Token {
   };
   std::unordered_map<std::string, Current> current_;
   int64_t revision_ = 0;
+  // What has been read from the store (guarded by mu_): every row once complete_; before, the
+  // rows of each label in loaded_labels_ and of each CKA_ID in loaded_ids_ (and objects this
+  // process wrote).
+  bool complete_ = false;
+  std::unordered_set<std::string> loaded_labels_;
+  std::unordered_set<std::string> loaded_ids_;  // the CKA_ID's bytes
+  // Serialises reading rows from the store with ApplyChanges and with this process's removals,
+  // so a row removed meanwhile is never put back. Taken before mu_, never while holding it.
+  std::mutex load_mu_;
 
   std::optional<model::HsmKey> hsm_;  // set before Load, then read-only
   config::SoftDeleteConfig soft_delete_;  // set before Load, then read-only

@@ -1512,6 +1512,38 @@ Result<std::vector<ObjectRecord>> Store::ChangedSince(const std::string& vault, 
   return out;
 }
 
+Result<std::vector<ObjectRecord>> Store::LoadByLabel(const std::string& vault, const std::string& label) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                            impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
+                                           " FROM objects WHERE vault = ? AND label = ?" + impl_->live_filter +
+                                           " ORDER BY id"));
+  Stmt st(s);
+  st.Bind(1, vault);
+  st.Bind(2, label);
+  std::vector<ObjectRecord> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
+  if (rc != SQLITE_DONE) return impl_->Fail(rc, "reading objects by label");
+  return out;
+}
+
+Result<std::vector<ObjectRecord>> Store::LoadById(const std::string& vault, const Bytes& ck_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                            impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
+                                           " FROM objects WHERE vault = ? AND ck_id = ?" + impl_->live_filter +
+                                           " ORDER BY id"));
+  Stmt st(s);
+  st.Bind(1, vault);
+  st.BindBlob(2, ck_id);
+  std::vector<ObjectRecord> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
+  if (rc != SQLITE_DONE) return impl_->Fail(rc, "reading objects by CKA_ID");
+  return out;
+}
+
 Result<std::vector<int64_t>> Store::DeletedSince(const std::string& vault, int64_t since) {
   std::lock_guard<std::mutex> lock(mu_);
   VAULTP11_ASSIGN_OR_RETURN(

@@ -194,6 +194,11 @@ class Store {
 
   // Every object of a vault (without secrets).
   Result<std::vector<ObjectRecord>> LoadVault(const std::string& vault);
+  // The objects of a vault with this CKA_LABEL (every version of the item), or with this
+  // CKA_ID, without secrets, oldest first: answered from the (vault, label) and (vault, ck_id)
+  // indexes, for tokens that read their objects on demand.
+  Result<std::vector<ObjectRecord>> LoadByLabel(const std::string& vault, const std::string& label);
+  Result<std::vector<ObjectRecord>> LoadById(const std::string& vault, const Bytes& ck_id);
 
   // Decrypts the secret of one object. Authentication failure of the ciphertext (tampering, a
   // wrong master key) is CKR_DEVICE_ERROR; unknown id CKR_OBJECT_HANDLE_INVALID. An object

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
@@ -304,6 +305,109 @@ TEST_F(VersionsTest, ARunningProcessSeesAnotherProcesssNewVersion) {
   // The old handle still signs and its public key still verifies.
   const auto msg = Bytes("m");
   EXPECT_EQ(Verify(s, ecdsa, pub1, msg, Sign(s, ecdsa, priv1, msg)), CKR_OK);
+}
+
+// Objects are read from the store on demand after C_Initialize (by label, by CKA_ID, or all):
+// whichever search comes first, each search answers as if every object had been read.
+TEST_F(VersionsTest, SearchesAfterARestartAnswerAsIfEverythingWereRead) {
+  CK_OBJECT_HANDLE pub1, priv1, pub2, priv2, pub3, priv3;
+  const std::vector<uint8_t> id1 = {0xa1, 0x01}, id2 = {0xa1, 0x02};
+  ASSERT_EQ(GenEcRv("lazy", id1, false, &pub1, &priv1), CKR_OK);
+  ASSERT_EQ(GenEcRv("lazy", id2, true, &pub2, &priv2), CKR_OK);
+  ASSERT_EQ(GenEcRv("other", {}, false, &pub3, &priv3), CKR_OK);
+  const std::string v1 = Version(priv1), v2 = Version(priv2);
+  CK_OBJECT_HANDLE data;
+  ASSERT_EQ(CreateData("note", "n1", false, &data), CKR_OK);
+  ASSERT_EQ(CreateData("note", "n2", true, &data), CKR_OK);
+  const size_t all = CountAll();
+  ASSERT_EQ(all, 5u);  // lazy v2 (2), other (2), note v2: older versions are left out
+  auto restart = [&] {
+    ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+    ASSERT_EQ(InitWith(config_path), CKR_OK);
+    s = LoggedInRw();
+  };
+  CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY;
+  // 1. First search by the old version's CKA_ID: that version (both halves); then by label:
+  //    the current version only, though the old one was read first.
+  restart();
+  auto by_id = Find({{CKA_ID, const_cast<uint8_t*>(id1.data()), id1.size()}});
+  ASSERT_EQ(by_id.size(), 2u);
+  for (auto h : by_id) EXPECT_EQ(Version(h), v1);
+  auto current = FindPrivate("lazy");
+  ASSERT_EQ(current.size(), 1u);
+  EXPECT_EQ(Version(current[0]), v2);
+  // The handle found by CKA_ID is the same object when found again.
+  CK_ATTRIBUTE t1[] = {{CKA_CLASS, &priv_cls, sizeof(priv_cls)}, {CKA_ID, const_cast<uint8_t*>(id1.data()), id1.size()}};
+  auto old_priv = Find({t1[0], t1[1]});
+  ASSERT_EQ(old_priv.size(), 1u);
+  EXPECT_EQ(std::count(by_id.begin(), by_id.end(), old_priv[0]), 1);
+  // Objects read so far count once when all are read.
+  EXPECT_EQ(CountAll(), all);
+  // 2. First search by class only: every item's current private key, nothing twice.
+  restart();
+  auto privs = Find({{CKA_CLASS, &priv_cls, sizeof(priv_cls)}});
+  EXPECT_EQ(privs.size(), 2u);
+  std::set<std::string> versions;
+  for (auto h : privs) versions.insert(Version(h));
+  EXPECT_TRUE(versions.count(v2));
+  EXPECT_FALSE(versions.count(v1));
+  EXPECT_EQ(FindPrivate("lazy").size(), 1u);
+  EXPECT_EQ(CountAll(), all);
+  // 3. A label searched first, then everything: the label's handles stay the same.
+  restart();
+  auto first = FindPrivate("other");
+  ASSERT_EQ(first.size(), 1u);
+  auto everything = Find({});
+  EXPECT_EQ(everything.size(), all);
+  EXPECT_EQ(std::count(everything.begin(), everything.end(), first[0]), 1);
+  const auto msg = Bytes("read on demand");
+  auto other_pub = Find({{CKA_LABEL, const_cast<char*>("other"), 5}});
+  ASSERT_EQ(other_pub.size(), 2u);
+  CK_OBJECT_HANDLE pub = other_pub[0] == first[0] ? other_pub[1] : other_pub[0];
+  EXPECT_EQ(Verify(s, ecdsa, pub, msg, Sign(s, ecdsa, first[0], msg)), CKR_OK);
+}
+
+// A process that has read only some labels still sees another process's changes to the rest
+// when it searches for them, and its own reads never bring back what another process deleted.
+TEST_F(VersionsTest, OnDemandReadsSeeOtherProcessesChanges) {
+  CK_OBJECT_HANDLE pub, priv;
+  ASSERT_EQ(GenEcRv("seen", {}, false, &pub, &priv), CKR_OK);
+  ASSERT_EQ(GenEcRv("unseen", {}, false, &pub, &priv), CKR_OK);
+  ASSERT_EQ(GenEcRv("gone", {}, false, &pub, &priv), CKR_OK);
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  ASSERT_EQ(InitWith(config_path), CKR_OK);
+  s = LoggedInRw();
+  ASSERT_EQ(FindPrivate("seen").size(), 1u);  // only this label is read
+  const std::string seen_v1 = Version(FindPrivate("seen")[0]);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // another application: new versions of "seen" and "unseen", "gone" deleted
+    if (InitWith(config_path) != CKR_OK) _exit(2);
+    CK_SESSION_HANDLE cs = 0;
+    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
+    if (Login(cs) != CKR_OK) _exit(4);
+    s = cs;
+    CK_OBJECT_HANDLE p, v;
+    if (GenEcRv("seen", {}, true, &p, &v) != CKR_OK) _exit(5);
+    if (GenEcRv("unseen", {}, true, &p, &v) != CKR_OK) _exit(6);
+    for (auto h : FindByLabel(cs, "gone"))
+      if (f->C_DestroyObject(cs, h) != CKR_OK) _exit(7);
+    f->C_Finalize(nullptr);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  auto seen = FindPrivate("seen");
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_NE(Version(seen[0]), seen_v1);
+  auto unseen = FindPrivate("unseen");
+  ASSERT_EQ(unseen.size(), 1u);
+  CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY;
+  EXPECT_EQ(Find({{CKA_CLASS, &priv_cls, sizeof(priv_cls)}}).size(), 2u);  // seen, unseen
+  EXPECT_TRUE(FindByLabel(s, "gone").empty());
+  EXPECT_EQ(CountAll(), 4u);
 }
 
 // A self-signed X.509 certificate (DER) for CN=`cn` with a fresh P-256 key, serial 4242.
