@@ -190,8 +190,7 @@ Status Backup(const config::Config& cfg, const std::string& where_in, const std:
               Io& io, Header& h) {
   VAULTP11_RETURN_IF_ERROR(CheckPlace(cfg, where_in));
   const std::string where = PlaceName(cfg, where_in);
-  if (!config::IsValidName(name))
-    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+  VAULTP11_RETURN_IF_ERROR(CheckName(name));
   h.name = name;
   VAULTP11_ASSIGN_OR_RETURN(auto st, OpenVaultStore(cfg, where));
   // 1. The item's rows, oldest first, with their secrets.

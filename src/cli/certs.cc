@@ -241,8 +241,7 @@ Status Import(const config::Config& cfg, const CertImportOptions& o, Io& io, std
   if (cfg.FindVault(o.vault) == nullptr)
     return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {} (pools hold HSM keys only, no certificates)",
                QuotePrintable(o.vault), cfg.source);
-  if (!config::IsValidName(o.name))
-    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(o.name, 140));
+  VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
   VAULTP11_ASSIGN_OR_RETURN(SecureBytes data, ReadFileLimited(o.file, kMaxImportBytes));
   SecureString password;
   if (!o.password_file.empty()) {
@@ -597,17 +596,8 @@ struct CurrentCert {
   std::string version;
 };
 Result<CurrentCert> FindCurrentVersion(core::Token& token, const std::string& name) {
-  AttributeMap t;
-  t.SetString(CKA_LABEL, name);
-  CurrentCert c;
-  VAULTP11_ASSIGN_OR_RETURN(const auto found, token.Find(t));
-  for (CK_OBJECT_HANDLE h : found) {
-    VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, token.Get(h));
-    if (o->cls() == CKO_PRIVATE_KEY) c.priv = o;
-    if (o->cls() == CKO_PUBLIC_KEY) c.pub = o;
-    if (o->cls() == CKO_CERTIFICATE) c.cert = o;
-    if (o->cls() == CKO_DATA) c.csr = o;
-  }
+  VAULTP11_ASSIGN_OR_RETURN(CurrentObjects cur, FindCurrentObjects(token, name, /*token_only=*/false));
+  CurrentCert c{cur.priv, cur.pub, cur.cert, cur.data, {}};
   if (c.priv) c.version = c.priv->attrs.GetString(CKA_VAULTP11_VERSION);
   return c;
 }
@@ -629,8 +619,7 @@ Status CheckCertPolicy(const config::Config& cfg, const CertCreateOptions& o) {
   if (cfg.FindVault(o.vault) == nullptr)
     return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {} (pools hold HSM keys only, no certificates)",
                QuotePrintable(o.vault), cfg.source);
-  if (!config::IsValidName(o.name))
-    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(o.name, 140));
+  VAULTP11_RETURN_IF_ERROR(CheckName(o.name));
   if (o.validity_months < 1 || o.validity_months > 1200)
     return Err(CKR_ARGUMENTS_BAD, "--validity-months must be from 1 to 1200, got {}", o.validity_months);
   if (o.exportable && o.hsm) return Err(CKR_ARGUMENTS_BAD, "--exportable: an HSM key never leaves the HSM");
@@ -899,8 +888,7 @@ Status Merge(const config::Config& cfg, const std::string& vault, const std::str
              Io& io, std::string* version, size_t* chain) {
   if (cfg.FindVault(vault) == nullptr)
     return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {}", QuotePrintable(vault), cfg.source);
-  if (!config::IsValidName(name))
-    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+  VAULTP11_RETURN_IF_ERROR(CheckName(name));
   VAULTP11_ASSIGN_OR_RETURN(std::vector<X509Ptr> certs, ReadCertificates(file));
   VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, vault));
   VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentVersion(*place.token, name));
@@ -946,8 +934,7 @@ Status Merge(const config::Config& cfg, const std::string& vault, const std::str
 Status Cancel(const config::Config& cfg, const std::string& vault, const std::string& name, Io& io, std::string* version) {
   if (cfg.FindVault(vault) == nullptr)
     return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {}", QuotePrintable(vault), cfg.source);
-  if (!config::IsValidName(name))
-    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+  VAULTP11_RETURN_IF_ERROR(CheckName(name));
   VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, vault));
   VAULTP11_ASSIGN_OR_RETURN(CurrentCert cur, FindCurrentVersion(*place.token, name));
   if (!cur.csr || cur.cert || !cur.priv)
@@ -1023,8 +1010,7 @@ Status CertRenewCommand(const config::Config& cfg, const std::string& vault, con
   VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
   std::string version, previous;
   Status st = [&]() -> Status {
-    if (!config::IsValidName(name))
-      return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+    VAULTP11_RETURN_IF_ERROR(CheckName(name));
     if (cfg.FindVault(vault) == nullptr)
       return Err(CKR_ARGUMENTS_BAD, "no vault named {} in {}", QuotePrintable(vault), cfg.source);
     VAULTP11_ASSIGN_OR_RETURN(CertPlace place, OpenCertPlace(cfg, vault));

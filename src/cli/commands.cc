@@ -89,6 +89,15 @@ Result<std::unique_ptr<store::Store>> OpenExisting(const config::Config& cfg) {
   return s;
 }
 
+// The options `cert create` and `cert csr` declare alike, first on both: the vault, the
+// certificate's name, its subject and its alternative names.
+void AddCertSubjectOptions(CLI::App* cmd, CertCreateOptions& o) {
+  cmd->add_option("vault", o.vault, "Vault")->required();
+  cmd->add_option("name", o.name, "Certificate name (1-127 of 0-9 a-z A-Z -)")->required();
+  cmd->add_option("--subject", o.subject, "Subject, e.g. CN=web.example,O=Example")->required();
+  cmd->add_option("--san", o.sans, "Subject alternative name DNS:x, email:x or URI:x (repeatable)");
+}
+
 }  // namespace
 
 std::string ClassName(CK_OBJECT_CLASS object_class) {
@@ -611,10 +620,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     cert_import->add_option("--export-format", import_opts.export_format, "pem or pkcs12 (the bundle's format)")->capture_default_str();
     CertCreateOptions create_opts;
     CLI::App* cert_create = cert_cmd->add_subcommand("create", "Issue a certificate with a new key (Self-signed or by a vault CA)");
-    cert_create->add_option("vault", create_opts.vault, "Vault")->required();
-    cert_create->add_option("name", create_opts.name, "Certificate name (1-127 of 0-9 a-z A-Z -)")->required();
-    cert_create->add_option("--subject", create_opts.subject, "Subject, e.g. CN=web.example,O=Example")->required();
-    cert_create->add_option("--san", create_opts.sans, "Subject alternative name DNS:x, email:x or URI:x (repeatable)");
+    AddCertSubjectOptions(cert_create, create_opts);
     cert_create->add_option("--eku", create_opts.ekus, "Extended key usage: serverAuth, clientAuth, codeSigning, ... (repeatable)");
     cert_create->add_option("--key-usage", create_opts.key_usage, "Key usage: digitalSignature, keyEncipherment, ... (repeatable)");
     cert_create->add_option("--validity-months", create_opts.validity_months, "Validity in months")->capture_default_str();
@@ -634,10 +640,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     csr_opts.issuer = "Unknown";
     csr_opts.lifetime_action = "notify";  // an external CA's certificate is renewed by a new request
     CLI::App* cert_csr = cert_cmd->add_subcommand("csr", "Make a key and a certificate signing request for an external CA");
-    cert_csr->add_option("vault", csr_opts.vault, "Vault")->required();
-    cert_csr->add_option("name", csr_opts.name, "Certificate name (1-127 of 0-9 a-z A-Z -)")->required();
-    cert_csr->add_option("--subject", csr_opts.subject, "Subject, e.g. CN=web.example,O=Example")->required();
-    cert_csr->add_option("--san", csr_opts.sans, "Subject alternative name DNS:x, email:x or URI:x (repeatable)");
+    AddCertSubjectOptions(cert_csr, csr_opts);
     cert_csr->add_option("--eku", csr_opts.ekus, "Extended key usage (repeatable)");
     cert_csr->add_option("--key-usage", csr_opts.key_usage, "Key usage (repeatable; default digitalSignature)");
     cert_csr->add_option("--validity-months", csr_opts.validity_months, "Validity asked for, in months (for lifetime notices)")

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <functional>
 #include <istream>
 #include <map>
 #include <set>
@@ -53,6 +54,34 @@ const char* KindOfRows(const std::vector<store::ObjectRecord>& rows) {
   return kind == "certificate" ? "Certificate" : kind == "key" ? "Key" : "Secret";
 }
 
+Status CheckName(const std::string& name) {
+  if (!config::IsValidName(name))
+    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
+  return OkStatus();
+}
+
+Result<CurrentObjects> FindCurrentObjects(core::Token& token, const std::string& label, bool token_only,
+                                          const std::function<Status(const model::Object&)>& check) {
+  model::AttributeMap t;
+  t.SetString(CKA_LABEL, label);
+  CurrentObjects c;
+  VAULTP11_ASSIGN_OR_RETURN(const std::vector<CK_OBJECT_HANDLE> found, token.Find(t));
+  for (CK_OBJECT_HANDLE h : found) {
+    VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, token.Get(h));
+    if (token_only && !o->is_token()) continue;
+    if (check) VAULTP11_RETURN_IF_ERROR(check(*o));
+    switch (o->cls()) {
+      case CKO_PRIVATE_KEY: c.priv = o; break;
+      case CKO_PUBLIC_KEY: c.pub = o; break;
+      case CKO_SECRET_KEY: c.secret = o; break;
+      case CKO_CERTIFICATE: c.cert = o; break;
+      case CKO_DATA: c.data = o; break;
+      default: break;
+    }
+  }
+  return c;
+}
+
 namespace {
 
 using Json = nlohmann::ordered_json;
@@ -67,13 +96,6 @@ Status CheckVault(const config::Config& cfg, const std::string& name) {
   }
   return OkStatus();
 }
-
-Status CheckName(const std::string& name) {
-  if (!config::IsValidName(name))
-    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(name, 140));
-  return OkStatus();
-}
-
 
 }  // namespace
 

@@ -3,6 +3,7 @@
 // (cli/audit_trail.h). Running modules see the changes at their next search.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -11,6 +12,7 @@
 #include "cli/commands.h"
 #include "backend/pool/pool.h"
 #include "config/config.h"
+#include "model/object.h"
 #include "store/store.h"
 #include "util/result.h"
 
@@ -215,6 +217,18 @@ Result<SecureBytes> ReadFileBounded(const std::string& path, size_t limit);
 // --tag NAME=VALUE options as CKA_VAULTP11_TAGS JSON (the model checks counts and lengths); a
 // malformed or repeated one is CKR_ARGUMENTS_BAD.
 Result<std::string> TagsJson(const std::vector<std::string>& name_values);
+// An item name must be 1-127 characters of 0-9 a-z A-Z -; any other is
+// CKR_ARGUMENTS_BAD "invalid name ...".
+Status CheckName(const std::string& name);
+// The objects of item `label`'s current version on `token` (what token.Find by the label
+// gives), by class: for each class the last one in handle order; other classes are left out.
+// `token_only` skips session objects. `check`, when set, sees each object (after that skip) in
+// handle order before it is sorted; its first error is returned as is.
+struct CurrentObjects {
+  model::ObjectPtr priv, pub, secret, cert, data;
+};
+Result<CurrentObjects> FindCurrentObjects(core::Token& token, const std::string& label, bool token_only,
+                                          const std::function<Status(const model::Object&)>& check = {});
 // What an item's rows make it, as audit operation names spell it: "Key", "Secret" or
 // "Certificate" (store::KindOf).
 const char* KindOfRows(const std::vector<store::ObjectRecord>& rows);

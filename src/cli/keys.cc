@@ -59,24 +59,21 @@ struct CurrentKey {
 };
 
 Result<CurrentKey> FindCurrentKey(core::Token& token, const std::string& name) {
-  AttributeMap t;
-  t.SetString(CKA_LABEL, name);
-  CurrentKey k;
-  VAULTP11_ASSIGN_OR_RETURN(const auto found, token.Find(t));
-  for (CK_OBJECT_HANDLE h : found) {
-    VAULTP11_ASSIGN_OR_RETURN(model::ObjectPtr o, token.Get(h));
-    if (!o->is_token()) continue;
-    switch (o->cls()) {
-      case CKO_PRIVATE_KEY: k.priv = o; break;
-      case CKO_PUBLIC_KEY: k.pub = o; break;
-      case CKO_SECRET_KEY: k.secret = o; break;
+  // Only key objects: the first other one (in handle order) says what the item is instead.
+  auto only_keys = [&](const model::Object& o) -> Status {
+    switch (o.cls()) {
+      case CKO_PRIVATE_KEY:
+      case CKO_PUBLIC_KEY:
+      case CKO_SECRET_KEY: return OkStatus();
       case CKO_CERTIFICATE:
         return Err(CKR_ACTION_PROHIBITED, "key {} belongs to a certificate: renew the certificate instead",
                    QuotePrintable(name));
       default:
         return Err(CKR_ARGUMENTS_BAD, "{} in {} is a secret, not a key", QuotePrintable(name), token.name());
     }
-  }
+  };
+  VAULTP11_ASSIGN_OR_RETURN(CurrentObjects cur, FindCurrentObjects(token, name, /*token_only=*/true, only_keys));
+  CurrentKey k{cur.priv, cur.pub, cur.secret, {}};
   model::ObjectPtr main = k.priv ? k.priv : k.secret;
   if (!main) return Err(CKR_ARGUMENTS_BAD, "{} has no key named {}", token.name(), QuotePrintable(name));
   if (k.priv && !k.pub)
@@ -230,8 +227,7 @@ Status KeyRotateCommand(const config::Config& cfg, const std::string& where, con
 Status KeyPolicyCommand(const config::Config& cfg, const KeyPolicyOptions& opts, Io& io) {
   if (cfg.FindVault(opts.where) == nullptr && cfg.FindPool(opts.where) == nullptr)
     return Err(CKR_ARGUMENTS_BAD, "no vault or managed HSM pool named {} in {}", QuotePrintable(opts.where), cfg.source);
-  if (!config::IsValidName(opts.name))
-    return Err(CKR_ARGUMENTS_BAD, "invalid name {}: use 1-127 characters of 0-9 a-z A-Z -", QuotePrintable(opts.name, 140));
+  VAULTP11_RETURN_IF_ERROR(CheckName(opts.name));
   VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
   if (!opts.set) {
     VAULTP11_ASSIGN_OR_RETURN(std::string text, st->Policy(opts.where, opts.name));
