@@ -112,6 +112,7 @@ Result<ossl::KeyRef> Material::Key(CK_OBJECT_CLASS cls, CK_KEY_TYPE type, const 
   } else {
     return Err(CKR_KEY_HANDLE_INVALID, "object is not a key");
   }
+  if (k.pkey) k.prepared = std::make_shared<ossl::PreparedContexts>();
   std::lock_guard<std::mutex> l(mu_);
   if (!key_ready_.load(std::memory_order_relaxed)) {
     key_ = std::move(k);

@@ -11,7 +11,10 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <atomic>
 #include <map>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -65,8 +68,18 @@ CK_MECHANISM Mech(CK_MECHANISM_TYPE t, void* param = nullptr, CK_ULONG len = 0) 
   return CK_MECHANISM{t, param, len};
 }
 
-KeyRef Private(const PkeyRef& k, CK_KEY_TYPE t) { return KeyRef{t, CKO_PRIVATE_KEY, k, nullptr}; }
-KeyRef Public(const PkeyRef& k, CK_KEY_TYPE t) { return KeyRef{t, CKO_PUBLIC_KEY, k, nullptr}; }
+// Each key's prepared signature contexts, as the module's key material keeps them: every test
+// signs and verifies through them (the first use of a setting prepares it, later ones reuse it).
+std::shared_ptr<PreparedContexts> PreparedOf(const PkeyRef& k) {
+  static std::mutex mu;
+  static std::map<EVP_PKEY*, std::pair<PkeyRef, std::shared_ptr<PreparedContexts>>> all;
+  std::lock_guard<std::mutex> l(mu);
+  auto& e = all[k.get()];
+  if (!e.second) e = {k, std::make_shared<PreparedContexts>()};
+  return e.second;
+}
+KeyRef Private(const PkeyRef& k, CK_KEY_TYPE t) { return KeyRef{t, CKO_PRIVATE_KEY, k, nullptr, PreparedOf(k)}; }
+KeyRef Public(const PkeyRef& k, CK_KEY_TYPE t) { return KeyRef{t, CKO_PUBLIC_KEY, k, nullptr, PreparedOf(k)}; }
 KeyRef Aes(const Bytes& key) {
   return KeyRef{CKK_AES, CKO_SECRET_KEY, nullptr, std::make_shared<const SecureBytes>(key.begin(), key.end())};
 }
@@ -689,6 +702,41 @@ TEST_F(OsslOpsTest, RsaPssSignaturesVerifyIndependently) {
       EXPECT_THAT(VerifyOnce(RsaPub(), Mech(h.mech, &other, sizeof(other)), data, sig), RvIs(CKR_SIGNATURE_INVALID));
     }
   }
+}
+
+// Prepared contexts: signatures made through a key's prepared contexts, by threads at once and
+// with settings changing between calls, all verify (independently) under their own setting.
+TEST_F(OsslOpsTest, PreparedContextsServeThreadsAndKeepSettingsApart) {
+  const Bytes data = Pattern(300);
+  const KeyRef ec = EcPriv("P-256"), rsa = RsaPriv();
+  auto work = [&](int seed, std::atomic<int>* bad) {
+    for (int i = 0; i < 40; ++i) {
+      const Bytes hash = Digest(CKM_SHA256, Pattern(32, static_cast<uint8_t>(seed + i)));
+      auto sig = SignOnce(ec, Mech(CKM_ECDSA), hash);
+      if (!sig.ok() || !EcdsaVerifies(ec_.at("P-256").get(), hash, *sig)) ++*bad;
+      const CK_ULONG salt = static_cast<CK_ULONG>(i % 3) * 16;
+      CK_RSA_PKCS_PSS_PARAMS p{CKM_SHA256, CKG_MGF1_SHA256, salt};
+      auto pss = SignOnce(rsa, Mech(CKM_SHA256_RSA_PKCS_PSS, &p, sizeof(p)), data);
+      if (!pss.ok() || !RsaVerifies(rsa_.at(2048).get(), CKM_SHA256, Digest(CKM_SHA256, data), *pss, true, CKM_SHA256,
+                                    static_cast<int>(salt)))
+        ++*bad;
+      if (!pss.ok() || !VerifyOnce(RsaPub(), Mech(CKM_SHA256_RSA_PKCS_PSS, &p, sizeof(p)), data, *pss).ok()) ++*bad;
+      auto pkcs = SignOnce(rsa, Mech(CKM_SHA256_RSA_PKCS), data);
+      if (!pkcs.ok() || !RsaVerifies(rsa_.at(2048).get(), CKM_SHA256, Digest(CKM_SHA256, data), *pkcs)) ++*bad;
+    }
+  };
+  std::atomic<int> bad{0};
+  std::thread a(work, 1, &bad), b(work, 101, &bad);
+  a.join();
+  b.join();
+  EXPECT_EQ(bad.load(), 0);
+  // A signature under one salt length does not verify under another, though both settings'
+  // contexts are prepared now.
+  CK_RSA_PKCS_PSS_PARAMS p16{CKM_SHA256, CKG_MGF1_SHA256, 16}, p32{CKM_SHA256, CKG_MGF1_SHA256, 32};
+  ASSERT_OK_AND_ASSIGN(Bytes sig, SignOnce(rsa, Mech(CKM_SHA256_RSA_PKCS_PSS, &p16, sizeof(p16)), data));
+  EXPECT_OK(VerifyOnce(RsaPub(), Mech(CKM_SHA256_RSA_PKCS_PSS, &p16, sizeof(p16)), data, sig));
+  EXPECT_THAT(VerifyOnce(RsaPub(), Mech(CKM_SHA256_RSA_PKCS_PSS, &p32, sizeof(p32)), data, sig),
+              RvIs(CKR_SIGNATURE_INVALID));
 }
 
 TEST_F(OsslOpsTest, RawRsaPssSignsAHashOfExactlyTheHashLength) {

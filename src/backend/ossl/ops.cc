@@ -236,6 +236,43 @@ std::optional<SigMech> SigMechOf(CK_MECHANISM_TYPE t) {
 
 // State shared by sign and verify: a configured EVP_PKEY_CTX and, for the hashing mechanisms,
 // a digest context.
+}  // namespace
+
+PreparedContexts::~PreparedContexts() {
+  for (auto& e : entries_)
+    if (Entry* p = e.load(std::memory_order_acquire)) {
+      EVP_PKEY_CTX_free(p->ctx);
+      delete p;
+    }
+}
+
+EvpPkeyCtxPtr PreparedContexts::Dup(const Setting& setting) const {
+  for (const auto& e : entries_) {
+    const Entry* p = e.load(std::memory_order_acquire);
+    if (p == nullptr) break;  // filled in order
+    if (p->setting == setting) return EvpPkeyCtxPtr(EVP_PKEY_CTX_dup(p->ctx));
+  }
+  return nullptr;
+}
+
+void PreparedContexts::Keep(const Setting& setting, EVP_PKEY_CTX* ctx) {
+  EVP_PKEY_CTX* copy = EVP_PKEY_CTX_dup(ctx);
+  if (copy == nullptr) {
+    ERR_clear_error();
+    return;
+  }
+  auto* entry = new Entry{setting, copy};
+  for (auto& e : entries_) {
+    Entry* expected = nullptr;
+    if (e.compare_exchange_strong(expected, entry, std::memory_order_acq_rel)) return;
+    if (expected->setting == setting) break;  // another thread kept one first
+  }
+  EVP_PKEY_CTX_free(copy);  // kept already, or kMax settings kept
+  delete entry;
+}
+
+namespace {
+
 class Signature {
  public:
   Status Init(const KeyRef& key, const CK_MECHANISM& mech, bool sign) {
@@ -287,6 +324,33 @@ class Signature {
       raw_len_ = sig_len_ - 11;  // maximum DigestInfo length for CKM_RSA_PKCS
     }
 
+    // The key's context prepared for this setting, duplicated; else one set up here (and kept).
+    PreparedContexts::Setting setting{mech.mechanism, sign};
+    if (mech_.kind == SigKind::kRsaPss) {
+      const auto* p = static_cast<const CK_RSA_PKCS_PSS_PARAMS*>(mech.pParameter);
+      setting.pss_hash = p->hashAlg;
+      setting.pss_mgf = p->mgf;
+      setting.pss_salt = p->sLen;
+    }
+    if (key.prepared) pctx_ = key.prepared->Dup(setting);
+    if (!pctx_) {
+      VAULTP11_RETURN_IF_ERROR(NewContext(pkey, sign, pss_hash, pss_mgf, salt_len));
+      if (key.prepared) key.prepared->Keep(setting, pctx_.get());
+    }
+    if (mech_.hash) {
+      const EVP_MD* md = Md(*mech_.hash);
+      md_.reset(EVP_MD_CTX_new());
+      if (md == nullptr || !md_ || EVP_DigestInit_ex2(md_.get(), md, nullptr) != 1) return SslFailure("digest setup");
+    }
+    return OkStatus();
+  }
+
+  bool hashing() const { return md_ != nullptr; }
+  size_t sig_len() const { return sig_len_; }
+
+  // Sets pctx_ up for the mechanism on `pkey` (fetching the algorithm, setting the padding).
+  Status NewContext(EVP_PKEY* pkey, bool sign, std::optional<HashAlg> pss_hash, std::optional<HashAlg> pss_mgf,
+                    int salt_len) {
     pctx_.reset(EVP_PKEY_CTX_new_from_pkey(LibCtx(), pkey, nullptr));
     if (!pctx_ || (sign ? EVP_PKEY_sign_init(pctx_.get()) : EVP_PKEY_verify_init(pctx_.get())) != 1)
       return SslFailure("signature context setup");
@@ -302,16 +366,8 @@ class Signature {
           EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx_.get(), salt_len) != 1)
         return SslFailure("RSA PSS setup");
     }
-    if (mech_.hash) {
-      const EVP_MD* md = Md(*mech_.hash);
-      md_.reset(EVP_MD_CTX_new());
-      if (md == nullptr || !md_ || EVP_DigestInit_ex2(md_.get(), md, nullptr) != 1) return SslFailure("digest setup");
-    }
     return OkStatus();
   }
-
-  bool hashing() const { return md_ != nullptr; }
-  size_t sig_len() const { return sig_len_; }
 
   Status Update(std::span<const uint8_t> data) {
     if (!hashing()) return Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only");

@@ -6,6 +6,8 @@
 #include <p11-kit/pkcs11.h>
 #include <openssl/evp.h>
 
+#include <array>
+#include <atomic>
 #include <memory>
 #include <span>
 #include <string>
@@ -22,13 +24,51 @@ OSSL_LIB_CTX* LibCtx();
 using PkeyRef = std::shared_ptr<EVP_PKEY>;  // shared by all sessions using the key
 PkeyRef Share(EvpPkeyPtr p);
 
+// The signature contexts of one key, each prepared once per mechanism setting (the
+// EVP_PKEY_CTX after EVP_PKEY_sign_init or verify_init, with its padding, digest and salt set)
+// and duplicated for each operation: the hot path does no algorithm fetch and no setup.
+// Thread-safe without a lock: prepared contexts are only added (at most kMax) and only read
+// (duplicated) until the key goes.
+class PreparedContexts {
+ public:
+  // What a prepared context was set up for: the mechanism, sign or verify, the PSS parameters.
+  struct Setting {
+    CK_MECHANISM_TYPE mechanism = 0;
+    bool sign = false;
+    CK_MECHANISM_TYPE pss_hash = 0;
+    CK_RSA_PKCS_MGF_TYPE pss_mgf = 0;
+    CK_ULONG pss_salt = 0;
+    bool operator==(const Setting&) const = default;
+  };
+  PreparedContexts() = default;
+  ~PreparedContexts();
+  PreparedContexts(const PreparedContexts&) = delete;
+  PreparedContexts& operator=(const PreparedContexts&) = delete;
+
+  // A new duplicate of the context prepared for `setting`; null when there is none (or the
+  // duplicate failed).
+  EvpPkeyCtxPtr Dup(const Setting& setting) const;
+  // Keeps a duplicate of `ctx`, prepared for `setting` (unless one is kept already or kMax are).
+  void Keep(const Setting& setting, EVP_PKEY_CTX* ctx);
+
+ private:
+  struct Entry {
+    Setting setting;
+    EVP_PKEY_CTX* ctx;
+  };
+  static constexpr size_t kMax = 8;
+  std::array<std::atomic<Entry*>, kMax> entries_{};
+};
+
 // Key material handed to an operation: an RSA/EC EVP_PKEY (public or private), or the raw
-// bytes of an AES key. Exactly one of pkey / secret is set.
+// bytes of an AES key. Exactly one of pkey / secret is set. `prepared`, when set, holds the
+// key's prepared signature contexts (the same for every KeyRef of one stored key).
 struct KeyRef {
   CK_KEY_TYPE key_type = CKK_RSA;
   CK_OBJECT_CLASS object_class = CKO_PRIVATE_KEY;
   PkeyRef pkey;
   std::shared_ptr<const SecureBytes> secret;
+  std::shared_ptr<PreparedContexts> prepared;
 };
 
 // ---- key generation and conversion -------------------------------------------------------
