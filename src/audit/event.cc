@@ -4,7 +4,10 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
+#include <ctime>
+#include <string>
 #include <iterator>
 #include <vector>
 
@@ -166,9 +169,31 @@ void Key(std::string& out, const char* key, bool& first) {
 }  // namespace
 
 void AppendTime(std::string& out, std::chrono::system_clock::time_point t) {
+  // YYYY-MM-DDTHH:MM:SS.ffffffZ (UTC), written digit by digit: once per audit event.
   auto us = std::chrono::time_point_cast<std::chrono::microseconds>(t);
   auto secs = std::chrono::floor<std::chrono::seconds>(us);
-  fmt::format_to(std::back_inserter(out), "{:%Y-%m-%dT%H:%M:%S}.{:06d}Z", secs, (us - secs).count());
+  const std::time_t tt = std::chrono::system_clock::to_time_t(secs);
+  struct tm tm {};
+  gmtime_r(&tt, &tm);
+  char buf[28];
+  auto put = [&buf](size_t at, long v, int width) {
+    for (int k = width - 1; k >= 0; --k, v /= 10) buf[at + k] = static_cast<char>('0' + v % 10);
+  };
+  put(0, std::clamp(tm.tm_year + 1900, 0, 9999), 4);
+  buf[4] = '-';
+  put(5, tm.tm_mon + 1, 2);
+  buf[7] = '-';
+  put(8, tm.tm_mday, 2);
+  buf[10] = 'T';
+  put(11, tm.tm_hour, 2);
+  buf[13] = ':';
+  put(14, tm.tm_min, 2);
+  buf[16] = ':';
+  put(17, tm.tm_sec, 2);
+  buf[19] = '.';
+  put(20, static_cast<long>((us - secs).count()), 6);
+  buf[26] = 'Z';
+  out.append(buf, 27);
 }
 
 std::string FormatTime(std::chrono::system_clock::time_point t) {
@@ -179,10 +204,12 @@ std::string FormatTime(std::chrono::system_clock::time_point t) {
 
 void AppendHex(std::string& out, std::string_view bytes) {
   static const char* kHex = "0123456789abcdef";
-  out.reserve(out.size() + 2 * bytes.size());
+  const size_t at = out.size();
+  out.resize(at + 2 * bytes.size());
+  char* p = out.data() + at;
   for (unsigned char c : bytes) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
+    *p++ = kHex[c >> 4];
+    *p++ = kHex[c & 15];
   }
 }
 
@@ -190,6 +217,18 @@ void AppendJsonString(std::string& out, std::string_view s) {
   static const char* kHex = "0123456789abcdef";
   out += '"';
   for (size_t i = 0; i < s.size();) {
+    // A run of characters that need no escape goes in at once.
+    size_t j = i;
+    while (j < s.size()) {
+      const unsigned char r = static_cast<unsigned char>(s[j]);
+      if (r < 0x20 || r >= 0x7f || r == '"' || r == '\\') break;
+      ++j;
+    }
+    if (j > i) {
+      out.append(s.data() + i, j - i);
+      i = j;
+      continue;
+    }
     const unsigned char c = static_cast<unsigned char>(s[i]);
     if (c < 0x80) {
       switch (c) {
@@ -246,8 +285,16 @@ std::string FormatEvent(const Event& e, std::string_view caller_json, std::strin
   out += ResultSignature(e.rv, e.denied, e.unauthenticated);
   out += "\",\"resultDescription\":";
   AppendJsonString(out, e.description);
-  fmt::format_to(std::back_inserter(out), ",\"durationMs\":{:.3f},\"identity\":{{\"principal\":",
-                 static_cast<double>(e.duration_us) / 1000.0);
+  // durationMs with 3 decimals (microseconds), without a floating-point format.
+  const int64_t dur = std::max<int64_t>(e.duration_us, 0);
+  out += ",\"durationMs\":";
+  out += std::to_string(dur / 1000);
+  out += '.';
+  const int64_t frac = dur % 1000;
+  out += static_cast<char>('0' + frac / 100);
+  out += static_cast<char>('0' + frac / 10 % 10);
+  out += static_cast<char>('0' + frac % 10);
+  out += ",\"identity\":{\"principal\":";
   AppendJsonString(out, e.principal);
   out += ",\"authMethod\":";
   AppendJsonString(out, e.auth_method);

@@ -239,6 +239,26 @@ TEST(EventTest, JsonFormAndResultSignatures) {
   EXPECT_EQ(MechanismName(0x80001234), "0x80001234");
 }
 
+// The time is UTC with microseconds, the duration milliseconds with three decimals.
+TEST(EventTest, TimeAndDurationFormats) {
+  using namespace std::chrono;
+  const auto t = sys_days{year{2026} / 11 / 30} + hours{7} + minutes{5} + seconds{9} + microseconds{4021};
+  EXPECT_EQ(FormatTime(t), "2026-11-30T07:05:09.004021Z");
+  EXPECT_EQ(FormatTime(sys_days{year{1999} / 12 / 31} + hours{23} + minutes{59} + seconds{59} + microseconds{999999}),
+            "1999-12-31T23:59:59.999999Z");
+  Event e = Start("KeySign");
+  e.Finish(CKR_OK);
+  e.time = t;
+  for (auto [us, text] : {std::pair<int64_t, const char*>{0, "0.000"}, {7, "0.007"}, {1234, "1.234"},
+                          {120050, "120.050"}, {3000000, "3000.000"}}) {
+    e.duration_us = us;
+    const std::string line = FormatEvent(e, CallerJson(Caller{1, 2, "x"}), "c");
+    EXPECT_NE(line.find(std::string("\"durationMs\":") + text + ","), std::string::npos) << line;
+    EXPECT_NE(line.find("\"time\":\"2026-11-30T07:05:09.004021Z\""), std::string::npos) << line;
+    EXPECT_TRUE(nlohmann::json::accept(line));
+  }
+}
+
 // Labels and messages are caller-controlled: quotes, control characters and bytes that are no
 // UTF-8 must still give one valid JSON line.
 TEST(EventTest, StringsAreEscapedAndInvalidUtf8Replaced) {
