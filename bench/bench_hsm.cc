@@ -6,10 +6,26 @@
 // The direct arm loads its own copy of the SoftHSMv2 library, so the two arms are two
 // independent SoftHSM instances over one token directory (the module's inner driver has its
 // own C_Initialize and login, as it would next to any other application).
+//
+// The pool arms (pool/sign/P256_ECDSA_SHA256/members-N): three managed HSM pools of 1, 2 and 3
+// members (six more SoftHSM tokens in the same directory), their security domain installed by
+// `vaultp11 pool init` (the built CLI, $VAULTP11_CLI, run before the module starts), each with
+// a token EC P-256 key pair the module generated and copied to every member. The module signs
+// with CKM_ECDSA_SHA256 over 256 bytes on that key, 1 and 2 threads (a session each), each
+// operation on the member the pool's balancing picks. The members are tokens of the module's
+// one SoftHSM instance, in this process, on the same CPUs as the benchmark threads: a bigger
+// pool adds no signing capacity here, so these figures show what the pool's balancing costs
+// or gains against members-1, not what more HSMs would give. Against the premium vault's arm
+// (hsm/sign/P256_ECDSA_SHA256/module) mind that a pool key is a SoftHSM token object on each
+// member, which SoftHSM's file object store re-checks on disk at each C_SignInit, while that
+// arm's key is a SoftHSM session object.
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <p11-kit/pkcs11.h>
+#include <spawn.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <benchmark/benchmark.h>
@@ -23,11 +39,14 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "auth/secret_hash.h"
 #include "latency.h"
+
+extern char** environ;
 
 namespace {
 
@@ -35,6 +54,16 @@ const std::vector<CK_BYTE> kP256 = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x
 constexpr char kSoPin[] = "bench-so-pin";
 constexpr char kUserPin[] = "bench-user-pin";
 constexpr char kTokenLabel[] = "bench-hsm";
+// The pools' members (SoftHSM tokens of their own, same SO and user PIN) and the pools, in
+// config order (the pools' slots follow the vault's in that order).
+constexpr const char* kMemberLabels[] = {"bench-m1", "bench-m2", "bench-m3", "bench-m4", "bench-m5", "bench-m6"};
+struct PoolDef {
+  const char* name;
+  std::vector<const char*> members;
+};
+const PoolDef kPools[] = {{"pool1", {"bench-m1"}}, {"pool2", {"bench-m2", "bench-m3"}},
+                          {"pool3", {"bench-m4", "bench-m5", "bench-m6"}}};
+constexpr size_t kPoolCount = sizeof(kPools) / sizeof(kPools[0]);
 
 CK_FUNCTION_LIST* Load(const std::string& path) {
   void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -117,14 +146,52 @@ bool MakeKeys(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE s, bool direct, Keys& k, st
   return true;
 }
 
-// Both arms, made once: SoftHSM's token (initialised through the direct copy), the direct
-// session and keys, then a premium vault over that token in the module, its session and keys.
+// Runs `args` (no shell), stdin /dev/null, stdout and stderr into `out_path`; the exit status
+// (-1: did not start, or killed) and what it wrote (or why it did not start).
+int Run(const std::vector<std::string>& args, const std::string& out_path, std::string& output) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+  pid_t pid = 0;
+  int status = -1;
+  const int err = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  if (err == 0) {
+    int st = 0;
+    if (waitpid(pid, &st, 0) == pid && WIFEXITED(st)) status = WEXITSTATUS(st);
+  }
+  posix_spawn_file_actions_destroy(&fa);
+  if (err != 0) {
+    output = std::string("cannot run it: ") + std::strerror(err);
+    return -1;
+  }
+  std::stringstream ss;
+  ss << std::ifstream(out_path).rdbuf();
+  output = ss.str();
+  return status;
+}
+
+// A pool in the module: its slot, the setup session (logged in) and its EC P-256 key pair.
+struct PoolArm {
+  CK_SLOT_ID slot = 0;
+  CK_SESSION_HANDLE session = 0;
+  Keys keys;  // ec_priv only
+};
+
+// Every arm, made once: SoftHSM's tokens (initialised through the direct copy), the direct
+// session and keys, the pools' security domain (`vaultp11 pool init`), then a premium vault
+// over the first token in the module, its session and keys, and each pool's session and key.
 struct Setup {
   std::string dir, error;
   CK_FUNCTION_LIST* direct = nullptr;
   CK_FUNCTION_LIST* module = nullptr;
   CK_SESSION_HANDLE direct_s = 0, module_s = 0;
   Keys dk, mk;
+  PoolArm pools[kPoolCount];
 
   Setup() { Init(); }
   void Init() {
@@ -133,6 +200,11 @@ struct Setup {
     const std::string softhsm = env_softhsm ? env_softhsm : "/usr/lib/softhsm/libsofthsm2.so";
     if (!module_path) {
       error = "set VAULTP11_MODULE";
+      return;
+    }
+    const char* cli = std::getenv("VAULTP11_CLI");
+    if (!cli || !*cli) {
+      error = "set VAULTP11_CLI to the built vaultp11 CLI (its `pool init` sets up the pool benchmarks' security domain)";
       return;
     }
     if (!std::filesystem::exists(softhsm)) {
@@ -153,39 +225,50 @@ struct Setup {
     direct_args.flags = CKF_OS_LOCKING_OK;
     if (!direct || direct->C_Initialize(&direct_args) != CKR_OK) return Fail("SoftHSM (direct) did not initialise");
     CK_SLOT_ID slot = 0;
-    if (!FindSlot(false, slot)) return Fail("SoftHSM has no free slot");
-    CK_UTF8CHAR label[32];
-    std::memset(label, ' ', sizeof(label));
-    std::memcpy(label, kTokenLabel, std::strlen(kTokenLabel));
-    if (direct->C_InitToken(slot, (CK_UTF8CHAR_PTR)kSoPin, std::strlen(kSoPin), label) != CKR_OK)
-      return Fail("C_InitToken failed");
-    if (!FindSlot(true, slot)) return Fail("the new token's slot is not found");
-    CK_SESSION_HANDLE so = 0;
-    if (direct->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &so) != CKR_OK ||
-        direct->C_Login(so, CKU_SO, (CK_UTF8CHAR_PTR)kSoPin, std::strlen(kSoPin)) != CKR_OK ||
-        direct->C_InitPIN(so, (CK_UTF8CHAR_PTR)kUserPin, std::strlen(kUserPin)) != CKR_OK)
-      return Fail("C_InitPIN failed");
-    direct->C_Logout(so);
-    direct->C_CloseSession(so);
+    std::string why;
+    // The pools' members first, then the direct arm's token (its slot is the one kept).
+    for (const char* member : kMemberLabels)
+      if (!InitToken(member, slot, why)) return Fail(why);
+    if (!InitToken(kTokenLabel, slot, why)) return Fail(why);
     if (direct->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &direct_s) != CKR_OK ||
         direct->C_Login(direct_s, CKU_USER, (CK_UTF8CHAR_PTR)kUserPin, std::strlen(kUserPin)) != CKR_OK)
       return Fail("SoftHSM login failed");
-    std::string why;
     if (!MakeKeys(direct, direct_s, true, dk, why)) return Fail("SoftHSM keys: " + why);
-    // 2. The module: a premium vault whose keys default to that token.
+    // 2. The module: a premium vault whose keys default to that token, and the pools.
     std::ofstream(dir + "/hsm.pin") << kUserPin << "\n";
-    std::filesystem::permissions(dir + "/hsm.pin", std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    std::ofstream(dir + "/hsm.so-pin") << kSoPin << "\n";
+    for (const char* f : {"/hsm.pin", "/hsm.so-pin"})
+      std::filesystem::permissions(dir + f, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
     std::string secret = "bench-secret";
     auto hash = vaultp11::auth::HashSecret(
         std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()), {10, 8, 1});
+    // Every HSM is a token of the same SoftHSM library, which the module loads once: each says
+    // no-deinit (as the README and the tests set it for SoftHSM).
+    auto hsm = [&](const std::string& name, const std::string& token) {
+      return "  - { name: " + name + ", module: " + softhsm + ", token: " + token + ", pin_file: " + dir +
+             "/hsm.pin, so_pin_file: " + dir + "/hsm.so-pin, quirks: [no-deinit] }\n";
+    };
+    std::string hsms = "hsms:\n" + hsm("h", kTokenLabel), pool_conf = "managed_hsm_pools:\n", roles;
+    for (const char* member : kMemberLabels) hsms += hsm(member, member);
+    for (const PoolDef& p : kPools) {
+      std::string list;
+      for (const char* m : p.members) list += std::string(list.empty() ? "" : ", ") + m;
+      pool_conf += std::string("  - { name: ") + p.name + ", hsms: [" + list + "] }\n";
+      roles += std::string("  - { principal: b, role: Managed HSM Crypto User, scope: /managedHsms/") + p.name + " }\n";
+    }
     std::ofstream(dir + "/c.yaml")
-        << "log: { level: error }\nstore: { path: " << dir << "/store.db }\naudit: { sinks: [] }\n"
-        << "hsms: [ { name: h, module: " << softhsm << ", token: " << kTokenLabel << ", pin_file: " << dir << "/hsm.pin } ]\n"
-        << "vaults: [ { name: bench, sku: premium, hsms: [h], default_protection: hsm } ]\n"
+        << "log: { level: error }\nstore: { path: " << dir << "/store.db }\naudit: { sinks: [] }\n" << hsms
+        << "vaults: [ { name: bench, sku: premium, hsms: [h], default_protection: hsm } ]\n" << pool_conf
         << "principals:\n  - name: b\n    auth: client_secret\n    secrets: [ { hash: \"" << hash.value() << "\" } ]\n"
-        << "role_assignments: [ { principal: b, role: Key Vault Administrator, scope: /vaults/bench } ]\n";
-    module = Load(module_path);
+        << "role_assignments:\n  - { principal: b, role: Key Vault Administrator, scope: /vaults/bench }\n" << roles;
     std::string conf = dir + "/c.yaml";
+    // The pools' security domain, before the module starts: one run, so the pools share it.
+    std::vector<std::string> init = {cli, "--config", conf, "pool", "init"};
+    for (const PoolDef& p : kPools) init.push_back(p.name);
+    std::string out;
+    if (int st = Run(init, dir + "/pool-init.out", out); st != 0)
+      return Fail(std::string(cli) + " pool init failed (exit status " + std::to_string(st) + "): " + out);
+    module = Load(module_path);
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = conf.data();
@@ -195,6 +278,26 @@ struct Setup {
         module->C_Login(module_s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size()) != CKR_OK)
       return Fail("module login failed");
     if (!MakeKeys(module, module_s, false, mk, why)) return Fail("module keys: " + why);
+    // 3. Each pool's slot (found by its label), a logged-in session and a token EC P-256 key
+    // pair: a private key of the logged-in application, usable from every session it opens.
+    for (size_t i = 0; i < kPoolCount; ++i) {
+      const std::string name = kPools[i].name;
+      PoolArm& p = pools[i];
+      if (!FindSlot(module, name.c_str(), p.slot)) return Fail("the module has no slot for pool " + name);
+      if (module->C_OpenSession(p.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &p.session) != CKR_OK)
+        return Fail("C_OpenSession on pool " + name + " failed");
+      if (CK_RV rv = module->C_Login(p.session, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
+          rv != CKR_OK)
+        return Fail("module login on pool " + name + " failed: rv " + std::to_string(rv));
+      CK_BBOOL yes = CK_TRUE;
+      CK_MECHANISM ec_gen{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+      CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_VERIFY, &yes, 1},
+                              {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256.data()), kP256.size()}};
+      CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_SENSITIVE, &yes, 1}, {CKA_SIGN, &yes, 1}};
+      CK_OBJECT_HANDLE pub = 0;
+      if (CK_RV rv = module->C_GenerateKeyPair(p.session, &ec_gen, pub_t, 3, priv_t, 4, &pub, &p.keys.ec_priv); rv != CKR_OK)
+        return Fail("EC key pair in pool " + name + ": rv " + std::to_string(rv));
+    }
   }
   ~Setup() {
     if (module) module->C_Finalize(nullptr);
@@ -207,22 +310,55 @@ struct Setup {
     if (module) module->C_Finalize(nullptr);
     module = nullptr;
   }
-  bool FindSlot(bool initialised, CK_SLOT_ID& out) {
+  // The slot of `f` whose token is labelled `label`, or (null label) one with an uninitialised
+  // token. The list is asked for again each time: SoftHSM adds a free slot per C_InitToken.
+  static bool FindSlot(CK_FUNCTION_LIST* f, const char* label, CK_SLOT_ID& out) {
     CK_ULONG n = 0;
-    if (direct->C_GetSlotList(CK_FALSE, nullptr, &n) != CKR_OK) return false;
+    if (f->C_GetSlotList(CK_FALSE, nullptr, &n) != CKR_OK) return false;
     std::vector<CK_SLOT_ID> slots(n);
-    if (direct->C_GetSlotList(CK_FALSE, slots.data(), &n) != CKR_OK) return false;
+    if (f->C_GetSlotList(CK_FALSE, slots.data(), &n) != CKR_OK) return false;
+    slots.resize(n);
     for (CK_SLOT_ID id : slots) {
       CK_TOKEN_INFO ti;
-      if (direct->C_GetTokenInfo(id, &ti) != CKR_OK) continue;
+      if (f->C_GetTokenInfo(id, &ti) != CKR_OK) continue;
       const bool is_init = (ti.flags & CKF_TOKEN_INITIALIZED) != 0;
-      if (is_init == initialised &&
-          (!initialised || std::string(reinterpret_cast<char*>(ti.label), std::strlen(kTokenLabel)) == kTokenLabel)) {
+      std::string l(reinterpret_cast<char*>(ti.label), sizeof(ti.label));
+      l.erase(l.find_last_not_of(' ') + 1);
+      if (label == nullptr ? !is_init : (is_init && l == label)) {
         out = id;
         return true;
       }
     }
     return false;
+  }
+  // Initialises a free SoftHSM token as `label` (SO PIN, then the user PIN), through the direct
+  // copy; `slot` is its slot.
+  bool InitToken(const char* label, CK_SLOT_ID& slot, std::string& why) {
+    if (!FindSlot(direct, nullptr, slot)) {
+      why = "SoftHSM has no free slot";
+      return false;
+    }
+    CK_UTF8CHAR padded[32];
+    std::memset(padded, ' ', sizeof(padded));
+    std::memcpy(padded, label, std::strlen(label));
+    if (direct->C_InitToken(slot, (CK_UTF8CHAR_PTR)kSoPin, std::strlen(kSoPin), padded) != CKR_OK) {
+      why = std::string("C_InitToken of ") + label + " failed";
+      return false;
+    }
+    if (!FindSlot(direct, label, slot)) {
+      why = std::string("the slot of the new token ") + label + " is not found";
+      return false;
+    }
+    CK_SESSION_HANDLE so = 0;
+    if (direct->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &so) != CKR_OK ||
+        direct->C_Login(so, CKU_SO, (CK_UTF8CHAR_PTR)kSoPin, std::strlen(kSoPin)) != CKR_OK ||
+        direct->C_InitPIN(so, (CK_UTF8CHAR_PTR)kUserPin, std::strlen(kUserPin)) != CKR_OK) {
+      why = std::string("C_InitPIN of ") + label + " failed";
+      return false;
+    }
+    direct->C_Logout(so);
+    direct->C_CloseSession(so);
+    return true;
   }
 };
 
@@ -242,7 +378,8 @@ void Measure(benchmark::State& state, const std::function<CK_RV()>& call) {
   }
 }
 
-enum class Arm { kModule, kSoftHsm };
+// The module's premium vault, SoftHSM directly, or one of the module's pools (kPools[pool]).
+enum class Arm { kModule, kSoftHsm, kPool };
 
 // The function list, session and keys of an arm; null (the run stopped) when setup failed.
 struct ArmOf {
@@ -250,7 +387,7 @@ struct ArmOf {
   CK_SESSION_HANDLE session;
   const Keys& keys;
 };
-const ArmOf* Arms(benchmark::State& state, Arm arm) {
+const ArmOf* Arms(benchmark::State& state, Arm arm, size_t pool = 0) {
   Setup& s = TheSetup();
   if (!s.error.empty()) {
     state.SkipWithError(s.error.c_str());
@@ -258,11 +395,17 @@ const ArmOf* Arms(benchmark::State& state, Arm arm) {
     return nullptr;
   }
   static const ArmOf module{s.module, s.module_s, s.mk}, direct{s.direct, s.direct_s, s.dk};
+  static const std::vector<ArmOf> pools = [&] {
+    std::vector<ArmOf> v;
+    for (const PoolArm& p : s.pools) v.push_back({s.module, p.session, p.keys});
+    return v;
+  }();
+  if (arm == Arm::kPool) return &pools.at(pool);
   return arm == Arm::kModule ? &module : &direct;
 }
 
-void Sign(benchmark::State& state, Arm arm, CK_MECHANISM_TYPE type, bool ec) {
-  const ArmOf* a = Arms(state, arm);
+void Sign(benchmark::State& state, Arm arm, CK_MECHANISM_TYPE type, bool ec, size_t pool = 0) {
+  const ArmOf* a = Arms(state, arm, pool);
   if (a == nullptr) return;
   CK_FUNCTION_LIST* f = a->f;
   // Each thread signs on a session of its own (the setup session's login and keys are the
@@ -339,6 +482,14 @@ void Register() {
           ->Threads(1)
           ->Threads(2)
           ->UseRealTime();
+  // The pools: the same EC signature through the module on a pool's key (1, 2 and 3 members).
+  for (size_t pool = 0; pool < kPoolCount; ++pool)
+    benchmark::RegisterBenchmark(
+        ("pool/sign/P256_ECDSA_SHA256/members-" + std::to_string(kPools[pool].members.size())).c_str(),
+        [pool](benchmark::State& st) { Sign(st, Arm::kPool, CKM_ECDSA_SHA256, true, pool); })
+        ->Threads(1)
+        ->Threads(2)
+        ->UseRealTime();
   for (bool oaep : {true, false})
     for (Arm arm : {Arm::kModule, Arm::kSoftHsm})
       // The module's vaults keep AES keys in software (their HSM keys are key pairs): its KWP

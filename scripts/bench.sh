@@ -26,6 +26,7 @@ fi
 ninja -C "$dir" >/dev/null
 
 export VAULTP11_MODULE=$root/$dir/src/abi/libvaultp11.so
+export VAULTP11_CLI=$root/$dir/src/cli/vaultp11  # bench_hsm's pools: `vaultp11 pool init`
 for b in bench_sign bench_hsm bench_scale; do
   echo "--- $b" >&2
   "$dir/bench/$b" --benchmark_repetitions="$REPS" --benchmark_report_aggregates_only=true \
