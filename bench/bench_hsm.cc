@@ -7,8 +7,10 @@
 // independent SoftHSM instances over one token directory (the module's inner driver has its
 // own C_Initialize and login, as it would next to any other application).
 //
-// The pool arms (pool/sign/P256_ECDSA_SHA256/members-N): three managed HSM pools of 1, 2 and 3
-// members (six more SoftHSM tokens in the same directory), their security domain installed by
+// The pool arms (pool/sign/P256_ECDSA_SHA256/members-N), run on their own (VAULTP11_BENCH_POOLS=1
+// registers these and only these: six more tokens in the SoftHSM instances change what the
+// direct arm measures): three managed HSM pools of 1, 2 and 3 members (six more SoftHSM
+// tokens in the same directory), their security domain installed by
 // `vaultp11 pool init` (the built CLI, $VAULTP11_CLI, run before the module starts), each with
 // a token EC P-256 key pair the module generated and copied to every member. The module signs
 // with CKM_ECDSA_SHA256 over 256 bytes on that key, 1 and 2 threads (a session each), each
@@ -40,6 +42,7 @@
 #include <functional>
 #include <memory>
 #include <sstream>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -185,6 +188,11 @@ struct PoolArm {
 // Every arm, made once: SoftHSM's tokens (initialised through the direct copy), the direct
 // session and keys, the pools' security domain (`vaultp11 pool init`), then a premium vault
 // over the first token in the module, its session and keys, and each pool's session and key.
+bool PoolsMode() {
+  const char* v = std::getenv("VAULTP11_BENCH_POOLS");
+  return v != nullptr && std::string(v) == "1";
+}
+
 struct Setup {
   std::string dir, error;
   CK_FUNCTION_LIST* direct = nullptr;
@@ -202,8 +210,9 @@ struct Setup {
       error = "set VAULTP11_MODULE";
       return;
     }
+    const bool with_pools = PoolsMode();
     const char* cli = std::getenv("VAULTP11_CLI");
-    if (!cli || !*cli) {
+    if (with_pools && (!cli || !*cli)) {
       error = "set VAULTP11_CLI to the built vaultp11 CLI (its `pool init` sets up the pool benchmarks' security domain)";
       return;
     }
@@ -227,8 +236,9 @@ struct Setup {
     CK_SLOT_ID slot = 0;
     std::string why;
     // The pools' members first, then the direct arm's token (its slot is the one kept).
-    for (const char* member : kMemberLabels)
-      if (!InitToken(member, slot, why)) return Fail(why);
+    if (with_pools)
+      for (const char* member : kMemberLabels)
+        if (!InitToken(member, slot, why)) return Fail(why);
     if (!InitToken(kTokenLabel, slot, why)) return Fail(why);
     if (direct->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &direct_s) != CKR_OK ||
         direct->C_Login(direct_s, CKU_USER, (CK_UTF8CHAR_PTR)kUserPin, std::strlen(kUserPin)) != CKR_OK)
@@ -248,9 +258,12 @@ struct Setup {
       return "  - { name: " + name + ", module: " + softhsm + ", token: " + token + ", pin_file: " + dir +
              "/hsm.pin, so_pin_file: " + dir + "/hsm.so-pin, quirks: [no-deinit] }\n";
     };
-    std::string hsms = "hsms:\n" + hsm("h", kTokenLabel), pool_conf = "managed_hsm_pools:\n", roles;
-    for (const char* member : kMemberLabels) hsms += hsm(member, member);
-    for (const PoolDef& p : kPools) {
+    std::string hsms = "hsms:\n" + hsm("h", kTokenLabel), pool_conf, roles;
+    if (with_pools) {
+      pool_conf = "managed_hsm_pools:\n";
+      for (const char* member : kMemberLabels) hsms += hsm(member, member);
+    }
+    for (const PoolDef& p : with_pools ? std::span<const PoolDef>(kPools) : std::span<const PoolDef>()) {
       std::string list;
       for (const char* m : p.members) list += std::string(list.empty() ? "" : ", ") + m;
       pool_conf += std::string("  - { name: ") + p.name + ", hsms: [" + list + "] }\n";
@@ -263,11 +276,13 @@ struct Setup {
         << "role_assignments:\n  - { principal: b, role: Key Vault Administrator, scope: /vaults/bench }\n" << roles;
     std::string conf = dir + "/c.yaml";
     // The pools' security domain, before the module starts: one run, so the pools share it.
-    std::vector<std::string> init = {cli, "--config", conf, "pool", "init"};
-    for (const PoolDef& p : kPools) init.push_back(p.name);
-    std::string out;
-    if (int st = Run(init, dir + "/pool-init.out", out); st != 0)
-      return Fail(std::string(cli) + " pool init failed (exit status " + std::to_string(st) + "): " + out);
+    if (with_pools) {
+      std::vector<std::string> init = {cli, "--config", conf, "pool", "init"};
+      for (const PoolDef& p : kPools) init.push_back(p.name);
+      std::string out;
+      if (int st = Run(init, dir + "/pool-init.out", out); st != 0)
+        return Fail(std::string(cli) + " pool init failed (exit status " + std::to_string(st) + "): " + out);
+    }
     module = Load(module_path);
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
@@ -280,7 +295,7 @@ struct Setup {
     if (!MakeKeys(module, module_s, false, mk, why)) return Fail("module keys: " + why);
     // 3. Each pool's slot (found by its label), a logged-in session and a token EC P-256 key
     // pair: a private key of the logged-in application, usable from every session it opens.
-    for (size_t i = 0; i < kPoolCount; ++i) {
+    for (size_t i = 0; with_pools && i < kPoolCount; ++i) {
       const std::string name = kPools[i].name;
       PoolArm& p = pools[i];
       if (!FindSlot(module, name.c_str(), p.slot)) return Fail("the module has no slot for pool " + name);
@@ -472,6 +487,17 @@ void Register() {
     CK_MECHANISM_TYPE type;
     bool ec;
   };
+  if (PoolsMode()) {
+    // The pools: the same EC signature through the module on a pool's key (1, 2 and 3 members).
+    for (size_t pool = 0; pool < kPoolCount; ++pool)
+      benchmark::RegisterBenchmark(
+          ("pool/sign/P256_ECDSA_SHA256/members-" + std::to_string(kPools[pool].members.size())).c_str(),
+          [pool](benchmark::State& st) { Sign(st, Arm::kPool, CKM_ECDSA_SHA256, true, pool); })
+          ->Threads(1)
+          ->Threads(2)
+          ->UseRealTime();
+    return;
+  }
   for (const SignCase& c : {SignCase{"RSA2048_SHA256_RSA_PKCS", CKM_SHA256_RSA_PKCS, false},
                             SignCase{"RSA2048_SHA256_RSA_PKCS_PSS", CKM_SHA256_RSA_PKCS_PSS, false},
                             SignCase{"P256_ECDSA_SHA256", CKM_ECDSA_SHA256, true}})
@@ -482,14 +508,6 @@ void Register() {
           ->Threads(1)
           ->Threads(2)
           ->UseRealTime();
-  // The pools: the same EC signature through the module on a pool's key (1, 2 and 3 members).
-  for (size_t pool = 0; pool < kPoolCount; ++pool)
-    benchmark::RegisterBenchmark(
-        ("pool/sign/P256_ECDSA_SHA256/members-" + std::to_string(kPools[pool].members.size())).c_str(),
-        [pool](benchmark::State& st) { Sign(st, Arm::kPool, CKM_ECDSA_SHA256, true, pool); })
-        ->Threads(1)
-        ->Threads(2)
-        ->UseRealTime();
   for (bool oaep : {true, false})
     for (Arm arm : {Arm::kModule, Arm::kSoftHsm})
       // The module's vaults keep AES keys in software (their HSM keys are key pairs): its KWP
