@@ -96,7 +96,11 @@ std::string ChainLines(std::span<const Record> records, uint64_t& seq, std::stri
   out.reserve(total);
   for (const Record& r : records) {
     const size_t start = out.size();
-    fmt::format_to(std::back_inserter(out), "{{\"seq\":{},\"prevHash\":\"{}\"", ++seq, prev);
+    out += "{\"seq\":";
+    out += std::to_string(++seq);
+    out += ",\"prevHash\":\"";
+    out += prev;
+    out += '"';
     const std::string_view body(r.json);  // "{...}"
     if (body.size() > 2) {
       out += ',';

@@ -127,7 +127,13 @@ void Recorder::Run() {
 void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
   std::vector<Record> out;
   out.reserve(batch.size() + 1);
-  auto correlation = [&] { return correlation_prefix_ + fmt::format("{:016x}", ++next_correlation_); };
+  auto correlation = [&] {  // the prefix and the event's number in 16 hex digits
+    static const char* kHex = "0123456789abcdef";
+    std::string id = correlation_prefix_;
+    const uint64_t n = ++next_correlation_;
+    for (int shift = 60; shift >= 0; shift -= 4) id += kHex[(n >> shift) & 15];
+    return id;
+  };
   auto record = [&](const Event& e) {
     return Record{FormatEvent(e, caller_json_, correlation()), ResultSignature(e.rv, e.denied, e.unauthenticated)};
   };

@@ -92,6 +92,13 @@ TEST(RecorderTest, EventsArriveInOrderAndFlushWaitsForThem) {
   ASSERT_EQ(ops.size(), 250u);
   for (int i = 0; i < 250; ++i) EXPECT_EQ(ops[i], i % 2 ? "KeySign" : "KeyVerify");
   EXPECT_EQ(fx.rec->stats().written, 250u);
+  // Correlation ids: the recorder's random prefix and the event's number in 16 hex digits.
+  std::lock_guard<std::mutex> l(fx.sinks[0]->mu);
+  const std::string first = fx.sinks[0]->got[0]["correlationId"], last = fx.sinks[0]->got[249]["correlationId"];
+  ASSERT_EQ(first.size(), 35u);
+  EXPECT_EQ(first.substr(0, 19), last.substr(0, 19));
+  EXPECT_EQ(first.substr(19), "0000000000000001");
+  EXPECT_EQ(last.substr(19), "00000000000000fa");
 }
 
 // kDrop: with the writer stuck on a slow sink and the queue full, ordinary events are counted
