@@ -174,7 +174,10 @@ void AppendTime(std::string& out, std::chrono::system_clock::time_point t) {
   auto secs = std::chrono::floor<std::chrono::seconds>(us);
   const std::time_t tt = std::chrono::system_clock::to_time_t(secs);
   struct tm tm {};
-  gmtime_r(&tt, &tm);
+  if (gmtime_r(&tt, &tm) == nullptr) {  // out of range: the epoch rather than garbage
+    const std::time_t epoch = 0;
+    gmtime_r(&epoch, &tm);
+  }
   char buf[28];
   auto put = [&buf](size_t at, long v, int width) {
     for (int k = width - 1; k >= 0; --k, v /= 10) buf[at + k] = static_cast<char>('0' + v % 10);

@@ -223,7 +223,7 @@ Status CheckName(const std::string& name);
 // The objects of item `label`'s current version on `token` (what token.Find by the label
 // gives), by class: for each class the last one in handle order; other classes are left out.
 // `token_only` skips session objects. `check`, when set, sees each object (after that skip) in
-// handle order before it is sorted; its first error is returned as is.
+// handle order before it is put in its class's place; its first error is returned as is.
 struct CurrentObjects {
   model::ObjectPtr priv, pub, secret, cert, data;
 };

@@ -2,6 +2,7 @@
 
 #include <openssl/sha.h>
 
+
 #include "util/log.h"
 
 namespace vaultp11::core {
@@ -46,11 +47,9 @@ Token::~Token() {
   if (pool_) pool_->StopHealthCheck();
 }
 
-std::vector<pool::CatalogEntry> Token::PoolCatalog() {
+Result<std::vector<pool::CatalogEntry>> Token::PoolCatalog() {
+  VAULTP11_RETURN_IF_ERROR(EnsureLoaded(nullptr, nullptr));
   std::vector<pool::CatalogEntry> out;
-  // Every key: a failed read leaves the catalog short this round (the next one retries).
-  if (Status st = EnsureLoaded(nullptr, nullptr); !st.ok())
-    log::Warning("pool {}: reading its keys failed: {}", name_, st.error().message);
   std::shared_lock<std::shared_mutex> l(mu_);
   for (const auto& [h, o] : objects_) {
     const model::HsmKey* k = o->material ? o->material->hsm() : nullptr;
@@ -112,20 +111,36 @@ Status Token::EnsureLoaded(const std::string* label, const Bytes* id) {
     std::shared_lock<std::shared_mutex> l(mu_);
     if (LoadedLocked(label, id)) return OkStatus();
   }
+  // Past kMaxRemembered labels and CKA_IDs read, everything is read instead (the sets would
+  // otherwise grow with every distinct search, misses included).
+  {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    if (loaded_labels_.size() + loaded_ids_.size() >= kMaxRemembered) label = nullptr, id = nullptr;
+  }
   VAULTP11_ASSIGN_OR_RETURN(auto rows, label != nullptr ? store_->LoadByLabel(name_, *label)
                                        : id != nullptr  ? store_->LoadById(name_, *id)
                                                         : store_->LoadVault(name_));
-  std::unique_lock<std::shared_mutex> l(mu_);
-  for (const auto& rec : rows) {
-    // Rows already here are as new as the store's, or ApplyChanges brings them up to date.
-    if (by_store_id_.count(rec.id) != 0) continue;
-    Status st;
-    auto obj = FromRecord(rec, &st);
-    if (!obj) {
-      log::Warning("vault {}: object {} unreadable: {}", name_, rec.id, st.error().message);
-      continue;
+  // Parsed before the exclusive lock, so searches and operations on other threads go on.
+  std::vector<std::shared_ptr<model::Object>> objs;
+  objs.reserve(rows.size());
+  {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    for (const auto& rec : rows) {
+      // Rows already here are as new as the store's, or ApplyChanges brings them up to date.
+      if (by_store_id_.count(rec.id) != 0) continue;
+      Status st;
+      auto obj = FromRecord(rec, &st);
+      if (!obj) {
+        log::Warning("vault {}: object {} unreadable: {}", name_, rec.id, st.error().message);
+        continue;
+      }
+      objs.push_back(std::move(obj));
     }
-    by_store_id_[rec.id] = InsertLocked(std::move(obj));
+  }
+  std::unique_lock<std::shared_mutex> l(mu_);
+  for (auto& obj : objs) {
+    const int64_t sid = obj->store_id;
+    if (by_store_id_.count(sid) == 0) by_store_id_[sid] = InsertLocked(std::move(obj));
   }
   if (label != nullptr) {
     loaded_labels_.insert(*label);
@@ -150,16 +165,24 @@ Status Token::ApplyChanges() {
   if (rev <= since) return OkStatus();
   VAULTP11_ASSIGN_OR_RETURN(auto changed, store_->ChangedSince(name_, since));
   VAULTP11_ASSIGN_OR_RETURN(auto deleted, store_->DeletedSince(name_, since));
+  // Parsed under the shared lock (what is here cannot change meanwhile: every insert and
+  // removal of a stored object holds load_mu_), applied under the exclusive one.
+  std::vector<std::shared_ptr<model::Object>> objs;
+  {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    for (const auto& rec : changed) {
+      // Rows of labels and CKA_IDs not read yet are read when first searched for.
+      if (by_store_id_.count(rec.id) == 0 && !complete_ && loaded_labels_.count(rec.label) == 0 &&
+          loaded_ids_.count(std::string(rec.ck_id.begin(), rec.ck_id.end())) == 0)
+        continue;
+      Status st;
+      if (auto obj = FromRecord(rec, &st)) objs.push_back(std::move(obj));
+    }
+  }
   std::unique_lock<std::shared_mutex> l(mu_);
-  for (const auto& rec : changed) {
-    auto it = by_store_id_.find(rec.id);
-    // Rows of labels and CKA_IDs not read yet are read when first searched for.
-    if (it == by_store_id_.end() && !complete_ && loaded_labels_.count(rec.label) == 0 &&
-        loaded_ids_.count(std::string(rec.ck_id.begin(), rec.ck_id.end())) == 0)
-      continue;
-    Status st;
-    auto obj = FromRecord(rec, &st);
-    if (!obj) continue;
+  for (auto& obj : objs) {
+    const int64_t sid = obj->store_id;
+    auto it = by_store_id_.find(sid);
     if (it != by_store_id_.end()) {
       // Same object, new attributes: keep its handle (and its loaded material).
       auto old = objects_.find(it->second);
@@ -170,7 +193,7 @@ Status Token::ApplyChanges() {
         IndexLocked(it->second, *obj);
       }
     } else {
-      by_store_id_[rec.id] = InsertLocked(std::move(obj));
+      by_store_id_[sid] = InsertLocked(std::move(obj));
     }
   }
   for (int64_t id : deleted) {
@@ -318,6 +341,9 @@ CK_OBJECT_HANDLE Token::InsertPersistedLocked(std::shared_ptr<model::Object> obj
 }
 
 Result<CK_OBJECT_HANDLE> Token::Add(std::shared_ptr<model::Object> obj, bool new_version, std::string_view expect_current) {
+  // Writes and their insertion here are serialised with reads and removals (load_mu_), so a
+  // row removed between the two never comes back.
+  std::lock_guard<std::mutex> g(load_mu_);
   if (obj->is_token()) {
     model::Object* one[] = {obj.get()};
     VAULTP11_RETURN_IF_ERROR(Persist(one, new_version, expect_current));
@@ -329,6 +355,7 @@ Result<CK_OBJECT_HANDLE> Token::Add(std::shared_ptr<model::Object> obj, bool new
 Result<std::pair<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>> Token::AddPair(std::shared_ptr<model::Object> pub,
                                                                       std::shared_ptr<model::Object> priv,
                                                                       bool new_version, std::string_view expect_current) {
+  std::lock_guard<std::mutex> g(load_mu_);  // as in Add
   if (pub->is_token() && priv->is_token() && pub->label() == priv->label()) {
     model::Object* both[] = {priv.get(), pub.get()};
     VAULTP11_RETURN_IF_ERROR(Persist(both, new_version, expect_current));
@@ -362,6 +389,7 @@ Result<std::vector<CK_OBJECT_HANDLE>> Token::AddVersion(const std::vector<std::s
     raw.push_back(o.get());
   }
   if (raw.empty()) return std::vector<CK_OBJECT_HANDLE>{};
+  std::lock_guard<std::mutex> g(load_mu_);  // as in Add
   VAULTP11_RETURN_IF_ERROR(Persist(raw, new_version, expect_current));
   std::unique_lock<std::shared_mutex> l(mu_);
   std::vector<CK_OBJECT_HANDLE> out;
@@ -370,6 +398,9 @@ Result<std::vector<CK_OBJECT_HANDLE>> Token::AddVersion(const std::vector<std::s
 }
 
 Status Token::Replace(CK_OBJECT_HANDLE h, std::shared_ptr<model::Object> obj) {
+  // Serialised with ApplyChanges, which could otherwise put another process's older copy of
+  // the row back over this one.
+  std::lock_guard<std::mutex> g(load_mu_);
   if (obj->is_token() && obj->store_id != 0) {
     const Bytes* id = obj->attrs.Get(CKA_ID);
     VAULTP11_ASSIGN_OR_RETURN(std::string version,
@@ -433,15 +464,19 @@ Result<size_t> Token::RemoveItem(CK_OBJECT_HANDLE h) {
   const std::string label = obj->label();
   if (!obj->is_token() || obj->store_id == 0 || label.empty())
     return Err(CKR_GENERAL_ERROR, "item removal of an object that is not a stored item");
-  VAULTP11_ASSIGN_OR_RETURN(const auto objects, ItemObjects(label));
   size_t n = 0;
+  std::vector<store::ObjectRecord> gone;
   {
     std::lock_guard<std::mutex> g(load_mu_);
-    VAULTP11_ASSIGN_OR_RETURN(auto gone, store_->DeleteItem(name_, label));
+    VAULTP11_ASSIGN_OR_RETURN(gone, store_->DeleteItem(name_, label));
     std::unique_lock<std::shared_mutex> l(mu_);
     n = DropRowsLocked(gone);
   }
-  for (const model::ObjectPtr& o : objects) DiscardHsmKey(*o);
+  // The HSM keys of every row that went, read here or not (a version another process added).
+  for (const store::ObjectRecord& rec : gone) {
+    Status st;
+    if (auto o = FromRecord(rec, &st)) DiscardHsmKey(*o);
+  }
   return n;
 }
 
@@ -472,7 +507,7 @@ Result<size_t> Token::SoftDelete(CK_OBJECT_HANDLE h) {
 
 bool Token::SharesHsmKey(const model::Object& obj) {
   const Bytes* id = obj.attrs.Get(CKA_VAULTP11_HSM_KEY_ID);
-  if (id == nullptr || id->empty() || obj.cls() == CKO_PUBLIC_KEY) return false;
+  if (id == nullptr || id->empty() || obj.cls() == CKO_PUBLIC_KEY || obj.store_id == 0) return false;
   if (Status st = EnsureLoaded(nullptr, nullptr); !st.ok()) {
     log::Warning("vault {}: the HSM key is kept: reading the vault's objects failed: {}", name_, st.error().message);
     return true;
@@ -551,6 +586,8 @@ Result<std::vector<CK_OBJECT_HANDLE>> Token::Find(const model::AttributeMap& tmp
     for (const auto& [h, o] : objects_)
       if (wanted(*o)) out.push_back(h);
   }
+  // Handle order: rows read together get handles in store order (oldest first); a row read
+  // earlier by its CKA_ID keeps the smaller handle it got then.
   std::sort(out.begin(), out.end());
   return out;
 }

@@ -54,7 +54,8 @@ class Token {
   const std::shared_ptr<pool::HsmPool>& pool() const { return pool_; }
   bool is_pool() const { return pool_ != nullptr; }
   // A pool token's keys as the pool's health check copies them (class and inner CKA_ID).
-  std::vector<pool::CatalogEntry> PoolCatalog();
+  // Reads every key first: a store that cannot be read gives its error.
+  Result<std::vector<pool::CatalogEntry>> PoolCatalog();
 
   // At C_Initialize: notes the store's revision and reads no object. Objects are read from
   // the store on demand, from its indexes: an item's rows (every version) when a search names
@@ -171,9 +172,13 @@ class Token {
   bool complete_ = false;
   std::unordered_set<std::string> loaded_labels_;
   std::unordered_set<std::string> loaded_ids_;  // the CKA_ID's bytes
-  // Serialises reading rows from the store with ApplyChanges and with this process's removals,
-  // so a row removed meanwhile is never put back. Taken before mu_, never while holding it.
+  // Held by every change to the stored objects here (reads from the store, ApplyChanges, this
+  // process's adds, replacements and removals): a row removed meanwhile is never put back, and
+  // what is here changes only under it. Taken before mu_ and the store's lock, never while
+  // holding either.
   std::mutex load_mu_;
+  // Past this many labels and CKA_IDs read one by one, a search reads everything instead.
+  static constexpr size_t kMaxRemembered = 65536;
 
   std::optional<model::HsmKey> hsm_;  // set before Load, then read-only
   config::SoftDeleteConfig soft_delete_;  // set before Load, then read-only

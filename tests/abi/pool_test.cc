@@ -856,7 +856,9 @@ TEST_F(PoolTest, BackupRestoresIntoAPoolWithTheSameDomainOnly) {
 
   // Every version of an HSM key: rotated in bk2, backed up, restored into the premium vault
   // (same domain) with both versions, the old one found by its CKA_ID and signing there.
-  if (initialized) ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  if (initialized) {
+    ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  }
   initialized = false;
   CliRun rot = Cli({"key", "rotate", "bk2", "traveller"}, config_path);
   ASSERT_EQ(rot.status, 0) << rot.output;

@@ -284,10 +284,7 @@ TEST_F(VersionsTest, ARunningProcessSeesAnotherProcesssNewVersion) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {  // another application on the same store adds version 2
-    if (InitWith(config_path) != CKR_OK) _exit(2);
-    CK_SESSION_HANDLE cs = 0;
-    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
-    if (Login(cs) != CKR_OK) _exit(4);
+    const CK_SESSION_HANDLE cs = ChildLoggedInRw();
     s = cs;
     CK_OBJECT_HANDLE p, v;
     if (GenEcRv("shared", {}, true, &p, &v) != CKR_OK) _exit(5);
@@ -382,10 +379,7 @@ TEST_F(VersionsTest, OnDemandReadsSeeOtherProcessesChanges) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {  // another application: new versions of "seen" and "unseen", "gone" deleted
-    if (InitWith(config_path) != CKR_OK) _exit(2);
-    CK_SESSION_HANDLE cs = 0;
-    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
-    if (Login(cs) != CKR_OK) _exit(4);
+    const CK_SESSION_HANDLE cs = ChildLoggedInRw();
     s = cs;
     CK_OBJECT_HANDLE p, v;
     if (GenEcRv("seen", {}, true, &p, &v) != CKR_OK) _exit(5);
@@ -408,6 +402,40 @@ TEST_F(VersionsTest, OnDemandReadsSeeOtherProcessesChanges) {
   EXPECT_EQ(Find({{CKA_CLASS, &priv_cls, sizeof(priv_cls)}}).size(), 2u);  // seen, unseen
   EXPECT_TRUE(FindByLabel(s, "gone").empty());
   EXPECT_EQ(CountAll(), 4u);
+}
+
+// An old version read first by its CKA_ID, then a new version from another process: a search
+// by label finds the new one only; by CKA_ID, every version with that id, oldest first.
+TEST_F(VersionsTest, AVersionReadByIdThenAnotherProcesssVersionLeavesTheLabelCurrent) {
+  CK_OBJECT_HANDLE pub, priv;
+  const std::vector<uint8_t> id1 = {0xb1, 0x01};
+  ASSERT_EQ(GenEcRv("byid", id1, false, &pub, &priv), CKR_OK);
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  ASSERT_EQ(InitWith(config_path), CKR_OK);
+  s = LoggedInRw();
+  auto old = Find({{CKA_ID, const_cast<uint8_t*>(id1.data()), id1.size()}});
+  ASSERT_EQ(old.size(), 2u);
+  const std::string v1 = Version(old[0]);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    s = ChildLoggedInRw();
+    CK_OBJECT_HANDLE p, v;
+    if (GenEcRv("byid", {}, true, &p, &v) != CKR_OK) _exit(5);
+    f->C_Finalize(nullptr);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  auto current = FindPrivate("byid");
+  ASSERT_EQ(current.size(), 1u);
+  EXPECT_NE(Version(current[0]), v1);
+  // The old version by label and version id: both its objects.
+  auto all = Find({{CKA_LABEL, const_cast<char*>("byid"), 4}, {CKA_VAULTP11_VERSION, const_cast<char*>(v1.data()), v1.size()}});
+  ASSERT_EQ(all.size(), 2u);
+  for (auto h : all) EXPECT_EQ(Version(h), v1);
 }
 
 // A self-signed X.509 certificate (DER) for CN=`cn` with a fresh P-256 key, serial 4242.

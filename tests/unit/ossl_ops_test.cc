@@ -739,6 +739,45 @@ TEST_F(OsslOpsTest, PreparedContextsServeThreadsAndKeepSettingsApart) {
               RvIs(CKR_SIGNATURE_INVALID));
 }
 
+// More settings than a key keeps prepared, ECDSA with and without a hash, sign and verify
+// with one private key, and a key without prepared contexts: every signature verifies under its
+// own setting only.
+TEST_F(OsslOpsTest, PreparedContextsBeyondTheirLimitAndWithoutThem) {
+  const Bytes data = Pattern(200);
+  const KeyRef rsa = Private(rsa_.at(2048), CKK_RSA);
+  KeyRef bare = rsa;
+  bare.prepared = nullptr;
+  for (int round = 0; round < 2; ++round) {
+    for (CK_ULONG salt = 0; salt < 12; ++salt) {  // 12 PSS settings: more than are kept
+      SCOPED_TRACE(salt);
+      CK_RSA_PKCS_PSS_PARAMS p{CKM_SHA256, CKG_MGF1_SHA256, salt}, q{CKM_SHA256, CKG_MGF1_SHA256, salt + 1};
+      for (const KeyRef& k : {rsa, bare}) {
+        ASSERT_OK_AND_ASSIGN(Bytes sig, SignOnce(k, Mech(CKM_SHA256_RSA_PKCS_PSS, &p, sizeof(p)), data));
+        EXPECT_TRUE(RsaVerifies(rsa_.at(2048).get(), CKM_SHA256, Digest(CKM_SHA256, data), sig, true, CKM_SHA256,
+                                static_cast<int>(salt)));
+        EXPECT_OK(VerifyOnce(k, Mech(CKM_SHA256_RSA_PKCS_PSS, &p, sizeof(p)), data, sig));  // the private key verifies
+        EXPECT_THAT(VerifyOnce(k, Mech(CKM_SHA256_RSA_PKCS_PSS, &q, sizeof(q)), data, sig),
+                    RvIs(CKR_SIGNATURE_INVALID));
+      }
+    }
+    // Raw and hashed PKCS#1 v1.5 on the same key: each signs what it should.
+    ASSERT_OK_AND_ASSIGN(Bytes hashed, SignOnce(rsa, Mech(CKM_SHA384_RSA_PKCS), data));
+    EXPECT_TRUE(RsaVerifies(rsa_.at(2048).get(), CKM_SHA384, Digest(CKM_SHA384, data), hashed));
+    EXPECT_THAT(VerifyOnce(rsa, Mech(CKM_SHA256_RSA_PKCS), data, hashed), RvIs(CKR_SIGNATURE_INVALID));
+  }
+  // ECDSA with and without a hash share the key's one prepared ECDSA context.
+  const KeyRef ec = EcPriv("P-384");
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_OK_AND_ASSIGN(Bytes s1, SignOnce(ec, Mech(CKM_ECDSA_SHA256), data));
+    EXPECT_TRUE(EcdsaVerifies(ec_.at("P-384").get(), Digest(CKM_SHA256, data), s1));
+    const Bytes h = Digest(CKM_SHA384, data);
+    ASSERT_OK_AND_ASSIGN(Bytes s2, SignOnce(ec, Mech(CKM_ECDSA), h));
+    EXPECT_TRUE(EcdsaVerifies(ec_.at("P-384").get(), h, s2));
+    EXPECT_OK(VerifyOnce(EcPub("P-384"), Mech(CKM_ECDSA_SHA256), data, s1));
+    EXPECT_THAT(VerifyOnce(EcPub("P-384"), Mech(CKM_ECDSA_SHA384), data, s1), RvIs(CKR_SIGNATURE_INVALID));
+  }
+}
+
 TEST_F(OsslOpsTest, RawRsaPssSignsAHashOfExactlyTheHashLength) {
   for (CK_MECHANISM_TYPE hash : {CKM_SHA_1, CKM_SHA224, CKM_SHA256, CKM_SHA384, CKM_SHA512}) {
     SCOPED_TRACE(hash);

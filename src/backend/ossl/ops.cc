@@ -250,12 +250,17 @@ EvpPkeyCtxPtr PreparedContexts::Dup(const Setting& setting) const {
   for (const auto& e : entries_) {
     const Entry* p = e.load(std::memory_order_acquire);
     if (p == nullptr) break;  // filled in order
-    if (p->setting == setting) return EvpPkeyCtxPtr(EVP_PKEY_CTX_dup(p->ctx));
+    if (p->setting == setting) {
+      EvpPkeyCtxPtr copy(EVP_PKEY_CTX_dup(p->ctx));
+      if (!copy) ERR_clear_error();  // the caller sets a context up itself
+      return copy;
+    }
   }
   return nullptr;
 }
 
 void PreparedContexts::Keep(const Setting& setting, EVP_PKEY_CTX* ctx) {
+  if (entries_.back().load(std::memory_order_acquire) != nullptr) return;  // kMax kept already
   EVP_PKEY_CTX* copy = EVP_PKEY_CTX_dup(ctx);
   if (copy == nullptr) {
     ERR_clear_error();
@@ -300,8 +305,8 @@ class Signature {
         return Err(CKR_KEY_TYPE_INCONSISTENT, "unsupported EC key");
       sig_len_ = 2 * field_;
     }
+    CK_RSA_PKCS_PSS_PARAMS p{};  // PSS: the parameters as read once (the context is set from them)
     if (mech_.kind == SigKind::kRsaPss) {
-      CK_RSA_PKCS_PSS_PARAMS p;
       if (!ReadParam(mech, &p)) return Err(CKR_MECHANISM_PARAM_INVALID, "PSS needs CK_RSA_PKCS_PSS_PARAMS");
       pss_hash = HashOfMech(p.hashAlg);
       pss_mgf = HashOfMgf(p.mgf);
@@ -325,12 +330,12 @@ class Signature {
     }
 
     // The key's context prepared for this setting, duplicated; else one set up here (and kept).
-    PreparedContexts::Setting setting{mech.mechanism, sign};
+    // ECDSA contexts do not depend on the hash (the digest is made here, in md_): one setting.
+    PreparedContexts::Setting setting{mech_.kind == SigKind::kEcdsa ? CKM_ECDSA : mech.mechanism, sign};
     if (mech_.kind == SigKind::kRsaPss) {
-      const auto* p = static_cast<const CK_RSA_PKCS_PSS_PARAMS*>(mech.pParameter);
-      setting.pss_hash = p->hashAlg;
-      setting.pss_mgf = p->mgf;
-      setting.pss_salt = p->sLen;
+      setting.pss_hash = p.hashAlg;
+      setting.pss_mgf = p.mgf;
+      setting.pss_salt = p.sLen;
     }
     if (key.prepared) pctx_ = key.prepared->Dup(setting);
     if (!pctx_) {

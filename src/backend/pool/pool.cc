@@ -562,7 +562,8 @@ Status HsmPool::Reconcile(size_t i, const p11::InnerToken& target) const {
   }
   if (!catalog) return OkStatus();
   size_t copied = 0;
-  for (const CatalogEntry& e : catalog()) {
+  VAULTP11_ASSIGN_OR_RETURN(const std::vector<CatalogEntry> entries, catalog());
+  for (const CatalogEntry& e : entries) {
     VAULTP11_ASSIGN_OR_RETURN(bool has, HoldsOn(target, e.object_class, e.inner_id));
     if (has) continue;
     Status done = Err(CKR_DEVICE_ERROR, "no member in service holds the key");
@@ -580,8 +581,10 @@ Status HsmPool::Reconcile(size_t i, const p11::InnerToken& target) const {
     }
     // Deleted (by this or another process) while it was being copied: no copy may outlive it.
     if (done.ok()) {
+      // (A catalog that cannot be read now keeps the copy.)
       auto now = catalog();
-      bool still = std::any_of(now.begin(), now.end(), [&](const CatalogEntry& c) { return c.inner_id == e.inner_id; });
+      const bool still = !now.ok() || std::any_of(now->begin(), now->end(),
+                                                   [&](const CatalogEntry& c) { return c.inner_id == e.inner_id; });
       if (!still) {
         DestroyOnToken(i, target, e.inner_id);
         continue;

@@ -61,7 +61,8 @@ struct CatalogEntry {
   CK_OBJECT_CLASS object_class;
   Bytes inner_id;
 };
-using Catalog = std::function<std::vector<CatalogEntry>()>;
+// The pool's keys; an error when they cannot be read (a member then stays out of service).
+using Catalog = std::function<Result<std::vector<CatalogEntry>>()>;
 
 class HsmPool;
 
