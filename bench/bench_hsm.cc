@@ -46,7 +46,7 @@
 #include <string>
 #include <vector>
 
-#include "auth/secret_hash.h"
+#include "deployment.h"
 #include "latency.h"
 
 extern char** environ;
@@ -249,9 +249,6 @@ struct Setup {
     std::ofstream(dir + "/hsm.so-pin") << kSoPin << "\n";
     for (const char* f : {"/hsm.pin", "/hsm.so-pin"})
       std::filesystem::permissions(dir + f, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
-    std::string secret = "bench-secret";
-    auto hash = vaultp11::auth::HashSecret(
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()), {10, 8, 1});
     // Every HSM is a token of the same SoftHSM library, which the module loads once: each says
     // no-deinit (as the README and the tests set it for SoftHSM).
     auto hsm = [&](const std::string& name, const std::string& token) {
@@ -269,12 +266,8 @@ struct Setup {
       pool_conf += std::string("  - { name: ") + p.name + ", hsms: [" + list + "] }\n";
       roles += std::string("  - { principal: b, role: Managed HSM Crypto User, scope: /managedHsms/") + p.name + " }\n";
     }
-    std::ofstream(dir + "/c.yaml")
-        << "log: { level: error }\nstore: { path: " << dir << "/store.db }\naudit: { sinks: [] }\n" << hsms
-        << "vaults: [ { name: bench, sku: premium, hsms: [h], default_protection: hsm } ]\n" << pool_conf
-        << "principals:\n  - name: b\n    auth: client_secret\n    secrets: [ { hash: \"" << hash.value() << "\" } ]\n"
-        << "role_assignments:\n  - { principal: b, role: Key Vault Administrator, scope: /vaults/bench }\n" << roles;
-    std::string conf = dir + "/c.yaml";
+    std::string conf = vaultp11::bench::WriteConfig(
+        dir, "[]", "{ name: bench, sku: premium, hsms: [h], default_protection: hsm }", hsms + pool_conf, roles);
     // The pools' security domain, before the module starts: one run, so the pools share it.
     if (with_pools) {
       std::vector<std::string> init = {cli, "--config", conf, "pool", "init"};
@@ -288,7 +281,7 @@ struct Setup {
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = conf.data();
     if (!module || module->C_Initialize(&args) != CKR_OK) return Fail("the module did not initialise");
-    std::string pin = "b:bench-secret";
+    std::string pin = vaultp11::bench::kPin;
     if (module->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &module_s) != CKR_OK ||
         module->C_Login(module_s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size()) != CKR_OK)
       return Fail("module login failed");

@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include "auth/secret_hash.h"
+#include "deployment.h"
 #include "latency.h"
 #include "model/attributes.h"
 
@@ -74,14 +74,7 @@ struct Store {
     }
     char tmpl[] = "/tmp/vaultp11-bench-scale-XXXXXX";
     dir = mkdtemp(tmpl);
-    std::string secret = "bench-secret";
-    auto hash = vaultp11::auth::HashSecret(
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()), {10, 8, 1});
-    conf = dir + "/c.yaml";
-    std::ofstream(conf) << "log: { level: error }\nstore: { path: " << dir << "/store.db }\naudit: { sinks: [] }\n"
-                        << "vaults: [ { name: bench } ]\nprincipals:\n  - name: b\n    auth: client_secret\n"
-                        << "    secrets: [ { hash: \"" << hash.value() << "\" } ]\n"
-                        << "role_assignments: [ { principal: b, role: Key Vault Administrator, scope: /vaults/bench } ]\n";
+    conf = vaultp11::bench::WriteConfig(dir);
     // The first object, made by the module: the template of the others.
     CK_SESSION_HANDLE s = 0;
     if (!Start(s)) return;
@@ -163,7 +156,7 @@ struct Store {
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = conf.data();
-    std::string pin = "b:bench-secret";
+    std::string pin = vaultp11::bench::kPin;
     if (f->C_Initialize(&args) != CKR_OK || f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &s) != CKR_OK ||
         f->C_Login(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size()) != CKR_OK) {
       error = "the module did not start";

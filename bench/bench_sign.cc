@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "auth/secret_hash.h"
+#include "deployment.h"
 #include "latency.h"
 
 namespace {
@@ -45,16 +45,8 @@ struct Deployment {
     if (!gfl || gfl(&f) != CKR_OK) return;
     char tmpl[] = "/tmp/vaultp11-bench-XXXXXX";
     dir = mkdtemp(tmpl);
-    std::string secret = "bench-secret";
-    auto hash = vaultp11::auth::HashSecret(
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()), {10, 8, 1});
-    std::ofstream(dir + "/c.yaml") << "log: { level: error }\nstore: { path: " << dir << "/store.db }\n"
-                                   << (audit ? "audit: { sinks: [ { type: file, path: " + dir + "/audit.log } ] }\n"
-                                             : std::string("audit: { sinks: [] }\n"))
-                                   << "vaults: [ { name: bench } ]\nprincipals:\n  - name: b\n    auth: client_secret\n"
-                                   << "    secrets: [ { hash: \"" << hash.value() << "\" } ]\n"
-                                   << "role_assignments: [ { principal: b, role: Key Vault Administrator, scope: /vaults/bench } ]\n";
-    std::string conf = dir + "/c.yaml";
+    std::string conf =
+        vaultp11::bench::WriteConfig(dir, audit ? "[ { type: file, path: " + dir + "/audit.log } ]" : "[]");
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = conf.data();
@@ -78,7 +70,7 @@ struct Deployment {
     CK_SESSION_HANDLE s = 0;
     f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &s);
     if (owner == 0) {
-      std::string pin = "b:bench-secret";
+      std::string pin = vaultp11::bench::kPin;
       f->C_Login(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
     }
     return s;
@@ -161,20 +153,13 @@ struct SharedStore {
     if (!gfl || gfl(&f) != CKR_OK) return;
     char tmpl[] = "/tmp/vaultp11-bench-procs-XXXXXX";
     dir = mkdtemp(tmpl);
-    std::string secret = "bench-secret";
-    auto hash = vaultp11::auth::HashSecret(
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()), {10, 8, 1});
-    conf = dir + "/c.yaml";
-    std::ofstream(conf) << "log: { level: error }\nstore: { path: " << dir << "/store.db }\naudit: { sinks: [] }\n"
-                        << "vaults: [ { name: bench } ]\nprincipals:\n  - name: b\n    auth: client_secret\n"
-                        << "    secrets: [ { hash: \"" << hash.value() << "\" } ]\n"
-                        << "role_assignments: [ { principal: b, role: Key Vault Administrator, scope: /vaults/bench } ]\n";
+    conf = vaultp11::bench::WriteConfig(dir);
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = conf.data();
     if (f->C_Initialize(&args) != CKR_OK) return;
     CK_SESSION_HANDLE s = 0;
-    std::string pin = "b:bench-secret", label = "proc-key";
+    std::string pin = vaultp11::bench::kPin, label = "proc-key";
     CK_BBOOL yes = CK_TRUE;
     CK_MECHANISM m{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
     CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256.data()), kP256.size()}, {CKA_TOKEN, &yes, 1},
@@ -209,7 +194,7 @@ struct SharedStore {
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = const_cast<char*>(conf.c_str());
-    std::string pin = "b:bench-secret", label = "proc-key";
+    std::string pin = vaultp11::bench::kPin, label = "proc-key";
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, label.data(), label.size()}};
     CK_ULONG n = 0;

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <ctime>
 #include <limits>
 #include <map>
@@ -617,18 +618,27 @@ struct Store::Impl {
     return OkStatus();
   }
 
-  // Inside or outside a transaction: every row of `label` in `vault` (deleted or not), oldest first.
-  Result<std::vector<ObjectRecord>> ItemObjects(const std::string& vault, const std::string& label) {
+  // The rows of `vault` (?1) that match `where` (its parameters from ?2, bound by `bind`),
+  // oldest first; `live`: without those of soft-deleted items.
+  Result<std::vector<ObjectRecord>> ReadObjects(const std::string& vault, const char* where,
+                                                const std::function<void(Stmt&)>& bind, bool live,
+                                                std::string_view what) {
     VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * q, Prepare(std::string("SELECT ") + object_columns +
-                                                        " FROM objects WHERE vault = ? AND label = ? ORDER BY id"));
+                                                        " FROM objects WHERE vault = ?1 AND " + where +
+                                                        (live ? live_filter : "") + " ORDER BY id"));
     Stmt st(q);
     st.Bind(1, vault);
-    st.Bind(2, label);
+    bind(st);
     std::vector<ObjectRecord> out;
     int rc;
     while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
-    if (rc != SQLITE_DONE) return Fail(rc, "reading an item");
+    if (rc != SQLITE_DONE) return Fail(rc, what);
     return out;
+  }
+
+  // Inside or outside a transaction: every row of `label` in `vault` (deleted or not), oldest first.
+  Result<std::vector<ObjectRecord>> ItemObjects(const std::string& vault, const std::string& label) {
+    return ReadObjects(vault, "label = ?2", [&](Stmt& st) { st.Bind(2, label); }, false, "reading an item");
   }
 
   // Inside a transaction: inserts `record` (its version and created as given) with its secret
@@ -1498,50 +1508,19 @@ Result<int64_t> Store::Revision() {
 
 Result<std::vector<ObjectRecord>> Store::ChangedSince(const std::string& vault, int64_t since) {
   std::lock_guard<std::mutex> lock(mu_);
-  VAULTP11_ASSIGN_OR_RETURN(
-      sqlite3_stmt * s,
-      impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
-                     " FROM objects WHERE vault = ? AND revision > ?" + impl_->live_filter + " ORDER BY id"));
-  Stmt st(s);
-  st.Bind(1, vault);
-  st.Bind(2, since);
-  std::vector<ObjectRecord> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
-  if (rc != SQLITE_DONE) return impl_->Fail(rc, "reading objects");
-  return out;
+  return impl_->ReadObjects(vault, "revision > ?2", [&](Stmt& st) { st.Bind(2, since); }, true, "reading objects");
 }
 
 Result<std::vector<ObjectRecord>> Store::LoadByLabel(const std::string& vault, const std::string& label) {
   std::lock_guard<std::mutex> lock(mu_);
-  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
-                            impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
-                                           " FROM objects WHERE vault = ? AND label = ?" + impl_->live_filter +
-                                           " ORDER BY id"));
-  Stmt st(s);
-  st.Bind(1, vault);
-  st.Bind(2, label);
-  std::vector<ObjectRecord> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
-  if (rc != SQLITE_DONE) return impl_->Fail(rc, "reading objects by label");
-  return out;
+  return impl_->ReadObjects(vault, "label = ?2", [&](Stmt& st) { st.Bind(2, label); }, true,
+                            "reading objects by label");
 }
 
 Result<std::vector<ObjectRecord>> Store::LoadById(const std::string& vault, const Bytes& ck_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
-                            impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
-                                           " FROM objects WHERE vault = ? AND ck_id = ?" + impl_->live_filter +
-                                           " ORDER BY id"));
-  Stmt st(s);
-  st.Bind(1, vault);
-  st.BindBlob(2, ck_id);
-  std::vector<ObjectRecord> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
-  if (rc != SQLITE_DONE) return impl_->Fail(rc, "reading objects by CKA_ID");
-  return out;
+  return impl_->ReadObjects(vault, "ck_id = ?2", [&](Stmt& st) { st.BindBlob(2, ck_id); }, true,
+                            "reading objects by CKA_ID");
 }
 
 Result<std::vector<int64_t>> Store::DeletedSince(const std::string& vault, int64_t since) {

@@ -1,6 +1,7 @@
 #include "fixture.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -98,6 +99,14 @@ CK_SESSION_HANDLE AbiTest::LoggedInRw(CK_SLOT_ID slot) {
   CK_SESSION_HANDLE s = OpenRw(slot);
   EXPECT_EQ(Login(s), CKR_OK);
   return s;
+}
+
+CK_SESSION_HANDLE AbiTest::ChildLoggedInRw() {
+  if (InitWith(config_path) != CKR_OK) _exit(2);
+  CK_SESSION_HANDLE cs = 0;
+  if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
+  if (Login(cs) != CKR_OK) _exit(4);
+  return cs;
 }
 
 void AbiTest::GenRsa(CK_SESSION_HANDLE s, CK_ULONG bits, const std::string& label, CK_OBJECT_HANDLE* pub,

@@ -42,6 +42,9 @@ class AbiTest : public ::testing::Test {
   CK_SESSION_HANDLE OpenRo(CK_SLOT_ID slot = 0);
   CK_RV Login(CK_SESSION_HANDLE s, const std::string& pin = kAdminPin);
   CK_SESSION_HANDLE LoggedInRw(CK_SLOT_ID slot = 0);
+  // In a forked child: C_Initialize with config_path, a read/write session on slot 0 and the
+  // login; a failure ends the child with exit status 2, 3 or 4.
+  CK_SESSION_HANDLE ChildLoggedInRw();
 
   // Key generation with the templates pkcs11-tool sends.
   void GenRsa(CK_SESSION_HANDLE s, CK_ULONG bits, const std::string& label, CK_OBJECT_HANDLE* pub,

@@ -199,10 +199,7 @@ TEST_F(SessionTest, KeyCreatedByAnotherProcessIsFoundWithoutRestart) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    if (InitWith(config_path) != CKR_OK) _exit(1);
-    CK_SESSION_HANDLE cs;
-    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(2);
-    if (Login(cs) != CKR_OK) _exit(3);
+    const CK_SESSION_HANDLE cs = ChildLoggedInRw();
     CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
     CK_BBOOL t = CK_TRUE;
     std::string label = "from-child";
@@ -210,7 +207,7 @@ TEST_F(SessionTest, KeyCreatedByAnotherProcessIsFoundWithoutRestart) {
                          {CKA_LABEL, label.data(), label.size()}};
     CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &t, 1}, {CKA_LABEL, label.data(), label.size()}};
     CK_OBJECT_HANDLE p, v;
-    if (f->C_GenerateKeyPair(cs, &mech, pt, 3, vt, 2, &p, &v) != CKR_OK) _exit(4);
+    if (f->C_GenerateKeyPair(cs, &mech, pt, 3, vt, 2, &p, &v) != CKR_OK) _exit(5);
     f->C_Finalize(nullptr);
     _exit(0);
   }
@@ -235,12 +232,9 @@ TEST_F(SessionTest, KeyCreatedByAnotherProcessIsFoundWithoutRestart) {
   pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    if (InitWith(config_path) != CKR_OK) _exit(1);
-    CK_SESSION_HANDLE cs;
-    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(2);
-    if (Login(cs) != CKR_OK) _exit(3);
+    const CK_SESSION_HANDLE cs = ChildLoggedInRw();
     for (auto h : FindByLabel(cs, "from-child"))
-      if (f->C_DestroyObject(cs, h) != CKR_OK) _exit(4);
+      if (f->C_DestroyObject(cs, h) != CKR_OK) _exit(5);
     f->C_Finalize(nullptr);
     _exit(0);
   }
