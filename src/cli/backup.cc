@@ -373,8 +373,10 @@ Status Restore(const config::Config& cfg, const std::string& where_in, const std
   if (!config::IsValidName(h.name)) return Err(CKR_DATA_INVALID, "{}: bad item name", file);
   if (has_hsm == c.hsm_keys.empty()) return Err(CKR_DATA_INVALID, "{}: its content is malformed", file);
   // Versions may share an HSM key (a certificate renewed with --reuse-key): one copy of each.
-  std::set<Bytes> seen;
-  std::erase_if(c.hsm_keys, [&](const pool::WrappedKey& wk) { return !seen.insert(wk.inner_id).second; });
+  std::set<std::string> seen;  // the inner CKA_IDs' bytes
+  std::erase_if(c.hsm_keys, [&](const pool::WrappedKey& wk) {
+    return !seen.insert(std::string(wk.inner_id.begin(), wk.inner_id.end())).second;
+  });
   for (auto& r : c.rows) {
     r.vault = where;
     r.label = h.name;
@@ -383,10 +385,7 @@ Status Restore(const config::Config& cfg, const std::string& where_in, const std
       return Err(CKR_ARGUMENTS_BAD, "{} holds a software key version: pools hold HSM keys only; nothing changed", file);
   }
   // 4. The name must be free (live or deleted), and no HSM may hold the keys already.
-  VAULTP11_ASSIGN_OR_RETURN(auto live, st->LoadVault(where));
-  std::vector<store::ObjectRecord> same;
-  for (auto& r : live)
-    if (r.label == h.name) same.push_back(std::move(r));
+  VAULTP11_ASSIGN_OR_RETURN(const std::vector<store::ObjectRecord> same, st->LoadByLabel(where, h.name));
   if (!same.empty())
     return Err(CKR_FUNCTION_FAILED, "{} already has a {} named {}; nothing changed", where, ToLower(KindOfRows(same)),
                QuotePrintable(h.name));
