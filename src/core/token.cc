@@ -2,7 +2,6 @@
 
 #include <openssl/sha.h>
 
-
 #include "util/log.h"
 
 namespace vaultp11::core {
