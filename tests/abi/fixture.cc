@@ -1,6 +1,7 @@
 #include "fixture.h"
 
 #include <dlfcn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -99,6 +100,19 @@ CK_SESSION_HANDLE AbiTest::LoggedInRw(CK_SLOT_ID slot) {
   CK_SESSION_HANDLE s = OpenRw(slot);
   EXPECT_EQ(Login(s), CKR_OK);
   return s;
+}
+
+int AbiTest::InAnotherProcess(const std::function<int(CK_SESSION_HANDLE)>& body) {
+  const pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    const int rc = body(ChildLoggedInRw());
+    f->C_Finalize(nullptr);
+    _exit(rc);
+  }
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
 }
 
 CK_SESSION_HANDLE AbiTest::ChildLoggedInRw() {

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,10 @@ class AbiTest : public ::testing::Test {
   // In a forked child: C_Initialize with config_path, a read/write session on slot 0 and the
   // login; a failure ends the child with exit status 2, 3 or 4.
   CK_SESSION_HANDLE ChildLoggedInRw();
+  // Another application on the same deployment: forks, and in the child runs `body` with the
+  // session of ChildLoggedInRw; `body`'s result is the child's exit status (0: success) after
+  // C_Finalize. Returns that status (-1 when the child did not exit normally).
+  int InAnotherProcess(const std::function<int(CK_SESSION_HANDLE)>& body);
 
   // Key generation with the templates pkcs11-tool sends.
   void GenRsa(CK_SESSION_HANDLE s, CK_ULONG bits, const std::string& label, CK_OBJECT_HANDLE* pub,

@@ -281,20 +281,13 @@ TEST_F(VersionsTest, ARunningProcessSeesAnotherProcesssNewVersion) {
   ASSERT_EQ(GenEcRv("shared", {}, false, &pub1, &priv1), CKR_OK);
   ASSERT_EQ(FindPrivate("shared"), std::vector<CK_OBJECT_HANDLE>{priv1});
   const std::string v1 = Version(priv1);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {  // another application on the same store adds version 2
-    const CK_SESSION_HANDLE cs = ChildLoggedInRw();
-    s = cs;
-    CK_OBJECT_HANDLE p, v;
-    if (GenEcRv("shared", {}, true, &p, &v) != CKR_OK) _exit(5);
-    f->C_Finalize(nullptr);
-    _exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0);
+  // Another application on the same store adds version 2.
+  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
+              s = cs;
+              CK_OBJECT_HANDLE p, v;
+              return GenEcRv("shared", {}, true, &p, &v) == CKR_OK ? 0 : 5;
+            }),
+            0);
   auto now = FindPrivate("shared");
   ASSERT_EQ(now.size(), 1u);
   EXPECT_NE(now[0], priv1);
@@ -376,23 +369,17 @@ TEST_F(VersionsTest, OnDemandReadsSeeOtherProcessesChanges) {
   s = LoggedInRw();
   ASSERT_EQ(FindPrivate("seen").size(), 1u);  // only this label is read
   const std::string seen_v1 = Version(FindPrivate("seen")[0]);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {  // another application: new versions of "seen" and "unseen", "gone" deleted
-    const CK_SESSION_HANDLE cs = ChildLoggedInRw();
-    s = cs;
-    CK_OBJECT_HANDLE p, v;
-    if (GenEcRv("seen", {}, true, &p, &v) != CKR_OK) _exit(5);
-    if (GenEcRv("unseen", {}, true, &p, &v) != CKR_OK) _exit(6);
-    for (auto h : FindByLabel(cs, "gone"))
-      if (f->C_DestroyObject(cs, h) != CKR_OK) _exit(7);
-    f->C_Finalize(nullptr);
-    _exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0);
+  // Another application: new versions of "seen" and "unseen", "gone" deleted.
+  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
+              s = cs;
+              CK_OBJECT_HANDLE p, v;
+              if (GenEcRv("seen", {}, true, &p, &v) != CKR_OK) return 5;
+              if (GenEcRv("unseen", {}, true, &p, &v) != CKR_OK) return 6;
+              for (auto h : FindByLabel(cs, "gone"))
+                if (f->C_DestroyObject(cs, h) != CKR_OK) return 7;
+              return 0;
+            }),
+            0);
   auto seen = FindPrivate("seen");
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_NE(Version(seen[0]), seen_v1);
@@ -416,19 +403,12 @@ TEST_F(VersionsTest, AVersionReadByIdThenAnotherProcesssVersionLeavesTheLabelCur
   auto old = Find({{CKA_ID, const_cast<uint8_t*>(id1.data()), id1.size()}});
   ASSERT_EQ(old.size(), 2u);
   const std::string v1 = Version(old[0]);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    s = ChildLoggedInRw();
-    CK_OBJECT_HANDLE p, v;
-    if (GenEcRv("byid", {}, true, &p, &v) != CKR_OK) _exit(5);
-    f->C_Finalize(nullptr);
-    _exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
+              s = cs;
+              CK_OBJECT_HANDLE p, v;
+              return GenEcRv("byid", {}, true, &p, &v) == CKR_OK ? 0 : 5;
+            }),
+            0);
   auto current = FindPrivate("byid");
   ASSERT_EQ(current.size(), 1u);
   EXPECT_NE(Version(current[0]), v1);
