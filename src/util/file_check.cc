@@ -141,7 +141,7 @@ Status CheckNotWritableByOthers(const std::string& path, std::string_view what,
       std::string target = std::filesystem::read_symlink(next, ec).string();
       if (ec) return c.CannotRead(ec.value());
       if (target.empty()) return c.CannotRead(ENOENT);
-      if (target.front() == '/') cur = "/";
+      if (target.front() == '/') cur.assign(1, '/');  // (not `= "/"`: GCC 12 -Wrestrict false positive)
       PushFrontComponents(target, todo);
       continue;
     }

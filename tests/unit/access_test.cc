@@ -145,8 +145,11 @@ TEST(AccessTest, EveryBuiltInRoleGrantsExactlyItsTableRow) {
       uint32_t want = Bits(kind, names);
       EXPECT_EQ(g.vault_wide[static_cast<int>(kind)], want) << row.role << " kind " << static_cast<int>(kind);
       // Every single permission of the kind: allowed exactly when listed.
-      for (uint32_t bit = 1; bit != 0 && bit <= PermissionsOf(kind); bit <<= 1)
-        if (PermissionsOf(kind) & bit) EXPECT_EQ(g.Allows(kind, "obj", bit), (want & bit) != 0) << row.role;
+      for (uint32_t bit = 1; bit != 0 && bit <= PermissionsOf(kind); bit <<= 1) {
+        if (PermissionsOf(kind) & bit) {
+          EXPECT_EQ(g.Allows(kind, "obj", bit), (want & bit) != 0) << row.role;
+        }
+      }
     }
     // Never across vault and pool.
     EXPECT_EQ(ComputeGrants(c, def->pool ? "v" : "p", "x").vault_wide[0], 0u) << row.role;
