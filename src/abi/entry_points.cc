@@ -7,6 +7,7 @@
 #include <cstring>
 #include <iterator>
 #include <new>
+#include <optional>
 
 #include "abi/pkcs11_3_0.h"
 #include "core/audit_hooks.h"
@@ -29,11 +30,13 @@ bool Serious(CK_RV rv) {
 template <typename F>
 CK_RV Invoke(const char* name, F&& f) noexcept {
   try {
-    ERR_clear_error();
-    core::AuditCall call;
-    core::AuditScope scope(core::AuditRecorder() != nullptr ? &call : nullptr);
+    // Errors the caller left on this thread's OpenSSL queue are not ours to report.
+    if (ERR_peek_error() != 0) ERR_clear_error();
+    std::optional<core::AuditCall> call;  // only when auditing is on
+    if (core::AuditRecorder() != nullptr) call.emplace();
+    core::AuditScope scope(call ? &*call : nullptr);
     Status st = f();
-    core::SubmitAudit(call, st);
+    if (call) core::SubmitAudit(*call, st);
     if (st.ok()) return CKR_OK;
     const Error& e = st.error();
     if (Serious(e.rv))

@@ -131,20 +131,18 @@ void AuditContinuing() {
   if (AuditCall* c = t_current) c->continuing = true;
 }
 
-audit::Event TakeAudit() {
+OpAudit TakeAudit() {
   AuditCall* c = t_current;
   if (c == nullptr || c->event.operation == nullptr) return {};
-  audit::Event e = std::move(c->event);
+  OpAudit a(std::move(c->event));
   c->event = audit::Event{};
-  return e;
+  return a;
 }
 
 OpAudit& OpAudit::operator=(OpAudit&& o) noexcept {
   if (this != &o) {
     Release();
     event_ = std::move(o.event_);
-    armed_ = o.armed_;
-    o.armed_ = false;
   }
   return *this;
 }
@@ -152,19 +150,19 @@ OpAudit& OpAudit::operator=(OpAudit&& o) noexcept {
 OpAudit::~OpAudit() { Release(); }
 
 void OpAudit::Release() {
-  if (!armed_) return;
-  armed_ = false;
+  if (!event_) return;
+  std::unique_ptr<audit::Event> e = std::move(event_);
   AuditCall* cur = t_current;
   if (cur != nullptr && cur->continuing && cur->event.operation == nullptr) {
     // The call ending the operation submits it with its own result. A pool operation moved
     // to another member on the way names the one that finished it.
     std::string member = std::move(cur->event.member);
-    cur->event = std::move(event_);
+    cur->event = std::move(*e);
     if (!member.empty()) cur->event.member = std::move(member);
     return;
   }
-  event_.Finish(CKR_FUNCTION_CANCELED, "the operation was not finished (its session closed, or it was replaced)");
-  SubmitAuditEvent(std::move(event_));
+  e->Finish(CKR_FUNCTION_CANCELED, "the operation was not finished (its session closed, or it was replaced)");
+  SubmitAuditEvent(std::move(*e));
 }
 
 }  // namespace vaultp11::core

@@ -78,22 +78,23 @@ void AuditCount(int64_t n);
 void AuditDenied(bool unauthenticated = false);
 // This call may end an operation (C_Sign, C_SignFinal, C_Verify, ...).
 void AuditContinuing();
-// Takes the current call's event (an Init that succeeded: the operation goes on).
-audit::Event TakeAudit();
 
-// The event of an operation in progress, kept in its session state. Move-only.
+// The event of an operation in progress, kept in its session state (none when auditing is
+// off: then it costs a null pointer). Move-only.
 class OpAudit {
  public:
   OpAudit() = default;
-  explicit OpAudit(audit::Event e) : event_(std::move(e)), armed_(event_.operation != nullptr) {}
-  OpAudit(OpAudit&& o) noexcept : event_(std::move(o.event_)), armed_(o.armed_) { o.armed_ = false; }
+  explicit OpAudit(audit::Event e) : event_(std::make_unique<audit::Event>(std::move(e))) {}
+  OpAudit(OpAudit&& o) noexcept = default;
   OpAudit& operator=(OpAudit&& o) noexcept;
   ~OpAudit();
 
  private:
   void Release();
-  audit::Event event_;
-  bool armed_ = false;
+  std::unique_ptr<audit::Event> event_;  // set while the operation's event is pending
 };
+
+// Takes the current call's event (an Init that succeeded: the operation goes on).
+OpAudit TakeAudit();
 
 }  // namespace vaultp11::core

@@ -195,7 +195,7 @@ Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
             : encrypt ? ossl::NewEncryptOp(k.key, *mech)
                       : ossl::NewDecryptOp(k.key, *mech);
   if (!op.ok()) return op.error();
-  slot = CipherState{std::move(op).value(), std::move(k.object), false, std::nullopt, OpAudit(TakeAudit())};
+  slot = CipherState{std::move(op).value(), std::move(k.object), false, std::nullopt, TakeAudit()};
   return OkStatus();
 }
 
@@ -336,7 +336,7 @@ Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key
                                                                                           hsm_sig_len);
                                                              })
                                            : ossl::NewSignOp(k.key, *mech));
-  c.session->sign = SignState{std::move(op), std::move(k.object), false, OpAudit(TakeAudit())};
+  c.session->sign = SignState{std::move(op), std::move(k.object), false, TakeAudit()};
   return OkStatus();
 }
 
@@ -374,7 +374,7 @@ Status VerifyInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
   if (c.session->verify) return Err(CKR_OPERATION_ACTIVE, "a verify operation is active");
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kVerifyUse));
   VAULTP11_ASSIGN_OR_RETURN(auto op, ossl::NewVerifyOp(k.key, *mech));
-  c.session->verify = VerifyState{std::move(op), std::move(k.object), false, OpAudit(TakeAudit())};
+  c.session->verify = VerifyState{std::move(op), std::move(k.object), false, TakeAudit()};
   return OkStatus();
 }
 

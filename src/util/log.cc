@@ -34,7 +34,9 @@ std::string SslErrors() {
 
 namespace log {
 namespace {
-std::atomic<int> g_level{static_cast<int>(Level::kWarning)};
+// -1 until Configure: the environment or the default decides. Configure reads the environment
+// once, so a configured level costs one atomic load per check (no getenv on the call path).
+std::atomic<int> g_level{-1};
 std::mutex g_mu;  // guards g_sink / g_file
 enum class Sink { kStderr, kSyslog, kFile };
 Sink g_sink = Sink::kStderr;
@@ -78,8 +80,12 @@ void Configure(Level level, std::string_view sink) {
 }
 
 Level CurrentLevel() {
-  int env = EnvLevel();
-  return static_cast<Level>(env >= 0 ? env : g_level.load());
+  int l = g_level.load(std::memory_order_relaxed);
+  if (l < 0) {
+    int env = EnvLevel();
+    l = env >= 0 ? env : static_cast<int>(Level::kWarning);
+  }
+  return static_cast<Level>(l);
 }
 
 bool Enabled(Level l) { return static_cast<int>(l) >= static_cast<int>(CurrentLevel()); }
