@@ -1,6 +1,7 @@
 #include "audit/chain.h"
 
 #include <fcntl.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -25,15 +26,43 @@ constexpr uint64_t kMaxLineBytes = 64ull << 20;
 
 }  // namespace
 
+namespace {
+
+// SHA-256 of lines in lowercase hex, with one digest context for all of them (a writer hashes
+// every line of a batch: no context made and freed per line).
+class LineHasher {
+ public:
+  LineHasher() : ctx_(EVP_MD_CTX_new()) {}
+  ~LineHasher() { EVP_MD_CTX_free(ctx_); }
+  LineHasher(const LineHasher&) = delete;
+  LineHasher& operator=(const LineHasher&) = delete;
+
+  // Replaces `hex` with the hash of `line`, reusing its buffer; empty if OpenSSL fails.
+  void Hash(std::string_view line, std::string& hex) {
+    // Fetched once: EVP_MD_fetch takes a lock and searches the providers. Never freed (it
+    // lives as long as the process).
+    static EVP_MD* const sha = EVP_MD_fetch(ossl::LibCtx(), "SHA256", nullptr);
+    unsigned char md[32];
+    unsigned int n = 0;
+    hex.clear();
+    if (ctx_ == nullptr || sha == nullptr || EVP_DigestInit_ex2(ctx_, sha, nullptr) != 1 ||
+        EVP_DigestUpdate(ctx_, line.data(), line.size()) != 1 || EVP_DigestFinal_ex(ctx_, md, &n) != 1) {
+      ERR_clear_error();
+      return;
+    }
+    AppendHex(hex, std::string_view(reinterpret_cast<const char*>(md), n));
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
+
+}  // namespace
+
 std::string LineHash(std::string_view line) {
-  // Fetched once: EVP_MD_fetch takes a lock and searches the providers, and the chain hashes
-  // every line it writes or verifies. Never freed (it lives as long as the process).
-  static EVP_MD* const sha = EVP_MD_fetch(ossl::LibCtx(), "SHA256", nullptr);
-  unsigned char md[32];
-  unsigned int n = 0;
-  EVP_Digest(line.data(), line.size(), md, &n, sha, nullptr);
+  LineHasher h;
   std::string out;
-  AppendHex(out, std::string_view(reinterpret_cast<const char*>(md), n));
+  h.Hash(line, out);
   return out;
 }
 
@@ -94,6 +123,7 @@ std::string ChainLines(std::span<const Record> records, uint64_t& seq, std::stri
   for (const Record& r : records) total += r.json.size() + 100;
   std::string out;
   out.reserve(total);
+  LineHasher hasher;
   for (const Record& r : records) {
     const size_t start = out.size();
     out += "{\"seq\":";
@@ -108,7 +138,7 @@ std::string ChainLines(std::span<const Record> records, uint64_t& seq, std::stri
     } else {
       out += '}';
     }
-    prev = LineHash(std::string_view(out).substr(start));
+    hasher.Hash(std::string_view(out).substr(start), prev);
     out += '\n';
   }
   return out;

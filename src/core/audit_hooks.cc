@@ -62,13 +62,17 @@ void AuditRename(const char* op) {
 }
 
 void AuditToken(const Token& t) {
+  if (t_current != nullptr) AuditToken(t, t.grants().get());
+}
+
+void AuditToken(const Token& t, const auth::Grants* grants) {
   AuditCall* c = t_current;
   if (c == nullptr) return;
   c->event.resource = t.name();
   c->event.pool = t.is_pool();
-  if (auto g = t.grants()) {
-    c->event.principal = g->principal;
-    c->event.auth_method = g->method;
+  if (grants != nullptr) {
+    c->event.principal = grants->principal;
+    c->event.auth_method = grants->method;
   }
 }
 

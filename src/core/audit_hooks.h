@@ -19,6 +19,9 @@
 namespace vaultp11::model {
 struct Object;
 }
+namespace vaultp11::auth {
+struct Grants;
+}
 
 namespace vaultp11::core {
 
@@ -61,6 +64,7 @@ void AuditOperation(const char* op, bool critical = false);
 void AuditRename(const char* op);
 // The vault or pool, and who is logged in there.
 void AuditToken(const Token& t);
+void AuditToken(const Token& t, const auth::Grants* grants);  // who is logged in: `grants`
 void AuditPrincipal(std::string principal, std::string method);
 // The object the call is about: kind (by class), name, CKA_ID (the first object named in a
 // call is the one it is about); `op_by_kind` (if set) picks the operation name for the

@@ -11,6 +11,9 @@ struct CallContext {
   Provider* provider;
   SessionPtr session;
   Token* token;
+  // Who is logged in on the token as the call began (null: nobody); every check of the call
+  // uses this one snapshot.
+  std::shared_ptr<const auth::Grants> grants;
 };
 
 Result<CallContext> Begin(CK_SESSION_HANDLE h);
