@@ -197,8 +197,14 @@ class InnerSignOp final : public ossl::SignOp, private LeasedOp {
       Abandon();
       return hash.error();
     }
-    Bytes input(prefix_.begin(), prefix_.end());
-    input.insert(input.end(), hash->begin(), hash->end());
+    Bytes input;  // prefix || digest; the digest alone (ECDSA, PSS) needs no copy
+    if (!prefix_.empty()) {
+      input.reserve(prefix_.size() + hash->size());
+      input.assign(prefix_.begin(), prefix_.end());
+      input.insert(input.end(), hash->begin(), hash->end());
+    } else {
+      input = std::move(hash).value();
+    }
     Bytes sig;
     CK_RV rv = Collect(sig_len_, &sig, [&](CK_BYTE_PTR out, CK_ULONG_PTR n) {
       return VAULTP11_P11_CALL(module(), C_Sign, session(), input.data(),

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <optional>
 
 namespace vaultp11::p11 {
 
@@ -477,7 +478,7 @@ Result<SessionLease> InnerToken::Acquire() const {
   PoolState& s = *state_;
   if (NeedsRecover(s)) VAULTP11_RETURN_IF_ERROR(Recover());
 
-  const auto deadline = std::chrono::steady_clock::now() + s.options.acquire_timeout;
+  std::optional<std::chrono::steady_clock::time_point> deadline;  // read when first waiting
   std::unique_lock<std::mutex> l(s.mu);
   for (;;) {
     if (!s.idle.empty()) {
@@ -503,7 +504,8 @@ Result<SessionLease> InnerToken::Acquire() const {
       s.opened_total.fetch_add(1, std::memory_order_relaxed);
       return SessionLease(state_, h, gen);
     }
-    if (s.cv.wait_until(l, deadline) == std::cv_status::timeout && s.idle.empty() &&
+    if (!deadline) deadline = std::chrono::steady_clock::now() + s.options.acquire_timeout;
+    if (s.cv.wait_until(l, *deadline) == std::cv_status::timeout && s.idle.empty() &&
         s.open >= s.options.max_sessions) {
       return Err(CKR_FUNCTION_FAILED, "all {} sessions of {} stayed in use for {} ms",
                  s.options.max_sessions, s.description, s.options.acquire_timeout.count());
