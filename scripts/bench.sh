@@ -31,8 +31,13 @@ export VAULTP11_CLI=$root/$dir/src/cli/vaultp11  # bench_hsm's pools: `vaultp11 
 for run in bench_sign bench_hsm bench_hsm_pool bench_scale; do
   echo "--- $run" >&2
   b=${run%_pool}
+  # The repetitions of an arm and of its baseline run interleaved in random order, so a slow
+  # minute of a shared machine falls on both alike (scale keeps its order: each of its cases
+  # builds or opens a store of its own).
+  interleave=$([[ $run == bench_scale ]] && echo false || echo true)
   VAULTP11_BENCH_POOLS=$([[ $run == *_pool ]] && echo 1 || echo 0) \
     "$dir/bench/$b" --benchmark_repetitions="$REPS" --benchmark_report_aggregates_only=true \
+    --benchmark_enable_random_interleaving="$interleave" \
     --benchmark_min_time="$MIN_TIME" --benchmark_out="$dir/$run.json" --benchmark_out_format=json >&2
 done
 table=$("$dir/bench/bench_report" "$dir/bench_sign.json" "$dir/bench_hsm.json" "$dir/bench_hsm_pool.json" \
