@@ -108,12 +108,9 @@ Status Token::EnsureLoaded(const std::string* label, const Bytes* id) {
   std::lock_guard<std::mutex> g(load_mu_);
   {
     std::shared_lock<std::shared_mutex> l(mu_);
-    if (LoadedLocked(label, id)) return OkStatus();
-  }
-  // Past kMaxRemembered labels and CKA_IDs read, everything is read instead (the sets would
-  // otherwise grow with every distinct search, misses included).
-  {
-    std::shared_lock<std::shared_mutex> l(mu_);
+    if (LoadedLocked(label, id)) return OkStatus();  // read by another thread meanwhile
+    // Past kMaxRemembered labels and CKA_IDs read, everything is read instead (the sets would
+    // otherwise grow with every distinct search, misses included).
     if (loaded_labels_.size() + loaded_ids_.size() >= kMaxRemembered) label = nullptr, id = nullptr;
   }
   VAULTP11_ASSIGN_OR_RETURN(auto rows, label != nullptr ? store_->LoadByLabel(name_, *label)
