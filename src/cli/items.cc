@@ -20,6 +20,7 @@
 #include "model/attributes.h"
 #include "model/object.h"
 #include "store/store.h"
+#include "util/read_all.h"
 #include "util/strings.h"
 #include "vaultp11/vaultp11.h"
 
@@ -103,20 +104,9 @@ Result<SecureBytes> ReadFileBounded(const std::string& path, size_t limit) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", path, std::strerror(errno));
   SecureBytes data(limit);
-  size_t got = 0;
-  while (got < data.size()) {
-    ssize_t n = read(fd, data.data() + got, data.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      close(fd);
-      return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", path, std::strerror(e));
-    }
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
+  const int e = ReadUpTo(fd, data);
   close(fd);
-  data.resize(got);
+  if (e != 0) return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", path, std::strerror(e));
   return data;
 }
 

@@ -25,6 +25,7 @@
 
 #include "backend/ossl/ossl_backend.h"
 #include "util/log.h"
+#include "util/read_all.h"
 #include "util/strings.h"
 
 namespace vaultp11::store {
@@ -266,22 +267,11 @@ Result<SecureBytes> ReadMasterKey(const std::string& path) {
     log::Warning("master key file {} is accessible by group or others (mode {:o})", path,
                  st.st_mode & 0777);
   SecureBytes key(kKeyLen + 1);  // one spare byte detects a file that is too long
-  size_t got = 0;
-  while (got < key.size()) {
-    ssize_t n = read(fd, key.data() + got, key.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      close(fd);
-      return Err(CKR_DEVICE_ERROR, "cannot read master key file {}: {}", path, strerror(e));
-    }
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
+  const int e = ReadUpTo(fd, key);
   close(fd);
-  if (got != kKeyLen)
+  if (e != 0) return Err(CKR_DEVICE_ERROR, "cannot read master key file {}: {}", path, strerror(e));
+  if (key.size() != kKeyLen)
     return Err(CKR_DEVICE_ERROR, "master key file {} must hold exactly {} bytes", path, kKeyLen);
-  key.resize(kKeyLen);
   return key;
 }
 

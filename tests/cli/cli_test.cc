@@ -1079,6 +1079,9 @@ TEST_F(SecretCliTest, SetGetListDeleteByteForByteWithVersions) {
 TEST_F(SecretCliTest, BadInputIsRefusedWithNothingStored) {
   const std::string max(VAULTP11_MAX_SECRET_BYTES, 'm');
   EXPECT_EQ(Cli({"secret", "set", "dev", "largest"}, max).exit_code, kExitOk);
+  WriteFile(dir.file("largest.bin"), max);
+  EXPECT_EQ(Cli({"secret", "set", "dev", "largest-file", "--file", "largest.bin"}).exit_code, kExitOk);
+  WriteFile(dir.file("big.bin"), max + "x");
   struct Case {
     std::vector<std::string> args;
     std::string input, message;
@@ -1094,6 +1097,7 @@ TEST_F(SecretCliTest, BadInputIsRefusedWithNothingStored) {
       {{"secret", "set", "dev", "n", "--not-before", "2030-01-01", "--expires", "2029-01-01"}, "v", ""},
       {{"secret", "set", "dev", "n", "--tag", "novalue"}, "v", "NAME=VALUE"},
       {{"secret", "set", "dev", "n", "--file", "missing.bin"}, "", "cannot read missing.bin"},
+      {{"secret", "set", "dev", "big-file", "--file", "big.bin"}, "", "over 25000 bytes"},
       {{"secret", "get", "dev", "largest", "--version", "0123"}, "", "has no version"},
   };
   for (const Case& c : cases) {
@@ -1104,8 +1108,10 @@ TEST_F(SecretCliTest, BadInputIsRefusedWithNothingStored) {
   }
   Outcome list = Cli({"secret", "list", "dev", "--json"});
   nlohmann::json all = nlohmann::json::parse(list.out);
-  ASSERT_EQ(all.size(), 1u) << list.out;
+  ASSERT_EQ(all.size(), 2u) << list.out;
   EXPECT_EQ(all[0]["name"], "largest");
+  EXPECT_EQ(all[1]["name"], "largest-file");
+  EXPECT_EQ(Cli({"secret", "get", "dev", "largest-file"}).out, max);
   // A secret's value never comes from argv: a stray argument is refused and not echoed.
   Outcome argv = Cli({"secret", "set", "dev", "n", "hunter2-on-argv"}, "v");
   EXPECT_EQ(argv.exit_code, kExitUsage);
