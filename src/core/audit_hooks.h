@@ -88,7 +88,8 @@ void AuditContinuing();
 class OpAudit {
  public:
   OpAudit() = default;
-  explicit OpAudit(audit::Event e) : event_(std::make_unique<audit::Event>(std::move(e))) {}
+  // Allocates before it moves: if the allocation fails, `e` is untouched.
+  explicit OpAudit(audit::Event&& e) : event_(std::make_unique<audit::Event>(std::move(e))) {}
   OpAudit(OpAudit&& o) noexcept = default;
   OpAudit& operator=(OpAudit&& o) noexcept;
   ~OpAudit();

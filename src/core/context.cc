@@ -12,25 +12,33 @@ Result<CallContext> Begin(CK_SESSION_HANDLE h) {
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
   VAULTP11_ASSIGN_OR_RETURN(SessionPtr s, p->GetSession(h));
   Token* t = s->token();
-  return CallContext{p, std::move(s), t, t->grants()};
+  return CallContext{p, std::move(s), t};
+}
+
+const auth::Grants* GrantsOf(const CallContext& c) {
+  if (!c.grants_read) {
+    c.grants_cache = c.token->grants();
+    c.grants_read = true;
+  }
+  return c.grants_cache.get();
 }
 
 Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op) {
   AuditOperation(op);
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
-  AuditToken(*c.token, c.grants.get());
+  if (CurrentAudit() != nullptr) AuditToken(*c.token, GrantsOf(c));
   return c;
 }
 
 bool Listable(const CallContext& c, const model::Object& o) {
   if (!o.is_private()) return true;
-  const auth::Grants* g = c.grants.get();
+  const auth::Grants* g = GrantsOf(c);
   return g && g->Allows(auth::KindOfClass(o.cls()), o.label(), auth::kList);
 }
 
 bool Visible(const CallContext& c, const model::Object& o) {
   if (!o.is_private()) return true;
-  const auth::Grants* g = c.grants.get();
+  const auth::Grants* g = GrantsOf(c);
   return g && g->AllowsAny(auth::KindOfClass(o.cls()), o.label(), auth::kAll);
 }
 
@@ -41,20 +49,20 @@ Result<model::ObjectPtr> GetVisible(const CallContext& c, CK_OBJECT_HANDLE h, CK
   if (!Visible(c, *o.value())) {
     // It exists, but not for this principal: the caller sees an invalid handle, the audit log
     // a denial.
-    AuditDenied(/*unauthenticated=*/c.grants == nullptr);
+    AuditDenied(/*unauthenticated=*/GrantsOf(c) == nullptr);
     return Err(invalid_rv, "handle {} is not a visible object of this session", h);
   }
   return o;
 }
 
 bool Permits(const CallContext& c, const model::Object& o, uint32_t perm) {
-  const auth::Grants* g = c.grants.get();
+  const auth::Grants* g = GrantsOf(c);
   if (!g) return !o.is_private() && (perm & ~kPublicUse) == 0;
   return g->Allows(auth::KindOfClass(o.cls()), o.label(), perm) || (!o.is_private() && (perm & ~kPublicUse) == 0);
 }
 
 Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK_RV deny_rv) {
-  const auth::Grants* g = c.grants.get();
+  const auth::Grants* g = GrantsOf(c);
   if (!g) {
     if (!o.is_private() && (perm & ~kPublicUse) == 0) return OkStatus();
     return Err(CKR_USER_NOT_LOGGED_IN, "vault {}: log in first", c.token->name());
@@ -71,7 +79,7 @@ Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm)
   AuditObject(o);
   if (o.is_token() && !c.session->read_write())
     return Err(CKR_SESSION_READ_ONLY, "token objects need a read/write session");
-  const auth::Grants* g = c.grants.get();
+  const auth::Grants* g = GrantsOf(c);
   if (!g) {
     if (!o.is_token() && !o.is_private()) return OkStatus();  // public session objects
     return Err(CKR_USER_NOT_LOGGED_IN, "vault {}: log in first", c.token->name());

@@ -11,10 +11,17 @@ struct CallContext {
   Provider* provider;
   SessionPtr session;
   Token* token;
-  // Who is logged in on the token as the call began (null: nobody); every check of the call
-  // uses this one snapshot.
-  std::shared_ptr<const auth::Grants> grants;
+  // Who is logged in on the token, read on the call's first access check and kept for its
+  // later ones (GrantsOf); calls without a check never take the token's login lock.
+  mutable std::shared_ptr<const auth::Grants> grants_cache;
+  mutable bool grants_read = false;
 };
+
+// Who is logged in on the call's token (null: nobody), as first read during the call.
+const auth::Grants* GrantsOf(const CallContext& c);
+// Reads it again at the next check (after a slow step, such as a key generation, during which
+// the principal may have logged out).
+inline void RefreshGrants(CallContext& c) { c.grants_read = false; }
 
 Result<CallContext> Begin(CK_SESSION_HANDLE h);
 // Begin() for a call that is audited operation `op` (core/audit_hooks.h) on the session's

@@ -325,6 +325,7 @@ Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
                c.token->name());
   VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, use_hsm ? model::GenerateHsmKeyPair(mech->mechanism, pt, vt, *c.token->hsm())
                                                        : model::GenerateKeyPair(mech->mechanism, pt, vt));
+  RefreshGrants(c);  // a logout during the generation refuses the new keys
   Status allowed = AuthorizeNew(c, *kp.public_key, auth::kCreate);
   if (allowed.ok()) allowed = AuthorizeNew(c, *kp.private_key, auth::kCreate);
   if (!allowed.ok()) {
