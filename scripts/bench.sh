@@ -49,7 +49,7 @@ notes=$(sed -n '/^## Notes/,$p' bench/RESULTS.md 2>/dev/null || true)
 {
   echo "# Benchmark results"
   echo
-  echo "Produced by \`./scripts/bench.sh\` (REPS=$REPS, MIN_TIME=$MIN_TIME: medians of $REPS repetitions) on"
+  echo "Produced by \`./scripts/bench.sh\` (REPS=$REPS, MIN_TIME=$MIN_TIME: medians of $REPS repetitions, interleaved) on"
   echo "$(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), on $(nproc) vCPUs ($cpu),"
   echo "$(. /etc/os-release && echo "$PRETTY_NAME"), $(g++ --version | head -1), $(openssl version | cut -d' ' -f1-2),"
   echo "SoftHSM $(dpkg-query -W -f '${Version}' softhsm2 2>/dev/null || echo '?'). The ratio is throughput against the baseline measured in"
