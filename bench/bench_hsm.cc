@@ -21,7 +21,6 @@
 // (hsm/sign/P256_ECDSA_SHA256/module) mind that a pool key is a SoftHSM token object on each
 // member, which SoftHSM's file object store re-checks on disk at each C_SignInit, while that
 // arm's key is a SoftHSM session object.
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <p11-kit/pkcs11.h>
@@ -57,9 +56,8 @@ const std::vector<CK_BYTE> kP256 = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x
 constexpr char kSoPin[] = "bench-so-pin";
 constexpr char kUserPin[] = "bench-user-pin";
 constexpr char kTokenLabel[] = "bench-hsm";
-// The pools' members (SoftHSM tokens of their own, same SO and user PIN) and the pools, in
-// config order (the pools' slots follow the vault's in that order).
-constexpr const char* kMemberLabels[] = {"bench-m1", "bench-m2", "bench-m3", "bench-m4", "bench-m5", "bench-m6"};
+// The pools and their members (SoftHSM tokens of their own, same SO and user PIN, one pool's
+// each), in config order (the pools' slots follow the vault's in that order).
 struct PoolDef {
   const char* name;
   std::vector<const char*> members;
@@ -67,15 +65,6 @@ struct PoolDef {
 const PoolDef kPools[] = {{"pool1", {"bench-m1"}}, {"pool2", {"bench-m2", "bench-m3"}},
                           {"pool3", {"bench-m4", "bench-m5", "bench-m6"}}};
 constexpr size_t kPoolCount = sizeof(kPools) / sizeof(kPools[0]);
-
-CK_FUNCTION_LIST* Load(const std::string& path) {
-  void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!h) return nullptr;
-  auto gfl = reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList"));
-  CK_FUNCTION_LIST* f = nullptr;
-  if (!gfl || gfl(&f) != CKR_OK) return nullptr;
-  return f;
-}
 
 // The keys of one arm: an RSA-2048 pair, an EC P-256 pair, an AES-256 key (key wrap), and the
 // wrapped AES-256 keys the unwrap benchmarks take apart (under RSA-OAEP and AES-KWP).
@@ -185,14 +174,14 @@ struct PoolArm {
   Keys keys;  // ec_priv only
 };
 
-// Every arm, made once: SoftHSM's tokens (initialised through the direct copy), the direct
-// session and keys, the pools' security domain (`vaultp11 pool init`), then a premium vault
-// over the first token in the module, its session and keys, and each pool's session and key.
 bool PoolsMode() {
   const char* v = std::getenv("VAULTP11_BENCH_POOLS");
   return v != nullptr && std::string(v) == "1";
 }
 
+// Every arm, made once: SoftHSM's tokens (initialised through the direct copy), the direct
+// session and keys, the pools' security domain (`vaultp11 pool init`), then a premium vault
+// over the first token in the module, its session and keys, and each pool's session and key.
 struct Setup {
   std::string dir, error;
   CK_FUNCTION_LIST* direct = nullptr;
@@ -228,7 +217,7 @@ struct Setup {
     setenv("SOFTHSM2_CONF", (dir + "/softhsm2.conf").c_str(), 1);
     // 1. The token, through a copy of the library (an instance of its own).
     std::filesystem::copy_file(softhsm, dir + "/libsofthsm2-direct.so");
-    direct = Load(dir + "/libsofthsm2-direct.so");
+    direct = vaultp11::bench::LoadModule((dir + "/libsofthsm2-direct.so").c_str());
     // With OS locking, as the module's inner driver starts its own SoftHSM instance.
     CK_C_INITIALIZE_ARGS direct_args{};
     direct_args.flags = CKF_OS_LOCKING_OK;
@@ -237,8 +226,9 @@ struct Setup {
     std::string why;
     // The pools' members first, then the direct arm's token (its slot is the one kept).
     if (with_pools)
-      for (const char* member : kMemberLabels)
-        if (!InitToken(member, slot, why)) return Fail(why);
+      for (const PoolDef& pool : kPools)
+        for (const char* member : pool.members)
+          if (!InitToken(member, slot, why)) return Fail(why);
     if (!InitToken(kTokenLabel, slot, why)) return Fail(why);
     if (direct->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &direct_s) != CKR_OK ||
         direct->C_Login(direct_s, CKU_USER, (CK_UTF8CHAR_PTR)kUserPin, std::strlen(kUserPin)) != CKR_OK)
@@ -256,13 +246,13 @@ struct Setup {
              "/hsm.pin, so_pin_file: " + dir + "/hsm.so-pin, quirks: [no-deinit] }\n";
     };
     std::string hsms = "hsms:\n" + hsm("h", kTokenLabel), pool_conf, roles;
-    if (with_pools) {
-      pool_conf = "managed_hsm_pools:\n";
-      for (const char* member : kMemberLabels) hsms += hsm(member, member);
-    }
+    if (with_pools) pool_conf = "managed_hsm_pools:\n";
     for (const PoolDef& p : with_pools ? std::span<const PoolDef>(kPools) : std::span<const PoolDef>()) {
       std::string list;
-      for (const char* m : p.members) list += std::string(list.empty() ? "" : ", ") + m;
+      for (const char* m : p.members) {
+        hsms += hsm(m, m);
+        list += std::string(list.empty() ? "" : ", ") + m;
+      }
       pool_conf += std::string("  - { name: ") + p.name + ", hsms: [" + list + "] }\n";
       roles += std::string("  - { principal: b, role: Managed HSM Crypto User, scope: /managedHsms/") + p.name + " }\n";
     }
@@ -276,7 +266,7 @@ struct Setup {
       if (int st = Run(init, dir + "/pool-init.out", out); st != 0)
         return Fail(std::string(cli) + " pool init failed (exit status " + std::to_string(st) + "): " + out);
     }
-    module = Load(module_path);
+    module = vaultp11::bench::LoadModule(module_path);
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = conf.data();

@@ -6,7 +6,6 @@
 // running module with every object read. The objects are EC public keys, each its own item
 // (label obj-<n>, an 8-byte CKA_ID), written into the store in one transaction from a key the
 // module made.
-#include <dlfcn.h>
 #include <malloc.h>
 #include <p11-kit/pkcs11.h>
 #include <sqlite3.h>
@@ -44,14 +43,7 @@ double HeapMb() {
 }
 
 CK_FUNCTION_LIST* Module() {
-  static CK_FUNCTION_LIST* f = [] {
-    const char* path = std::getenv("VAULTP11_MODULE");
-    void* h = path ? dlopen(path, RTLD_NOW) : nullptr;
-    CK_FUNCTION_LIST* fl = nullptr;
-    auto gfl = h ? reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList")) : nullptr;
-    if (!gfl || gfl(&fl) != CKR_OK) return static_cast<CK_FUNCTION_LIST*>(nullptr);
-    return fl;
-  }();
+  static CK_FUNCTION_LIST* const f = vaultp11::bench::LoadModule(std::getenv("VAULTP11_MODULE"));
   return f;
 }
 

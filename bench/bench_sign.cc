@@ -1,7 +1,6 @@
 // Software-key signing: the module's C_Sign (through its function list) next to the same
 // operation on raw OpenSSL EVP, measured in one run so the ratio is what matters; with 1 and 2
 // threads, with the audit log on and off, and in 1 and 2 processes on one store.
-#include <dlfcn.h>
 #include <sys/wait.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
@@ -38,11 +37,8 @@ struct Deployment {
   bool audit = false;
 
   explicit Deployment(bool with_audit) : audit(with_audit) {
-    const char* path = std::getenv("VAULTP11_MODULE");
-    void* h = path ? dlopen(path, RTLD_NOW) : nullptr;
-    if (!h) return;
-    auto gfl = reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList"));
-    if (!gfl || gfl(&f) != CKR_OK) return;
+    f = vaultp11::bench::LoadModule(std::getenv("VAULTP11_MODULE"));
+    if (f == nullptr) return;
     char tmpl[] = "/tmp/vaultp11-bench-XXXXXX";
     dir = mkdtemp(tmpl);
     std::string conf =
@@ -146,11 +142,8 @@ struct SharedStore {
       std::lock_guard<std::mutex> l(g_dep_mu);
       g_dep.reset();
     }
-    const char* path = std::getenv("VAULTP11_MODULE");
-    void* h = path ? dlopen(path, RTLD_NOW) : nullptr;
-    auto gfl = h ? reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList")) : nullptr;
-    CK_FUNCTION_LIST* f = nullptr;
-    if (!gfl || gfl(&f) != CKR_OK) return;
+    CK_FUNCTION_LIST* f = vaultp11::bench::LoadModule(std::getenv("VAULTP11_MODULE"));
+    if (f == nullptr) return;
     char tmpl[] = "/tmp/vaultp11-bench-procs-XXXXXX";
     dir = mkdtemp(tmpl);
     conf = vaultp11::bench::WriteConfig(dir);
@@ -189,8 +182,7 @@ struct SharedStore {
   CK_BYTE sig[80];
   bool ready = false;
   if (module) {
-    void* h = dlopen(std::getenv("VAULTP11_MODULE"), RTLD_NOW);
-    auto gfl = h ? reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList")) : nullptr;
+    f = vaultp11::bench::LoadModule(std::getenv("VAULTP11_MODULE"));
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = const_cast<char*>(conf.c_str());
@@ -198,7 +190,7 @@ struct SharedStore {
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, label.data(), label.size()}};
     CK_ULONG n = 0;
-    ready = gfl && gfl(&f) == CKR_OK && f->C_Initialize(&args) == CKR_OK &&
+    ready = f != nullptr && f->C_Initialize(&args) == CKR_OK &&
             f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &s) == CKR_OK &&
             f->C_Login(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size()) == CKR_OK &&
             f->C_FindObjectsInit(s, t, 2) == CKR_OK && f->C_FindObjects(s, &key, 1, &n) == CKR_OK &&

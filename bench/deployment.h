@@ -1,5 +1,9 @@
-// Shared by the benchmark programs: the config of a benchmark deployment.
+// Shared by the benchmark programs: loading a PKCS#11 module, and the config of a benchmark
+// deployment.
 #pragma once
+
+#include <dlfcn.h>
+#include <p11-kit/pkcs11.h>
 
 #include <cstdint>
 #include <fstream>
@@ -9,6 +13,16 @@
 #include "auth/secret_hash.h"
 
 namespace vaultp11::bench {
+
+// The function list of the PKCS#11 library at `path` (loaded for good, its symbols kept local);
+// null when it cannot be loaded.
+inline CK_FUNCTION_LIST* LoadModule(const char* path) {
+  void* h = path != nullptr ? dlopen(path, RTLD_NOW | RTLD_LOCAL) : nullptr;
+  auto gfl = h != nullptr ? reinterpret_cast<CK_C_GetFunctionList>(dlsym(h, "C_GetFunctionList")) : nullptr;
+  CK_FUNCTION_LIST* f = nullptr;
+  if (gfl == nullptr || gfl(&f) != CKR_OK) return nullptr;
+  return f;
+}
 
 // The PIN of the benchmarks' principal b (client secret "bench-secret").
 inline const std::string kPin = "b:bench-secret";
