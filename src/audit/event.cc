@@ -7,11 +7,10 @@
 #include <algorithm>
 #include <climits>
 #include <ctime>
-#include <string>
 #include <iterator>
+#include <string>
 #include <vector>
 
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include "backend/p11/inner_module.h"

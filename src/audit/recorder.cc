@@ -128,10 +128,11 @@ void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
   std::vector<Record> out;
   out.reserve(batch.size() + 1);
   auto correlation = [&] {  // the prefix and the event's number in 16 hex digits
-    static const char* kHex = "0123456789abcdef";
-    std::string id = correlation_prefix_;
     const uint64_t n = ++next_correlation_;
-    for (int shift = 60; shift >= 0; shift -= 4) id += kHex[(n >> shift) & 15];
+    char be[8];  // big-endian
+    for (int i = 0; i < 8; ++i) be[i] = static_cast<char>(n >> (56 - 8 * i));
+    std::string id = correlation_prefix_;
+    AppendHex(id, std::string_view(be, sizeof(be)));
     return id;
   };
   auto record = [&](const Event& e) {

@@ -10,8 +10,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <functional>
 #include <ctime>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>

@@ -234,8 +234,6 @@ std::optional<SigMech> SigMechOf(CK_MECHANISM_TYPE t) {
   }
 }
 
-// State shared by sign and verify: a configured EVP_PKEY_CTX and, for the hashing mechanisms,
-// a digest context.
 }  // namespace
 
 PreparedContexts::~PreparedContexts() {
@@ -278,6 +276,8 @@ void PreparedContexts::Keep(const Setting& setting, EVP_PKEY_CTX* ctx) {
 
 namespace {
 
+// State shared by sign and verify: a configured EVP_PKEY_CTX and, for the hashing mechanisms,
+// a digest context.
 class Signature {
  public:
   Status Init(const KeyRef& key, const CK_MECHANISM& mech, bool sign) {
