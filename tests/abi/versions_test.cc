@@ -72,6 +72,15 @@ class VersionsTest : public AbiTest {
     if (new_version) pt.push_back({CKA_VAULTP11_NEW_VERSION, &t, 1});  // either template may ask
     return f->C_GenerateKeyPair(s, &mech, pt.data(), pt.size(), vt.data(), vt.size(), pub, priv);
   }
+  // Another application on the same store adds a new version of item `label` (an EC key pair);
+  // its exit status (0: done).
+  int NewVersionInAnotherProcess(const std::string& label) {
+    return InAnotherProcess([&](CK_SESSION_HANDLE cs) {
+      s = cs;
+      CK_OBJECT_HANDLE p, v;
+      return GenEcRv(label, {}, true, &p, &v) == CKR_OK ? 0 : 5;
+    });
+  }
   size_t CountAll() { return Find({}).size(); }
 
   CK_SESSION_HANDLE s = 0;
@@ -282,12 +291,7 @@ TEST_F(VersionsTest, ARunningProcessSeesAnotherProcesssNewVersion) {
   ASSERT_EQ(FindPrivate("shared"), std::vector<CK_OBJECT_HANDLE>{priv1});
   const std::string v1 = Version(priv1);
   // Another application on the same store adds version 2.
-  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
-              s = cs;
-              CK_OBJECT_HANDLE p, v;
-              return GenEcRv("shared", {}, true, &p, &v) == CKR_OK ? 0 : 5;
-            }),
-            0);
+  ASSERT_EQ(NewVersionInAnotherProcess("shared"), 0);
   auto now = FindPrivate("shared");
   ASSERT_EQ(now.size(), 1u);
   EXPECT_NE(now[0], priv1);
@@ -403,12 +407,7 @@ TEST_F(VersionsTest, AVersionReadByIdThenAnotherProcesssVersionLeavesTheLabelCur
   auto old = Find({{CKA_ID, const_cast<uint8_t*>(id1.data()), id1.size()}});
   ASSERT_EQ(old.size(), 2u);
   const std::string v1 = Version(old[0]);
-  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
-              s = cs;
-              CK_OBJECT_HANDLE p, v;
-              return GenEcRv("byid", {}, true, &p, &v) == CKR_OK ? 0 : 5;
-            }),
-            0);
+  ASSERT_EQ(NewVersionInAnotherProcess("byid"), 0);
   auto current = FindPrivate("byid");
   ASSERT_EQ(current.size(), 1u);
   EXPECT_NE(Version(current[0]), v1);
