@@ -106,21 +106,17 @@ int AbiTest::InAnotherProcess(const std::function<int(CK_SESSION_HANDLE)>& body)
   const pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
-    const int rc = body(ChildLoggedInRw());
+    if (InitWith(config_path) != CKR_OK) _exit(2);
+    CK_SESSION_HANDLE cs = 0;
+    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
+    if (Login(cs) != CKR_OK) _exit(4);
+    const int rc = body(cs);
     f->C_Finalize(nullptr);
     _exit(rc);
   }
   int status = 0;
   if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
   return WEXITSTATUS(status);
-}
-
-CK_SESSION_HANDLE AbiTest::ChildLoggedInRw() {
-  if (InitWith(config_path) != CKR_OK) _exit(2);
-  CK_SESSION_HANDLE cs = 0;
-  if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
-  if (Login(cs) != CKR_OK) _exit(4);
-  return cs;
 }
 
 void AbiTest::GenRsa(CK_SESSION_HANDLE s, CK_ULONG bits, const std::string& label, CK_OBJECT_HANDLE* pub,

@@ -43,12 +43,11 @@ class AbiTest : public ::testing::Test {
   CK_SESSION_HANDLE OpenRo(CK_SLOT_ID slot = 0);
   CK_RV Login(CK_SESSION_HANDLE s, const std::string& pin = kAdminPin);
   CK_SESSION_HANDLE LoggedInRw(CK_SLOT_ID slot = 0);
-  // In a forked child: C_Initialize with config_path, a read/write session on slot 0 and the
-  // login; a failure ends the child with exit status 2, 3 or 4.
-  CK_SESSION_HANDLE ChildLoggedInRw();
-  // Another application on the same deployment: forks, and in the child runs `body` with the
-  // session of ChildLoggedInRw; `body`'s result is the child's exit status (0: success) after
-  // C_Finalize. Returns that status (-1 when the child did not exit normally).
+  // Another application on the same deployment: forks; the child calls C_Initialize with
+  // config_path, opens a read/write session on slot 0 and logs in (a failure ends it with exit
+  // status 2, 3 or 4), then runs `body` with that session; `body`'s result is the child's exit
+  // status (0: success) after C_Finalize. Returns that status (-1 when the child did not exit
+  // normally).
   int InAnotherProcess(const std::function<int(CK_SESSION_HANDLE)>& body);
 
   // Key generation with the templates pkcs11-tool sends.
