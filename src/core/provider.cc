@@ -24,6 +24,7 @@
 #include "backend/p11/inner_token.h"
 #include "core/audit_hooks.h"
 #include "core/calls.h"
+#include "core/context.h"
 #include "core/mechanisms.h"
 #include "util/log.h"
 #include "util/pin_file.h"
@@ -460,6 +461,14 @@ void Provider::CountSessions(const Token* token, CK_ULONG* all, CK_ULONG* rw) co
   }
 }
 
+std::vector<SessionPtr> Provider::SessionsOn(const Token* token) const {
+  std::shared_lock<std::shared_mutex> l(sessions_mu_);
+  std::vector<SessionPtr> out;
+  for (const auto& [h, s] : sessions_)
+    if (s->token() == token) out.push_back(s);
+  return out;
+}
+
 void Provider::SyncFromStore() {
   std::lock_guard<std::mutex> l(sync_mu_);
   auto changed = store_->ExternalChange();
@@ -821,6 +830,7 @@ Status Logout(CK_SESSION_HANDLE h) {
   AuditToken(*s->token());
   if (!s->token()->logged_in()) return Err(CKR_USER_NOT_LOGGED_IN, "C_Logout: not logged in");
   s->token()->Logout();
+  EndPrivateOperations(*p, s->token());
   return OkStatus();
 }
 

@@ -43,6 +43,8 @@ class Provider {
   Status CloseAllSessions(Token* token);
   // Number of sessions (and R/W sessions) open on a token.
   void CountSessions(const Token* token, CK_ULONG* all, CK_ULONG* rw) const;
+  // The sessions open on a token.
+  std::vector<SessionPtr> SessionsOn(const Token* token) const;
 
   // The configuration that decides logins and grants. When the config file changed since the
   // last check (size, mtime or inode), it is read again; a valid new version with the same store,

@@ -39,7 +39,8 @@ const OpClass kOps[] = {
     {"verify with public key", Kind::kKey, "", auth::kAll},
     {"encrypt", Kind::kKey, "aes", auth::kEncrypt},
     {"decrypt", Kind::kKey, "aes", auth::kDecrypt},
-    {"wrap", Kind::kKey, "aes", auth::kWrapKey, auth::kGet},  // the wrapped key is "aes" too
+    // The wrapped key is "aes" too: exporting it needs release (core/crypto.cc AuthorizeExport).
+    {"wrap", Kind::kKey, "aes", auth::kWrapKey, auth::kRelease},
     {"unwrap", Kind::kKey, "aes", auth::kUnwrapKey},
     {"find secret", Kind::kSecret, "s", auth::kList},
     {"read secret metadata", Kind::kSecret, "s", auth::kList | auth::kGet},
