@@ -36,7 +36,7 @@ ensure_packages() {
 # shellcheck disable=SC2034  # used by the scripts that source this file
 # The packages needed to build vaultp11 and run every test suite.
 VAULTP11_BUILD_PACKAGES=(
-  meson ninja-build pkg-config g++
+  meson ninja-build pkg-config g++ ccache
   libssl-dev libp11-kit-dev p11-kit libyaml-cpp-dev libsqlite3-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev libcli11-dev
 )
