@@ -61,11 +61,14 @@ Result<SecureString> ReadPin(const config::HsmConfig& h) {
   return ReadPinFile(h.pin_file, "hsm " + h.name + ": pin_file");
 }
 
-// Opens one configured HSM. A failure is kept as the reason the vault's HSM is unavailable:
-// the module still initialises and its software keys keep working.
+// Finds one configured HSM's token at C_Initialize, without logging in: the first operation
+// that needs it logs in (issue 16 item 10: SoftHSM rewrites its token file at each login, and
+// a process killed in that window lost every HSM key, even one that only used software
+// vaults). A failure is kept as the reason the vault's HSM is unavailable: the module still
+// initialises and its software keys keep working.
 model::HsmKey OpenHsm(const config::HsmConfig& h) {
   model::HsmKey k;
-  auto token = OpenHsmToken(h);
+  auto token = OpenHsmToken(h, /*login_now=*/false);
   if (!token.ok()) {
     k.unavailable = token.error().message;
     log::Error("hsm {}: unavailable: {}", h.name, k.unavailable);
@@ -214,11 +217,13 @@ void FlushAuditAtExit() {
 
 }  // namespace
 
-Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h) {
+Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h, bool login_now) {
   VAULTP11_ASSIGN_OR_RETURN(auto quirks, p11::Quirks::Parse(h.quirks));
   VAULTP11_ASSIGN_OR_RETURN(auto module, p11::InnerModule::Load(h.module, quirks));
   VAULTP11_ASSIGN_OR_RETURN(auto pin, ReadPin(h));
-  VAULTP11_ASSIGN_OR_RETURN(auto token, p11::InnerToken::Open(module, h.token, pin));
+  p11::InnerToken::Options options;
+  options.login_at_open = login_now;
+  VAULTP11_ASSIGN_OR_RETURN(auto token, p11::InnerToken::Open(module, h.token, pin, options));
   return std::shared_ptr<p11::InnerToken>(std::move(token));
 }
 
@@ -389,14 +394,18 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   // registered now, after those modules were loaded, runs before their destructors.
   static std::once_flag exit_hook;
   if (!p->config_.managed_hsm_pools.empty()) std::call_once(exit_hook, [] { std::atexit(StopHealthChecksAtExit); });
-  const uint64_t run = Events().run;
-  for (auto& t : p->tokens_) {
-    if (!t->is_pool()) continue;
-    Token* tok = t.get();
-    tok->pool()->StartHealthCheck([tok] { return tok->PoolCatalog(); },
-                                  [run, slot = tok->slot_id()] { PostSlotEvent(run, slot); });
+  {
+    std::lock_guard<std::mutex> l(Events().mu);
+    p->event_run_ = Events().run;
   }
+  // The health checks start when their pool is first used (StartPoolHealthCheck).
   return p;
+}
+
+void Provider::StartPoolHealthCheck(Token* t) {
+  if (!t->is_pool()) return;
+  t->pool()->StartHealthCheck([t] { return t->PoolCatalog(); },
+                              [run = event_run_, slot = t->slot_id()] { PostSlotEvent(run, slot); });
 }
 
 Result<Token*> Provider::GetToken(CK_SLOT_ID slot) const {
@@ -704,6 +713,7 @@ Status OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR, CK_NOTIFY, CK_S
     return Err(CKR_TOKEN_WRITE_PROTECTED, "vault {} is read-only", t->name());
   p->SyncFromStore();
   VAULTP11_ASSIGN_OR_RETURN(*out, p->OpenSession(t, flags & (CKF_RW_SESSION | CKF_SERIAL_SESSION)));
+  p->StartPoolHealthCheck(t);  // a pool's first use
   return OkStatus();
 }
 

@@ -60,6 +60,11 @@ class Provider {
   // The audit recorder (null when audit.sinks is empty).
   audit::Recorder* audit() const { return audit_.get(); }
 
+  // Starts the health check of a managed HSM pool's token when the pool is first used (a
+  // session opened on its slot): its thread logs in to the members, which a process that
+  // never uses the pool must not do. Idempotent; a no-op for vault tokens.
+  void StartPoolHealthCheck(Token* t);
+
  private:
   Provider() = default;
 
@@ -77,10 +82,13 @@ class Provider {
   mutable std::shared_mutex sessions_mu_;  // guards sessions_
   std::unordered_map<CK_SESSION_HANDLE, SessionPtr> sessions_;
   std::mutex sync_mu_;  // serialises SyncFromStore
+  uint64_t event_run_ = 0;  // the slot-event run of this C_Initialize (see SlotEvents)
 };
 
-// Opens one configured HSM's token (its module is loaded once per process).
-Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h);
+// Opens one configured HSM's token (its module is loaded once per process). With `login_now`
+// false the token is only found (module loaded, token looked up, no session, no login): the
+// first operation on it logs in (p11::InnerToken::Options::login_at_open).
+Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h, bool login_now = true);
 // A managed HSM pool as configured; `open` gives each member's token (or why it is missing),
 // the default opens them now. Members that fail are reopened by the pool's health check.
 std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc,

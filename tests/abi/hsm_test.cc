@@ -273,9 +273,13 @@ TEST_F(HsmTest, UnavailableHsmLeavesTheModuleWorkingAndSaysWhy) {
   for (const std::string& module : {dir.file("missing-module.so"), SoftHsmEnvironment::Instance()->module_path()}) {
     std::ofstream(dir.file("wrong.pin")) << "9999\n";
     ASSERT_EQ(InitWith(WriteHsmConfig(module, dir.file("wrong.pin"))), CKR_OK);
+    // A module that cannot be loaded shows at once; a wrong PIN only at first use, as the HSM
+    // is not logged in to before (issue 16 item 10).
+    const bool missing = module == dir.file("missing-module.so");
     CK_SLOT_INFO si;
     ASSERT_EQ(f->C_GetSlotInfo(1, &si), CKR_OK);
-    EXPECT_NE(std::string(reinterpret_cast<char*>(si.slotDescription), 64).find("HSM unavailable"), std::string::npos);
+    EXPECT_EQ(std::string(reinterpret_cast<char*>(si.slotDescription), 64).find("HSM unavailable") != std::string::npos,
+              missing);
     CK_SESSION_HANDLE s = LoggedInRw(1);
     CK_MECHANISM gen{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
     CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()}};
