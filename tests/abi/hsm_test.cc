@@ -1,7 +1,9 @@
 // HSM-backed keys of premium vaults, through the module's function list, on real SoftHSMv2
 // tokens made for this test binary (issue "HSM-backed keys", parts 1 and 2).
 #include <dlfcn.h>
+#include <spawn.h>
 #include <sqlite3.h>
+#include <sys/wait.h>
 
 #include <cstring>
 #include <fstream>
@@ -9,6 +11,8 @@
 #include "fixture.h"
 #include "softhsm_fixture.h"
 #include "vaultp11/vaultp11.h"
+
+extern char** environ;
 
 namespace vaultp11::testing {
 namespace {
@@ -292,6 +296,26 @@ TEST_F(HsmTest, UnavailableHsmLeavesTheModuleWorkingAndSaysWhy) {
     ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
     initialized = false;
   }
+}
+
+// Issue 16 item 12: OpenSSL's exit-time cleanup calls C_Finalize after SoftHSM's static
+// destructors have run (they were registered later, so they run first). tests/abi/exit_finalize.cc
+// does the same: its exit handler, registered before the module was loaded, calls C_Finalize
+// after an HSM key signed. The module must make no inner call then; the program exits 0.
+TEST_F(HsmTest, FinalizeFromAnExitHandlerAfterAnHsmKeySignedExitsCleanly) {
+  const char* program = std::getenv("VAULTP11_EXIT_FINALIZE");
+  ASSERT_NE(program, nullptr);
+  std::vector<std::string> args = {program, std::getenv("VAULTP11_MODULE"), config_path, "1", kAdminPin};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, program, nullptr, nullptr, argv.data(), environ), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_FALSE(WIFSIGNALED(status)) << "killed by signal " << WTERMSIG(status) << " at exit";
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace
