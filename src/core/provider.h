@@ -95,6 +95,24 @@ std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config:
                                         const std::function<model::HsmKey(const config::HsmConfig&)>& open);
 std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc);
 
+// CallScope marks one PKCS#11 call in flight (abi/entry_points.cc holds one around every
+// call but C_Initialize and C_Finalize). C_Finalize first makes GetProvider fail for new
+// calls, then waits until no CallScope is left before it frees the provider, so a call in
+// flight finishes on a live provider and a later one gets CKR_CRYPTOKI_NOT_INITIALIZED
+// (issue 16 item 11). The cost per call is one atomic increment and one decrement.
+class CallScope {
+ public:
+  CallScope();
+  ~CallScope();
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+};
+
+// Whether C_Initialize has succeeded in this process (and C_Finalize has not started), for the
+// functions this module does not support: before C_Initialize they answer
+// CKR_CRYPTOKI_NOT_INITIALIZED like every other function (PKCS#11 2.40 section 5.4).
+bool Initialized();
+
 // The provider of this process, or CKR_CRYPTOKI_NOT_INITIALIZED (also in a forked child that
 // has not called C_Initialize again: the pid recorded at C_Initialize is checked lazily).
 Result<Provider*> GetProvider();
