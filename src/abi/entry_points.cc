@@ -28,7 +28,9 @@ bool Serious(CK_RV rv) {
 }  // namespace
 
 // C_Initialize and C_Finalize are not counted as calls in flight: C_Finalize waits for those.
-constexpr bool InFlight(std::string_view name) { return name != "Initialize" && name != "Finalize"; }
+constexpr bool InFlight(std::string_view name) {
+  return name != "Initialize" && name != "Finalize";
+}
 
 // Each call is audited when the module has a recorder: the dispatcher fills in the call's
 // event (core/audit_hooks.h) and it is submitted here with the result.
@@ -74,17 +76,15 @@ CK_RV NotSupportedResult() noexcept {
 
 }  // namespace vaultp11::abi
 
-#define VP11_FN(name, params, args)                                                               \
-  extern "C" VAULTP11_EXPORT CK_RV C_##name params {                                              \
-    return ::vaultp11::abi::Invoke<::vaultp11::abi::InFlight(#name)>(                             \
-        "C_" #name, [&] { return ::vaultp11::core::name args; });                                 \
+#define VP11_FN(name, params, args)                                   \
+  extern "C" VAULTP11_EXPORT CK_RV C_##name params {                  \
+    return ::vaultp11::abi::Invoke<::vaultp11::abi::InFlight(#name)>( \
+        "C_" #name, [&] { return ::vaultp11::core::name args; });     \
   }
 // Before C_Initialize every function but C_GetFunctionList / C_GetInterface* answers
 // CKR_CRYPTOKI_NOT_INITIALIZED (PKCS#11 2.40 section 5.4), the unsupported ones too.
-#define VP11_NS(name, params)                                            \
-  extern "C" VAULTP11_EXPORT CK_RV C_##name params {                     \
-    return ::vaultp11::abi::NotSupportedResult();                        \
-  }
+#define VP11_NS(name, params) \
+  extern "C" VAULTP11_EXPORT CK_RV C_##name params { return ::vaultp11::abi::NotSupportedResult(); }
 #define VP11_GET_FUNCTION_LIST()
 #include "abi/functions.inc"
 #undef VP11_FN

@@ -267,7 +267,8 @@ std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config:
 CallScope::CallScope() { g_in_flight.fetch_add(1, std::memory_order_seq_cst); }
 
 CallScope::~CallScope() {
-  if (g_in_flight.fetch_sub(1, std::memory_order_seq_cst) == 1 && g_finalize_waiting.load(std::memory_order_seq_cst)) {
+  if (g_in_flight.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+      g_finalize_waiting.load(std::memory_order_seq_cst)) {
     std::lock_guard<std::mutex> l(g_quiesce_mu);  // the waiter is in wait() or has not checked yet
     g_quiesce_cv.notify_all();
   }
@@ -297,7 +298,8 @@ namespace {
 Result<std::string> ReservedConfigPath(const void* reserved) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0)
-    return Err(CKR_FUNCTION_FAILED, "C_Initialize: cannot check pReserved: pipe: {}", std::strerror(errno));
+    return Err(CKR_FUNCTION_FAILED, "C_Initialize: cannot check pReserved: pipe: {}",
+               std::strerror(errno));
   struct Closer {
     int* fds;
     ~Closer() {
@@ -312,20 +314,24 @@ Result<std::string> ReservedConfigPath(const void* reserved) {
     do {
       w = write(fds[1], p + i, 1);
     } while (w < 0 && errno == EINTR);
-    if (w != 1) return Err(CKR_ARGUMENTS_BAD, "C_Initialize: pReserved is neither NULL nor a readable path string");
+    if (w != 1)
+      return Err(CKR_ARGUMENTS_BAD,
+                 "C_Initialize: pReserved is neither NULL nor a readable path string");
     char c = 0;
     ssize_t r;
     do {
       r = read(fds[0], &c, 1);
     } while (r < 0 && errno == EINTR);
-    if (r != 1) return Err(CKR_FUNCTION_FAILED, "C_Initialize: cannot check pReserved: pipe read failed");
+    if (r != 1)
+      return Err(CKR_FUNCTION_FAILED, "C_Initialize: cannot check pReserved: pipe read failed");
     if (c == '\0') return out;  // empty: no path given
     const auto u = static_cast<unsigned char>(c);
     if ((i == 0 && c != '/') || u < 0x20 || u == 0x7f)
       return Err(CKR_ARGUMENTS_BAD, "C_Initialize: pReserved is not an absolute config path");
     out.push_back(c);
   }
-  return Err(CKR_ARGUMENTS_BAD, "C_Initialize: pReserved is not a path string of fewer than {} bytes", PATH_MAX);
+  return Err(CKR_ARGUMENTS_BAD,
+             "C_Initialize: pReserved is not a path string of fewer than {} bytes", PATH_MAX);
 }
 
 std::string ConfigStamp(const std::string& path) {
@@ -472,8 +478,9 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
 
 void Provider::StartPoolHealthCheck(Token* t) {
   if (!t->is_pool()) return;
-  t->pool()->StartHealthCheck([t] { return t->PoolCatalog(); },
-                              [run = event_run_, slot = t->slot_id()] { PostSlotEvent(run, slot); });
+  t->pool()->StartHealthCheck(
+      [t] { return t->PoolCatalog(); },
+      [run = event_run_, slot = t->slot_id()] { PostSlotEvent(run, slot); });
 }
 
 Result<Token*> Provider::GetToken(CK_SLOT_ID slot) const {

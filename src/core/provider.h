@@ -88,7 +88,8 @@ class Provider {
 // Opens one configured HSM's token (its module is loaded once per process). With `login_now`
 // false the token is only found (module loaded, token looked up, no session, no login): the
 // first operation on it logs in (p11::InnerToken::Options::login_at_open).
-Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h, bool login_now = true);
+Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h,
+                                                      bool login_now = true);
 // A managed HSM pool as configured; `open` gives each member's token (or why it is missing),
 // the default opens them now. Members that fail are reopened by the pool's health check.
 std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc,

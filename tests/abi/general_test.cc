@@ -278,7 +278,8 @@ TEST_F(GeneralTest, FinalizeWhileOtherThreadsAreInCalls) {
   GenEc(s, kP256, "finalize-race", &pub, &priv);
   constexpr int kThreads = 4;
   std::vector<CK_SESSION_HANDLE> sessions(kThreads);
-  for (auto& my : sessions) ASSERT_EQ(f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &my), CKR_OK);
+  for (auto& my : sessions)
+    ASSERT_EQ(f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &my), CKR_OK);
   std::latch running(kThreads);  // every thread has finished one round
   std::atomic<int> unexpected{0};
   std::atomic<CK_RV> first_unexpected{CKR_OK};
@@ -302,13 +303,14 @@ TEST_F(GeneralTest, FinalizeWhileOtherThreadsAreInCalls) {
         auto data = Bytes("round");
         CK_BYTE sig[64];
         CK_ULONG len = sizeof(sig);
-        bool ok = check(f->C_SignInit(my, &m, priv)) && check(f->C_Sign(my, data.data(), data.size(), sig, &len));
+        bool ok = check(f->C_SignInit(my, &m, priv)) &&
+                  check(f->C_Sign(my, data.data(), data.size(), sig, &len));
         CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
         CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
         CK_OBJECT_HANDLE found[4];
         CK_ULONG n = 0;
-        ok = ok && check(f->C_FindObjectsInit(my, t, 1)) && check(f->C_FindObjects(my, found, 4, &n)) &&
-             check(f->C_FindObjectsFinal(my));
+        ok = ok && check(f->C_FindObjectsInit(my, t, 1)) &&
+             check(f->C_FindObjects(my, found, 4, &n)) && check(f->C_FindObjectsFinal(my));
         CK_BYTE label[64];
         CK_ATTRIBUTE a[] = {{CKA_LABEL, label, sizeof(label)}};
         ok = ok && check(f->C_GetAttributeValue(my, priv, a, 1));
@@ -327,7 +329,8 @@ TEST_F(GeneralTest, FinalizeWhileOtherThreadsAreInCalls) {
   ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
   initialized = false;
   for (auto& t : ts) t.join();
-  EXPECT_EQ(unexpected.load(), 0) << "first unexpected CK_RV 0x" << std::hex << first_unexpected.load();
+  EXPECT_EQ(unexpected.load(), 0) << "first unexpected CK_RV 0x" << std::hex
+                                  << first_unexpected.load();
   // The module initialises again afterwards.
   ASSERT_EQ(InitWith(config_path), CKR_OK);
 }

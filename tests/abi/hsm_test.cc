@@ -282,8 +282,10 @@ TEST_F(HsmTest, UnavailableHsmLeavesTheModuleWorkingAndSaysWhy) {
     const bool missing = module == dir.file("missing-module.so");
     CK_SLOT_INFO si;
     ASSERT_EQ(f->C_GetSlotInfo(1, &si), CKR_OK);
-    EXPECT_EQ(std::string(reinterpret_cast<char*>(si.slotDescription), 64).find("HSM unavailable") != std::string::npos,
-              missing);
+    EXPECT_EQ(
+        std::string(reinterpret_cast<char*>(si.slotDescription), 64).find("HSM unavailable") !=
+            std::string::npos,
+        missing);
     CK_SESSION_HANDLE s = LoggedInRw(1);
     CK_MECHANISM gen{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
     CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()}};
@@ -305,7 +307,8 @@ TEST_F(HsmTest, UnavailableHsmLeavesTheModuleWorkingAndSaysWhy) {
 TEST_F(HsmTest, FinalizeFromAnExitHandlerAfterAnHsmKeySignedExitsCleanly) {
   const char* program = std::getenv("VAULTP11_EXIT_FINALIZE");
   ASSERT_NE(program, nullptr);
-  std::vector<std::string> args = {program, std::getenv("VAULTP11_MODULE"), config_path, "1", kAdminPin};
+  std::vector<std::string> args = {program, std::getenv("VAULTP11_MODULE"), config_path, "1",
+                                   kAdminPin};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

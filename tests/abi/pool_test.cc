@@ -973,16 +973,18 @@ TEST_F(PoolTest, HsmsAreLoggedInToOnlyWhenFirstUsed) {
   const std::string fault = std::getenv("VAULTP11_FAULT_MODULE");
   std::string top = "hsms:\n";
   for (const char* t : kFailoverMembers)
-    top += std::string("  - { name: ") + t + ", module: " + fault + ", token: " + t + ", pin_file: " +
-           dir.file("user.pin") + ", quirks: [no-deinit] }\n";
+    top += std::string("  - { name: ") + t + ", module: " + fault + ", token: " + t +
+           ", pin_file: " + dir.file("user.pin") + ", quirks: [no-deinit] }\n";
   top += "managed_hsm_pools:\n  - { name: lazy, hsms: [fo-b, fo-c] }\n";
   const std::string lazy_config =
-      WriteConfig("  - { principal: app, role: Key Vault Administrator, scope: /vaults/archive }\n", top,
-                  "{ name: archive, sku: premium, hsms: [fo-a], default_protection: hsm }");
+      WriteConfig("  - { principal: app, role: Key Vault Administrator, scope: /vaults/archive }\n",
+                  top, "{ name: archive, sku: premium, hsms: [fo-a], default_protection: hsm }");
   void* h = dlopen(fault.c_str(), RTLD_NOW | RTLD_NOLOAD);
   auto reset = h ? reinterpret_cast<void (*)()>(dlsym(h, "fault_p11_reset_counts")) : nullptr;
   if (reset) reset();  // not loaded yet in this process: nothing counted so far
-  auto opened = [](const char* t) { return FaultCount(t, "C_Login") + FaultCount(t, "C_OpenSession"); };
+  auto opened = [](const char* t) {
+    return FaultCount(t, "C_Login") + FaultCount(t, "C_OpenSession");
+  };
 
   ASSERT_EQ(InitWith(lazy_config), CKR_OK);
   CK_ULONG n = 0;
@@ -1000,7 +1002,8 @@ TEST_F(PoolTest, HsmsAreLoggedInToOnlyWhenFirstUsed) {
   GenEc(soft, kP256, "software", &pub, &priv);
   CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
   EXPECT_EQ(Sign(soft, m, priv, Bytes("no HSM")).size(), 64u);
-  for (const char* t : kFailoverMembers) EXPECT_EQ(opened(t), 0u) << t << " was opened before it was used";
+  for (const char* t : kFailoverMembers)
+    EXPECT_EQ(opened(t), 0u) << t << " was opened before it was used";
 
   // The premium vault's first HSM operation logs in to its HSM, once; the pool's stay closed.
   CK_SESSION_HANDLE premium = LoggedInRw(1);

@@ -27,7 +27,8 @@ void MarkExiting() { g_exiting.store(true, std::memory_order_relaxed); }
 // handlers its static objects registered: it then runs before them. glibc has no limit on
 // exit handlers; each Load of a library adds at most two.
 void RegisterExitMark() {
-  if (std::atexit(MarkExiting) != 0) log::Warning("cannot register the inner modules' exit handler");
+  if (std::atexit(MarkExiting) != 0)
+    log::Warning("cannot register the inner modules' exit handler");
 }
 
 // The 3.0 CK_INTERFACE. p11-kit 0.24's pkcs11.h predates 3.0, so it is spelled out here; the

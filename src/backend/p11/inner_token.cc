@@ -399,7 +399,8 @@ Result<std::unique_ptr<InnerToken>> InnerToken::Open(std::shared_ptr<InnerModule
   std::unique_ptr<InnerToken> token(new InnerToken(s));
   if (!options.login_at_open) {
     // login_lost is still true: the first Acquire or Run logs in (through Recover).
-    log::Info("found inner {} (slot {}); it is logged in to at first use", s->description, match.slot);
+    log::Info("found inner {} (slot {}); it is logged in to at first use", s->description,
+              match.slot);
     return token;
   }
   {
