@@ -50,6 +50,10 @@ std::atomic<int64_t> g_in_flight{0};
 std::atomic<bool> g_finalize_waiting{false};
 std::mutex g_quiesce_mu;
 std::condition_variable g_quiesce_cv;
+// The parent's calls in flight have no thread in a forked child: a C_Finalize there must not
+// wait for them. Registered when the module is loaded, so it holds even for a fork that comes
+// before the first C_Initialize (calls before it briefly count too).
+const int g_in_flight_atfork = pthread_atfork(nullptr, nullptr, [] { g_in_flight.store(0); });
 
 void Pad(CK_UTF8CHAR* dst, size_t n, std::string_view s) {
   std::memset(dst, ' ', n);
@@ -606,9 +610,6 @@ Status Initialize(CK_VOID_PTR init_args) {
       // Kept reachable (the parent owns it), not leaked: the child never frees it.
       g_abandoned_provider.store(g_provider.load());
       g_provider.store(nullptr);
-      // The parent's calls in flight have no thread here: a C_Finalize in the child must not
-      // wait for them.
-      g_in_flight.store(0);
     });
   });
   g_provider.store(p.value().release(), std::memory_order_release);
