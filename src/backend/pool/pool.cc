@@ -480,7 +480,7 @@ void HsmPool::DestroyEverywhere(std::span<const uint8_t> inner_id) const {
 
 void HsmPool::StartHealthCheck(Catalog catalog, std::function<void()> on_change) {
   std::lock_guard<std::mutex> l(health_mu_);
-  if (health_thread_.joinable()) return;
+  if (health_thread_.joinable() || stopped_) return;
   catalog_ = std::move(catalog);
   on_change_ = std::move(on_change);
   stop_ = false;
@@ -492,6 +492,7 @@ void HsmPool::StopHealthCheck() {
   {
     std::lock_guard<std::mutex> l(health_mu_);
     stop_ = true;
+    stopped_ = true;
     on_change_ = nullptr;
     t = std::move(health_thread_);
   }
