@@ -262,10 +262,27 @@ Result<SecureBytes> ReadMasterKey(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);  // may be a symlink (e.g. a mounted secret)
   if (fd < 0)
     return Err(CKR_DEVICE_ERROR, "cannot open master key file {}: {}", path, strerror(errno));
+  // Refused, not warned about (as ssh refuses a private key): anyone else who can read the
+  // file can decrypt every vault, anyone who can write it can replace the key.
   struct stat st {};
-  if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
-    log::Warning("master key file {} is accessible by group or others (mode {:o})", path,
-                 st.st_mode & 0777);
+  if (fstat(fd, &st) != 0) {
+    const int e = errno;
+    close(fd);
+    return Err(CKR_DEVICE_ERROR, "cannot stat master key file {}: {}", path, strerror(e));
+  }
+  if ((st.st_mode & 066) != 0) {
+    close(fd);
+    return Err(CKR_DEVICE_ERROR,
+               "refusing master key file {}: mode {:04o}: must not be readable or writable by group or others "
+               "(chmod 600 {})",
+               path, st.st_mode & 07777, path);
+  }
+  if (st.st_uid != geteuid()) {
+    close(fd);
+    return Err(CKR_DEVICE_ERROR,
+               "refusing master key file {}: owned by uid {}, not by this process's user (uid {}) (chown {} {})",
+               path, st.st_uid, geteuid(), geteuid(), path);
+  }
   SecureBytes key(kKeyLen + 1);  // one spare byte detects a file that is too long
   const int e = ReadUpTo(fd, key);
   close(fd);

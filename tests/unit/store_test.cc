@@ -86,6 +86,22 @@ class StoreTest : public ::testing::Test {
     ASSERT_EQ(rc, SQLITE_OK) << msg;
   }
 
+  // The read-only checks run in a child that drops to uid 65534 when the tests run as root; the
+  // master key file must then be that user's (Store::Open refuses a key file of another user,
+  // and one readable by others). Restored by KeyBackToUs.
+  void KeyToReadOnlyChild() {
+    ASSERT_EQ(chmod(key_path().c_str(), 0400), 0);
+    if (geteuid() == 0) {
+      ASSERT_EQ(chown(key_path().c_str(), 65534, 65534), 0);
+    }
+  }
+  void KeyBackToUs() {
+    if (geteuid() == 0) {
+      ASSERT_EQ(chown(key_path().c_str(), 0, 0), 0);
+    }
+    ASSERT_EQ(chmod(key_path().c_str(), 0600), 0);
+  }
+
   ::vaultp11::testing::TempDir dir_;
 };
 
@@ -655,7 +671,7 @@ TEST_F(StoreTest, ReadOnlyFileOpensReadOnlyAndRefusesWrites) {
     id = rec.id;
   }
   ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  KeyToReadOnlyChild();
   ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);  // lets the unprivileged child create -shm
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -966,7 +982,7 @@ TEST_F(StoreTest, ReadOnlyStoreReadsAuthenticationStateAndWritesNothing) {
     ASSERT_TRUE(fresh);
   }
   ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  KeyToReadOnlyChild();
   ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -1003,7 +1019,7 @@ TEST_F(StoreTest, ReadOnlyStoreMadeBeforeTheAuthenticationTablesStillWorks) {
       "DROP TABLE used_jtis; DROP TABLE login_failures; "
       "DELETE FROM meta WHERE key = 'deployment_id'");
   ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  KeyToReadOnlyChild();
   ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -1113,7 +1129,7 @@ TEST_F(StoreTest, AStoreMadeBeforeVersionsGetsThemOnOpen) {
   // Mounted read-only first (checked in an unprivileged child, as root could write): readable,
   // no versions yet.
   ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  KeyToReadOnlyChild();
   ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -1134,7 +1150,7 @@ TEST_F(StoreTest, AStoreMadeBeforeVersionsGetsThemOnOpen) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed check " << WEXITSTATUS(status);
   ASSERT_EQ(chmod(dir_.path().c_str(), 0700), 0);
   ASSERT_EQ(chmod(db_path().c_str(), 0600), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0600), 0);
+  KeyBackToUs();
   for (const char* side : {"-wal", "-shm"}) chmod((db_path() + side).c_str(), 0600);
   ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
   ASSERT_OK_AND_ASSIGN(auto versions, store->VersionsOf("v", "k"));
@@ -1145,6 +1161,47 @@ TEST_F(StoreTest, AStoreMadeBeforeVersionsGetsThemOnOpen) {
   EXPECT_TRUE(versions[1].current);
   ASSERT_OK_AND_ASSIGN(auto recs, store->LoadVault("v"));
   for (const auto& r : recs) EXPECT_EQ(r.version.empty(), r.label.empty()) << r.id;
+}
+
+}  // namespace
+}  // namespace vaultp11::store
+
+// ---- The master key file (issue 16 item 6) ------------------------------------------------------
+
+namespace vaultp11::store {
+namespace {
+
+// Master key file rules (as ssh's for a private key): refused, naming the file and the fix.
+TEST_F(StoreTest, MasterKeyFileReadableOrWritableByOthersIsRefused) {
+  { ASSERT_OK_AND_ASSIGN(auto store, OpenStore()); }
+  for (mode_t mode : {0644, 0640, 0604, 0620, 0602, 0660}) {
+    SCOPED_TRACE(mode);
+    ASSERT_EQ(chmod(key_path().c_str(), mode), 0);
+    auto store = OpenStore();
+    ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+    EXPECT_THAT(store.error().message, HasSubstr(key_path()));
+    EXPECT_THAT(store.error().message, HasSubstr(fmt::format("mode {:04o}", mode)));
+    EXPECT_THAT(store.error().message, HasSubstr("chmod 600"));
+    EXPECT_THAT(DeriveKeyFromMasterKeyFile(key_path(), "audit-head"), RvIs(CKR_DEVICE_ERROR));
+  }
+  for (mode_t mode : {0600, 0400, 0700}) {
+    SCOPED_TRACE(mode);
+    ASSERT_EQ(chmod(key_path().c_str(), mode), 0);
+    EXPECT_OK(OpenStore().status());
+  }
+}
+
+TEST_F(StoreTest, MasterKeyFileOfAnotherUserIsRefused) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give the file to another user";
+  { ASSERT_OK_AND_ASSIGN(auto store, OpenStore()); }
+  ASSERT_EQ(chown(key_path().c_str(), 65534, 65534), 0);
+  auto store = OpenStore();
+  ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(store.error().message, HasSubstr(key_path()));
+  EXPECT_THAT(store.error().message, HasSubstr("owned by uid 65534"));
+  EXPECT_THAT(DeriveKeyFromMasterKeyFile(key_path(), "audit-head"), RvIs(CKR_DEVICE_ERROR));
+  ASSERT_EQ(chown(key_path().c_str(), 0, 0), 0);
+  EXPECT_OK(OpenStore().status());
 }
 
 }  // namespace
