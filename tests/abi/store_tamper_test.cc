@@ -49,7 +49,8 @@ class StoreTamperTest : public AbiTest {
     const std::string plain = "log: { level: error }";
     const size_t at = conf.find(plain);
     ASSERT_NE(at, std::string::npos);
-    conf.replace(at, plain.size(), "log: { level: error, sink: \"file:" + dir.file("module.log") + "\" }");
+    conf.replace(at, plain.size(),
+                 "log: { level: error, sink: \"file:" + dir.file("module.log") + "\" }");
     logged_config_ = dir.file("logged.yaml");
     std::ofstream(logged_config_) << conf;
   }
@@ -67,11 +68,13 @@ class StoreTamperTest : public AbiTest {
   std::vector<Row> Rows(const std::string& label, CK_OBJECT_CLASS cls) {
     std::vector<Row> out;
     sqlite3* db = nullptr;
-    EXPECT_EQ(sqlite3_open_v2(dir.file("store.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-    sqlite3_stmt* st = nullptr;
-    EXPECT_EQ(sqlite3_prepare_v2(db, "SELECT id, attributes FROM objects WHERE label = ? AND class = ?", -1, &st,
-                                 nullptr),
+    EXPECT_EQ(sqlite3_open_v2(dir.file("store.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr),
               SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    EXPECT_EQ(
+        sqlite3_prepare_v2(db, "SELECT id, attributes FROM objects WHERE label = ? AND class = ?",
+                           -1, &st, nullptr),
+        SQLITE_OK);
     sqlite3_bind_text(st, 1, label.c_str(), -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, static_cast<sqlite3_int64>(cls));
     while (sqlite3_step(st) == SQLITE_ROW) {
@@ -84,9 +87,12 @@ class StoreTamperTest : public AbiTest {
   }
   void WriteAttributes(int64_t id, const Blob& attrs) {
     sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open_v2(dir.file("store.db").c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_open_v2(dir.file("store.db").c_str(), &db, SQLITE_OPEN_READWRITE, nullptr),
+              SQLITE_OK);
     sqlite3_stmt* st = nullptr;
-    ASSERT_EQ(sqlite3_prepare_v2(db, "UPDATE objects SET attributes = ? WHERE id = ?", -1, &st, nullptr), SQLITE_OK);
+    ASSERT_EQ(
+        sqlite3_prepare_v2(db, "UPDATE objects SET attributes = ? WHERE id = ?", -1, &st, nullptr),
+        SQLITE_OK);
     sqlite3_bind_blob(st, 1, attrs.data(), static_cast<int>(attrs.size()), SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, id);
     EXPECT_EQ(sqlite3_step(st), SQLITE_DONE);
@@ -129,13 +135,15 @@ class StoreTamperTest : public AbiTest {
     Search r = Find(s, label);
     EXPECT_TRUE(r.rv == CKR_DEVICE_ERROR || (r.rv == CKR_OK && r.found.empty()))
         << "rv " << r.rv << ", " << r.found.size() << " found";
-    for (CK_OBJECT_HANDLE h : r.found) EXPECT_FALSE(Value(s, h).has_value()) << "value of object " << h << " read";
+    for (CK_OBJECT_HANDLE h : r.found)
+      EXPECT_FALSE(Value(s, h).has_value()) << "value of object " << h << " read";
   }
   // The module's log names the refused row.
   void ExpectLogged(int64_t id) {
     std::ifstream in(dir.file("module.log"));
     std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    EXPECT_NE(log.find("object " + std::to_string(id) + " of vault 'payments'"), std::string::npos) << log;
+    EXPECT_NE(log.find("object " + std::to_string(id) + " of vault 'payments'"), std::string::npos)
+        << log;
     EXPECT_NE(log.find("failed authentication"), std::string::npos) << log;
   }
 
@@ -200,7 +208,8 @@ TEST_F(StoreTamperTest, FlippedPrivateDoesNotExposeADataObjectWithoutLogin) {
 TEST_F(StoreTamperTest, SwappedAttributeBlobsAreRefused) {
   CK_SESSION_HANDLE s = LoggedInRw();
   GenAes(s, 32, "nx-key");
-  CK_OBJECT_HANDLE open = GenAes(s, 32, "open-key", true, /*extractable=*/true, /*sensitive=*/false);
+  CK_OBJECT_HANDLE open =
+      GenAes(s, 32, "open-key", true, /*extractable=*/true, /*sensitive=*/false);
   auto open_value = Value(s, open);
   ASSERT_TRUE(open_value.has_value());
   Finalize();
