@@ -178,6 +178,8 @@ TEST(RecorderTest, AFailingSinkIsReportedToTheOthersOnce) {
   EXPECT_EQ(fx.rec->stats().sink_errors, 3u);
   EXPECT_EQ(fx.sinks[1]->got[1]["properties"]["sink"], "collect a");
   EXPECT_EQ(fx.sinks[1]->got[1]["resultDescription"], "disk full");
+  // The recovery counts what the sink missed meanwhile (README "Size and a full disk").
+  EXPECT_EQ(fx.sinks[1]->got[5]["properties"]["lost"], 3);
 }
 
 // Stop writes out what is queued; later events are ignored.
