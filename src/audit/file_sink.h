@@ -39,12 +39,15 @@
 // Retention: at each rotation, rotated files whose name time is more than retention_days
 // before now are deleted. The name time stands for the file's newest record (it is at or after
 // it), so no file holding a record younger than that is deleted; PurgeBefore uses the same rule.
+// Then, with max_total_bytes, the oldest rotated files are deleted until all the sink's files
+// fit in it. Neither ever deletes the newest rotated file (the one the current file continues).
 //
 // What the head cannot do: once a writer appends again, a cut end is no longer visible in the
 // files (the chain goes on from the last record left, and the new head matches); the writer
 // therefore compares the head with the file before it appends and logs a warning when records
 // are missing at the end or the last one differs. An old head saved and put back later is not
-// recognised as old. An emptied current file continues from the newest rotated file.
+// recognised as old by the head alone: the anchor (ChainEnd, kept in the store) does that. An
+// emptied current file continues from the newest rotated file.
 //
 // Failures leave the chain valid: a batch that cannot be written completely (disk full, file
 // size limit) is cut off again with ftruncate to the file's size before it and the error is
