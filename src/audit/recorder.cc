@@ -236,6 +236,8 @@ void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped, bool all_
     std::vector<Event> summaries;
     TakeSummaries(summaries, std::chrono::steady_clock::now(), all_summaries);
     for (const Event& e : summaries) out.push_back(record(e));
+  } else {
+    next_summary_ = std::chrono::steady_clock::time_point::max();  // nothing counted: no wake-up due
   }
   if (out.empty()) {
     std::lock_guard<std::mutex> l(mu_);
