@@ -1963,4 +1963,107 @@ Status Store::ForgiveLoginFailure(std::string_view principal) {
   });
 }
 
+// ---- Audit anchors ---------------------------------------------------------------------------
+
+namespace {
+
+// Its own table, created by the first anchor (a read-only store, or one no writer anchored
+// yet, simply has none).
+constexpr const char* kAuditAnchorsSql = R"sql(
+CREATE TABLE IF NOT EXISTS audit_anchors(
+  sink TEXT PRIMARY KEY,
+  gen_time INTEGER NOT NULL,
+  gen_n INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  hash TEXT NOT NULL,
+  mac TEXT NOT NULL);
+)sql";
+constexpr char kAuditAnchorMacContext[] = "vaultp11 audit anchor v1\n";
+
+bool IsHexHash(std::string_view s) {
+  return s.size() == 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// Hex HMAC-SHA256 over the position and the sink (last: the numbers and the hex hash hold no
+// newline, so the message is unambiguous); "" when HMAC fails (never equal to a stored MAC).
+std::string AuditAnchorMac(const SecureBytes& key, const std::string& sink, const Store::AuditAnchor& a) {
+  const std::string msg = fmt::format("{}{}\n{}\n{}\n{}\n{}", kAuditAnchorMacContext, a.gen_time, a.gen_n, a.seq,
+                                      a.hash, sink);
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  size_t n = 0;
+  if (EVP_Q_mac(ossl::LibCtx(), "HMAC", nullptr, "SHA256", nullptr, key.data(), key.size(),
+                reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), mac, sizeof(mac), &n) == nullptr)
+    return "";
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (size_t i = 0; i < n; ++i) {
+    hex += kHex[mac[i] >> 4];
+    hex += kHex[mac[i] & 0xf];
+  }
+  OPENSSL_cleanse(mac, sizeof(mac));
+  return hex;
+}
+
+}  // namespace
+
+Status Store::AdvanceAuditAnchor(const std::string& sink, const AuditAnchor& anchor) {
+  if (!IsHexHash(anchor.hash) || anchor.gen_time < 0 || anchor.gen_n < 0 || anchor.seq < 0)
+    return Err(CKR_ARGUMENTS_BAD, "audit anchor for {}: not a chain position", sink);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_)
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot record the audit anchor of {}: database {} is read-only", sink,
+               path_);
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, store::DeriveKey(master_key_, "audit-anchor"));
+  const std::string mac = AuditAnchorMac(key, sink, anchor);
+  if (mac.empty()) return Err(CKR_FUNCTION_FAILED, "audit anchor for {}: cannot compute its MAC", sink);
+  return impl_->Transaction("recording an audit anchor", [&]() -> Status {
+    VAULTP11_RETURN_IF_ERROR(impl_->Exec(kAuditAnchorsSql, "creating the audit anchors"));
+    // Only forwards: a writer that sealed an older position (another process got further
+    // meanwhile) leaves the row alone.
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        impl_->Prepare("INSERT INTO audit_anchors(sink, gen_time, gen_n, seq, hash, mac) VALUES(?1, ?2, ?3, ?4, ?5, ?6) "
+                       "ON CONFLICT(sink) DO UPDATE SET gen_time = excluded.gen_time, gen_n = excluded.gen_n, "
+                       "seq = excluded.seq, hash = excluded.hash, mac = excluded.mac "
+                       "WHERE (excluded.gen_time, excluded.gen_n, excluded.seq) > "
+                       "(audit_anchors.gen_time, audit_anchors.gen_n, audit_anchors.seq)"));
+    Stmt st(s);
+    st.Bind(1, sink);
+    st.Bind(2, anchor.gen_time);
+    st.Bind(3, anchor.gen_n);
+    st.Bind(4, anchor.seq);
+    st.Bind(5, anchor.hash);
+    st.Bind(6, mac);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording an audit anchor");
+    return OkStatus();
+  });
+}
+
+Result<std::optional<Store::AuditAnchor>> Store::GetAuditAnchor(const std::string& sink) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(
+      int64_t have, impl_->QueryInt("SELECT count(*) FROM sqlite_master WHERE name = 'audit_anchors'",
+                                    "looking for audit anchors"));
+  if (have == 0) return std::optional<AuditAnchor>();
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                            impl_->Prepare("SELECT gen_time, gen_n, seq, hash, mac FROM audit_anchors WHERE sink = ?"));
+  Stmt st(s);
+  st.Bind(1, sink);
+  int rc = st.Step();
+  if (rc == SQLITE_DONE) return std::optional<AuditAnchor>();
+  if (rc != SQLITE_ROW) return impl_->Fail(rc, "reading an audit anchor");
+  AuditAnchor a{st.Int(0), st.Int(1), st.Int(2), st.Text(3)};
+  const std::string stored = st.Text(4);
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, store::DeriveKey(master_key_, "audit-anchor"));
+  const std::string expect = AuditAnchorMac(key, sink, a);
+  if (expect.empty() || !ConstantTimeEqual(AsBytes(expect), AsBytes(stored)))
+    return Err(CKR_DEVICE_ERROR,
+               "the audit anchor of {} in {} does not match its MAC (the row was edited, or written under another "
+               "master key)",
+               sink, path_);
+  return std::optional<AuditAnchor>(std::move(a));
+}
+
 }  // namespace vaultp11::store
