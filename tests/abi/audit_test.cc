@@ -1,6 +1,7 @@
 // The audit log as a consumer produces it: every operation class gives exactly its event
 // (success and denials), nothing secret reaches a sink, failing sinks do not break crypto, and
 // events written by forked children and at exit are kept (issue: audit log).
+#include <dlfcn.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -11,10 +12,12 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
+#include "abi/pkcs11_3_0.h"
 #include "audit/chain.h"
 #include "fixture.h"
 
@@ -233,6 +236,48 @@ TEST_F(AuditTest, UnfinishedOperationsAreRecordedAsCancelled) {
   ASSERT_EQ(f->C_CloseSession(s), CKR_OK);
   auto events = Finish();
   EXPECT_THAT(Summary(events), ElementsAre("Authentication OK", "KeyCreate OK", "KeySign Cancelled"));
+}
+
+// The text before the first ':' of a PIN that names no principal may be anything the user
+// typed, a secret included ("secret:name" typed the wrong way round): the audit log and the
+// store's failed-login rows carry a keyed hash of it, never the text, and the same text gives
+// the same hash, so its failures still count (issue 16 item 9; README "Principals and login").
+TEST_F(AuditTest, UnknownPrincipalNamesAreNeverWrittenAsText) {
+  CK_SESSION_HANDLE s = OpenRo();
+  const std::string typed = "secret-text-8c1f:app";
+  ASSERT_EQ(Login(s, typed), CKR_PIN_INCORRECT);
+  ASSERT_EQ(Login(s, typed), CKR_PIN_INCORRECT);
+  CK_TOKEN_INFO ti;
+  ASSERT_EQ(f->C_GetTokenInfo(0, &ti), CKR_OK);
+  EXPECT_NE(ti.flags & CKF_USER_PIN_COUNT_LOW, 0u);  // counted under the hash
+  // C_LoginUser: the username is the claimed name.
+  void* h = dlopen(std::getenv("VAULTP11_MODULE"), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(h, nullptr);
+  auto get = reinterpret_cast<CK_C_GetInterface>(dlsym(h, "C_GetInterface"));
+  ASSERT_NE(get, nullptr);
+  CK_INTERFACE* iface = nullptr;
+  ASSERT_EQ(get(nullptr, nullptr, &iface, 0), CKR_OK);
+  auto* f3 = static_cast<CK_FUNCTION_LIST_3_0*>(iface->pFunctionList);
+  std::string user = "secret-text-77ad", pin = "whatever";
+  EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size(),
+                            reinterpret_cast<CK_UTF8CHAR_PTR>(user.data()), user.size()),
+            CKR_PIN_INCORRECT);
+  // A known principal is still named as itself.
+  ASSERT_EQ(Login(s, "app:wrong"), CKR_PIN_INCORRECT);
+  auto events = Finish();
+  ASSERT_EQ(events.size(), 4u);
+  std::vector<std::string> principals;
+  for (const Json& e : events) principals.push_back(e["identity"]["principal"].get<std::string>());
+  EXPECT_THAT(principals[0], ::testing::StartsWith("unknown:"));
+  EXPECT_EQ(principals[1], principals[0]);
+  EXPECT_THAT(principals[2], ::testing::StartsWith("unknown:"));
+  EXPECT_NE(principals[2], principals[0]);
+  EXPECT_EQ(principals[3], "app");
+  // Raw bytes of the audit log and of every file of the store (database, WAL, shared memory).
+  EXPECT_EQ(ReadAll(audit_path).find("secret-text"), std::string::npos);
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+    EXPECT_EQ(ReadAll(dir.file(std::string("store.db") + suffix)).find("secret-text"), std::string::npos)
+        << "store.db" << suffix;
 }
 
 // Nothing secret in the sink: not the client secret, not a secret's value, not key bytes (an
