@@ -5,7 +5,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gmock/gmock.h>
@@ -302,30 +301,21 @@ TEST_F(AuditTest, NoSecretReachesTheSink) {
   EXPECT_THAT(all, Not(HasSubstr(std::string(key_bytes.begin(), key_bytes.end()))));
 }
 
-// A forked child initialises its own recorder; parent and child append to one file, which
-// stays one chain. A process that exits without C_Finalize still writes its queued events.
+// Another process (abi_child, started by fork + exec) has its own recorder; both append to one
+// file, which stays one chain. That process forks with its audit writer alive (the module's fork
+// handlers park it; the forked child, not yet initialised, records nothing), and exits without
+// C_Finalize: its exit handler still writes its queued events.
 TEST_F(AuditTest, ForkedChildrenAndExitWithoutFinalizeAreRecorded) {
   CK_SESSION_HANDLE s = OpenRw();
   ASSERT_EQ(Login(s), CKR_OK);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    if (InitWith(config_path) != CKR_OK) _exit(2);
-    CK_SESSION_HANDLE cs = 0;
-    if (f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
-    if (Login(cs, kNoRolePin) != CKR_OK) _exit(4);
-    std::exit(0);  // no C_Finalize: the exit handler writes the queue out
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(RunChild({"init", "0", "open-ro", "login", "0", kNoRolePin, "fork-check", "exit"}), 0);
   ASSERT_EQ(f->C_Logout(s), CKR_OK);
   auto events = Finish();
   std::vector<std::string> child_ops, parent_ops;
   for (const Json& e : events)
-    (e["caller"]["pid"] == pid ? child_ops : parent_ops).push_back(e["operationName"].get<std::string>() + " " +
-                                                                   e["identity"]["principal"].get<std::string>());
+    (e["caller"]["pid"] != getpid() ? child_ops : parent_ops)
+        .push_back(e["operationName"].get<std::string>() + " " +
+                   e["identity"]["principal"].get<std::string>());
   EXPECT_THAT(child_ops, ElementsAre("Authentication norole"));
   EXPECT_THAT(parent_ops, ElementsAre("Authentication app", "Logout app"));
   auto verdict = audit::VerifyFile(audit_path);

@@ -2,7 +2,6 @@
 // principals and OAuth2 bearer tokens, each accepted when right and refused with
 // CKR_PIN_INCORRECT for every way of being wrong, malformed tokens included (spec C_Login),
 // replays included (also from another process on the same store).
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -148,18 +147,10 @@ TEST_F(JwtLoginTest, AnAssertionIsUsedOnceEvenAcrossProcesses) {
   ASSERT_EQ(LoginWith(once), CKR_OK);
   EXPECT_EQ(LoginWith(once), CKR_PIN_INCORRECT);  // replay in this process
   // Another process on the same store: the replay is refused there too, a fresh one works.
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    if (InitWith(config_path) != CKR_OK) _exit(2);
-    if (LoginWith(once) != CKR_PIN_INCORRECT) _exit(3);
-    if (LoginWith(twice) != CKR_OK) _exit(4);
-    _exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // (abi_child, started by fork + exec: see child_main.cc.)
+  EXPECT_EQ(RunChild({"init", "0", "open-ro", "login", std::to_string(CKR_PIN_INCORRECT), once,
+                      "login", "0", twice}),
+            0);
   EXPECT_EQ(LoginWith(twice), CKR_PIN_INCORRECT);  // the child used it
 }
 

@@ -256,18 +256,7 @@ TEST_F(SessionTest, StoreHoldsNoPlaintextKeyMaterial) {
 TEST_F(SessionTest, KeyCreatedByAnotherProcessIsFoundWithoutRestart) {
   CK_SESSION_HANDLE s = LoggedInRw();
   EXPECT_TRUE(FindByLabel(s, "from-child").empty());
-  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
-              CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-              CK_BBOOL t = CK_TRUE;
-              std::string label = "from-child";
-              CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &t, 1},
-                                   {CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()},
-                                   {CKA_LABEL, label.data(), label.size()}};
-              CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &t, 1}, {CKA_LABEL, label.data(), label.size()}};
-              CK_OBJECT_HANDLE p, v;
-              return f->C_GenerateKeyPair(cs, &mech, pt, 3, vt, 2, &p, &v) == CKR_OK ? 0 : 5;
-            }),
-            0);
+  ASSERT_EQ(InAnotherProcess({"gen-ec", "from-child"}), 0);
   auto found = FindByLabel(s, "from-child");
   ASSERT_EQ(found.size(), 2u);
   CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
@@ -282,12 +271,7 @@ TEST_F(SessionTest, KeyCreatedByAnotherProcessIsFoundWithoutRestart) {
   auto sig = Sign(s, m, priv, data);
   EXPECT_EQ(Verify(s, m, pub, data, sig), CKR_OK);
   // And a deletion in another process is seen as well.
-  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
-              for (auto h : FindByLabel(cs, "from-child"))
-                if (f->C_DestroyObject(cs, h) != CKR_OK) return 5;
-              return 0;
-            }),
-            0);
+  ASSERT_EQ(InAnotherProcess({"destroy-label", "from-child"}), 0);
   EXPECT_TRUE(FindByLabel(s, "from-child").empty());
 }
 
