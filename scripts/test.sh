@@ -24,6 +24,7 @@ problems=()
 log() { printf '\n=== %s (%ds)\n' "$*" $((SECONDS - started)); }
 
 ensure_packages "${VAULTP11_BUILD_PACKAGES[@]}" "${VAULTP11_CONSUMER_PACKAGES[@]}"
+ensure_backports_package pkcs11-provider || echo "deps: pkcs11-provider unavailable; its consumer test will skip"
 
 # setup DIR OPTION...: configures DIR with the options, reusing it when it is a valid meson
 # build dir (--reconfigure), starting over (--wipe) when reconfiguring fails.

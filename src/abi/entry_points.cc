@@ -8,10 +8,12 @@
 #include <iterator>
 #include <new>
 #include <optional>
+#include <string_view>
 
 #include "abi/pkcs11_3_0.h"
 #include "core/audit_hooks.h"
 #include "core/calls.h"
+#include "core/provider.h"
 #include "util/log.h"
 
 #define VAULTP11_EXPORT __attribute__((visibility("default")))
@@ -25,10 +27,24 @@ bool Serious(CK_RV rv) {
 }
 }  // namespace
 
+// C_Initialize and C_Finalize are not counted as calls in flight: C_Finalize waits for those.
+constexpr bool InFlight(std::string_view name) {
+  return name != "Initialize" && name != "Finalize";
+}
+
 // Each call is audited when the module has a recorder: the dispatcher fills in the call's
 // event (core/audit_hooks.h) and it is submitted here with the result.
-template <typename F>
+// kInFlight: the call holds a core::CallScope from before it reads the provider or the audit
+// recorder until after its audit event is submitted, so C_Finalize frees neither under it.
+template <bool kInFlight = true, typename F>
 CK_RV Invoke(const char* name, F&& f) noexcept {
+  std::optional<core::CallScope> in_flight;
+  if constexpr (kInFlight) {
+    in_flight.emplace();
+    // Before C_Initialize (or once C_Finalize started) every function answers
+    // CKR_CRYPTOKI_NOT_INITIALIZED first, whatever its arguments (PKCS#11 2.40 section 5.4).
+    if (!core::Initialized()) return CKR_CRYPTOKI_NOT_INITIALIZED;
+  }
   try {
     // Errors the caller left on this thread's OpenSSL queue are not ours to report.
     if (ERR_peek_error() != 0) ERR_clear_error();
@@ -54,14 +70,21 @@ CK_RV Invoke(const char* name, F&& f) noexcept {
   }
 }
 
+CK_RV NotSupportedResult() noexcept {
+  return core::Initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
 }  // namespace vaultp11::abi
 
-#define VP11_FN(name, params, args)                                                    \
-  extern "C" VAULTP11_EXPORT CK_RV C_##name params {                                   \
-    return ::vaultp11::abi::Invoke("C_" #name, [&] { return ::vaultp11::core::name args; }); \
+#define VP11_FN(name, params, args)                                   \
+  extern "C" VAULTP11_EXPORT CK_RV C_##name params {                  \
+    return ::vaultp11::abi::Invoke<::vaultp11::abi::InFlight(#name)>( \
+        "C_" #name, [&] { return ::vaultp11::core::name args; });     \
   }
+// Before C_Initialize every function but C_GetFunctionList / C_GetInterface* answers
+// CKR_CRYPTOKI_NOT_INITIALIZED (PKCS#11 2.40 section 5.4), the unsupported ones too.
 #define VP11_NS(name, params) \
-  extern "C" VAULTP11_EXPORT CK_RV C_##name params { return CKR_FUNCTION_NOT_SUPPORTED; }
+  extern "C" VAULTP11_EXPORT CK_RV C_##name params { return ::vaultp11::abi::NotSupportedResult(); }
 #define VP11_GET_FUNCTION_LIST()
 #include "abi/functions.inc"
 #undef VP11_FN
@@ -102,7 +125,7 @@ template <typename Fn>
 struct NotSupported;
 template <typename... Args>
 struct NotSupported<CK_RV (*)(Args...)> {
-  static CK_RV Call(Args...) { return CKR_FUNCTION_NOT_SUPPORTED; }
+  static CK_RV Call(Args...) { return ::vaultp11::abi::NotSupportedResult(); }
 };
 
 extern "C" CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);

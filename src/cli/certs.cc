@@ -832,6 +832,7 @@ Status Request(const config::Config& cfg, const CertCsrOptions& o, Io& io, std::
   t.SetBool(CKA_TOKEN, true);
   t.SetString(CKA_LABEL, o.name);
   t.SetString(CKA_VAULTP11_CONTENT_TYPE, "application/pkcs10");
+  t.SetBool(CKA_PRIVATE, true);  // every vault data object is private (README "Authorization")
   t.SetBool(CKA_MODIFIABLE, false);
   t.SetBool(CKA_DESTROYABLE, false);  // `cert cancel` takes a pending version back
   t.Set(CKA_VALUE, std::span(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()));

@@ -5,7 +5,23 @@
 namespace vaultp11::core {
 
 namespace {
+// What a public key or certificate of the vault is open for without a grant: reading it and the
+// public-key operations (REFERENCE "Public-key operations ... need only read").
 constexpr uint32_t kPublicUse = auth::kList | auth::kGet | auth::kVerify | auth::kEncrypt | auth::kWrapKey;
+}  // namespace
+
+bool AppOwned(const model::Object& o) { return !o.is_token() && !o.vault_origin; }
+
+bool OpenToAll(const model::Object& o, uint32_t perm) {
+  if (o.is_private()) return false;
+  if (AppOwned(o)) return true;
+  const CK_OBJECT_CLASS cls = o.cls();
+  return (cls == CKO_PUBLIC_KEY || cls == CKO_CERTIFICATE) && (perm & ~kPublicUse) == 0;
+}
+
+void ApplyVaultPrivacy(model::Object& o) {
+  const CK_OBJECT_CLASS cls = o.cls();
+  if (o.is_token() && cls != CKO_PUBLIC_KEY && cls != CKO_CERTIFICATE) o.attrs.SetBool(CKA_PRIVATE, true);
 }
 
 Result<CallContext> Begin(CK_SESSION_HANDLE h) {
@@ -31,13 +47,13 @@ Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op) {
 }
 
 bool Listable(const CallContext& c, const model::Object& o) {
-  if (!o.is_private()) return true;
+  if (OpenToAll(o, auth::kList)) return true;
   const auth::Grants* g = GrantsOf(c);
   return g && g->Allows(auth::KindOfClass(o.cls()), o.label(), auth::kList);
 }
 
 bool Visible(const CallContext& c, const model::Object& o) {
-  if (!o.is_private()) return true;
+  if (OpenToAll(o, auth::kList)) return true;
   const auth::Grants* g = GrantsOf(c);
   return g && g->AllowsAny(auth::KindOfClass(o.cls()), o.label(), auth::kAll);
 }
@@ -56,20 +72,16 @@ Result<model::ObjectPtr> GetVisible(const CallContext& c, CK_OBJECT_HANDLE h, CK
 }
 
 bool Permits(const CallContext& c, const model::Object& o, uint32_t perm) {
+  if (OpenToAll(o, perm)) return true;
   const auth::Grants* g = GrantsOf(c);
-  if (!g) return !o.is_private() && (perm & ~kPublicUse) == 0;
-  return g->Allows(auth::KindOfClass(o.cls()), o.label(), perm) || (!o.is_private() && (perm & ~kPublicUse) == 0);
+  return g && g->Allows(auth::KindOfClass(o.cls()), o.label(), perm);
 }
 
 Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK_RV deny_rv) {
+  if (OpenToAll(o, perm)) return OkStatus();
   const auth::Grants* g = GrantsOf(c);
-  if (!g) {
-    if (!o.is_private() && (perm & ~kPublicUse) == 0) return OkStatus();
-    return Err(CKR_USER_NOT_LOGGED_IN, "vault {}: log in first", c.token->name());
-  }
+  if (!g) return Err(CKR_USER_NOT_LOGGED_IN, "vault {}: log in first", c.token->name());
   if (g->Allows(auth::KindOfClass(o.cls()), o.label(), perm)) return OkStatus();
-  // Public objects stay usable for public-key operations, as without a login.
-  if (!o.is_private() && (perm & ~kPublicUse) == 0) return OkStatus();
   AuditDenied();
   return Err(deny_rv, "vault {}: principal {} is not allowed to do this to '{}'", c.token->name(), g->principal,
              o.label());
@@ -92,6 +104,20 @@ Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm)
                o.label());
   }
   return OkStatus();
+}
+
+void EndPrivateOperations(Provider& p, const Token* token) {
+  auto end = [](auto& op, uint32_t perm) {
+    if (op && op->key && !OpenToAll(*op->key, perm)) op.reset();
+  };
+  for (const SessionPtr& s : p.SessionsOn(token)) {
+    std::lock_guard<std::mutex> l(s->mu);
+    s->find.reset();
+    end(s->sign, auth::kSign);
+    end(s->verify, auth::kVerify);
+    end(s->encrypt, auth::kEncrypt);
+    end(s->decrypt, auth::kDecrypt);
+  }
 }
 
 Result<bool> TakeNewVersion(model::AttributeMap& tmpl) {

@@ -28,7 +28,22 @@ Result<CallContext> Begin(CK_SESSION_HANDLE h);
 // vault: names the operation, then the vault and who is logged in there.
 Result<CallContext> BeginAudited(CK_SESSION_HANDLE h, const char* op);
 
-// Whether C_FindObjects returns the object: public objects always, private ones when the
+// Whether the object is the application's own: a session object this process made (created,
+// generated or unwrapped without a vault object's material), not a vault object nor a copy of
+// one. Such objects live only in this application's memory.
+bool AppOwned(const model::Object& o);
+// Whether `perm` on the object needs no grant (and no login). Spec 4.4 and 6.7.6 ("permitted
+// object accesses by sessions"): the application's own public session objects are open to every
+// use their attributes allow (read, modify, copy, destroy, sign, decrypt, ...). The vault's public
+// keys and certificates are open for reading and public-key operations (verify, encrypt, wrap).
+// Nothing else is: a vault secret, secret key or private key needs a grant even if its
+// CKA_PRIVATE says false.
+bool OpenToAll(const model::Object& o, uint32_t perm);
+// Vault token objects other than public keys and certificates are private (CKA_PRIVATE true
+// whatever the template said): their values are read only under the access model.
+void ApplyVaultPrivacy(model::Object& o);
+
+// Whether C_FindObjects returns the object: objects open to all (OpenToAll), private ones when the
 // principal may list them.
 bool Listable(const CallContext& c, const model::Object& o);
 // Whether a handle to the object may be used at all: public objects always, private ones when
@@ -47,6 +62,12 @@ Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK
 bool Permits(const CallContext& c, const model::Object& o, uint32_t perm);
 // For objects about to be created (they have no handle yet).
 Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm);
+
+// C_Logout: ends the searches, and the operations whose key is not open to all (OpenToAll), of
+// every session of the application on the token (spec 5.6 lets a token end them; a vault does
+// not finish a signature for a principal that has left). Each ended operation is audited as
+// cancelled.
+void EndPrivateOperations(Provider& p, const Token* token);
 
 // Takes CKA_VAULTP11_NEW_VERSION out of a creation template (it asks for a new version of the
 // item and is not stored): its value, false when absent; not a CK_BBOOL is

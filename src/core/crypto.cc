@@ -105,6 +105,19 @@ auto WithHsmHandle(PreparedKey& k, Make make) -> decltype(make(CK_OBJECT_HANDLE{
   return r;
 }
 
+// C_WrapKey gives the key's material to whoever knows the wrapping key, so exporting is a
+// permission of its own, whatever the wrapping key is (a session key the caller made, a public
+// key it imported): a vault key needs `release` on it (the model's export permission), or
+// `backup` when the wrapping key is a trusted token key of this vault (the vault's own backup
+// path). The application's own session keys follow the spec alone (public ones) or need `get`
+// (private ones, as any read of them).
+Status AuthorizeExport(const CallContext& c, const model::Object& target, const model::Object& wrapping) {
+  if (AppOwned(target)) return Authorize(c, target, auth::kGet, CKR_KEY_FUNCTION_NOT_PERMITTED);
+  const bool trusted_vault_key = !AppOwned(wrapping) && wrapping.is_token() && wrapping.attrs.GetBool(CKA_TRUSTED, false);
+  if (trusted_vault_key && Permits(c, target, auth::kBackup)) return OkStatus();
+  return Authorize(c, target, auth::kRelease, CKR_KEY_FUNCTION_NOT_PERMITTED);
+}
+
 // Begin() for a call that may end an operation (its event is submitted with this call's result).
 Result<CallContext> BeginContinuing(CK_SESSION_HANDLE h) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, Begin(h));
@@ -173,6 +186,7 @@ template <typename State>
 Status MultiPartUpdate(std::optional<State>& st, const char* what, CK_BYTE_PTR in, CK_ULONG in_len) {
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no {} operation", what);
   VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  if (st->single_part) return Finish(st, Err(CKR_OPERATION_ACTIVE, "a single-part {} is in progress", what));
   if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
   st->multi_part = true;
   return Finish(st, st->op->Update(In(in, in_len)));
@@ -214,7 +228,8 @@ Status CipherOneShot(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BY
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
   VAULTP11_RETURN_IF_ERROR(Finish(slot, CheckInput(in, in_len)));
-  if (slot->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part operation is in progress");
+  if (slot->multi_part) return Finish(slot, Err(CKR_OPERATION_ACTIVE, "a multi-part operation is in progress"));
+  slot->single_part = true;
   auto data = In(in, in_len);
   return CipherOut(slot, out, out_len, true, [&](CipherState& st) { return st.op->OneShot(data); });
 }
@@ -226,6 +241,7 @@ Status CipherUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYT
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
   VAULTP11_RETURN_IF_ERROR(Finish(slot, CheckInput(in, in_len)));
+  if (slot->single_part) return Finish(slot, Err(CKR_OPERATION_ACTIVE, "a single-part operation is in progress"));
   if (!slot->op->SupportsMultiPart()) return Finish(slot, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
   slot->multi_part = true;
   auto data = In(in, in_len);
@@ -237,6 +253,7 @@ Status CipherFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len, b
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   VAULTP11_RETURN_IF_ERROR(CheckCipherCall(slot, encrypt, out_len));
+  if (slot->single_part) return Finish(slot, Err(CKR_OPERATION_ACTIVE, "a single-part operation is in progress"));
   if (!slot->op->SupportsMultiPart()) return Finish(slot, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
   return CipherOut(slot, out, out_len, true, [&](CipherState& st) { return st.op->Final(); });
 }
@@ -283,7 +300,8 @@ Status Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR 
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
   if (out_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulDigestLen is NULL"));
   VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
-  if (st->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part digest is in progress");
+  if (st->multi_part) return Finish(st, Err(CKR_OPERATION_ACTIVE, "a multi-part digest is in progress"));
+  st->single_part = true;
   return FixedOut(st, st->op->Length(), out, out_len, [&]() -> Result<Bytes> {
     VAULTP11_RETURN_IF_ERROR(st->op->Update(In(in, in_len)));
     return st->op->Final();
@@ -296,6 +314,7 @@ Status DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len) {
   auto& st = c.session->digest;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
   VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
+  if (st->single_part) return Finish(st, Err(CKR_OPERATION_ACTIVE, "a single-part digest is in progress"));
   st->multi_part = true;
   return Finish(st, st->op->Update(In(in, in_len)));
 }
@@ -305,6 +324,7 @@ Status DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key) {
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& st = c.session->digest;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
+  if (st->single_part) return Finish(st, Err(CKR_OPERATION_ACTIVE, "a single-part digest is in progress"));
   auto o = GetVisible(c, key, CKR_KEY_HANDLE_INVALID);
   if (!o.ok()) return Finish(st, o.status());
   // Key material never feeds a digest the caller can read.
@@ -317,6 +337,7 @@ Status DigestFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
   auto& st = c.session->digest;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no digest operation");
   if (out_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulDigestLen is NULL"));
+  if (st->single_part) return Finish(st, Err(CKR_OPERATION_ACTIVE, "a single-part digest is in progress"));
   return FixedOut(st, st->op->Length(), out, out_len, [&] { return st->op->Final(); });
 }
 
@@ -347,7 +368,8 @@ Status Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR si
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
   if (sig_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulSignatureLen is NULL"));
   VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
-  if (st->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part signature is in progress");
+  if (st->multi_part) return Finish(st, Err(CKR_OPERATION_ACTIVE, "a multi-part signature is in progress"));
+  st->single_part = true;
   return FixedOut(st, st->op->SignatureLength(), sig, sig_len, [&] { return st->op->Sign(In(in, in_len)); });
 }
 
@@ -363,6 +385,7 @@ Status SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
   auto& st = c.session->sign;
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no sign operation");
   if (sig_len == nullptr) return Finish(st, Err(CKR_ARGUMENTS_BAD, "pulSignatureLen is NULL"));
+  if (st->single_part) return Finish(st, Err(CKR_OPERATION_ACTIVE, "a single-part signature is in progress"));
   if (!st->op->SupportsMultiPart()) return Finish(st, Err(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
   return FixedOut(st, st->op->SignatureLength(), sig, sig_len, [&] { return st->op->Final(); });
 }
@@ -385,7 +408,7 @@ Status Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR 
   if (!st) return Err(CKR_OPERATION_NOT_INITIALIZED, "no verify operation");
   VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(in, in_len)));
   VAULTP11_RETURN_IF_ERROR(Finish(st, CheckInput(sig, sig_len)));
-  if (st->multi_part) return Err(CKR_OPERATION_ACTIVE, "a multi-part verification is in progress");
+  if (st->multi_part) return Finish(st, Err(CKR_OPERATION_ACTIVE, "a multi-part verification is in progress"));
   Status r = st->op->Verify(In(in, in_len), In(sig, sig_len));
   st.reset();
   return r;
@@ -421,7 +444,7 @@ Status WrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE wrap
   if (AuditCall* a = CurrentAudit()) a->event.extra = {{"wrappedKey", target->label()}};
   if (target->cls() != CKO_SECRET_KEY && target->cls() != CKO_PRIVATE_KEY)
     return Err(CKR_KEY_NOT_WRAPPABLE, "only secret and private keys can be wrapped");
-  VAULTP11_RETURN_IF_ERROR(Authorize(c, *target, auth::kGet, CKR_KEY_FUNCTION_NOT_PERMITTED));
+  VAULTP11_RETURN_IF_ERROR(AuthorizeExport(c, *target, *w.object));
   if (!target->attrs.GetBool(CKA_EXTRACTABLE, false)) return Err(CKR_KEY_UNEXTRACTABLE, "the key is not extractable");
   if (target->attrs.GetBool(CKA_WRAP_WITH_TRUSTED, false) && !w.object->attrs.GetBool(CKA_TRUSTED, false))
     return Err(CKR_KEY_NOT_WRAPPABLE, "the key may only be wrapped with a trusted key");
@@ -467,6 +490,7 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
     VAULTP11_ASSIGN_OR_RETURN(raw, ossl::Unwrap(u.key, *mech, In(in, in_len)));
   }
   VAULTP11_ASSIGN_OR_RETURN(auto obj, model::UnwrappedKey(t, std::move(raw)));
+  ApplyVaultPrivacy(*obj);
   if (AuditCall* a = CurrentAudit()) a->event.extra = {{"newKey", obj->label()}};
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, obj->is_token() ? auth::kImport : auth::kUnwrapKey));
   obj->owner_session = h;

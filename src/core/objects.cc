@@ -4,6 +4,7 @@
 #include "core/audit_hooks.h"
 #include "core/calls.h"
 #include "core/context.h"
+#include "backend/ossl/ossl_backend.h"
 #include "core/mechanisms.h"
 #include "model/attributes.h"
 
@@ -52,6 +53,83 @@ Status RefuseInPool(const CallContext& c, std::string_view what) {
 }
 
 
+// The permission that creates an item of the object's kind under a name: set for secrets,
+// create for keys and certificates.
+uint32_t NamingPermission(const model::Object& o) {
+  return o.cls() == CKO_DATA ? auth::kSet : auth::kCreate;
+}
+
+// Role scopes and access are decided by item name (CKA_LABEL): renaming an item is deleting the
+// old name and creating the new one, and needs both permissions, so that a principal scoped to
+// `keys/tls` never gains a key somebody else renamed to `tls` without those rights. The
+// application's own public session objects follow the spec alone.
+Status AuthorizeRename(const CallContext& c, const model::Object& o, const AttributeMap& changes) {
+  const Bytes* to = changes.Get(CKA_LABEL);
+  if (to == nullptr || o.label() == std::string_view(reinterpret_cast<const char*>(to->data()), to->size()) ||
+      OpenToAll(o, auth::kAll))
+    return OkStatus();
+  VAULTP11_RETURN_IF_ERROR(Authorize(c, o, auth::kDelete, CKR_ACTION_PROHIBITED));
+  model::Object renamed;
+  renamed.attrs = o.attrs;
+  renamed.attrs.Set(CKA_LABEL, *to);
+  renamed.vault_origin = o.vault_origin;
+  return Authorize(c, renamed, NamingPermission(o), CKR_ACTION_PROHIBITED);
+}
+
+// The SubjectPublicKeyInfo of a public or private key object (CKA_PUBLIC_KEY_INFO, else built
+// from the public attributes); empty when it has none.
+Bytes KeySpki(const model::Object& k) {
+  if (const Bytes* spki = k.attrs.Get(CKA_PUBLIC_KEY_INFO); spki && !spki->empty()) return *spki;
+  Result<ossl::PkeyRef> pkey = Err(CKR_GENERAL_ERROR, "no public key");
+  if (k.key_type() == CKK_RSA) {
+    const Bytes* n = k.attrs.Get(CKA_MODULUS);
+    const Bytes* e = k.attrs.Get(CKA_PUBLIC_EXPONENT);
+    if (n && e) pkey = ossl::RsaPublicFromComponents(*n, *e);
+  } else if (k.key_type() == CKK_EC) {
+    const Bytes* p = k.attrs.Get(CKA_EC_PARAMS);
+    const Bytes* q = k.attrs.Get(CKA_EC_POINT);
+    if (p && q) pkey = ossl::EcPublicFromPoint(*p, *q);
+  }
+  if (!pkey.ok()) return {};
+  auto spki = ossl::PublicKeyInfo(pkey->get());
+  return spki.ok() ? std::move(spki).value() : Bytes{};
+}
+
+// Consumers pair a certificate with its key by CKA_ID (Java, libp11) or by name: a certificate
+// may carry a key's CKA_ID, or join a key item's name, only when it certifies that key's public
+// key; otherwise a consumer would present it with the wrong key.
+Status CheckCertificateJoins(const CallContext& c, const model::Object& cert) {
+  if (cert.cls() != CKO_CERTIFICATE) return OkStatus();
+  const Bytes* cert_spki = cert.attrs.Get(CKA_PUBLIC_KEY_INFO);
+  auto certifies = [&](const model::Object& k) {
+    return cert_spki != nullptr && !cert_spki->empty() && KeySpki(k) == *cert_spki;
+  };
+  auto is_asymmetric = [](const model::Object& o) { return o.cls() == CKO_PUBLIC_KEY || o.cls() == CKO_PRIVATE_KEY; };
+  if (const Bytes* id = cert.attrs.Get(CKA_ID); id && !id->empty()) {
+    AttributeMap by_id;
+    by_id.Set(CKA_ID, *id);
+    VAULTP11_ASSIGN_OR_RETURN(const std::vector<CK_OBJECT_HANDLE> same_id, c.token->Find(by_id));
+    for (CK_OBJECT_HANDLE kh : same_id) {
+      auto k = c.token->Get(kh);
+      if (k.ok() && is_asymmetric(*k.value()) && !certifies(*k.value()))
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID,
+                   "the certificate's public key is not that of the key with the same CKA_ID ('{}')", k.value()->label());
+    }
+  }
+  const std::string label = cert.label();
+  if (label.empty()) return OkStatus();
+  VAULTP11_ASSIGN_OR_RETURN(const std::vector<model::ObjectPtr> item, c.token->ItemObjects(label));
+  bool has_keys = false, matches = false;
+  for (const model::ObjectPtr& k : item) {
+    if (!is_asymmetric(*k)) continue;
+    has_keys = true;
+    matches |= certifies(*k);
+  }
+  if (has_keys && !matches)
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "key item '{}' holds no key for the certificate's public key", label);
+  return OkStatus();
+}
+
 // Software protection asked for in a pool.
 Status RequireHsmInPool(const CallContext& c, const std::optional<CK_ULONG>& requested) {
   if (c.token->is_pool() && requested && *requested != VAULTP11_PROTECTION_HSM)
@@ -68,8 +146,10 @@ Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, 
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
   VAULTP11_ASSIGN_OR_RETURN(bool new_version, TakeNewVersion(t));
   VAULTP11_ASSIGN_OR_RETURN(auto obj, model::CreateObject(t));
+  ApplyVaultPrivacy(*obj);
   AuditObject(*obj, kCreateOps);
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, CreatePermission(*obj)));
+  VAULTP11_RETURN_IF_ERROR(CheckCertificateJoins(c, *obj));
   obj->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(obj, new_version));
   AuditVersionOf(*obj);
@@ -90,7 +170,17 @@ Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE src, CK_ATTRIBUTE_PTR tm
   VAULTP11_ASSIGN_OR_RETURN(bool new_version, TakeNewVersion(t));
   VAULTP11_ASSIGN_OR_RETURN(auto copy, model::CopyObject(*o, t));
   if (AuditCall* a = CurrentAudit()) a->event.extra = {{"copy", copy->label()}};
+  // A copy never opens what the source keeps closed: a private object's copy stays private,
+  // and a copy of a vault key keeps its name (a name is what grants follow: under another name
+  // the same key material would answer to other grants; renames go through
+  // C_SetAttributeValue, which asks for both names' permissions).
+  if (o->is_private() && !copy->is_private())
+    return Err(CKR_ATTRIBUTE_READ_ONLY, "a copy of a private object stays private");
+  if (!AppOwned(*o) && o->cls() != CKO_PUBLIC_KEY && o->cls() != CKO_CERTIFICATE && copy->label() != o->label())
+    return Err(CKR_ATTRIBUTE_READ_ONLY, "a copy of vault object '{}' keeps its name", o->label());
+  ApplyVaultPrivacy(*copy);
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *copy, CreatePermission(*copy)));
+  VAULTP11_RETURN_IF_ERROR(CheckCertificateJoins(c, *copy));
   copy->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(copy), new_version));
   return OkStatus();
@@ -161,7 +251,10 @@ Status GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE
   const bool secret = o->cls() == CKO_DATA;
   const bool may_get = Permits(c, *o, auth::kGet);
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, secret && !may_get ? auth::kList : auth::kGet, CKR_ACTION_PROHIBITED));
-  const bool may_read_value = !secret || may_get;
+  // Key material (a non-sensitive, extractable key's CKA_VALUE, ...) leaves the vault only with
+  // the export permission, as through C_WrapKey (core/crypto.cc AuthorizeExport).
+  const bool may_read_value =
+      secret ? may_get : (AppOwned(*o) ? Permits(c, *o, auth::kGet) : Permits(c, *o, auth::kRelease));
   CK_RV rv = CKR_OK;
   for (CK_ULONG i = 0; i < count; ++i) {
     CK_ATTRIBUTE& a = tmpl[i];
@@ -196,7 +289,9 @@ Status SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE
     return Err(CKR_SESSION_READ_ONLY, "modifying a token object needs a read/write session");
   VAULTP11_RETURN_IF_ERROR(Authorize(c, *o, o->cls() == CKO_DATA ? auth::kSet : auth::kUpdate, CKR_ACTION_PROHIBITED));
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap changes, Template(tmpl, count));
+  VAULTP11_RETURN_IF_ERROR(AuthorizeRename(c, *o, changes));
   VAULTP11_ASSIGN_OR_RETURN(auto updated, model::ModifyObject(*o, changes));
+  if (changes.Has(CKA_LABEL) || changes.Has(CKA_ID)) VAULTP11_RETURN_IF_ERROR(CheckCertificateJoins(c, *updated));
   return c.token->Replace(obj, std::move(updated));
 }
 
@@ -272,6 +367,7 @@ Status GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR 
     if (!t.Has(CKA_TOKEN)) probe.attrs.SetBool(CKA_TOKEN, false);
     VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, probe, auth::kCreate));
     VAULTP11_ASSIGN_OR_RETURN(auto key, model::GenerateHsmSecretKey(mech->mechanism, t, *c.token->hsm()));
+    ApplyVaultPrivacy(*key);
     key->owner_session = h;
     auto added = c.token->Add(key, new_version);
     if (!added.ok()) {
@@ -283,6 +379,7 @@ Status GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR 
     return OkStatus();
   }
   VAULTP11_ASSIGN_OR_RETURN(auto key, model::GenerateSecretKey(mech->mechanism, t));
+  ApplyVaultPrivacy(*key);
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *key, auth::kCreate));
   key->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(key, new_version));
@@ -325,6 +422,7 @@ Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
                c.token->name());
   VAULTP11_ASSIGN_OR_RETURN(model::KeyPair kp, use_hsm ? model::GenerateHsmKeyPair(mech->mechanism, pt, vt, *c.token->hsm())
                                                        : model::GenerateKeyPair(mech->mechanism, pt, vt));
+  ApplyVaultPrivacy(*kp.private_key);
   RefreshGrants(c);  // a logout during the generation refuses the new keys
   Status allowed = AuthorizeNew(c, *kp.public_key, auth::kCreate);
   if (allowed.ok()) allowed = AuthorizeNew(c, *kp.private_key, auth::kCreate);

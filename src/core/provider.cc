@@ -1,13 +1,16 @@
 // C_Initialize / C_Finalize, slots, tokens, mechanisms, sessions and login (spec 5.4-5.6).
 #include "core/provider.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <iterator>
+#include <cerrno>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +27,7 @@
 #include "backend/p11/inner_token.h"
 #include "core/audit_hooks.h"
 #include "core/calls.h"
+#include "core/context.h"
 #include "core/mechanisms.h"
 #include "util/log.h"
 #include "util/pin_file.h"
@@ -37,6 +41,20 @@ std::atomic<Provider*> g_provider{nullptr};
 std::atomic<pid_t> g_pid{0};
 // In a forked child: the parent's provider, abandoned (see Initialize).
 std::atomic<Provider*> g_abandoned_provider{nullptr};
+
+// Calls in flight (CallScope). Paired with g_provider as in Dekker's algorithm, every access
+// sequentially consistent: a call increments g_in_flight then reads g_provider; C_Finalize
+// clears g_provider then reads g_in_flight. So either C_Finalize sees the call and waits for
+// it, or the call sees no provider. The waiter sleeps on g_quiesce_cv; the call that brings the
+// count to zero wakes it only when g_finalize_waiting says someone waits (no lock otherwise).
+std::atomic<int64_t> g_in_flight{0};
+std::atomic<bool> g_finalize_waiting{false};
+std::mutex g_quiesce_mu;
+std::condition_variable g_quiesce_cv;
+// The parent's calls in flight have no thread in a forked child: a C_Finalize there must not
+// wait for them. Registered when the module is loaded, so it holds even for a fork that comes
+// before the first C_Initialize (calls before it briefly count too).
+const int g_in_flight_atfork = pthread_atfork(nullptr, nullptr, [] { g_in_flight.store(0); });
 
 void Pad(CK_UTF8CHAR* dst, size_t n, std::string_view s) {
   std::memset(dst, ' ', n);
@@ -61,11 +79,14 @@ Result<SecureString> ReadPin(const config::HsmConfig& h) {
   return ReadPinFile(h.pin_file, "hsm " + h.name + ": pin_file");
 }
 
-// Opens one configured HSM. A failure is kept as the reason the vault's HSM is unavailable:
-// the module still initialises and its software keys keep working.
+// Finds one configured HSM's token at C_Initialize, without logging in: the first operation
+// that needs it logs in (issue 16 item 10: SoftHSM rewrites its token file at each login, and
+// a process killed in that window lost every HSM key, even one that only used software
+// vaults). A failure is kept as the reason the vault's HSM is unavailable: the module still
+// initialises and its software keys keep working.
 model::HsmKey OpenHsm(const config::HsmConfig& h) {
   model::HsmKey k;
-  auto token = OpenHsmToken(h);
+  auto token = OpenHsmToken(h, /*login_now=*/false);
   if (!token.ok()) {
     k.unavailable = token.error().message;
     log::Error("hsm {}: unavailable: {}", h.name, k.unavailable);
@@ -214,11 +235,13 @@ void FlushAuditAtExit() {
 
 }  // namespace
 
-Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h) {
+Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h, bool login_now) {
   VAULTP11_ASSIGN_OR_RETURN(auto quirks, p11::Quirks::Parse(h.quirks));
   VAULTP11_ASSIGN_OR_RETURN(auto module, p11::InnerModule::Load(h.module, quirks));
   VAULTP11_ASSIGN_OR_RETURN(auto pin, ReadPin(h));
-  VAULTP11_ASSIGN_OR_RETURN(auto token, p11::InnerToken::Open(module, h.token, pin));
+  p11::InnerToken::Options options;
+  options.login_at_open = login_now;
+  VAULTP11_ASSIGN_OR_RETURN(auto token, p11::InnerToken::Open(module, h.token, pin, options));
   return std::shared_ptr<p11::InnerToken>(std::move(token));
 }
 
@@ -246,14 +269,75 @@ std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config:
   });
 }
 
+CallScope::CallScope() { g_in_flight.fetch_add(1, std::memory_order_seq_cst); }
+
+CallScope::~CallScope() {
+  if (g_in_flight.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+      g_finalize_waiting.load(std::memory_order_seq_cst)) {
+    std::lock_guard<std::mutex> l(g_quiesce_mu);  // the waiter is in wait() or has not checked yet
+    g_quiesce_cv.notify_all();
+  }
+}
+
+bool Initialized() { return g_provider.load(std::memory_order_seq_cst) != nullptr; }
+
 Result<Provider*> GetProvider() {
   // A forked child finds no provider (the fork handler clears it): no getpid() per call.
-  Provider* p = g_provider.load(std::memory_order_acquire);
+  // Sequentially consistent: see g_in_flight.
+  Provider* p = g_provider.load(std::memory_order_seq_cst);
   if (p == nullptr) return Err(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Initialize has not been called in this process");
   return p;
 }
 
 namespace {
+
+// The config path carried by C_Initialize's pReserved (non-standard: kmsp11 does it, and p11-kit
+// passes its `x-init-reserved` string there). The pointer is the caller's and may be anything
+// (PKCS#11 2.40 section 5.4 reserves it): its bytes are never read directly. Each byte is
+// copied through a pipe, so an unreadable address is an EFAULT from write(), not a crash; one
+// byte at a time, and stopping at the first byte that cannot belong to a path, so nothing past
+// the string (or past a short non-string object) is touched. Recognised: an absolute path ('/'
+// first) of printable bytes (no control characters; UTF-8 allowed) ended by a NUL within
+// PATH_MAX bytes. An empty string is no path (`$VAULTP11_CONF` or the default apply, as for
+// NULL). Anything else is CKR_ARGUMENTS_BAD.
+Result<std::string> ReservedConfigPath(const void* reserved) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0)
+    return Err(CKR_FUNCTION_FAILED, "C_Initialize: cannot check pReserved: pipe: {}",
+               std::strerror(errno));
+  struct Closer {
+    int* fds;
+    ~Closer() {
+      close(fds[0]);
+      close(fds[1]);
+    }
+  } closer{fds};
+  const auto* p = static_cast<const char*>(reserved);
+  std::string out;
+  for (size_t i = 0; i < PATH_MAX; ++i) {
+    ssize_t w;
+    do {
+      w = write(fds[1], p + i, 1);
+    } while (w < 0 && errno == EINTR);
+    if (w != 1)
+      return Err(CKR_ARGUMENTS_BAD,
+                 "C_Initialize: pReserved is neither NULL nor a readable path string");
+    char c = 0;
+    ssize_t r;
+    do {
+      r = read(fds[0], &c, 1);
+    } while (r < 0 && errno == EINTR);
+    if (r != 1)
+      return Err(CKR_FUNCTION_FAILED, "C_Initialize: cannot check pReserved: pipe read failed");
+    if (c == '\0') return out;  // empty: no path given
+    const auto u = static_cast<unsigned char>(c);
+    if ((i == 0 && c != '/') || u < 0x20 || u == 0x7f)
+      return Err(CKR_ARGUMENTS_BAD, "C_Initialize: pReserved is not an absolute config path");
+    out.push_back(c);
+  }
+  return Err(CKR_ARGUMENTS_BAD,
+             "C_Initialize: pReserved is not a path string of fewer than {} bytes", PATH_MAX);
+}
 
 std::string ConfigStamp(const std::string& path) {
   struct stat st {};
@@ -389,14 +473,19 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   // registered now, after those modules were loaded, runs before their destructors.
   static std::once_flag exit_hook;
   if (!p->config_.managed_hsm_pools.empty()) std::call_once(exit_hook, [] { std::atexit(StopHealthChecksAtExit); });
-  const uint64_t run = Events().run;
-  for (auto& t : p->tokens_) {
-    if (!t->is_pool()) continue;
-    Token* tok = t.get();
-    tok->pool()->StartHealthCheck([tok] { return tok->PoolCatalog(); },
-                                  [run, slot = tok->slot_id()] { PostSlotEvent(run, slot); });
+  {
+    std::lock_guard<std::mutex> l(Events().mu);
+    p->event_run_ = Events().run;
   }
+  // The health checks start when their pool is first used (StartPoolHealthCheck).
   return p;
+}
+
+void Provider::StartPoolHealthCheck(Token* t) {
+  if (!t->is_pool()) return;
+  t->pool()->StartHealthCheck(
+      [t] { return t->PoolCatalog(); },
+      [run = event_run_, slot = t->slot_id()] { PostSlotEvent(run, slot); });
 }
 
 Result<Token*> Provider::GetToken(CK_SLOT_ID slot) const {
@@ -460,6 +549,14 @@ void Provider::CountSessions(const Token* token, CK_ULONG* all, CK_ULONG* rw) co
   }
 }
 
+std::vector<SessionPtr> Provider::SessionsOn(const Token* token) const {
+  std::shared_lock<std::shared_mutex> l(sessions_mu_);
+  std::vector<SessionPtr> out;
+  for (const auto& [h, s] : sessions_)
+    if (s->token() == token) out.push_back(s);
+  return out;
+}
+
 void Provider::SyncFromStore() {
   std::lock_guard<std::mutex> l(sync_mu_);
   auto changed = store_->ExternalChange();
@@ -482,7 +579,7 @@ Status Initialize(CK_VOID_PTR init_args) {
     // locks and database connection belong to the parent).
     g_provider.store(nullptr);
   }
-  const char* reserved = nullptr;
+  std::string reserved_path;
   bool cant_create_threads = false;
   if (init_args != nullptr) {
     auto* a = static_cast<CK_C_INITIALIZE_ARGS*>(init_args);
@@ -494,10 +591,12 @@ Status Initialize(CK_VOID_PTR init_args) {
     if (given == 4 && !(a->flags & CKF_OS_LOCKING_OK))
       return Err(CKR_CANT_LOCK, "C_Initialize: only OS locking is supported (set CKF_OS_LOCKING_OK)");
     // Non-standard but common (kmsp11): pReserved may carry the config path.
-    reserved = static_cast<const char*>(a->pReserved);
+    if (a->pReserved != nullptr) {
+      VAULTP11_ASSIGN_OR_RETURN(reserved_path, ReservedConfigPath(a->pReserved));
+    }
     cant_create_threads = (a->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS) != 0;
   }
-  std::string path = config::ResolvePath(reserved);
+  std::string path = config::ResolvePath(reserved_path.empty() ? nullptr : reserved_path.c_str());
   if (cant_create_threads) {
     // Managed HSM pools need their health-check threads.
     auto cfg = config::LoadFile(path);
@@ -527,11 +626,20 @@ Status Initialize(CK_VOID_PTR init_args) {
 }
 
 Status Finalize(CK_VOID_PTR reserved) {
-  if (reserved != nullptr) return Err(CKR_ARGUMENTS_BAD, "C_Finalize: pReserved must be NULL");
   std::lock_guard<std::mutex> l(g_init_mu);
   VAULTP11_ASSIGN_OR_RETURN(Provider * p, GetProvider());
-  g_provider.store(nullptr);
+  if (reserved != nullptr) return Err(CKR_ARGUMENTS_BAD, "C_Finalize: pReserved must be NULL");
+  // Calls that start from now on get CKR_CRYPTOKI_NOT_INITIALIZED.
+  g_provider.store(nullptr, std::memory_order_seq_cst);
   NewEventRun();  // C_WaitForSlotEvent waiters return CKR_CRYPTOKI_NOT_INITIALIZED
+  // Calls in flight finish on the provider before it is freed (the spec leaves C_Finalize
+  // during other calls undefined; a server's shutdown path does it).
+  {
+    g_finalize_waiting.store(true, std::memory_order_seq_cst);
+    std::unique_lock<std::mutex> q(g_quiesce_mu);
+    g_quiesce_cv.wait(q, [] { return g_in_flight.load(std::memory_order_seq_cst) == 0; });
+    g_finalize_waiting.store(false, std::memory_order_seq_cst);
+  }
   delete p;
   return OkStatus();
 }
@@ -704,6 +812,7 @@ Status OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR, CK_NOTIFY, CK_S
     return Err(CKR_TOKEN_WRITE_PROTECTED, "vault {} is read-only", t->name());
   p->SyncFromStore();
   VAULTP11_ASSIGN_OR_RETURN(*out, p->OpenSession(t, flags & (CKF_RW_SESSION | CKF_SERIAL_SESSION)));
+  p->StartPoolHealthCheck(t);  // a pool's first use
   return OkStatus();
 }
 
@@ -834,6 +943,7 @@ Status Logout(CK_SESSION_HANDLE h) {
   AuditToken(*s->token());
   if (!s->token()->logged_in()) return Err(CKR_USER_NOT_LOGGED_IN, "C_Logout: not logged in");
   s->token()->Logout();
+  EndPrivateOperations(*p, s->token());
   return OkStatus();
 }
 

@@ -43,6 +43,8 @@ class Provider {
   Status CloseAllSessions(Token* token);
   // Number of sessions (and R/W sessions) open on a token.
   void CountSessions(const Token* token, CK_ULONG* all, CK_ULONG* rw) const;
+  // The sessions open on a token.
+  std::vector<SessionPtr> SessionsOn(const Token* token) const;
 
   // The configuration that decides logins and grants. When the config file changed since the
   // last check (size, mtime or inode), it is read again; a valid new version with the same store,
@@ -59,6 +61,11 @@ class Provider {
 
   // The audit recorder (null when audit.sinks is empty).
   audit::Recorder* audit() const { return audit_.get(); }
+
+  // Starts the health check of a managed HSM pool's token when the pool is first used (a
+  // session opened on its slot): its thread logs in to the members, which a process that
+  // never uses the pool must not do. Idempotent; a no-op for vault tokens.
+  void StartPoolHealthCheck(Token* t);
 
  private:
   Provider() = default;
@@ -77,15 +84,37 @@ class Provider {
   mutable std::shared_mutex sessions_mu_;  // guards sessions_
   std::unordered_map<CK_SESSION_HANDLE, SessionPtr> sessions_;
   std::mutex sync_mu_;  // serialises SyncFromStore
+  uint64_t event_run_ = 0;  // the slot-event run of this C_Initialize (see SlotEvents)
 };
 
-// Opens one configured HSM's token (its module is loaded once per process).
-Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h);
+// Opens one configured HSM's token (its module is loaded once per process). With `login_now`
+// false the token is only found (module loaded, token looked up, no session, no login): the
+// first operation on it logs in (p11::InnerToken::Options::login_at_open).
+Result<std::shared_ptr<p11::InnerToken>> OpenHsmToken(const config::HsmConfig& h,
+                                                      bool login_now = true);
 // A managed HSM pool as configured; `open` gives each member's token (or why it is missing),
 // the default opens them now. Members that fail are reopened by the pool's health check.
 std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc,
                                         const std::function<model::HsmKey(const config::HsmConfig&)>& open);
 std::shared_ptr<pool::HsmPool> MakePool(const config::Config& cfg, const config::ManagedHsmPoolConfig& pc);
+
+// CallScope marks one PKCS#11 call in flight (abi/entry_points.cc holds one around every
+// call but C_Initialize and C_Finalize). C_Finalize first makes GetProvider fail for new
+// calls, then waits until no CallScope is left before it frees the provider, so a call in
+// flight finishes on a live provider and a later one gets CKR_CRYPTOKI_NOT_INITIALIZED
+// (issue 16 item 11). The cost per call is one atomic increment and one decrement.
+class CallScope {
+ public:
+  CallScope();
+  ~CallScope();
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+};
+
+// Whether C_Initialize has succeeded in this process (and C_Finalize has not started), for the
+// functions this module does not support: before C_Initialize they answer
+// CKR_CRYPTOKI_NOT_INITIALIZED like every other function (PKCS#11 2.40 section 5.4).
+bool Initialized();
 
 // The provider of this process, or CKR_CRYPTOKI_NOT_INITIALIZED (also in a forked child that
 // has not called C_Initialize again: the pid recorded at C_Initialize is checked lazily).

@@ -20,19 +20,24 @@ struct FindState {
 };
 
 // A sign or verify in progress. `multi_part` is set by the first Update: afterwards the
-// single-part call is refused with CKR_OPERATION_ACTIVE (spec 5.2 operation rules).
+// single-part call is refused with CKR_OPERATION_ACTIVE; `single_part` by the first single-part
+// call (a length query or a too-small buffer keeps the operation): afterwards Update and Final
+// are. Either refusal ends the operation, as every error but CKR_BUFFER_TOO_SMALL does (spec
+// 5.2, and 5.10-5.13: "always terminates the active operation unless ...").
 // `audit` holds the operation's event until the call that ends it (core/audit_hooks.h).
 struct SignState {
   std::unique_ptr<ossl::SignOp> op;
   model::ObjectPtr key;
   bool multi_part = false;
   OpAudit audit;
+  bool single_part = false;
 };
 struct VerifyState {
   std::unique_ptr<ossl::VerifyOp> op;
   model::ObjectPtr key;
   bool multi_part = false;
   OpAudit audit;
+  bool single_part = false;  // C_Verify ends the operation in every case: never seen set
 };
 // An encrypt/decrypt in progress. `pending` keeps an output computed for a length query or a
 // too-small buffer, so the retry returns it without running the cipher twice.
@@ -42,10 +47,12 @@ struct CipherState {
   bool multi_part = false;
   std::optional<SecureBytes> pending;
   OpAudit audit;
+  bool single_part = false;
 };
 struct DigestState {
   std::unique_ptr<ossl::DigestOp> op;
   bool multi_part = false;
+  bool single_part = false;
 };
 
 class Session {

@@ -440,9 +440,11 @@ Result<SecureBytes> ReadAttribute(const Object& obj, CK_ATTRIBUTE_TYPE type, boo
       VAULTP11_ASSIGN_OR_RETURN(auto s, obj.material->Secret());
       return SecureBytes(*s);
     }
-    // Key material: readable only from a non-sensitive, extractable key (spec 4.9 footnote 8).
+    // Key material: readable only from a non-sensitive, extractable key (spec 4.9 footnote 8),
+    // and only by a caller allowed to export it.
     if (obj.attrs.GetBool(CKA_SENSITIVE, true) || !obj.attrs.GetBool(CKA_EXTRACTABLE, false))
       return Err(CKR_ATTRIBUTE_SENSITIVE, "{} of a sensitive or unextractable key", AttrName(type));
+    if (!may_read_secret_value) return Err(CKR_ATTRIBUTE_SENSITIVE, "{} needs the export permission", AttrName(type));
     VAULTP11_ASSIGN_OR_RETURN(ossl::KeyRef k, obj.Key());
     if (cls == CKO_SECRET_KEY) return SecureBytes(*k.secret);
     if (obj.key_type() == CKK_EC) return ossl::EcPrivateScalar(k.pkey.get());
@@ -1027,6 +1029,7 @@ Result<std::shared_ptr<Object>> CopyObject(const Object& src, const AttributeMap
   auto obj = std::make_shared<Object>(src);
   obj->store_id = 0;
   obj->owner_session = 0;
+  obj->vault_origin = src.vault_origin || src.is_token();
   obj->attrs.Set(CKA_VAULTP11_VERSION, Bytes{});  // a stored copy gets its own (core/token.cc)
   for (const auto& [t, v] : tmpl.values()) {
     switch (t) {
@@ -1064,6 +1067,9 @@ Result<std::shared_ptr<Object>> ModifyObject(const Object& src, const AttributeM
       return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_EXTRACTABLE cannot go back to true");
     if (t == CKA_COPYABLE && v[0] != CK_FALSE)
       return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_COPYABLE can only become false");
+    // Spec 4.9/4.10 (footnote 11 of their tables): CKA_WRAP_WITH_TRUSTED, once true, is read-only.
+    if (t == CKA_WRAP_WITH_TRUSTED && src.attrs.GetBool(CKA_WRAP_WITH_TRUSTED) && v[0] == CK_FALSE)
+      return Err(CKR_ATTRIBUTE_READ_ONLY, "CKA_WRAP_WITH_TRUSTED cannot go back to false");
     if (IsLifecycleAttribute(t)) continue;  // resolved together below
     obj->attrs.Set(t, v);
   }

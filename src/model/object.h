@@ -97,6 +97,9 @@ struct Object {
   std::shared_ptr<Material> material;
   int64_t store_id = 0;               // row in the store (token objects)
   CK_SESSION_HANDLE owner_session = 0;  // creating session (session objects)
+  // A session object whose material came from a vault object (a C_CopyObject of one): it is not
+  // the application's own and keeps the vault's access rules (core/context.h AppOwned).
+  bool vault_origin = false;
 
   CK_OBJECT_CLASS cls() const { return attrs.GetUlong(CKA_CLASS).value_or(CK_UNAVAILABLE_INFORMATION); }
   CK_KEY_TYPE key_type() const { return attrs.GetUlong(CKA_KEY_TYPE).value_or(CK_UNAVAILABLE_INFORMATION); }
@@ -114,7 +117,7 @@ using ObjectPtr = std::shared_ptr<const Object>;
 
 // Answers one attribute for C_GetAttributeValue. Returns the value, or CKR_ATTRIBUTE_SENSITIVE /
 // CKR_ATTRIBUTE_TYPE_INVALID. `may_read_secret_value` is the caller's permission to read a data
-// object's value (secrets get).
+// object's value (secrets get) or a key's material (keys release).
 Result<SecureBytes> ReadAttribute(const Object& obj, CK_ATTRIBUTE_TYPE type, bool may_read_secret_value);
 
 // Approximate size for C_GetObjectSize.

@@ -39,8 +39,11 @@ const OpClass kOps[] = {
     {"verify with public key", Kind::kKey, "", auth::kAll},
     {"encrypt", Kind::kKey, "aes", auth::kEncrypt},
     {"decrypt", Kind::kKey, "aes", auth::kDecrypt},
-    {"wrap", Kind::kKey, "aes", auth::kWrapKey, auth::kGet},  // the wrapped key is "aes" too
+    // The wrapped key is "aes" too: exporting it needs release (core/crypto.cc AuthorizeExport).
+    {"wrap", Kind::kKey, "aes", auth::kWrapKey, auth::kRelease},
     {"unwrap", Kind::kKey, "aes", auth::kUnwrapKey},
+    // "aes" is extractable and not sensitive: its value leaves only with release, as by wrap.
+    {"read key material", Kind::kKey, "aes", auth::kGet, auth::kRelease},
     {"find secret", Kind::kSecret, "s", auth::kList},
     {"read secret metadata", Kind::kSecret, "s", auth::kList | auth::kGet},
     {"read secret value", Kind::kSecret, "s", auth::kGet},
@@ -117,7 +120,8 @@ class AccessMatrixTest : public AbiTest {
   }
 
   // The objects every operation works on, made by the administrator: an EC pair "k", an
-  // extractable AES key "aes" and a secret "s"; the bytes of "aes" wrapped under itself.
+  // extractable, non-sensitive AES key "aes" and a secret "s"; the bytes of "aes" wrapped under
+  // itself.
   struct Fixture {
     CK_OBJECT_HANDLE pub = 0, priv = 0, aes = 0, secret = 0;
     std::vector<uint8_t> wrapped, ciphertext, signature;
@@ -126,7 +130,7 @@ class AccessMatrixTest : public AbiTest {
     Fixture fx;
     EXPECT_EQ(LoginAs(s, "admin"), CKR_OK);
     GenEc(s, kP256, "k", &fx.pub, &fx.priv);
-    fx.aes = GenAes(s, 32, "aes", true, /*extractable=*/true, /*sensitive=*/true);
+    fx.aes = GenAes(s, 32, "aes", true, /*extractable=*/true, /*sensitive=*/false);
     CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE wrap_unwrap[] = {{CKA_WRAP, &yes, 1}, {CKA_UNWRAP, &yes, 1}};
     EXPECT_EQ(f->C_SetAttributeValue(s, fx.aes, wrap_unwrap, 2), CKR_OK);
@@ -181,6 +185,13 @@ class AccessMatrixTest : public AbiTest {
       CK_ATTRIBUTE a = {type, buf, sizeof(buf)};
       return denied(f->C_GetAttributeValue(s, o, &a, 1),
                     {CKR_ACTION_PROHIBITED, CKR_ATTRIBUTE_SENSITIVE, CKR_OBJECT_HANDLE_INVALID});
+    }
+    if (name == "read key material") {
+      uint8_t buf[64];
+      CK_ATTRIBUTE a = {CKA_VALUE, buf, sizeof(buf)};
+      CK_RV rv = f->C_GetAttributeValue(s, fx.aes, &a, 1);
+      if (rv == CKR_OK) EXPECT_EQ(a.ulValueLen, 32u) << who;
+      return denied(rv, {CKR_ACTION_PROHIBITED, CKR_ATTRIBUTE_SENSITIVE, CKR_OBJECT_HANDLE_INVALID});
     }
     if (name == "update key label") {
       std::string label = "k";

@@ -141,12 +141,13 @@ TEST_F(CryptoTest, OperationRules) {
   ASSERT_EQ(f->C_Sign(s, data.data(), data.size(), sig.data(), &len), CKR_OK);
   // Finished: a second call is not initialised.
   EXPECT_EQ(f->C_Sign(s, data.data(), data.size(), sig.data(), &len), CKR_OPERATION_NOT_INITIALIZED);
-  // A single-part call after an Update is CKR_OPERATION_ACTIVE, and the multi-part goes on.
+  // A single-part call after an Update is CKR_OPERATION_ACTIVE, and ends the operation (spec
+  // 5.12: C_Sign always terminates it unless it returns CKR_BUFFER_TOO_SMALL or a length).
   ASSERT_EQ(f->C_SignInit(s, &m, rsa_priv), CKR_OK);
   ASSERT_EQ(f->C_SignUpdate(s, data.data(), data.size()), CKR_OK);
   EXPECT_EQ(f->C_Sign(s, data.data(), data.size(), sig.data(), &len), CKR_OPERATION_ACTIVE);
   len = sig.size();
-  ASSERT_EQ(f->C_SignFinal(s, sig.data(), &len), CKR_OK);
+  EXPECT_EQ(f->C_SignFinal(s, sig.data(), &len), CKR_OPERATION_NOT_INITIALIZED);
   // Any other error ends the operation: a NULL length pointer.
   ASSERT_EQ(f->C_SignInit(s, &m, rsa_priv), CKR_OK);
   EXPECT_EQ(f->C_Sign(s, data.data(), data.size(), sig.data(), nullptr), CKR_ARGUMENTS_BAD);
@@ -284,14 +285,14 @@ TEST_F(CryptoTest, AesModesSingleAndMultiPart) {
   ASSERT_EQ(f->C_EncryptFinal(s, last.data(), &l), CKR_OK);
   multi.insert(multi.end(), last.begin(), last.begin() + l);
   EXPECT_EQ(multi, single);
-  // Single-part after an update: CKR_OPERATION_ACTIVE.
+  // Single-part after an update: CKR_OPERATION_ACTIVE, and the operation is over.
   ASSERT_EQ(f->C_EncryptInit(s, &pad, aes), CKR_OK);
   l = 200;
   ASSERT_EQ(f->C_EncryptUpdate(s, msg.data(), 16, out.data(), &l), CKR_OK);
   l = 200;
   EXPECT_EQ(f->C_Encrypt(s, msg.data(), 16, out.data(), &l), CKR_OPERATION_ACTIVE);
   l = 200;
-  ASSERT_EQ(f->C_EncryptFinal(s, out.data(), &l), CKR_OK);
+  EXPECT_EQ(f->C_EncryptFinal(s, out.data(), &l), CKR_OPERATION_NOT_INITIALIZED);
   // Too small keeps the operation and the computed output.
   ASSERT_EQ(f->C_EncryptInit(s, &pad, aes), CKR_OK);
   l = 5;

@@ -1,11 +1,13 @@
 // C_Initialize / C_Finalize rules, fork, threads, slots, tokens and mechanisms (issue parts 3, 5).
 #include <dlfcn.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <fstream>
 #include <future>
+#include <latch>
 #include <thread>
 
 #include "abi/pkcs11_3_0.h"
@@ -113,6 +115,223 @@ TEST_F(GeneralTest, CallsBeforeInitializeAndAfterFinalizeAreNotInitialized) {
   EXPECT_EQ(f->C_Finalize(nullptr), CKR_CRYPTOKI_NOT_INITIALIZED);
   CK_SESSION_HANDLE s;
   EXPECT_EQ(f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &s), CKR_CRYPTOKI_NOT_INITIALIZED);
+}
+
+// PKCS#11 2.40 section 5.4: before C_Initialize every function but C_GetFunctionList (and the
+// 3.0 C_GetInterface*) answers CKR_CRYPTOKI_NOT_INITIALIZED, the unsupported ones too, and
+// whatever the arguments (issue 16, spec rules).
+TEST_F(GeneralTest, EveryFunctionIsNotInitializedBeforeInitialize) {
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  constexpr CK_RV kNi = CKR_CRYPTOKI_NOT_INITIALIZED;
+  CK_SESSION_HANDLE s = 1;
+  CK_ULONG n = 0;
+  CK_BYTE buf[16] = {};
+  CK_OBJECT_HANDLE o = 0;
+  CK_INFO info;
+  CK_SLOT_INFO si;
+  CK_TOKEN_INFO ti;
+  CK_MECHANISM_INFO mi;
+  CK_SESSION_INFO ssi;
+  CK_MECHANISM m{CKM_SHA256, nullptr, 0};
+  CK_SLOT_ID slot = 0;
+  EXPECT_EQ(f->C_GetInfo(&info), kNi);
+  EXPECT_EQ(f->C_GetSlotList(CK_FALSE, nullptr, &n), kNi);
+  EXPECT_EQ(f->C_GetSlotInfo(0, &si), kNi);
+  EXPECT_EQ(f->C_GetTokenInfo(0, &ti), kNi);
+  EXPECT_EQ(f->C_GetMechanismList(0, nullptr, &n), kNi);
+  EXPECT_EQ(f->C_GetMechanismInfo(0, CKM_SHA256, &mi), kNi);
+  EXPECT_EQ(f->C_InitToken(0, buf, 4, buf), kNi);
+  EXPECT_EQ(f->C_InitPIN(s, buf, 4), kNi);
+  EXPECT_EQ(f->C_SetPIN(s, buf, 4, buf, 4), kNi);
+  EXPECT_EQ(f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &s), kNi);
+  EXPECT_EQ(f->C_CloseSession(s), kNi);
+  EXPECT_EQ(f->C_CloseAllSessions(0), kNi);
+  EXPECT_EQ(f->C_GetSessionInfo(s, &ssi), kNi);
+  EXPECT_EQ(f->C_GetOperationState(s, nullptr, &n), kNi);
+  EXPECT_EQ(f->C_SetOperationState(s, buf, 4, 0, 0), kNi);
+  EXPECT_EQ(f->C_Login(s, CKU_USER, buf, 4), kNi);
+  EXPECT_EQ(f->C_Logout(s), kNi);
+  EXPECT_EQ(f->C_CreateObject(s, nullptr, 0, &o), kNi);
+  EXPECT_EQ(f->C_CopyObject(s, o, nullptr, 0, &o), kNi);
+  EXPECT_EQ(f->C_DestroyObject(s, o), kNi);
+  EXPECT_EQ(f->C_GetObjectSize(s, o, &n), kNi);
+  EXPECT_EQ(f->C_GetAttributeValue(s, o, nullptr, 0), kNi);
+  EXPECT_EQ(f->C_SetAttributeValue(s, o, nullptr, 0), kNi);
+  EXPECT_EQ(f->C_FindObjectsInit(s, nullptr, 0), kNi);
+  EXPECT_EQ(f->C_FindObjects(s, &o, 1, &n), kNi);
+  EXPECT_EQ(f->C_FindObjectsFinal(s), kNi);
+  EXPECT_EQ(f->C_EncryptInit(s, &m, o), kNi);
+  EXPECT_EQ(f->C_Encrypt(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_EncryptUpdate(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_EncryptFinal(s, buf, &n), kNi);
+  EXPECT_EQ(f->C_DecryptInit(s, &m, o), kNi);
+  EXPECT_EQ(f->C_Decrypt(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_DecryptUpdate(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_DecryptFinal(s, buf, &n), kNi);
+  EXPECT_EQ(f->C_DigestInit(s, &m), kNi);
+  EXPECT_EQ(f->C_Digest(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_DigestUpdate(s, buf, 4), kNi);
+  EXPECT_EQ(f->C_DigestKey(s, o), kNi);
+  EXPECT_EQ(f->C_DigestFinal(s, buf, &n), kNi);
+  EXPECT_EQ(f->C_SignInit(s, &m, o), kNi);
+  EXPECT_EQ(f->C_Sign(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_SignUpdate(s, buf, 4), kNi);
+  EXPECT_EQ(f->C_SignFinal(s, buf, &n), kNi);
+  EXPECT_EQ(f->C_SignRecoverInit(s, &m, o), kNi);
+  EXPECT_EQ(f->C_SignRecover(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_VerifyInit(s, &m, o), kNi);
+  EXPECT_EQ(f->C_Verify(s, buf, 4, buf, 4), kNi);
+  EXPECT_EQ(f->C_VerifyUpdate(s, buf, 4), kNi);
+  EXPECT_EQ(f->C_VerifyFinal(s, buf, 4), kNi);
+  EXPECT_EQ(f->C_VerifyRecoverInit(s, &m, o), kNi);
+  EXPECT_EQ(f->C_VerifyRecover(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_DigestEncryptUpdate(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_DecryptDigestUpdate(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_SignEncryptUpdate(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_DecryptVerifyUpdate(s, buf, 4, buf, &n), kNi);
+  EXPECT_EQ(f->C_GenerateKey(s, &m, nullptr, 0, &o), kNi);
+  EXPECT_EQ(f->C_GenerateKeyPair(s, &m, nullptr, 0, nullptr, 0, &o, &o), kNi);
+  EXPECT_EQ(f->C_WrapKey(s, &m, o, o, buf, &n), kNi);
+  EXPECT_EQ(f->C_UnwrapKey(s, &m, o, buf, 4, nullptr, 0, &o), kNi);
+  EXPECT_EQ(f->C_DeriveKey(s, &m, o, nullptr, 0, &o), kNi);
+  EXPECT_EQ(f->C_SeedRandom(s, buf, 4), kNi);
+  EXPECT_EQ(f->C_GenerateRandom(s, buf, 4), kNi);
+  EXPECT_EQ(f->C_GetFunctionStatus(s), kNi);
+  EXPECT_EQ(f->C_CancelFunction(s), kNi);
+  EXPECT_EQ(f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &slot, nullptr), kNi);
+  // The 3.0 list: C_LoginUser and the unsupported message functions.
+  void* h = dlopen(std::getenv("VAULTP11_MODULE"), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(h, nullptr);
+  auto get = reinterpret_cast<CK_C_GetInterface>(dlsym(h, "C_GetInterface"));
+  ASSERT_NE(get, nullptr);
+  CK_INTERFACE* iface = nullptr;
+  ASSERT_EQ(get(nullptr, nullptr, &iface, 0), CKR_OK);
+  auto* f3 = static_cast<CK_FUNCTION_LIST_3_0*>(iface->pFunctionList);
+  EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, buf, 4, buf, 4), kNi);
+  EXPECT_EQ(f3->C_SessionCancel(s, 0), kNi);
+  EXPECT_EQ(f3->C_MessageEncryptInit(s, &m, o), kNi);
+  EXPECT_EQ(f3->C_MessageSignInit(s, &m, o), kNi);
+  EXPECT_EQ(f3->C_MessageVerifyFinal(s), kNi);
+  // C_GetFunctionList still answers.
+  CK_FUNCTION_LIST* again = nullptr;
+  EXPECT_EQ(f->C_GetFunctionList(&again), CKR_OK);
+}
+
+// PKCS#11 2.40 section 5.4 reserves pReserved; this module reads a config path there (as kmsp11
+// and p11-kit's x-init-reserved do), but any other pointer is CKR_ARGUMENTS_BAD, never a crash
+// (issue 16, spec rules): an unmapped address, bytes that are not a string, a relative path.
+TEST_F(GeneralTest, InitializeRejectsAReservedPointerThatIsNotAPathString) {
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK;
+  args.pReserved = reinterpret_cast<void*>(1);
+  EXPECT_EQ(f->C_Initialize(&args), CKR_ARGUMENTS_BAD);
+  static const unsigned char kNotAString[] = {0x01, 0xfe, 0x7f, 0x00};
+  args.pReserved = const_cast<unsigned char*>(kNotAString);
+  EXPECT_EQ(f->C_Initialize(&args), CKR_ARGUMENTS_BAD);
+  int number = 0x12345678;
+  args.pReserved = &number;
+  EXPECT_EQ(f->C_Initialize(&args), CKR_ARGUMENTS_BAD);
+  args.pReserved = const_cast<char*>("vaultp11.yaml");  // relative: not recognised as a path
+  EXPECT_EQ(f->C_Initialize(&args), CKR_ARGUMENTS_BAD);
+  const std::string control = "/tmp/a\nb.yaml";
+  args.pReserved = const_cast<char*>(control.c_str());
+  EXPECT_EQ(f->C_Initialize(&args), CKR_ARGUMENTS_BAD);
+  // A page that is mapped but unreadable, and a path string that ends at the last byte before
+  // one: the first is refused, the second read without touching the unreadable page.
+  const long page = sysconf(_SC_PAGESIZE);
+  void* map = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  char* second = static_cast<char*>(map) + page;
+  ASSERT_EQ(mprotect(second, page, PROT_NONE), 0);
+  args.pReserved = second;
+  EXPECT_EQ(f->C_Initialize(&args), CKR_ARGUMENTS_BAD);
+  char* at_end = second - (config_path.size() + 1);
+  std::memcpy(at_end, config_path.c_str(), config_path.size() + 1);
+  args.pReserved = at_end;
+  EXPECT_EQ(f->C_Initialize(&args), CKR_OK);
+  initialized = true;
+  CK_ULONG n = 0;
+  EXPECT_EQ(f->C_GetSlotList(CK_FALSE, nullptr, &n), CKR_OK);
+  EXPECT_EQ(n, 2u);
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  munmap(map, 2 * page);
+  // An empty string names no path: $VAULTP11_CONF applies, as for NULL.
+  setenv("VAULTP11_CONF", config_path.c_str(), 1);
+  args.pReserved = const_cast<char*>("");
+  EXPECT_EQ(f->C_Initialize(&args), CKR_OK);
+  initialized = true;
+  unsetenv("VAULTP11_CONF");
+}
+
+// C_Finalize while other threads are in calls (issue 16 item 11): the spec leaves it undefined,
+// but a server's shutdown path does it. Calls in flight finish on a live provider and later
+// ones get CKR_CRYPTOKI_NOT_INITIALIZED; nothing is freed under a call (the ASan suite runs
+// this too).
+TEST_F(GeneralTest, FinalizeWhileOtherThreadsAreInCalls) {
+  CK_SESSION_HANDLE s = LoggedInRw();
+  CK_OBJECT_HANDLE pub, priv;
+  GenEc(s, kP256, "finalize-race", &pub, &priv);
+  constexpr int kThreads = 4;
+  std::vector<CK_SESSION_HANDLE> sessions(kThreads);
+  for (auto& my : sessions)
+    ASSERT_EQ(f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &my), CKR_OK);
+  std::latch running(kThreads);  // every thread has finished one round
+  std::atomic<int> unexpected{0};
+  std::atomic<CK_RV> first_unexpected{CKR_OK};
+  std::vector<std::thread> ts;
+  for (int i = 0; i < kThreads; ++i) {
+    ts.emplace_back([&, i] {
+      const CK_SESSION_HANDLE my = sessions[i];
+      bool counted = false;
+      auto check = [&](CK_RV rv) {
+        if (rv == CKR_OK) return true;
+        if (rv != CKR_CRYPTOKI_NOT_INITIALIZED) {
+          CK_RV none = CKR_OK;
+          first_unexpected.compare_exchange_strong(none, rv);
+          ++unexpected;
+        }
+        return false;
+      };
+      // Until the module is finalized: sign, search and read attributes.
+      for (;;) {
+        CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+        auto data = Bytes("round");
+        CK_BYTE sig[64];
+        CK_ULONG len = sizeof(sig);
+        bool ok = check(f->C_SignInit(my, &m, priv)) &&
+                  check(f->C_Sign(my, data.data(), data.size(), sig, &len));
+        CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+        CK_OBJECT_HANDLE found[4];
+        CK_ULONG n = 0;
+        ok = ok && check(f->C_FindObjectsInit(my, t, 1)) &&
+             check(f->C_FindObjects(my, found, 4, &n)) && check(f->C_FindObjectsFinal(my));
+        CK_BYTE label[64];
+        CK_ATTRIBUTE a[] = {{CKA_LABEL, label, sizeof(label)}};
+        ok = ok && check(f->C_GetAttributeValue(my, priv, a, 1));
+        if (!counted) {  // one round done (an unexpected code is recorded, not waited on)
+          counted = true;
+          running.count_down();
+        }
+        if (!ok) {
+          CK_SESSION_INFO info;
+          if (f->C_GetSessionInfo(my, &info) == CKR_CRYPTOKI_NOT_INITIALIZED) break;
+        }
+      }
+    });
+  }
+  running.wait();
+  ASSERT_EQ(f->C_Finalize(nullptr), CKR_OK);
+  initialized = false;
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(unexpected.load(), 0) << "first unexpected CK_RV 0x" << std::hex
+                                  << first_unexpected.load();
+  // The module initialises again afterwards.
+  ASSERT_EQ(InitWith(config_path), CKR_OK);
 }
 
 TEST_F(GeneralTest, InitializeTwiceIsAlreadyInitialized) {

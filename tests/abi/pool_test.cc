@@ -975,6 +975,61 @@ TEST_F(PoolTest, KeyDestroyedWhileMemberDownIsGoneFromItWhenItReturns) {
   EXPECT_EQ(CountOn("fo-b", CKO_PUBLIC_KEY, id), 0);
 }
 
+// Issue 16 item 10: SoftHSM rewrites its token file at each login, and a process killed in that
+// window lost every HSM key; every process logged in to every configured HSM at C_Initialize,
+// even one that only used software vaults. Now C_Initialize and the slot and token queries
+// open no session on an HSM and do not log in; a premium vault's HSM is logged in to at its
+// first operation (once), a pool's members once the pool is used. The fault module
+// (tests/fixtures/fault_p11.cc) stands in front of SoftHSM and counts the calls.
+TEST_F(PoolTest, HsmsAreLoggedInToOnlyWhenFirstUsed) {
+  const std::string fault = std::getenv("VAULTP11_FAULT_MODULE");
+  std::string top = "hsms:\n";
+  for (const char* t : kFailoverMembers)
+    top += std::string("  - { name: ") + t + ", module: " + fault + ", token: " + t +
+           ", pin_file: " + dir.file("user.pin") + ", quirks: [no-deinit] }\n";
+  top += "managed_hsm_pools:\n  - { name: lazy, hsms: [fo-b, fo-c] }\n";
+  const std::string lazy_config =
+      WriteConfig("  - { principal: app, role: Key Vault Administrator, scope: /vaults/archive }\n",
+                  top, "{ name: archive, sku: premium, hsms: [fo-a], default_protection: hsm }");
+  void* h = dlopen(fault.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  auto reset = h ? reinterpret_cast<void (*)()>(dlsym(h, "fault_p11_reset_counts")) : nullptr;
+  if (reset) reset();  // not loaded yet in this process: nothing counted so far
+  auto opened = [](const char* t) {
+    return FaultCount(t, "C_Login") + FaultCount(t, "C_OpenSession");
+  };
+
+  ASSERT_EQ(InitWith(lazy_config), CKR_OK);
+  CK_ULONG n = 0;
+  ASSERT_EQ(f->C_GetSlotList(CK_TRUE, nullptr, &n), CKR_OK);
+  ASSERT_EQ(n, 3u);
+  for (CK_SLOT_ID slot = 0; slot < n; ++slot) {
+    CK_SLOT_INFO si;
+    CK_TOKEN_INFO ti;
+    EXPECT_EQ(f->C_GetSlotInfo(slot, &si), CKR_OK);
+    EXPECT_EQ(f->C_GetTokenInfo(slot, &ti), CKR_OK);
+  }
+  // A standard vault's keys: no HSM is touched.
+  CK_SESSION_HANDLE soft = LoggedInRw(0);
+  CK_OBJECT_HANDLE pub, priv;
+  GenEc(soft, kP256, "software", &pub, &priv);
+  CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
+  EXPECT_EQ(Sign(soft, m, priv, Bytes("no HSM")).size(), 64u);
+  for (const char* t : kFailoverMembers)
+    EXPECT_EQ(opened(t), 0u) << t << " was opened before it was used";
+
+  // The premium vault's first HSM operation logs in to its HSM, once; the pool's stay closed.
+  CK_SESSION_HANDLE premium = LoggedInRw(1);
+  GenEc(premium, kP256, "in-hsm", &pub, &priv);
+  EXPECT_EQ(Sign(premium, m, priv, Bytes("in the HSM")).size(), 64u);
+  EXPECT_EQ(Sign(premium, m, priv, Bytes("again")).size(), 64u);
+  // At most one successful C_Login (SoftHSM answers CKR_USER_ALREADY_LOGGED_IN, which is not
+  // counted, when an earlier test of this binary left a session of this process on the token).
+  EXPECT_LE(FaultCount("fo-a", "C_Login"), 1u);
+  EXPECT_GE(FaultCount("fo-a", "C_OpenSession"), 1u);
+  EXPECT_EQ(opened("fo-b"), 0u);
+  EXPECT_EQ(opened("fo-c"), 0u);
+}
+
 // Pools need a health-check thread: a caller that forbids threads is told so.
 TEST_F(PoolTest, PoolsNeedThreads) {
   CK_C_INITIALIZE_ARGS args{};

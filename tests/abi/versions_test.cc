@@ -404,14 +404,17 @@ TEST_F(VersionsTest, AVersionReadByIdThenAnotherProcesssVersionLeavesTheLabelCur
   for (auto h : all) EXPECT_EQ(Version(h), v1);
 }
 
-// A self-signed X.509 certificate (DER) for CN=`cn` with a fresh P-256 key, serial 4242.
-std::vector<uint8_t> SelfSignedDer(const std::string& cn) {
+// An X.509 certificate (DER) for CN=`cn` and the public key `spki` (SubjectPublicKeyInfo DER),
+// issued by CN=`cn` with a fresh P-256 key, serial 4242.
+std::vector<uint8_t> SelfSignedDer(const std::string& cn, const std::vector<uint8_t>& spki) {
+  const unsigned char* in = spki.data();
+  EVP_PKEY* subject = d2i_PUBKEY(nullptr, &in, static_cast<long>(spki.size()));
   EVP_PKEY* key = EVP_EC_gen("P-256");
   X509* x = X509_new();
   ASN1_INTEGER_set(X509_get_serialNumber(x), 4242);
   X509_gmtime_adj(X509_getm_notBefore(x), 0);
   X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_set_pubkey(x, key);
+  X509_set_pubkey(x, subject);
   X509_NAME* name = X509_get_subject_name(x);
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
   X509_set_issuer_name(x, name);
@@ -422,13 +425,14 @@ std::vector<uint8_t> SelfSignedDer(const std::string& cn) {
   i2d_X509(x, &p);
   X509_free(x);
   EVP_PKEY_free(key);
+  EVP_PKEY_free(subject);
   return der;
 }
 
 TEST_F(VersionsTest, CertificatesJoinTheirKeysVersionAndCarryTheirFields) {
   CK_OBJECT_HANDLE pub, priv;
   ASSERT_EQ(GenEcRv("tls", {0x0c}, false, &pub, &priv), CKR_OK);
-  auto der = SelfSignedDer("tls.example");
+  auto der = SelfSignedDer("tls.example", GetAttr(s, pub, CKA_PUBLIC_KEY_INFO));
   CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
   CK_CERTIFICATE_TYPE x509 = CKC_X_509;
   CK_BBOOL yes = CK_TRUE;

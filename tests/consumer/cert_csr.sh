@@ -27,7 +27,7 @@ for want in 'Subject: CN = edge.example, O = vaultp11 tests' 'DNS:edge.example, 
   'TLS Web Server Authentication' 'Public-Key: (2048 bit)'; do
   grep -qF "$want" <<<"$text" || fail "the request lacks: $want"
 done
-[[ $(p11 -O --type data --label edge | grep -c '^Data object') == 1 ]] || fail "no CSR data object on the token"
+[[ $(p11_user -O --type data --label edge | grep -c '^Data object') == 1 ]] || fail "no CSR data object on the token"
 [[ $(p11 -O --type cert --label edge | grep -c '^Certificate Object') == 0 ]] || fail "a certificate before the merge"
 run_fails "$VAULTP11_CLI" --config "$CONF" cert renew payments edge
 
@@ -46,7 +46,7 @@ cli cert merge payments edge --file "$WORK/chain.pem"
 run_fails "$VAULTP11_CLI" --config "$CONF" cert merge payments edge --file "$WORK/chain.pem"
 edge_id=$(id_of privkey edge)
 [[ $(id_of cert edge) == "$edge_id" ]] || fail "the certificate's CKA_ID is not its key's"
-[[ $(p11 -O --type data --label edge | grep -c '^Data object') == 0 ]] || fail "the request outlived the merge"
+[[ $(p11_user -O --type data --label edge | grep -c '^Data object') == 0 ]] || fail "the request outlived the merge"
 p11 --read-object --type cert --label edge-chain-1 -o "$WORK/issuer.der"
 run openssl x509 -inform DER -in "$WORK/issuer.der" -out "$WORK/issuer.pem"
 cmp -s <(openssl x509 -in "$WORK/issuer.pem" -outform DER) <(openssl x509 -in "$WORK/ca.pem" -outform DER) ||

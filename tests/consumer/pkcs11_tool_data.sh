@@ -13,6 +13,10 @@ p11_user --write-object "$WORK/blob.bin" --type data --label x
 step "read it back in another process"
 p11_user --read-object --type data --label x -o "$WORK/blob.out"
 cmp "$WORK/blob.bin" "$WORK/blob.out" || fail "data object read back differs from what was written"
+step "a data object written without --private is a vault secret all the same: no read without login"
+rm -f "$WORK/blob.nologin"
+run_fails pkcs11-tool --module "$VAULTP11_MODULE" --read-object --type data --label x -o "$WORK/blob.nologin"
+if [[ -s $WORK/blob.nologin ]]; then fail "a data object was read without login"; fi
 
 step "a private data object"
 printf 'db-password-%s' "$(openssl rand -hex 8)" >"$WORK/secret.txt"

@@ -20,6 +20,17 @@ std::atomic<uint64_t> g_fork_count{0};
 void OnForkChild() { g_fork_count.fetch_add(1, std::memory_order_relaxed); }
 std::once_flag g_atfork_once;
 
+std::atomic<bool> g_exiting{false};
+void MarkExiting() { g_exiting.store(true, std::memory_order_relaxed); }
+
+// Registers MarkExiting again, after a module was loaded (or initialised) and so after the exit
+// handlers its static objects registered: it then runs before them. glibc has no limit on
+// exit handlers; each Load of a library adds at most two.
+void RegisterExitMark() {
+  if (std::atexit(MarkExiting) != 0)
+    log::Warning("cannot register the inner modules' exit handler");
+}
+
 // The 3.0 CK_INTERFACE. p11-kit 0.24's pkcs11.h predates 3.0, so it is spelled out here; the
 // layout is fixed by the standard (name, function list, flags).
 struct InterfaceV3 {
@@ -92,6 +103,8 @@ bool Required(const CK_FUNCTION_LIST* f, std::string* missing) {
 
 }  // namespace
 
+bool ProcessExiting() { return g_exiting.load(std::memory_order_relaxed); }
+
 Result<Quirks> Quirks::Parse(std::span<const std::string> names) {
   Quirks q;
   for (const std::string& n : names) {
@@ -162,6 +175,7 @@ Status InnerModule::Open() {
     return Err(CKR_DEVICE_ERROR, "cannot load inner PKCS#11 module '{}': {}", path_,
                why ? why : "unknown error");
   }
+  RegisterExitMark();  // after the module's static constructors (and their exit handlers)
 
   // PKCS#11 3.0 first (p11-kit modules.c, pkcs11-provider interface.c), then 2.x. A 3.x list
   // starts with the 2.40 entries in the same order, so both are used as CK_FUNCTION_LIST.
@@ -220,6 +234,9 @@ Status InnerModule::Initialize() {
   } else {
     initialized_by_us_ = true;
   }
+  // Again after C_Initialize: a module may register exit handlers there (function-local
+  // statics, its crypto library's cleanup).
+  RegisterExitMark();
   initialized_ = true;
   if (VAULTP11_P11_CALL(*this, C_GetInfo, &info_) != CKR_OK) info_ = CK_INFO{};
   pid_.store(getpid(), std::memory_order_relaxed);
@@ -272,6 +289,9 @@ Status InnerModule::ReinitializeIfForked() {
 }
 
 InnerModule::~InnerModule() {
+  // At exit the module's own static destructors may have run: finalizing or unloading it then
+  // would run its code on freed state.
+  if (ProcessExiting()) return;
   // A forked child that never re-initialised must not finalize the parent's state (with a
   // networked HSM the connection may be shared).
   const bool owner = !ForkedSinceInit();

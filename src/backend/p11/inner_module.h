@@ -39,6 +39,14 @@ struct Quirks {
   bool operator==(const Quirks&) const = default;
 };
 
+// True once the process has started exiting (exit() or a return from main), as seen by an
+// exit handler registered right after each inner module is loaded and initialised: handlers
+// run in reverse order, so it runs before the static destructors that module registered.
+// From then on no inner function is called (Call answers CKR_CRYPTOKI_NOT_INITIALIZED) and no
+// module is finalized or unloaded: OpenSSL's exit-time cleanup calls our C_Finalize after
+// SoftHSMv2's destructors have run (issue 16 item 12).
+bool ProcessExiting();
+
 class InnerModule {
  public:
   // Loads `path` with dlopen(RTLD_NOW | RTLD_LOCAL), gets its function list (C_GetInterface
@@ -54,7 +62,8 @@ class InnerModule {
   static Result<std::shared_ptr<InnerModule>> Load(const std::string& path, const Quirks& quirks);
 
   // Calls the inner C_Finalize unless quirk no-deinit is set, we did not initialise the module,
-  // or this is a forked child that never re-initialised it (the state belongs to the parent).
+  // this is a forked child that never re-initialised it (the state belongs to the parent), or
+  // the process is exiting (ProcessExiting: nothing is finalized or unloaded then).
   ~InnerModule();
   InnerModule(const InnerModule&) = delete;
   InnerModule& operator=(const InnerModule&) = delete;
@@ -94,10 +103,13 @@ class InnerModule {
   const CK_FUNCTION_LIST* functions() const { return fns_; }
 
   // Calls one inner function through the list: a NULL entry is CKR_FUNCTION_NOT_SUPPORTED
-  // instead of a crash. With debug logging on, every call is traced with its result
-  // (pkcs11-provider's IMPL_CALL_PROLOG/EPILOG); otherwise this costs one relaxed load.
+  // instead of a crash, and once the process is exiting (ProcessExiting) every call is
+  // CKR_CRYPTOKI_NOT_INITIALIZED without reaching the module. With debug logging on, every
+  // call is traced with its result (pkcs11-provider's IMPL_CALL_PROLOG/EPILOG); otherwise this
+  // costs two relaxed loads.
   template <typename Fn, typename... Args>
   CK_RV Call(Fn CK_FUNCTION_LIST::*member, const char* name, Args... args) const {
+    if (ProcessExiting()) return CKR_CRYPTOKI_NOT_INITIALIZED;
     Fn fn = fns_->*member;
     if (fn == nullptr) {
       log::Debug("inner {}: {} is NULL in the function list", path_, name);

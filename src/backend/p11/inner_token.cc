@@ -397,6 +397,12 @@ Result<std::unique_ptr<InnerToken>> InnerToken::Open(std::shared_ptr<InnerModule
   }
 
   std::unique_ptr<InnerToken> token(new InnerToken(s));
+  if (!options.login_at_open) {
+    // login_lost is still true: the first Acquire or Run logs in (through Recover).
+    log::Info("found inner {} (slot {}); it is logged in to at first use", s->description,
+              match.slot);
+    return token;
+  }
   {
     std::lock_guard<std::mutex> g(s->anchor_mu);
     VAULTP11_RETURN_IF_ERROR(EnsureLoggedIn(*s));
@@ -471,7 +477,13 @@ Status InnerToken::Recover() const {
     std::lock_guard<std::mutex> l(s.mu);
     s.slot = match.slot;
   }
-  return EnsureLoggedIn(s);
+  Status st = EnsureLoggedIn(s);
+  // A deferred login that fails (a wrong PIN, a device that does not answer) is reported to
+  // the caller's operation as a device failure, not as a PIN error the operation cannot have;
+  // login_lost stays true, so the next call tries again.
+  if (!st.ok() && !s.options.login_at_open && st.rv() != CKR_DEVICE_ERROR)
+    return Err(CKR_DEVICE_ERROR, "{}", st.error().message);
+  return st;
 }
 
 Result<SessionLease> InnerToken::Acquire() const {

@@ -113,12 +113,19 @@ class InnerToken {
     // only the digest (less data to a networked HSM). Always done when the token lacks the
     // hashing mechanism but has the raw one (SoftHSMv2 2.6 has CKM_ECDSA only).
     bool hash_in_process = false;
+    // false: Open finds the token and reads its mechanisms but opens no session and does not
+    // log in; the first call that needs a session does (once, under the login lock). Some
+    // HSMs write their token storage at each login (SoftHSMv2 rewrites its token file), so a
+    // process that never uses the HSM should never log in to it. A failed deferred login is
+    // CKR_DEVICE_ERROR (naming the inner error) and is tried again by the next call.
+    bool login_at_open = true;
   };
 
   // Opens the token named by `token_spec` (a token label, or a pkcs11: URI with token, slot or
   // library attributes) in module `m`: finds the one initialised token present that matches,
   // opens the login session and logs in as CKU_USER (CKR_USER_ALREADY_LOGGED_IN accepted; an
-  // empty PIN with CKF_PROTECTED_AUTHENTICATION_PATH logs in through the device's PIN pad).
+  // empty PIN with CKF_PROTECTED_AUTHENTICATION_PATH logs in through the device's PIN pad); with
+  // options.login_at_open false, the first call that needs a session does the last two.
   // Errors name the module path and the token, never the PIN: no match is
   // CKR_TOKEN_NOT_PRESENT (listing the tokens present), several matches CKR_FUNCTION_FAILED,
   // a bad URI CKR_FUNCTION_FAILED; inner errors (CKR_PIN_INCORRECT, ...) pass through.

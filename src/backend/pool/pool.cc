@@ -524,7 +524,7 @@ void HsmPool::StartHealthCheck(Catalog catalog, std::function<void()> on_change)
     if (std::find(Pools().begin(), Pools().end(), this) == Pools().end()) Pools().push_back(this);
   }
   std::lock_guard<std::mutex> l(health_mu_);
-  if (health_thread_.joinable()) return;
+  if (health_thread_.joinable() || stopped_) return;
   catalog_ = std::move(catalog);
   on_change_ = std::move(on_change);
   stop_ = false;
@@ -536,6 +536,7 @@ void HsmPool::StopHealthCheck() {
   {
     std::lock_guard<std::mutex> l(health_mu_);
     stop_ = true;
+    stopped_ = true;
     on_change_ = nullptr;
     t = std::move(health_thread_);
   }

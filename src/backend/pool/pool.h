@@ -159,7 +159,9 @@ class HsmPool {
   // those that answer, once the catalog's keys they lack are copied to them. Members in
   // service found lacking a key (ReportMissingKey), and every member on the first pass, get
   // the missing copies too. `on_change` runs after a member left or rejoined service (and
-  // its copies were made). Started once; stopped by StopHealthCheck or the destructor.
+  // its copies were made). Started once (later calls are no-ops, also after StopHealthCheck,
+  // so a pool stopped at process exit stays stopped); stopped by StopHealthCheck or the
+  // destructor.
   void StartHealthCheck(Catalog catalog, std::function<void()> on_change);
   void StopHealthCheck();
   // One pass of the health check on the calling thread (also what the thread runs).
@@ -190,6 +192,7 @@ class HsmPool {
   mutable std::condition_variable health_cv_;
   mutable bool wake_ = false;
   bool stop_ = false;
+  bool stopped_ = false;  // StopHealthCheck ran: never started again
   Catalog catalog_;
   std::function<void()> on_change_;
   std::thread health_thread_;
