@@ -7,7 +7,7 @@
 namespace vaultp11::audit {
 
 Result<std::unique_ptr<Recorder>> Recorder::Create(const config::AuditConfig& cfg, std::optional<SecureBytes> head_key,
-                                                   bool threaded) {
+                                                   bool threaded, AnchorFn anchor) {
   std::vector<std::unique_ptr<Sink>> sinks;
   std::vector<bool> failing;
   std::vector<Event> reports;  // sinks that could not be opened, for the other sinks
@@ -19,7 +19,9 @@ Result<std::unique_ptr<Recorder>> Recorder::Create(const config::AuditConfig& cf
       o.max_bytes = sc.max_bytes;
       o.daily = sc.daily;
       o.retention_days = sc.retention_days;
+      o.max_total_bytes = sc.max_total_bytes;
       o.head_key = head_key;
+      if (anchor) o.anchor = [anchor, path = sc.path](const ChainEnd& end) { return anchor(path, end); };
       sink = std::make_unique<FileSink>(std::move(o));
     } else if (sc.type == "syslog") {
       SyslogSinkOptions o;
@@ -54,6 +56,7 @@ Result<std::unique_ptr<Recorder>> Recorder::Create(const config::AuditConfig& cf
   opts.queue_size = cfg.queue_size;
   opts.overflow = cfg.overflow == "drop" ? Overflow::kDrop : Overflow::kBlock;
   opts.threaded = threaded;
+  opts.coalesce = std::chrono::seconds(cfg.coalesce_seconds);
   // Sinks that failed to open are already reported: what comes next for them is a recovery.
   auto r = std::make_unique<Recorder>(opts, std::move(sinks), Caller::Self(), std::move(failing));
   for (Event& e : reports) r->Submit(std::move(e));

@@ -261,7 +261,40 @@ Result<std::vector<std::string>> ChainFiles(const std::string& path) {
 
 Result<std::vector<std::string>> PurgeBefore(const std::string& path, sys_days date) {
   VAULTP11_ASSIGN_OR_RETURN(std::vector<RotatedFile> rotated, RotatedFiles(path));
+  if (!rotated.empty()) rotated.pop_back();  // the newest: the one the current file continues
   return DeleteBefore(rotated, sys_seconds(date));
+}
+
+std::string CheckAnchor(const std::string& path, const ChainEnd& end, const ChainEnd& anchor) {
+  auto where = [&](const ChainEnd& e) {
+    std::string after =
+        e.gen_time == 0 && e.gen_n == 0
+            ? std::string("no rotation before it")
+            : fmt::format("continuing {}", BaseOf(RotatedName(path, sys_seconds(std::chrono::seconds(e.gen_time)),
+                                                               static_cast<unsigned>(e.gen_n))));
+    return fmt::format("record {} of the current file ({})", e.seq, after);
+  };
+  if (end.Before(anchor))
+    return fmt::format("rollback: the log ends at {}, but the store's audit anchor shows it reached {}: an older copy of "
+                       "the log (and its head) was put back, or the newest records or files were deleted",
+                       where(end), where(anchor));
+  if (anchor.Before(end) && (end.gen_time != anchor.gen_time || end.gen_n != anchor.gen_n)) return "";
+  // The anchor lies in the current file: the record it names must still be there.
+  std::string at = end.hash;
+  if (anchor.seq != end.seq) {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fmt::format("cannot read {} to check its anchor: {}", path, ErrnoText(errno));
+    struct stat st {};
+    auto h = fstat(fd, &st) == 0 ? RecordHash(fd, static_cast<uint64_t>(st.st_size), anchor.seq)
+                                 : Result<std::string>(Err(CKR_FUNCTION_FAILED, "cannot stat it"));
+    close(fd);
+    if (!h.ok()) return fmt::format("cannot check the anchor of {}: {}", path, h.error().message);
+    at = h.value();
+  }
+  if (at != anchor.hash)
+    return fmt::format("{} is not the record the store's audit anchor sealed (the file was replaced or rewritten)",
+                       where(anchor));
+  return "";
 }
 
 // ---- FileSink ----------------------------------------------------------------------------------
@@ -282,13 +315,71 @@ FileSink::~FileSink() { CloseFile(); }
 
 std::string FileSink::Describe() const { return "file " + opts_.path; }
 
-void FileSink::Close(int /*timeout_ms*/) { CloseFile(); }
+void FileSink::Close(int /*timeout_ms*/) {
+  Anchor(/*force=*/true);  // what was written, sealed in the store before the process goes
+  CloseFile();
+}
 
 void FileSink::CloseFile() {
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
   cache_ = Cache{};
   first_day_.reset();
+  gen_.reset();
+}
+
+void FileSink::FindGeneration() {
+  if (gen_ || !opts_.anchor) return;
+  auto rotated = RotatedFiles(opts_.path);
+  if (!rotated.ok()) return;  // no anchor for this batch; the next one tries again
+  gen_ = rotated->empty() ? std::pair<int64_t, int64_t>{0, 0}
+                          : std::pair<int64_t, int64_t>{rotated->back().time.time_since_epoch().count(), rotated->back().n};
+}
+
+void FileSink::Anchor(bool force) {
+  if (!opts_.anchor || !unanchored_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (!force && now - last_anchor_ < opts_.anchor_interval) return;
+  Status st = opts_.anchor(*unanchored_);
+  last_anchor_ = now;
+  if (!st.ok()) {
+    // The log goes on; only the rollback check lags. Logged once per failure streak.
+    if (!anchor_failing_)
+      log::Warning("audit file {}: cannot record its anchor in the store: {}", opts_.path, st.error().message);
+    anchor_failing_ = true;
+    return;
+  }
+  if (anchor_failing_) log::Info("audit file {}: its anchor is recorded again", opts_.path);
+  anchor_failing_ = false;
+  unanchored_.reset();
+}
+
+void FileSink::CapTotal(const std::vector<RotatedFile>& older) {
+  // Sizes of the current file, the file just rotated (kept whatever it takes) and `older`.
+  auto size_of = [](const std::string& p) -> uint64_t {
+    struct stat st {};
+    return stat(p.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+  };
+  struct stat cur {};
+  uint64_t total = fstat(fd_, &cur) == 0 ? static_cast<uint64_t>(cur.st_size) : 0;
+  auto rotated = RotatedFiles(opts_.path);
+  if (rotated.ok() && !rotated->empty()) total += size_of(rotated->back().path);
+  std::vector<uint64_t> sizes;
+  for (const RotatedFile& r : older) {
+    sizes.push_back(size_of(r.path));
+    total += sizes.back();
+  }
+  for (size_t i = 0; i < older.size() && total > opts_.max_total_bytes; ++i) {
+    if (sizes[i] == 0 && access(older[i].path.c_str(), F_OK) != 0) continue;  // gone already
+    if (unlink(older[i].path.c_str()) != 0) {
+      if (errno == ENOENT) continue;
+      log::Warning("audit file {}: size cap: cannot delete {}: {}", opts_.path, older[i].path, ErrnoText(errno));
+      return;
+    }
+    total -= sizes[i];
+    log::Info("audit file {}: deleted {} (the files passed max_total_bytes {})", opts_.path, older[i].path,
+              opts_.max_total_bytes);
+  }
 }
 
 Status FileSink::Open() {
@@ -333,6 +424,7 @@ Status FileSink::LockCurrent() {
       if (fd_ < 0) return Err(CKR_FUNCTION_FAILED, "audit file {}: cannot open: {}", path, ErrnoText(errno));
       cache_ = Cache{};
       first_day_.reset();
+      gen_.reset();
     }
     while (flock(fd_, LOCK_EX) != 0) {
       if (errno != EINTR) return Err(CKR_FUNCTION_FAILED, "audit file {}: cannot lock: {}", path, ErrnoText(errno));
@@ -530,6 +622,7 @@ Status FileSink::Rotate(std::span<const Record> events, const Tail& tail, Clock:
   fd_ = tfd;
   cache_ = Cache{true, out.size(), seq, hash};
   first_day_.reset();
+  gen_ = std::pair<int64_t, int64_t>{stamp.time_since_epoch().count(), n};
   log::Info("audit file {}: rotated to {}", path, name);
   if (opts_.retention_days > 0) {
     const sys_seconds cutoff = std::chrono::floor<std::chrono::seconds>(now) - std::chrono::days(opts_.retention_days);
@@ -538,6 +631,7 @@ Status FileSink::Rotate(std::span<const Record> events, const Tail& tail, Clock:
     for (const std::string& d : deleted.ok() ? deleted.value() : std::vector<std::string>{})
       log::Info("audit file {}: deleted {} (older than {} days)", path, d, opts_.retention_days);
   }
+  if (opts_.max_total_bytes > 0) CapTotal(*rotated);
   return OkStatus();
 }
 
@@ -572,6 +666,15 @@ Status FileSink::WriteHead(uint64_t seq, const std::string& hash, Clock::time_po
 }
 
 Status FileSink::Write(std::span<const Record> events) {
+  bool rotated = false;
+  Status st = WriteLocked(events, rotated);
+  // Outside the file's lock: the store write may wait for other processes' transactions.
+  // A rotation is anchored at once (the new file starts the next generation).
+  if (st.ok()) Anchor(/*force=*/rotated);
+  return st;
+}
+
+Status FileSink::WriteLocked(std::span<const Record> events, bool& rotated) {
   if (events.empty()) return OkStatus();
   for (const Record& e : events)
     if (e.json.size() < 2 || e.json.front() != '{' || e.json.back() != '}') return Err(CKR_GENERAL_ERROR, "audit file {}: an event is not a JSON object", opts_.path);
@@ -589,6 +692,7 @@ Status FileSink::Write(std::span<const Record> events) {
   std::string hash = tail.hash;
   const std::string out = ChainLines(events, seq, hash);
   VAULTP11_ASSIGN_OR_RETURN(bool rotate, NeedsRotation(tail.size, out.size(), now));
+  rotated = rotate;
   if (rotate) {
     VAULTP11_RETURN_IF_ERROR(Rotate(events, tail, now));
   } else {
@@ -606,7 +710,11 @@ Status FileSink::Write(std::span<const Record> events) {
     }
     cache_ = Cache{true, tail.size + out.size(), seq, hash};
   }
-  if (opts_.head_key) return WriteHead(cache_.seq, cache_.hash, now);
+  if (opts_.head_key) VAULTP11_RETURN_IF_ERROR(WriteHead(cache_.seq, cache_.hash, now));
+  // The position just sealed, placed by the file it continues (found under the lock, where no
+  // rotation can come between); anchored by Write once the lock is released.
+  FindGeneration();
+  if (gen_) unanchored_ = ChainEnd{gen_->first, gen_->second, cache_.seq, cache_.hash};
   return OkStatus();
 }
 
@@ -691,6 +799,7 @@ Result<ChainVerdict> Verify(const std::vector<std::string>& earlier, const std::
     auto v = VerifyOpenFile(snap.fd, snap.size, prev);
     if (!v.ok()) return Err(CKR_ARGUMENTS_BAD, "cannot read {}: {}", current, v.error().message);
     if (!v->intact) return broken(current, v.value());
+    cv.end = ChainEnd{0, 0, v->records, v->last_hash};
     add(current, std::move(v).value());
   } else {
     before_last = std::move(last);  // the current file is missing: it has no records
@@ -778,7 +887,14 @@ Result<ChainVerdict> VerifySink(const std::string& path, const SecureBytes* head
   }
   if (snap.fd < 0 && earlier.empty() && head_key != nullptr && snap.head->ok() && !snap.head->value().has_value())
     return ChainVerdict{.intact = true};  // nothing written yet
-  return Verify(earlier, path, snap, head_key);
+  VAULTP11_ASSIGN_OR_RETURN(ChainVerdict cv, Verify(earlier, path, snap, head_key));
+  if (!cv.end) cv.end = ChainEnd{};  // no current file: no records
+  if (!earlier.empty()) {
+    const RotatedFile& newest = rotated[earlier.size() - 1];
+    cv.end->gen_time = newest.time.time_since_epoch().count();
+    cv.end->gen_n = newest.n;
+  }
+  return cv;
 }
 
 }  // namespace vaultp11::audit

@@ -39,12 +39,15 @@
 // Retention: at each rotation, rotated files whose name time is more than retention_days
 // before now are deleted. The name time stands for the file's newest record (it is at or after
 // it), so no file holding a record younger than that is deleted; PurgeBefore uses the same rule.
+// Then, with max_total_bytes, the oldest rotated files are deleted until all the sink's files
+// fit in it. Neither ever deletes the newest rotated file (the one the current file continues).
 //
 // What the head cannot do: once a writer appends again, a cut end is no longer visible in the
 // files (the chain goes on from the last record left, and the new head matches); the writer
 // therefore compares the head with the file before it appends and logs a warning when records
 // are missing at the end or the last one differs. An old head saved and put back later is not
-// recognised as old. An emptied current file continues from the newest rotated file.
+// recognised as old by the head alone: the anchor (ChainEnd, kept in the store) does that. An
+// emptied current file continues from the newest rotated file.
 //
 // Failures leave the chain valid: a batch that cannot be written completely (disk full, file
 // size limit) is cut off again with ftruncate to the file's size before it and the error is
@@ -59,6 +62,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "audit/event.h"
@@ -68,6 +72,22 @@
 
 namespace vaultp11::audit {
 
+// A position in a sink's chain, in an order that survives rotation (seq starts again at 1 in
+// every file): the newest rotated file before the current one (its name's time, Unix seconds,
+// and N; 0 and 0 when there is none), then the current file's last record (its seq and hash).
+// The store keeps the furthest one each sink sealed (store::Store::AdvanceAuditAnchor), so that
+// `vaultp11 audit verify` recognises an older log put back with its older head.
+struct ChainEnd {
+  int64_t gen_time = 0;
+  int64_t gen_n = 0;
+  uint64_t seq = 0;
+  std::string hash;
+  // Orders by position only (the hash is compared where the positions are equal).
+  bool Before(const ChainEnd& o) const {
+    return std::tie(gen_time, gen_n, seq) < std::tie(o.gen_time, o.gen_n, o.seq);
+  }
+};
+
 struct FileSinkOptions {
   std::string path;                    // the current file; its directory must exist
   uint64_t max_bytes = 100ull << 20;   // rotate before the file would pass this (0: never by size)
@@ -75,7 +95,19 @@ struct FileSinkOptions {
   int retention_days = 0;              // delete rotated files older than this at rotation (0: keep all)
   std::optional<SecureBytes> head_key; // signs <path>.head after every batch (32 bytes; "audit-head")
   std::function<std::chrono::system_clock::time_point()> now;  // the clock (default system_clock::now)
+  // At each rotation, delete the oldest rotated files until the rotated files and the current
+  // one together take at most this many bytes (0: no cap). The newest rotated file (the one the
+  // current file continues) is always kept.
+  uint64_t max_total_bytes = 1ull << 30;
+  // Records the end of the chain outside the log (the store's audit anchor). Called on the
+  // writer thread after a batch, never more than once per `anchor_interval` (a rotation and
+  // Close always anchor what was written), so the store is not written per event or per batch.
+  // An error is logged once per failure streak; the log itself is unaffected.
+  std::function<Status(const ChainEnd&)> anchor;
+  std::chrono::milliseconds anchor_interval{1000};
 };
+
+struct RotatedFile;
 
 class FileSink : public Sink {
  public:
@@ -99,11 +131,18 @@ class FileSink : public Sink {
 
  private:
   struct Tail;
+  // Write under the file's lock; `rotated` tells whether it rotated the file.
+  Status WriteLocked(std::span<const Record> events, bool& rotated);
   Status LockCurrent();
   Result<Tail> ReadTail();
   Status Rotate(std::span<const Record> events, const Tail& tail, std::chrono::system_clock::time_point now);
   Result<bool> NeedsRotation(uint64_t size, uint64_t batch_bytes, std::chrono::system_clock::time_point now);
   Status WriteHead(uint64_t seq, const std::string& hash, std::chrono::system_clock::time_point now);
+  // After a batch: the position written, anchored now when it is due (or `force`).
+  void Anchor(bool force);
+  // The newest rotated file before the open one (ChainEnd's gen), found once per open file.
+  void FindGeneration();
+  void CapTotal(const std::vector<RotatedFile>& older);
   void CheckHead(uint64_t seq, const std::string& hash) const;
   void CloseFile();
 
@@ -117,6 +156,12 @@ class FileSink : public Sink {
     std::string hash;
   } cache_;
   std::optional<std::chrono::sys_days> first_day_;  // of the open file, once known
+  // The anchor: the open file's generation (once known) and the last position this sink wrote
+  // and has not anchored yet.
+  std::optional<std::pair<int64_t, int64_t>> gen_;
+  std::optional<ChainEnd> unanchored_;
+  std::chrono::steady_clock::time_point last_anchor_{};
+  bool anchor_failing_ = false;
 };
 
 // FormatTime (audit/event.h) writes the times of records and heads.
@@ -155,6 +200,7 @@ struct ChainVerdict {
   std::string where;
   std::string problem;
   bool from_genesis = false;  // the first file starts the chain (else it continues a file not given)
+  std::optional<ChainEnd> end;  // VerifySink, when intact: where the chain ends (the current file's last record)
   bool head_checked = false;  // the head was read, its MAC checked and it matched the chain
   std::string head;           // when head_checked: "record N, signed TIME"
   std::vector<std::string> notes;  // things that are not breaks, one sentence each, naming files
@@ -177,9 +223,16 @@ Result<ChainVerdict> VerifyChain(const std::vector<std::string>& files, const Se
 // shows what was lost); a sink without files or head verifies with no files.
 Result<ChainVerdict> VerifySink(const std::string& path, const SecureBytes* head_key = nullptr);
 
+// Compares the end of the sink at `path` (VerifySink's `end`, of an intact chain) with its
+// anchor (the furthest position a writer sealed): "" when the log reaches or passes the anchor
+// (and, in the anchor's file, still holds the anchored record), else the problem: the log
+// was rolled back (an older copy put back), or the anchored record was rewritten.
+std::string CheckAnchor(const std::string& path, const ChainEnd& end, const ChainEnd& anchor);
+
 // Deletes the rotated files of the sink at `path` whose newest record is before `date` (00:00
-// UTC), judged by the time in their names (see Retention above); never the current file.
-// Returns the paths deleted, oldest first.
+// UTC), judged by the time in their names (see Retention above); never the current file, and
+// never the newest rotated file (the current file continues it, and the rollback check places
+// the chain by its name, see ChainEnd). Returns the paths deleted, oldest first.
 Result<std::vector<std::string>> PurgeBefore(const std::string& path, std::chrono::sys_days date);
 
 }  // namespace vaultp11::audit

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "util/log.h"
 
@@ -130,6 +131,13 @@ void Recorder::Stop(int sink_timeout_ms) {
   wake_.notify_one();
   if (writer_.joinable()) writer_.join();
   {
+    // Denials still being counted get their summaries before the sinks close (the writer has
+    // ended: this thread owns the windows now).
+    std::lock_guard<std::mutex> w(write_mu_);
+    std::vector<Event> none;
+    if (!windows_.empty()) WriteBatch(none, 0, /*all_summaries=*/true);
+  }
+  {
     std::lock_guard<std::mutex> l(mu_);
     stopped_ = true;
   }
@@ -152,7 +160,8 @@ void Recorder::Run() {
                    [&] { return stopping_ || flush_asked_ || queue_.size() >= std::min(opts_.batch_size, opts_.queue_size); });
     const bool last = stopping_;
     flush_asked_ = false;
-    if (queue_.empty() && dropped_pending_ == 0) {
+    // A coalescing window that is over also wakes it, for its summary (Stop writes the rest).
+    if (queue_.empty() && dropped_pending_ == 0 && (last || std::chrono::steady_clock::now() < next_summary_)) {
       if (last) return;
       continue;
     }
@@ -177,7 +186,75 @@ void Recorder::Run() {
   }
 }
 
-void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
+namespace {
+
+bool IsDenial(const Event& e) {
+  const char* sig = ResultSignature(e.rv, e.denied, e.unauthenticated);
+  return std::strcmp(sig, "Forbidden") == 0 || std::strcmp(sig, "Unauthorized") == 0;
+}
+
+// What makes two denials identical: every field FormatEvent writes except the times and the
+// duration (the caller is the recorder's). Fields are separated by NULs and prefixed by their
+// length where they are free text, so no two different events share a key.
+std::string CoalesceKey(const Event& e) {
+  std::string k;
+  auto add = [&](std::string_view v) {
+    k += std::to_string(v.size());
+    k += ':';
+    k += v;
+    k += '\0';
+  };
+  add(e.operation != nullptr ? e.operation : "");
+  add(e.kind != nullptr ? e.kind : "");
+  k += fmt::format("{}|{}|{}|{}|{}|{}|", e.rv, e.denied, e.unauthenticated, e.pool, e.mechanism, e.count);
+  for (const std::string* f : {&e.description, &e.principal, &e.auth_method, &e.resource, &e.name, &e.id, &e.member})
+    add(*f);
+  add(e.has_version ? std::string_view(e.version.data(), e.version.size()) : std::string_view());
+  return k;
+}
+
+}  // namespace
+
+bool Recorder::Coalesce(const Event& e, std::optional<Event>& summary) {
+  if (opts_.coalesce.count() <= 0 || !e.extra.is_null() || !IsDenial(e)) return false;
+  std::string key = CoalesceKey(e);
+  auto it = windows_.find(key);
+  if (it != windows_.end() && e.start < it->second.end) {
+    ++it->second.repeats;
+    it->second.last_time = e.time;
+    next_summary_ = std::min(next_summary_, it->second.end);
+    return true;
+  }
+  if (it != windows_.end()) {
+    // Its window is over: its summary goes before this event, which opens the next window.
+    if (it->second.repeats > 0) summary = Summary(it->second);
+    windows_.erase(it);
+  }
+  if (windows_.size() < kMaxCoalesced) windows_.emplace(std::move(key), Window{e, e.start + opts_.coalesce, e.time, 0});
+  return false;
+}
+
+Event Recorder::Summary(const Window& w) {
+  Event s = w.first;
+  s.time = w.last_time;
+  s.extra = {{"repeatCount", w.repeats}, {"firstTime", FormatTime(w.first.time)}, {"lastTime", FormatTime(w.last_time)}};
+  return s;
+}
+
+void Recorder::TakeSummaries(std::vector<Event>& out, std::chrono::steady_clock::time_point now, bool all) {
+  next_summary_ = std::chrono::steady_clock::time_point::max();
+  for (auto it = windows_.begin(); it != windows_.end();) {
+    if (all || now >= it->second.end) {
+      if (it->second.repeats > 0) out.push_back(Summary(it->second));
+      it = windows_.erase(it);
+      continue;
+    }
+    if (it->second.repeats > 0) next_summary_ = std::min(next_summary_, it->second.end);
+    ++it;
+  }
+}
+
+void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped, bool all_summaries) {
   std::vector<Record> out;
   out.reserve(batch.size() + 1);
   auto correlation = [&] {  // the prefix and the event's number in 16 hex digits
@@ -197,15 +274,38 @@ void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
     d.extra = {{"dropped", dropped}};
     out.push_back(record(d));
   }
-  for (const Event& e : batch) out.push_back(record(e));
+  uint64_t coalesced = 0;
+  for (const Event& e : batch) {
+    std::optional<Event> summary;
+    if (Coalesce(e, summary)) {
+      ++coalesced;
+      continue;
+    }
+    if (summary) out.push_back(record(*summary));
+    out.push_back(record(e));
+  }
+  if (!windows_.empty()) {
+    std::vector<Event> summaries;
+    TakeSummaries(summaries, std::chrono::steady_clock::now(), all_summaries);
+    for (const Event& e : summaries) out.push_back(record(e));
+  } else {
+    next_summary_ = std::chrono::steady_clock::time_point::max();  // nothing counted: no wake-up due
+  }
+  if (out.empty()) {
+    std::lock_guard<std::mutex> l(mu_);
+    stats_.coalesced += coalesced;
+    return;
+  }
   uint64_t errors = 0;
   std::vector<Record> reports;  // sinks that started failing or came back
   std::vector<bool> failed_now(sinks_.size(), false);
+  sink_lost_.resize(sinks_.size(), 0);
   for (size_t i = 0; i < sinks_.size(); ++i) {
     Status st = sinks_[i]->Write(out);
     if (!st.ok()) {
       ++errors;
       failed_now[i] = true;
+      sink_lost_[i] += out.size();  // reported with the recovery: how much this sink missed
       // Reported once per failure streak, so a dead sink does not flood the log; the other
       // sinks get an event saying so.
       if (!sink_failing_[i]) {
@@ -220,9 +320,10 @@ void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
       log::Warning("audit sink {}: writing again", sinks_[i]->Describe());
       Event r = Start("AuditSinkRecovered");
       r.Finish(CKR_OK);
-      r.extra = {{"sink", sinks_[i]->Describe()}};
+      r.extra = {{"sink", sinks_[i]->Describe()}, {"lost", sink_lost_[i]}};
       reports.push_back(record(r));
       sink_failing_[i] = false;
+      sink_lost_[i] = 0;
     }
   }
   if (!reports.empty()) {
@@ -232,6 +333,7 @@ void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped) {
   std::lock_guard<std::mutex> l(mu_);
   stats_.written += out.size();
   stats_.sink_errors += errors;
+  stats_.coalesced += coalesced;
 }
 
 }  // namespace vaultp11::audit

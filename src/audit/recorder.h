@@ -9,15 +9,29 @@
 // policy.
 //
 // Without threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS) Submit writes synchronously.
+//
+// Coalescing (RecorderOptions::coalesce): a denial (resultSignature Forbidden or Unauthorized,
+// which includes failed logins) identical to one written less than `coalesce` before it (same
+// operation, result, identity, object, mechanism and member; the process is the recorder's) is
+// not written on its own: the first one of a window is written at once, the others are
+// counted, and when the window ends (or the recorder stops) one summary event is written: the
+// first one's fields with properties "repeatCount" (how many more there were), "firstTime"
+// and "lastTime". So no denial is lost, the count says how many. Successes and other failures
+// are never coalesced. At most kMaxCoalesced windows are open at once; denials of further
+// kinds are written one by one.
+
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "audit/event.h"
@@ -35,13 +49,20 @@ struct RecorderOptions {
   bool threaded = true;
   std::chrono::milliseconds write_interval{50};
   size_t batch_size = 4096;  // a waiting batch this large wakes the writer early
+  std::chrono::milliseconds coalesce{0};  // the window for identical denials (0: none)
 };
+
+struct ChainEnd;
+// Records the end of a file sink's chain outside the log (`sink`: its path); see
+// FileSinkOptions::anchor.
+using AnchorFn = std::function<Status(const std::string& sink, const ChainEnd& end)>;
 
 struct RecorderStats {
   uint64_t submitted = 0;  // events accepted into the queue (or written, unthreaded)
   uint64_t written = 0;    // events handed to the sinks
   uint64_t dropped = 0;    // events dropped on a full queue (kDrop)
   uint64_t sink_errors = 0;  // failed sink writes
+  uint64_t coalesced = 0;    // denials counted in a summary instead of written on their own
 };
 
 class Recorder {
@@ -57,8 +78,9 @@ class Recorder {
   // open fails the whole when audit.required is true (the message names the sink); otherwise
   // it is logged once and kept (it is tried again on every batch). `head_key` signs file
   // sinks' heads (store::DeriveKey(.., "audit-head")).
+  // `anchor` (optional) records each file sink's chain end in the store.
   static Result<std::unique_ptr<Recorder>> Create(const config::AuditConfig& cfg, std::optional<SecureBytes> head_key,
-                                                  bool threaded);
+                                                  bool threaded, AnchorFn anchor = {});
 
   void Submit(Event&& e);
   // Returns once every event submitted before the call has been handed to the sinks.
@@ -76,12 +98,21 @@ class Recorder {
   // release it.
   static void ForkPrepare();
   static void ForkRelease();
-  // Formats and writes `batch` (writer thread, or the caller when unthreaded).
-  void WriteBatch(std::vector<Event>& batch, uint64_t dropped);
+  // Formats and writes `batch` (writer thread, or the caller when unthreaded); with
+  // `all_summaries`, also the summaries of coalescing windows not yet over.
+  void WriteBatch(std::vector<Event>& batch, uint64_t dropped, bool all_summaries = false);
+  // Coalescing (writer thread only, or under write_mu_ unthreaded): whether `e` is a repeat
+  // inside an open window (then it is only counted); the summaries of windows that are over
+  // (or all of them) are appended to `out`.
+  struct Window;
+  bool Coalesce(const Event& e, std::optional<Event>& summary);
+  void TakeSummaries(std::vector<Event>& out, std::chrono::steady_clock::time_point now, bool all);
+  static Event Summary(const Window& w);
 
   const RecorderOptions opts_;
   std::vector<std::unique_ptr<Sink>> sinks_;
   std::vector<bool> sink_failing_;  // per sink: the last write failed (reported once per streak)
+  std::vector<uint64_t> sink_lost_;  // per sink: events in batches it failed to write this streak
   const Caller caller_;
   const bool threaded_;
   const std::string caller_json_;  // caller_ as JSON, made once
@@ -103,6 +134,18 @@ class Recorder {
   RecorderStats stats_;
   // Held around WriteBatch (threaded: and the batch's release); taken before mu_.
   std::mutex write_mu_;
+  // Open coalescing windows by the denial's key (see above).
+  struct Window {
+    Event first;
+    std::chrono::steady_clock::time_point end;
+    std::chrono::system_clock::time_point last_time;
+    uint64_t repeats = 0;
+  };
+  static constexpr size_t kMaxCoalesced = 1024;
+  std::unordered_map<std::string, Window> windows_;
+  // The earliest end of an open window with repeats (the writer wakes for its summary); written
+  // by WriteBatch and read by Run, both on the writer thread.
+  std::chrono::steady_clock::time_point next_summary_ = std::chrono::steady_clock::time_point::max();
   std::thread writer_;
 };
 

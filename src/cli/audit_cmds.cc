@@ -67,6 +67,61 @@ void Report(const audit::ChainVerdict& v, bool with_head, const std::string& hea
   }
 }
 
+// The rollback check: each sink's chain end against the anchor the store keeps for it
+// (store::Store::GetAuditAnchor). A chain and its signed head put back from an older copy are
+// intact in themselves; only this outside record shows they are old.
+class Anchors {
+ public:
+  explicit Anchors(const config::Config& cfg) {
+    std::error_code ec;
+    if (!std::filesystem::exists(cfg.store.path, ec)) {
+      why_ = fmt::format("there is no store {}", cfg.store.path);
+      return;
+    }
+    auto st = store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/false);
+    if (st.ok()) {
+      store_ = std::move(st).value();
+    } else {
+      why_ = st.error().message;
+    }
+  }
+
+  // The anchor of the sink at `path` (nothing without a store).
+  Result<std::optional<store::Store::AuditAnchor>> Read(const std::string& path) {
+    if (!store_) return std::optional<store::Store::AuditAnchor>();
+    return store_->GetAuditAnchor(path);
+  }
+
+  void Check(const std::string& path, const audit::ChainEnd& end,
+             const Result<std::optional<store::Store::AuditAnchor>>& a, Io& io, std::vector<std::string>& problems) {
+    if (!store_) {
+      io.out << fmt::format("{}: anchor not checked ({})\n", path, why_);
+      return;
+    }
+    if (!a.ok()) {
+      problems.push_back(fmt::format("{}: {}", path, a.error().message));
+      return;
+    }
+    if (!a->has_value()) {
+      if (end.seq > 0) io.out << fmt::format("{}: no anchor in the store yet (no rollback check)\n", path);
+      return;
+    }
+    const store::Store::AuditAnchor& s = a->value();
+    audit::ChainEnd anchor{s.gen_time, s.gen_n, static_cast<uint64_t>(s.seq), s.hash};
+    std::string problem = audit::CheckAnchor(path, end, anchor);
+    if (!problem.empty()) {
+      problems.push_back(fmt::format("{}: {}", path, problem));
+      return;
+    }
+    io.out << fmt::format("{}: anchor reached (the store's anchor is at record {}{})\n", path, s.seq,
+                          anchor.Before(end) ? ", the log goes on from there" : "");
+  }
+
+ private:
+  std::unique_ptr<store::Store> store_;
+  std::string why_;
+};
+
 Status Problems(const std::vector<std::string>& problems, Io& io) {
   if (problems.empty()) return OkStatus();
   for (size_t i = 0; i + 1 < problems.size(); ++i) io.err << "vaultp11: " << problems[i] << "\n";
@@ -289,7 +344,11 @@ Status AuditVerifyCommand(const std::vector<std::string>& files, const config::C
   std::vector<const config::AuditSinkConfig*> sinks = FileSinks(*cfg);
   if (sinks.empty()) return Err(CKR_ARGUMENTS_BAD, "{} has no file sink (audit.sinks); name the audit files", cfg->source);
   HeadKey key = LoadHeadKey(cfg);
+  Anchors anchors(*cfg);
   for (const config::AuditSinkConfig* s : sinks) {
+    // The anchor first: it never passes what is in the files when it is read, so a writer that
+    // goes on meanwhile cannot make the files look older than it.
+    auto anchor = anchors.Read(s->path);
     auto v = audit::VerifySink(s->path, key.key ? &*key.key : nullptr);
     if (!v.ok()) {
       problems.push_back(fmt::format("{}: {}", s->path, v.error().message));
@@ -297,9 +356,11 @@ Status AuditVerifyCommand(const std::vector<std::string>& files, const config::C
     }
     if (v->intact && v->files.empty() && !v->head_checked) {
       io.out << fmt::format("{}: no audit records yet\n", s->path);
+      anchors.Check(s->path, audit::ChainEnd{}, anchor, io, problems);  // an anchor here: the files were deleted
       continue;
     }
     Report(v.value(), key.key.has_value(), audit::HeadPath(s->path), key.why, io, problems);
+    if (v->intact && v->end) anchors.Check(s->path, *v->end, anchor, io, problems);
   }
   return Problems(problems, io);
 }

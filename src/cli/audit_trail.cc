@@ -8,6 +8,7 @@
 #include <system_error>
 
 #include "audit/event.h"
+#include "core/audit_hooks.h"
 #include "store/store.h"
 #include "util/log.h"
 
@@ -61,7 +62,10 @@ Result<OperatorAudit> OperatorAudit::Open(const config::Config& cfg, std::string
       log::Error("audit head key: {}; the audit files' heads are not signed by this command", key.error().message);
     }
   }
-  auto r = audit::Recorder::Create(cfg.audit, std::move(head_key), /*threaded=*/false);
+  // The file sinks' chain ends are anchored in the store like the module's (audit verify's
+  // rollback check).
+  auto r = audit::Recorder::Create(cfg.audit, std::move(head_key), /*threaded=*/false,
+                                   core::StoreAnchor(cfg.store.path, cfg.store.master_key_file));
   if (!r.ok()) return Err(r.rv(), "{}; {}", r.error().message, consequence);
   a.recorder_ = std::move(r).value();
   return a;

@@ -313,7 +313,7 @@ Status Loader::LoadAudit(const Entry& e, Config& cfg) {
   int line = LineOf(e, 1);
   cfg.audit.configured = true;
   if (e.value.IsNull()) return OkStatus();
-  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e.value, "audit", line, {"sinks", "required", "queue_size", "overflow"}));
+  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e.value, "audit", line, {"sinks", "required", "queue_size", "overflow", "coalesce_seconds"}));
   if (auto it = f.find("required"); it != f.end()) {
     VAULTP11_ASSIGN_OR_RETURN(cfg.audit.required, Bool(it->second, "audit.required"));
   }
@@ -325,6 +325,9 @@ Status Loader::LoadAudit(const Entry& e, Config& cfg) {
     if (cfg.audit.overflow != "block" && cfg.audit.overflow != "drop")
       return Fail(LineOf(it->second, line), "audit.overflow", "must be block or drop");
   }
+  if (auto it = f.find("coalesce_seconds"); it != f.end()) {
+    VAULTP11_ASSIGN_OR_RETURN(cfg.audit.coalesce_seconds, Number(it->second, "audit.coalesce_seconds", 0, 86400));
+  }
   auto sinks = f.find("sinks");
   if (sinks == f.end() || sinks->second.value.IsNull()) return OkStatus();
   VAULTP11_RETURN_IF_ERROR(RequireList(sinks->second.value, "audit.sinks", line));
@@ -335,14 +338,15 @@ Status Loader::LoadAudit(const Entry& e, Config& cfg) {
     const std::string path = Index("audit.sinks", i++);
     const int sline = LineOf(n, line);
     VAULTP11_ASSIGN_OR_RETURN(auto sf, Fields(n, path, sline, {"type", "path", "max_bytes", "daily", "retention_days",
-                                                               "facility", "ident", "socket", "buffer_bytes"}));
+                                                               "max_total_bytes", "facility", "ident", "socket",
+                                                               "buffer_bytes"}));
     AuditSinkConfig sc;
     sc.line = sline;
     auto type = sf.find("type");
     if (type == sf.end()) return Fail(sline, Child(path, "type"), "is required (file, syslog or socket)");
     VAULTP11_ASSIGN_OR_RETURN(sc.type, String(type->second, Child(path, "type")));
     static const std::map<std::string, std::vector<std::string_view>> kKeys = {
-        {"file", {"type", "path", "max_bytes", "daily", "retention_days"}},
+        {"file", {"type", "path", "max_bytes", "daily", "retention_days", "max_total_bytes"}},
         {"syslog", {"type", "facility", "ident", "socket"}},
         {"socket", {"type", "socket", "buffer_bytes"}}};
     auto keys = kKeys.find(sc.type);
@@ -366,6 +370,11 @@ Status Loader::LoadAudit(const Entry& e, Config& cfg) {
     }
     if (auto it = sf.find("retention_days"); it != sf.end()) {
       VAULTP11_ASSIGN_OR_RETURN(sc.retention_days, Number(it->second, Child(path, "retention_days"), 0, 36500));
+    }
+    if (auto it = sf.find("max_total_bytes"); it != sf.end()) {
+      VAULTP11_ASSIGN_OR_RETURN(sc.max_total_bytes, Number(it->second, Child(path, "max_total_bytes"), 0, 1ll << 50));
+      if (sc.max_total_bytes != 0 && sc.max_total_bytes < 4096)
+        return Fail(LineOf(it->second, sline), Child(path, "max_total_bytes"), "must be 0 (no cap) or at least 4096");
     }
     if (auto it = sf.find("facility"); it != sf.end()) {
       VAULTP11_ASSIGN_OR_RETURN(sc.facility, String(it->second, Child(path, "facility")));

@@ -35,6 +35,8 @@ struct AuditSinkConfig {
   uint64_t max_bytes = 100ull << 20;  // rotate before the file would pass this (0: never by size)
   bool daily = true;                  // rotate at the first write of a new UTC day
   int retention_days = 0;             // delete rotated files older than this (0: keep them all)
+  // Delete the oldest rotated files once the sink's files pass this in all (0: no cap).
+  uint64_t max_total_bytes = 1ull << 30;
   // syslog: facility and ident of each message, sent to the syslog daemon's datagram socket.
   std::string facility = "auth";  // auth | authpriv | daemon | user | local0 .. local7
   std::string ident = "vaultp11";
@@ -51,6 +53,9 @@ struct AuditConfig {
   bool required = false;        // a sink that cannot be opened fails C_Initialize
   size_t queue_size = 65536;    // events waiting for the writer thread
   std::string overflow = "block";  // block | drop (a full queue; denials and logins always wait)
+  // Identical denials within this many seconds are written as the first one plus one summary
+  // event with their count (0: every one is written).
+  int coalesce_seconds = 5;
   bool configured = false;      // the section was present
 };
 

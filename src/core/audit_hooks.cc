@@ -1,13 +1,18 @@
 #include "core/audit_hooks.h"
 
 #include <pthread.h>
+#include <sys/stat.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 
+#include "audit/file_sink.h"
 #include "auth/access.h"
 #include "core/token.h"
 #include "model/object.h"
+#include "store/store.h"
 
 namespace vaultp11::core {
 
@@ -24,6 +29,33 @@ void SetAuditRecorder(audit::Recorder* r) {
   g_recorder.store(r, std::memory_order_release);
 }
 audit::Recorder* AuditRecorder() { return g_recorder.load(std::memory_order_acquire); }
+
+namespace {
+store::Store::AuditAnchor ToAnchor(const audit::ChainEnd& e) {
+  return {e.gen_time, e.gen_n, static_cast<int64_t>(e.seq), e.hash};
+}
+}  // namespace
+
+audit::AnchorFn StoreAnchor(store::Store* store) {
+  return [store](const std::string& sink, const audit::ChainEnd& end) -> Status {
+    if (end.seq > static_cast<uint64_t>(INT64_MAX)) return Err(CKR_GENERAL_ERROR, "audit anchor: seq out of range");
+    return store->AdvanceAuditAnchor(sink, ToAnchor(end));
+  };
+}
+
+audit::AnchorFn StoreAnchor(std::string db_path, std::string master_key_path) {
+  // Shared by the sinks' copies of the function; the writer calls them one at a time.
+  auto opened = std::make_shared<std::unique_ptr<store::Store>>();
+  return [=](const std::string& sink, const audit::ChainEnd& end) -> Status {
+    if (end.seq > static_cast<uint64_t>(INT64_MAX)) return Err(CKR_GENERAL_ERROR, "audit anchor: seq out of range");
+    if (!*opened) {
+      struct stat st {};
+      if (stat(db_path.c_str(), &st) != 0 && errno == ENOENT) return OkStatus();  // no store yet: nothing to anchor in
+      VAULTP11_ASSIGN_OR_RETURN(*opened, store::Store::Open(db_path, master_key_path, /*create_if_missing=*/false));
+    }
+    return (*opened)->AdvanceAuditAnchor(sink, ToAnchor(end));
+  };
+}
 
 AuditScope::AuditScope(AuditCall* call) : prev_(t_current) { t_current = call; }
 AuditScope::~AuditScope() { t_current = prev_; }

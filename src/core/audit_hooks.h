@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 
 #include "audit/event.h"
 #include "audit/recorder.h"
@@ -18,6 +19,9 @@
 
 namespace vaultp11::model {
 struct Object;
+}
+namespace vaultp11::store {
+class Store;
 }
 namespace vaultp11::auth {
 struct Grants;
@@ -32,6 +36,13 @@ struct AuditCall {
   audit::Event event;      // event.operation == nullptr: nothing to record
   bool continuing = false;  // this call may end an operation begun by an Init
 };
+
+// The anchors of file sinks (audit::AnchorFn) kept in `store` (Store::AdvanceAuditAnchor),
+// which must outlive the recorder.
+audit::AnchorFn StoreAnchor(store::Store* store);
+// The same for a process that does not hold the store open (the CLI): the store is opened at
+// the first anchor and kept; when its database does not exist yet there is nothing to anchor in.
+audit::AnchorFn StoreAnchor(std::string db_path, std::string master_key_path);
 
 // The recorder of the initialised module (null when auditing is off or before C_Initialize).
 void SetAuditRecorder(audit::Recorder* r);

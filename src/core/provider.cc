@@ -461,7 +461,9 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   // The audit log: its file sinks' heads are MACed with a key derived from the master key.
   if (!p->config_.audit.sinks.empty()) {
     VAULTP11_ASSIGN_OR_RETURN(SecureBytes head_key, p->store_->DeriveKey("audit-head"));
-    VAULTP11_ASSIGN_OR_RETURN(p->audit_, audit::Recorder::Create(p->config_.audit, std::move(head_key), threads));
+    // File sinks anchor their chain's end in the store (audit_hooks.h); it outlives audit_.
+    VAULTP11_ASSIGN_OR_RETURN(p->audit_, audit::Recorder::Create(p->config_.audit, std::move(head_key), threads,
+                                                                 StoreAnchor(p->store_.get())));
     static std::once_flag audit_exit_hook;
     std::call_once(audit_exit_hook, [] { std::atexit(FlushAuditAtExit); });
     SetAuditRecorder(p->audit_.get());

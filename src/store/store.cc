@@ -21,10 +21,13 @@
 #include <utility>
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/kdf.h>
 
 #include "backend/ossl/ossl_backend.h"
 #include "util/log.h"
+#include "util/ossl_ptr.h"
 #include "util/read_all.h"
 #include "util/strings.h"
 
@@ -112,6 +115,9 @@ constexpr const char* kVersionColumnCheckSql =
     "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'version'";
 constexpr const char* kCreatedColumnCheckSql =
     "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'created'";
+// objects.mac (record authentication, see RecordMac), added by ALTER TABLE on the first writable
+// open; the vaults' rows get their MACs right after (AuthenticateVault).
+constexpr const char* kMacColumnCheckSql = "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'mac'";
 
 
 bool IsDeploymentId(std::string_view s) {
@@ -143,14 +149,16 @@ LoginFailures NextLoginFailures(LoginFailures s, int64_t now, int64_t lock_after
   return s;
 }
 
-// The columns ReadObject reads; a read-only store made before objects.version existed reads
-// an empty version instead.
+// The columns ReadObject reads; a read-only store made before objects.version (created, mac)
+// existed reads an empty version (0, no MAC) instead.
 constexpr const char* kObjectColumns =
-    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version, created";
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version, created, mac";
 constexpr const char* kObjectColumnsNoVersion =
-    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, '', 0";
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, '', 0, NULL";
 constexpr const char* kObjectColumnsNoCreated =
-    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version, 0";
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version, 0, NULL";
+constexpr const char* kObjectColumnsNoMac =
+    "id, vault, class, label, ck_id, attributes, secret IS NOT NULL, revision, version, created, NULL";
 
 std::span<const uint8_t> AsBytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
@@ -160,7 +168,75 @@ std::string ObjectAad(const std::string& vault, int64_t id) {
   return "vaultp11-object:" + vault + ":" + std::to_string(id);
 }
 
-std::string DataKeyAad(const std::string& vault) { return "vaultp11-data-key:" + vault; }
+// A data key wrapped with the v2 AAD says "every row of this vault carries a MAC": the fact is
+// sealed by the master key, so nobody without it can turn it off (a database edit, a reset
+// schema number or a dropped column only makes the rows fail). A key wrapped with the v1 AAD
+// is a vault written by an earlier version (no MACs yet); the first writable open upgrades it.
+std::string DataKeyAad(const std::string& vault) { return "vaultp11-data-key-v2:" + vault; }
+std::string LegacyDataKeyAad(const std::string& vault) { return "vaultp11-data-key:" + vault; }
+
+// The key of the vault's record MACs, derived from its data key.
+constexpr std::string_view kRecordMacPurpose = "record-mac";
+constexpr size_t kMacLen = 32;
+
+void AppendField(Bytes& out, std::span<const uint8_t> v) {
+  const uint64_t n = v.size();
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(n >> (8 * i)));
+  out.insert(out.end(), v.begin(), v.end());
+}
+void AppendField(Bytes& out, int64_t v) {
+  uint8_t b[8];
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<uint8_t>(static_cast<uint64_t>(v) >> (8 * (7 - i)));
+  AppendField(out, b);
+}
+
+// HMAC-SHA256 over every column of an object row that the module acts on, each length-prefixed
+// (so no two rows encode alike): vault and row id (a row moved to another id or vault fails),
+// class, label, CKA_ID, the serialized attributes (CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_PRIVATE,
+// a certificate's value, ... all of them), whether a secret is stored, version and creation
+// time. The revision is left out: it only drives change detection. The secret itself is sealed
+// with AES-GCM bound to vault and id (ObjectAad) and never changes for a row.
+using EvpMacPtr = std::unique_ptr<EVP_MAC, OsslDeleter<&EVP_MAC_free>>;
+using EvpMacCtxPtr = std::unique_ptr<EVP_MAC_CTX, OsslDeleter<&EVP_MAC_CTX_free>>;
+
+// An HMAC-SHA256 context keyed with `key`, duplicated for each record (half the cost of keying
+// one per record, which matters when a search reads a whole vault).
+Result<EvpMacCtxPtr> NewRecordMacContext(const SecureBytes& key) {
+  EvpMacPtr hmac(EVP_MAC_fetch(ossl::LibCtx(), "HMAC", nullptr));
+  if (hmac == nullptr) return Err(CKR_FUNCTION_FAILED, "HMAC is not available");
+  EvpMacCtxPtr ctx(EVP_MAC_CTX_new(hmac.get()));
+  if (ctx == nullptr) return Err(CKR_HOST_MEMORY, "HMAC context");
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                         OSSL_PARAM_construct_end()};
+  if (EVP_MAC_init(ctx.get(), key.data(), key.size(), params) != 1)
+    return Err(CKR_FUNCTION_FAILED, "HMAC-SHA256 key setup failed");
+  return ctx;
+}
+
+Result<Bytes> RecordMac(const EVP_MAC_CTX* keyed, const ObjectRecord& r) {
+  static constexpr std::string_view kContext = "vaultp11-object-record-v1";
+  Bytes msg;
+  msg.reserve(128 + r.vault.size() + r.label.size() + r.ck_id.size() + r.attributes.size() + r.version.size());
+  AppendField(msg, AsBytes(kContext));
+  AppendField(msg, AsBytes(r.vault));
+  AppendField(msg, r.id);
+  AppendField(msg, static_cast<int64_t>(r.object_class));
+  AppendField(msg, AsBytes(r.label));
+  AppendField(msg, r.ck_id);
+  AppendField(msg, r.attributes);
+  AppendField(msg, static_cast<int64_t>(r.has_secret ? 1 : 0));
+  AppendField(msg, AsBytes(r.version));
+  AppendField(msg, r.created);
+  EvpMacCtxPtr ctx(EVP_MAC_CTX_dup(keyed));
+  Bytes mac(EVP_MAX_MD_SIZE);
+  size_t n = 0;
+  if (ctx == nullptr || EVP_MAC_update(ctx.get(), msg.data(), msg.size()) != 1 ||
+      EVP_MAC_final(ctx.get(), mac.data(), &n, mac.size()) != 1 || n != kMacLen)
+    return Err(CKR_FUNCTION_FAILED, "HMAC-SHA256 failed");
+  mac.resize(n);
+  return mac;
+}
 
 // Error for a failed SQLite call; `what` says what was being done. Never includes bound values.
 Error SqlError(sqlite3* db, int rc, const std::string& path, std::string_view what) {
@@ -227,8 +303,8 @@ class Stmt {
   sqlite3_stmt* s_;
 };
 
-// Reads the row selected with kObjectColumns.
-ObjectRecord ReadObject(Stmt& st) {
+// Reads the row selected with kObjectColumns (its MAC into `mac`, empty when none).
+ObjectRecord ReadObject(Stmt& st, Bytes* mac = nullptr) {
   ObjectRecord r;
   r.id = st.Int(0);
   r.vault = st.Text(1);
@@ -240,6 +316,7 @@ ObjectRecord ReadObject(Stmt& st) {
   r.revision = st.Int(7);
   r.version = st.Text(8);
   r.created = st.Int(9);
+  if (mac != nullptr) *mac = st.IsNull(10) ? Bytes() : st.Blob(10);
   return r;
 }
 
@@ -262,10 +339,27 @@ Result<SecureBytes> ReadMasterKey(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);  // may be a symlink (e.g. a mounted secret)
   if (fd < 0)
     return Err(CKR_DEVICE_ERROR, "cannot open master key file {}: {}", path, strerror(errno));
+  // Refused, not warned about (as ssh refuses a private key): anyone else who can read the
+  // file can decrypt every vault, anyone who can write it can replace the key.
   struct stat st {};
-  if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
-    log::Warning("master key file {} is accessible by group or others (mode {:o})", path,
-                 st.st_mode & 0777);
+  if (fstat(fd, &st) != 0) {
+    const int e = errno;
+    close(fd);
+    return Err(CKR_DEVICE_ERROR, "cannot stat master key file {}: {}", path, strerror(e));
+  }
+  if ((st.st_mode & 066) != 0) {
+    close(fd);
+    return Err(CKR_DEVICE_ERROR,
+               "refusing master key file {}: mode {:04o}: must not be readable or writable by group or others "
+               "(chmod 600 {})",
+               path, st.st_mode & 07777, path);
+  }
+  if (st.st_uid != geteuid()) {
+    close(fd);
+    return Err(CKR_DEVICE_ERROR,
+               "refusing master key file {}: owned by uid {}, not by this process's user (uid {}) (chown {} {})",
+               path, st.st_uid, geteuid(), geteuid(), path);
+  }
   SecureBytes key(kKeyLen + 1);  // one spare byte detects a file that is too long
   const int e = ReadUpTo(fd, key);
   close(fd);
@@ -427,11 +521,19 @@ Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_pat
 }
 
 struct Store::Impl {
+  // A vault's data key, the key of its record MACs, and whether its rows carry MACs (a
+  // v2-wrapped data key; see DataKeyAad).
+  struct VaultKeys {
+    SecureBytes data;
+    EvpMacCtxPtr mac;  // keyed with the record MAC key
+    bool authenticated = false;
+  };
   sqlite3* db = nullptr;
   std::string path;
   std::string master_key_path;
   std::map<std::string, sqlite3_stmt*, std::less<>> statements;
-  std::map<std::string, SecureBytes, std::less<>> data_keys;  // unwrapped, per vault
+  const SecureBytes* master_key = nullptr;                    // the Store's (set once read)
+  std::map<std::string, VaultKeys, std::less<>> vault_keys;    // unwrapped, per vault
   std::string deployment_id;                                  // cached once read (it never changes)
   const char* object_columns = kObjectColumns;
   const char* live_filter = kLiveFilter;  // "" on a read-only store made before soft-delete
@@ -510,10 +612,11 @@ struct Store::Impl {
     return Fail(rc, "looking up a vault");
   }
 
-  // The vault's unwrapped data key (cached after first use).
-  Result<const SecureBytes*> DataKey(const std::string& vault, const SecureBytes& master_key) {
-    auto it = data_keys.find(vault);
-    if (it != data_keys.end()) return &it->second;
+  // The vault's unwrapped data key (cached after first use), with its record MAC key and
+  // whether its rows carry MACs.
+  Result<const VaultKeys*> Keys(const std::string& vault) {
+    auto it = vault_keys.find(vault);
+    if (it != vault_keys.end()) return &it->second;
     VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
                               Prepare("SELECT wrapped_data_key FROM vaults WHERE name = ?"));
     Bytes wrapped;
@@ -527,15 +630,173 @@ struct Store::Impl {
       if (rc != SQLITE_ROW) return Fail(rc, "reading a vault's data key");
       wrapped = st.Blob(0);
     }
-    std::string aad = DataKeyAad(vault);
-    auto key = ossl::OpenAesGcm(master_key, wrapped, AsBytes(aad));
+    VAULTP11_ASSIGN_OR_RETURN(VaultKeys keys, Unwrap(vault, wrapped));
+    if (!keys.authenticated)
+      log::Warning("vault '{}' in {} was written by an earlier version: its records are not authenticated until "
+                   "the database is opened writable once",
+                   vault, path);
+    auto [pos, inserted] = vault_keys.emplace(vault, std::move(keys));
+    return &pos->second;
+  }
+  Result<const SecureBytes*> DataKey(const std::string& vault) {
+    VAULTP11_ASSIGN_OR_RETURN(const VaultKeys* k, Keys(vault));
+    return &k->data;
+  }
+
+  // Opens a wrapped data key: the v2 AAD (rows authenticated), else the v1 one (a vault of an
+  // earlier version).
+  Result<VaultKeys> Unwrap(const std::string& vault, const Bytes& wrapped) {
+    VaultKeys keys;
+    auto key = ossl::OpenAesGcm(*master_key, wrapped, AsBytes(DataKeyAad(vault)));
+    keys.authenticated = key.ok();
+    if (!key.ok()) key = ossl::OpenAesGcm(*master_key, wrapped, AsBytes(LegacyDataKeyAad(vault)));
     if (!key.ok() || key->size() != kKeyLen)
       return Err(CKR_DEVICE_ERROR,
                  "data key of vault '{}' in {} failed authentication (wrong master key file {}, or "
                  "tampered database)",
                  vault, path, master_key_path);
-    auto [pos, inserted] = data_keys.emplace(vault, std::move(key).value());
-    return &pos->second;
+    keys.data = std::move(key).value();
+    VAULTP11_RETURN_IF_ERROR(SetMacKey(keys));
+    return keys;
+  }
+  static Status SetMacKey(VaultKeys& keys) {
+    VAULTP11_ASSIGN_OR_RETURN(SecureBytes mac_key, store::DeriveKey(keys.data, kRecordMacPurpose));
+    VAULTP11_ASSIGN_OR_RETURN(keys.mac, NewRecordMacContext(mac_key));
+    return OkStatus();
+  }
+
+  // Checks a row read with object_columns (`mac` its stored MAC) before anything uses it. A
+  // row of an authenticated vault whose MAC is missing or wrong (an attribute flipped, a blob
+  // swapped with another row's, a row moved to another id or vault) is CKR_DEVICE_ERROR,
+  // logged with vault and row: the caller gets none of the rows it asked for.
+  Status CheckRow(const ObjectRecord& r, const Bytes& mac) {
+    auto keys = Keys(r.vault);
+    if (!keys.ok()) {
+      // A row naming a vault without a data key (its vault column changed) is no vault's.
+      if (keys.rv() == CKR_GENERAL_ERROR) return RowFailed(r);
+      return keys.error();
+    }
+    if (!(*keys)->authenticated) return OkStatus();
+    VAULTP11_ASSIGN_OR_RETURN(Bytes expect, RecordMac((*keys)->mac.get(), r));
+    if (mac.size() == expect.size() && ConstantTimeEqual(mac, expect)) return OkStatus();
+    return RowFailed(r);
+  }
+  Error RowFailed(const ObjectRecord& r) {
+    log::Error("object {} of vault '{}' in {} failed authentication: the record was changed outside vaultp11 "
+               "(tampered database); refusing it",
+               r.id, r.vault, path);
+    return Err(CKR_DEVICE_ERROR, "object {} of vault '{}' in {} failed authentication (tampered database)", r.id,
+               r.vault, path);
+  }
+
+  // Inside a transaction: stores the MAC of row `r` (as it is now in the table).
+  Status WriteMac(const ObjectRecord& r) {
+    VAULTP11_ASSIGN_OR_RETURN(const VaultKeys* keys, Keys(r.vault));
+    if (!keys->authenticated) return OkStatus();  // an earlier version's vault on a read-only store
+    VAULTP11_ASSIGN_OR_RETURN(Bytes mac, RecordMac(keys->mac.get(), r));
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("UPDATE objects SET mac = ? WHERE id = ?"));
+    Stmt st(s);
+    st.BindBlob(1, mac);
+    st.Bind(2, r.id);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return Fail(rc, "authenticating an object");
+    return OkStatus();
+  }
+
+  // On a writable open, once the master key is known: upgrades every vault written by an
+  // earlier version (AuthenticateVault) and caches the keys of the others. A data key that does
+  // not open (a wrong master key file) is left for its first use to report.
+  Status AuthenticateVaults() {
+    std::vector<std::pair<std::string, Bytes>> vaults;
+    {
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT name, wrapped_data_key FROM vaults ORDER BY name"));
+      Stmt st(s);
+      int rc;
+      while ((rc = st.Step()) == SQLITE_ROW) vaults.emplace_back(st.Text(0), st.Blob(1));
+      if (rc != SQLITE_DONE) return Fail(rc, "listing vaults");
+    }
+    for (const auto& [name, wrapped] : vaults) {
+      auto keys = Unwrap(name, wrapped);
+      if (!keys.ok()) continue;
+      if (keys->authenticated)
+        vault_keys.emplace(name, std::move(keys).value());
+      else
+        VAULTP11_RETURN_IF_ERROR(AuthenticateVault(name));
+    }
+    return OkStatus();
+  }
+
+  // Upgrades a vault written by an earlier version (v1-wrapped data key, rows without MACs), in
+  // one transaction: a fresh data key, every secret opened with the old key and sealed with the
+  // new one, every row MACed, the new key wrapped with the v2 AAD. A secret that does not open
+  // fails the upgrade (CKR_DEVICE_ERROR, nothing changed): so an old wrapped key put back into
+  // an upgraded database (whose secrets are sealed under the new key) cannot get its rows
+  // re-MACed. Another process that upgraded first: nothing to do.
+  Status AuthenticateVault(const std::string& vault) {
+    return Transaction("authenticating a vault's records", [&]() -> Status {
+      Bytes wrapped;
+      {
+        VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT wrapped_data_key FROM vaults WHERE name = ?"));
+        Stmt st(s);
+        st.Bind(1, vault);
+        int rc = st.Step();
+        if (rc == SQLITE_DONE) return OkStatus();
+        if (rc != SQLITE_ROW) return Fail(rc, "reading a vault's data key");
+        wrapped = st.Blob(0);
+      }
+      VAULTP11_ASSIGN_OR_RETURN(VaultKeys old_keys, Unwrap(vault, wrapped));
+      if (old_keys.authenticated) return OkStatus();
+      VaultKeys keys;
+      keys.authenticated = true;
+      keys.data = SecureBytes(kKeyLen);
+      VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(keys.data));
+      VAULTP11_RETURN_IF_ERROR(SetMacKey(keys));
+      std::vector<std::pair<ObjectRecord, Bytes>> rows;  // each with its sealed secret
+      {
+        VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare(std::string("SELECT ") + object_columns +
+                                                            ", secret FROM objects WHERE vault = ? ORDER BY id"));
+        Stmt st(s);
+        st.Bind(1, vault);
+        int rc;
+        while ((rc = st.Step()) == SQLITE_ROW) rows.emplace_back(ReadObject(st), st.IsNull(11) ? Bytes() : st.Blob(11));
+        if (rc != SQLITE_DONE) return Fail(rc, "reading a vault's records");
+      }
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * u, Prepare("UPDATE objects SET secret = ?, mac = ? WHERE id = ?"));
+      for (auto& [r, sealed] : rows) {
+        Stmt st(u);
+        if (r.has_secret) {
+          const std::string aad = ObjectAad(vault, r.id);
+          auto plain = ossl::OpenAesGcm(old_keys.data, sealed, AsBytes(aad));
+          if (!plain.ok()) {
+            log::Error("vault '{}' in {}: the secret of object {} failed authentication; its records cannot be "
+                       "authenticated (tampered database)",
+                       vault, path, r.id);
+            return Err(CKR_DEVICE_ERROR,
+                       "vault '{}' in {}: the secret of object {} failed authentication while authenticating the "
+                       "vault's records (tampered database)",
+                       vault, path, r.id);
+          }
+          VAULTP11_ASSIGN_OR_RETURN(sealed, ossl::SealAesGcm(keys.data, *plain, AsBytes(aad)));
+          st.BindBlob(1, sealed);
+        }
+        VAULTP11_ASSIGN_OR_RETURN(Bytes mac, RecordMac(keys.mac.get(), r));
+        st.BindBlob(2, mac);
+        st.Bind(3, r.id);
+        int rc = st.Step();
+        if (rc != SQLITE_DONE) return Fail(rc, "authenticating a vault's records");
+      }
+      VAULTP11_ASSIGN_OR_RETURN(Bytes rewrapped, ossl::SealAesGcm(*master_key, keys.data, AsBytes(DataKeyAad(vault))));
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * w, Prepare("UPDATE vaults SET wrapped_data_key = ? WHERE name = ?"));
+      Stmt st(w);
+      st.BindBlob(1, rewrapped);
+      st.Bind(2, vault);
+      int rc = st.Step();
+      if (rc != SQLITE_DONE) return Fail(rc, "authenticating a vault's records");
+      vault_keys.erase(vault);
+      log::Info("vault '{}' in {}: {} records authenticated (upgrade from an earlier version)", vault, path,
+                rows.size());
+      return OkStatus();
+    });
   }
 
   // Creates the tables when the schema is missing (user_version 0).
@@ -575,6 +836,13 @@ struct Store::Impl {
     if (have_policies != 2)
       VAULTP11_RETURN_IF_ERROR(Transaction("adding item policies", [&]() -> Status {
         return Exec(kPoliciesSql, "adding item policies");
+      }));
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_mac, QueryInt(kMacColumnCheckSql, "looking for record MACs"));
+    if (have_mac == 0)
+      VAULTP11_RETURN_IF_ERROR(Transaction("adding record MACs", [&]() -> Status {
+        VAULTP11_ASSIGN_OR_RETURN(int64_t again, QueryInt(kMacColumnCheckSql, "looking for record MACs"));
+        if (again != 0) return OkStatus();  // another process added it meanwhile
+        return Exec("ALTER TABLE objects ADD COLUMN mac BLOB NULL", "adding record MACs");
       }));
     return OkStatus();
   }
@@ -621,7 +889,11 @@ struct Store::Impl {
     bind(st);
     std::vector<ObjectRecord> out;
     int rc;
-    while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ReadObject(st));
+    Bytes mac;
+    while ((rc = st.Step()) == SQLITE_ROW) {
+      out.push_back(ReadObject(st, &mac));
+      VAULTP11_RETURN_IF_ERROR(CheckRow(out.back(), mac));
+    }
     if (rc != SQLITE_DONE) return Fail(rc, what);
     return out;
   }
@@ -666,7 +938,7 @@ struct Store::Impl {
     record.id = id;
     record.revision = rev;
     record.has_secret = !secret.empty();
-    return OkStatus();
+    return WriteMac(record);  // the MAC covers the id, known only now
   }
 
   // Inside a transaction: records tombstones at revision `rev` for the rows `ids` of `vault`
@@ -779,16 +1051,23 @@ struct Store::Impl {
 
   // Inside a transaction: the rows labelled `label` in `vault`, newest first (`except` left out).
   Result<std::vector<ItemRow>> ItemRows(const std::string& vault, const std::string& label, int64_t except = 0) {
-    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare("SELECT id, class, ck_id, version, created FROM objects "
-                                                        "WHERE vault = ? AND label = ? AND id != ? ORDER BY id DESC"));
+    // Whole rows, checked like every row the store hands out: the name rules and VersionsOf act
+    // on versions, classes and ids.
+    VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, Prepare(std::string("SELECT ") + object_columns +
+                                                        " FROM objects WHERE vault = ? AND label = ? AND id != ? "
+                                                        "ORDER BY id DESC"));
     Stmt st(s);
     st.Bind(1, vault);
     st.Bind(2, label);
     st.Bind(3, except);
     std::vector<ItemRow> rows;
     int rc;
-    while ((rc = st.Step()) == SQLITE_ROW)
-      rows.push_back(ItemRow{st.Int(0), static_cast<CK_OBJECT_CLASS>(st.Int(1)), st.Blob(2), st.Text(3), st.Int(4)});
+    Bytes mac;
+    while ((rc = st.Step()) == SQLITE_ROW) {
+      ObjectRecord r = ReadObject(st, &mac);
+      VAULTP11_RETURN_IF_ERROR(CheckRow(r, mac));
+      rows.push_back(ItemRow{r.id, r.object_class, std::move(r.ck_id), std::move(r.version), r.created});
+    }
     if (rc != SQLITE_DONE) return Fail(rc, "reading an item's versions");
     return rows;
   }
@@ -916,10 +1195,13 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& db_path,
     VAULTP11_RETURN_IF_ERROR(impl.CheckVersion(version));
     VAULTP11_ASSIGN_OR_RETURN(int64_t have_version, impl.QueryInt(kVersionColumnCheckSql, "looking for object versions"));
     VAULTP11_ASSIGN_OR_RETURN(int64_t have_created, impl.QueryInt(kCreatedColumnCheckSql, "looking for creation times"));
+    VAULTP11_ASSIGN_OR_RETURN(int64_t have_mac, impl.QueryInt(kMacColumnCheckSql, "looking for record MACs"));
     if (have_version == 0)
       impl.object_columns = kObjectColumnsNoVersion;
     else if (have_created == 0)
       impl.object_columns = kObjectColumnsNoCreated;
+    else if (have_mac == 0)
+      impl.object_columns = kObjectColumnsNoMac;
     VAULTP11_ASSIGN_OR_RETURN(int64_t have_deleted, impl.QueryInt(kDeletedItemsCheckSql, "looking for deleted items"));
     if (have_deleted == 0) impl.live_filter = "";
   } else {
@@ -965,6 +1247,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& db_path,
                  db_path);
     VAULTP11_ASSIGN_OR_RETURN(store->master_key_, CreateOrReadMasterKey(master_key_path));
   }
+  impl.master_key = &store->master_key_;
+  if (!store->read_only_) VAULTP11_RETURN_IF_ERROR(impl.AuthenticateVaults());
   return store;
 }
 
@@ -1032,7 +1316,7 @@ Result<std::vector<ObjectRecord>> Store::InsertVersion(std::vector<ObjectRecord>
   if (!label.empty() && version.empty()) {
     VAULTP11_ASSIGN_OR_RETURN(version, NewVersionId());
   }
-  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault, master_key_));
+  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault));
   const int64_t now = time(nullptr);
   Status s = impl_->Transaction("inserting an object", [&]() -> Status {
     if (!label.empty()) {
@@ -1105,7 +1389,7 @@ Result<std::vector<ObjectRecord>> Store::InsertItem(std::vector<ObjectRecord> re
   for (const auto& r : records)
     if (r.vault != vault || r.label != label || r.label.empty() || r.version.empty())
       return Err(CKR_GENERAL_ERROR, "InsertItem: records of one named item, each with its version");
-  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault, master_key_));
+  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault));
   Status s = impl_->Transaction("inserting an item", [&]() -> Status {
     VAULTP11_RETURN_IF_ERROR(impl_->RefuseDeletedName(vault, label));
     VAULTP11_ASSIGN_OR_RETURN(auto rows, impl_->ItemRows(vault, label));
@@ -1129,20 +1413,23 @@ Result<std::string> Store::Update(int64_t id, const std::string& label, const By
                path_);
   std::string version;
   Status s = impl_->Transaction("updating an object", [&]() -> Status {
-    std::string vault, old_label;
-    CK_OBJECT_CLASS cls;
+    ObjectRecord row;
     {
-      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, impl_->Prepare("SELECT vault, label, class, version FROM objects WHERE id = ?"));
+      // The whole row, checked: a new MAC must never cover a tampered class or creation time.
+      VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s, impl_->Prepare(std::string("SELECT ") + impl_->object_columns +
+                                                                 " FROM objects WHERE id = ?"));
       Stmt st(s);
       st.Bind(1, id);
       int rc = st.Step();
       if (rc == SQLITE_DONE) return Err(CKR_OBJECT_HANDLE_INVALID, "no object with id {} in {}", id, path_);
       if (rc != SQLITE_ROW) return impl_->Fail(rc, "updating an object");
-      vault = st.Text(0);
-      old_label = st.Text(1);
-      cls = static_cast<CK_OBJECT_CLASS>(st.Int(2));
-      version = st.Text(3);
+      Bytes mac;
+      row = ReadObject(st, &mac);
+      VAULTP11_RETURN_IF_ERROR(impl_->CheckRow(row, mac));
     }
+    const std::string vault = row.vault, old_label = row.label;
+    const CK_OBJECT_CLASS cls = row.object_class;
+    version = row.version;
     VAULTP11_ASSIGN_OR_RETURN(auto hidden, impl_->DeletedPurgeAfter(vault, old_label));
     if (hidden) return Err(CKR_OBJECT_HANDLE_INVALID, "object {} belongs to a deleted item", id);
     if (label.empty()) {
@@ -1176,7 +1463,11 @@ Result<std::string> Store::Update(int64_t id, const std::string& label, const By
     st.Bind(6, id);
     int rc = st.Step();
     if (rc != SQLITE_DONE) return impl_->Fail(rc, "updating an object");
-    return OkStatus();
+    row.label = label;
+    row.ck_id = ck_id;
+    row.attributes = attributes;
+    row.version = version;
+    return impl_->WriteMac(row);
   });
   if (!s.ok()) return s.error();
   return version;
@@ -1482,7 +1773,7 @@ Result<SecureBytes> Store::LoadSecret(int64_t id) {
     if (has_secret) sealed = st.Blob(1);
   }
   if (!has_secret) return SecureBytes();  // public object: nothing stored
-  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault, master_key_));
+  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes* data_key, impl_->DataKey(vault));
   std::string aad = ObjectAad(vault, id);
   auto plain = ossl::OpenAesGcm(*data_key, sealed, AsBytes(aad));
   if (!plain.ok())
@@ -1670,6 +1961,109 @@ Status Store::ForgiveLoginFailure(std::string_view principal) {
     if (rc != SQLITE_DONE) return impl_->Fail(rc, "forgiving a failed login");
     return OkStatus();
   });
+}
+
+// ---- Audit anchors ---------------------------------------------------------------------------
+
+namespace {
+
+// Its own table, created by the first anchor (a read-only store, or one no writer anchored
+// yet, simply has none).
+constexpr const char* kAuditAnchorsSql = R"sql(
+CREATE TABLE IF NOT EXISTS audit_anchors(
+  sink TEXT PRIMARY KEY,
+  gen_time INTEGER NOT NULL,
+  gen_n INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  hash TEXT NOT NULL,
+  mac TEXT NOT NULL);
+)sql";
+constexpr char kAuditAnchorMacContext[] = "vaultp11 audit anchor v1\n";
+
+bool IsHexHash(std::string_view s) {
+  return s.size() == 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// Hex HMAC-SHA256 over the position and the sink (last: the numbers and the hex hash hold no
+// newline, so the message is unambiguous); "" when HMAC fails (never equal to a stored MAC).
+std::string AuditAnchorMac(const SecureBytes& key, const std::string& sink, const Store::AuditAnchor& a) {
+  const std::string msg = fmt::format("{}{}\n{}\n{}\n{}\n{}", kAuditAnchorMacContext, a.gen_time, a.gen_n, a.seq,
+                                      a.hash, sink);
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  size_t n = 0;
+  if (EVP_Q_mac(ossl::LibCtx(), "HMAC", nullptr, "SHA256", nullptr, key.data(), key.size(),
+                reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), mac, sizeof(mac), &n) == nullptr)
+    return "";
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (size_t i = 0; i < n; ++i) {
+    hex += kHex[mac[i] >> 4];
+    hex += kHex[mac[i] & 0xf];
+  }
+  OPENSSL_cleanse(mac, sizeof(mac));
+  return hex;
+}
+
+}  // namespace
+
+Status Store::AdvanceAuditAnchor(const std::string& sink, const AuditAnchor& anchor) {
+  if (!IsHexHash(anchor.hash) || anchor.gen_time < 0 || anchor.gen_n < 0 || anchor.seq < 0)
+    return Err(CKR_ARGUMENTS_BAD, "audit anchor for {}: not a chain position", sink);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (read_only_)
+    return Err(CKR_TOKEN_WRITE_PROTECTED, "cannot record the audit anchor of {}: database {} is read-only", sink,
+               path_);
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, store::DeriveKey(master_key_, "audit-anchor"));
+  const std::string mac = AuditAnchorMac(key, sink, anchor);
+  if (mac.empty()) return Err(CKR_FUNCTION_FAILED, "audit anchor for {}: cannot compute its MAC", sink);
+  return impl_->Transaction("recording an audit anchor", [&]() -> Status {
+    VAULTP11_RETURN_IF_ERROR(impl_->Exec(kAuditAnchorsSql, "creating the audit anchors"));
+    // Only forwards: a writer that sealed an older position (another process got further
+    // meanwhile) leaves the row alone.
+    VAULTP11_ASSIGN_OR_RETURN(
+        sqlite3_stmt * s,
+        impl_->Prepare("INSERT INTO audit_anchors(sink, gen_time, gen_n, seq, hash, mac) VALUES(?1, ?2, ?3, ?4, ?5, ?6) "
+                       "ON CONFLICT(sink) DO UPDATE SET gen_time = excluded.gen_time, gen_n = excluded.gen_n, "
+                       "seq = excluded.seq, hash = excluded.hash, mac = excluded.mac "
+                       "WHERE (excluded.gen_time, excluded.gen_n, excluded.seq) > "
+                       "(audit_anchors.gen_time, audit_anchors.gen_n, audit_anchors.seq)"));
+    Stmt st(s);
+    st.Bind(1, sink);
+    st.Bind(2, anchor.gen_time);
+    st.Bind(3, anchor.gen_n);
+    st.Bind(4, anchor.seq);
+    st.Bind(5, anchor.hash);
+    st.Bind(6, mac);
+    int rc = st.Step();
+    if (rc != SQLITE_DONE) return impl_->Fail(rc, "recording an audit anchor");
+    return OkStatus();
+  });
+}
+
+Result<std::optional<Store::AuditAnchor>> Store::GetAuditAnchor(const std::string& sink) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VAULTP11_ASSIGN_OR_RETURN(
+      int64_t have, impl_->QueryInt("SELECT count(*) FROM sqlite_master WHERE name = 'audit_anchors'",
+                                    "looking for audit anchors"));
+  if (have == 0) return std::optional<AuditAnchor>();
+  VAULTP11_ASSIGN_OR_RETURN(sqlite3_stmt * s,
+                            impl_->Prepare("SELECT gen_time, gen_n, seq, hash, mac FROM audit_anchors WHERE sink = ?"));
+  Stmt st(s);
+  st.Bind(1, sink);
+  int rc = st.Step();
+  if (rc == SQLITE_DONE) return std::optional<AuditAnchor>();
+  if (rc != SQLITE_ROW) return impl_->Fail(rc, "reading an audit anchor");
+  AuditAnchor a{st.Int(0), st.Int(1), st.Int(2), st.Text(3)};
+  const std::string stored = st.Text(4);
+  VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, store::DeriveKey(master_key_, "audit-anchor"));
+  const std::string expect = AuditAnchorMac(key, sink, a);
+  if (expect.empty() || !ConstantTimeEqual(AsBytes(expect), AsBytes(stored)))
+    return Err(CKR_DEVICE_ERROR,
+               "the audit anchor of {} in {} does not match its MAC (the row was edited, or written under another "
+               "master key)",
+               sink, path_);
+  return std::optional<AuditAnchor>(std::move(a));
 }
 
 }  // namespace vaultp11::store

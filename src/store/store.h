@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -261,6 +262,29 @@ class Store {
   // attempt first, so parallel attempts cannot outrun the limit) when the check failed for a
   // reason that says nothing about the credential (a store or file error).
   Status ForgiveLoginFailure(std::string_view principal);
+
+  // ---- Audit anchors --------------------------------------------------------------------
+  // Where an audit file sink's chain ended when it was last sealed (audit/file_sink.h): kept
+  // here, outside the log, so that `vaultp11 audit verify` recognises an older log (with its
+  // older head) put back. One row per sink path, in its own table (audit_anchors, created on
+  // the first anchor), MACed with DeriveKey("audit-anchor") so that an edited row is detected.
+  // Positions order by (gen_time, gen_n, seq): the newest rotated file before the current
+  // one (its name's time and N; 0 and 0 when there is none), then the current file's seq.
+  struct AuditAnchor {
+    int64_t gen_time = 0;
+    int64_t gen_n = 0;
+    int64_t seq = 0;
+    std::string hash;  // of the record at seq (64 lowercase hex digits)
+    bool operator==(const AuditAnchor&) const = default;
+  };
+  // Records `anchor` for `sink` unless the row is already at that position or past it (one
+  // UPSERT: a row never moves backwards, whichever process writes last). A hash that is not 64
+  // hex digits or a negative position is CKR_ARGUMENTS_BAD; a read-only store
+  // CKR_TOKEN_WRITE_PROTECTED.
+  Status AdvanceAuditAnchor(const std::string& sink, const AuditAnchor& anchor);
+  // The anchor of `sink`; nullopt when none was ever recorded. A row whose MAC does not match
+  // (edited, or written under another master key) is CKR_DEVICE_ERROR naming the sink.
+  Result<std::optional<AuditAnchor>> GetAuditAnchor(const std::string& sink);
 
  private:
   Store() = default;

@@ -2,6 +2,7 @@
 // (path in $VAULTP11_CLI, set by tests/cli/meson.build) run as a child process in a temp dir.
 #include <fcntl.h>
 #include <pwd.h>
+#include <sqlite3.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -881,6 +883,109 @@ TEST_F(AuditCliTest, PurgeDeletesRotatedFilesBeforeTheDate) {
   EXPECT_THAT(purges[2]["resultDescription"].get<std::string>(), HasSubstr("is not a file sink"));
   EXPECT_EQ(purges[2]["properties"]["deleted"], nlohmann::json::array());
   EXPECT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "verify"}).exit_code, kExitOk);
+}
+
+// ---- audit rollback: the store's anchor (issue 16, item 7) -----------------------------------
+// A chain and its signed head copied aside and put back later are intact in themselves; the
+// anchor each writer records in the store (store.h AuditAnchor, audit/file_sink.h ChainEnd)
+// shows they are old. Each `audit purge` writes its AuditPurge event (and AuditSinkFailed for
+// the syslog sink, which has no daemon here) through the CLI's own recorder, which anchors
+// when it closes.
+
+void CopyOver(const std::string& from, const std::string& to) {
+  std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing);
+}
+
+// kAuditConfig without size rotation: everything stays in the current file.
+void OneFileConfig(const TempDir& dir) {
+  std::string cfg = kAuditConfig;
+  cfg.replace(cfg.find("max_bytes: 4096"), std::strlen("max_bytes: 4096"), "max_bytes: 0");
+  WriteFile(dir.file("vp.yaml"), cfg);
+}
+
+TEST_F(AuditCliTest, VerifyReportsALogPutBackFromAnOlderCopy) {
+  OneFileConfig(dir);
+  for (int i = 0; i < 2; ++i)
+    ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-01-01"}).exit_code, kExitOk);
+  const size_t old_records = RecordsOf(log).size();
+  Outcome ok = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  ASSERT_EQ(ok.exit_code, kExitOk) << ok.err;
+  EXPECT_THAT(ok.out, HasSubstr(fmt::format("{}: anchor reached (the store's anchor is at record {})", log, old_records)));
+  CopyOver(log, dir.file("old.log"));
+  CopyOver(audit::HeadPath(log), dir.file("old.log.head"));
+  for (int i = 0; i < 2; ++i)
+    ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-01-01"}).exit_code, kExitOk);
+  const size_t new_records = RecordsOf(log).size();
+  ASSERT_GT(new_records, old_records);
+  // The older copy put back, head and all: the chain and the head alone still look intact ...
+  CopyOver(dir.file("old.log"), log);
+  CopyOver(dir.file("old.log.head"), audit::HeadPath(log));
+  auto key = store::DeriveKeyFromMasterKeyFile(dir.file("data/store.db.masterkey"), "audit-head");
+  ASSERT_OK(key.status());
+  ASSERT_OK_AND_ASSIGN(audit::ChainVerdict alone, audit::VerifySink(log, &key.value()));
+  EXPECT_TRUE(alone.intact) << alone.problem;
+  EXPECT_TRUE(alone.head_checked);
+  // ... but the anchor says the log had gone further.
+  Outcome rolled = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(rolled.exit_code, kExitFailed) << rolled.out;
+  EXPECT_THAT(rolled.err, HasSubstr(fmt::format("rollback: the log ends at record {} of the current file", old_records)));
+  EXPECT_THAT(rolled.err, HasSubstr(fmt::format("reached record {} of the current file", new_records)));
+}
+
+TEST_F(AuditCliTest, VerifyReportsARollbackAcrossRotationsWithTheNewerFilesDeleted) {
+  // max_bytes 4096: a few purge events rotate the file. The copy put back is from before any
+  // rotation; the rotated files it would not continue are deleted as well, so the chain
+  // itself is whole again.
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-01-01"}).exit_code, kExitOk);
+  const size_t old_records = RecordsOf(log).size();
+  CopyOver(log, dir.file("old.log"));
+  CopyOver(audit::HeadPath(log), dir.file("old.log.head"));
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-01-01"}).exit_code, kExitOk);
+    ASSERT_OK_AND_ASSIGN(std::vector<std::string> files, audit::ChainFiles(log));
+    if (files.size() >= 3) break;
+  }
+  ASSERT_OK_AND_ASSIGN(std::vector<audit::RotatedFile> rotated, audit::RotatedFiles(log));
+  ASSERT_GE(rotated.size(), 2u);
+  for (const audit::RotatedFile& r : rotated) std::filesystem::remove(r.path);
+  CopyOver(dir.file("old.log"), log);
+  CopyOver(dir.file("old.log.head"), audit::HeadPath(log));
+  Outcome rolled = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(rolled.exit_code, kExitFailed) << rolled.out;
+  EXPECT_THAT(rolled.out, HasSubstr(fmt::format("{}: {} records, chain intact", log, old_records)));
+  EXPECT_THAT(rolled.err, HasSubstr(fmt::format("rollback: the log ends at record {} of the current file (no rotation "
+                                                "before it)",
+                                                old_records)));
+  EXPECT_THAT(rolled.err, HasSubstr("continuing " + std::filesystem::path(rotated.back().path).filename().string()));
+}
+
+TEST_F(AuditCliTest, VerifyDetectsAnEditedAnchorRow) {
+  OneFileConfig(dir);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-01-01"}).exit_code, kExitOk);
+  CopyOver(log, dir.file("old.log"));
+  CopyOver(audit::HeadPath(log), dir.file("old.log.head"));
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "purge", "--before", "2026-01-01"}).exit_code, kExitOk);
+  CopyOver(dir.file("old.log"), log);
+  CopyOver(dir.file("old.log.head"), audit::HeadPath(log));
+  // Whoever put the old copy back moves the anchor back to match it: the row's MAC (under a
+  // key derived from the master key, which the row does not hold) no longer matches.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(dir.file("data/store.db").c_str(), &db), SQLITE_OK);
+  char* error = nullptr;
+  int rc = sqlite3_exec(db,
+                        "UPDATE audit_anchors SET seq = seq - 1",
+                        nullptr, nullptr, &error);
+  EXPECT_EQ(rc, SQLITE_OK) << (error ? error : "");
+  sqlite3_free(error);
+  EXPECT_EQ(sqlite3_changes(db), 1);
+  sqlite3_close(db);
+  Outcome edited = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(edited.exit_code, kExitFailed) << edited.out;
+  EXPECT_THAT(edited.err, HasSubstr("the audit anchor of " + log));
+  EXPECT_THAT(edited.err, HasSubstr("does not match its MAC"));
+  // Verifying never rewrites the row: the answer stays.
+  EXPECT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "verify"}).exit_code, kExitFailed);
 }
 
 TEST_F(AuditCliTest, TailPrintsTheLastRecordsReadably) {

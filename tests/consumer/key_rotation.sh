@@ -68,10 +68,8 @@ race2() {
   cat "$WORK/$name-1.out" "$WORK/$name-2.out"
 }
 
-step "the current version made 31 days ago (its creation time moved back): two runs at once rotate it once"
-need sqlite3
-run sqlite3 "$WORK/store.db" "UPDATE objects SET created = created - 31*86400 WHERE vault = 'payments' AND label = 'signer'"
-race2 rotate
+step "31 days on (lifecycle run --at; creation times are authenticated, so not moved back in the file): two runs at once rotate it once"
+race2 rotate --at "$(date -u -d '+31 days' +%Y-%m-%d)"
 [[ $(cat "$WORK/rotate-1.out" "$WORK/rotate-2.out" | grep -c '^rotated: ') == 1 ]] || fail "expected exactly one rotation"
 versions=$("$VAULTP11_CLI" --config "$CONF" list --json | grep -c '"label": "signer"')
 [[ $versions == 6 ]] || fail "expected 3 versions (6 objects) of signer, got $versions objects"

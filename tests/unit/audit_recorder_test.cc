@@ -183,6 +183,47 @@ TEST(RecorderTest, AFailingSinkIsReportedToTheOthersOnce) {
   EXPECT_EQ(fx.rec->stats().sink_errors, 3u);
   EXPECT_EQ(fx.sinks[1]->got[1]["properties"]["sink"], "collect a");
   EXPECT_EQ(fx.sinks[1]->got[1]["resultDescription"], "disk full");
+  // The recovery counts what the sink missed meanwhile (README "Size and a full disk").
+  EXPECT_EQ(fx.sinks[1]->got[5]["properties"]["lost"], 3);
+}
+
+// Coalescing windows (issue 16, item 8), deterministic: the events carry their own start times,
+// unthreaded, so no clock is waited for. A denial after its series' window opens a new window,
+// and the old window's summary comes first; a success never joins a series.
+TEST(RecorderTest, DenialsCoalesceByWindowAndSummariesKeepTheCount) {
+  RecorderOptions o;
+  o.threaded = false;
+  o.coalesce = std::chrono::seconds(5);
+  Fixture fx(o);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto denied = [&](std::chrono::milliseconds at, const char* name = "payroll") {
+    Event e = Named("KeySign", true);
+    e.start = t0 + at;
+    e.name = name;
+    e.Finish(CKR_KEY_HANDLE_INVALID);
+    e.denied = true;
+    e.start = t0 + at;  // Finish measured the duration; the window goes by the start
+    return e;
+  };
+  using std::chrono::milliseconds;
+  for (int i = 0; i < 4; ++i) fx.rec->Submit(denied(milliseconds(i * 1000)));  // one window: 1 + 3
+  fx.rec->Submit(denied(milliseconds(1500), "other"));                          // its own series
+  Event ok = Named("KeySign");
+  ok.Finish(CKR_OK);
+  fx.rec->Submit(Event(ok));
+  fx.rec->Submit(Event(ok));                                                     // never coalesced
+  fx.rec->Submit(denied(milliseconds(6000)));  // past the first window: its summary, then this one
+  fx.rec->Submit(denied(milliseconds(7000)));  // counted in the second window
+  fx.rec->Stop();                              // the second window's summary
+  std::lock_guard<std::mutex> l(fx.sinks[0]->mu);
+  const auto& got = fx.sinks[0]->got;
+  std::vector<std::string> seen;
+  for (const auto& e : got)
+    seen.push_back(e["resultSignature"].get<std::string>() + " " + e["properties"].value("name", "") + " " +
+                   std::to_string(e["properties"].value("repeatCount", 0)));
+  EXPECT_THAT(seen, ElementsAre("Forbidden payroll 0", "Forbidden other 0", "OK  0", "OK  0", "Forbidden payroll 3",
+                                "Forbidden payroll 0", "Forbidden payroll 1"));
+  EXPECT_EQ(fx.rec->stats().coalesced, 4u);
 }
 
 // Stop writes out what is queued; later events are ignored.

@@ -797,6 +797,11 @@ TEST(ConfigAuditTest, DefaultsSettingsAndMistakes) {
   EXPECT_EQ(plain->audit.sinks[0].path, "/etc/vp/audit.log");
   EXPECT_FALSE(plain->audit.required);
   EXPECT_EQ(plain->audit.overflow, "block");
+  // Issue 16, item 8: without a word in the config, the files are capped and identical
+  // denials coalesced.
+  EXPECT_EQ(plain->audit.sinks[0].max_bytes, 100ull << 20);
+  EXPECT_EQ(plain->audit.sinks[0].max_total_bytes, 1ull << 30);
+  EXPECT_EQ(plain->audit.coalesce_seconds, 5);
 
   auto off = Load(std::string(kBase) + "audit: { sinks: [] }\n");
   ASSERT_TRUE(off.ok()) << off.error().message;
@@ -807,8 +812,10 @@ TEST(ConfigAuditTest, DefaultsSettingsAndMistakes) {
                    "  required: true\n"
                    "  queue_size: 1024\n"
                    "  overflow: drop\n"
+                   "  coalesce_seconds: 0\n"
                    "  sinks:\n"
-                   "    - { type: file, path: logs/a.log, max_bytes: 0, daily: false, retention_days: 30 }\n"
+                   "    - { type: file, path: logs/a.log, max_bytes: 0, daily: false, retention_days: 30, "
+                   "max_total_bytes: 0 }\n"
                    "    - { type: syslog, facility: local4, ident: vp }\n"
                    "    - { type: socket, socket: /run/c.sock, buffer_bytes: 65536 }\n");
   ASSERT_TRUE(full.ok()) << full.error().message;
@@ -821,6 +828,8 @@ TEST(ConfigAuditTest, DefaultsSettingsAndMistakes) {
   EXPECT_EQ(a.sinks[0].max_bytes, 0u);
   EXPECT_FALSE(a.sinks[0].daily);
   EXPECT_EQ(a.sinks[0].retention_days, 30);
+  EXPECT_EQ(a.sinks[0].max_total_bytes, 0u);
+  EXPECT_EQ(a.coalesce_seconds, 0);
   EXPECT_EQ(a.sinks[1].facility, "local4");
   EXPECT_EQ(a.sinks[1].ident, "vp");
   EXPECT_EQ(a.sinks[1].socket, "/dev/log");
@@ -842,6 +851,9 @@ TEST(ConfigAuditTest, DefaultsSettingsAndMistakes) {
   EXPECT_THAT(error("  overflow: spill\n"), HasSubstr("audit.overflow: must be block or drop"));
   EXPECT_THAT(error("  queue_size: 1\n"), HasSubstr("audit.queue_size: must be a whole number from 16"));
   EXPECT_THAT(error("  colour: red\n"), HasSubstr("audit.colour: unknown key"));
+  EXPECT_THAT(error("  sinks: [ { type: file, path: a, max_total_bytes: 100 } ]\n"), HasSubstr("0 (no cap) or at least 4096"));
+  EXPECT_THAT(error("  sinks: [ { type: syslog, max_total_bytes: 4096 } ]\n"), HasSubstr("is not a setting of a syslog sink"));
+  EXPECT_THAT(error("  coalesce_seconds: -1\n"), HasSubstr("audit.coalesce_seconds: must be a whole number from 0"));
 }
 
 TEST(ConfigSoftDeleteTest, SectionOnVaultsAndPools) {

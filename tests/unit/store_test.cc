@@ -20,8 +20,10 @@
 #include <thread>
 #include <vector>
 
+#include "backend/ossl/ossl_backend.h"
 #include "matchers.h"
 #include "temp_dir.h"
+#include "util/strings.h"
 
 namespace vaultp11::store {
 namespace {
@@ -84,6 +86,54 @@ class StoreTest : public ::testing::Test {
     sqlite3_free(err);
     sqlite3_close(db);
     ASSERT_EQ(rc, SQLITE_OK) << msg;
+  }
+
+  // The read-only checks run in a child that drops to uid 65534 when the tests run as root; the
+  // master key file must then be that user's (Store::Open refuses a key file of another user,
+  // and one readable by others). Restored by KeyBackToUs.
+  void KeyToReadOnlyChild() {
+    ASSERT_EQ(chmod(key_path().c_str(), 0400), 0);
+    if (geteuid() == 0) {
+      ASSERT_EQ(chown(key_path().c_str(), 65534, 65534), 0);
+    }
+  }
+  void KeyBackToUs() {
+    if (geteuid() == 0) {
+      ASSERT_EQ(chown(key_path().c_str(), 0, 0), 0);
+    }
+    ASSERT_EQ(chmod(key_path().c_str(), 0600), 0);
+  }
+
+  // Turns the store into what the previous version wrote: data keys wrapped with the old AAD
+  // ("vaultp11-data-key:<vault>", no record MACs) and no objects.mac column.
+  void MakePreviousVersion() {
+    SecureBytes mk = Secret(ReadFile(key_path()));
+    ASSERT_EQ(mk.size(), 32u);
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open_v2(db_path().c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+    std::vector<std::pair<std::string, Bytes>> vaults;
+    sqlite3_stmt* sel = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT name, wrapped_data_key FROM vaults", -1, &sel, nullptr), SQLITE_OK);
+    while (sqlite3_step(sel) == SQLITE_ROW) {
+      const auto* p = static_cast<const uint8_t*>(sqlite3_column_blob(sel, 1));
+      vaults.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(sel, 0)),
+                          Bytes(p, p + sqlite3_column_bytes(sel, 1)));
+    }
+    sqlite3_finalize(sel);
+    for (auto& [name, wrapped] : vaults) {
+      std::string v2 = "vaultp11-data-key-v2:" + name, v1 = "vaultp11-data-key:" + name;
+      ASSERT_OK_AND_ASSIGN(SecureBytes dk, ossl::OpenAesGcm(mk, wrapped, ToBytes(v2)));
+      ASSERT_OK_AND_ASSIGN(Bytes old, ossl::SealAesGcm(mk, dk, ToBytes(v1)));
+      sqlite3_stmt* upd = nullptr;
+      ASSERT_EQ(sqlite3_prepare_v2(db, "UPDATE vaults SET wrapped_data_key = ? WHERE name = ?", -1, &upd, nullptr),
+                SQLITE_OK);
+      sqlite3_bind_blob(upd, 1, old.data(), static_cast<int>(old.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_text(upd, 2, name.c_str(), -1, SQLITE_TRANSIENT);
+      EXPECT_EQ(sqlite3_step(upd), SQLITE_DONE);
+      sqlite3_finalize(upd);
+    }
+    EXPECT_EQ(sqlite3_exec(db, "ALTER TABLE objects DROP COLUMN mac", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
   }
 
   ::vaultp11::testing::TempDir dir_;
@@ -655,7 +705,7 @@ TEST_F(StoreTest, ReadOnlyFileOpensReadOnlyAndRefusesWrites) {
     id = rec.id;
   }
   ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  KeyToReadOnlyChild();
   ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);  // lets the unprivileged child create -shm
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -966,7 +1016,7 @@ TEST_F(StoreTest, ReadOnlyStoreReadsAuthenticationStateAndWritesNothing) {
     ASSERT_TRUE(fresh);
   }
   ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  KeyToReadOnlyChild();
   ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -1003,7 +1053,7 @@ TEST_F(StoreTest, ReadOnlyStoreMadeBeforeTheAuthenticationTablesStillWorks) {
       "DROP TABLE used_jtis; DROP TABLE login_failures; "
       "DELETE FROM meta WHERE key = 'deployment_id'");
   ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  KeyToReadOnlyChild();
   ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -1109,11 +1159,12 @@ TEST_F(StoreTest, AStoreMadeBeforeVersionsGetsThemOnOpen) {
     ASSERT_OK(store->Insert(Labelled("k", CKO_PRIVATE_KEY, "2"), Secret("s"), /*new_version=*/true).status());
     ASSERT_OK(store->Insert(Labelled("", CKO_SECRET_KEY, "3"), Secret("s")).status());
   }
+  MakePreviousVersion();
   RawExec("ALTER TABLE objects DROP COLUMN version");
   // Mounted read-only first (checked in an unprivileged child, as root could write): readable,
   // no versions yet.
   ASSERT_EQ(chmod(db_path().c_str(), 0444), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0444), 0);
+  KeyToReadOnlyChild();
   ASSERT_EQ(chmod(dir_.path().c_str(), 0777), 0);
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -1134,7 +1185,7 @@ TEST_F(StoreTest, AStoreMadeBeforeVersionsGetsThemOnOpen) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "child failed check " << WEXITSTATUS(status);
   ASSERT_EQ(chmod(dir_.path().c_str(), 0700), 0);
   ASSERT_EQ(chmod(db_path().c_str(), 0600), 0);
-  ASSERT_EQ(chmod(key_path().c_str(), 0600), 0);
+  KeyBackToUs();
   for (const char* side : {"-wal", "-shm"}) chmod((db_path() + side).c_str(), 0600);
   ASSERT_OK_AND_ASSIGN(auto store, OpenStore());
   ASSERT_OK_AND_ASSIGN(auto versions, store->VersionsOf("v", "k"));
@@ -1145,6 +1196,211 @@ TEST_F(StoreTest, AStoreMadeBeforeVersionsGetsThemOnOpen) {
   EXPECT_TRUE(versions[1].current);
   ASSERT_OK_AND_ASSIGN(auto recs, store->LoadVault("v"));
   for (const auto& r : recs) EXPECT_EQ(r.version.empty(), r.label.empty()) << r.id;
+}
+
+}  // namespace
+}  // namespace vaultp11::store
+
+// ---- Record authentication (issue 16 item 6) -----------------------------------------------------
+
+namespace vaultp11::store {
+namespace {
+
+// Every row the store hands out is checked against its HMAC (store.cc RecordMac): an edit of
+// the database file by another program is CKR_DEVICE_ERROR naming the vault and row.
+class RecordMacTest : public StoreTest {
+ protected:
+  void SetUp() override {
+    ASSERT_OK_AND_ASSIGN(store_, OpenStore());
+    ASSERT_OK(store_->EnsureVault("v"));
+    ASSERT_OK(store_->EnsureVault("w"));
+    ASSERT_OK_AND_ASSIGN(a_, store_->Insert(Labelled("a", CKO_SECRET_KEY, "1"), Secret("secret-a")));
+    ASSERT_OK_AND_ASSIGN(b_, store_->Insert(Labelled("b", CKO_DATA, "2"), Secret("secret-b")));
+    ASSERT_OK_AND_ASSIGN(auto all, store_->LoadVault("v"));
+    ASSERT_EQ(all.size(), 2u);
+  }
+  static ObjectRecord Labelled(const std::string& label, CK_OBJECT_CLASS cls, const std::string& ck_id) {
+    ObjectRecord r = Record("v", label, cls);
+    r.ck_id = ToBytes(ck_id);
+    return r;
+  }
+  // Every way of reading row `id` refuses it with CKR_DEVICE_ERROR naming vault and row.
+  void ExpectRefused(const ObjectRecord& r) {
+    EXPECT_THAT(store_->LoadVault("v"), RvIs(CKR_DEVICE_ERROR));
+    auto item = store_->LoadByLabel("v", r.label);
+    ASSERT_THAT(item, RvIs(CKR_DEVICE_ERROR));
+    EXPECT_THAT(item.error().message, HasSubstr("object " + std::to_string(r.id) + " of vault 'v'"));
+    EXPECT_THAT(item.error().message, HasSubstr("failed authentication"));
+    EXPECT_THAT(store_->LoadById("v", r.ck_id), RvIs(CKR_DEVICE_ERROR));
+    EXPECT_THAT(store_->ChangedSince("v", 0), RvIs(CKR_DEVICE_ERROR));
+    EXPECT_THAT(store_->VersionsOf("v", r.label), RvIs(CKR_DEVICE_ERROR));
+    // Changing it would MAC the tampered row anew: refused too.
+    EXPECT_THAT(store_->Update(r.id, r.label, r.ck_id, ToBytes("new")), RvIs(CKR_DEVICE_ERROR));
+  }
+  std::unique_ptr<Store> store_;
+  ObjectRecord a_, b_;
+};
+
+TEST_F(RecordMacTest, UntouchedRowsAreReadAndUpdatedAsBefore) {
+  ASSERT_OK(store_->Update(a_.id, "a", a_.ck_id, ToBytes("changed")).status());
+  ASSERT_OK_AND_ASSIGN(auto rows, store_->LoadByLabel("v", "a"));
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].attributes, ToBytes("changed"));
+  ASSERT_OK_AND_ASSIGN(auto again, OpenStore(/*create=*/false));
+  ASSERT_OK_AND_ASSIGN(auto all, again->LoadVault("v"));
+  EXPECT_EQ(all.size(), 2u);
+  EXPECT_EQ(RawInt(db_path(), "SELECT count(*) FROM objects WHERE length(mac) = 32"), 2);
+}
+
+TEST_F(RecordMacTest, ChangedAttributesAreRefused) {
+  RawExec("UPDATE objects SET attributes = X'00' || attributes WHERE id = " + std::to_string(a_.id));
+  ExpectRefused(a_);
+}
+
+TEST_F(RecordMacTest, SwappedAttributeBlobsAreRefused) {
+  const std::string a = std::to_string(a_.id), b = std::to_string(b_.id);
+  RawExec("CREATE TEMP TABLE t AS SELECT id, attributes FROM objects WHERE id IN (" + a + ", " + b +
+          "); UPDATE objects SET attributes = (SELECT attributes FROM t WHERE t.id = CASE objects.id WHEN " + a +
+          " THEN " + b + " ELSE " + a + " END) WHERE id IN (" + a + ", " + b + ")");
+  ASSERT_EQ(RawInt(db_path(), "SELECT count(*) FROM objects WHERE id = " + a + " AND attributes = X'" +
+                                  HexOf(ToBytes("attrs-b")) + "'"),
+            1);
+  ExpectRefused(a_);
+  ExpectRefused(b_);
+}
+
+TEST_F(RecordMacTest, EachColumnThatMattersIsCovered) {
+  for (const std::string& edit : {"class = " + std::to_string(CKO_PRIVATE_KEY), std::string("label = 'a'"),
+                                  std::string("ck_id = X'31'"), std::string("version = 'x'"),
+                                  std::string("created = created - 86400"), std::string("secret = NULL"),
+                                  std::string("mac = NULL"), std::string("mac = X'00'")}) {
+    SCOPED_TRACE(edit);
+    ASSERT_OK_AND_ASSIGN(auto fresh,
+                         store_->Insert(Labelled("t" + edit.substr(0, 3), CKO_SECRET_KEY, "9" + edit), Secret("s")));
+    RawExec("UPDATE objects SET " + edit + " WHERE id = " + std::to_string(fresh.id));
+    EXPECT_THAT(store_->LoadVault("v"), RvIs(CKR_DEVICE_ERROR));
+    RawExec("DELETE FROM objects WHERE id = " + std::to_string(fresh.id));
+    ASSERT_OK(store_->LoadVault("v").status());
+  }
+}
+
+TEST_F(RecordMacTest, RowsMovedToAnotherIdOrVaultAreRefused) {
+  RawExec("UPDATE objects SET id = 1000 WHERE id = " + std::to_string(a_.id));
+  a_.id = 1000;
+  ExpectRefused(a_);
+  RawExec("UPDATE objects SET id = " + std::to_string(b_.id + 1000) + ", vault = 'w' WHERE id = " +
+          std::to_string(b_.id));
+  auto w = store_->LoadVault("w");
+  ASSERT_THAT(w, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(w.error().message, HasSubstr("of vault 'w'"));
+}
+
+TEST_F(RecordMacTest, PreviousVersionStoreIsAuthenticatedOnceOnTheFirstWritableOpen) {
+  store_.reset();
+  MakePreviousVersion();
+  ASSERT_EQ(RawInt(db_path(), "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'mac'"), 0);
+  {
+    ASSERT_OK_AND_ASSIGN(auto upgraded, OpenStore(/*create=*/false));
+    ASSERT_OK_AND_ASSIGN(auto all, upgraded->LoadVault("v"));
+    EXPECT_EQ(all.size(), 2u);
+    ASSERT_OK_AND_ASSIGN(SecureBytes sa, upgraded->LoadSecret(a_.id));
+    EXPECT_EQ(sa, Secret("secret-a"));
+  }
+  EXPECT_EQ(RawInt(db_path(), "SELECT count(*) FROM objects WHERE length(mac) = 32"), 2);
+  // From now on an edit is refused.
+  RawExec("UPDATE objects SET attributes = X'01' WHERE id = " + std::to_string(a_.id));
+  ASSERT_OK_AND_ASSIGN(store_, OpenStore(/*create=*/false));
+  ExpectRefused(a_);
+}
+
+// The attack on the upgrade: put the "previous version" state back (the old wrapped data key from
+// a copy taken before the upgrade, no MACs) together with an edit, so the next open would MAC the
+// edit. The upgrade gave the vault a fresh data key and sealed its secrets anew, so the old key
+// opens none of them: the upgrade fails and nothing is MACed. Resetting schema numbers or dropping
+// the column alone leaves the v2-wrapped key, whose vault's rows must carry MACs.
+TEST_F(RecordMacTest, PuttingThePreviousVersionStateBackDoesNotLaunderAnEdit) {
+  store_.reset();
+  MakePreviousVersion();
+  Bytes old_wrapped;
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open_v2(db_path().c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT wrapped_data_key FROM vaults WHERE name = 'v'", -1, &st, nullptr),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+    const auto* p = static_cast<const uint8_t*>(sqlite3_column_blob(st, 0));
+    old_wrapped = Bytes(p, p + sqlite3_column_bytes(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+  }
+  { ASSERT_OK_AND_ASSIGN(auto upgraded, OpenStore(/*create=*/false)); }
+
+  // Dropping the MACs alone: refused.
+  RawExec("ALTER TABLE objects DROP COLUMN mac");
+  RawExec("UPDATE objects SET attributes = X'01' WHERE id = " + std::to_string(a_.id));
+  {
+    ASSERT_OK_AND_ASSIGN(auto s, OpenStore(/*create=*/false));
+    EXPECT_THAT(s->LoadVault("v"), RvIs(CKR_DEVICE_ERROR));
+  }
+  // And with the old wrapped key put back: the upgrade fails, nothing is MACed.
+  RawExec("ALTER TABLE objects DROP COLUMN mac");
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open_v2(db_path().c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "UPDATE vaults SET wrapped_data_key = ? WHERE name = 'v'", -1, &st, nullptr),
+              SQLITE_OK);
+    sqlite3_bind_blob(st, 1, old_wrapped.data(), static_cast<int>(old_wrapped.size()), SQLITE_TRANSIENT);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+  }
+  auto s = OpenStore(/*create=*/false);
+  ASSERT_THAT(s, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(s.error().message, HasSubstr("vault 'v'"));
+  EXPECT_EQ(RawInt(db_path(), "SELECT count(*) FROM objects WHERE mac IS NOT NULL"), 0);
+}
+
+}  // namespace
+}  // namespace vaultp11::store
+
+// ---- The master key file (issue 16 item 6) ------------------------------------------------------
+
+namespace vaultp11::store {
+namespace {
+
+// Master key file rules (as ssh's for a private key): refused, naming the file and the fix.
+TEST_F(StoreTest, MasterKeyFileReadableOrWritableByOthersIsRefused) {
+  { ASSERT_OK_AND_ASSIGN(auto store, OpenStore()); }
+  for (mode_t mode : {0644, 0640, 0604, 0620, 0602, 0660}) {
+    SCOPED_TRACE(mode);
+    ASSERT_EQ(chmod(key_path().c_str(), mode), 0);
+    auto store = OpenStore();
+    ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+    EXPECT_THAT(store.error().message, HasSubstr(key_path()));
+    EXPECT_THAT(store.error().message, HasSubstr(fmt::format("mode {:04o}", mode)));
+    EXPECT_THAT(store.error().message, HasSubstr("chmod 600"));
+    EXPECT_THAT(DeriveKeyFromMasterKeyFile(key_path(), "audit-head"), RvIs(CKR_DEVICE_ERROR));
+  }
+  for (mode_t mode : {0600, 0400, 0700}) {
+    SCOPED_TRACE(mode);
+    ASSERT_EQ(chmod(key_path().c_str(), mode), 0);
+    EXPECT_OK(OpenStore().status());
+  }
+}
+
+TEST_F(StoreTest, MasterKeyFileOfAnotherUserIsRefused) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give the file to another user";
+  { ASSERT_OK_AND_ASSIGN(auto store, OpenStore()); }
+  ASSERT_EQ(chown(key_path().c_str(), 65534, 65534), 0);
+  auto store = OpenStore();
+  ASSERT_THAT(store, RvIs(CKR_DEVICE_ERROR));
+  EXPECT_THAT(store.error().message, HasSubstr(key_path()));
+  EXPECT_THAT(store.error().message, HasSubstr("owned by uid 65534"));
+  EXPECT_THAT(DeriveKeyFromMasterKeyFile(key_path(), "audit-head"), RvIs(CKR_DEVICE_ERROR));
+  ASSERT_EQ(chown(key_path().c_str(), 0, 0), 0);
+  EXPECT_OK(OpenStore().status());
 }
 
 }  // namespace
