@@ -94,6 +94,10 @@ class Recorder {
 
  private:
   void Run();
+  // pthread_atfork handlers (recorder.cc): prepare parks every live writer; parent and child
+  // release it.
+  static void ForkPrepare();
+  static void ForkRelease();
   // Formats and writes `batch` (writer thread, or the caller when unthreaded); with
   // `all_summaries`, also the summaries of coalescing windows not yet over.
   void WriteBatch(std::vector<Event>& batch, uint64_t dropped, bool all_summaries = false);
@@ -128,7 +132,8 @@ class Recorder {
   bool stopping_ = false;
   bool stopped_ = false;
   RecorderStats stats_;
-  std::mutex write_mu_;  // unthreaded: serialises WriteBatch
+  // Held around WriteBatch (threaded: and the batch's release); taken before mu_.
+  std::mutex write_mu_;
   // Open coalescing windows by the denial's key (see above).
   struct Window {
     Event first;

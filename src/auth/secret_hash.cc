@@ -6,11 +6,14 @@
 #include <openssl/kdf.h>
 #include <openssl/params.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "backend/ossl/ossl_backend.h"
 #include "util/ossl_ptr.h"
@@ -183,5 +186,38 @@ Result<bool> VerifySecret(std::string_view encoded, std::span<const uint8_t> sec
 }
 
 bool IsWellFormedHash(std::string_view encoded) { return Parse(encoded).has_value(); }
+
+std::optional<ScryptCost> CostOf(std::string_view encoded) {
+  auto parsed = Parse(encoded);
+  if (!parsed) return std::nullopt;
+  return parsed->cost;
+}
+
+ScryptCost DummyCost(const std::vector<std::string>& encoded) {
+  std::vector<std::pair<ScryptCost, size_t>> seen;  // few distinct costs: a linear scan
+  for (const std::string& e : encoded) {
+    auto cost = CostOf(e);
+    if (!cost) continue;
+    auto it =
+        std::find_if(seen.begin(), seen.end(), [&](const auto& s) { return s.first == *cost; });
+    if (it == seen.end())
+      seen.emplace_back(*cost, 1);
+    else
+      ++it->second;
+  }
+  if (seen.empty()) return ScryptCost{};
+  auto best = seen.begin();
+  for (auto it = seen.begin(); it != seen.end(); ++it)
+    if (it->second > best->second ||
+        (it->second == best->second && WorkingSet(it->first) > WorkingSet(best->first)))
+      best = it;
+  return best->first;
+}
+
+std::string DummyHash(ScryptCost cost) {
+  const Bytes salt(kSaltLen, 0), key(kHashLen, 0);
+  return fmt::format("{}ln={},r={},p={}${}${}", kPrefix, cost.log2_n, cost.r, cost.p,
+                     Base64Encode(salt), Base64Encode(key));
+}
 
 }  // namespace vaultp11::auth

@@ -1,8 +1,14 @@
 // Login throttling policy (see throttle.h).
 #include "auth/throttle.h"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
+#include <array>
 #include <limits>
+
+#include "backend/ossl/ossl_backend.h"
+#include "util/strings.h"
 
 namespace vaultp11::auth {
 
@@ -58,6 +64,17 @@ ThrottleDecision Decide(const store::LoginFailures& s, const ThrottlePolicy& p, 
   else
     d.remaining = c.locked ? 0 : std::max<int64_t>(p.max_failures - c.failures, 0);
   return d;
+}
+
+std::string UnknownNameTag(std::span<const uint8_t> key, std::string_view name) {
+  std::array<uint8_t, 32> mac{};
+  size_t len = 0;
+  if (EVP_Q_mac(ossl::LibCtx(), "HMAC", nullptr, "SHA256", nullptr, key.data(), key.size(),
+                reinterpret_cast<const unsigned char*>(name.data()), name.size(), mac.data(),
+                mac.size(), &len) != nullptr &&
+      len == mac.size())
+    return "unknown:" + HexOf(std::span<const uint8_t>(mac.data(), 16));
+  return "unknown:" + std::string(32, '0');
 }
 
 CK_FLAGS PinFlags(const store::LoginFailures& s, const ThrottlePolicy& p, int64_t now_unix) {

@@ -16,6 +16,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
 
 #include "store/store.h"
 
@@ -46,6 +49,15 @@ struct ThrottleDecision {
 // - remaining = max_failures - n (not below 0); with max_failures <= 0 (lockout disabled) it is
 //   INT64_MAX.
 ThrottleDecision Decide(const store::LoginFailures& s, const ThrottlePolicy& p, int64_t now_unix);
+
+// The name under which failed logins of a claimed name that is no configured principal are
+// counted, audited and logged: "unknown:" + the first 16 bytes of HMAC-SHA256(key, name) in
+// lowercase hex. The text before a PIN's ':' may be a secret typed in the wrong place, so it is
+// never written; the same name under the same key gives the same tag, so its failures still
+// add up and lock it out. `key` is derived from the store's master key ("login-names"), so the
+// tag cannot be tested against guesses without it. "unknown:" followed by 32 zero digits if
+// HMAC fails (never the name).
+std::string UnknownNameTag(std::span<const uint8_t> key, std::string_view name);
 
 // Token flags (CK_TOKEN_INFO.flags) for the state: CKF_USER_PIN_COUNT_LOW after any counted
 // failure, CKF_USER_PIN_FINAL_TRY when exactly one attempt is left (not while locked),

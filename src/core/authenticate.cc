@@ -11,6 +11,7 @@
 
 #include "auth/jwt.h"
 #include "auth/secret_hash.h"
+#include "auth/throttle.h"
 #include "util/file_check.h"
 #include "util/log.h"
 #include "util/ossl_ptr.h"
@@ -26,21 +27,27 @@ constexpr std::chrono::seconds kAssertionLeeway{60};
 constexpr std::string_view kAssertionAlgs[] = {auth::jwt::kRs256, auth::jwt::kPs256, auth::jwt::kEs256};
 constexpr std::string_view kOAuthAlgs[] = {auth::jwt::kRs256, auth::jwt::kEs256};
 
-// Checks "principal:secret" against the principal's configured secrets. The hash is computed
-// even for an unknown principal so the time taken does not tell which principals exist.
+// The configured client secrets' hashes (their cost decides the dummy's).
+std::vector<std::string> SecretHashes(const config::Config& cfg) {
+  std::vector<std::string> out;
+  for (const auto& pr : cfg.principals)
+    if (pr.auth == "client_secret")
+      for (const auto& s : pr.secrets) out.push_back(s.hash);
+  return out;
+}
+
+// Checks "principal:secret" against the principal's configured secrets. For an unknown
+// principal a dummy hash is verified at the configured secrets' most common cost (not the
+// default cost), so the time taken does not tell which principals exist.
 Result<std::string> ClientSecret(const config::Config& cfg, std::span<const uint8_t> pin) {
   auto colon = std::find(pin.begin(), pin.end(), ':');
   if (colon == pin.end() || colon == pin.begin() || colon + 1 == pin.end())
-    return Err(CKR_PIN_INVALID, "the PIN must be principal:secret");
+    return Err(CKR_PIN_INCORRECT, "login failed: the PIN must be principal:secret");
   std::string name(pin.begin(), colon);
   std::span<const uint8_t> secret(colon + 1, pin.end());
   const config::PrincipalConfig* pr = cfg.FindPrincipal(name);
   if (pr == nullptr || pr->auth != "client_secret") {
-    static const std::string kDummy = [] {
-      auto h = auth::HashSecret(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>("x"), 1));
-      return h.ok() ? h.value() : std::string();
-    }();
-    if (!kDummy.empty()) (void)auth::VerifySecret(kDummy, secret);
+    (void)auth::VerifySecret(auth::DummyHash(auth::DummyCost(SecretHashes(cfg))), secret);
     return Err(CKR_PIN_INCORRECT, "login failed: no such client-secret principal");
   }
   auto today = std::chrono::floor<std::chrono::days>(std::chrono::system_clock::now());
@@ -181,8 +188,10 @@ std::string ResourceId(const config::Config& cfg, std::string_view deployment_id
   return fmt::format("vaultp11://{}/{}/{}", deployment_id, pool ? "managedHsms" : "vaults", token_name);
 }
 
-Result<Authenticated> Authenticate(const config::Config& cfg, store::Store* store, std::string_view resource_id,
-                                   std::span<const uint8_t> pin) {
+namespace {
+
+Result<Authenticated> AuthenticateAny(const config::Config& cfg, store::Store* store,
+                                      std::string_view resource_id, std::span<const uint8_t> pin) {
   // No PIN: the calling process's managed identity, decided by its real uid and groups.
   if (pin.empty()) {
     if (const config::PrincipalConfig* mi = ManagedIdentityOfCaller(cfg)) return Authenticated{mi->name, mi->auth};
@@ -201,6 +210,24 @@ Result<Authenticated> Authenticate(const config::Config& cfg, store::Store* stor
   }
   VAULTP11_ASSIGN_OR_RETURN(std::string name, BearerToken(cfg, t));
   return Authenticated{name, "oauth2"};
+}
+
+}  // namespace
+
+Result<Authenticated> Authenticate(const config::Config& cfg, store::Store* store,
+                                   std::string_view resource_id, std::span<const uint8_t> pin) {
+  auto who = AuthenticateAny(cfg, store, resource_id, pin);
+  // Spec C_Login: a credential that fails, malformed or not, is CKR_PIN_INCORRECT
+  // (CKR_PIN_INVALID, which the JWT parser uses, is for C_InitPIN / C_SetPIN).
+  if (!who.ok() && who.rv() == CKR_PIN_INVALID)
+    return Err(CKR_PIN_INCORRECT, "{}", who.error().message);
+  return who;
+}
+
+std::string RecordedName(const config::Config& cfg, std::string_view claimed,
+                         std::span<const uint8_t> names_key) {
+  if (claimed.empty() || cfg.FindPrincipal(claimed) != nullptr) return std::string(claimed);
+  return auth::UnknownNameTag(names_key, claimed);
 }
 
 std::string ClaimedPrincipal(const config::Config& cfg, std::span<const uint8_t> pin) {

@@ -8,8 +8,8 @@
 //  - oauth2: a bearer JWT from the configured issuer for the configured audience, signed by a
 //    key of its JWKS (RS256/ES256), whose configured claim names the principal;
 //  - managed_identity: an empty PIN, decided by the calling process's real uid and groups.
-// Failures are CKR_PIN_INCORRECT (CKR_PIN_INVALID for a malformed credential); the message
-// says why, never the credential.
+// Every failed credential is CKR_PIN_INCORRECT, malformed ones included (spec C_Login); the
+// message says why, never the credential nor a name that is no configured principal.
 #pragma once
 
 #include <span>
@@ -40,6 +40,12 @@ Result<Authenticated> Authenticate(const config::Config& cfg, store::Store* stor
 // bearer token's claims name (else "iss:<issuer>"), configured or not (at most 256 bytes);
 // "" for an empty PIN or a credential that does not parse.
 std::string ClaimedPrincipal(const config::Config& cfg, std::span<const uint8_t> pin);
+
+// The name failed-login rows, audit events and log lines use for `claimed`: itself when it
+// names a configured principal ("" stays ""), else auth::UnknownNameTag(names_key, claimed),
+// never the text (it may be a secret typed before the ':').
+std::string RecordedName(const config::Config& cfg, std::string_view claimed,
+                         std::span<const uint8_t> names_key);
 
 // Where a valid credential for the token comes from, as an HTTP 401 challenge says it:
 // "authority=<issuer>, resource=<audience>" per OAuth2 issuer, and the resource id for client

@@ -851,10 +851,18 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
     return Err(CKR_OPERATION_NOT_INITIALIZED, "no key needs a context-specific login");
   if (user != CKU_USER && user != CKU_SO) return Err(CKR_USER_TYPE_INVALID, "user type {} is not valid", user);
   if (pin == nullptr && pin_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_Login: pPin is NULL");
-  // Room for a JWT (client assertion or bearer token).
-  if (pin_len > auth::jwt::kMaxTokenBytes) return Err(CKR_PIN_INVALID, "C_Login: PIN of {} bytes is too long", pin_len);
+  // Room for a JWT (client assertion or bearer token); a longer PIN is no credential: a failed
+  // authentication, CKR_PIN_INCORRECT like every other (spec C_Login).
+  if (pin_len > auth::jwt::kMaxTokenBytes)
+    return Err(CKR_PIN_INCORRECT, "C_Login: PIN of {} bytes is too long", pin_len);
   Token* t = s->token();
-  if (t->logged_in()) return Err(CKR_USER_ALREADY_LOGGED_IN, "already logged in to vault {}", t->name());
+  if (t->logged_in()) {
+    // Spec C_Login: the SO while a normal user is logged in is "another user".
+    if (user == CKU_SO)
+      return Err(CKR_USER_ANOTHER_ALREADY_LOGGED_IN, "vault {}: a user is logged in; no SO login",
+                 t->name());
+    return Err(CKR_USER_ALREADY_LOGGED_IN, "already logged in to vault {}", t->name());
+  }
   // Vault tokens have no security officer: administration goes through the config and CLI.
   if (user == CKU_SO) return Err(CKR_PIN_INCORRECT, "vault tokens have no security officer");
   SecureBytes pin_bytes(pin, pin + pin_len);
@@ -865,7 +873,10 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
   // outrun the limit; a success resets the count, a failure answers after a growing delay, and
   // too many in a row lock the principal.
   const auth::ThrottlePolicy policy = ThrottlePolicyOf(*cfg);
-  const std::string claimed = ClaimedPrincipal(*cfg, pin_bytes);
+  // A claimed name that is no configured principal is counted, audited and logged under a
+  // keyed hash (RecordedName), never as text: it may be a secret typed before the ':'.
+  VAULTP11_ASSIGN_OR_RETURN(const SecureBytes names_key, t->store()->DeriveKey("login-names"));
+  const std::string claimed = RecordedName(*cfg, ClaimedPrincipal(*cfg, pin_bytes), names_key);
   t->SetLastClaimed(claimed);
   AuditPrincipal(claimed, "");
   const int64_t now = UnixNow();
@@ -904,7 +915,9 @@ Status Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULO
   auto grants = std::make_shared<auth::Grants>(auth::ComputeGrants(*cfg, t->name(), who->principal));
   grants->method = who->method;
   AuditPrincipal(who->principal, who->method);
-  t->SetLogin(std::move(grants));
+  // Re-checked under the login lock: of two logins that both passed the check above, the
+  // later one is refused (issue 16 item 9) and the token keeps the winner's grants.
+  VAULTP11_RETURN_IF_ERROR(t->SetLogin(std::move(grants)));
   log::Info("vault {}: principal {} logged in ({})", t->name(), who->principal, who->method);
   return OkStatus();
 }
@@ -915,7 +928,7 @@ Status LoginUser(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK
   if (pin == nullptr && pin_len > 0) return Err(CKR_ARGUMENTS_BAD, "C_LoginUser: pPin is NULL");
   if (username_len == 0) return Login(h, user, pin, pin_len);  // the PIN names the principal
   if (username_len > 256 || pin_len > auth::jwt::kMaxTokenBytes)
-    return Err(CKR_PIN_INVALID, "C_LoginUser: username or PIN too long");
+    return Err(CKR_PIN_INCORRECT, "C_LoginUser: username or PIN too long");
   // The principal is the username: the same as C_Login with "principal:secret".
   SecureBytes combined;
   combined.reserve(username_len + 1 + pin_len);

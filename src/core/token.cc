@@ -598,9 +598,16 @@ std::shared_ptr<const auth::Grants> Token::grants() const {
   return grants_;
 }
 
-void Token::SetLogin(std::shared_ptr<const auth::Grants> g) {
+Status Token::SetLogin(std::shared_ptr<const auth::Grants> g) {
   std::lock_guard<std::mutex> l(login_mu_);
+  if (grants_ != nullptr) {
+    if (grants_->principal == g->principal)
+      return Err(CKR_USER_ALREADY_LOGGED_IN, "already logged in to vault {}", name());
+    return Err(CKR_USER_ANOTHER_ALREADY_LOGGED_IN, "vault {}: another principal logged in first",
+               name());
+  }
   grants_ = std::move(g);
+  return OkStatus();
 }
 
 void Token::Logout() {

@@ -115,7 +115,10 @@ class Token {
   // ---- login state (per application, per token: spec 5.6) ---------------------------------
   bool logged_in() const;
   std::shared_ptr<const auth::Grants> grants() const;
-  void SetLogin(std::shared_ptr<const auth::Grants> g);
+  // Logs `g->principal` in unless the token is logged in already: checked under the login
+  // lock, so of two logins racing past the caller's earlier check exactly one wins. The loser
+  // gets CKR_USER_ALREADY_LOGGED_IN (same principal) or CKR_USER_ANOTHER_ALREADY_LOGGED_IN.
+  Status SetLogin(std::shared_ptr<const auth::Grants> g);
   void Logout();
   // The principal this process last tried to log in as here (the token's PIN flags show its
   // failed-login state).

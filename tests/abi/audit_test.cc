@@ -1,21 +1,24 @@
 // The audit log as a consumer produces it: every operation class gives exactly its event
 // (success and denials), nothing secret reaches a sink, failing sinks do not break crypto, and
 // events written by forked children and at exit are kept (issue: audit log).
+#include <dlfcn.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
+#include "abi/pkcs11_3_0.h"
 #include "audit/chain.h"
 #include "fixture.h"
 
@@ -338,6 +341,53 @@ TEST_F(AuditTest, UnfinishedOperationsAreRecordedAsCancelled) {
   EXPECT_THAT(Summary(events), ElementsAre("Authentication OK", "KeyCreate OK", "KeySign Cancelled"));
 }
 
+// The text before the first ':' of a PIN that names no principal may be anything the user
+// typed, a secret included ("secret:name" typed the wrong way round): the audit log and the
+// store's failed-login rows carry a keyed hash of it, never the text, and the same text gives
+// the same hash, so its failures still count (issue 16 item 9; README "Principals and login").
+TEST_F(AuditTest, UnknownPrincipalNamesAreNeverWrittenAsText) {
+  CK_SESSION_HANDLE s = OpenRo();
+  const std::string typed = "secret-text-8c1f:app";
+  ASSERT_EQ(Login(s, typed), CKR_PIN_INCORRECT);
+  ASSERT_EQ(Login(s, typed), CKR_PIN_INCORRECT);
+  CK_TOKEN_INFO ti;
+  ASSERT_EQ(f->C_GetTokenInfo(0, &ti), CKR_OK);
+  EXPECT_NE(ti.flags & CKF_USER_PIN_COUNT_LOW, 0u);  // counted under the hash
+  // C_LoginUser: the username is the claimed name.
+  void* h = dlopen(std::getenv("VAULTP11_MODULE"), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(h, nullptr);
+  auto get = reinterpret_cast<CK_C_GetInterface>(dlsym(h, "C_GetInterface"));
+  ASSERT_NE(get, nullptr);
+  CK_INTERFACE* iface = nullptr;
+  ASSERT_EQ(get(nullptr, nullptr, &iface, 0), CKR_OK);
+  auto* f3 = static_cast<CK_FUNCTION_LIST_3_0*>(iface->pFunctionList);
+  std::string user = "secret-text-77ad", pin = "whatever";
+  EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size(),
+                            reinterpret_cast<CK_UTF8CHAR_PTR>(user.data()), user.size()),
+            CKR_PIN_INCORRECT);
+  // A known principal is still named as itself.
+  ASSERT_EQ(Login(s, "app:wrong"), CKR_PIN_INCORRECT);
+  auto events = Finish();
+  // Events per recorded principal, in any order (identical denials may be coalesced into an
+  // event and a later summary of its repeats): the first name twice, the username once, app once.
+  std::map<std::string, int> per_principal;
+  for (const Json& e : events) ++per_principal[e["identity"]["principal"].get<std::string>()];
+  ASSERT_EQ(per_principal.size(), 3u) << ::testing::PrintToString(per_principal);
+  EXPECT_EQ(per_principal["app"], 1);
+  std::vector<int> unknown_counts;
+  for (const auto& [who, n] : per_principal) {
+    if (who == "app") continue;
+    EXPECT_THAT(who, ::testing::MatchesRegex("unknown:[0-9a-f]{32}"));
+    unknown_counts.push_back(n);
+  }
+  EXPECT_THAT(unknown_counts, ::testing::UnorderedElementsAre(2, 1));
+  // Raw bytes of the audit log and of every file of the store (database, WAL, shared memory).
+  EXPECT_EQ(ReadAll(audit_path).find("secret-text"), std::string::npos);
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+    EXPECT_EQ(ReadAll(dir.file(std::string("store.db") + suffix)).find("secret-text"), std::string::npos)
+        << "store.db" << suffix;
+}
+
 // Nothing secret in the sink: not the client secret, not a secret's value, not key bytes (an
 // extractable key's value read by the caller, in raw and hex form).
 TEST_F(AuditTest, NoSecretReachesTheSink) {
@@ -360,30 +410,21 @@ TEST_F(AuditTest, NoSecretReachesTheSink) {
   EXPECT_THAT(all, Not(HasSubstr(std::string(key_bytes.begin(), key_bytes.end()))));
 }
 
-// A forked child initialises its own recorder; parent and child append to one file, which
-// stays one chain. A process that exits without C_Finalize still writes its queued events.
+// Another process (abi_child, started by fork + exec) has its own recorder; both append to one
+// file, which stays one chain. That process forks with its audit writer alive (the module's fork
+// handlers park it; the forked child, not yet initialised, records nothing), and exits without
+// C_Finalize: its exit handler still writes its queued events.
 TEST_F(AuditTest, ForkedChildrenAndExitWithoutFinalizeAreRecorded) {
   CK_SESSION_HANDLE s = OpenRw();
   ASSERT_EQ(Login(s), CKR_OK);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    if (InitWith(config_path) != CKR_OK) _exit(2);
-    CK_SESSION_HANDLE cs = 0;
-    if (f->C_OpenSession(0, CKF_SERIAL_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
-    if (Login(cs, kNoRolePin) != CKR_OK) _exit(4);
-    std::exit(0);  // no C_Finalize: the exit handler writes the queue out
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(RunChild({"init", "0", "open-ro", "login", "0", kNoRolePin, "fork-check", "exit"}), 0);
   ASSERT_EQ(f->C_Logout(s), CKR_OK);
   auto events = Finish();
   std::vector<std::string> child_ops, parent_ops;
   for (const Json& e : events)
-    (e["caller"]["pid"] == pid ? child_ops : parent_ops).push_back(e["operationName"].get<std::string>() + " " +
-                                                                   e["identity"]["principal"].get<std::string>());
+    (e["caller"]["pid"] != getpid() ? child_ops : parent_ops)
+        .push_back(e["operationName"].get<std::string>() + " " +
+                   e["identity"]["principal"].get<std::string>());
   EXPECT_THAT(child_ops, ElementsAre("Authentication norole"));
   EXPECT_THAT(parent_ops, ElementsAre("Authentication app", "Logout app"));
   auto verdict = audit::VerifyFile(audit_path);

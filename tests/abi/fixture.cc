@@ -1,6 +1,7 @@
 #include "fixture.h"
 
 #include <dlfcn.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,18 +103,26 @@ CK_SESSION_HANDLE AbiTest::LoggedInRw(CK_SLOT_ID slot) {
   return s;
 }
 
-int AbiTest::InAnotherProcess(const std::function<int(CK_SESSION_HANDLE)>& body) {
-  const pid_t pid = fork();
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    if (InitWith(config_path) != CKR_OK) _exit(2);
-    CK_SESSION_HANDLE cs = 0;
-    if (f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &cs) != CKR_OK) _exit(3);
-    if (Login(cs) != CKR_OK) _exit(4);
-    const int rc = body(cs);
-    f->C_Finalize(nullptr);
-    _exit(rc);
+int AbiTest::InAnotherProcess(const std::vector<std::string>& steps) {
+  std::vector<std::string> all = {"init", "0", "open-rw", "login", "0", kAdminPin};
+  all.insert(all.end(), steps.begin(), steps.end());
+  all.insert(all.end(), {"finalize", "0"});
+  return RunChild(all);
+}
+
+int AbiTest::RunChild(const std::vector<std::string>& steps) {
+  const char* child = std::getenv("VAULTP11_ABI_CHILD");
+  if (child == nullptr) {
+    ADD_FAILURE() << "set VAULTP11_ABI_CHILD to the built abi_child";
+    return -1;
   }
+  std::vector<std::string> args = {child, config_path};
+  args.insert(args.end(), steps.begin(), steps.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  if (posix_spawn(&pid, child, nullptr, nullptr, argv.data(), environ) != 0) return -1;
   int status = 0;
   if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
   return WEXITSTATUS(status);

@@ -321,6 +321,18 @@ TEST_F(PoolTest, PoolSlotFollowsTheVaults) {
   EXPECT_EQ(std::string(reinterpret_cast<char*>(si.slotDescription), 31), "vaultp11 managed HSM pool qpool");
 }
 
+// Forks while pool health checks run (fopool probes its members every 20 ms): the module's
+// prepare handler lets each fork wait for a pass in progress, so the children (which then
+// initialise their own module, pools included) never inherit a health thread mid-pass (issue
+// 16 item 13; README "PKCS#11 conformance notes"). The forks happen in abi_child, started by
+// fork + exec, whose only other threads are the module's.
+TEST_F(PoolTest, ForksWhileHealthChecksRunGiveWorkingChildren) {
+  std::vector<std::string> steps = {"init", "0", "open-ro"};
+  for (int i = 0; i < 10; ++i) steps.push_back("fork-check");
+  steps.insert(steps.end(), {"finalize", "0"});
+  EXPECT_EQ(RunChild(steps), 0);
+}
+
 TEST_F(PoolTest, PoolInitIsIdempotentAndRefusesMismatchedDomains) {
   InitPool("hsmpool");
   CliRun again = Cli({"pool", "init", "hsmpool"}, config_path);

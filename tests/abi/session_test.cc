@@ -1,12 +1,13 @@
 // Sessions, login and the store as seen through the module (issue parts 6 and 9).
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <sys/stat.h>
-
+#include <barrier>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <thread>
 
 #include "fixture.h"
 
@@ -55,8 +56,13 @@ TEST_F(SessionTest, LoginChecksThePrincipalSecret) {
   CK_SESSION_HANDLE s = OpenRw();
   EXPECT_EQ(Login(s, "app:wrong horse"), CKR_PIN_INCORRECT);
   EXPECT_EQ(Login(s, "nobody:correct horse"), CKR_PIN_INCORRECT);
-  EXPECT_EQ(Login(s, "no colon here"), CKR_PIN_INVALID);
-  EXPECT_EQ(Login(s, ":secret"), CKR_PIN_INVALID);
+  // A malformed PIN is a failed authentication like any other: CKR_PIN_INCORRECT (spec
+  // C_Login; CKR_PIN_INVALID is for C_InitPIN / C_SetPIN).
+  EXPECT_EQ(Login(s, "no colon here"), CKR_PIN_INCORRECT);
+  EXPECT_EQ(Login(s, ":secret"), CKR_PIN_INCORRECT);
+  EXPECT_EQ(Login(s, "app:"), CKR_PIN_INCORRECT);
+  EXPECT_EQ(Login(s, "a.b.c"), CKR_PIN_INCORRECT);                  // not a JWT
+  EXPECT_EQ(Login(s, std::string(20000, 'x')), CKR_PIN_INCORRECT);  // longer than any credential
   EXPECT_EQ(Login(s, kExpiredPin), CKR_PIN_INCORRECT);  // expired secrets are refused
   EXPECT_EQ(f->C_Login(s, CKU_USER, nullptr, 5), CKR_ARGUMENTS_BAD);
   EXPECT_EQ(f->C_Login(s, 77, nullptr, 0), CKR_USER_TYPE_INVALID);
@@ -66,6 +72,60 @@ TEST_F(SessionTest, LoginChecksThePrincipalSecret) {
   ASSERT_EQ(f->C_GetSessionInfo(s, &info), CKR_OK);
   EXPECT_EQ(info.state, CKS_RW_PUBLIC_SESSION);
   EXPECT_EQ(Login(s), CKR_OK);
+  // Spec C_Login: the SO while a normal user is logged in is CKR_USER_ANOTHER_ALREADY_LOGGED_IN.
+  EXPECT_EQ(f->C_Login(s, CKU_SO, reinterpret_cast<CK_UTF8CHAR_PTR>(so.data()), so.size()),
+            CKR_USER_ANOTHER_ALREADY_LOGGED_IN);
+}
+
+// Two threads log two principals in on one token at once, many times: exactly one wins each
+// round, the other is told another user is logged in, and the token's grants are the
+// winner's (issue 16 item 9: the login state is re-checked under the login lock).
+TEST_F(SessionTest, ConcurrentLoginsOfTwoPrincipalsHaveOneWinner) {
+  CK_SESSION_HANDLE sa = OpenRw(), sb = OpenRw();
+  // What the token's login allows: app (Key Vault Administrator on payments) may generate a
+  // session key, norole may not.
+  auto may_generate = [&] {
+    CK_MECHANISM m{CKM_AES_KEY_GEN, nullptr, 0};
+    CK_ULONG len = 16;
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE t[] = {{CKA_TOKEN, &no, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}};
+    CK_OBJECT_HANDLE k = CK_INVALID_HANDLE;
+    CK_RV rv = f->C_GenerateKey(sa, &m, t, 2, &k);
+    if (rv == CKR_OK) (void)f->C_DestroyObject(sa, k);
+    return rv;
+  };
+  constexpr int kRounds = 100;
+  std::barrier sync(2);
+  CK_RV rv_a = CKR_OK, rv_b = CKR_OK;
+  int a_won = 0, b_won = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    std::thread ta([&] {
+      sync.arrive_and_wait();
+      rv_a = Login(sa, kAdminPin);
+    });
+    std::thread tb([&] {
+      sync.arrive_and_wait();
+      rv_b = Login(sb, kNoRolePin);
+    });
+    ta.join();
+    tb.join();
+    ASSERT_EQ((rv_a == CKR_OK) + (rv_b == CKR_OK), 1)
+        << "round " << round << ": " << rv_a << " " << rv_b;
+    const CK_RV loser = rv_a == CKR_OK ? rv_b : rv_a;
+    // The loser saw the winner either before authenticating (the spec's "already logged in")
+    // or under the lock, once its own principal was known (another user).
+    EXPECT_TRUE(loser == CKR_USER_ANOTHER_ALREADY_LOGGED_IN || loser == CKR_USER_ALREADY_LOGGED_IN)
+        << loser;
+    if (rv_a == CKR_OK) {
+      ++a_won;
+      EXPECT_EQ(may_generate(), CKR_OK) << "round " << round;
+    } else {
+      ++b_won;
+      EXPECT_EQ(may_generate(), CKR_ACTION_PROHIBITED) << "round " << round;
+    }
+    ASSERT_EQ(f->C_Logout(sa), CKR_OK);
+  }
+  EXPECT_EQ(a_won + b_won, kRounds);
 }
 
 TEST_F(SessionTest, ClosingTheLastSessionLogsOut) {
@@ -196,18 +256,7 @@ TEST_F(SessionTest, StoreHoldsNoPlaintextKeyMaterial) {
 TEST_F(SessionTest, KeyCreatedByAnotherProcessIsFoundWithoutRestart) {
   CK_SESSION_HANDLE s = LoggedInRw();
   EXPECT_TRUE(FindByLabel(s, "from-child").empty());
-  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
-              CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-              CK_BBOOL t = CK_TRUE;
-              std::string label = "from-child";
-              CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &t, 1},
-                                   {CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()},
-                                   {CKA_LABEL, label.data(), label.size()}};
-              CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &t, 1}, {CKA_LABEL, label.data(), label.size()}};
-              CK_OBJECT_HANDLE p, v;
-              return f->C_GenerateKeyPair(cs, &mech, pt, 3, vt, 2, &p, &v) == CKR_OK ? 0 : 5;
-            }),
-            0);
+  ASSERT_EQ(InAnotherProcess({"gen-ec", "from-child"}), 0);
   auto found = FindByLabel(s, "from-child");
   ASSERT_EQ(found.size(), 2u);
   CK_MECHANISM m{CKM_ECDSA_SHA256, nullptr, 0};
@@ -222,12 +271,7 @@ TEST_F(SessionTest, KeyCreatedByAnotherProcessIsFoundWithoutRestart) {
   auto sig = Sign(s, m, priv, data);
   EXPECT_EQ(Verify(s, m, pub, data, sig), CKR_OK);
   // And a deletion in another process is seen as well.
-  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
-              for (auto h : FindByLabel(cs, "from-child"))
-                if (f->C_DestroyObject(cs, h) != CKR_OK) return 5;
-              return 0;
-            }),
-            0);
+  ASSERT_EQ(InAnotherProcess({"destroy-label", "from-child"}), 0);
   EXPECT_TRUE(FindByLabel(s, "from-child").empty());
 }
 

@@ -75,11 +75,7 @@ class VersionsTest : public AbiTest {
   // Another application on the same store adds a new version of item `label` (an EC key pair);
   // its exit status (0: done).
   int NewVersionInAnotherProcess(const std::string& label) {
-    return InAnotherProcess([&](CK_SESSION_HANDLE cs) {
-      s = cs;
-      CK_OBJECT_HANDLE p, v;
-      return GenEcRv(label, {}, true, &p, &v) == CKR_OK ? 0 : 5;
-    });
+    return InAnotherProcess({"gen-ec-version", label});
   }
   size_t CountAll() { return Find({}).size(); }
 
@@ -374,16 +370,7 @@ TEST_F(VersionsTest, OnDemandReadsSeeOtherProcessesChanges) {
   ASSERT_EQ(FindPrivate("seen").size(), 1u);  // only this label is read
   const std::string seen_v1 = Version(FindPrivate("seen")[0]);
   // Another application: new versions of "seen" and "unseen", "gone" deleted.
-  ASSERT_EQ(InAnotherProcess([&](CK_SESSION_HANDLE cs) {
-              s = cs;
-              CK_OBJECT_HANDLE p, v;
-              if (GenEcRv("seen", {}, true, &p, &v) != CKR_OK) return 5;
-              if (GenEcRv("unseen", {}, true, &p, &v) != CKR_OK) return 6;
-              for (auto h : FindByLabel(cs, "gone"))
-                if (f->C_DestroyObject(cs, h) != CKR_OK) return 7;
-              return 0;
-            }),
-            0);
+  ASSERT_EQ(InAnotherProcess({"gen-ec-version", "seen", "gen-ec-version", "unseen", "destroy-label", "gone"}), 0);
   auto seen = FindPrivate("seen");
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_NE(Version(seen[0]), seen_v1);

@@ -2,9 +2,14 @@
 // failing sinks reported to the others, unthreaded writing; and the event's JSON form.
 #include "audit/recorder.h"
 
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -323,6 +328,76 @@ TEST(EventTest, StringsAreEscapedAndInvalidUtf8Replaced) {
   EXPECT_EQ(j["properties"]["name"], "evil\"}\n{\"x\":\xEF\xBF\xBD");
   EXPECT_EQ(j["properties"]["note"], "line\nbreak");
   EXPECT_EQ(j["caller"]["executable"], "/bin/\"x\"");
+}
+
+// ---- fork safety (issue 16 item 13; README "PKCS#11 conformance notes") ----------------------
+
+// Whether the writer is inside a sink's Write, readable in a forked child (an atomic load is
+// async-signal-safe).
+std::atomic<bool> g_inside_write{false};
+// Set by this file's prepare handler when a fork begins.
+std::mutex g_fork_mu;
+std::condition_variable g_fork_cv;
+bool g_fork_started = false;
+
+void NoteForkStarted() {
+  std::lock_guard<std::mutex> l(g_fork_mu);
+  g_fork_started = true;
+  g_fork_cv.notify_all();
+}
+
+class InsideSink : public CollectingSink {
+ public:
+  Status Write(std::span<const Record> events) override {
+    g_inside_write = true;
+    Status st = CollectingSink::Write(events);
+    g_inside_write = false;
+    return st;
+  }
+};
+
+// A process forks while the writer is inside a sink (holding whatever the sink, OpenSSL or the
+// allocator hold). The recorder's prepare handler makes the fork wait until the batch is
+// written, so the child's copy of the writer is never mid-write; without it the fork goes
+// ahead while the sink is still held.
+TEST(RecorderForkTest, AForkWaitsUntilTheBatchInProgressIsWritten) {
+  RecorderOptions o;
+  o.write_interval = std::chrono::milliseconds(3600 * 1000);
+  o.batch_size = 1;  // one event wakes the writer
+  std::vector<std::unique_ptr<Sink>> v;
+  auto sink = std::make_unique<InsideSink>();
+  InsideSink* held = sink.get();
+  held->Hold();
+  v.push_back(std::move(sink));
+  Recorder rec(o, std::move(v), Caller::Self());
+  // Registered after the recorder's handlers, so this prepare handler runs before theirs
+  // (POSIX runs prepare handlers in reverse order): it tells the releaser the fork has begun.
+  static std::once_flag once;
+  std::call_once(once, [] { ASSERT_EQ(pthread_atfork(&NoteForkStarted, nullptr, nullptr), 0); });
+  {
+    std::lock_guard<std::mutex> l(g_fork_mu);
+    g_fork_started = false;
+  }
+  rec.Submit(Named("KeySign"));
+  held->AwaitWrite(1);
+  ASSERT_TRUE(g_inside_write);
+  // Lets the sink finish only once the fork has begun: a fork that does not wait for the
+  // writer happens while the sink is still held.
+  std::thread releaser([&] {
+    std::unique_lock<std::mutex> l(g_fork_mu);
+    g_fork_cv.wait(l, [] { return g_fork_started; });
+    held->Release();
+  });
+  const pid_t pid = fork();
+  if (pid == 0) _exit(g_inside_write.load() ? 1 : 0);  // async-signal-safe only
+  ASSERT_GT(pid, 0);
+  releaser.join();
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child was forked while the writer was inside the sink";
+  rec.Flush();
+  EXPECT_THAT(held->Ops(), ElementsAre("KeySign"));
 }
 
 }  // namespace

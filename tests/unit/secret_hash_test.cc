@@ -157,5 +157,34 @@ INSTANTIATE_TEST_SUITE_P(
         Make("ln=10,r=8,p=1", ""), Make("ln=10,r=8,p=1", kSalt, ""), Make("ln=10,r=8,p=1") + "$",
         Make("ln=10,r=8,p=1") + "\n", Make("ln=10,r=8,p=1", kSalt, std::string(kHash) + "$AAAA")));
 
+// An unknown principal's login verifies a dummy hash at the cost the configured secrets use,
+// so its time does not tell unknown names from known ones (issue 16 item 9).
+TEST(DummyCostTest, FollowsTheConfiguredSecrets) {
+  const std::string a = Make("ln=14,r=8,p=1"), b = Make("ln=17,r=8,p=1"), c = Make("ln=12,r=4,p=2");
+  // No configured secrets: the default cost of `vaultp11 hash-secret`.
+  EXPECT_EQ(DummyCost({}), ScryptCost{});
+  EXPECT_EQ(DummyCost({a}), (ScryptCost{14, 8, 1}));
+  // The most common cost wins ...
+  EXPECT_EQ(DummyCost({a, b, a, c}), (ScryptCost{14, 8, 1}));
+  EXPECT_EQ(DummyCost({c, b, c}), (ScryptCost{12, 4, 2}));
+  // ... a tie goes to the larger working set; malformed entries are ignored.
+  EXPECT_EQ(DummyCost({a, b}), (ScryptCost{17, 8, 1}));
+  EXPECT_EQ(DummyCost({b, a, "not a hash", "not a hash"}), (ScryptCost{17, 8, 1}));
+}
+
+TEST(DummyCostTest, TheDummyHashHasThatCostAndMatchesNothing) {
+  for (ScryptCost cost : {kFast, ScryptCost{4, 2, 3}}) {
+    const std::string dummy = DummyHash(cost);
+    ASSERT_TRUE(IsWellFormedHash(dummy)) << dummy;
+    EXPECT_EQ(CostOf(dummy), cost);
+    for (std::string_view guess : {"", "x", "correct horse"}) {
+      auto ok = VerifySecret(dummy, Secret(guess));
+      ASSERT_TRUE(ok.ok());
+      EXPECT_FALSE(ok.value());
+    }
+  }
+  EXPECT_EQ(CostOf("$scrypt$ln=99,r=8,p=1$x$y"), std::nullopt);
+}
+
 }  // namespace
 }  // namespace vaultp11::auth

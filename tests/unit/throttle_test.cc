@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <vector>
 
 namespace vaultp11::auth {
 namespace {
@@ -141,6 +143,27 @@ TEST(ThrottleTest, SingleAttemptPolicyIsAlwaysTheFinalTry) {
   EXPECT_TRUE(Decide(s, p, kNow + 29).locked);
   EXPECT_EQ(PinFlags(s, p, kNow + 29), CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_LOCKED);
   EXPECT_EQ(PinFlags(s, p, kNow + 30), CKF_USER_PIN_FINAL_TRY);
+}
+
+// Computed independently (Python hmac) for the fixed vector below.
+constexpr char kExpectedTag[] = "7f0063e032e6f9e9db41cd2b056e5bac";
+
+// Failed logins under a name that is no configured principal are recorded under a keyed
+// hash of the name (issue 16 item 9): stable for one key, different for another key or name,
+// and never the text.
+TEST(UnknownNameTagTest, IsAKeyedHashNeverTheText) {
+  const std::vector<uint8_t> key(32, 0x11), other_key(32, 0x22);
+  const std::string tag = UnknownNameTag(key, "secret-text");
+  EXPECT_EQ(tag.rfind("unknown:", 0), 0u) << tag;
+  EXPECT_EQ(tag.size(), std::string("unknown:").size() + 32);
+  EXPECT_EQ(tag.find("secret"), std::string::npos);
+  for (char c : tag.substr(8)) EXPECT_TRUE((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) << tag;
+  EXPECT_EQ(UnknownNameTag(key, "secret-text"), tag);
+  EXPECT_NE(UnknownNameTag(other_key, "secret-text"), tag);
+  EXPECT_NE(UnknownNameTag(key, "secret-texu"), tag);
+  // HMAC-SHA256(key 0x11 * 32, "secret-text") truncated to 16 bytes: a fixed vector, so the
+  // tags stay comparable across versions of the module (rows already in a store).
+  EXPECT_EQ(tag, "unknown:" + std::string(kExpectedTag));
 }
 
 }  // namespace

@@ -172,6 +172,10 @@ class HsmPool {
   struct MemberState;
   void Wake() const;
   void HealthLoop();
+  // pthread_atfork handlers (pool.cc): prepare parks every health thread; parent and child
+  // release it.
+  static void ForkPrepare();
+  static void ForkRelease();
   // Member i's token when it answers and holds a security domain (reopened if need be).
   std::shared_ptr<p11::InnerToken> Probe(size_t i) const;
   // Copies to member i (through `target`) the catalog's keys it lacks.
