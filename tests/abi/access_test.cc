@@ -190,7 +190,9 @@ class AccessMatrixTest : public AbiTest {
       uint8_t buf[64];
       CK_ATTRIBUTE a = {CKA_VALUE, buf, sizeof(buf)};
       CK_RV rv = f->C_GetAttributeValue(s, fx.aes, &a, 1);
-      if (rv == CKR_OK) EXPECT_EQ(a.ulValueLen, 32u) << who;
+      if (rv == CKR_OK) {
+        EXPECT_EQ(a.ulValueLen, 32u) << who;
+      }
       return denied(rv, {CKR_ACTION_PROHIBITED, CKR_ATTRIBUTE_SENSITIVE, CKR_OBJECT_HANDLE_INVALID});
     }
     if (name == "update key label") {
