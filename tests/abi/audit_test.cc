@@ -354,13 +354,8 @@ TEST_F(AuditTest, UnknownPrincipalNamesAreNeverWrittenAsText) {
   ASSERT_EQ(f->C_GetTokenInfo(0, &ti), CKR_OK);
   EXPECT_NE(ti.flags & CKF_USER_PIN_COUNT_LOW, 0u);  // counted under the hash
   // C_LoginUser: the username is the claimed name.
-  void* h = dlopen(std::getenv("VAULTP11_MODULE"), RTLD_NOW | RTLD_NOLOAD);
-  ASSERT_NE(h, nullptr);
-  auto get = reinterpret_cast<CK_C_GetInterface>(dlsym(h, "C_GetInterface"));
-  ASSERT_NE(get, nullptr);
-  CK_INTERFACE* iface = nullptr;
-  ASSERT_EQ(get(nullptr, nullptr, &iface, 0), CKR_OK);
-  auto* f3 = static_cast<CK_FUNCTION_LIST_3_0*>(iface->pFunctionList);
+  CK_FUNCTION_LIST_3_0* f3 = Module30();
+  ASSERT_NE(f3, nullptr);
   std::string user = "secret-text-77ad", pin = "whatever";
   EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size(),
                             reinterpret_cast<CK_UTF8CHAR_PTR>(user.data()), user.size()),

@@ -26,6 +26,15 @@ CK_FUNCTION_LIST* Module() {
   return list;
 }
 
+CK_FUNCTION_LIST_3_0* Module30() {
+  const char* path = std::getenv("VAULTP11_MODULE");
+  void* h = path == nullptr ? nullptr : dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+  auto get = h == nullptr ? nullptr : reinterpret_cast<CK_C_GetInterface>(dlsym(h, "C_GetInterface"));
+  CK_INTERFACE* iface = nullptr;
+  if (get == nullptr || get(nullptr, nullptr, &iface, 0) != CKR_OK) return nullptr;
+  return static_cast<CK_FUNCTION_LIST_3_0*>(iface->pFunctionList);
+}
+
 std::string TestSecretHash(const std::string& secret) {
   auto h = auth::HashSecret(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()),
                             auth::ScryptCost{4, 8, 1});

@@ -10,12 +10,16 @@
 #include <string>
 #include <vector>
 
+#include "abi/pkcs11_3_0.h"
 #include "temp_dir.h"
 #include "vaultp11/vaultp11.h"
 
 namespace vaultp11::testing {
 
 CK_FUNCTION_LIST* Module();
+// The module's default PKCS#11 3.0 function list (C_GetInterface with no name or version), or
+// null.
+CK_FUNCTION_LIST_3_0* Module30();
 // A cheap (test-cost) `vaultp11 hash-secret` line for `secret`.
 std::string TestSecretHash(const std::string& secret);
 

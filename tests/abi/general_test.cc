@@ -201,13 +201,8 @@ TEST_F(GeneralTest, EveryFunctionIsNotInitializedBeforeInitialize) {
   EXPECT_EQ(f->C_CancelFunction(s), kNi);
   EXPECT_EQ(f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &slot, nullptr), kNi);
   // The 3.0 list: C_LoginUser and the unsupported message functions.
-  void* h = dlopen(std::getenv("VAULTP11_MODULE"), RTLD_NOW | RTLD_NOLOAD);
-  ASSERT_NE(h, nullptr);
-  auto get = reinterpret_cast<CK_C_GetInterface>(dlsym(h, "C_GetInterface"));
-  ASSERT_NE(get, nullptr);
-  CK_INTERFACE* iface = nullptr;
-  ASSERT_EQ(get(nullptr, nullptr, &iface, 0), CKR_OK);
-  auto* f3 = static_cast<CK_FUNCTION_LIST_3_0*>(iface->pFunctionList);
+  CK_FUNCTION_LIST_3_0* f3 = Module30();
+  ASSERT_NE(f3, nullptr);
   EXPECT_EQ(f3->C_LoginUser(s, CKU_USER, buf, 4, buf, 4), kNi);
   EXPECT_EQ(f3->C_SessionCancel(s, 0), kNi);
   EXPECT_EQ(f3->C_MessageEncryptInit(s, &m, o), kNi);
