@@ -20,7 +20,8 @@ struct CallContext {
 // Who is logged in on the call's token (null: nobody), as first read during the call.
 const auth::Grants* GrantsOf(const CallContext& c);
 // Reads it again at the next check (after a slow step, such as a key generation, during which
-// the principal may have logged out).
+// the principal may have logged out; or once an *Init holds its session's lock, so that a
+// C_Logout, which ends operations under that lock, cannot be overtaken).
 inline void RefreshGrants(CallContext& c) { c.grants_read = false; }
 
 Result<CallContext> Begin(CK_SESSION_HANDLE h);
@@ -62,6 +63,11 @@ Status Authorize(const CallContext& c, const model::Object& o, uint32_t perm, CK
 bool Permits(const CallContext& c, const model::Object& o, uint32_t perm);
 // For objects about to be created (they have no handle yet).
 Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm);
+
+// The certificate/key pairing rule (core/objects.cc): a certificate carries a key's CKA_ID or
+// joins a key item, and a key carries a certificate's CKA_ID, only when the certificate
+// certifies that key; else CKR_ATTRIBUTE_VALUE_INVALID.
+Status CheckPairing(const CallContext& c, const model::Object& o);
 
 // C_Logout: ends the searches, and the operations whose key is not open to all (OpenToAll), of
 // every session of the application on the token (spec 5.6 lets a token end them; a vault does

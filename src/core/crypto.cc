@@ -198,6 +198,7 @@ Status CipherInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
   std::lock_guard<std::mutex> l(c.session->mu);
   auto& slot = encrypt ? c.session->encrypt : c.session->decrypt;
   if (slot) return Err(CKR_OPERATION_ACTIVE, "an {} operation is active", encrypt ? "encrypt" : "decrypt");
+  RefreshGrants(c);  // as of now, under the session lock (C_Logout ends operations under it)
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, encrypt ? kEncryptUse : kDecryptUse));
   // HSM keys (a pair's private half, a pool's AES key) run in the HSM; public keys in-process.
   auto op = k.hsm && k.hsm->pool ? NewPoolCipherOp(k.object, *mech, encrypt)
@@ -348,6 +349,7 @@ Status SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key
   if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
   std::lock_guard<std::mutex> l(c.session->mu);
   if (c.session->sign) return Err(CKR_OPERATION_ACTIVE, "a sign operation is active");
+  RefreshGrants(c);  // as of now, under the session lock (C_Logout ends operations under it)
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kSignUse));
   const size_t hsm_sig_len = k.hsm ? HsmSignatureLength(*k.object) : 0;
   VAULTP11_ASSIGN_OR_RETURN(auto op, k.hsm && k.hsm->pool ? NewPoolSignOp(k.object, *mech, hsm_sig_len)
@@ -395,6 +397,7 @@ Status VerifyInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE k
   if (mech == nullptr) return Err(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
   std::lock_guard<std::mutex> l(c.session->mu);
   if (c.session->verify) return Err(CKR_OPERATION_ACTIVE, "a verify operation is active");
+  RefreshGrants(c);  // as of now, under the session lock (C_Logout ends operations under it)
   VAULTP11_ASSIGN_OR_RETURN(PreparedKey k, PrepareKey(c, key, *mech, kVerifyUse));
   VAULTP11_ASSIGN_OR_RETURN(auto op, ossl::NewVerifyOp(k.key, *mech));
   c.session->verify = VerifyState{std::move(op), std::move(k.object), false, TakeAudit()};
@@ -493,6 +496,7 @@ Status UnwrapKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE un
   ApplyVaultPrivacy(*obj);
   if (AuditCall* a = CurrentAudit()) a->event.extra = {{"newKey", obj->label()}};
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, obj->is_token() ? auth::kImport : auth::kUnwrapKey));
+  VAULTP11_RETURN_IF_ERROR(CheckPairing(c, *obj));
   obj->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(obj, new_version));
   return OkStatus();

@@ -95,41 +95,6 @@ Bytes KeySpki(const model::Object& k) {
   return spki.ok() ? std::move(spki).value() : Bytes{};
 }
 
-// Consumers pair a certificate with its key by CKA_ID (Java, libp11) or by name: a certificate
-// may carry a key's CKA_ID, or join a key item's name, only when it certifies that key's public
-// key; otherwise a consumer would present it with the wrong key.
-Status CheckCertificateJoins(const CallContext& c, const model::Object& cert) {
-  if (cert.cls() != CKO_CERTIFICATE) return OkStatus();
-  const Bytes* cert_spki = cert.attrs.Get(CKA_PUBLIC_KEY_INFO);
-  auto certifies = [&](const model::Object& k) {
-    return cert_spki != nullptr && !cert_spki->empty() && KeySpki(k) == *cert_spki;
-  };
-  auto is_asymmetric = [](const model::Object& o) { return o.cls() == CKO_PUBLIC_KEY || o.cls() == CKO_PRIVATE_KEY; };
-  if (const Bytes* id = cert.attrs.Get(CKA_ID); id && !id->empty()) {
-    AttributeMap by_id;
-    by_id.Set(CKA_ID, *id);
-    VAULTP11_ASSIGN_OR_RETURN(const std::vector<CK_OBJECT_HANDLE> same_id, c.token->Find(by_id));
-    for (CK_OBJECT_HANDLE kh : same_id) {
-      auto k = c.token->Get(kh);
-      if (k.ok() && is_asymmetric(*k.value()) && !certifies(*k.value()))
-        return Err(CKR_ATTRIBUTE_VALUE_INVALID,
-                   "the certificate's public key is not that of the key with the same CKA_ID ('{}')", k.value()->label());
-    }
-  }
-  const std::string label = cert.label();
-  if (label.empty()) return OkStatus();
-  VAULTP11_ASSIGN_OR_RETURN(const std::vector<model::ObjectPtr> item, c.token->ItemObjects(label));
-  bool has_keys = false, matches = false;
-  for (const model::ObjectPtr& k : item) {
-    if (!is_asymmetric(*k)) continue;
-    has_keys = true;
-    matches |= certifies(*k);
-  }
-  if (has_keys && !matches)
-    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "key item '{}' holds no key for the certificate's public key", label);
-  return OkStatus();
-}
-
 // Software protection asked for in a pool.
 Status RequireHsmInPool(const CallContext& c, const std::optional<CK_ULONG>& requested) {
   if (c.token->is_pool() && requested && *requested != VAULTP11_PROTECTION_HSM)
@@ -138,6 +103,50 @@ Status RequireHsmInPool(const CallContext& c, const std::optional<CK_ULONG>& req
 }
 
 }  // namespace
+
+// Consumers pair a certificate with its key by CKA_ID (Java, libp11) or by name. A certificate
+// may carry a key's CKA_ID, or join a key item's name, only when it certifies that key; a key
+// may carry a certificate's CKA_ID only when that certificate certifies it. Otherwise a consumer
+// would present the certificate with the wrong key.
+Status CheckPairing(const CallContext& c, const model::Object& o) {
+  const CK_OBJECT_CLASS cls = o.cls();
+  auto is_asymmetric = [](const model::Object& k) { return k.cls() == CKO_PUBLIC_KEY || k.cls() == CKO_PRIVATE_KEY; };
+  if (cls != CKO_CERTIFICATE && !is_asymmetric(o)) return OkStatus();
+  auto certifies = [](const model::Object& cert, const model::Object& key) {
+    const Bytes* cert_spki = cert.attrs.Get(CKA_PUBLIC_KEY_INFO);
+    return cert_spki != nullptr && !cert_spki->empty() && KeySpki(key) == *cert_spki;
+  };
+  if (const Bytes* id = o.attrs.Get(CKA_ID); id && !id->empty()) {
+    AttributeMap by_id;
+    by_id.Set(CKA_ID, *id);
+    VAULTP11_ASSIGN_OR_RETURN(const std::vector<CK_OBJECT_HANDLE> same_id, c.token->Find(by_id));
+    for (CK_OBJECT_HANDLE h : same_id) {
+      auto other = c.token->Get(h);
+      if (!other.ok()) continue;
+      const model::Object& x = *other.value();
+      if (cls == CKO_CERTIFICATE && is_asymmetric(x) && !certifies(o, x))
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID,
+                   "the certificate's public key is not that of the key with the same CKA_ID ('{}')", x.label());
+      if (cls != CKO_CERTIFICATE && x.cls() == CKO_CERTIFICATE && !certifies(x, o))
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID, "certificate '{}' with the same CKA_ID certifies another public key",
+                   x.label());
+    }
+  }
+  // A certificate named like a key item must certify one of its keys (any version). A key may
+  // join an item whose certificate is for another version: rotation makes exactly that.
+  const std::string label = o.label();
+  if (cls != CKO_CERTIFICATE || label.empty()) return OkStatus();
+  VAULTP11_ASSIGN_OR_RETURN(const std::vector<model::ObjectPtr> item, c.token->ItemObjects(label));
+  bool has_keys = false, matches = false;
+  for (const model::ObjectPtr& k : item) {
+    if (!is_asymmetric(*k)) continue;
+    has_keys = true;
+    matches |= certifies(o, *k);
+  }
+  if (has_keys && !matches)
+    return Err(CKR_ATTRIBUTE_VALUE_INVALID, "key item '{}' holds no key for the certificate's public key", label);
+  return OkStatus();
+}
 
 Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyImport"));
@@ -149,7 +158,7 @@ Status CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, 
   ApplyVaultPrivacy(*obj);
   AuditObject(*obj, kCreateOps);
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *obj, CreatePermission(*obj)));
-  VAULTP11_RETURN_IF_ERROR(CheckCertificateJoins(c, *obj));
+  VAULTP11_RETURN_IF_ERROR(CheckPairing(c, *obj));
   obj->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(obj, new_version));
   AuditVersionOf(*obj);
@@ -180,7 +189,7 @@ Status CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE src, CK_ATTRIBUTE_PTR tm
     return Err(CKR_ATTRIBUTE_READ_ONLY, "a copy of vault object '{}' keeps its name", o->label());
   ApplyVaultPrivacy(*copy);
   VAULTP11_RETURN_IF_ERROR(AuthorizeNew(c, *copy, CreatePermission(*copy)));
-  VAULTP11_RETURN_IF_ERROR(CheckCertificateJoins(c, *copy));
+  VAULTP11_RETURN_IF_ERROR(CheckPairing(c, *copy));
   copy->owner_session = h;
   VAULTP11_ASSIGN_OR_RETURN(*out, c.token->Add(std::move(copy), new_version));
   return OkStatus();
@@ -291,7 +300,7 @@ Status SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap changes, Template(tmpl, count));
   VAULTP11_RETURN_IF_ERROR(AuthorizeRename(c, *o, changes));
   VAULTP11_ASSIGN_OR_RETURN(auto updated, model::ModifyObject(*o, changes));
-  if (changes.Has(CKA_LABEL) || changes.Has(CKA_ID)) VAULTP11_RETURN_IF_ERROR(CheckCertificateJoins(c, *updated));
+  if (changes.Has(CKA_LABEL) || changes.Has(CKA_ID)) VAULTP11_RETURN_IF_ERROR(CheckPairing(c, *updated));
   return c.token->Replace(obj, std::move(updated));
 }
 
@@ -301,6 +310,7 @@ Status FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG coun
   VAULTP11_ASSIGN_OR_RETURN(CallContext c, BeginAudited(h, "KeyList"));
   if (tmpl == nullptr && count != 0) return Err(CKR_ARGUMENTS_BAD, "C_FindObjectsInit: pTemplate is NULL");
   std::lock_guard<std::mutex> l(c.session->mu);
+  RefreshGrants(c);  // as of now, under the session lock: a C_Logout meanwhile ends the search
   if (c.session->find) return Err(CKR_OPERATION_ACTIVE, "a search is already active");
   VAULTP11_ASSIGN_OR_RETURN(AttributeMap t, Template(tmpl, count));
   if (auto cls = t.GetUlong(CKA_CLASS)) {
@@ -426,6 +436,7 @@ Status GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
   RefreshGrants(c);  // a logout during the generation refuses the new keys
   Status allowed = AuthorizeNew(c, *kp.public_key, auth::kCreate);
   if (allowed.ok()) allowed = AuthorizeNew(c, *kp.private_key, auth::kCreate);
+  if (allowed.ok()) allowed = CheckPairing(c, *kp.public_key);
   if (!allowed.ok()) {
     c.token->DiscardHsmKey(*kp.private_key);
     return allowed;

@@ -15,8 +15,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <new>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "auth/access.h"
 #include "auth/jwt.h"
@@ -51,10 +53,26 @@ std::atomic<int64_t> g_in_flight{0};
 std::atomic<bool> g_finalize_waiting{false};
 std::mutex g_quiesce_mu;
 std::condition_variable g_quiesce_cv;
+// How long C_Finalize waits for calls in flight. A call can outlast it only inside an inner
+// module that does not answer (a hung HSM): C_Finalize then returns and leaves the provider
+// allocated (g_left_behind), never freeing memory under that call.
+constexpr auto kFinalizeWait = std::chrono::seconds(30);
 // The parent's calls in flight have no thread in a forked child: a C_Finalize there must not
-// wait for them. Registered when the module is loaded, so it holds even for a fork that comes
-// before the first C_Initialize (calls before it briefly count too).
-const int g_in_flight_atfork = pthread_atfork(nullptr, nullptr, [] { g_in_flight.store(0); });
+// wait for them. A fork may also come while another thread's C_Finalize waits holding
+// g_init_mu (and g_quiesce_mu for a moment): the child's copies are made anew, unlocked, so its
+// C_Initialize and exit handlers never wait for a thread it does not have. Registered when the
+// module is loaded, so it holds even for a fork that comes before the first C_Initialize.
+const int g_in_flight_atfork = pthread_atfork(nullptr, nullptr, [] {
+  g_in_flight.store(0);
+  g_finalize_waiting.store(false);
+  // Only this thread runs in the child: nothing else can hold or wait on these.
+  new (&g_init_mu) std::mutex();
+  new (&g_quiesce_mu) std::mutex();
+  new (&g_quiesce_cv) std::condition_variable();
+});
+// Providers a C_Finalize could not free (a call was still in flight when it gave up waiting, or
+// the process is exiting): kept reachable, never used again.
+std::vector<Provider*>* g_left_behind = nullptr;  // guarded by g_init_mu
 
 void Pad(CK_UTF8CHAR* dst, size_t n, std::string_view s) {
   std::memset(dst, ' ', n);
@@ -635,12 +653,25 @@ Status Finalize(CK_VOID_PTR reserved) {
   g_provider.store(nullptr, std::memory_order_seq_cst);
   NewEventRun();  // C_WaitForSlotEvent waiters return CKR_CRYPTOKI_NOT_INITIALIZED
   // Calls in flight finish on the provider before it is freed (the spec leaves C_Finalize
-  // during other calls undefined; a server's shutdown path does it).
+  // during other calls undefined; a server's shutdown path does it). Once the process is exiting
+  // no inner module answers any more (p11::ProcessExiting), so a call stuck in one never
+  // returns: C_Finalize does not wait then. Nor does it wait forever otherwise (kFinalizeWait).
+  bool idle;
   {
+    auto no_calls = [] { return g_in_flight.load(std::memory_order_seq_cst) == 0; };
     g_finalize_waiting.store(true, std::memory_order_seq_cst);
     std::unique_lock<std::mutex> q(g_quiesce_mu);
-    g_quiesce_cv.wait(q, [] { return g_in_flight.load(std::memory_order_seq_cst) == 0; });
+    idle = p11::ProcessExiting() ? no_calls() : g_quiesce_cv.wait_for(q, kFinalizeWait, no_calls);
     g_finalize_waiting.store(false, std::memory_order_seq_cst);
+  }
+  if (!idle) {
+    log::Error("C_Finalize: {} call(s) still in flight {}; their state is left allocated", g_in_flight.load(),
+               p11::ProcessExiting() ? std::string("as the process exits")
+                                     : fmt::format("after {} s (an inner module that does not answer?)",
+                                                   kFinalizeWait.count()));
+    if (g_left_behind == nullptr) g_left_behind = new std::vector<Provider*>();
+    g_left_behind->push_back(p);
+    return OkStatus();
   }
   delete p;
   return OkStatus();

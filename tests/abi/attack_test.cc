@@ -410,6 +410,26 @@ TEST_F(AttackTest, ForeignCertificateCannotJoinAKeyItem) {
   CK_ATTRIBUTE copy_to[] = {{CKA_TOKEN, &no, 1}, {CKA_ID, tls_id, sizeof(tls_id)}};
   CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
   EXPECT_EQ(f->C_CopyObject(s, loose, copy_to, 2, &copy), CKR_ATTRIBUTE_VALUE_INVALID);
+  // The other way round: another key takes the certificate's CKA_ID (by update, by a new key
+  // pair, by a copy), and a consumer pairing by CKA_ID would present tls's certificate with it.
+  ASSERT_EQ(LoginAs(s, "cryptouser"), CKR_OK);
+  EXPECT_EQ(f->C_SetAttributeValue(s, evil_priv, &id_attr, 1), CKR_ATTRIBUTE_VALUE_INVALID);
+  EXPECT_EQ(f->C_SetAttributeValue(s, evil_pub, &id_attr, 1), CKR_ATTRIBUTE_VALUE_INVALID);
+  ASSERT_EQ(LoginAs(s, "app"), CKR_OK);
+  {
+    CK_MECHANISM gen{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    CK_BBOOL yes = CK_TRUE;
+    std::string label = "newcomer";
+    CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &yes, 1}, {CKA_EC_PARAMS, const_cast<uint8_t*>(kP256.data()), kP256.size()},
+                         {CKA_LABEL, label.data(), label.size()}, {CKA_ID, tls_id, sizeof(tls_id)}};
+    CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &yes, 1}, {CKA_LABEL, label.data(), label.size()}, {CKA_ID, tls_id, sizeof(tls_id)}};
+    CK_OBJECT_HANDLE np = CK_INVALID_HANDLE, nv = CK_INVALID_HANDLE;
+    EXPECT_EQ(f->C_GenerateKeyPair(s, &gen, pt, 4, vt, 3, &np, &nv), CKR_ATTRIBUTE_VALUE_INVALID);
+    EXPECT_TRUE(FindByLabel(s, "newcomer").empty());
+    CK_ATTRIBUTE copy_key[] = {{CKA_TOKEN, &no, 1}, {CKA_ID, tls_id, sizeof(tls_id)}};
+    EXPECT_EQ(f->C_CopyObject(s, evil_priv, copy_key, 2, &copy), CKR_ATTRIBUTE_VALUE_INVALID);
+  }
+  ASSERT_EQ(LoginAs(s, "certofficer"), CKR_OK);
   // Java and libp11 pair by CKA_ID: only the right certificate carries tls's.
   CK_OBJECT_CLASS cert_cls = CKO_CERTIFICATE;
   CK_ATTRIBUTE by_id[] = {{CKA_CLASS, &cert_cls, sizeof(cert_cls)}, {CKA_ID, tls_id, sizeof(tls_id)}};
@@ -420,6 +440,14 @@ TEST_F(AttackTest, ForeignCertificateCannotJoinAKeyItem) {
   ASSERT_EQ(f->C_FindObjectsFinal(s), CKR_OK);
   ASSERT_EQ(n, 1u);
   EXPECT_EQ(hs[0], c);
+  CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY;
+  CK_ATTRIBUTE key_by_id[] = {{CKA_CLASS, &priv_cls, sizeof(priv_cls)}, {CKA_ID, tls_id, sizeof(tls_id)}};
+  ASSERT_EQ(LoginAs(s, "app"), CKR_OK);
+  ASSERT_EQ(f->C_FindObjectsInit(s, key_by_id, 2), CKR_OK);
+  ASSERT_EQ(f->C_FindObjects(s, hs, 4, &n), CKR_OK);
+  ASSERT_EQ(f->C_FindObjectsFinal(s), CKR_OK);
+  ASSERT_EQ(n, 1u);
+  EXPECT_EQ(hs[0], tls_priv);
 }
 
 // Spec 4.4 / 6.7.6 (permitted object accesses by sessions): without a login an application may

@@ -68,11 +68,19 @@ race2() {
   cat "$WORK/$name-1.out" "$WORK/$name-2.out"
 }
 
-step "31 days on (lifecycle run --at; creation times are authenticated, so not moved back in the file): two runs at once rotate it once"
+# Creation times are authenticated in the store (not moved back in the file), so the runs look 31
+# days ahead with --at. A version the first run makes is "created" now, which is 31 days before
+# that time too: a second run that starts after the first one committed rotates it in turn. What
+# the race must never do is rotate one version twice (two new versions "was" the same one).
+step "31 days on (lifecycle run --at): two runs at once never rotate one version twice"
 race2 rotate --at "$(date -u -d '+31 days' +%Y-%m-%d)"
-[[ $(cat "$WORK/rotate-1.out" "$WORK/rotate-2.out" | grep -c '^rotated: ') == 1 ]] || fail "expected exactly one rotation"
+rotations=$(cat "$WORK/rotate-1.out" "$WORK/rotate-2.out" | grep -c '^rotated: ' || true)
+[[ $rotations == 1 || $rotations == 2 ]] || fail "expected one or two rotations, got $rotations"
+[[ $(cat "$WORK/rotate-1.out" "$WORK/rotate-2.out" | grep '^rotated: ' | sed 's/.*(was //' | sort -u | wc -l) == "$rotations" ]] ||
+  fail "one version was rotated twice"
+nversions=$((2 + rotations))
 versions=$("$VAULTP11_CLI" --config "$CONF" list --json | grep -c '"label": "signer"')
-[[ $versions == 6 ]] || fail "expected 3 versions (6 objects) of signer, got $versions objects"
+[[ $versions == $((2 * nversions)) ]] || fail "expected $nversions versions of signer, got $versions objects"
 third=$(ask "version signer")
 [[ $third != "$after" ]] || fail "the running process did not pick up the policy's rotation"
 cli lifecycle run | grep -q "0 rotated, 0 renewed, 0 notified" || fail "a later run rotated again"
@@ -88,13 +96,14 @@ grep -q '"operationName":"KeyNearExpiry"' "$WORK/audit.log" || fail "no KeyNearE
 
 step "backup and restore: the key, deleted and purged, comes back with every version"
 export_pubkey signer "$WORK/current.pem"
-cli backup payments signer "$WORK/signer.backup" | grep -q "Key \"signer\" backed up to .* (3 versions)" ||
-  fail "backup did not cover 3 versions"
+cli backup payments signer "$WORK/signer.backup" | grep -q "Key \"signer\" backed up to .* ($nversions versions)" ||
+  fail "backup did not cover $nversions versions"
 run_fails "$VAULTP11_CLI" --config "$CONF" restore payments "$WORK/signer.backup"
 p11_user --delete-object --type privkey --label signer
 cli deleted purge payments signer
 [[ $(p11_user -O --type pubkey --label signer | grep -c '^Public Key Object') == 0 ]] || fail "signer is still there"
-cli restore payments "$WORK/signer.backup" | grep -q "restored from .* (3 versions)" || fail "restore did not say 3 versions"
+cli restore payments "$WORK/signer.backup" | grep -q "restored from .* ($nversions versions)" ||
+  fail "restore did not say $nversions versions"
 export_pubkey signer "$WORK/restored.pem"
 cmp "$WORK/current.pem" "$WORK/restored.pem" || fail "the restored current version is another key"
 p11 --read-object --type pubkey --id "$v1_id" -o "$WORK/v1-restored.der"
