@@ -103,7 +103,13 @@ class Anchors {
       return;
     }
     if (!a->has_value()) {
-      if (end.seq > 0) io.out << fmt::format("{}: no anchor in the store yet (no rollback check)\n", path);
+      // Every writer anchors when it stops (and at each rotation, at most once a second): a log
+      // with records and no anchor had its anchor deleted, or its writer died before its first
+      // one, or could not write the store. None of these proves the log is whole.
+      if (end.seq > 0)
+        problems.push_back(fmt::format("{}: the store holds no audit anchor for this log (deleted, or its writer could "
+                                       "not write the store): a rollback cannot be ruled out",
+                                       path));
       return;
     }
     const store::Store::AuditAnchor& s = a->value();

@@ -769,6 +769,16 @@ class AuditCliTest : public ::testing::Test {
     auto key = store::DeriveKeyFromMasterKeyFile(dir.file("data/store.db.masterkey"), "audit-head");
     EXPECT_TRUE(key.ok());
     if (key.ok()) o.head_key = key.value();
+    // As the module's and the CLI's writers do (core::StoreAnchor): the chain's end goes to the
+    // store's audit anchor, which `audit verify` requires.
+    auto opened = std::make_shared<std::unique_ptr<store::Store>>();
+    o.anchor = [this, opened](const audit::ChainEnd& end) -> Status {
+      if (!*opened) {
+        VAULTP11_ASSIGN_OR_RETURN(*opened, store::Store::Open(dir.file("data/store.db"),
+                                                              dir.file("data/store.db.masterkey"), false));
+      }
+      return (*opened)->AdvanceAuditAnchor(log, {end.gen_time, end.gen_n, static_cast<int64_t>(end.seq), end.hash});
+    };
     return o;
   }
   TempDir dir;
@@ -986,6 +996,14 @@ TEST_F(AuditCliTest, VerifyDetectsAnEditedAnchorRow) {
   EXPECT_THAT(edited.err, HasSubstr("does not match its MAC"));
   // Verifying never rewrites the row: the answer stays.
   EXPECT_EQ(RunCli(dir, {"--config", "vp.yaml", "audit", "verify"}).exit_code, kExitFailed);
+  // Nor does deleting the row help: a log with records and no anchor is not taken as whole.
+  ASSERT_EQ(sqlite3_open(dir.file("data/store.db").c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(sqlite3_exec(db, "DELETE FROM audit_anchors", nullptr, nullptr, nullptr), SQLITE_OK);
+  EXPECT_EQ(sqlite3_changes(db), 1);
+  sqlite3_close(db);
+  Outcome deleted = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(deleted.exit_code, kExitFailed) << deleted.out;
+  EXPECT_THAT(deleted.err, HasSubstr(log + ": the store holds no audit anchor for this log"));
 }
 
 TEST_F(AuditCliTest, TailPrintsTheLastRecordsReadably) {
