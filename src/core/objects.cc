@@ -1,10 +1,10 @@
 // Object management calls (spec 5.7) and key generation (5.14).
 #include <cstring>
 
+#include "backend/ossl/ossl_backend.h"
 #include "core/audit_hooks.h"
 #include "core/calls.h"
 #include "core/context.h"
-#include "backend/ossl/ossl_backend.h"
 #include "core/mechanisms.h"
 #include "model/attributes.h"
 
