@@ -8,7 +8,6 @@
 // module made.
 #include <malloc.h>
 #include <p11-kit/pkcs11.h>
-#include <sqlite3.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -29,6 +28,7 @@
 #include "deployment.h"
 #include "latency.h"
 #include "model/attributes.h"
+#include "store/store.h"
 
 namespace {
 
@@ -84,59 +84,42 @@ struct Store {
       error = "C_GenerateKeyPair failed";
       return;
     }
-    // Its public key's row, copied n-1 times with their own label, CKA_ID and version.
-    sqlite3* db = nullptr;
-    if (sqlite3_open((dir + "/store.db").c_str(), &db) != SQLITE_OK) {
-      error = "cannot open the store";
+    // Its public key's row, copied n-1 times with their own label and CKA_ID, through the store
+    // (every row carries its MAC: store.cc RecordMac).
+    auto st = vaultp11::store::Store::Open(dir + "/store.db", dir + "/store.db.masterkey", false);
+    if (!st.ok()) {
+      error = "cannot open the store: " + st.error().message;
       return;
     }
-    sqlite3_stmt* q = nullptr;
-    sqlite3_prepare_v2(db, "SELECT vault, class, attributes, revision FROM objects WHERE class = 2", -1, &q, nullptr);
-    if (sqlite3_step(q) != SQLITE_ROW) {
-      error = "the public key row is missing";
-      sqlite3_finalize(q);
-      sqlite3_close(db);
+    auto rows = st.value()->LoadByLabel("bench", label);
+    if (!rows.ok() || rows->empty()) {
+      error = "the first key's rows are missing";
       return;
     }
-    const std::string vault = reinterpret_cast<const char*>(sqlite3_column_text(q, 0));
-    const int64_t cls = sqlite3_column_int64(q, 1);
-    const auto* blob = static_cast<const uint8_t*>(sqlite3_column_blob(q, 2));
-    auto base = vaultp11::model::AttributeMap::Deserialize(
-        vaultp11::Bytes(blob, blob + sqlite3_column_bytes(q, 2)));
-    const int64_t revision = sqlite3_column_int64(q, 3);
-    sqlite3_finalize(q);
+    const vaultp11::store::ObjectRecord* pub_row = nullptr;
+    for (const auto& r : *rows)
+      if (r.object_class == CKO_PUBLIC_KEY) pub_row = &r;
+    auto base = pub_row ? vaultp11::model::AttributeMap::Deserialize(pub_row->attributes)
+                        : vaultp11::Result<vaultp11::model::AttributeMap>(
+                              vaultp11::Err(CKR_GENERAL_ERROR, "no public key row"));
     if (!base.ok()) {
       error = "the public key's attributes do not parse";
-      sqlite3_close(db);
       return;
     }
-    sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr);
-    sqlite3_prepare_v2(db,
-                       "INSERT INTO objects(vault, class, label, ck_id, attributes, secret, revision, version, created) "
-                       "VALUES(?, ?, ?, ?, ?, NULL, ?, ?, strftime('%s','now'))",
-                       -1, &q, nullptr);
-    for (size_t i = 1; i < n; ++i) {
+    for (size_t i = 1; i < n && error.empty(); ++i) {
       vaultp11::model::AttributeMap a = *base;
       const std::string l = "obj-" + std::to_string(i);
       const std::vector<CK_BYTE> cid = IdOf(i);
       a.SetString(CKA_LABEL, l);
       a.Set(CKA_ID, vaultp11::Bytes(cid.begin(), cid.end()));
-      const vaultp11::Bytes attrs = a.Serialize();
-      char version[33];
-      std::snprintf(version, sizeof(version), "%032zx", i);
-      sqlite3_bind_text(q, 1, vault.c_str(), -1, SQLITE_TRANSIENT);
-      sqlite3_bind_int64(q, 2, cls);
-      sqlite3_bind_text(q, 3, l.c_str(), -1, SQLITE_TRANSIENT);
-      sqlite3_bind_blob(q, 4, cid.data(), static_cast<int>(cid.size()), SQLITE_TRANSIENT);
-      sqlite3_bind_blob(q, 5, attrs.data(), static_cast<int>(attrs.size()), SQLITE_TRANSIENT);
-      sqlite3_bind_int64(q, 6, revision);
-      sqlite3_bind_text(q, 7, version, -1, SQLITE_TRANSIENT);
-      if (sqlite3_step(q) != SQLITE_DONE) error = "insert failed";
-      sqlite3_reset(q);
+      vaultp11::store::ObjectRecord rec;
+      rec.vault = pub_row->vault;
+      rec.object_class = CKO_PUBLIC_KEY;
+      rec.label = l;
+      rec.ck_id = vaultp11::Bytes(cid.begin(), cid.end());
+      rec.attributes = a.Serialize();
+      if (!st.value()->Insert(std::move(rec), {}).ok()) error = "insert failed";
     }
-    sqlite3_finalize(q);
-    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-    sqlite3_close(db);
   }
   ~Store() {
     std::error_code ec;
