@@ -86,9 +86,10 @@ class Anchors {
     }
   }
 
-  // The anchor of the sink at `path` (nothing without a store).
+  // The anchor of the sink at `path` (without a store an error, which Check does not look at:
+  // it reports the missing store instead).
   Result<std::optional<store::Store::AuditAnchor>> Read(const std::string& path) {
-    if (!store_) return std::optional<store::Store::AuditAnchor>();
+    if (!store_) return Err(CKR_GENERAL_ERROR, "no store: {}", why_);
     return store_->GetAuditAnchor(path);
   }
 

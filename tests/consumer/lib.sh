@@ -175,15 +175,16 @@ softhsm_env() {
   export SOFTHSM2_CONF="$WORK/softhsm2.conf"
 }
 
-# make_hsm_deployment: like make_deployment, but "payments" is a premium vault whose key pairs
-# default to a real SoftHSMv2 token made in $WORK (label vault-hsm, user PIN in $HSM_PIN).
+# make_hsm_deployment [PROTECTION]: like make_deployment, but "payments" is a premium vault on
+# a real SoftHSMv2 token made in $WORK (label vault-hsm, user PIN in $HSM_PIN) whose key pairs
+# default to PROTECTION (hsm unless given: software).
 make_hsm_deployment() {
   softhsm_env
   HSM_PIN=$(openssl rand -hex 8)
   run softhsm2-util --init-token --free --label vault-hsm --pin "$HSM_PIN" --so-pin "$(openssl rand -hex 8)" >/dev/null
   (umask 077 && printf '%s\n' "$HSM_PIN" >"$WORK/hsm.pin")
   HSMS_YAML="hsms: [ { name: hsm-a, module: $SOFTHSM_MODULE, token: vault-hsm, pin_file: $WORK/hsm.pin, quirks: [no-deinit] } ]"
-  VAULT_YAML="{ name: payments, sku: premium, hsms: [hsm-a], default_protection: hsm${VAULT_EXTRA_YAML:-} }"
+  VAULT_YAML="{ name: payments, sku: premium, hsms: [hsm-a], default_protection: ${1:-hsm}${VAULT_EXTRA_YAML:-} }"
   make_deployment
 }
 

@@ -13,13 +13,7 @@ PROVIDER="$modules_dir/pkcs11.so"
 [[ -f $PROVIDER ]] || skip "pkcs11-provider ($PROVIDER) is not installed (Debian: pkcs11-provider from bookworm-backports)"
 
 # A premium vault with an HSM (SoftHSMv2); new keys are software keys unless asked otherwise.
-softhsm_env
-HSM_PIN=$(openssl rand -hex 8)
-run softhsm2-util --init-token --free --label vault-hsm --pin "$HSM_PIN" --so-pin "$(openssl rand -hex 8)" >/dev/null
-(umask 077 && printf '%s\n' "$HSM_PIN" >"$WORK/hsm.pin")
-HSMS_YAML="hsms: [ { name: hsm-a, module: $SOFTHSM_MODULE, token: vault-hsm, pin_file: $WORK/hsm.pin, quirks: [no-deinit] } ]"
-VAULT_YAML="{ name: payments, sku: premium, hsms: [hsm-a] }"
-make_deployment
+make_hsm_deployment software
 
 (umask 077 && printf '%s' "$PIN" >"$WORK/vault.pin")
 PROVIDER_CONF="$WORK/provider.cnf"
