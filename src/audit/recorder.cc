@@ -10,43 +10,6 @@
 #include "util/log.h"
 
 namespace vaultp11::audit {
-namespace {
-
-// Fork safety (README "PKCS#11 conformance notes"). A process may fork while the writer thread
-// is mid-batch: inside a sink, OpenSSL or the allocator, holding locks that no thread of the
-// child would ever release. The prepare handler takes, for every live threaded recorder, the
-// two locks under which the writer does all its work (write_mu_ around formatting, writing
-// and freeing a batch; mu_ around the queue), so at the fork the writer is parked waiting for
-// one of them or sleeping on its condition variable, holding nothing. Parent and child
-// release them; the child never uses the parent's writer (its module is set aside).
-std::mutex& LiveMu() {
-  static std::mutex* mu = new std::mutex;  // never destroyed: handlers may run during exit
-  return *mu;
-}
-std::vector<Recorder*>& Live() {
-  static auto* live = new std::vector<Recorder*>;
-  return *live;
-}
-
-}  // namespace
-
-void Recorder::ForkPrepare() {
-  LiveMu().lock();
-  for (Recorder* r : Live()) {
-    r->write_mu_.lock();
-    r->mu_.lock();
-  }
-}
-
-void Recorder::ForkRelease() {
-  auto& live = Live();
-  for (auto it = live.rbegin(); it != live.rend(); ++it) {
-    (*it)->mu_.unlock();
-    (*it)->write_mu_.unlock();
-  }
-  LiveMu().unlock();
-}
-
 Recorder::Recorder(RecorderOptions opts, std::vector<std::unique_ptr<Sink>> sinks, Caller caller,
                    std::vector<bool> failing)
     : opts_(opts),
@@ -61,20 +24,13 @@ Recorder::Recorder(RecorderOptions opts, std::vector<std::unique_ptr<Sink>> sink
                                     r[5], r[6], r[7]);
   queue_.reserve(std::min<size_t>(opts_.queue_size, 1024));
   if (!threaded_) return;
-  static std::once_flag at_fork;
-  std::call_once(at_fork, [] { pthread_atfork(&ForkPrepare, &ForkRelease, &ForkRelease); });
-  {
-    std::lock_guard<std::mutex> l(LiveMu());
-    Live().push_back(this);
-  }
+  Parking::Track(this);
   writer_ = std::thread([this] { Run(); });
 }
 
 Recorder::~Recorder() {
   Stop();
-  std::lock_guard<std::mutex> l(LiveMu());
-  auto& live = Live();
-  live.erase(std::remove(live.begin(), live.end(), this), live.end());
+  Parking::Forget(this);
 }
 
 void Recorder::Submit(Event&& e) {

@@ -37,6 +37,7 @@
 #include "audit/event.h"
 #include "audit/sink.h"
 #include "config/config.h"
+#include "util/fork_parking.h"
 #include "util/secure_bytes.h"
 
 namespace vaultp11::audit {
@@ -94,10 +95,6 @@ class Recorder {
 
  private:
   void Run();
-  // pthread_atfork handlers (recorder.cc): prepare parks every live writer; parent and child
-  // release it.
-  static void ForkPrepare();
-  static void ForkRelease();
   // Formats and writes `batch` (writer thread, or the caller when unthreaded); with
   // `all_summaries`, also the summaries of coalescing windows not yet over.
   void WriteBatch(std::vector<Event>& batch, uint64_t dropped, bool all_summaries = false);
@@ -147,6 +144,9 @@ class Recorder {
   // by WriteBatch and read by Run, both on the writer thread.
   std::chrono::steady_clock::time_point next_summary_ = std::chrono::steady_clock::time_point::max();
   std::thread writer_;
+  // Parks the writer at a fork (util/fork_parking.h): it does all its work under write_mu_
+  // (a batch formatted, written and freed) or mu_ (the queue).
+  using Parking = ForkParking<Recorder, &Recorder::write_mu_, &Recorder::mu_>;
 };
 
 }  // namespace vaultp11::audit

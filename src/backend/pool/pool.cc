@@ -479,50 +479,8 @@ void HsmPool::DestroyEverywhere(std::span<const uint8_t> inner_id) const {
 
 // ---- health check ------------------------------------------------------------------------------
 
-namespace {
-
-// Fork safety (README "PKCS#11 conformance notes"): the prepare handler takes every pool's
-// check_mu_ (held by the health thread for a whole pass, which calls the inner modules and
-// allocates) and then health_mu_, so at the fork no health thread is inside a pass: each is
-// parked waiting for one of them or sleeping on its condition variable, holding nothing. A
-// fork may therefore wait for a pass in progress to end. Parent and child release them; the
-// child never runs the parent's health threads (its module is set aside).
-std::mutex& PoolsMu() {
-  static std::mutex* mu = new std::mutex;  // never destroyed: handlers may run during exit
-  return *mu;
-}
-std::vector<HsmPool*>& Pools() {
-  static auto* pools = new std::vector<HsmPool*>;
-  return *pools;
-}
-
-}  // namespace
-
-void HsmPool::ForkPrepare() {
-  PoolsMu().lock();
-  for (HsmPool* p : Pools()) {
-    p->check_mu_.lock();
-    p->health_mu_.lock();
-  }
-}
-
-void HsmPool::ForkRelease() {
-  auto& pools = Pools();
-  for (auto it = pools.rbegin(); it != pools.rend(); ++it) {
-    (*it)->health_mu_.unlock();
-    (*it)->check_mu_.unlock();
-  }
-  PoolsMu().unlock();
-}
-
 void HsmPool::StartHealthCheck(Catalog catalog, std::function<void()> on_change) {
-  static std::once_flag at_fork;
-  std::call_once(at_fork, [] { pthread_atfork(&ForkPrepare, &ForkRelease, &ForkRelease); });
-  {
-    // Before health_mu_: the handlers take the list's lock first.
-    std::lock_guard<std::mutex> l(PoolsMu());
-    if (std::find(Pools().begin(), Pools().end(), this) == Pools().end()) Pools().push_back(this);
-  }
+  Parking::Track(this);  // before health_mu_: the fork handlers take the list's lock first
   std::lock_guard<std::mutex> l(health_mu_);
   if (health_thread_.joinable() || stopped_) return;
   catalog_ = std::move(catalog);
@@ -542,8 +500,7 @@ void HsmPool::StopHealthCheck() {
   }
   health_cv_.notify_all();
   if (t.joinable()) t.join();
-  std::lock_guard<std::mutex> l(PoolsMu());
-  Pools().erase(std::remove(Pools().begin(), Pools().end(), this), Pools().end());
+  Parking::Forget(this);
 }
 
 void HsmPool::Wake() const {

@@ -21,6 +21,7 @@
 #include "backend/p11/inner_module.h"
 #include "backend/p11/inner_token.h"
 #include "util/result.h"
+#include "util/fork_parking.h"
 #include "util/secure_bytes.h"
 
 namespace vaultp11::pool {
@@ -172,10 +173,6 @@ class HsmPool {
   struct MemberState;
   void Wake() const;
   void HealthLoop();
-  // pthread_atfork handlers (pool.cc): prepare parks every health thread; parent and child
-  // release it.
-  static void ForkPrepare();
-  static void ForkRelease();
   // Member i's token when it answers and holds a security domain (reopened if need be).
   std::shared_ptr<p11::InnerToken> Probe(size_t i) const;
   // Copies to member i (through `target`) the catalog's keys it lacks.
@@ -197,6 +194,10 @@ class HsmPool {
   std::function<void()> on_change_;
   std::thread health_thread_;
   mutable std::mutex check_mu_;  // one CheckNow at a time
+  // Parks the health thread at a fork (util/fork_parking.h): check_mu_ is held for a whole
+  // pass (inner module calls, allocations), health_mu_ for the rest; a fork may so wait for a
+  // pass in progress to end.
+  using Parking = ForkParking<HsmPool, &HsmPool::check_mu_, &HsmPool::health_mu_>;
 };
 
 // ---- security domain administration (`vaultp11 pool init`) ----------------------------------
