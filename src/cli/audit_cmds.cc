@@ -74,11 +74,11 @@ class Anchors {
  public:
   explicit Anchors(const config::Config& cfg) {
     std::error_code ec;
-    if (!std::filesystem::exists(cfg.store.path, ec)) {
+    if (cfg.store.backend == store::Options::Backend::kSqlite && !std::filesystem::exists(cfg.store.path, ec)) {
       why_ = fmt::format("there is no store {}", cfg.store.path);
       return;
     }
-    auto st = store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/false);
+    auto st = store::Store::Open(cfg.store, /*create_if_missing=*/false);
     if (st.ok()) {
       store_ = std::move(st).value();
     } else {

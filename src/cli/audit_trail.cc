@@ -65,7 +65,7 @@ Result<OperatorAudit> OperatorAudit::Open(const config::Config& cfg, std::string
   // The file sinks' chain ends are anchored in the store like the module's (audit verify's
   // rollback check).
   auto r = audit::Recorder::Create(cfg.audit, std::move(head_key), /*threaded=*/false,
-                                   core::StoreAnchor(cfg.store.path, cfg.store.master_key_file));
+                                   core::StoreAnchor(cfg.store));
   if (!r.ok()) return Err(r.rv(), "{}; {}", r.error().message, consequence);
   a.recorder_ = std::move(r).value();
   return a;

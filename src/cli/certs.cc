@@ -204,7 +204,7 @@ Result<CertPlace> OpenCertPlace(const config::Config& cfg, const std::string& va
   for (const auto& t : p.provider->tokens())
     if (t->name() == vault) p.token = t.get();
   if (p.token == nullptr) return Err(CKR_ARGUMENTS_BAD, "vault {} is not loaded", QuotePrintable(vault));
-  VAULTP11_ASSIGN_OR_RETURN(p.st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+  VAULTP11_ASSIGN_OR_RETURN(p.st, store::Store::Open(cfg.store, false));
   return p;
 }
 

@@ -82,10 +82,10 @@ Status EnsureParentDir(const std::string& file, std::ostream& out) {
 
 Result<std::unique_ptr<store::Store>> OpenExisting(const config::Config& cfg) {
   auto s =
-      store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/false);
+      store::Store::Open(cfg.store, /*create_if_missing=*/false);
   if (!s.ok() && s.rv() == CKR_TOKEN_NOT_PRESENT)
     return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)",
-               cfg.store.path);
+               store::Describe(cfg.store));
   return s;
 }
 
@@ -343,7 +343,12 @@ Status PoolInitCommand(const config::Config& cfg, const std::vector<std::string>
 }
 
 Status InitCommand(const config::Config& cfg, std::ostream& out) {
-  const bool db_existed = Exists(cfg.store.path);
+  const bool pg = cfg.store.backend == store::Options::Backend::kPostgres;
+  // A PostgreSQL store "exists" once it has the schema (Open with create_if_missing false).
+  const bool db_existed =
+      pg ? store::Store::Open(cfg.store, /*create_if_missing=*/false).rv() != CKR_TOKEN_NOT_PRESENT
+         : Exists(cfg.store.path);
+  const std::string store_name = pg ? store::Describe(cfg.store) : cfg.store.path;
   const bool key_existed = Exists(cfg.store.master_key_file);
   const bool creates_store = !db_existed || !key_existed;
   // The audit sinks first: with audit.required, one that cannot be opened stops init before it
@@ -354,10 +359,10 @@ Status InitCommand(const config::Config& cfg, std::ostream& out) {
     VAULTP11_ASSIGN_OR_RETURN(audit, OperatorAudit::Open(cfg));
   } else {
     VAULTP11_RETURN_IF_ERROR(OperatorAudit::CheckSinks(
-        cfg, {std::filesystem::path(cfg.store.path).parent_path().string(),
+        cfg, {std::filesystem::path(pg ? cfg.store.master_key_file : cfg.store.path).parent_path().string(),
               std::filesystem::path(cfg.store.master_key_file).parent_path().string()}));
   }
-  const nlohmann::json store_props = {{"store", AbsolutePath(cfg.store.path)},
+  const nlohmann::json store_props = {{"store", pg ? store_name : AbsolutePath(cfg.store.path)},
                                       {"masterKeyFile", AbsolutePath(cfg.store.master_key_file)},
                                       {"storeCreated", !db_existed},
                                       {"masterKeyCreated", !key_existed}};
@@ -371,19 +376,20 @@ Status InitCommand(const config::Config& cfg, std::ostream& out) {
     if (audit) audit->Record("StoreInit", st, store_props);
     return st;
   };
-  if (Status s = EnsureParentDir(cfg.store.path, out); !s.ok()) return store_failed(s);
+  if (!pg)
+    if (Status s = EnsureParentDir(cfg.store.path, out); !s.ok()) return store_failed(s);
   if (Status s = EnsureParentDir(cfg.store.master_key_file, out); !s.ok()) return store_failed(s);
-  auto opened = store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/true);
+  auto opened = store::Store::Open(cfg.store, /*create_if_missing=*/true);
   if (!opened.ok()) return store_failed(opened.status());
   std::unique_ptr<store::Store> st = std::move(opened).value();
   if (!audit) {
     VAULTP11_ASSIGN_OR_RETURN(
         audit, OperatorAudit::Open(cfg, fmt::format("the store {} was created, no vault yet (run `vaultp11 init` again "
                                                     "once the audit sink works)",
-                                                    cfg.store.path)));
+                                                    store_name)));
   }
   if (creates_store) audit->Record("StoreInit", OkStatus(), store_props);
-  out << fmt::format("{} store {}\n", db_existed ? "using existing" : "created", cfg.store.path);
+  out << fmt::format("{} store {}\n", db_existed ? "using existing" : "created", store_name);
   out << fmt::format("{} master key file {}\n", key_existed ? "using existing" : "created",
                      cfg.store.master_key_file);
   auto listed = st->Vaults();
@@ -423,7 +429,7 @@ Status ListCommand(const config::Config& cfg, const ListOptions& opts, std::ostr
   std::set<std::string> initialized(in_store.begin(), in_store.end());
 
   nlohmann::ordered_json doc = {{"config", cfg.source},
-                                {"store", cfg.store.path},
+                                {"store", store::Describe(cfg.store)},
                                 {"vaults", nlohmann::ordered_json::array()}};
   std::string text;
   for (const config::VaultConfig& v : cfg.vaults) {

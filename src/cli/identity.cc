@@ -41,9 +41,9 @@ Result<std::string> TokenName(const config::Config& cfg, const std::string& vaul
 }
 
 Result<std::string> DeploymentId(const config::Config& cfg) {
-  auto st = store::Store::Open(cfg.store.path, cfg.store.master_key_file, false);
+  auto st = store::Store::Open(cfg.store, false);
   if (!st.ok() && st.rv() == CKR_TOKEN_NOT_PRESENT)
-    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", cfg.store.path);
+    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", store::Describe(cfg.store));
   if (!st.ok()) return st.error();
   return st.value()->DeploymentId();
 }
@@ -130,9 +130,9 @@ Status AssertionCommand(const config::Config& cfg, const AssertionOptions& o, Io
 
 Status WhoamiCommand(const config::Config& cfg, const WhoamiOptions& o, Io& io) {
   VAULTP11_ASSIGN_OR_RETURN(std::string token, TokenName(cfg, o.vault, o.slot));
-  auto st = store::Store::Open(cfg.store.path, cfg.store.master_key_file, false);
+  auto st = store::Store::Open(cfg.store, false);
   if (!st.ok() && st.rv() == CKR_TOKEN_NOT_PRESENT)
-    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", cfg.store.path);
+    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", store::Describe(cfg.store));
   if (!st.ok()) return st.error();
   VAULTP11_ASSIGN_OR_RETURN(std::string deployment, st.value()->DeploymentId());
   const std::string resource = core::ResourceId(cfg, deployment, token);

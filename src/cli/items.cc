@@ -27,9 +27,9 @@
 namespace vaultp11::cli {
 
 Result<std::unique_ptr<store::Store>> OpenVaultStore(const config::Config& cfg, const std::string& vault) {
-  auto st = store::Store::Open(cfg.store.path, cfg.store.master_key_file, /*create_if_missing=*/false);
+  auto st = store::Store::Open(cfg.store, /*create_if_missing=*/false);
   if (!st.ok() && st.rv() == CKR_TOKEN_NOT_PRESENT)
-    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", cfg.store.path);
+    return Err(CKR_TOKEN_NOT_PRESENT, "store {} does not exist (run `vaultp11 init` first)", store::Describe(cfg.store));
   if (!st.ok()) return st.status();
   VAULTP11_ASSIGN_OR_RETURN(auto vaults, (*st)->Vaults());
   if (std::find(vaults.begin(), vaults.end(), vault) == vaults.end())

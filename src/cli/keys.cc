@@ -212,7 +212,7 @@ Status KeyRotateCommand(const config::Config& cfg, const std::string& where, con
   Status st = [&]() -> Status {
     VAULTP11_ASSIGN_OR_RETURN(auto provider, OpenProvider(cfg));
     VAULTP11_ASSIGN_OR_RETURN(core::Token * token, TokenNamed(*provider, where));
-    VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+    VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store, false));
     VAULTP11_ASSIGN_OR_RETURN(std::string policy, st->Policy(where, name));
     VAULTP11_ASSIGN_OR_RETURN(version, Rotate(*token, name, "", PolicyFrom(policy).expiry_days, &previous));
     io.out << fmt::format("key {} of {}: version {} is current (was {})\n", QuotePrintable(name), where, version, previous);
@@ -228,7 +228,7 @@ Status KeyPolicyCommand(const config::Config& cfg, const KeyPolicyOptions& opts,
   if (cfg.FindVault(opts.where) == nullptr && cfg.FindPool(opts.where) == nullptr)
     return Err(CKR_ARGUMENTS_BAD, "no vault or managed HSM pool named {} in {}", QuotePrintable(opts.where), cfg.source);
   VAULTP11_RETURN_IF_ERROR(CheckName(opts.name));
-  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store, false));
   if (!opts.set) {
     VAULTP11_ASSIGN_OR_RETURN(std::string text, st->Policy(opts.where, opts.name));
     io.out << fmt::format("key {} of {}: {}\n", QuotePrintable(opts.name), opts.where, Describe(PolicyFrom(text)));
@@ -260,7 +260,7 @@ Status LifecycleRunCommand(const config::Config& cfg, const LifecycleOptions& op
   VAULTP11_ASSIGN_OR_RETURN(OperatorAudit audit, OperatorAudit::Open(cfg));
   const int64_t now = opts.at != 0 ? opts.at : static_cast<int64_t>(time(nullptr));
   VAULTP11_ASSIGN_OR_RETURN(auto provider, OpenProvider(cfg));
-  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store.path, cfg.store.master_key_file, false));
+  VAULTP11_ASSIGN_OR_RETURN(auto st, store::Store::Open(cfg.store, false));
   Status last = OkStatus();
   size_t rotated = 0, notified = 0, purged = 0, renewed = 0;
   for (const auto& token : provider->tokens()) {

@@ -436,17 +436,49 @@ Status Loader::LoadLog(const Entry& e, Config& cfg) {
 Status Loader::LoadStore(const Entry* e, int root_line, Config& cfg) {
   if (e == nullptr) return Fail(root_line, "store", "is required");
   int line = LineOf(*e, root_line);
-  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e->value, "store", line, {"path", "master_key_file"}));
-  auto path = f.find("path");
-  if (path == f.end()) return Fail(line, "store.path", "is required");
-  VAULTP11_ASSIGN_OR_RETURN(std::string db, String(path->second, "store.path"));
+  VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e->value, "store", line,
+                                           {"backend", "path", "dsn", "password_file", "master_key_file"}));
+  const auto text = [&](const char* key, std::string* out) -> Result<bool> {
+    auto it = f.find(key);
+    if (it == f.end()) return false;
+    VAULTP11_ASSIGN_OR_RETURN(*out, String(it->second, std::string("store.") + key));
+    return true;
+  };
+  const auto line_of = [&](const char* key) { return LineOf(f.find(key)->second, line); };
+  std::string backend = "sqlite";
+  VAULTP11_RETURN_IF_ERROR(text("backend", &backend).status());
+  if (backend == "postgresql") {
+    cfg.store.backend = store::Options::Backend::kPostgres;
+    if (f.count("path") != 0)
+      return Fail(line_of("path"), "store.path", "is for backend sqlite; backend postgresql takes store.dsn");
+    VAULTP11_ASSIGN_OR_RETURN(bool have_dsn, text("dsn", &cfg.store.dsn));
+    if (!have_dsn || cfg.store.dsn.empty())
+      return Fail(line, "store.dsn", "is required with backend postgresql (a libpq connection string or URI)");
+    std::string pw;
+    VAULTP11_ASSIGN_OR_RETURN(bool have_pw, text("password_file", &pw));
+    if (have_pw) cfg.store.password_file = Resolve(pw);
+    std::string key;
+    VAULTP11_ASSIGN_OR_RETURN(bool have_key, text("master_key_file", &key));
+    if (!have_key)
+      return Fail(line, "store.master_key_file",
+                  "is required with backend postgresql (the same file on every host of the store)");
+    cfg.store.master_key_file = Resolve(key);
+    return OkStatus();
+  }
+  if (backend != "sqlite") return Fail(line_of("backend"), "store.backend", "must be sqlite or postgresql");
+  for (const char* pg_only : {"dsn", "password_file"})
+    if (f.count(pg_only) != 0)
+      return Fail(line_of(pg_only), std::string("store.") + pg_only, "is for backend postgresql");
+  std::string db;
+  VAULTP11_ASSIGN_OR_RETURN(bool have_path, text("path", &db));
+  if (!have_path) return Fail(line, "store.path", "is required");
   cfg.store.path = Resolve(db);
-  if (auto mk = f.find("master_key_file"); mk != f.end()) {
-    VAULTP11_ASSIGN_OR_RETURN(std::string key, String(mk->second, "store.master_key_file"));
+  std::string key;
+  VAULTP11_ASSIGN_OR_RETURN(bool have_key, text("master_key_file", &key));
+  if (have_key) {
     cfg.store.master_key_file = Resolve(key);
     if (cfg.store.master_key_file == cfg.store.path)
-      return Fail(LineOf(mk->second, line), "store.master_key_file",
-                  "must not be the database file");
+      return Fail(line_of("master_key_file"), "store.master_key_file", "must not be the database file");
   } else {
     cfg.store.master_key_file = cfg.store.path + ".masterkey";
   }
@@ -947,10 +979,13 @@ Result<Config> Loader::Load(std::string_view yaml) {
   VAULTP11_RETURN_IF_ERROR(LoadStore(find("store"), root_line, cfg));
   if (const Entry* a = find("audit")) VAULTP11_RETURN_IF_ERROR(LoadAudit(*a, cfg));
   if (!cfg.audit.configured) {
-    // Default: one file sink beside the store's database.
+    // Default: one file sink beside the store's database (PostgreSQL: beside this host's
+    // master key file).
     AuditSinkConfig sc;
     sc.type = "file";
-    sc.path = (std::filesystem::path(cfg.store.path).parent_path() / "audit.log").string();
+    const std::string& beside =
+        cfg.store.backend == store::Options::Backend::kPostgres ? cfg.store.master_key_file : cfg.store.path;
+    sc.path = (std::filesystem::path(beside).parent_path() / "audit.log").string();
     cfg.audit.sinks.push_back(std::move(sc));
   }
   if (const Entry* h = find("hsms")) VAULTP11_RETURN_IF_ERROR(LoadHsms(*h, cfg));

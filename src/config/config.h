@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "store/options.h"
 #include "util/result.h"
 
 namespace vaultp11::config {
@@ -59,10 +60,9 @@ struct AuditConfig {
   bool configured = false;      // the section was present
 };
 
-struct StoreConfig {
-  std::string path;             // SQLite database file (required)
-  std::string master_key_file;  // default: <path>.masterkey, beside the database
-};
+// The `store` section: backend sqlite (path; master_key_file defaults to <path>.masterkey) or
+// postgresql (dsn, optional password_file, master_key_file required).
+using StoreConfig = store::Options;
 
 // An inner PKCS#11 driver and the token on it that holds HSM-backed keys.
 struct HsmConfig {

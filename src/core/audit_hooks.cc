@@ -43,15 +43,17 @@ audit::AnchorFn StoreAnchor(store::Store* store) {
   };
 }
 
-audit::AnchorFn StoreAnchor(std::string db_path, std::string master_key_path) {
+audit::AnchorFn StoreAnchor(store::Options options) {
   // Shared by the sinks' copies of the function; the writer calls them one at a time.
   auto opened = std::make_shared<std::unique_ptr<store::Store>>();
   return [=](const std::string& sink, const audit::ChainEnd& end) -> Status {
     if (end.seq > static_cast<uint64_t>(INT64_MAX)) return Err(CKR_GENERAL_ERROR, "audit anchor: seq out of range");
     if (!*opened) {
       struct stat st {};
-      if (stat(db_path.c_str(), &st) != 0 && errno == ENOENT) return OkStatus();  // no store yet: nothing to anchor in
-      VAULTP11_ASSIGN_OR_RETURN(*opened, store::Store::Open(db_path, master_key_path, /*create_if_missing=*/false));
+      if (options.backend == store::Options::Backend::kSqlite && stat(options.path.c_str(), &st) != 0 &&
+          errno == ENOENT)
+        return OkStatus();  // no store yet: nothing to anchor in
+      VAULTP11_ASSIGN_OR_RETURN(*opened, store::Store::Open(options, /*create_if_missing=*/false));
     }
     return (*opened)->AdvanceAuditAnchor(sink, ToAnchor(end));
   };

@@ -16,6 +16,7 @@
 #include "audit/event.h"
 #include "audit/recorder.h"
 #include "util/result.h"
+#include "store/options.h"
 
 namespace vaultp11::model {
 struct Object;
@@ -42,7 +43,7 @@ struct AuditCall {
 audit::AnchorFn StoreAnchor(store::Store* store);
 // The same for a process that does not hold the store open (the CLI): the store is opened at
 // the first anchor and kept; when its database does not exist yet there is nothing to anchor in.
-audit::AnchorFn StoreAnchor(std::string db_path, std::string master_key_path);
+audit::AnchorFn StoreAnchor(store::Options options);
 
 // The recorder of the initialised module (null when auditing is off or before C_Initialize).
 void SetAuditRecorder(audit::Recorder* r);

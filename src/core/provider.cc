@@ -366,7 +366,7 @@ std::string ConfigStamp(const std::string& path) {
 // Whether `next` may replace `cur` for logins: the same store, vaults (in order, with their HSMs)
 // and pools, so slots, tokens and stored objects stay what they are.
 bool SameDeployment(const config::Config& cur, const config::Config& next) {
-  if (cur.store.path != next.store.path || cur.vaults.size() != next.vaults.size() ||
+  if (cur.store != next.store || cur.vaults.size() != next.vaults.size() ||
       cur.managed_hsm_pools.size() != next.managed_hsm_pools.size())
     return false;
   for (size_t i = 0; i < cur.vaults.size(); ++i)
@@ -444,7 +444,7 @@ Result<std::unique_ptr<Provider>> Provider::Create(const std::string& config_pat
   p->auth_config_ = std::make_shared<const config::Config>(cfg);
   p->config_ = std::move(cfg);
   // The store is created on first use (like `vaultp11 init`), so a fresh deployment works.
-  VAULTP11_ASSIGN_OR_RETURN(p->store_, store::Store::Open(p->config_.store.path, p->config_.store.master_key_file, true));
+  VAULTP11_ASSIGN_OR_RETURN(p->store_, store::Store::Open(p->config_.store, true));
   std::map<std::string, model::HsmKey> hsms;
   for (const auto& v : p->config_.vaults)
     for (const auto& name : v.hsms)

@@ -1,4 +1,6 @@
-// Store models the embedded SQLite database that persists every vault's token objects.
+// Store persists every vault's token objects and the state the module shares between processes
+// and hosts, on one of two backends (db.h): an embedded SQLite file (one host) or a PostgreSQL
+// database (a fleet; standbys for read-only failover). The rules below hold on both.
 #pragma once
 
 #include <p11-kit/pkcs11.h>
@@ -12,10 +14,9 @@
 #include <string_view>
 #include <vector>
 
+#include "store/options.h"
 #include "util/result.h"
 #include "util/secure_bytes.h"
-
-struct sqlite3;
 
 namespace vaultp11::store {
 
@@ -81,22 +82,29 @@ inline constexpr size_t kMaxJtiBytes = 512;
 
 class Store {
  public:
-  // Opens the database at db_path, creating it (file mode 0600) and its schema when
-  // create_if_missing is true; the master key file (32 random bytes, mode 0600) is created
-  // beside it on first use when missing and create_if_missing is true. A corrupt, unreadable
-  // or non-database file gives CKR_DEVICE_ERROR with a message naming the file; a missing file
+  // Opens the store `options` name. SQLite: the database file, created (mode 0600) with its
+  // schema when create_if_missing; the master key file (32 random bytes, mode 0600) is created
+  // beside it on first use when missing and create_if_missing. A corrupt, unreadable or
+  // non-database file gives CKR_DEVICE_ERROR with a message naming the file; a missing file
   // without create_if_missing gives CKR_TOKEN_NOT_PRESENT. A read-only file opens read-only
-  // (writes then fail with CKR_TOKEN_WRITE_PROTECTED).
-  static Result<std::unique_ptr<Store>> Open(const std::string& db_path,
-                                             const std::string& master_key_path,
+  // (writes then fail with CKR_TOKEN_WRITE_PROTECTED). PostgreSQL: connects to a primary of the
+  // dsn, else to a standby (read-only until a primary is back); creates the schema when
+  // missing and create_if_missing, else a missing schema is CKR_TOKEN_NOT_PRESENT; the master
+  // key file must be given and is created only when the store has no vault yet.
+  static Result<std::unique_ptr<Store>> Open(const Options& options, bool create_if_missing);
+  // SQLite at db_path with that master key file.
+  static Result<std::unique_ptr<Store>> Open(const std::string& db_path, const std::string& master_key_path,
                                              bool create_if_missing);
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  bool read_only() const { return read_only_; }
+  // Whether writes fail now (a read-only file; a PostgreSQL store on a standby).
+  bool read_only() const;
+  // What messages name the store by (the file, or the PostgreSQL hosts and database).
+  const std::string& name() const;
   // DeriveKey(master key, purpose).
-  Result<SecureBytes> DeriveKey(std::string_view purpose) const { return store::DeriveKey(master_key_, purpose); }
+  Result<SecureBytes> DeriveKey(std::string_view purpose) const;
 
   // Creates the vault's row and random data key if absent (idempotent, safe when several
   // processes race). Needed before Insert for that vault.
@@ -215,8 +223,9 @@ class Store {
   // Ids of the vault's objects deleted with revision > since.
   Result<std::vector<int64_t>> DeletedSince(const std::string& vault, int64_t since);
 
-  // Cheap check (PRAGMA data_version) whether another connection committed since the last
-  // call on this Store; the first call returns true.
+  // Cheap check whether another connection committed since the last call on this Store (the
+  // first call returns true): SQLite's data_version, PostgreSQL's change notifications (see
+  // db.h); true means "compare Revision()", not necessarily that a vault changed.
   Result<bool> ExternalChange();
 
   // Names of the vaults that have a row.
@@ -287,14 +296,9 @@ class Store {
   Result<std::optional<AuditAnchor>> GetAuditAnchor(const std::string& sink);
 
  private:
-  Store() = default;
-  mutable std::mutex mu_;  // guards db_ and every statement (one connection per Store)
-  sqlite3* db_ = nullptr;
-  bool read_only_ = false;
-  int64_t last_data_version_ = -1;
-  SecureBytes master_key_;
-  std::string path_;
   struct Impl;
+  Store();
+  mutable std::mutex mu_;  // guards impl_ and the backend's connection (one per Store)
   std::unique_ptr<Impl> impl_;
 };
 
