@@ -66,4 +66,5 @@ VAULTP11_BUILD_PACKAGES=(
 # PKCS#11 consumers driven by the consumer tests and the demo.
 VAULTP11_CONSUMER_PACKAGES=(
   opensc libengine-pkcs11-openssl softhsm2 openssl sqlite3 gnutls-bin openjdk-17-jdk-headless
+  p11-kit p11-kit-modules
 )

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <ctime>
 #include <iterator>
 #include <string>
@@ -38,7 +39,30 @@ Caller Caller::Self() {
   char buf[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   if (n > 0) c.executable.assign(buf, static_cast<size_t>(n));
+  c.host = HostName();
   return c;
+}
+
+std::string SanitizeHostName(std::string_view raw) {
+  constexpr size_t kMax = 253;  // the longest DNS name
+  std::string out;
+  out.reserve(std::min(raw.size(), kMax));
+  for (char ch : raw.substr(0, kMax)) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                    c == '.' || c == '_';
+    out += ok ? ch : '_';
+  }
+  return out.empty() ? "unknown" : out;
+}
+
+const std::string& HostName() {
+  static const std::string name = [] {
+    char buf[256] = {};
+    if (gethostname(buf, sizeof(buf) - 1) != 0) return SanitizeHostName({});
+    return SanitizeHostName(std::string_view(buf, strnlen(buf, sizeof(buf))));
+  }();
+  return name;
 }
 
 std::string UserName(uid_t uid) {
@@ -270,12 +294,15 @@ std::string CallerJson(const Caller& caller) {
   return out;
 }
 
-std::string FormatEvent(const Event& e, std::string_view caller_json, std::string_view correlation_id) {
+std::string FormatEvent(const Event& e, std::string_view host, std::string_view caller_json,
+                        std::string_view correlation_id) {
   std::string out;
   out.reserve(512);
   out += "{\"time\":\"";
   AppendTime(out, e.time);
-  out += "\",\"correlationId\":";
+  out += "\",\"host\":";
+  AppendJsonString(out, host);
+  out += ",\"correlationId\":";
   AppendJsonString(out, correlation_id);
   out += ",\"operationName\":";
   AppendJsonString(out, e.operation ? e.operation : "Unknown");
@@ -354,7 +381,7 @@ std::string FormatEvent(const Event& e, std::string_view caller_json, std::strin
 }
 
 nlohmann::json ToJson(const Event& e, const Caller& caller, std::string correlation_id) {
-  return nlohmann::json::parse(FormatEvent(e, CallerJson(caller), correlation_id));
+  return nlohmann::json::parse(FormatEvent(e, caller.host, CallerJson(caller), correlation_id));
 }
 
 }  // namespace vaultp11::audit

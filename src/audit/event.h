@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 namespace vaultp11::audit {
 
@@ -45,13 +46,21 @@ struct Event {
 // A new event for `operation` starting now.
 Event Start(const char* operation);
 
-// The process writing events (caller.pid/uid/executable).
+// The process writing events (caller.pid/uid/executable) and the machine it runs on (host).
 struct Caller {
   pid_t pid = 0;
   uid_t uid = 0;
   std::string executable;
+  std::string host;  // HostName() for Self()
   static Caller Self();
 };
+
+// This machine's name as every event carries it ("host"): gethostname(), read once per process
+// (a rename shows in processes started after it) and made safe by SanitizeHostName.
+const std::string& HostName();
+// `raw` kept to what a host name may hold: letters, digits, '-', '.' and '_' (anything else
+// becomes '_'), at most 253 bytes; "unknown" when nothing is left.
+std::string SanitizeHostName(std::string_view raw);
 
 // The login name of `uid`, or its number when it has none.
 std::string UserName(uid_t uid);
@@ -64,8 +73,10 @@ std::string MechanismName(CK_MECHANISM_TYPE m);
 
 // The event as one compact JSON object (without seq/prevHash, which the file sink adds),
 // formatted directly (no JSON tree: this runs once per event on the writer thread). Strings are
-// escaped; invalid UTF-8 becomes U+FFFD. `caller_json` is CallerJson(caller), made once.
-std::string FormatEvent(const Event& e, std::string_view caller_json, std::string_view correlation_id);
+// escaped; invalid UTF-8 becomes U+FFFD. `host` is the caller's host (written after "time"),
+// `caller_json` is CallerJson(caller), made once.
+std::string FormatEvent(const Event& e, std::string_view host, std::string_view caller_json,
+                        std::string_view correlation_id);
 std::string CallerJson(const Caller& caller);
 // The same as a JSON tree (tests).
 nlohmann::json ToJson(const Event& e, const Caller& caller, std::string correlation_id);

@@ -198,8 +198,8 @@ SyslogSink::SendResult SyslogSink::SendEvent(const Record& record, std::chrono::
     if (r.err != EMSGSIZE) return r;
   }
   // Last resort: what happened, to whom, with what result.
-  static constexpr std::array<const char*, 10> kSummary = {
-      "time", "correlationId", "operationName", "operationVersion", "category",
+  static constexpr std::array<const char*, 11> kSummary = {
+      "time", "host", "correlationId", "operationName", "operationVersion", "category",
       "resultType", "resultSignature", "durationMs", "identity", "caller"};
   Json summary = Json::object();
   for (const char* key : kSummary) {

@@ -10,12 +10,22 @@
 #include "util/log.h"
 
 namespace vaultp11::audit {
+namespace {
+
+// Every event names its host: a caller made without one gets this machine's.
+Caller WithHost(Caller c) {
+  if (c.host.empty()) c.host = HostName();
+  return c;
+}
+
+}  // namespace
+
 Recorder::Recorder(RecorderOptions opts, std::vector<std::unique_ptr<Sink>> sinks, Caller caller,
                    std::vector<bool> failing)
     : opts_(opts),
       sinks_(std::move(sinks)),
       sink_failing_(failing.size() == sinks_.size() ? std::move(failing) : std::vector<bool>(sinks_.size(), false)),
-      caller_(std::move(caller)),
+      caller_(WithHost(std::move(caller))),
       threaded_(opts_.threaded && !sinks_.empty()),
       caller_json_(CallerJson(caller_)) {
   unsigned char r[8];
@@ -222,7 +232,7 @@ void Recorder::WriteBatch(std::vector<Event>& batch, uint64_t dropped, bool all_
     return id;
   };
   auto record = [&](const Event& e) {
-    return Record{FormatEvent(e, caller_json_, correlation()), ResultSignature(e.rv, e.denied, e.unauthenticated)};
+    return Record{FormatEvent(e, caller_.host, caller_json_, correlation()), ResultSignature(e.rv, e.denied, e.unauthenticated)};
   };
   if (dropped > 0) {
     Event d = Start("AuditEventsDropped");

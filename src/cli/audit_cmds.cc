@@ -184,6 +184,7 @@ bool Matches(const Json& e, const std::vector<Filter>& filters) {
               : f.key == "operation" ? is({"operationName"}, f.value)
               : f.key == "result"    ? is({"resultSignature"}, f.value)
               : f.key == "vault"     ? is({"properties", "vault"}, f.value) || is({"properties", "pool"}, f.value)
+              : f.key == "host"      ? is({"host"}, f.value)
                                      : false;
     if (!ok) return false;
   }
@@ -304,7 +305,7 @@ bool IsAuditFilter(std::string_view kv) {
   size_t eq = kv.find('=');
   if (eq == std::string_view::npos || eq + 1 == kv.size()) return false;
   std::string_view k = kv.substr(0, eq);
-  return k == "principal" || k == "operation" || k == "result" || k == "vault";
+  return k == "principal" || k == "operation" || k == "result" || k == "vault" || k == "host";
 }
 
 std::string FormatAuditEvent(const Json& e) {
@@ -318,6 +319,7 @@ std::string FormatAuditEvent(const Json& e) {
     std::string v = get(path);
     if (!v.empty()) out += fmt::format(" {}={}", label, v);
   };
+  add("host", {"host"});  // absent from records written before events carried it
   add("principal", {"identity", "principal"});
   add("vault", {"properties", "vault"});
   add("pool", {"properties", "pool"});
@@ -419,7 +421,7 @@ Status AuditTailCommand(const config::Config* cfg, const AuditTailOptions& opts,
                         const std::function<bool()>& keep_going) {
   for (const std::string& f : opts.filter)
     if (!IsAuditFilter(f))
-      return Err(CKR_ARGUMENTS_BAD, "--filter: {} is not KEY=VALUE with KEY principal, operation, result or vault",
+      return Err(CKR_ARGUMENTS_BAD, "--filter: {} is not KEY=VALUE with KEY principal, operation, result, vault or host",
                  QuotePrintable(f, 100));
   std::string path = opts.file;
   if (path.empty()) {

@@ -552,7 +552,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     const CLI::Validator is_filter(
         [](std::string& s) {
           return IsAuditFilter(s) ? std::string()
-                                  : std::string("must be KEY=VALUE with KEY principal, operation, result or vault");
+                                  : std::string("must be KEY=VALUE with KEY principal, operation, result, vault or host");
         },
         "KEY=VALUE");
     audit_tail->add_option("--filter", tail_opts.filter, "Only records matching all of KEY=VALUE,...")

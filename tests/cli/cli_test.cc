@@ -21,6 +21,7 @@
 
 #include "auth/secret_hash.h"
 #include "audit/chain.h"
+#include "audit/event.h"
 #include "audit/file_sink.h"
 #include "cli/commands.h"
 #include "config/config.h"
@@ -561,6 +562,7 @@ void ExpectOperatorEvent(const nlohmann::json& e, const std::string& operation, 
   EXPECT_EQ(e["identity"]["principal"], OperatorPrincipal());
   EXPECT_EQ(e["identity"]["authMethod"], "os-user");
   EXPECT_EQ(e["caller"]["uid"], getuid());
+  EXPECT_EQ(e.value("host", ""), audit::HostName()) << e.dump();
   EXPECT_NE(e["caller"]["pid"], getpid());  // the child process
   EXPECT_THAT(e["caller"].value("executable", ""), EndsWith("/vaultp11"));
 }
@@ -1031,6 +1033,31 @@ TEST_F(AuditCliTest, TailPrintsTheLastRecordsReadably) {
   Outcome denied = RunCli(dir, {"audit", "tail", log, "--filter", "result=Forbidden", "--filter", "vault=dev"});
   EXPECT_EQ(std::count(denied.out.begin(), denied.out.end(), '\n'), 1);
   EXPECT_EQ(RunCli(dir, {"audit", "tail", log, "--filter", "colour=red"}).exit_code, kExitUsage);
+}
+
+// Records carry the host they were written on (older ones do not): tail shows it and filters on
+// it, and a file holding both kinds is one intact chain.
+TEST_F(AuditCliTest, TailShowsAndFiltersTheHostAndOldRecordsStillVerify) {
+  {
+    audit::FileSinkOptions o = Options();
+    o.max_bytes = 0;
+    audit::FileSink sink(o);
+    std::vector<nlohmann::json> events = {AuditEvent(1), AuditEvent(2), AuditEvent(3), AuditEvent(4)};
+    events[2]["host"] = "web-1";  // "host" follows "time", as the module writes it
+    events[3]["host"] = "db-2";
+    ASSERT_OK(sink.Write(events));
+  }
+  Outcome all = RunCli(dir, {"--config", "vp.yaml", "audit", "tail"});
+  ASSERT_EQ(all.exit_code, kExitOk) << all.err;
+  EXPECT_THAT(all.out, HasSubstr("2026-11-29T21:30:01.000250Z OK KeySign principal=app vault=dev name=key-1 "));
+  EXPECT_THAT(all.out, HasSubstr("2026-11-29T21:30:03.000250Z OK KeySign host=web-1 principal=app vault=dev name=key-3 "));
+  EXPECT_THAT(all.out, HasSubstr(" host=db-2 principal=app vault=dev name=key-4 "));
+  Outcome web = RunCli(dir, {"audit", "tail", log, "--filter", "host=web-1"});
+  ASSERT_EQ(web.exit_code, kExitOk) << web.err;
+  EXPECT_EQ(std::count(web.out.begin(), web.out.end(), '\n'), 1) << web.out;
+  EXPECT_THAT(web.out, HasSubstr("name=key-3"));
+  Outcome verify = RunCli(dir, {"--config", "vp.yaml", "audit", "verify"});
+  EXPECT_EQ(verify.exit_code, kExitOk) << verify.out << verify.err;
 }
 
 TEST(AuditTailTest, ValuesThatCouldDriveATerminalAreEscaped) {

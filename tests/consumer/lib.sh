@@ -22,6 +22,7 @@ export VAULTP11_DEBUG="${VAULTP11_DEBUG:-1}"
 TEST_NAME=$(basename "${BASH_SOURCE[1]:-$0}" .sh)
 PIN=""
 SECRET=""
+MASKED=()  # further credentials a test makes: never shown either
 BG_PIDS=()
 
 skip() {
@@ -68,9 +69,10 @@ trap cleanup EXIT
 
 # The command line as printed: the secret is never shown.
 show_cmd() {
-  local a shown=()
+  local a m shown=()
   for a in "$@"; do
     [[ -n $SECRET ]] && a=${a//"$SECRET"/***}
+    for m in "${MASKED[@]}"; do [[ -n $m ]] && a=${a//"$m"/***}; done
     [[ $a =~ ^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$ ]] && a='<jwt>'  # a credential too
     # Quote what a shell would split or expand, so the line can be pasted.
     if [[ $a =~ ^[A-Za-z0-9_./:=,+@%*-]+$ ]]; then shown+=("$a"); else shown+=("'${a//\'/\'\\\'\'}'"); fi
@@ -132,6 +134,8 @@ keytool_pkcs11() {
 
 # make_deployment: config with one vault "payments" and one principal "app" (Key Vault
 # Administrator on it) whose client secret is random; store created by `vaultp11 init`.
+# EXTRA_VAULTS_YAML, EXTRA_PRINCIPALS_YAML and EXTRA_ROLES_YAML add list items (lines of
+# "  - {...}") to vaults, principals and role_assignments.
 # Sets CONF, SECRET, PIN and exports VAULTP11_CONF.
 make_deployment() {
   # 96 random bits; the PIN "app:<24 hex>" stays within the 32 characters that libp11's
@@ -149,6 +153,7 @@ ${HSMS_YAML:-}
 store: { path: $WORK/store.db }
 vaults:
   - ${VAULT_YAML:-"{ name: payments, sku: standard }"}
+${EXTRA_VAULTS_YAML:-}
 ${POOLS_YAML:-}
 principals:
   - name: app
@@ -260,6 +265,10 @@ check_audit() {
   [[ -s $log ]] || fail "no audit events in $log"
   run "$VAULTP11_CLI" --config "$CONF" audit verify "$log" >/dev/null
   if [[ -n $SECRET ]] && grep -qF -- "$SECRET" "$log"; then fail "the client secret appears in $log"; fi
+  local m
+  for m in "${MASKED[@]}"; do
+    if [[ -n $m ]] && grep -qF -- "$m" "$log"; then fail "a credential appears in $log"; fi
+  done
   if grep -qE 'eyJ[A-Za-z0-9_-]{8,}\.' "$log"; then fail "a JWT appears in $log"; fi
   step "audit log: $(wc -l <"$log") events, chain intact, no credential in it"
 }

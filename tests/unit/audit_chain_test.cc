@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "audit/event.h"
 #include "matchers.h"
 #include "temp_dir.h"
 #include "text_lines.h"
@@ -101,6 +102,43 @@ TEST_F(ChainTest, EachKindOfTamperingIsFoundWhereItIs) {
   auto garbage = good;
   garbage[7] = "not json";
   EXPECT_THAT(verdict(garbage).problem, HasSubstr("not an audit record"));
+}
+
+// Records written before events carried "host" and records that carry it make one chain, and
+// the host is covered by it like every other field.
+TEST(ChainHostTest, OldRecordsWithoutTheHostVerifyAndTheHostIsChained) {
+  testing::TempDir dir;
+  const std::string path = dir.file("audit.log");
+  const Json old_record = Json::parse(
+      R"({"time":"2026-11-29T21:30:00.123456Z","correlationId":"5d1e0a7c-94b2-31f0-0000000000000029",)"
+      R"("operationName":"KeySign","operationVersion":"1.0","category":"AuditEvent","resultType":"Success",)"
+      R"("resultSignature":"OK","resultDescription":"","durationMs":0.031,)"
+      R"("identity":{"principal":"app","authMethod":"client_secret"},)"
+      R"("caller":{"pid":4242,"uid":1000,"executable":"/usr/sbin/nginx"},)"
+      R"("properties":{"vault":"payments","rv":"CKR_OK"}})");
+  ASSERT_OK(Append(path, std::vector<Json>{old_record, old_record}));
+  ASSERT_OK_AND_ASSIGN(Verdict before, VerifyFile(path));
+  EXPECT_TRUE(before.intact) << before.problem;
+  Event e = Start("KeySign");
+  e.Finish(CKR_OK);
+  ASSERT_OK(Append(path, std::vector<Json>{ToJson(e, Caller::Self(), "c-1"), ToJson(e, Caller::Self(), "c-2")}));
+  ASSERT_OK_AND_ASSIGN(Verdict mixed, VerifyFile(path));
+  EXPECT_TRUE(mixed.intact) << mixed.problem;
+  EXPECT_EQ(mixed.records, 4u);
+  const auto lines = Lines(path);
+  EXPECT_FALSE(Json::parse(lines[1]).contains("host"));
+  EXPECT_EQ(Json::parse(lines[2])["host"], HostName());
+
+  // Another host written into a record breaks the chain there.
+  auto moved = lines;
+  const std::string was = "\"host\":\"" + HostName() + "\"";
+  ASSERT_NE(moved[2].find(was), std::string::npos);
+  moved[2].replace(moved[2].find(was), was.size(), "\"host\":\"elsewhere\"");
+  Rewrite(path, moved);
+  ASSERT_OK_AND_ASSIGN(Verdict edited, VerifyFile(path));
+  EXPECT_FALSE(edited.intact);
+  EXPECT_EQ(edited.line, 3u);
+  EXPECT_THAT(edited.problem, HasSubstr("record 3 was modified"));
 }
 
 TEST_F(ChainTest, AFollowingFileMustContinueThePreviousOne) {

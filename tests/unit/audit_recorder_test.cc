@@ -292,6 +292,54 @@ TEST(EventTest, JsonFormAndResultSignatures) {
   EXPECT_EQ(MechanismName(0x80001234), "0x80001234");
 }
 
+// Every event names the machine it was written on, right after its time, so merged logs of a
+// fleet still say where each call came from.
+TEST(EventTest, EveryEventCarriesTheHost) {
+  Event e = Start("KeySign");
+  e.Finish(CKR_OK);
+  const std::string line = FormatEvent(e, "web-7", CallerJson(Caller{1, 2, "x"}), "c");
+  EXPECT_EQ(line.find("{\"time\":\""), 0u) << line;
+  EXPECT_NE(line.find("Z\",\"host\":\"web-7\",\"correlationId\":"), std::string::npos) << line;
+  EXPECT_EQ(nlohmann::json::parse(line)["host"], "web-7");
+  EXPECT_EQ(ToJson(e, Caller{1, 2, "x", "db-2"}, "c")["host"], "db-2");
+
+  // This machine's name: gethostname(), the same for every event of the process.
+  char raw[256] = {};
+  ASSERT_EQ(gethostname(raw, sizeof(raw) - 1), 0);
+  EXPECT_EQ(HostName(), SanitizeHostName(raw));
+  EXPECT_EQ(&HostName(), &HostName());
+  EXPECT_EQ(Caller::Self().host, HostName());
+}
+
+TEST(EventTest, HostNamesAreSanitised) {
+  EXPECT_EQ(SanitizeHostName("web-1.eu-west.example.com"), "web-1.eu-west.example.com");
+  EXPECT_EQ(SanitizeHostName("Build_Box-2"), "Build_Box-2");
+  EXPECT_EQ(SanitizeHostName("a b\"c\n{\x1b"), "a_b_c___");
+  EXPECT_EQ(SanitizeHostName("h\xc3\xa9te"), "h__te");  // no UTF-8 in a host name
+  EXPECT_EQ(SanitizeHostName(""), "unknown");
+  EXPECT_EQ(SanitizeHostName(std::string(300, 'x')), std::string(253, 'x'));
+}
+
+// A recorder writes the host into every event it formats, also when it was given a caller
+// without one.
+TEST(RecorderTest, EventsCarryTheHost) {
+  for (Caller caller : {Caller::Self(), Caller{1, 2, "x"}}) {
+    auto s = std::make_unique<CollectingSink>();
+    CollectingSink* sink = s.get();
+    std::vector<std::unique_ptr<Sink>> v;
+    v.push_back(std::move(s));
+    RecorderOptions o;
+    o.threaded = false;
+    Recorder rec(o, std::move(v), caller);
+    rec.Submit(Named("KeySign"));
+    rec.Submit(Named("Authentication", true));
+    rec.Flush();
+    std::lock_guard<std::mutex> l(sink->mu);
+    ASSERT_EQ(sink->got.size(), 2u);
+    for (const auto& j : sink->got) EXPECT_EQ(j["host"], HostName()) << j.dump();
+  }
+}
+
 // The time is UTC with microseconds, the duration milliseconds with three decimals.
 TEST(EventTest, TimeAndDurationFormats) {
   using namespace std::chrono;
@@ -305,7 +353,7 @@ TEST(EventTest, TimeAndDurationFormats) {
   for (auto [us, text] : {std::pair<int64_t, const char*>{0, "0.000"}, {7, "0.007"}, {1234, "1.234"},
                           {120050, "120.050"}, {3000000, "3000.000"}}) {
     e.duration_us = us;
-    const std::string line = FormatEvent(e, CallerJson(Caller{1, 2, "x"}), "c");
+    const std::string line = FormatEvent(e, "h", CallerJson(Caller{1, 2, "x"}), "c");
     EXPECT_NE(line.find(std::string("\"durationMs\":") + text + ","), std::string::npos) << line;
     EXPECT_NE(line.find("\"time\":\"2026-11-30T07:05:09.004021Z\""), std::string::npos) << line;
     EXPECT_TRUE(nlohmann::json::accept(line));
@@ -322,7 +370,7 @@ TEST(EventTest, StringsAreEscapedAndInvalidUtf8Replaced) {
   e.name = std::string("evil\"}\n{\"x\":\xc0", 13);
   e.extra = {{"note", "line\nbreak"}};
   e.Finish(CKR_OK);
-  const std::string line = FormatEvent(e, CallerJson(Caller{1, 2, "/bin/\"x\""}), "c");
+  const std::string line = FormatEvent(e, "h", CallerJson(Caller{1, 2, "/bin/\"x\""}), "c");
   EXPECT_EQ(line.find('\n'), std::string::npos);
   auto j = nlohmann::json::parse(line);
   EXPECT_EQ(j["properties"]["name"], "evil\"}\n{\"x\":\xEF\xBF\xBD");
