@@ -59,7 +59,7 @@ ensure_backports_package() {
 # The packages needed to build vaultp11 and run every test suite.
 VAULTP11_BUILD_PACKAGES=(
   meson ninja-build pkg-config g++ ccache
-  libssl-dev libp11-kit-dev p11-kit libyaml-cpp-dev libsqlite3-dev
+  libssl-dev libp11-kit-dev p11-kit libyaml-cpp-dev libsqlite3-dev libpq-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libfmt-dev libcli11-dev
 )
 # shellcheck disable=SC2034
@@ -67,4 +67,5 @@ VAULTP11_BUILD_PACKAGES=(
 VAULTP11_CONSUMER_PACKAGES=(
   opensc libengine-pkcs11-openssl softhsm2 openssl sqlite3 gnutls-bin openjdk-17-jdk-headless
   p11-kit p11-kit-modules
+  postgresql  # the PostgreSQL store's tests start their own servers (initdb, pg_ctl, pg_basebackup)
 )

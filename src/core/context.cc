@@ -96,7 +96,7 @@ Status AuthorizeNew(const CallContext& c, const model::Object& o, uint32_t perm)
     if (!o.is_token() && !o.is_private()) return OkStatus();  // public session objects
     return Err(CKR_USER_NOT_LOGGED_IN, "vault {}: log in first", c.token->name());
   }
-  if (o.is_token() && c.token->store()->read_only())
+  if (o.is_token() && !c.token->store()->Writable())
     return Err(CKR_TOKEN_WRITE_PROTECTED, "vault {} is read-only", c.token->name());
   if (!g->Allows(auth::KindOfClass(o.cls()), o.label(), perm)) {
     AuditDenied();

@@ -762,7 +762,7 @@ Status GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   Pad(info->model, sizeof(info->model), t->is_pool() ? "managed HSM pool" : "vault");
   Pad(info->serialNumber, sizeof(info->serialNumber), t->serial());
   info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
-  if (t->store()->read_only()) info->flags |= CKF_WRITE_PROTECTED;
+  if (!t->store()->Writable()) info->flags |= CKF_WRITE_PROTECTED;
   // The failed-login state of the principal this process last tried on the token.
   if (std::string who = t->last_claimed(); !who.empty()) {
     auto f = t->store()->GetLoginFailures(who);
@@ -841,7 +841,7 @@ Status OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR, CK_NOTIFY, CK_S
   if (out == nullptr) return Err(CKR_ARGUMENTS_BAD, "C_OpenSession: phSession is NULL");
   if (!(flags & CKF_SERIAL_SESSION))
     return Err(CKR_SESSION_PARALLEL_NOT_SUPPORTED, "C_OpenSession: CKF_SERIAL_SESSION must be set");
-  if ((flags & CKF_RW_SESSION) && t->store()->read_only())
+  if ((flags & CKF_RW_SESSION) && !t->store()->Writable())
     return Err(CKR_TOKEN_WRITE_PROTECTED, "vault {} is read-only", t->name());
   p->SyncFromStore();
   VAULTP11_ASSIGN_OR_RETURN(*out, p->OpenSession(t, flags & (CKF_RW_SESSION | CKF_SERIAL_SESSION)));

@@ -72,8 +72,8 @@ class Db {
 
   // Whether writes can succeed now. A SQLite file opened read-only stays so; a PostgreSQL store
   // connected to a standby (no primary reachable) is read-only until a primary is reachable
-  // again, which Writable() checks (at most once a second when it has to connect). read_only()
-  // is safe to call without the Store's lock.
+  // again, which Writable() checks (when it has to connect: at most once a second, backing off
+  // to every 16 s). read_only() is safe to call without the Store's lock.
   virtual bool read_only() const = 0;
   virtual bool Writable() = 0;
 

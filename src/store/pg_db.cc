@@ -5,7 +5,7 @@
 // else to any host of the dsn, a standby, which makes the store read-only. A lost connection is
 // re-made on the next statement outside a write transaction (a read is then retried once: it
 // has no effect to repeat); a write finds out from Writable(), which looks for a primary again
-// at most once a second, so writes resume in the same process when a primary is back or a
+// (at most once a second, backing off to every 16 s while none answers), so writes resume in the same process when a primary is back or a
 // standby has been promoted.
 //
 // Changes: a write transaction that bumps the revision also sends NOTIFY vaultp11_changes;
@@ -17,6 +17,7 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <charconv>
@@ -36,7 +37,9 @@ using Clock = std::chrono::steady_clock;
 // The lock every write transaction takes (pg_advisory_xact_lock): all writers of the store, on
 // every host, queue on it as SQLite writers queue on the file's write lock.
 constexpr int64_t kWriteLockKey = 0x7661756c74703131;  // "vaultp11"
-constexpr std::chrono::milliseconds kPrimaryRetry{1000};
+// How long Writable() waits before looking for a primary again after a failed look: 1 s, then
+// doubling to at most 16 s (each look may cost a connect timeout when a host is unreachable).
+constexpr std::chrono::milliseconds kPrimaryRetryMin{1000}, kPrimaryRetryMax{16000};
 
 // Type OIDs (pg_type.h) of the parameters and columns the store uses.
 constexpr Oid kBoolOid = 16, kByteaOid = 17, kNameOid = 19, kInt8Oid = 20, kInt2Oid = 21, kInt4Oid = 23,
@@ -166,16 +169,18 @@ class PgDb final : public Db {
       }
     }
     const auto now = Clock::now();
-    if (now - last_primary_try_ < kPrimaryRetry) return false;
+    if (now - last_primary_try_ < primary_retry_) return false;
     last_primary_try_ = now;
     PGconn* old = conn_;
     conn_ = nullptr;
     Status s = Connect(/*primary=*/true);
     if (s.ok()) {
       if (old != nullptr) PQfinish(old);
+      primary_retry_ = kPrimaryRetryMin;
       log::Info("{}: connected to a primary; writable again", name_);
       return true;
     }
+    primary_retry_ = std::min(primary_retry_ * 2, kPrimaryRetryMax);
     conn_ = old;  // stay on the standby (or on nothing: the next statement reconnects)
     return false;
   }
@@ -419,6 +424,7 @@ class PgDb final : public Db {
   bool in_txn_ = false;
   bool changed_ = true;
   Clock::time_point last_primary_try_{}, last_poll_{};
+  std::chrono::milliseconds primary_retry_ = kPrimaryRetryMin;
   std::map<std::string, std::string> statements_;  // SQL + parameter types -> prepared name
 };
 

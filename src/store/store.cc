@@ -80,6 +80,11 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options, bool create_i
 // Without the lock: the backends keep the flag atomic, and callers (C_GetTokenInfo) only show it.
 bool Store::read_only() const { return impl_->db->read_only(); }
 
+bool Store::Writable() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return impl_->db->Writable();
+}
+
 const std::string& Store::name() const { return impl_->name(); }
 
 Result<int64_t> Store::Revision() {

@@ -99,8 +99,12 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // Whether writes fail now (a read-only file; a PostgreSQL store on a standby).
+  // Whether writes fail now (a read-only file; a PostgreSQL store on a standby), as last seen.
   bool read_only() const;
+  // Whether writes can succeed now: on a PostgreSQL store that is read-only, asks whether its
+  // server has been promoted and looks for a primary (at most once a second, backing off to every 16 s), so the answer
+  // changes back without a restart. What the module asks before a write and C_GetTokenInfo shows.
+  bool Writable();
   // What messages name the store by (the file, or the PostgreSQL hosts and database).
   const std::string& name() const;
   // DeriveKey(master key, purpose).

@@ -15,6 +15,10 @@
 //     gen-ec LABEL               C_GenerateKeyPair of a P-256 token key pair labelled LABEL
 //     gen-ec-version LABEL       the same as a new version of item LABEL (CKA_VAULTP11_NEW_VERSION)
 //     destroy-label LABEL        C_DestroyObject of every object labelled LABEL
+//     sign-ec LABEL              CKM_ECDSA with the one private key labelled LABEL, verified
+//                                with the one public key labelled LABEL
+//     expect-id LABEL HEX        the one private key labelled LABEL has CKA_ID HEX
+//     expect-data LABEL VALUE    the one data object labelled LABEL has CKA_VALUE VALUE
 //     drop-to UID                setgroups(0), setresgid and setresuid to UID for good
 //     fork-check                 the module's fork rules (README "PKCS#11 conformance notes"),
 //                                on this process's module threads: fork; the child must see
@@ -51,6 +55,36 @@ bool Number(const char* s, unsigned long* out) {
   char* end = nullptr;
   *out = std::strtoul(s, &end, 0);
   return *s != '\0' && *end == '\0';
+}
+
+// The handles of the objects of `cls` labelled `label` (at most 64).
+std::vector<CK_OBJECT_HANDLE> Find(CK_OBJECT_CLASS cls, const std::string& label, CK_RV* rv) {
+  std::string l = label;
+  CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, l.data(), l.size()}};
+  std::vector<CK_OBJECT_HANDLE> found(64);
+  CK_ULONG n = 0;
+  *rv = f->C_FindObjectsInit(session, t, 2);
+  if (*rv == CKR_OK) *rv = f->C_FindObjects(session, found.data(), found.size(), &n);
+  (void)f->C_FindObjectsFinal(session);
+  found.resize(n);
+  return found;
+}
+
+std::vector<CK_BYTE> Attr(CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_RV* rv) {
+  CK_ATTRIBUTE a{type, nullptr, 0};
+  *rv = f->C_GetAttributeValue(session, o, &a, 1);
+  if (*rv != CKR_OK) return {};
+  std::vector<CK_BYTE> v(a.ulValueLen);
+  a.pValue = v.data();
+  *rv = f->C_GetAttributeValue(session, o, &a, 1);
+  return v;
+}
+
+std::string Hex(const std::vector<CK_BYTE>& v) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (CK_BYTE b : v) out += kHex[b >> 4], out += kHex[b & 15];
+  return out;
 }
 
 CK_RV Init() {
@@ -157,6 +191,38 @@ int main(int argc, char** argv) {
       (void)f->C_FindObjectsFinal(session);
       for (CK_ULONG k = 0; k < n; ++k)
         if (CK_RV rv = f->C_DestroyObject(session, found[k]); rv != CKR_OK) fail(op, rv);
+    } else if (op == "sign-ec") {
+      if (i >= args.size()) return 2;
+      const std::string label = args[i++];
+      CK_RV rv = CKR_OK;
+      auto priv = Find(CKO_PRIVATE_KEY, label, &rv);
+      if (rv != CKR_OK || priv.size() != 1) fail(op + " find private", rv != CKR_OK ? rv : priv.size());
+      auto pub = Find(CKO_PUBLIC_KEY, label, &rv);
+      if (rv != CKR_OK || pub.size() != 1) fail(op + " find public", rv != CKR_OK ? rv : pub.size());
+      CK_BYTE digest[32];
+      for (int k = 0; k < 32; ++k) digest[k] = static_cast<CK_BYTE>(k * 7 + 1);
+      CK_MECHANISM m{CKM_ECDSA, nullptr, 0};
+      CK_BYTE sig[132];
+      CK_ULONG sig_len = sizeof(sig);
+      if ((rv = f->C_SignInit(session, &m, priv[0])) != CKR_OK) fail(op + " SignInit", rv);
+      if ((rv = f->C_Sign(session, digest, sizeof(digest), sig, &sig_len)) != CKR_OK) fail(op + " Sign", rv);
+      if ((rv = f->C_VerifyInit(session, &m, pub[0])) != CKR_OK) fail(op + " VerifyInit", rv);
+      if ((rv = f->C_Verify(session, digest, sizeof(digest), sig, sig_len)) != CKR_OK) fail(op + " Verify", rv);
+    } else if (op == "expect-id" || op == "expect-data") {
+      if (i + 1 >= args.size()) return 2;
+      const std::string label = args[i++], want = args[i++];
+      CK_RV rv = CKR_OK;
+      const bool id = op == "expect-id";
+      auto found = Find(id ? CKO_PRIVATE_KEY : CKO_DATA, label, &rv);
+      if (rv != CKR_OK || found.size() != 1) fail(op + " find", rv != CKR_OK ? rv : found.size());
+      auto v = Attr(found[0], id ? CKA_ID : CKA_VALUE, &rv);
+      if (rv != CKR_OK) fail(op + " read", rv);
+      const std::string got = id ? Hex(v) : std::string(v.begin(), v.end());
+      if (got != want) {
+        std::fprintf(stderr, "abi_child: %s %s: got %s, want %s\n", op.c_str(), label.c_str(), got.c_str(),
+                     want.c_str());
+        std::exit(10 + step);
+      }
     } else if (op == "drop-to") {
       if (!take(&a)) return 2;
       const auto id = static_cast<uid_t>(a);
