@@ -96,13 +96,18 @@ Result<bool> Store::UseJti(std::string_view issuer_and_jti, int64_t expires_unix
   std::lock_guard<std::mutex> lock(mu_);
   Db& db = *impl_->db;
   if (!db.Writable()) return impl_->ReadOnly("record a one-time JWT id");
+  // PostgreSQL's text holds no NUL byte (nor invalid UTF-8), which a JWT id may have (issuer +
+  // '\0' + jti; a jti of "\u0000"): there the value is kept as hex. SQLite's keeps any bytes.
+  const bool hex = db.kind() == Db::Kind::kPostgres;
+  const std::string hex_value = hex ? HexOf(AsBytes(issuer_and_jti)) : std::string();
+  const std::string_view value = hex ? std::string_view(hex_value) : issuer_and_jti;
   bool fresh = false;
   VAULTP11_RETURN_IF_ERROR(db.Transaction("recording a JWT id", [&]() -> Status {
     VAULTP11_RETURN_IF_ERROR(
         db.Run("DELETE FROM used_jtis WHERE expires < ?", {now_unix}, {}, "purging expired JWT ids").status());
     VAULTP11_ASSIGN_OR_RETURN(int64_t added,
                               db.Run("INSERT INTO used_jtis(value, expires) VALUES(?, ?) ON CONFLICT(value) DO NOTHING",
-                                     {issuer_and_jti, expires_unix}, {}, "recording a JWT id"));
+                                     {value, expires_unix}, {}, "recording a JWT id"));
     fresh = added == 1;
     return OkStatus();
   }));

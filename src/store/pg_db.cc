@@ -236,6 +236,10 @@ class PgDb final : public Db {
     }
     if (changed_) {
       changed_ = false;
+      // This true covers every change made before it: the notifications already received are
+      // dropped, so that the next call reports only later changes (as SQLite's data_version).
+      if (listening_ && PQconsumeInput(conn_) != 0)
+        while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
       return true;
     }
     if (listening_) {
