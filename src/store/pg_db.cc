@@ -148,7 +148,7 @@ class PgDb final : public Db {
       log::Warning("{}: no primary reachable ({}); read-only on a standby", name_, s.error().message);
       return any;
     }
-    return any;
+    return Err(any.rv(), "{}: {}", name_, any.error().message);
   }
 
   Kind kind() const override { return Kind::kPostgres; }
@@ -317,12 +317,12 @@ class PgDb final : public Db {
     keys.push_back(nullptr);
     values.push_back(nullptr);
     PGconn* c = PQconnectdbParams(keys.data(), values.data(), /*expand_dbname=*/1);
-    if (c == nullptr) return Err(CKR_HOST_MEMORY, "{}: cannot allocate a connection", name_);
+    if (c == nullptr) return Err(CKR_HOST_MEMORY, "cannot allocate a connection");
     if (PQstatus(c) != CONNECTION_OK) {
       std::string msg = PQerrorMessage(c);
       while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
       PQfinish(c);
-      return Err(CKR_DEVICE_ERROR, "{}: cannot connect{}: {}", name_, primary ? " to a primary" : "", msg);
+      return Err(CKR_DEVICE_ERROR, "cannot connect{}: {}", primary ? " to a primary" : "", msg);
     }
     Close();
     conn_ = c;

@@ -189,6 +189,38 @@ TEST_F(FleetTest, ARotationOnOneHostIsTheCurrentVersionOnTheOther) {
   EXPECT_EQ(OnHostB({"expect-id", "tls", v3}), 0);
 }
 
+// The crypto path never touches the database: with every server down, a key already found
+// signs, verifies, encrypts and decrypts.
+TEST_F(FleetTest, CryptoWithAFoundKeyNeedsNoDatabase) {
+  CK_SESSION_HANDLE s = LoggedInRw();
+  CK_OBJECT_HANDLE pub, priv;
+  GenEc(s, kP256, "offline", &pub, &priv);
+  CK_OBJECT_HANDLE aes = GenAes(s, 32, "offline-aes");
+  std::string why;
+  ASSERT_TRUE(standby_->Stop(&why)) << why;
+  ASSERT_TRUE(primary_->Stop(&why)) << why;
+  CK_MECHANISM ecdsa{CKM_ECDSA, nullptr, 0};
+  const std::vector<uint8_t> digest(32, 0x42);
+  for (int i = 0; i < 3; ++i) {
+    auto sig = Sign(s, ecdsa, priv, digest);
+    EXPECT_EQ(Verify(s, ecdsa, pub, digest, sig), CKR_OK);
+  }
+  CK_BYTE iv[12] = {1};
+  CK_GCM_PARAMS gcm{iv, sizeof(iv), 96, nullptr, 0, 128};
+  CK_MECHANISM m{CKM_AES_GCM, &gcm, sizeof(gcm)};
+  CK_BYTE plain[16] = {7}, ct[64], back[64];
+  CK_ULONG ct_len = sizeof(ct), back_len = sizeof(back);
+  ASSERT_EQ(f->C_EncryptInit(s, &m, aes), CKR_OK);
+  ASSERT_EQ(f->C_Encrypt(s, plain, sizeof(plain), ct, &ct_len), CKR_OK);
+  ASSERT_EQ(f->C_DecryptInit(s, &m, aes), CKR_OK);
+  ASSERT_EQ(f->C_Decrypt(s, ct, ct_len, back, &back_len), CKR_OK);
+  EXPECT_EQ(std::vector<CK_BYTE>(back, back + back_len), std::vector<CK_BYTE>(plain, plain + sizeof(plain)));
+  // A search has to ask the database: with none reachable it fails (bounded), it does not hang.
+  std::string label = "offline";
+  CK_ATTRIBUTE t{CKA_LABEL, label.data(), label.size()};
+  EXPECT_EQ(f->C_FindObjectsInit(s, &t, 1), CKR_DEVICE_ERROR);
+}
+
 TEST_F(FleetTest, AHostWithoutTheMasterKeyIsRefusedNotGivenANewOne) {
   std::filesystem::remove(dir.file("b/master.key"));
   const std::string mine = config_path;
