@@ -258,6 +258,11 @@ class PgDb final : public Db {
     const auto now = Clock::now();
     if (now - last_poll_ < std::chrono::milliseconds(opt_.poll_ms)) return false;
     last_poll_ = now;
+    // A standby promoted meanwhile is a primary now: listen from here on (and writable).
+    if (auto recovering = InRecovery(); recovering.ok() && !*recovering && Listen().ok()) {
+      read_only_ = false;
+      log::Info("{}: the server is a primary now; writable again", name_);
+    }
     return true;
   }
 
