@@ -2,6 +2,7 @@
 // (e.g. PostgreSQL), every row with its id, the data keys wrapped again with this store's root
 // key, in one transaction that reads everything back before it commits (see store.h).
 #include <algorithm>
+#include <array>
 #include <set>
 #include <tuple>
 
@@ -105,168 +106,176 @@ Result<Store::StoreCounts> Store::MigrateFrom(Store& source) {
     std::string name;
     Impl::VaultKeys keys;
   };
-  std::vector<Vault> vaults;
-  {
-    std::vector<std::pair<std::string, Bytes>> wrapped;
-    VAULTP11_RETURN_IF_ERROR(src.Run("SELECT name, wrapped_data_key FROM vaults ORDER BY name", {},
-                                     [&](const Row& r) { wrapped.emplace_back(r.Text(0), r.Blob(1)); }, kMigrating)
-                                 .status());
-    for (auto& [vault, w] : wrapped) {
-      // Unwrap names the vault, the store and the master key file when the key does not open.
-      VAULTP11_ASSIGN_OR_RETURN(Impl::VaultKeys keys, from.Unwrap(vault, w));
-      if (!keys.authenticated)
-        return Err(CKR_FUNCTION_REJECTED,
-                   "vault '{}' in {} was written by an earlier version (its records carry no MACs): open that store "
-                   "writable once (any vaultp11 command) so that it is upgraded, then migrate",
-                   vault, from.name());
-      vaults.push_back(Vault{vault, std::move(keys)});
-    }
-  }
-  auto find_vault = [&](const std::string& v) -> const Vault* {
-    for (const Vault& x : vaults)
-      if (x.name == v) return &x;
-    return nullptr;
-  };
-
-  VAULTP11_ASSIGN_OR_RETURN(std::vector<Impl::RawObject> objects, from.ReadAllObjects(kMigrating));
-  std::set<std::pair<std::string, std::string>> items;
-  std::set<std::tuple<std::string, std::string, std::string>> versions;
-  int64_t max_id = 0, max_revision = 0;
-  for (const Impl::RawObject& o : objects) {
-    const ObjectRecord& r = o.record;
-    const Vault* v = find_vault(r.vault);
-    if (v == nullptr) return from.RowFailed(r);  // a row of no vault: moved, tampered
-    VAULTP11_ASSIGN_OR_RETURN(Bytes expect, RecordMac(v->keys.mac.get(), r));
-    if (o.mac.size() != expect.size() || !ConstantTimeEqual(o.mac, expect)) return from.RowFailed(r);
-    if (r.has_secret) {
-      // Opened only to know it opens (it is copied sealed, as it is); the plaintext is wiped here.
-      auto plain = ossl::OpenAesGcm(v->keys.data, o.sealed, AsBytes(ObjectAad(r.vault, r.id)));
-      if (!plain.ok())
-        return Err(CKR_DEVICE_ERROR, "the secret of object {} of vault '{}' in {} failed authentication (tampered "
-                   "database): nothing was migrated", r.id, r.vault, from.name());
-      ++counts.secrets;
-    }
-    if (!r.label.empty()) {
-      items.emplace(r.vault, r.label);
-      versions.emplace(r.vault, r.label, r.version);
-    }
-    max_id = std::max(max_id, r.id);
-    max_revision = std::max(max_revision, r.revision);
-  }
-  counts.vaults = static_cast<int64_t>(vaults.size());
-  counts.objects = static_cast<int64_t>(objects.size());
-  counts.items = static_cast<int64_t>(items.size());
-  counts.versions = static_cast<int64_t>(versions.size());
-
   struct Tombstone {
     int64_t id;
     std::string vault;
     int64_t revision;
   };
-  std::vector<Tombstone> tombstones;
-  VAULTP11_RETURN_IF_ERROR(src.Run("SELECT id, vault, revision FROM tombstones ORDER BY id", {},
-                                   [&](const Row& r) { tombstones.push_back(Tombstone{r.Int(0), r.Text(1), r.Int(2)}); },
-                                   kMigrating)
-                               .status());
-  for (const Tombstone& t : tombstones) {
-    max_id = std::max(max_id, t.id);
-    max_revision = std::max(max_revision, t.revision);
-  }
-  VAULTP11_ASSIGN_OR_RETURN(int64_t source_sequence, IdSequence(src));
-  max_id = std::max(max_id, source_sequence);
-  VAULTP11_ASSIGN_OR_RETURN(int64_t source_revision, src.Revision());
-
   struct Deleted {
     std::string vault, name;
     int64_t deleted, purge_after;
   };
-  std::vector<Deleted> deleted;
-  VAULTP11_ASSIGN_OR_RETURN(bool have_deleted, src.HasTable("deleted_items"));
-  if (have_deleted)
-    VAULTP11_RETURN_IF_ERROR(src.Run("SELECT vault, name, deleted, purge_after FROM deleted_items", {},
-                                     [&](const Row& r) {
-                                       deleted.push_back(Deleted{r.Text(0), r.Text(1), r.Int(2), r.Int(3)});
-                                     },
-                                     kMigrating)
-                                 .status());
-  std::vector<std::array<std::string, 3>> policies;
-  std::vector<std::array<std::string, 4>> notices;
-  VAULTP11_ASSIGN_OR_RETURN(bool have_policies, src.HasTable("item_policies"));
-  if (have_policies) {
-    VAULTP11_RETURN_IF_ERROR(src.Run("SELECT vault, name, policy FROM item_policies", {},
-                                     [&](const Row& r) { policies.push_back({r.Text(0), r.Text(1), r.Text(2)}); },
-                                     kMigrating)
-                                 .status());
-    VAULTP11_RETURN_IF_ERROR(
-        src.Run("SELECT vault, name, version, what FROM notices", {},
-                [&](const Row& r) { notices.push_back({r.Text(0), r.Text(1), r.Text(2), r.Text(3)}); }, kMigrating)
-            .status());
-  }
-  std::vector<std::string> protected_vaults;  // meta keys "purge_protection:<vault>"
-  VAULTP11_RETURN_IF_ERROR(src.Run("SELECT key FROM meta WHERE key LIKE 'purge_protection:%'", {},
-                                   [&](const Row& r) { protected_vaults.push_back(r.Text(0)); }, kMigrating)
-                               .status());
-  std::string deployment_id;
-  VAULTP11_RETURN_IF_ERROR(RunOne(src, "SELECT value FROM meta WHERE key = 'deployment_id'", {},
-                                  [&](const Row& r) { deployment_id = r.Text(0); }, kMigrating)
-                               .status());
   struct Failures {
     std::string principal;
     int64_t failures, last_failure, locked_until;
   };
+  std::vector<Vault> vaults;
+  std::vector<Impl::RawObject> objects;
+  std::vector<Tombstone> tombstones;
+  std::vector<Deleted> deleted;
+  std::vector<std::array<std::string, 3>> policies;
+  std::vector<std::array<std::string, 4>> notices;
+  std::vector<std::string> protected_vaults;  // meta keys "purge_protection:<vault>"
+  std::string deployment_id;
   std::vector<Failures> failures;
   std::vector<std::pair<Bytes, int64_t>> jtis;  // raw value, expires
-  if (from.have_auth_tables) {
-    VAULTP11_RETURN_IF_ERROR(
-        src.Run("SELECT principal, failures, last_failure, locked_until FROM login_failures", {},
-                [&](const Row& r) { failures.push_back(Failures{r.Text(0), r.Int(1), r.Int(2), r.Int(3)}); },
-                kMigrating)
-            .status());
-    bool bad_jti = false;
-    VAULTP11_RETURN_IF_ERROR(src.Run("SELECT value, expires FROM used_jtis", {},
-                                     [&](const Row& r) {
-                                       if (src.kind() == Db::Kind::kPostgres) {  // kept as hex there
-                                         auto raw = ParseHex(r.Text(0));
-                                         if (!raw) bad_jti = true;
-                                         else jtis.emplace_back(std::move(*raw), r.Int(1));
-                                       } else {
-                                         jtis.emplace_back(r.Blob(0), r.Int(1));
-                                       }
-                                     },
-                                     kMigrating)
-                                 .status());
-    if (bad_jti) return Err(CKR_DEVICE_ERROR, "{} holds a used JWT id that is not hex", from.name());
-  }
   std::vector<std::pair<std::string, AuditAnchor>> anchors;
-  VAULTP11_ASSIGN_OR_RETURN(bool have_anchors, src.HasTable("audit_anchors"));
-  if (have_anchors) {
-    std::vector<std::string> macs;
-    VAULTP11_RETURN_IF_ERROR(src.Run("SELECT sink, gen_time, gen_n, seq, hash, mac FROM audit_anchors ORDER BY sink", {},
-                                     [&](const Row& r) {
-                                       anchors.emplace_back(r.Text(0),
-                                                            AuditAnchor{r.Int(1), r.Int(2), r.Int(3), r.Text(4)});
-                                       macs.push_back(r.Text(5));
-                                     },
+  int64_t max_id = 0, max_revision = 0, source_revision = 0;
+  const auto read_source = [&]() -> Status {
+    {
+      std::vector<std::pair<std::string, Bytes>> wrapped;
+      VAULTP11_RETURN_IF_ERROR(src.Run("SELECT name, wrapped_data_key FROM vaults ORDER BY name", {},
+                                       [&](const Row& r) { wrapped.emplace_back(r.Text(0), r.Blob(1)); }, kMigrating)
+                                   .status());
+      for (auto& [vault, w] : wrapped) {
+        // Unwrap names the vault, the store and the master key file when the key does not open.
+        VAULTP11_ASSIGN_OR_RETURN(Impl::VaultKeys keys, from.Unwrap(vault, w));
+        if (!keys.authenticated)
+          return Err(CKR_FUNCTION_REJECTED,
+                     "vault '{}' in {} was written by an earlier version (its records carry no MACs): open that store "
+                     "writable once (any vaultp11 command) so that it is upgraded, then migrate",
+                     vault, from.name());
+        vaults.push_back(Vault{vault, std::move(keys)});
+      }
+    }
+    auto find_vault = [&](const std::string& v) -> const Vault* {
+      for (const Vault& x : vaults)
+        if (x.name == v) return &x;
+      return nullptr;
+    };
+
+    VAULTP11_ASSIGN_OR_RETURN(objects, from.ReadAllObjects(kMigrating));
+    std::set<std::pair<std::string, std::string>> items;
+    std::set<std::tuple<std::string, std::string, std::string>> versions;
+    for (const Impl::RawObject& o : objects) {
+      const ObjectRecord& r = o.record;
+      const Vault* v = find_vault(r.vault);
+      if (v == nullptr) return from.RowFailed(r);  // a row of no vault: moved, tampered
+      VAULTP11_ASSIGN_OR_RETURN(Bytes expect, RecordMac(v->keys.mac.get(), r));
+      if (o.mac.size() != expect.size() || !ConstantTimeEqual(o.mac, expect)) return from.RowFailed(r);
+      if (r.has_secret) {
+        // Opened only to know it opens (it is copied sealed, as it is); the plaintext is wiped here.
+        auto plain = ossl::OpenAesGcm(v->keys.data, o.sealed, AsBytes(ObjectAad(r.vault, r.id)));
+        if (!plain.ok())
+          return Err(CKR_DEVICE_ERROR, "the secret of object {} of vault '{}' in {} failed authentication (tampered "
+                     "database): nothing was migrated", r.id, r.vault, from.name());
+        ++counts.secrets;
+      }
+      if (!r.label.empty()) {
+        items.emplace(r.vault, r.label);
+        versions.emplace(r.vault, r.label, r.version);
+      }
+      max_id = std::max(max_id, r.id);
+      max_revision = std::max(max_revision, r.revision);
+    }
+    counts.vaults = static_cast<int64_t>(vaults.size());
+    counts.objects = static_cast<int64_t>(objects.size());
+    counts.items = static_cast<int64_t>(items.size());
+    counts.versions = static_cast<int64_t>(versions.size());
+
+    VAULTP11_RETURN_IF_ERROR(src.Run("SELECT id, vault, revision FROM tombstones ORDER BY id", {},
+                                     [&](const Row& r) { tombstones.push_back(Tombstone{r.Int(0), r.Text(1), r.Int(2)}); },
                                      kMigrating)
                                  .status());
-    VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, from.AuditAnchorKey());
-    for (size_t i = 0; i < anchors.size(); ++i) {
-      const std::string expect = AuditAnchorMac(key, anchors[i].first, anchors[i].second);
-      if (expect.empty() || !ConstantTimeEqual(AsBytes(expect), AsBytes(macs[i])))
-        return Err(CKR_DEVICE_ERROR,
-                   "the audit anchor of {} in {} does not match its MAC (the row was edited, or written under another "
-                   "master key): nothing was migrated",
-                   anchors[i].first, from.name());
+    for (const Tombstone& t : tombstones) {
+      max_id = std::max(max_id, t.id);
+      max_revision = std::max(max_revision, t.revision);
     }
-  }
-  counts.tombstones = static_cast<int64_t>(tombstones.size());
-  counts.deleted_items = static_cast<int64_t>(deleted.size());
-  counts.policies = static_cast<int64_t>(policies.size());
-  counts.notices = static_cast<int64_t>(notices.size());
-  counts.purge_protected = static_cast<int64_t>(protected_vaults.size());
-  counts.login_failures = static_cast<int64_t>(failures.size());
-  counts.used_jtis = static_cast<int64_t>(jtis.size());
-  counts.audit_anchors = static_cast<int64_t>(anchors.size());
+    VAULTP11_ASSIGN_OR_RETURN(int64_t source_sequence, IdSequence(src));
+    max_id = std::max(max_id, source_sequence);
+    VAULTP11_ASSIGN_OR_RETURN(source_revision, src.Revision());
+
+    VAULTP11_ASSIGN_OR_RETURN(bool have_deleted, src.HasTable("deleted_items"));
+    if (have_deleted)
+      VAULTP11_RETURN_IF_ERROR(src.Run("SELECT vault, name, deleted, purge_after FROM deleted_items", {},
+                                       [&](const Row& r) {
+                                         deleted.push_back(Deleted{r.Text(0), r.Text(1), r.Int(2), r.Int(3)});
+                                       },
+                                       kMigrating)
+                                   .status());
+    VAULTP11_ASSIGN_OR_RETURN(bool have_policies, src.HasTable("item_policies"));
+    if (have_policies) {
+      VAULTP11_RETURN_IF_ERROR(src.Run("SELECT vault, name, policy FROM item_policies", {},
+                                       [&](const Row& r) { policies.push_back({r.Text(0), r.Text(1), r.Text(2)}); },
+                                       kMigrating)
+                                   .status());
+      VAULTP11_RETURN_IF_ERROR(
+          src.Run("SELECT vault, name, version, what FROM notices", {},
+                  [&](const Row& r) { notices.push_back({r.Text(0), r.Text(1), r.Text(2), r.Text(3)}); }, kMigrating)
+              .status());
+    }
+    VAULTP11_RETURN_IF_ERROR(src.Run("SELECT key FROM meta WHERE key LIKE 'purge_protection:%'", {},
+                                     [&](const Row& r) { protected_vaults.push_back(r.Text(0)); }, kMigrating)
+                                 .status());
+    VAULTP11_RETURN_IF_ERROR(RunOne(src, "SELECT value FROM meta WHERE key = 'deployment_id'", {},
+                                    [&](const Row& r) { deployment_id = r.Text(0); }, kMigrating)
+                                 .status());
+    if (from.have_auth_tables) {
+      VAULTP11_RETURN_IF_ERROR(
+          src.Run("SELECT principal, failures, last_failure, locked_until FROM login_failures", {},
+                  [&](const Row& r) { failures.push_back(Failures{r.Text(0), r.Int(1), r.Int(2), r.Int(3)}); },
+                  kMigrating)
+              .status());
+      bool bad_jti = false;
+      VAULTP11_RETURN_IF_ERROR(src.Run("SELECT value, expires FROM used_jtis", {},
+                                       [&](const Row& r) {
+                                         if (src.kind() == Db::Kind::kPostgres) {  // kept as hex there
+                                           auto raw = ParseHex(r.Text(0));
+                                           if (!raw) bad_jti = true;
+                                           else jtis.emplace_back(std::move(*raw), r.Int(1));
+                                         } else {
+                                           jtis.emplace_back(r.Blob(0), r.Int(1));
+                                         }
+                                       },
+                                       kMigrating)
+                                   .status());
+      if (bad_jti) return Err(CKR_DEVICE_ERROR, "{} holds a used JWT id that is not hex", from.name());
+    }
+    VAULTP11_ASSIGN_OR_RETURN(bool have_anchors, src.HasTable("audit_anchors"));
+    if (have_anchors) {
+      std::vector<std::string> macs;
+      VAULTP11_RETURN_IF_ERROR(src.Run("SELECT sink, gen_time, gen_n, seq, hash, mac FROM audit_anchors ORDER BY sink", {},
+                                       [&](const Row& r) {
+                                         anchors.emplace_back(r.Text(0),
+                                                              AuditAnchor{r.Int(1), r.Int(2), r.Int(3), r.Text(4)});
+                                         macs.push_back(r.Text(5));
+                                       },
+                                       kMigrating)
+                                   .status());
+      VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, from.AuditAnchorKey());
+      for (size_t i = 0; i < anchors.size(); ++i) {
+        const std::string expect = AuditAnchorMac(key, anchors[i].first, anchors[i].second);
+        if (expect.empty() || !ConstantTimeEqual(AsBytes(expect), AsBytes(macs[i])))
+          return Err(CKR_DEVICE_ERROR,
+                     "the audit anchor of {} in {} does not match its MAC (the row was edited, or written under another "
+                     "master key): nothing was migrated",
+                     anchors[i].first, from.name());
+      }
+    }
+    counts.tombstones = static_cast<int64_t>(tombstones.size());
+    counts.deleted_items = static_cast<int64_t>(deleted.size());
+    counts.policies = static_cast<int64_t>(policies.size());
+    counts.notices = static_cast<int64_t>(notices.size());
+    counts.purge_protected = static_cast<int64_t>(protected_vaults.size());
+    counts.login_failures = static_cast<int64_t>(failures.size());
+    counts.used_jtis = static_cast<int64_t>(jtis.size());
+    counts.audit_anchors = static_cast<int64_t>(anchors.size());
+    return OkStatus();
+  };
+  // Under the source's write lock when it can take it (no other writer meanwhile: one
+  // consistent state is copied); a read-only file is read as it is.
+  VAULTP11_RETURN_IF_ERROR(src.read_only() ? read_source()
+                                           : src.Transaction("reading a store to migrate", read_source));
 
   // ---- The copy: one transaction on the target. --------------------------------------------
   Status s = db.Transaction(kMigrating, [&]() -> Status {
