@@ -1,6 +1,7 @@
 // The `vaultp11` subcommands and their command-line parsing (CLI11).
 #include "cli/commands.h"
 #include "cli/items.h"
+#include "cli/store_cmds.h"
 
 #include <fmt/format.h>
 #include <openssl/crypto.h>
@@ -586,6 +587,16 @@ int Run(int argc, const char* const* argv, Io& io) {
     secret_list->add_option("vault", slist_opts.vault, "Vault")->required();
     secret_list->add_option("name", slist_opts.name, "List this secret's versions");
     secret_list->add_flag("--json", slist_opts.json, "Print JSON");
+    CLI::App* store_cmd = app.add_subcommand("store", "Move or check the store");
+    store_cmd->require_subcommand(1);
+    StoreMigrateOptions migrate_opts;
+    CLI::App* store_migrate = store_cmd->add_subcommand(
+        "migrate", "Copy a SQLite store into the configured (empty) PostgreSQL store, every row, keys re-wrapped");
+    store_migrate->add_option("--from", migrate_opts.from, "The SQLite store file")->required();
+    store_migrate->add_option("--from-master-key", migrate_opts.from_master_key,
+                              "Its master key file (default: PATH.db.masterkey)");
+    CLI::App* store_check = store_cmd->add_subcommand(
+        "check", "Verify the configured store: every row decrypts and passes its MAC, versions and revisions agree");
     std::string rot_where, rot_name;
     CLI::App* key_cmd = app.add_subcommand("key", "Work with a vault's or pool's keys");
     key_cmd->require_subcommand(1);
@@ -747,6 +758,10 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = cfg.status();
       } else if (init->parsed()) {
         st = InitCommand(cfg.value(), io.out);
+      } else if (store_migrate->parsed()) {
+        st = StoreMigrateCommand(cfg.value(), migrate_opts, io);
+      } else if (store_check->parsed()) {
+        st = StoreCheckCommand(cfg.value(), io);
       } else if (list->parsed()) {
         st = ListCommand(cfg.value(), list_opts, io.out);
       } else if (pool_init->parsed()) {

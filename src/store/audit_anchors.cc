@@ -30,6 +30,8 @@ bool IsHexHash(std::string_view s) {
          std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
+}  // namespace
+
 // Hex HMAC-SHA256 over the position and the sink (last: the numbers and the hex hash hold no
 // newline, so the message is unambiguous); "" when HMAC fails (never equal to a stored MAC).
 std::string AuditAnchorMac(const SecureBytes& key, const std::string& sink, const Store::AuditAnchor& a) {
@@ -49,8 +51,6 @@ std::string AuditAnchorMac(const SecureBytes& key, const std::string& sink, cons
   OPENSSL_cleanse(mac, sizeof(mac));
   return hex;
 }
-
-}  // namespace
 
 Status Store::AdvanceAuditAnchor(const std::string& sink, const AuditAnchor& anchor) {
   if (!IsHexHash(anchor.hash) || anchor.gen_time < 0 || anchor.gen_n < 0 || anchor.seq < 0)

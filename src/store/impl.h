@@ -133,7 +133,24 @@ struct Store::Impl {
   Result<bool> ReadDeploymentId();
   Result<std::string> EnsureDeploymentId();
   Result<LoginFailures> ReadLoginFailures(std::string_view principal);
+
+  // ---- migrate.cc, check.cc (moving and checking a store) -----------------------------------
+  // The vault's data key wrapped (v2 AAD) with what supplies this store's root key: what
+  // EnsureVault stores. MigrateFrom wraps every copied data key with it.
+  Result<Bytes> WrapDataKey(const std::string& vault, const SecureBytes& data_key);
+  // Every object row (deleted items' too), oldest first, with its stored MAC and sealed secret.
+  struct RawObject {
+    ObjectRecord record;
+    Bytes mac;
+    Bytes sealed;  // empty when record.has_secret is false
+  };
+  Result<std::vector<RawObject>> ReadAllObjects(std::string_view what);
+  // The audit anchor key (DeriveKey(master key, "audit-anchor")).
+  Result<SecureBytes> AuditAnchorKey();
 };
+
+// The hex HMAC-SHA256 of an audit anchor row under `key` ("" when HMAC fails; audit_anchors.cc).
+std::string AuditAnchorMac(const SecureBytes& key, const std::string& sink, const Store::AuditAnchor& a);
 
 // Reads a row selected with Impl::object_columns (its MAC into `mac`).
 ObjectRecord ReadObject(const Row& row, Bytes* mac = nullptr);

@@ -299,6 +299,50 @@ class Store {
   // (edited, or written under another master key) is CKR_DEVICE_ERROR naming the sink.
   Result<std::optional<AuditAnchor>> GetAuditAnchor(const std::string& sink);
 
+  // ==== Moving and checking a store (migrate.cc, check.cc) ===================================
+  // What MigrateFrom copied, or what Check read. Items and versions count named items (every
+  // vault, deleted items included); objects every row, secrets the rows with sealed material.
+  struct StoreCounts {
+    int64_t vaults = 0, items = 0, versions = 0, objects = 0, secrets = 0, deleted_items = 0, policies = 0;
+    int64_t notices = 0, tombstones = 0, purge_protected = 0, audit_anchors = 0;
+    int64_t login_failures = 0, used_jtis = 0;  // MigrateFrom only
+    int64_t revision = 0;                       // the revision counter (MigrateFrom: the target's after)
+  };
+
+  // Copies everything of `source` (another store, e.g. a SQLite file; opened by the caller,
+  // with its own master key) into this store, which must be empty (no vault, object, tombstone,
+  // deleted item, policy or notice: else CKR_FUNCTION_REJECTED naming what it has, nothing
+  // changed) and writable. One transaction on this store: every vault with its data key
+  // (unwrapped with the source's master key, wrapped again with this store's), every object row
+  // with the same id (the id is in its secret's AAD and its MAC), sealed secrets and MACs as
+  // they are (the data key does not change), after checking each row's MAC and opening each
+  // secret under the source's keys; tombstones, deleted items, policies, notices, purge
+  // protection, failed logins, used JWT ids, the deployment id (resource ids and backups name
+  // it) and audit anchors (their MACs checked under the source's master key and made again
+  // under this store's). This store's revision counter ends above the source's and every
+  // copied row's, and new rows get ids above every id the source ever gave (PostgreSQL: the
+  // identity sequence; SQLite: sqlite_sequence). Before the commit everything is read back
+  // through this store (every row's MAC, every secret opened with the re-wrapped data key):
+  // any failure rolls the whole copy back. A source vault written by an earlier version (no
+  // record MACs) is refused: open that store writable once first. Never reads out a secret
+  // beyond opening it to check.
+  Result<StoreCounts> MigrateFrom(Store& source);
+
+  // Verifies the whole store, writing nothing: every vault's data key opens with the master
+  // key; every row passes its MAC and every secret opens; names and versions are consistent
+  // (each labelled object has a version, each version's objects share one CKA_ID and hold at
+  // most one object per class, unlabelled objects have none); no tombstone names a live row;
+  // no row or tombstone has a revision above the revision counter; every deleted item has rows;
+  // every audit anchor passes its MAC. `problems` says what is wrong, one line each, naming
+  // vault, item and row (never a secret); empty: the store is sound. An error only when the
+  // store cannot be read at all.
+  struct CheckReport {
+    StoreCounts counts;
+    std::vector<std::string> problems;
+  };
+  Result<CheckReport> Check();
+  // ==== end of moving and checking ============================================================
+
  private:
   struct Impl;
   Store();
