@@ -3,15 +3,11 @@
 
 #include <fmt/format.h>
 
-#include <CLI/CLI.hpp>
-#include <exception>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <string_view>
-#include <vector>
 
 #include "cli/audit_trail.h"
 #include "store/store.h"
