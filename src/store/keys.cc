@@ -240,6 +240,12 @@ Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_pat
   return DeriveKey(mk, purpose);
 }
 
+Result<SecureBytes> DeriveKeyFromOptions(const Options& options, std::string_view purpose) {
+  if (!options.sealed()) return DeriveKeyFromMasterKeyFile(options.master_key_file, purpose);
+  VAULTP11_ASSIGN_OR_RETURN(auto st, Store::Open(options, /*create_if_missing=*/false));
+  return st->DeriveKey(purpose);
+}
+
 // ---- Store::Impl ----------------------------------------------------------------------------
 
 // The vault's unwrapped data key (cached after first use), with its record MAC key and whether
@@ -247,6 +253,7 @@ Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_pat
 Result<const Store::Impl::VaultKeys*> Store::Impl::Keys(const std::string& vault) {
   auto it = vault_keys.find(vault);
   if (it != vault_keys.end()) return &it->second;
+  VAULTP11_RETURN_IF_ERROR(SyncRoot());  // a reseal by another process: its new root key
   Bytes wrapped;
   VAULTP11_ASSIGN_OR_RETURN(bool found, RunOne(*db, "SELECT wrapped_data_key FROM vaults WHERE name = ?", {vault},
                                                [&](const Row& r) { wrapped = r.Blob(0); },
@@ -276,8 +283,8 @@ Result<Store::Impl::VaultKeys> Store::Impl::Unwrap(const std::string& vault, con
   if (!key.ok()) key = ossl::OpenAesGcm(master_key, wrapped, AsBytes(LegacyDataKeyAad(vault)));
   if (!key.ok() || key->size() != kKeyLen)
     return Err(CKR_DEVICE_ERROR,
-               "data key of vault '{}' in {} failed authentication (wrong master key file {}, or tampered database)",
-               vault, name(), master_key_path);
+               "data key of vault '{}' in {} failed authentication (a wrong root key: {}; or a tampered database)",
+               vault, name(), root_source);
   keys.data = std::move(key).value();
   VAULTP11_RETURN_IF_ERROR(SetMacKey(keys));
   return keys;
@@ -416,10 +423,14 @@ Status Store::EnsureVault(const std::string& vault) {
   if (!db.Writable()) return impl_->ReadOnly(fmt::format("create vault '{}'", vault));
   SecureBytes data_key(kKeyLen);
   VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(data_key));
-  VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped, ossl::SealAesGcm(impl_->master_key, data_key, AsBytes(DataKeyAad(vault))));
   // When processes race, the first key wins and every process reads it back (the data key
-  // cache is filled from the database, never from the key generated here).
+  // cache is filled from the database, never from the key generated here). The key is wrapped
+  // inside the transaction, under the root key checked there: a reseal by another process
+  // (which holds the same write lock) can never leave a vault wrapped under the old one.
   return db.Transaction("creating a vault", [&]() -> Status {
+    VAULTP11_RETURN_IF_ERROR(impl_->RequireVerifiedRoot(fmt::format("create vault '{}'", vault)));
+    VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped,
+                              ossl::SealAesGcm(impl_->master_key, data_key, AsBytes(DataKeyAad(vault))));
     VAULTP11_ASSIGN_OR_RETURN(int64_t added,
                               db.Run("INSERT INTO vaults(name, wrapped_data_key) VALUES(?, ?) ON CONFLICT(name) DO NOTHING",
                                      {vault, Blob(wrapped)}, {}, "creating a vault"));
