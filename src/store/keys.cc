@@ -241,9 +241,17 @@ Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_pat
 }
 
 Result<SecureBytes> DeriveKeyFromOptions(const Options& options, std::string_view purpose) {
-  if (!options.sealed()) return DeriveKeyFromMasterKeyFile(options.master_key_file, purpose);
-  VAULTP11_ASSIGN_OR_RETURN(auto st, Store::Open(options, /*create_if_missing=*/false));
-  return st->DeriveKey(purpose);
+  // Through the store when it exists, so that a key is only ever derived from the root key
+  // the store's data keys are wrapped with (a stale master key file left after a reseal, or
+  // another host's, would sign audit heads nobody can verify).
+  auto st = Store::Open(options, /*create_if_missing=*/false);
+  if (!st.ok()) {
+    if (!options.sealed() && st.rv() == CKR_TOKEN_NOT_PRESENT)  // no store yet: the file alone
+      return DeriveKeyFromMasterKeyFile(options.master_key_file, purpose);
+    return st.error();
+  }
+  VAULTP11_RETURN_IF_ERROR((*st)->CheckRootKey());
+  return (*st)->DeriveKey(purpose);
 }
 
 // ---- Store::Impl ----------------------------------------------------------------------------

@@ -76,9 +76,9 @@ struct LoginFailures {
 Result<SecureBytes> DeriveKey(const SecureBytes& master_key, std::string_view purpose);
 // The same from the master key file, without opening the database (`vaultp11 audit verify`).
 Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_path, std::string_view purpose);
-// The same for the store `options` name: from its master key file without opening the
-// database when no seal is configured; with store.seal, the store is opened (read-only use)
-// and the key derived from its current root key.
+// The same for the store `options` name: the store is opened (create_if_missing false) and
+// the key derived from its current root key once CheckRootKey passes; a store that does not
+// exist yet (CKR_TOKEN_NOT_PRESENT) without a seal: from the master key file alone.
 Result<SecureBytes> DeriveKeyFromOptions(const Options& options, std::string_view purpose);
 
 // Longest value UseJti accepts.
