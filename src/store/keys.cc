@@ -448,6 +448,7 @@ Status Store::EnsureVault(const std::string& vault) {
 }
 
 Result<SecureBytes> Store::DeriveKey(std::string_view purpose) const {
+  std::lock_guard<std::mutex> lock(mu_);  // the root key changes when another process reseals
   return store::DeriveKey(impl_->master_key, purpose);
 }
 

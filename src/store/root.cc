@@ -267,7 +267,10 @@ Status Store::Impl::LoadRoot(bool create_if_missing, int64_t vaults) {
 Status Store::Impl::RecordRootCheck() {
   if (root_verified || db->read_only()) return OkStatus();
   VAULTP11_ASSIGN_OR_RETURN(RootMeta m, ReadRootMeta(*db));
-  if (m.check) return OkStatus();  // it does not match (LoadRoot said so)
+  if (m.check) {  // written meanwhile by another process, or seen by LoadRoot not to match
+    root_verified = CheckMatches(master_key, m.generation, *m.check);
+    return OkStatus();
+  }
   // A store written before the check value: this root key must open every vault's data key.
   std::vector<std::pair<std::string, Bytes>> vaults;
   VAULTP11_RETURN_IF_ERROR(db->Run("SELECT name, wrapped_data_key FROM vaults", {},

@@ -2,6 +2,8 @@
 #include "store/seal.h"
 
 #include <cstdlib>
+#include <cstring>
+#include <optional>
 
 #include "backend/ossl/ossl_backend.h"
 #include "backend/p11/inner_module.h"
