@@ -80,7 +80,6 @@ struct Store::Impl {
 
   std::unique_ptr<Db> db;
   Options options;              // as opened (the root key's sources: file, seal)
-  std::string master_key_path;
   // The root key (historically "the master key"): wraps every vault's data key and keys
   // DeriveKey. From the master key file, or unsealed by the HSM seal (root.cc).
   SecureBytes master_key;

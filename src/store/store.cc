@@ -44,7 +44,6 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options, bool create_i
     VAULTP11_ASSIGN_OR_RETURN(impl.db, OpenSqlite(options.path, create_if_missing));
   }
   impl.options = options;
-  impl.master_key_path = options.master_key_file;
   VAULTP11_RETURN_IF_ERROR(impl.SetUpSchema(create_if_missing));
   const bool read_only = impl.db->read_only();
   // Created up front so that the store still has it should it later be read-only.
