@@ -873,6 +873,34 @@ Result<ChainVerdict> VerifyChain(const std::vector<std::string>& files, const Se
   return Verify(std::vector<std::string>(files.begin(), files.end() - 1), files.back(), snap, head_key);
 }
 
+Result<bool> ResignHead(const std::string& path, const SecureBytes& old_key, const SecureBytes& new_key) {
+  const std::string head_path = HeadPath(path);
+  VAULTP11_ASSIGN_OR_RETURN(std::optional<Head> head, ReadHead(head_path));
+  if (!head) return false;
+  if (!MacMatches(old_key, *head))
+    return Err(CKR_SIGNATURE_INVALID, "{}: the head's MAC does not match (forged, or signed with another key)",
+               head_path);
+  nlohmann::ordered_json j;
+  j["file"] = head->file;
+  j["seq"] = head->seq;
+  j["hash"] = head->hash;
+  j["time"] = head->time;
+  j["mac"] = HeadMac(new_key, head->file, head->seq, head->hash, head->time);
+  if (j["mac"].get<std::string>().empty()) return Err(CKR_FUNCTION_FAILED, "{}: cannot sign: {}", head_path, SslErrors());
+  const std::string text = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+  std::string tmp = head_path + ".XXXXXX";
+  int fd = mkostemp(tmp.data(), O_CLOEXEC);  // mode 0600
+  if (fd < 0) return Err(CKR_FUNCTION_FAILED, "{}: cannot create {}: {}", head_path, tmp, ErrnoText(errno));
+  int e = WriteAll(fd, text);
+  close(fd);
+  if (e == 0 && rename(tmp.c_str(), head_path.c_str()) != 0) e = errno;
+  if (e != 0) {
+    unlink(tmp.c_str());
+    return Err(CKR_FUNCTION_FAILED, "{}: cannot rewrite it: {}", head_path, ErrnoText(e));
+  }
+  return true;
+}
+
 Result<ChainVerdict> VerifySink(const std::string& path, const SecureBytes* head_key) {
   // The current file first: every file rotated before it is listed afterwards; files rotated
   // after it (it may be among them) are newer than what is checked and left out.

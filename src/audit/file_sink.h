@@ -223,6 +223,12 @@ Result<ChainVerdict> VerifyChain(const std::vector<std::string>& files, const Se
 // shows what was lost); a sink without files or head verifies with no files.
 Result<ChainVerdict> VerifySink(const std::string& path, const SecureBytes* head_key = nullptr);
 
+// Re-signs the head of the sink at `path` (<path>.head) with `new_key` after checking its MAC
+// under `old_key` (`vaultp11 store reseal` rotates the key the heads are signed with): the
+// same file, record, hash and time, a new MAC, written atomically. No head: false (nothing to
+// do); a head whose MAC does not match `old_key`: CKR_SIGNATURE_INVALID, left alone.
+Result<bool> ResignHead(const std::string& path, const SecureBytes& old_key, const SecureBytes& new_key);
+
 // Compares the end of the sink at `path` (VerifySink's `end`, of an intact chain) with its
 // anchor (the furthest position a writer sealed): "" when the log reaches or passes the anchor
 // (and, in the anchor's file, still holds the anchored record), else the problem: the log

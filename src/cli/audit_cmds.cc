@@ -39,10 +39,10 @@ struct HeadKey {
 HeadKey LoadHeadKey(const config::Config* cfg) {
   HeadKey k;
   if (cfg == nullptr) {
-    k.why = "no usable config to find the master key file (give --config)";
+    k.why = "no usable config to find the master key file or seal (give --config)";
     return k;
   }
-  auto key = store::DeriveKeyFromMasterKeyFile(cfg->store.master_key_file, "audit-head");
+  auto key = store::DeriveKeyFromOptions(cfg->store, "audit-head");
   if (key.ok()) {
     k.key = std::move(key).value();
   } else {

@@ -52,8 +52,8 @@ Result<OperatorAudit> OperatorAudit::Open(const config::Config& cfg, std::string
   a.since_steady_ = std::chrono::steady_clock::now();
   if (cfg.audit.sinks.empty()) return a;  // `sinks: []`: auditing is off
   std::optional<SecureBytes> head_key;
-  if (Exists(cfg.store.master_key_file)) {
-    auto key = store::DeriveKeyFromMasterKeyFile(cfg.store.master_key_file, "audit-head");
+  if (cfg.store.sealed() || Exists(cfg.store.master_key_file)) {
+    auto key = store::DeriveKeyFromOptions(cfg.store, "audit-head");
     if (key.ok()) {
       head_key = std::move(key).value();
     } else if (cfg.audit.required) {

@@ -360,9 +360,14 @@ Status Restore(const config::Config& cfg, const std::string& where_in, const std
   if (cfg.FindPool(where) != nullptr && kind != "Key")
     return Err(CKR_ARGUMENTS_BAD, "{} holds a {}: pools hold keys only; nothing changed", file, ToLower(kind));
   // 3. The content, authenticated with the header.
-  VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, st->DeriveKey("backup"));
+  // Under the current root key, else an earlier one (a backup written before a reseal).
+  VAULTP11_ASSIGN_OR_RETURN(std::vector<SecureBytes> keys, st->DeriveKeys("backup"));
   const std::string aad = doc.dump();
-  auto plain = ossl::OpenAesGcm(key, sealed, AsBytes(aad));
+  Result<SecureBytes> plain = Err(CKR_SIGNATURE_INVALID, "");
+  for (const SecureBytes& key : keys) {
+    plain = ossl::OpenAesGcm(key, sealed, AsBytes(aad));
+    if (plain.ok()) break;
+  }
   if (!plain.ok())
     return Err(CKR_SIGNATURE_INVALID, "{} was modified after it was written (it does not authenticate); nothing changed",
                file);

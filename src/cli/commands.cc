@@ -350,7 +350,10 @@ Status InitCommand(const config::Config& cfg, std::ostream& out) {
       pg ? store::Store::Open(cfg.store, /*create_if_missing=*/false).rv() != CKR_TOKEN_NOT_PRESENT
          : Exists(cfg.store.path);
   const std::string store_name = pg ? store::Describe(cfg.store) : cfg.store.path;
-  const bool key_existed = Exists(cfg.store.master_key_file);
+  // With store.seal the root key lives in the database (sealed by the HSM): it exists once
+  // the store does, and no master key file is made.
+  const bool sealed_cfg = cfg.store.sealed();
+  const bool key_existed = sealed_cfg ? db_existed : Exists(cfg.store.master_key_file);
   const bool creates_store = !db_existed || !key_existed;
   // The audit sinks first: with audit.required, one that cannot be opened stops init before it
   // changes anything. Their heads are signed with a key from the master key file, so without
@@ -359,14 +362,20 @@ Status InitCommand(const config::Config& cfg, std::ostream& out) {
   if (key_existed) {
     VAULTP11_ASSIGN_OR_RETURN(audit, OperatorAudit::Open(cfg));
   } else {
-    VAULTP11_RETURN_IF_ERROR(OperatorAudit::CheckSinks(
-        cfg, {std::filesystem::path(pg ? cfg.store.master_key_file : cfg.store.path).parent_path().string(),
-              std::filesystem::path(cfg.store.master_key_file).parent_path().string()}));
+    std::vector<std::string> dirs;
+    if (!pg) dirs.push_back(std::filesystem::path(cfg.store.path).parent_path().string());
+    if (!cfg.store.master_key_file.empty())
+      dirs.push_back(std::filesystem::path(cfg.store.master_key_file).parent_path().string());
+    VAULTP11_RETURN_IF_ERROR(OperatorAudit::CheckSinks(cfg, dirs));
   }
-  const nlohmann::json store_props = {{"store", pg ? store_name : AbsolutePath(cfg.store.path)},
-                                      {"masterKeyFile", AbsolutePath(cfg.store.master_key_file)},
-                                      {"storeCreated", !db_existed},
-                                      {"masterKeyCreated", !key_existed}};
+  nlohmann::json store_props = {{"store", pg ? store_name : AbsolutePath(cfg.store.path)},
+                                {"storeCreated", !db_existed}};
+  if (sealed_cfg) {
+    store_props["seal"] = {{"hsm", cfg.store.seal.hsm}, {"keyLabel", cfg.store.seal.key_label}};
+  } else {
+    store_props["masterKeyFile"] = AbsolutePath(cfg.store.master_key_file);
+    store_props["masterKeyCreated"] = !key_existed;
+  }
   // A failure before the vaults: recorded as the store's ("StoreInit"), with the audit opened
   // now if it was not yet (as far as it can be: its error then adds nothing to init's own).
   auto store_failed = [&](Status st) -> Status {
@@ -379,10 +388,16 @@ Status InitCommand(const config::Config& cfg, std::ostream& out) {
   };
   if (!pg)
     if (Status s = EnsureParentDir(cfg.store.path, out); !s.ok()) return store_failed(s);
-  if (Status s = EnsureParentDir(cfg.store.master_key_file, out); !s.ok()) return store_failed(s);
-  auto opened = store::Store::Open(cfg.store, /*create_if_missing=*/true);
+  if (!cfg.store.master_key_file.empty())
+    if (Status s = EnsureParentDir(cfg.store.master_key_file, out); !s.ok()) return store_failed(s);
+  store::Options options = cfg.store;
+  options.create_seal_key = true;  // only init creates the seal's HSM key
+  auto opened = store::Store::Open(options, /*create_if_missing=*/true);
   if (!opened.ok()) return store_failed(opened.status());
   std::unique_ptr<store::Store> st = std::move(opened).value();
+  // Never a second root key beside the one the store's data keys are wrapped with: a present
+  // but wrong master key file stops init here, naming the file, before any vault is made.
+  if (Status s = st->CheckRootKey(); !s.ok()) return store_failed(s);
   if (!audit) {
     VAULTP11_ASSIGN_OR_RETURN(
         audit, OperatorAudit::Open(cfg, fmt::format("the store {} was created, no vault yet (run `vaultp11 init` again "
@@ -391,8 +406,12 @@ Status InitCommand(const config::Config& cfg, std::ostream& out) {
   }
   if (creates_store) audit->Record("StoreInit", OkStatus(), store_props);
   out << fmt::format("{} store {}\n", db_existed ? "using existing" : "created", store_name);
-  out << fmt::format("{} master key file {}\n", key_existed ? "using existing" : "created",
-                     cfg.store.master_key_file);
+  const store::Store::RootInfo root = st->Root();
+  if (root.sealed)
+    out << fmt::format("root key sealed by {}\n", root.source);
+  else
+    out << fmt::format("{} master key file {}\n", key_existed ? "using existing" : "created",
+                       cfg.store.master_key_file);
   auto listed = st->Vaults();
   if (!listed.ok()) {
     audit->Record("VaultCreate", listed.status());
@@ -587,7 +606,7 @@ int Run(int argc, const char* const* argv, Io& io) {
     secret_list->add_option("vault", slist_opts.vault, "Vault")->required();
     secret_list->add_option("name", slist_opts.name, "List this secret's versions");
     secret_list->add_flag("--json", slist_opts.json, "Print JSON");
-    CLI::App* store_cmd = app.add_subcommand("store", "Move or check the store");
+    CLI::App* store_cmd = app.add_subcommand("store", "Administer the store: move, check, reseal");
     store_cmd->require_subcommand(1);
     StoreMigrateOptions migrate_opts;
     CLI::App* store_migrate = store_cmd->add_subcommand(
@@ -701,6 +720,13 @@ int Run(int argc, const char* const* argv, Io& io) {
     secret_delete->add_option("vault", del_vault, "Vault")->required();
     secret_delete->add_option("name", del_name, "Secret name")->required();
 
+    std::string reseal_to;
+    CLI::App* store_reseal = store_cmd->add_subcommand(
+        "reseal", "Move the store's root key between the master key file and the HSM seal (rotating it)");
+    store_reseal->add_option("--to", reseal_to, "seal: into store.seal; file: into store.master_key_file")
+        ->required()
+        ->check(CLI::IsMember({"seal", "file"}));
+
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -713,7 +739,7 @@ int Run(int argc, const char* const* argv, Io& io) {
       bool named_subcommand = false;
       for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd, deleted_cmd, key_cmd, lifecycle_cmd, cert_cmd}) named_subcommand |= a == sub->get_name();
+        for (const CLI::App* sub : {hash, init, list, pool_cmd, backup, restore, assertion, whoami, audit_cmd, secret_cmd, deleted_cmd, key_cmd, lifecycle_cmd, cert_cmd, store_cmd}) named_subcommand |= a == sub->get_name();
       }
       if (!named_subcommand && !rest.empty() && !rest.front().starts_with("-")) {
         what = fmt::format("unknown subcommand {}", Printable(rest.front()));
@@ -822,6 +848,8 @@ int Run(int argc, const char* const* argv, Io& io) {
         st = DeletedRecoverCommand(cfg.value(), deleted_opts, io);
       } else if (deleted_purge->parsed()) {
         st = DeletedPurgeCommand(cfg.value(), deleted_opts, io);
+      } else if (store_reseal->parsed()) {
+        st = StoreResealCommand(cfg.value(), reseal_to, io);
       }
     }
     io.out << std::flush;

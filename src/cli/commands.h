@@ -153,6 +153,13 @@ Status WriteNewFile(const std::string& path, std::string_view data);
 // "private-key", "public-key", "secret-key", "certificate", "data", else "class-0x<hex>".
 std::string ClassName(CK_OBJECT_CLASS object_class);
 
+// `store reseal --to seal|file` (reseal.cc): moves the store's root key from the master key
+// file to the HSM seal or back, rotating it (store::Store::Reseal). The config must name both
+// store.master_key_file and store.seal. Every audit file sink must verify under the current
+// root key first; their heads are re-signed under the new one afterwards. Records
+// "StoreReseal".
+Status StoreResealCommand(const config::Config& cfg, const std::string& to, Io& io);
+
 // Parses argv and runs one subcommand; returns the process exit code. Never throws.
 int Run(int argc, const char* const* argv, Io& io);
 

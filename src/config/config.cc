@@ -181,6 +181,7 @@ class Loader {
 
   std::string source_;
   std::string base_dir_;
+  int seal_line_ = 0;  // of store.seal.hsm
 };
 
 Result<std::map<std::string, Entry>> Loader::Fields(
@@ -437,7 +438,7 @@ Status Loader::LoadStore(const Entry* e, int root_line, Config& cfg) {
   if (e == nullptr) return Fail(root_line, "store", "is required");
   int line = LineOf(*e, root_line);
   VAULTP11_ASSIGN_OR_RETURN(auto f, Fields(e->value, "store", line,
-                                           {"backend", "path", "dsn", "password_file", "master_key_file"}));
+                                           {"backend", "path", "dsn", "password_file", "master_key_file", "seal"}));
   const auto text = [&](const char* key, std::string* out) -> Result<bool> {
     auto it = f.find(key);
     if (it == f.end()) return false;
@@ -447,6 +448,19 @@ Status Loader::LoadStore(const Entry* e, int root_line, Config& cfg) {
   const auto line_of = [&](const char* key) { return LineOf(f.find(key)->second, line); };
   std::string backend = "sqlite";
   VAULTP11_RETURN_IF_ERROR(text("backend", &backend).status());
+  // store.seal: { hsm, key_label }; the hsm name is checked once hsms[] is read (Load).
+  if (auto it = f.find("seal"); it != f.end()) {
+    const int sline = LineOf(it->second, line);
+    VAULTP11_ASSIGN_OR_RETURN(auto sf, Fields(it->second.value, "store.seal", sline, {"hsm", "key_label"}));
+    for (const char* required : {"hsm", "key_label"})
+      if (sf.count(required) == 0) return Fail(sline, std::string("store.seal.") + required, "is required");
+    VAULTP11_ASSIGN_OR_RETURN(cfg.store.seal.hsm, String(sf["hsm"], "store.seal.hsm"));
+    VAULTP11_ASSIGN_OR_RETURN(cfg.store.seal.key_label, String(sf["key_label"], "store.seal.key_label"));
+    if (cfg.store.seal.hsm.empty()) return Fail(LineOf(sf["hsm"], sline), "store.seal.hsm", "must name an hsm of hsms");
+    if (cfg.store.seal.key_label.empty() || cfg.store.seal.key_label.size() > 128)
+      return Fail(LineOf(sf["key_label"], sline), "store.seal.key_label", "must be 1-128 characters");
+    seal_line_ = LineOf(sf["hsm"], sline);
+  }
   if (backend == "postgresql") {
     cfg.store.backend = store::Options::Backend::kPostgres;
     if (f.count("path") != 0)
@@ -459,10 +473,11 @@ Status Loader::LoadStore(const Entry* e, int root_line, Config& cfg) {
     if (have_pw) cfg.store.password_file = Resolve(pw);
     std::string key;
     VAULTP11_ASSIGN_OR_RETURN(bool have_key, text("master_key_file", &key));
-    if (!have_key)
+    if (!have_key && !cfg.store.sealed())
       return Fail(line, "store.master_key_file",
-                  "is required with backend postgresql (the same file on every host of the store)");
-    cfg.store.master_key_file = Resolve(key);
+                  "is required with backend postgresql (the same file on every host of the store), unless "
+                  "store.seal keeps the root key in an HSM");
+    if (have_key) cfg.store.master_key_file = Resolve(key);
     return OkStatus();
   }
   if (backend != "sqlite") return Fail(line_of("backend"), "store.backend", "must be sqlite or postgresql");
@@ -479,7 +494,7 @@ Status Loader::LoadStore(const Entry* e, int root_line, Config& cfg) {
     cfg.store.master_key_file = Resolve(key);
     if (cfg.store.master_key_file == cfg.store.path)
       return Fail(line_of("master_key_file"), "store.master_key_file", "must not be the database file");
-  } else {
+  } else if (!cfg.store.sealed()) {
     cfg.store.master_key_file = cfg.store.path + ".masterkey";
   }
   return OkStatus();
@@ -983,12 +998,24 @@ Result<Config> Loader::Load(std::string_view yaml) {
     // master key file).
     AuditSinkConfig sc;
     sc.type = "file";
+    // (A sealed PostgreSQL store without a master key file: beside the config file.)
     const std::string& beside =
         cfg.store.backend == store::Options::Backend::kPostgres ? cfg.store.master_key_file : cfg.store.path;
-    sc.path = (std::filesystem::path(beside).parent_path() / "audit.log").string();
+    sc.path = beside.empty() ? Resolve("audit.log")
+                             : (std::filesystem::path(beside).parent_path() / "audit.log").string();
     cfg.audit.sinks.push_back(std::move(sc));
   }
   if (const Entry* h = find("hsms")) VAULTP11_RETURN_IF_ERROR(LoadHsms(*h, cfg));
+  if (cfg.store.sealed()) {
+    const HsmConfig* h = cfg.FindHsm(cfg.store.seal.hsm);
+    if (h == nullptr)
+      return Fail(seal_line_, "store.seal.hsm", "no hsm named {} in hsms", Quote(cfg.store.seal.hsm));
+    cfg.store.seal.module = h->module;
+    cfg.store.seal.token = h->token;
+    cfg.store.seal.pin_file = h->pin_file;
+    cfg.store.seal.pin_env = h->pin_env;
+    cfg.store.seal.quirks = h->quirks;
+  }
   VAULTP11_RETURN_IF_ERROR(LoadVaults(find("vaults"), root_line, cfg));
   if (const Entry* mp = find("managed_hsm_pools")) VAULTP11_RETURN_IF_ERROR(LoadPools(*mp, cfg));
   if (const Entry* p = find("principals")) VAULTP11_RETURN_IF_ERROR(LoadPrincipals(*p, cfg));

@@ -34,6 +34,7 @@ bool IsHexHash(std::string_view s) {
 
 // Hex HMAC-SHA256 over the position and the sink (last: the numbers and the hex hash hold no
 // newline, so the message is unambiguous); "" when HMAC fails (never equal to a stored MAC).
+// Also used by Store::Reseal (root.cc).
 std::string AuditAnchorMac(const SecureBytes& key, const std::string& sink, const Store::AuditAnchor& a) {
   const std::string msg = fmt::format("{}{}\n{}\n{}\n{}\n{}", kAuditAnchorMacContext, a.gen_time, a.gen_n, a.seq,
                                       a.hash, sink);
@@ -58,10 +59,12 @@ Status Store::AdvanceAuditAnchor(const std::string& sink, const AuditAnchor& anc
   std::lock_guard<std::mutex> lock(mu_);
   Db& db = *impl_->db;
   if (!db.Writable()) return impl_->ReadOnly(fmt::format("record the audit anchor of {}", sink));
-  VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, store::DeriveKey(impl_->master_key, "audit-anchor"));
-  const std::string mac = AuditAnchorMac(key, sink, anchor);
-  if (mac.empty()) return Err(CKR_FUNCTION_FAILED, "audit anchor for {}: cannot compute its MAC", sink);
   return db.Transaction("recording an audit anchor", [&]() -> Status {
+    // MACed inside the transaction under the current root key (a reseal holds the same lock).
+    VAULTP11_RETURN_IF_ERROR(impl_->SyncRoot());
+    VAULTP11_ASSIGN_OR_RETURN(SecureBytes key, store::DeriveKey(impl_->master_key, "audit-anchor"));
+    const std::string mac = AuditAnchorMac(key, sink, anchor);
+    if (mac.empty()) return Err(CKR_FUNCTION_FAILED, "audit anchor for {}: cannot compute its MAC", sink);
     if (db.kind() == Db::Kind::kSqlite)
       VAULTP11_RETURN_IF_ERROR(db.Script(kAuditAnchorsSql, "creating the audit anchors"));
     // Only forwards: a writer that sealed an older position (another process got further
@@ -82,6 +85,7 @@ Result<std::optional<Store::AuditAnchor>> Store::GetAuditAnchor(const std::strin
   Db& db = *impl_->db;
   VAULTP11_ASSIGN_OR_RETURN(bool have, db.HasTable("audit_anchors"));
   if (!have) return std::optional<AuditAnchor>();
+  VAULTP11_RETURN_IF_ERROR(impl_->SyncRoot());  // before the row: a reseal re-MACs it
   AuditAnchor a;
   std::string stored;
   VAULTP11_ASSIGN_OR_RETURN(bool found, RunOne(db, "SELECT gen_time, gen_n, seq, hash, mac FROM audit_anchors WHERE sink = ?",

@@ -48,9 +48,9 @@ Result<Store::CheckReport> Store::Check() {
     auto k = impl.Unwrap(vault, w);
     if (!k.ok()) {
       unreadable.insert(vault);
-      problem(fmt::format("vault {}: its data key does not open with master key file {} (a wrong master key, or a "
-                          "tampered vault row): its objects cannot be checked",
-                          Q(vault), impl.master_key_path));
+      problem(fmt::format("vault {}: its data key does not open with the root key from {} (a wrong master key, or "
+                          "a tampered vault row): its objects cannot be checked",
+                          Q(vault), impl.root_source));
       continue;
     }
     if (!k->authenticated)

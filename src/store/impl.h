@@ -4,6 +4,9 @@
 //   store.cc         opening, the revision counter, change detection, vault names
 //   schema.cc        the tables of both backends and the SQLite upgrades from earlier versions
 //   keys.cc          master key file, data keys, record MACs
+//   root.cc          the root key: from the master key file or the HSM seal, its check value
+//                    and generation, reseal (the root key moved and rotated)
+//   seal.cc          the HSM seal (seal.h)
 //   objects.cc       objects, item names and versions, changes for other processes
 //   deleted.cc       soft-delete, recovery, purge, purge protection
 //   policies.cc      item policies and notices
@@ -51,6 +54,9 @@ Result<SecureBytes> CreateOrReadMasterKey(const std::string& path);
 Result<EvpMacCtxPtr> NewRecordMacContext(const SecureBytes& key);
 Result<Bytes> RecordMac(const EVP_MAC_CTX* keyed, const ObjectRecord& r);
 
+// Hex HMAC-SHA256 of an audit anchor row (audit_anchors.cc); "" when HMAC fails.
+std::string AuditAnchorMac(const SecureBytes& key, const std::string& sink, const Store::AuditAnchor& a);
+
 // One row of an item, as the name rules see it.
 struct ItemRow {
   int64_t id;
@@ -73,8 +79,16 @@ struct Store::Impl {
   };
 
   std::unique_ptr<Db> db;
-  std::string master_key_path;
+  Options options;              // as opened (the root key's sources: file, seal)
+  // The root key (historically "the master key"): wraps every vault's data key and keys
+  // DeriveKey. From the master key file, or unsealed by the HSM seal (root.cc).
   SecureBytes master_key;
+  std::string root_source;      // "master key file X" or the seal's description, for messages
+  int64_t root_generation = 0;  // meta root_generation when master_key was read (0: none yet)
+  bool root_sealed = false;     // master_key came from the seal
+  // master_key matches the store's root check value (or, on a store without one, opens every
+  // vault's data key). Nothing is wrapped under a root key that is not verified.
+  bool root_verified = false;
   std::map<std::string, VaultKeys, std::less<>> vault_keys;  // unwrapped, per vault
   std::string deployment_id;                                 // cached once read (it never changes)
   // The columns ReadObject reads (schema.cc); a read-only SQLite store of an earlier version
@@ -111,6 +125,19 @@ struct Store::Impl {
   Status AuthenticateVaults();
   Status AuthenticateVault(const std::string& vault);
 
+  // ---- root.cc ----------------------------------------------------------------------------
+  // At Open, once the schema is set up: reads or creates the root key from the configured
+  // source (see Store::Open).
+  Status LoadRoot(bool create_if_missing, int64_t vaults);
+  // After AuthenticateVaults on a writable open: records the root check value when the store
+  // has none yet and this root key opens every vault.
+  Status RecordRootCheck();
+  // When another process moved the root key (reseal: meta root_generation changed), reads the
+  // new one from the configured source. Run before anything is unwrapped or wrapped.
+  Status SyncRoot();
+  // SyncRoot, then refuses (CKR_DEVICE_ERROR naming root_source) a root key that is not verified.
+  Status RequireVerifiedRoot(std::string_view what);
+
   // ---- objects.cc -------------------------------------------------------------------------
   // The rows of `vault` matching `where` (parameters ?2, ?3 from `more`), oldest first; `live`:
   // without those of soft-deleted items. Every row is checked against its MAC.
@@ -134,10 +161,14 @@ struct Store::Impl {
   Result<std::string> EnsureDeploymentId();
   Result<LoginFailures> ReadLoginFailures(std::string_view principal);
 
-  // ---- migrate.cc, check.cc (moving and checking a store) -----------------------------------
-  // The vault's data key wrapped (v2 AAD) with what supplies this store's root key: what
-  // EnsureVault stores. MigrateFrom wraps every copied data key with it.
+  // ---- keys.cc: for migrate.cc and check.cc ------------------------------------------------
+  // Inside a transaction: the vault's data key wrapped (v2 AAD) under the store's verified root
+  // key, file or seal (what EnsureVault stores). MigrateFrom wraps every copied data key with it.
   Result<Bytes> WrapDataKey(const std::string& vault, const SecureBytes& data_key);
+  // The audit anchors' MAC key (DeriveKey(root key, "audit-anchor")), from the current root key.
+  Result<SecureBytes> AuditAnchorKey();
+
+  // ---- migrate.cc, check.cc (moving and checking a store) -----------------------------------
   // Every object row (deleted items' too), oldest first, with its stored MAC and sealed secret.
   struct RawObject {
     ObjectRecord record;
@@ -145,8 +176,6 @@ struct Store::Impl {
     Bytes sealed;  // empty when record.has_secret is false
   };
   Result<std::vector<RawObject>> ReadAllObjects(std::string_view what);
-  // The audit anchor key (DeriveKey(master key, "audit-anchor")).
-  Result<SecureBytes> AuditAnchorKey();
 };
 
 // The hex HMAC-SHA256 of an audit anchor row under `key` ("" when HMAC fails; audit_anchors.cc).

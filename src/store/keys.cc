@@ -240,6 +240,20 @@ Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_pat
   return DeriveKey(mk, purpose);
 }
 
+Result<SecureBytes> DeriveKeyFromOptions(const Options& options, std::string_view purpose) {
+  // Through the store when it exists, so that a key is only ever derived from the root key
+  // the store's data keys are wrapped with (a stale master key file left after a reseal, or
+  // another host's, would sign audit heads nobody can verify).
+  auto st = Store::Open(options, /*create_if_missing=*/false);
+  if (!st.ok()) {
+    if (!options.sealed() && st.rv() == CKR_TOKEN_NOT_PRESENT)  // no store yet: the file alone
+      return DeriveKeyFromMasterKeyFile(options.master_key_file, purpose);
+    return st.error();
+  }
+  VAULTP11_RETURN_IF_ERROR((*st)->CheckRootKey());
+  return (*st)->DeriveKey(purpose);
+}
+
 // ---- Store::Impl ----------------------------------------------------------------------------
 
 // The vault's unwrapped data key (cached after first use), with its record MAC key and whether
@@ -247,6 +261,7 @@ Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_pat
 Result<const Store::Impl::VaultKeys*> Store::Impl::Keys(const std::string& vault) {
   auto it = vault_keys.find(vault);
   if (it != vault_keys.end()) return &it->second;
+  VAULTP11_RETURN_IF_ERROR(SyncRoot());  // a reseal by another process: its new root key
   Bytes wrapped;
   VAULTP11_ASSIGN_OR_RETURN(bool found, RunOne(*db, "SELECT wrapped_data_key FROM vaults WHERE name = ?", {vault},
                                                [&](const Row& r) { wrapped = r.Blob(0); },
@@ -276,8 +291,8 @@ Result<Store::Impl::VaultKeys> Store::Impl::Unwrap(const std::string& vault, con
   if (!key.ok()) key = ossl::OpenAesGcm(master_key, wrapped, AsBytes(LegacyDataKeyAad(vault)));
   if (!key.ok() || key->size() != kKeyLen)
     return Err(CKR_DEVICE_ERROR,
-               "data key of vault '{}' in {} failed authentication (wrong master key file {}, or tampered database)",
-               vault, name(), master_key_path);
+               "data key of vault '{}' in {} failed authentication (a wrong root key: {}; or a tampered database)",
+               vault, name(), root_source);
   keys.data = std::move(key).value();
   VAULTP11_RETURN_IF_ERROR(SetMacKey(keys));
   return keys;
@@ -405,6 +420,19 @@ Status Store::Impl::AuthenticateVault(const std::string& vault) {
   });
 }
 
+// Inside a transaction: `data_key` wrapped under the store's current root key (file or seal),
+// which must be the verified one (RequireVerifiedRoot; a reseal holds the same lock).
+Result<Bytes> Store::Impl::WrapDataKey(const std::string& vault, const SecureBytes& data_key) {
+  VAULTP11_RETURN_IF_ERROR(RequireVerifiedRoot(fmt::format("wrap the data key of vault '{}'", vault)));
+  return ossl::SealAesGcm(master_key, data_key, AsBytes(DataKeyAad(vault)));
+}
+
+// The key of the audit anchors' MACs, from the current root key.
+Result<SecureBytes> Store::Impl::AuditAnchorKey() {
+  VAULTP11_RETURN_IF_ERROR(SyncRoot());
+  return store::DeriveKey(master_key, "audit-anchor");
+}
+
 // ---- Store ----------------------------------------------------------------------------------
 
 Status Store::EnsureVault(const std::string& vault) {
@@ -416,10 +444,14 @@ Status Store::EnsureVault(const std::string& vault) {
   if (!db.Writable()) return impl_->ReadOnly(fmt::format("create vault '{}'", vault));
   SecureBytes data_key(kKeyLen);
   VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(data_key));
-  VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped, ossl::SealAesGcm(impl_->master_key, data_key, AsBytes(DataKeyAad(vault))));
   // When processes race, the first key wins and every process reads it back (the data key
-  // cache is filled from the database, never from the key generated here).
+  // cache is filled from the database, never from the key generated here). The key is wrapped
+  // inside the transaction, under the root key checked there: a reseal by another process
+  // (which holds the same write lock) can never leave a vault wrapped under the old one.
   return db.Transaction("creating a vault", [&]() -> Status {
+    VAULTP11_RETURN_IF_ERROR(impl_->RequireVerifiedRoot(fmt::format("create vault '{}'", vault)));
+    VAULTP11_ASSIGN_OR_RETURN(Bytes wrapped,
+                              ossl::SealAesGcm(impl_->master_key, data_key, AsBytes(DataKeyAad(vault))));
     VAULTP11_ASSIGN_OR_RETURN(int64_t added,
                               db.Run("INSERT INTO vaults(name, wrapped_data_key) VALUES(?, ?) ON CONFLICT(name) DO NOTHING",
                                      {vault, Blob(wrapped)}, {}, "creating a vault"));
@@ -429,6 +461,7 @@ Status Store::EnsureVault(const std::string& vault) {
 }
 
 Result<SecureBytes> Store::DeriveKey(std::string_view purpose) const {
+  std::lock_guard<std::mutex> lock(mu_);  // the root key changes when another process reseals
   return store::DeriveKey(impl_->master_key, purpose);
 }
 

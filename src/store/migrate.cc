@@ -67,14 +67,6 @@ Status SetRevision(Db& db, int64_t revision) {
 
 // ---- Store::Impl ----------------------------------------------------------------------------
 
-// TODO(seal): belongs beside EnsureVault's wrapping in keys.cc once the root key can come from
-// elsewhere than the master key file; MigrateFrom only ever wraps through here.
-Result<Bytes> Store::Impl::WrapDataKey(const std::string& vault, const SecureBytes& data_key) {
-  return ossl::SealAesGcm(master_key, data_key, AsBytes(DataKeyAad(vault)));
-}
-
-Result<SecureBytes> Store::Impl::AuditAnchorKey() { return store::DeriveKey(master_key, "audit-anchor"); }
-
 Result<std::vector<Store::Impl::RawObject>> Store::Impl::ReadAllObjects(std::string_view what) {
   std::vector<RawObject> out;
   VAULTP11_RETURN_IF_ERROR(db->Run(std::string("SELECT ") + object_columns + ", secret FROM objects ORDER BY id", {},

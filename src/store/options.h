@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace vaultp11::store {
 
@@ -12,7 +13,28 @@ struct Options {
   std::string path;                    // sqlite: the database file
   std::string dsn;                     // postgresql: a libpq connection string or URI
   std::string password_file;           // postgresql: optional; else libpq's own (PGPASSFILE, ~/.pgpass)
-  std::string master_key_file;         // sqlite default: <path>.masterkey; postgresql: required
+  // sqlite default: <path>.masterkey; postgresql: required. With a seal: none by default (the
+  // root key lives in the database, sealed by the HSM); given as well only while a store moves
+  // between the file and the seal (`vaultp11 store reseal`; see Store::Reseal).
+  std::string master_key_file;
+
+  // The HSM seal (`store.seal`): the store's root key is kept in the database, encrypted
+  // (AES-256-GCM, in the HSM) by a non-extractable AES key of an HSM every host reaches, so a
+  // copy of the database and of a host's files opens nothing without that HSM. The token
+  // fields are copied from the hsms[] entry `hsm` names when the config is loaded.
+  struct Seal {
+    std::string hsm;        // store.seal.hsm: a name from hsms[]; empty: no seal
+    std::string key_label;  // store.seal.key_label: CKA_LABEL of the AES key in that HSM
+    std::string module, token, pin_file, pin_env;  // from hsms[hsm]
+    std::vector<std::string> quirks;
+    bool operator==(const Seal&) const = default;
+  };
+  Seal seal;
+  bool sealed() const { return !seal.hsm.empty(); }
+
+  // Not from the config: `vaultp11 init` sets it so that Open creates the seal's HSM key when
+  // the HSM lacks it. The module never creates one (a missing key is an error naming it).
+  bool create_seal_key = false;
   bool operator==(const Options&) const = default;
 };
 

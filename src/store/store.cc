@@ -2,11 +2,6 @@
 // live in the files impl.h lists; the backends in sqlite_db.cc and pg_db.cc.
 #include "store/store.h"
 
-#include <sys/stat.h>
-
-#include <cerrno>
-#include <cstring>
-
 #include "store/impl.h"
 #include "store/pg_db.h"
 #include "store/sqlite_db.h"
@@ -34,8 +29,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& db_path, const std
 Result<std::unique_ptr<Store>> Store::Open(const Options& options, bool create_if_missing) {
   std::unique_ptr<Store> store(new Store());
   Impl& impl = *store->impl_;
-  if (options.master_key_file.empty())
-    return Err(CKR_ARGUMENTS_BAD, "the store needs a master key file (store.master_key_file)");
+  if (options.master_key_file.empty() && !options.sealed())
+    return Err(CKR_ARGUMENTS_BAD, "the store needs a master key file (store.master_key_file) or a seal (store.seal)");
   if (options.backend == Options::Backend::kPostgres) {
     PgOptions pg;
     pg.dsn = options.dsn;
@@ -48,32 +43,19 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options, bool create_i
   } else {
     VAULTP11_ASSIGN_OR_RETURN(impl.db, OpenSqlite(options.path, create_if_missing));
   }
-  impl.master_key_path = options.master_key_file;
+  impl.options = options;
   VAULTP11_RETURN_IF_ERROR(impl.SetUpSchema(create_if_missing));
   const bool read_only = impl.db->read_only();
   // Created up front so that the store still has it should it later be read-only.
   if (!read_only) VAULTP11_RETURN_IF_ERROR(impl.EnsureDeploymentId().status());
 
-  // The master key: created on first use. Vaults are counted before the file is looked at: a
-  // vault row is only ever written after its master key file exists, so a key missing while
-  // vaults existed beforehand is lost, never just not yet written by a racing process.
+  // The root key: from the master key file (created on first use) or the HSM seal (root.cc).
   VAULTP11_ASSIGN_OR_RETURN(int64_t vaults, QueryInt(*impl.db, "SELECT count(*) FROM vaults", {}, "counting vaults"));
-  const std::string& key_path = options.master_key_file;
-  struct stat kst {};
-  if (stat(key_path.c_str(), &kst) == 0) {
-    VAULTP11_ASSIGN_OR_RETURN(impl.master_key, ReadMasterKey(key_path));
-  } else if (errno != ENOENT) {
-    return Err(CKR_DEVICE_ERROR, "cannot access master key file {}: {}", key_path, strerror(errno));
-  } else {
-    // Never invent a new key for a store whose vaults are wrapped under a lost one (or, on a
-    // shared store, under the key file other hosts have).
-    if (!create_if_missing || read_only || vaults > 0)
-      return Err(CKR_DEVICE_ERROR,
-                 "master key file {} of {} is missing{}", key_path, impl.name(),
-                 vaults > 0 ? " (its vaults' data keys are wrapped with it: copy it from a host that has it)" : "");
-    VAULTP11_ASSIGN_OR_RETURN(impl.master_key, CreateOrReadMasterKey(key_path));
+  VAULTP11_RETURN_IF_ERROR(impl.LoadRoot(create_if_missing, vaults));
+  if (!read_only) {
+    VAULTP11_RETURN_IF_ERROR(impl.AuthenticateVaults());
+    VAULTP11_RETURN_IF_ERROR(impl.RecordRootCheck());
   }
-  if (!read_only) VAULTP11_RETURN_IF_ERROR(impl.AuthenticateVaults());
   return store;
 }
 

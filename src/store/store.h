@@ -76,6 +76,10 @@ struct LoginFailures {
 Result<SecureBytes> DeriveKey(const SecureBytes& master_key, std::string_view purpose);
 // The same from the master key file, without opening the database (`vaultp11 audit verify`).
 Result<SecureBytes> DeriveKeyFromMasterKeyFile(const std::string& master_key_path, std::string_view purpose);
+// The same for the store `options` name: the store is opened (create_if_missing false) and
+// the key derived from its current root key once CheckRootKey passes; a store that does not
+// exist yet (CKR_TOKEN_NOT_PRESENT) without a seal: from the master key file alone.
+Result<SecureBytes> DeriveKeyFromOptions(const Options& options, std::string_view purpose);
 
 // Longest value UseJti accepts.
 inline constexpr size_t kMaxJtiBytes = 512;
@@ -91,6 +95,14 @@ class Store {
   // dsn, else to a standby (read-only until a primary is back); creates the schema when
   // missing and create_if_missing, else a missing schema is CKR_TOKEN_NOT_PRESENT; the master
   // key file must be given and is created only when the store has no vault yet.
+  // With options.seal (both backends): the root key is unsealed from the database by the
+  // seal's HSM key; a store without a root key yet gets a fresh one, sealed, when
+  // create_if_missing (the HSM key itself is created only with options.create_seal_key, i.e.
+  // by `vaultp11 init`). A sealed store opened without store.seal, a store on a master key
+  // file opened with only store.seal, a seal whose HSM key is missing or does not open the
+  // sealed root key: an error naming the hsm and the label. No master key file is ever
+  // created while a seal is configured; a sealed store ignores a master key file also
+  // configured (that file is for `vaultp11 store reseal --to file`).
   static Result<std::unique_ptr<Store>> Open(const Options& options, bool create_if_missing);
   // SQLite at db_path with that master key file.
   static Result<std::unique_ptr<Store>> Open(const std::string& db_path, const std::string& master_key_path,
@@ -109,6 +121,50 @@ class Store {
   const std::string& name() const;
   // DeriveKey(master key, purpose).
   Result<SecureBytes> DeriveKey(std::string_view purpose) const;
+
+  // ---- The root key --------------------------------------------------------------------
+  // The root key wraps every vault's data key (AES-256-GCM) and keys DeriveKey. It comes from
+  // the master key file (store.master_key_file, the same file on every host) or from the HSM
+  // seal (store.seal: kept in the database, encrypted inside the HSM; see seal.h). The store
+  // keeps a check value of it (meta root_check, an HMAC under a key derived from it) and a
+  // generation number (meta root_generation) that each reseal bumps.
+
+  // Whether this store's root key is the one its data keys are wrapped with: the check value
+  // matches (a store written before it existed: every vault's data key opens). Else
+  // CKR_DEVICE_ERROR naming the master key file or the seal. `vaultp11 init` runs it, so a
+  // wrong file is refused before anything is created; Open itself leaves a wrong file for the
+  // first use to report (the module then serves nothing it cannot open), and EnsureVault
+  // refuses to wrap a new vault's key under a root key that is not verified.
+  Status CheckRootKey();
+  struct RootInfo {
+    bool sealed = false;     // from the HSM seal (else the master key file)
+    int64_t generation = 0;  // meta root_generation (0: never resealed)
+    std::string source;      // "master key file X" / "key 'L' in hsm H (...)"
+  };
+  RootInfo Root() const;
+
+  // Moves the root key between the master key file and the HSM seal, rotating it: a fresh
+  // random root key; in one write transaction (the store's write lock: every other writer on
+  // every host waits) every vault's data key is re-wrapped under it (the data keys, and so
+  // every object, secret and record MAC, stay as they are), every audit anchor is checked and
+  // re-MACed, the earlier root keys are kept wrapped under the new one (DeriveKeys: backups
+  // made before still restore), and the generation is bumped. kSeal: needs store.seal and a
+  // store on its master key file (the seal's HSM key is created when absent); afterwards the
+  // old file opens nothing. kFile: needs store.master_key_file and a sealed store; the new key
+  // is written to <file>.reseal-<generation> (0600, synced) before the commit and renamed onto
+  // the file after it. Anything refused or failing before the commit changes nothing.
+  // Other processes that hold the old root key: see SyncRoot (root.cc).
+  enum class SealTarget { kSeal, kFile };
+  struct ResealResult {
+    int64_t generation = 0;  // the new one
+    size_t vaults = 0, anchors = 0, previous = 0;
+    std::string source;      // where the root key is now
+  };
+  Result<ResealResult> Reseal(SealTarget to);
+
+  // DeriveKey(purpose) under the current root key, then under each earlier one (newest first),
+  // for reading what was made before a reseal (backups).
+  Result<std::vector<SecureBytes>> DeriveKeys(std::string_view purpose);
 
   // Creates the vault's row and random data key if absent (idempotent, safe when several
   // processes race). Needed before Insert for that vault.

@@ -245,6 +245,35 @@ TEST(CliBinaryTest, InitCreatesStoreAndMasterKeyWithMode0600) {
   EXPECT_THAT(o.err, IsEmpty());
 }
 
+// One master key for the fleet: `init` on a host whose master key file is not the one the
+// store's data keys are wrapped with stops before creating anything, naming the file.
+TEST(CliBinaryTest, InitRefusesASecondMasterKeyAgainstAStoreItCannotOpen) {
+  TempDir dir;
+  WriteFile(dir.file("vp.yaml"), kConfig);
+  ASSERT_EQ(RunCli(dir, {"--config", "vp.yaml", "init"}).exit_code, 0);
+  const std::string key = dir.file("data/store.db.masterkey");
+  const std::string good = ReadAll(key);
+  // Another host's file (a key of its own) at the same path.
+  WriteFile(key, std::string(32, 'o'));
+  WriteFile(dir.file("vp.yaml"), std::string(kConfig) + "  - name: new-one\n");
+  Outcome wrong = RunCli(dir, {"--config", "vp.yaml", "init"});
+  EXPECT_EQ(wrong.exit_code, kExitFailed);
+  EXPECT_THAT(wrong.err, AllOf(HasSubstr(key), HasSubstr("does not open the data keys")));
+  EXPECT_THAT(wrong.out, Not(HasSubstr("created vault new-one")));
+  // No file: refused too, and none is made.
+  ASSERT_EQ(unlink(key.c_str()), 0);
+  Outcome missing = RunCli(dir, {"--config", "vp.yaml", "init"});
+  EXPECT_EQ(missing.exit_code, kExitFailed);
+  EXPECT_THAT(missing.err, AllOf(HasSubstr(key), HasSubstr("is missing")));
+  EXPECT_FALSE(std::filesystem::exists(key));
+  // The right file: the new vault is made.
+  WriteFile(key, good);
+  chmod(key.c_str(), 0600);
+  Outcome right = RunCli(dir, {"--config", "vp.yaml", "init"});
+  ASSERT_EQ(right.exit_code, 0) << right.err;
+  EXPECT_THAT(right.out, HasSubstr("created vault new-one"));
+}
+
 TEST(CliBinaryTest, InitIsIdempotentAndAddsNewVaults) {
   TempDir dir;
   WriteFile(dir.file("vp.yaml"), kConfig);

@@ -289,7 +289,7 @@ TEST_F(StoreCliTest, CheckNamesATamperedRowAndAWrongMasterKey) {
   }
   Outcome wrong = Pg({"store", "check"});
   EXPECT_EQ(wrong.exit_code, kExitFailed);
-  EXPECT_THAT(wrong.err, AllOf(HasSubstr("vault \"dev\": its data key does not open with master key file"),
+  EXPECT_THAT(wrong.err, AllOf(HasSubstr("vault \"dev\": its data key does not open with the root key from master key file"),
                                HasSubstr("pgdata/master.key")));
 }
 

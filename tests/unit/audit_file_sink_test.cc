@@ -406,6 +406,26 @@ TEST_F(TamperTest, AForgedHead) {
   EXPECT_THAT(w.problem, HasSubstr("MAC does not match"));
 }
 
+// `vaultp11 store reseal` rotates the head key: the head is re-signed only when it verifies
+// under the old key, and then verifies under the new one only.
+TEST_F(TamperTest, AHeadReSignedWithANewKeyVerifiesUnderItOnly) {
+  SecureBytes next = Key(11);
+  const std::string before = ReadAll(HeadPath(path));
+  EXPECT_THAT(ResignHead(path, next, Key(12)), RvIs(CKR_SIGNATURE_INVALID));  // not signed with `next`
+  EXPECT_EQ(ReadAll(HeadPath(path)), before);
+  ASSERT_OK_AND_ASSIGN(bool resigned, ResignHead(path, key, next));
+  EXPECT_TRUE(resigned);
+  EXPECT_EQ(ModeOf(HeadPath(path)), 0600u);
+  ASSERT_OK_AND_ASSIGN(ChainVerdict v, VerifySink(path, &next));
+  EXPECT_TRUE(v.intact) << v.problem;
+  EXPECT_TRUE(v.head_checked);
+  EXPECT_FALSE(Broken().intact);  // the old key no longer verifies it
+  // A sink without a head: nothing to do.
+  ASSERT_EQ(unlink(HeadPath(path).c_str()), 0);
+  ASSERT_OK_AND_ASSIGN(bool none, ResignHead(path, key, next));
+  EXPECT_FALSE(none);
+}
+
 TEST_F(TamperTest, ADeletedOrDamagedHead) {
   std::ofstream(HeadPath(path), std::ios::trunc) << "{}";
   EXPECT_THAT(Broken().problem, HasSubstr("is not an audit head"));

@@ -885,5 +885,59 @@ TEST(ConfigSoftDeleteTest, SectionOnVaultsAndPools) {
   EXPECT_THAT(error("{ retention: 10 }"), HasSubstr("soft_delete.retention: unknown key"));
 }
 
+
+// ---- store.seal ------------------------------------------------------------------------------
+
+TEST(ConfigSealTest, SealNamesAnHsmAndTakesItsToken) {
+  ASSERT_OK_AND_ASSIGN(Config c, Load("store:\n"
+                                      "  path: store.db\n"
+                                      "  seal: { hsm: hsm-a, key_label: vaultp11-seal }\n"
+                                      "hsms:\n"
+                                      "  - { name: hsm-a, module: /usr/lib/softhsm/libsofthsm2.so, token: vault-a, "
+                                      "pin_file: a.pin, quirks: [no-deinit] }\n"
+                                      "vaults: [{name: v}]\n"));
+  EXPECT_TRUE(c.store.sealed());
+  EXPECT_EQ(c.store.seal.hsm, "hsm-a");
+  EXPECT_EQ(c.store.seal.key_label, "vaultp11-seal");
+  EXPECT_EQ(c.store.seal.module, "/usr/lib/softhsm/libsofthsm2.so");
+  EXPECT_EQ(c.store.seal.token, "vault-a");
+  EXPECT_EQ(c.store.seal.pin_file, "/etc/vp/a.pin");
+  EXPECT_EQ(c.store.seal.quirks, std::vector<std::string>{"no-deinit"});
+  // No master key file by default beside a seal.
+  EXPECT_EQ(c.store.master_key_file, "");
+  EXPECT_FALSE(c.store.create_seal_key);
+}
+
+TEST(ConfigSealTest, PostgresqlWithASealNeedsNoMasterKeyFileAndBothMayBeGiven) {
+  const std::string hsms = "hsms:\n  - { name: h, module: m.so, token: t, pin_env: P }\nvaults: [{name: v}]\n";
+  ASSERT_OK_AND_ASSIGN(Config c, Load("store: {backend: postgresql, dsn: 'host=db', seal: {hsm: h, key_label: s}}\n" +
+                                      hsms));
+  EXPECT_EQ(c.store.master_key_file, "");
+  EXPECT_EQ(c.store.seal.pin_env, "P");
+  ASSERT_EQ(c.audit.sinks.size(), 1u);
+  EXPECT_EQ(c.audit.sinks[0].path, "/etc/vp/audit.log");
+  ASSERT_OK_AND_ASSIGN(Config both, Load("store: {path: s.db, master_key_file: mk, seal: {hsm: h, key_label: s}}\n" +
+                                         hsms));
+  EXPECT_EQ(both.store.master_key_file, "/etc/vp/mk");
+  EXPECT_TRUE(both.store.sealed());
+}
+
+TEST(ConfigSealTest, RejectsBadSeals) {
+  const std::string hsms = "hsms:\n  - { name: h, module: m.so, token: t, pin_env: P }\nvaults: [{name: v}]\n";
+  EXPECT_THAT(ErrorOf("store:\n  path: s.db\n  seal: {hsm: nope, key_label: s}\n" + hsms),
+              HasSubstr("vp.yaml:3: store.seal.hsm: no hsm named \"nope\" in hsms"));
+  EXPECT_THAT(ErrorOf("store:\n  path: s.db\n  seal: {hsm: h}\n" + hsms),
+              HasSubstr("vp.yaml:3: store.seal.key_label: is required"));
+  EXPECT_THAT(ErrorOf("store:\n  path: s.db\n  seal: {key_label: s}\n" + hsms),
+              HasSubstr("vp.yaml:3: store.seal.hsm: is required"));
+  EXPECT_THAT(ErrorOf("store:\n  path: s.db\n  seal: {hsm: h, key_label: s, mechanism: gcm}\n" + hsms),
+              HasSubstr("store.seal.mechanism: unknown key"));
+  EXPECT_THAT(ErrorOf("store:\n  path: s.db\n  seal: {hsm: h, key_label: ''}\n" + hsms),
+              HasSubstr("store.seal.key_label"));
+  EXPECT_THAT(ErrorOf("store:\n  path: s.db\n  seal: vaultp11-seal\n" + hsms), HasSubstr("store.seal: must be a map"));
+  EXPECT_THAT(ErrorOf("store: {backend: postgresql, dsn: 'host=db'}\n" + hsms),
+              HasSubstr("store.master_key_file: is required with backend postgresql"));
+}
+
 }  // namespace
 }  // namespace vaultp11::config

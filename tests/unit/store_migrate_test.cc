@@ -415,7 +415,7 @@ TEST_P(MigrateTest, TheSourceNeedsItsOwnMasterKey) {
   ASSERT_OK_AND_ASSIGN(auto dst, target_.Open());
   auto migrated = dst->MigrateFrom(*src);
   EXPECT_THAT(migrated, IsErrorWithRv(CKR_DEVICE_ERROR));
-  EXPECT_THAT(migrated.error().message, AllOf(HasSubstr("vault 'dev'"), HasSubstr("wrong master key file")));
+  EXPECT_THAT(migrated.error().message, AllOf(HasSubstr("vault 'dev'"), HasSubstr("wrong root key: master key file")));
   EXPECT_EQ(target_.Int("SELECT count(*) FROM vaults"), 0);
 }
 
