@@ -49,6 +49,8 @@ std::string LegacyDataKeyAad(const std::string& vault);
 // The master key file: exactly kKeyLen bytes, private to this process's user (keys.cc).
 Result<SecureBytes> ReadMasterKey(const std::string& path);
 Result<SecureBytes> CreateOrReadMasterKey(const std::string& path);
+// fsync of the folder holding `path`, so a name just created or renamed there is durable.
+void SyncParentDir(const std::string& path);
 
 // HMAC-SHA256 of an object row (keys.cc) with a context keyed by the vault's record MAC key.
 Result<EvpMacCtxPtr> NewRecordMacContext(const SecureBytes& key);

@@ -67,13 +67,6 @@ std::string ObjectAad(const std::string& vault, int64_t id) {
 std::string DataKeyAad(const std::string& vault) { return "vaultp11-data-key-v2:" + vault; }
 std::string LegacyDataKeyAad(const std::string& vault) { return "vaultp11-data-key:" + vault; }
 
-// HMAC-SHA256 over every column of an object row that the module acts on, each length-prefixed
-// (so no two rows encode alike): vault and row id (a row moved to another id or vault fails),
-// class, label, CKA_ID, the serialized attributes (CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_PRIVATE,
-// a certificate's value, ... all of them), whether a secret is stored, version and creation
-// time. The revision is left out: it only drives change detection. The secret itself is sealed
-// with AES-GCM bound to vault and id (ObjectAad) and never changes for a row.
-
 // An HMAC-SHA256 context keyed with `key`, duplicated for each record (half the cost of keying
 // one per record, which matters when a search reads a whole vault).
 Result<EvpMacCtxPtr> NewRecordMacContext(const SecureBytes& key) {
@@ -89,6 +82,12 @@ Result<EvpMacCtxPtr> NewRecordMacContext(const SecureBytes& key) {
   return ctx;
 }
 
+// HMAC-SHA256 over every column of an object row that the module acts on, each length-prefixed
+// (so no two rows encode alike): vault and row id (a row moved to another id or vault fails),
+// class, label, CKA_ID, the serialized attributes (CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_PRIVATE,
+// a certificate's value, ... all of them), whether a secret is stored, version and creation
+// time. The revision is left out: it only drives change detection. The secret itself is sealed
+// with AES-GCM bound to vault and id (ObjectAad) and never changes for a row.
 Result<Bytes> RecordMac(const EVP_MAC_CTX* keyed, const ObjectRecord& r) {
   static constexpr std::string_view kContext = "vaultp11-object-record-v1";
   Bytes msg;
@@ -151,6 +150,16 @@ Result<SecureBytes> ReadMasterKey(const std::string& path) {
 // Creates the master key file with fresh random bytes, mode 0600, atomically: the key is
 // written to a private temporary file and hard-linked into place, so a racing process never
 // reads a partly written file; the loser of a race reads the winner's key.
+void SyncParentDir(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+}
+
 Result<SecureBytes> CreateOrReadMasterKey(const std::string& path) {
   SecureBytes key(kKeyLen);
   VAULTP11_RETURN_IF_ERROR(ossl::RandomBytes(key));
@@ -181,14 +190,7 @@ Result<SecureBytes> CreateOrReadMasterKey(const std::string& path) {
     // Other failures (e.g. a file system without hard links): fall through to O_EXCL.
   }
   if (linked) {
-    // Make the new name durable too.
-    size_t slash = path.find_last_of('/');
-    std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-    int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      fsync(dfd);
-      close(dfd);
-    }
+    SyncParentDir(path);  // make the new name durable too
     return key;
   }
   fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);

@@ -42,18 +42,6 @@ namespace vaultp11::store {
 
 namespace {
 
-constexpr char kHex[] = "0123456789abcdef";
-
-std::string Hex(std::span<const uint8_t> b) {
-  std::string s;
-  s.reserve(b.size() * 2);
-  for (uint8_t c : b) {
-    s += kHex[c >> 4];
-    s += kHex[c & 0xf];
-  }
-  return s;
-}
-
 std::optional<Bytes> Unhex(std::string_view s) {
   if (s.size() % 2 != 0) return std::nullopt;
   auto nib = [](char c) -> int {
@@ -86,7 +74,7 @@ std::string RootCheck(const SecureBytes& root, int64_t generation) {
   if (EVP_Q_mac(ossl::LibCtx(), "HMAC", nullptr, "SHA256", nullptr, key->data(), key->size(),
                 reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), mac, sizeof(mac), &n) == nullptr)
     return "";
-  std::string hex = Hex({mac, n});
+  std::string hex = HexOf(std::span<const uint8_t>(mac, n));
   OPENSSL_cleanse(mac, sizeof(mac));
   return hex;
 }
@@ -169,13 +157,7 @@ Status WriteNewKeyFile(const std::string& path, const SecureBytes& key) {
     unlink(path.c_str());
     return Err(CKR_DEVICE_ERROR, "cannot write {}: {}", path, strerror(e));
   }
-  size_t slash = path.find_last_of('/');
-  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
-  }
+  SyncParentDir(path);
   return OkStatus();
 }
 
@@ -242,7 +224,7 @@ Status Store::Impl::LoadRoot(bool create_if_missing, int64_t vaults) {
       VAULTP11_ASSIGN_OR_RETURN(RootMeta now, ReadRootMeta(*db));
       VAULTP11_ASSIGN_OR_RETURN(int64_t n, QueryInt(*db, "SELECT count(*) FROM vaults", {}, "counting vaults"));
       if (now.sealed || now.check || n > 0) return OkStatus();  // another process was first
-      VAULTP11_RETURN_IF_ERROR(PutMeta(*db, "root_sealed", Hex(blob)));
+      VAULTP11_RETURN_IF_ERROR(PutMeta(*db, "root_sealed", HexOf(blob)));
       VAULTP11_RETURN_IF_ERROR(PutMeta(*db, "root_seal_label", options.seal.key_label));
       return PutMeta(*db, "root_check", check);
     }));
@@ -411,7 +393,7 @@ Result<Store::ResealResult> Store::Reseal(SealTarget to) {
     VAULTP11_ASSIGN_OR_RETURN(SecureBytes back, seal->Unseal(blob, RootAad(gen)));
     if (!(back.size() == root.size() && ConstantTimeEqual(back, root)))
       return Err(CKR_DEVICE_ERROR, "{} did not give back what it sealed; nothing changed", seal->description());
-    sealed_hex = Hex(blob);
+    sealed_hex = HexOf(blob);
     source = seal->description();
   } else {
     // A leftover of this generation is from an attempt that never committed (a committed one
@@ -500,11 +482,11 @@ Result<Store::ResealResult> Store::Reseal(SealTarget to) {
         return Err(CKR_DEVICE_ERROR, "the root key of generation {} kept in {} does not open (tampered database); "
                    "nothing changed", g, impl.name());
       VAULTP11_ASSIGN_OR_RETURN(Bytes w, ossl::SealAesGcm(root, *old, AsBytes(PreviousRootAad(g))));
-      VAULTP11_RETURN_IF_ERROR(PutMeta(db, std::string(kPreviousPrefix) + std::to_string(g), Hex(w)));
+      VAULTP11_RETURN_IF_ERROR(PutMeta(db, std::string(kPreviousPrefix) + std::to_string(g), HexOf(w)));
       ++out.previous;
     }
     VAULTP11_ASSIGN_OR_RETURN(Bytes w, ossl::SealAesGcm(root, impl.master_key, AsBytes(PreviousRootAad(m.generation))));
-    VAULTP11_RETURN_IF_ERROR(PutMeta(db, std::string(kPreviousPrefix) + std::to_string(m.generation), Hex(w)));
+    VAULTP11_RETURN_IF_ERROR(PutMeta(db, std::string(kPreviousPrefix) + std::to_string(m.generation), HexOf(w)));
     ++out.previous;
     // The new root key's state.
     VAULTP11_RETURN_IF_ERROR(PutMeta(db, "root_generation", std::to_string(gen)));

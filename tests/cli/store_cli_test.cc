@@ -22,6 +22,7 @@
 
 #include "cli/commands.h"
 #include "cli/store_cmds.h"
+#include "pg_primary.h"
 #include "pg_server.h"
 #include "temp_dir.h"
 
@@ -34,24 +35,7 @@ using ::testing::Not;
 using ::vaultp11::testing::PgServer;
 using ::vaultp11::testing::TempDir;
 
-class PgPrimary : public ::testing::Environment {
- public:
-  static const PgServer* Get(std::string* why) {
-    if (!tried_) {
-      tried_ = true;
-      server_ = PgServer::StartPrimary(&why_);
-    }
-    *why = why_;
-    return server_.get();
-  }
-  void TearDown() override { server_.reset(); }
-
- private:
-  static inline std::unique_ptr<PgServer> server_;
-  static inline bool tried_ = false;
-  static inline std::string why_;
-};
-[[maybe_unused]] const ::testing::Environment* const kPgPrimary = ::testing::AddGlobalTestEnvironment(new PgPrimary());
+using ::vaultp11::testing::PgPrimary;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

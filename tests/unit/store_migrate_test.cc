@@ -19,6 +19,7 @@
 
 #include "backend/ossl/ossl_backend.h"
 #include "matchers.h"
+#include "pg_primary.h"
 #include "pg_server.h"
 #include "store/store.h"
 #include "temp_dir.h"
@@ -36,25 +37,7 @@ using ::vaultp11::testing::PgServer;
 using ::vaultp11::testing::TempDir;
 using Backend = Options::Backend;
 
-// One PostgreSQL primary for the whole binary, started by the first test that needs it.
-class PgPrimary : public ::testing::Environment {
- public:
-  static const PgServer* Get(std::string* why) {
-    if (!tried_) {
-      tried_ = true;
-      server_ = PgServer::StartPrimary(&why_);
-    }
-    *why = why_;
-    return server_.get();
-  }
-  void TearDown() override { server_.reset(); }
-
- private:
-  static inline std::unique_ptr<PgServer> server_;
-  static inline bool tried_ = false;
-  static inline std::string why_;
-};
-[[maybe_unused]] const ::testing::Environment* const kPgPrimary = ::testing::AddGlobalTestEnvironment(new PgPrimary());
+using ::vaultp11::testing::PgPrimary;
 
 MATCHER_P(IsOkAndHolds, value, "") { return arg.ok() && arg.value() == value; }
 MATCHER_P(IsErrorWithRv, rv, "") { return !arg.ok() && arg.rv() == static_cast<CK_RV>(rv); }

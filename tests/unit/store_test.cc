@@ -39,6 +39,7 @@
 
 #include "backend/ossl/ossl_backend.h"
 #include "matchers.h"
+#include "pg_primary.h"
 #include "pg_server.h"
 #include "temp_dir.h"
 #include "util/strings.h"
@@ -86,26 +87,7 @@ ObjectRecord Record(const std::string& vault, const std::string& label,
   return r;
 }
 
-// One PostgreSQL primary for the whole binary: started by the first PostgreSQL test (a run of
-// SQLite tests alone starts none), stopped when the tests end.
-class PgPrimary : public ::testing::Environment {
- public:
-  static const PgServer* Get(std::string* why) {
-    if (!tried_) {
-      tried_ = true;
-      server_ = PgServer::StartPrimary(&why_);
-    }
-    *why = why_;
-    return server_.get();
-  }
-  void TearDown() override { server_.reset(); }
-
- private:
-  static inline std::unique_ptr<PgServer> server_;
-  static inline bool tried_ = false;
-  static inline std::string why_;
-};
-[[maybe_unused]] const ::testing::Environment* const kPgPrimary = ::testing::AddGlobalTestEnvironment(new PgPrimary());
+using ::vaultp11::testing::PgPrimary;
 
 struct PgConnDeleter {
   void operator()(PGconn* c) const { PQfinish(c); }
