@@ -24,6 +24,7 @@
 #include "cli/store_cmds.h"
 #include "pg_primary.h"
 #include "pg_server.h"
+#include "run_cli.h"
 #include "temp_dir.h"
 
 namespace vaultp11::cli {
@@ -34,61 +35,13 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using ::vaultp11::testing::PgServer;
 using ::vaultp11::testing::TempDir;
+using Outcome = ::vaultp11::testing::CliOutcome;
+using ::vaultp11::testing::RunCli;
 
 using ::vaultp11::testing::PgPrimary;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 void WriteFile(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
-struct Outcome {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-// Runs $VAULTP11_CLI with `args` in `dir`, `input` on stdin, without $VAULTP11_CONF.
-Outcome RunCli(const TempDir& dir, const std::vector<std::string>& args, const std::string& input = "") {
-  Outcome o;
-  const char* cli = std::getenv("VAULTP11_CLI");
-  if (cli == nullptr || *cli == '\0') {
-    ADD_FAILURE() << "set VAULTP11_CLI to the built vaultp11 binary (meson test does)";
-    return o;
-  }
-  const std::string in_path = dir.file(".stdin"), out_path = dir.file(".stdout"), err_path = dir.file(".stderr");
-  WriteFile(in_path, input);
-  std::vector<std::string> argv_s = {cli};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    int in = open(in_path.c_str(), O_RDONLY);
-    int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 ||
-        chdir(dir.path().c_str()) != 0)
-      _exit(126);
-    unsetenv("VAULTP11_CONF");
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  if (pid < 0 || waitpid(pid, &status, 0) != pid) {
-    ADD_FAILURE() << "cannot run " << cli;
-    return o;
-  }
-  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  o.out = ReadAll(out_path);
-  o.err = ReadAll(err_path);
-  return o;
-}
 
 std::vector<nlohmann::json> RecordsOf(const std::string& path, const std::string& operation) {
   std::vector<nlohmann::json> out;
