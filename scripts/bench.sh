@@ -28,20 +28,20 @@ ninja -C "$dir" >/dev/null
 export VAULTP11_MODULE=$root/$dir/src/abi/libvaultp11.so
 export VAULTP11_CLI=$root/$dir/src/cli/vaultp11  # bench_hsm's pools: `vaultp11 pool init`
 # bench_hsm runs twice: the HSM route, then (VAULTP11_BENCH_POOLS=1) the pools on their own.
-for run in bench_sign bench_hsm bench_hsm_pool bench_scale; do
+for run in bench_sign bench_hsm bench_hsm_pool bench_scale bench_store; do
   echo "--- $run" >&2
   b=${run%_pool}
   # The repetitions of an arm and of its baseline run interleaved in random order, so a slow
-  # minute of a shared machine falls on both alike (scale keeps its order: each of its cases
-  # builds or opens a store of its own).
-  interleave=$([[ $run == bench_scale ]] && echo false || echo true)
+  # minute of a shared machine falls on both alike (scale and store keep their order: their
+  # cases build or open stores of their own, and store's start-up case fills its store once).
+  interleave=$([[ $run == bench_scale || $run == bench_store ]] && echo false || echo true)
   VAULTP11_BENCH_POOLS=$([[ $run == *_pool ]] && echo 1 || echo 0) \
     "$dir/bench/$b" --benchmark_repetitions="$REPS" --benchmark_report_aggregates_only=true \
     --benchmark_enable_random_interleaving="$interleave" \
     --benchmark_min_time="$MIN_TIME" --benchmark_out="$dir/$run.json" --benchmark_out_format=json >&2
 done
 table=$("$dir/bench/bench_report" "$dir/bench_sign.json" "$dir/bench_hsm.json" "$dir/bench_hsm_pool.json" \
-  "$dir/bench_scale.json")
+  "$dir/bench_scale.json" "$dir/bench_store.json")
 echo "$table"
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
