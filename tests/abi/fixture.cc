@@ -112,20 +112,20 @@ CK_SESSION_HANDLE AbiTest::LoggedInRw(CK_SLOT_ID slot) {
   return s;
 }
 
-int AbiTest::InAnotherProcess(const std::vector<std::string>& steps) {
-  std::vector<std::string> all = {"init", "0", "open-rw", "login", "0", kAdminPin};
+int AbiTest::InAnotherProcess(const std::vector<std::string>& steps, const std::string& config, bool read_only) {
+  std::vector<std::string> all = {"init", "0", read_only ? "open-ro" : "open-rw", "login", "0", kAdminPin};
   all.insert(all.end(), steps.begin(), steps.end());
   all.insert(all.end(), {"finalize", "0"});
-  return RunChild(all);
+  return RunChild(all, config);
 }
 
-int AbiTest::RunChild(const std::vector<std::string>& steps) {
+int AbiTest::RunChild(const std::vector<std::string>& steps, const std::string& config) {
   const char* child = std::getenv("VAULTP11_ABI_CHILD");
   if (child == nullptr) {
     ADD_FAILURE() << "set VAULTP11_ABI_CHILD to the built abi_child";
     return -1;
   }
-  std::vector<std::string> args = {child, config_path};
+  std::vector<std::string> args = {child, config.empty() ? config_path : config};
   args.insert(args.end(), steps.begin(), steps.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());

@@ -47,16 +47,18 @@ class AbiTest : public ::testing::Test {
   CK_SESSION_HANDLE OpenRo(CK_SLOT_ID slot = 0);
   CK_RV Login(CK_SESSION_HANDLE s, const std::string& pin = kAdminPin);
   CK_SESSION_HANDLE LoggedInRw(CK_SLOT_ID slot = 0);
-  // Another application on the same deployment (RunChild): it calls C_Initialize with
-  // config_path, opens a read/write session on slot 0, logs in with kAdminPin, runs `steps`
-  // (child_main.cc: gen-ec, gen-ec-version, destroy-label, ...) with that session and calls
-  // C_Finalize. Returns its exit status (0: every step succeeded).
-  int InAnotherProcess(const std::vector<std::string>& steps);
-  // Another application that runs `steps` (see child_main.cc) on the deployment config_path:
+  // Another application on the same deployment (RunChild): it calls C_Initialize with `config`
+  // (empty: config_path), opens a session on slot 0 (read/write unless `read_only`), logs in
+  // with kAdminPin, runs `steps` (child_main.cc: gen-ec, gen-ec-version, destroy-label, ...)
+  // with that session and calls C_Finalize. Returns its exit status (0: every step succeeded).
+  int InAnotherProcess(const std::vector<std::string>& steps, const std::string& config = "",
+                       bool read_only = false);
+  // Another application that runs `steps` (see child_main.cc) on the deployment `config` (empty:
+  // config_path):
   // the abi_child program (VAULTP11_ABI_CHILD), started with posix_spawn, so nothing runs in a
   // forked copy of this threaded process (issue 16 item 13). Returns its exit status (0: every
   // step got what it expected), -1 when it could not start or did not exit normally.
-  int RunChild(const std::vector<std::string>& steps);
+  int RunChild(const std::vector<std::string>& steps, const std::string& config = "");
 
   // Key generation with the templates pkcs11-tool sends.
   void GenRsa(CK_SESSION_HANDLE s, CK_ULONG bits, const std::string& label, CK_OBJECT_HANDLE* pub,

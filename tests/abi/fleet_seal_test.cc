@@ -3,10 +3,7 @@
 // abi_child program with its own config and its own copy of the PIN file; neither has a
 // master key file. `vaultp11 init` (the built CLI) creates the seal's HSM key, the schema and
 // the vault first.
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
@@ -14,9 +11,8 @@
 
 #include "fixture.h"
 #include "pg_server.h"
+#include "run_cli.h"
 #include "softhsm_fixture.h"
-
-extern char** environ;
 
 namespace vaultp11::testing {
 namespace {
@@ -70,40 +66,16 @@ class SealedFleetTest : public AbiTest {
     return path;
   }
 
-  int OnHostB(std::vector<std::string> steps) {
-    steps.insert(steps.begin(), {"init", "0", "open-rw", "login", "0", kAdminPin});
-    steps.insert(steps.end(), {"finalize", "0"});
-    const std::string mine = config_path;
-    config_path = config_b_;
-    const int rc = RunChild(steps);
-    config_path = mine;
-    return rc;
-  }
+  // Runs `steps` as host B (abi_child with B's config, logged in as app on slot 0).
+  int OnHostB(const std::vector<std::string>& steps) { return InAnotherProcess(steps, config_b_); }
 
-  // Runs the built `vaultp11` CLI; returns its exit status and output (stdout and stderr).
+  // Runs the built `vaultp11` CLI with `config`; returns its exit status and output (stdout and
+  // stderr).
   std::pair<int, std::string> Cli(const std::vector<std::string>& args, const std::string& config) {
-    std::vector<std::string> all = {std::getenv("VAULTP11_CLI"), "--config", config};
+    std::vector<std::string> all = {"--config", config};
     all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const std::string out = dir.file("cli.out");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
-    pid_t pid;
-    int status = -1;
-    if (posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0) {
-      int st = 0;
-      waitpid(pid, &st, 0);
-      status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    }
-    posix_spawn_file_actions_destroy(&fa);
-    std::stringstream ss;
-    ss << std::ifstream(out).rdbuf();
-    return {status, ss.str()};
+    const CliOutcome o = RunCli(dir, all);
+    return {o.exit_code, o.out + o.err};
   }
 
   std::unique_ptr<PgServer> primary_;

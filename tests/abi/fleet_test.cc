@@ -2,10 +2,7 @@
 // standby started by the test, tests/fixtures/pg_server.h). "Host A" is this process, "host B"
 // the abi_child program with its own config, its own copy of the master key file and its own
 // audit log; both name the same database. Everything goes through the built module.
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include <atomic>
 #include <filesystem>
@@ -14,8 +11,7 @@
 
 #include "fixture.h"
 #include "pg_server.h"
-
-extern "C" char** environ;
+#include "run_cli.h"
 
 namespace vaultp11::testing {
 namespace {
@@ -71,45 +67,17 @@ class FleetTest : public AbiTest {
   }
 
   // Runs `steps` as host B (abi_child with B's config, logged in as app on slot 0).
-  // A read/write session unless `read_only` (a write-protected token refuses one).
-  int OnHostB(std::vector<std::string> steps, bool read_only = false) {
-    steps.insert(steps.begin(), {"init", "0", read_only ? "open-ro" : "open-rw", "login", "0", kAdminPin});
-    steps.insert(steps.end(), {"finalize", "0"});
-    const std::string mine = config_path;
-    config_path = config_b_;
-    const int rc = RunChild(steps);
-    config_path = mine;
-    return rc;
+  // Runs `steps` as host B (abi_child with B's config, logged in as app on slot 0), in a
+  // read/write session unless `read_only` (a write-protected token refuses one).
+  int OnHostB(const std::vector<std::string>& steps, bool read_only = false) {
+    return InAnotherProcess(steps, config_b_, read_only);
   }
 
-  // Runs the vaultp11 CLI (VAULTP11_CLI) with `args` on host `host`'s config, `input` on its
-  // stdin; returns its exit status, its stdout and stderr in *out.
-  int Cli(const std::string& host, std::vector<std::string> args, const std::string& input, std::string* out) {
-    const char* cli = std::getenv("VAULTP11_CLI");
-    if (cli == nullptr) {
-      ADD_FAILURE() << "set VAULTP11_CLI to the built vaultp11";
-      return -1;
-    }
-    const std::string in_path = dir.file(host + "/cli.in"), out_path = dir.file(host + "/cli.out");
-    std::ofstream(in_path) << input;
-    args.insert(args.begin(), {cli, "--config", host == "a" ? config_a_ : config_b_});
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, in_path.c_str(), O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    pid_t pid = 0;
-    const int rc = posix_spawn(&pid, cli, &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) return -1;
-    int status = 0;
-    waitpid(pid, &status, 0);
-    std::ifstream o(out_path);
-    out->assign(std::istreambuf_iterator<char>(o), std::istreambuf_iterator<char>());
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  // The vaultp11 CLI on host `host`'s config, `input` on its stdin.
+  CliOutcome Cli(const std::string& host, const std::vector<std::string>& args, const std::string& input = "") {
+    std::vector<std::string> all = {"--config", host == "a" ? config_a_ : config_b_};
+    all.insert(all.end(), args.begin(), args.end());
+    return RunCli(dir, all, input);
   }
 
   CK_OBJECT_HANDLE CreateData(CK_SESSION_HANDLE s, const std::string& label, const std::string& value) {
@@ -164,8 +132,8 @@ TEST_F(FleetTest, ASecretSetOnOneHostIsReadOnTheOther) {
   CreateData(s, "db-password", "s3cret-from-a");
   EXPECT_EQ(OnHostB({"expect-data", "db-password", "s3cret-from-a"}), 0);
   // Set with the CLI on B, read by this running process.
-  std::string out;
-  ASSERT_EQ(Cli("b", {"secret", "set", "payments", "api-token"}, "from-the-cli-on-b", &out), 0) << out;
+  const CliOutcome set = Cli("b", {"secret", "set", "payments", "api-token"}, "from-the-cli-on-b");
+  ASSERT_EQ(set.exit_code, 0) << set.err;
   auto found = Find(s, CKO_DATA, "api-token");
   ASSERT_EQ(found.size(), 1u);
   EXPECT_EQ(GetAttr(s, found[0], CKA_VALUE), Bytes("from-the-cli-on-b"));
@@ -285,11 +253,12 @@ TEST_F(FleetTest, SigningGoesOnThroughAFailoverAndWritesResumeAfterPromotion) {
   ASSERT_EQ(f->C_GetTokenInfo(0, &ti), CKR_OK);
   EXPECT_TRUE(ti.flags & CKF_WRITE_PROTECTED);
   // The CLI reads from the standby, and its writes fail clearly with a non-zero exit.
-  std::string out;
-  ASSERT_EQ(Cli("b", {"secret", "set", "payments", "before-failover"}, "x", &out), 1) << out;
-  EXPECT_NE(out.find("read-only"), std::string::npos) << out;
-  EXPECT_EQ(Cli("b", {"list"}, "", &out), 0) << out;
-  EXPECT_NE(out.find("busy"), std::string::npos) << out;
+  const CliOutcome refused = Cli("b", {"secret", "set", "payments", "before-failover"}, "x");
+  ASSERT_EQ(refused.exit_code, 1) << refused.out << refused.err;
+  EXPECT_NE(refused.err.find("read-only"), std::string::npos) << refused.err;
+  const CliOutcome listed = Cli("b", {"list"});
+  EXPECT_EQ(listed.exit_code, 0) << listed.err;
+  EXPECT_NE(listed.out.find("busy"), std::string::npos) << listed.out;
   // Another process logs in and signs from the standby too.
   EXPECT_EQ(OnHostB({"sign-ec", "busy"}, /*read_only=*/true), 0);
   // As the spec has it, a write-protected token refuses read/write sessions.
