@@ -22,6 +22,7 @@
 #include "pg_primary.h"
 #include "pg_server.h"
 #include "store/store.h"
+#include "store_records.h"
 #include "temp_dir.h"
 #include "util/strings.h"
 
@@ -42,7 +43,7 @@ using ::vaultp11::testing::PgPrimary;
 MATCHER_P(IsOkAndHolds, value, "") { return arg.ok() && arg.value() == value; }
 MATCHER_P(IsErrorWithRv, rv, "") { return !arg.ok() && arg.rv() == static_cast<CK_RV>(rv); }
 
-SecureBytes Secret(std::string_view s) { return SecureBytes(s.begin(), s.end()); }
+using ::vaultp11::store::testing::Secret;
 
 ObjectRecord Record(const std::string& vault, const std::string& label, CK_OBJECT_CLASS cls, const std::string& id) {
   ObjectRecord r;

@@ -13,6 +13,7 @@
 #include "matchers.h"
 #include "pg_server.h"
 #include "store/store.h"
+#include "store_records.h"
 #include "temp_dir.h"
 #include "util/strings.h"
 
@@ -24,17 +25,8 @@ using ::vaultp11::testing::PgServer;
 
 constexpr char kCanary[] = "VAULTP11-PG-PLAINTEXT-CANARY-41c9e2";
 
-SecureBytes Secret(std::string_view s) { return SecureBytes(s.begin(), s.end()); }
-
-ObjectRecord Record(const std::string& vault, const std::string& label) {
-  ObjectRecord r;
-  r.vault = vault;
-  r.object_class = CKO_SECRET_KEY;
-  r.label = label;
-  r.ck_id = ToBytes("id-" + label);
-  r.attributes = ToBytes("attrs-" + label);
-  return r;
-}
+using ::vaultp11::store::testing::Record;
+using ::vaultp11::store::testing::Secret;
 
 // One primary with a synchronous hot standby for the whole binary.
 class Servers : public ::testing::Environment {

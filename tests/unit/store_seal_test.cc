@@ -20,6 +20,7 @@
 #include "store/impl.h"
 #include "store/seal.h"
 #include "store/store.h"
+#include "store_records.h"
 #include "temp_dir.h"
 #include "util/strings.h"
 
@@ -50,17 +51,8 @@ class Servers : public ::testing::Environment {
 std::unique_ptr<PgServer> Servers::primary;
 [[maybe_unused]] const ::testing::Environment* const kServers = ::testing::AddGlobalTestEnvironment(new Servers());
 
-SecureBytes Secret(std::string_view s) { return SecureBytes(s.begin(), s.end()); }
-
-ObjectRecord Record(const std::string& vault, const std::string& label) {
-  ObjectRecord r;
-  r.vault = vault;
-  r.object_class = CKO_SECRET_KEY;
-  r.label = label;
-  r.ck_id = ToBytes("id-" + label);
-  r.attributes = ToBytes("attrs-" + label);
-  return r;
-}
+using ::vaultp11::store::testing::Record;
+using ::vaultp11::store::testing::Secret;
 
 std::string ReadFileBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

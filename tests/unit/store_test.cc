@@ -41,6 +41,7 @@
 #include "matchers.h"
 #include "pg_primary.h"
 #include "pg_server.h"
+#include "store_records.h"
 #include "temp_dir.h"
 #include "util/strings.h"
 
@@ -74,18 +75,8 @@ mode_t FileMode(const std::string& path) {
   return st.st_mode & 07777;
 }
 
-SecureBytes Secret(std::string_view s) { return SecureBytes(s.begin(), s.end()); }
-
-ObjectRecord Record(const std::string& vault, const std::string& label,
-                    CK_OBJECT_CLASS object_class = CKO_SECRET_KEY) {
-  ObjectRecord r;
-  r.vault = vault;
-  r.object_class = object_class;
-  r.label = label;
-  r.ck_id = ToBytes("id-" + label);
-  r.attributes = ToBytes("attrs-" + label);
-  return r;
-}
+using ::vaultp11::store::testing::Record;
+using ::vaultp11::store::testing::Secret;
 
 using ::vaultp11::testing::PgPrimary;
 
