@@ -19,13 +19,7 @@ constexpr uint8_t kBlobVersion = 1;
 constexpr size_t kIvLen = 12, kTagLen = 16;
 
 Result<SecureString> SealPin(const Options::Seal& s) {
-  if (!s.pin_env.empty()) {
-    const char* v = std::getenv(s.pin_env.c_str());
-    if (v == nullptr)
-      return Err(CKR_PIN_INCORRECT, "store.seal: hsm {}: environment variable {} is not set", s.hsm, s.pin_env);
-    return SecureString(v);
-  }
-  return ReadPinFile(s.pin_file, "store.seal: hsm " + s.hsm + ": pin_file");
+  return ReadPin("store.seal: hsm " + s.hsm, s.pin_env, s.pin_file);
 }
 
 // One single-part AES-GCM operation in the token.

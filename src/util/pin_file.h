@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 
@@ -30,6 +31,17 @@ inline Result<SecureString> ReadPinFile(const std::string& path, std::string_vie
   while (!pin.empty() && (pin.back() == '\n' || pin.back() == '\r')) pin.pop_back();
   if (pin.empty()) return Err(CKR_PIN_INCORRECT, "{}: {} is empty", what, path);
   return pin;
+}
+
+// An HSM PIN from the environment variable `pin_env` when given, else from `pin_file`. `what`
+// names its owner in messages (e.g. "hsm hsm-a").
+inline Result<SecureString> ReadPin(std::string_view what, const std::string& pin_env, const std::string& pin_file) {
+  if (!pin_env.empty()) {
+    const char* v = std::getenv(pin_env.c_str());
+    if (v == nullptr) return Err(CKR_PIN_INCORRECT, "{}: environment variable {} is not set", what, pin_env);
+    return SecureString(v);
+  }
+  return ReadPinFile(pin_file, std::string(what) + ": pin_file");
 }
 
 }  // namespace vaultp11
