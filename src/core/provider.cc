@@ -88,7 +88,9 @@ log::Level ParseLevel(const std::string& s) {
 }
 
 // Reads an HSM's user PIN from its pin_file (trailing newline removed) or pin_env.
-Result<SecureString> ReadPin(const config::HsmConfig& h) { return vaultp11::ReadPin("hsm " + h.name, h.pin_env, h.pin_file); }
+Result<SecureString> ReadPin(const config::HsmConfig& h) {
+  return vaultp11::ReadPin("hsm " + h.name, h.pin_env, h.pin_file);
+}
 
 // Finds one configured HSM's token at C_Initialize, without logging in: the first operation
 // that needs it logs in (issue 16 item 10: SoftHSM rewrites its token file at each login, and
